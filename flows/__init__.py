@@ -1,0 +1,1 @@
+"""Prefect flows and the ``towerflow`` command line; logic lives in ``tasks/``."""

@@ -1,0 +1,245 @@
+"""The nightly flow: ingest -> features -> scalers -> train -> export -> recommend / similar -> publish.
+
+Each stage is a Prefect task wrapping a plain function from ``tasks/``; tasks
+pass file paths, never data frames or models. ``latest.json`` is written by
+the publish task, last.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from pydantic import BaseModel, Field
+
+from flows.lock import data_dir_lock
+from tasks import publish, stages
+from tasks.config import preset
+from tasks.generate import generate
+from tasks.layout import Layout, model_version
+from tasks.runtime import default_threads, pin_threads
+from tasks.storage import sha256_text
+
+
+class NightlyParams(BaseModel):
+    """Parameters of one nightly run (shown in the Prefect UI)."""
+
+    ratings: str | None = Field(None, description="ratings.csv (or .parquet); default: the embedded data set")
+    movies: str | None = Field(None, description="movies.csv (or .parquet); default: the embedded data set")
+    data_dir: str = Field("data", description="where the store, models and outputs live")
+    run_date: dt.date | None = Field(None, description="partition date; default: today")
+    k: int = Field(10, ge=1, le=1000, description="recommendations per user and similar movies per movie")
+    preset: Literal["default", "lab"] = Field("default", description="model preset; 'lab' reproduces the course")
+    seed: int = Field(42, description="seed of every random choice in training")
+    holdout_fraction: float = Field(0.1, ge=0.0, lt=0.5, description="most recent share of ratings held out for validation")
+    max_epochs: int | None = Field(None, ge=1, description="override the preset's epoch limit")
+    chunk_size: int = Field(4096, ge=1, description="users per top-k chunk (bounds memory)")
+    threads: int | None = Field(None, ge=1, description="CPU threads for TF, BLAS and FAISS; default: all cores")
+
+
+class StageError(RuntimeError):
+    """A stage failed; the message names the stage and the cause."""
+
+
+def _io_retry(task: Any, task_run: Any, state: Any) -> bool:
+    """Retry only transient I/O errors, never bad input or bugs."""
+    try:
+        state.result()
+    except (FileNotFoundError, IsADirectoryError, PermissionError):
+        return False
+    except OSError:
+        return True
+    except Exception:
+        return False
+    return False
+
+
+@task(name="generate-embedded-data", cache_policy=NO_CACHE)
+def generate_task(out_dir: str) -> dict[str, str]:
+    data = generate(Path(out_dir))
+    get_run_logger().info("embedded data set: %d ratings, %d users, %d movies", data.n_ratings, data.n_users, data.n_movies)
+    return {"ratings": str(data.ratings_csv), "movies": str(data.movies_csv)}
+
+
+@task(name="ingest", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=_io_retry, cache_policy=NO_CACHE)
+def ingest_task(ratings: str, movies: str, store_dir: str) -> dict[str, Any]:
+    out = stages.run_ingest(Path(ratings), Path(movies), Path(store_dir))
+    get_run_logger().info("ingested %s", json.dumps(out["stats"]))
+    return out
+
+
+@task(name="features", cache_policy=NO_CACHE)
+def features_task(ratings: str, movies: str, out_dir: str, preset_name: str, holdout: float) -> dict[str, Any]:
+    return stages.run_features(Path(ratings), Path(movies), Path(out_dir), preset(preset_name), holdout)
+
+
+@task(name="scalers", cache_policy=NO_CACHE)
+def scalers_task(ratings: str, feature_dirs: dict[str, str], holdout: float) -> dict[str, str]:
+    return stages.run_scalers(Path(ratings), feature_dirs, holdout)
+
+
+@task(name="train", cache_policy=NO_CACHE)
+def train_task(
+    ratings: str,
+    feature_dirs: dict[str, str],
+    scaler_paths: dict[str, str],
+    out_dir: str,
+    preset_name: str,
+    max_epochs: int | None,
+    seed: int,
+    holdout: float,
+) -> dict[str, Any]:
+    logger = get_run_logger()
+    config = preset(preset_name, max_epochs=max_epochs)
+
+    def on_epoch(phase: str, rec: dict[str, float]) -> None:
+        val = f" val_loss {rec['val_loss']:.4f} val_mse {rec['val_mse']:.4f}" if "val_loss" in rec else ""
+        logger.info(
+            "%s epoch %d/%d: loss %.4f mse %.4f%s (%.1fs)",
+            phase,
+            rec["epoch"],
+            config.max_epochs,
+            rec["loss"],
+            rec["mse"],
+            val,
+            rec["seconds"],
+        )
+
+    return stages.run_train(Path(ratings), feature_dirs, scaler_paths, Path(out_dir), config, seed, holdout, on_epoch)
+
+
+@task(name="export", cache_policy=NO_CACHE)
+def export_task(model_path: str, full_dir: str, scalers_path: str, model_dir: str) -> dict[str, Any]:
+    return publish.run_export(Path(model_path), Path(full_dir), Path(scalers_path), Path(model_dir))
+
+
+@task(name="recommend", cache_policy=NO_CACHE)
+def recommend_task(ratings: str, model_dir: str, out_path: str, k: int, version: str, chunk_size: int) -> dict[str, Any]:
+    logger = get_run_logger()
+    return publish.run_recommend(
+        Path(ratings), Path(model_dir), Path(out_path), k, version, chunk_size,
+        on_chunk=lambda done, total: logger.info("recommended for %d/%d users", done, total),
+    )  # fmt: skip
+
+
+@task(name="similar-movies", cache_policy=NO_CACHE)
+def similar_task(model_dir: str, out_path: str, k: int, chunk_size: int) -> dict[str, Any]:
+    return publish.run_similar(Path(model_dir), Path(out_path), k, chunk_size)
+
+
+@task(name="publish", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=_io_retry, cache_policy=NO_CACHE)
+def publish_task(
+    data_dir: str, run_date: dt.date, version: str, model_dir: str, tables: dict[str, str], extra: dict[str, Any]
+) -> dict[str, Any]:
+    return publish.run_publish(Layout(Path(data_dir)), run_date, version, Path(model_dir), tables, extra)
+
+
+class _Stages:
+    """Runs stages in order, timing each and naming the stage in any error."""
+
+    def __init__(self) -> None:
+        self.timings: dict[str, float] = {}
+
+    def __call__(self, name: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:
+            raise StageError(f"stage {name} failed: {exc}") from exc
+        finally:
+            self.timings[name] = round(time.perf_counter() - started, 3)
+
+
+@flow(name="towerflow-nightly", log_prints=True)
+def nightly(params: NightlyParams = NightlyParams()) -> dict[str, Any]:  # noqa: B008
+    """Run the whole nightly job once and return its summary."""
+    logger = get_run_logger()
+    threads = params.threads or default_threads()
+    pin_threads(threads)
+    run_date = params.run_date or dt.date.today()
+    layout = Layout(Path(params.data_dir).resolve())
+    config = preset(params.preset, max_epochs=params.max_epochs)
+    run = _Stages()
+    with data_dir_lock(layout.lock):
+        if (params.ratings is None) != (params.movies is None):
+            raise StageError("stage inputs failed: give both --ratings and --movies, or neither for the embedded data set")
+        if params.ratings is None:
+            inputs = run("generate", generate_task, str(layout.data_dir / "embedded"))
+        else:
+            inputs = {"ratings": str(Path(params.ratings).resolve()), "movies": str(Path(params.movies or "").resolve())}
+        input_hash = run("hash-inputs", stages.input_hash, Path(inputs["ratings"]), Path(inputs["movies"]))
+        ingested = run("ingest", ingest_task, inputs["ratings"], inputs["movies"], str(layout.store(input_hash)))
+        version = model_version(
+            run_date, sha256_text(input_hash, json.dumps(config.to_dict(), sort_keys=True), str(params.seed), str(params.holdout_fraction))
+        )
+        work = layout.work(version)
+        shutil.rmtree(work, ignore_errors=True)
+        logger.info("model version %s, staging in %s", version, work)
+        feats = run(
+            "features",
+            features_task,
+            ingested["ratings"],
+            ingested["movies"],
+            str(work / "features"),
+            params.preset,
+            params.holdout_fraction,
+        )
+        feature_dirs = {"train": feats["train"], "full": feats["full"]}
+        scalers = run("scalers", scalers_task, ingested["ratings"], feature_dirs, params.holdout_fraction)
+        trained = run(
+            "train",
+            train_task,
+            ingested["ratings"],
+            feature_dirs,
+            scalers,
+            str(work / "train"),
+            params.preset,
+            params.max_epochs,
+            params.seed,
+            params.holdout_fraction,
+        )
+        exported = run("export", export_task, trained["model"], feature_dirs["full"], scalers["full"], str(work / "model"))
+        recs = run(
+            "recommend",
+            recommend_task,
+            ingested["ratings"],
+            exported["model_dir"],
+            str(work / "recommendations.parquet"),
+            params.k,
+            version,
+            params.chunk_size,
+        )
+        similar = run("similar", similar_task, exported["model_dir"], str(work / "similar_movies.parquet"), params.k, params.chunk_size)
+        extra = {
+            "preset": params.preset,
+            "k": params.k,
+            "inputs": {"ratings": inputs["ratings"], "movies": inputs["movies"], "sha256": input_hash},
+            "ingest": ingested["stats"],
+            "training": {
+                "val_rmse": trained["val_rmse"],
+                "best_epoch": trained["best_epoch"],
+                "epochs_run": trained["epochs_run"],
+                "refit_epochs": trained["refit_epochs"],
+            },
+            "config": config.to_dict(),
+            "threads": threads,
+            "timings": dict(run.timings),
+        }
+        tables = {"recommendations": recs["path"], "similar_movies": similar["path"]}
+        latest = run("publish", publish_task, str(layout.data_dir), run_date, version, exported["model_dir"], tables, extra)
+        shutil.rmtree(work, ignore_errors=True)
+    summary = {
+        **latest,
+        "timings": dict(run.timings),
+        "data_dir": str(layout.data_dir),
+        "users": recs["users"],
+        "movies": exported["movies"],
+    }
+    logger.info("published %s: %s", version, json.dumps(latest["tables"]))
+    return summary

@@ -1,0 +1,76 @@
+"""Model presets: the course's lab configuration and towerflow's default.
+
+A preset fixes the feature set and the training recipe. ``lab`` reproduces the
+course (raw mean-rating features, MSE only, Adam 0.01, batch 32, 30 epochs);
+``default`` keeps the same architecture (two MLP towers, L2-normalized
+outputs, dot product, MinMax(-1, 1) rating target) but uses confidence-aware
+features and adds a popularity-corrected in-batch softmax beside the MSE.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Literal
+
+FeatureSet = Literal["lab", "confidence"]
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything that decides what the model learns; hashed into the model version."""
+
+    preset: str
+    features: FeatureSet
+    hidden: tuple[int, ...] = (256, 128)
+    embedding_dim: int = 32
+    learning_rate: float = 3e-3
+    batch_size: int = 1024
+    max_epochs: int = 40
+    patience: int | None = 5
+    mse_weight: float = 30.0
+    softmax_weight: float = 1.0
+    temperature: float = 0.1
+    logq_correction: bool = True
+    dropout: float = 0.2
+    shrinkage: float = 10.0
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["hidden"] = list(self.hidden)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown model config keys {sorted(unknown)}; known: {sorted(known)}")
+        values = dict(data)
+        values["hidden"] = tuple(values.get("hidden", (256, 128)))
+        return cls(**values)
+
+
+PRESETS: dict[str, ModelConfig] = {
+    "default": ModelConfig(preset="default", features="confidence"),
+    "lab": ModelConfig(
+        preset="lab",
+        features="lab",
+        learning_rate=0.01,
+        batch_size=32,
+        max_epochs=30,
+        patience=None,
+        mse_weight=1.0,
+        softmax_weight=0.0,
+        logq_correction=False,
+        dropout=0.0,
+    ),
+}
+
+
+def preset(name: str, **overrides: Any) -> ModelConfig:
+    """Return preset ``name`` with ``overrides`` (``None`` values are ignored)."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+    changes = {k: v for k, v in overrides.items() if v is not None}
+    return dataclasses.replace(PRESETS[name], **changes)

@@ -1,0 +1,111 @@
+"""A deterministic, offline, MovieLens-like data set: the embedded default.
+
+Movies get MovieLens genres, release years and a long-tail popularity; users
+get genre tastes and an activity level; each user rates movies drawn by
+popularity times taste, with half-star ratings that reflect movie quality,
+user bias and taste, and timestamps spread over the user's active period. A
+few movies have no ratings (cold start), a few titles have no year or need CSV
+quoting. Files are written exactly as GroupLens publishes ml-latest-small.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from tasks.features import GENRES
+from tasks.storage import atomic_path
+
+GENRE_WEIGHTS = np.array([1.8, 1.3, 0.6, 0.7, 3.0, 1.2, 0.5, 4.0, 0.8, 0.2, 1.0, 0.2, 0.4, 0.6, 1.6, 0.8, 1.9, 0.4, 0.2])
+WORDS_A = ["Silent", "Last", "Broken", "Golden", "Hidden", "Dark", "Little", "Wild", "Lost", "Secret", "Red", "Endless"]
+WORDS_B = ["River", "Night", "Empire", "Garden", "Signal", "Harbor", "Machine", "Summer", "Kingdom", "Road", "Storm", "Mirror"]
+
+
+@dataclass(frozen=True)
+class GeneratedData:
+    ratings_csv: Path
+    movies_csv: Path
+    n_ratings: int
+    n_users: int
+    n_movies: int
+
+
+def _titles(rng: np.random.Generator, years: np.ndarray) -> list[str]:
+    titles = []
+    for i, year in enumerate(years):
+        name = f"{rng.choice(WORDS_A)} {rng.choice(WORDS_B)} {i + 1}"
+        if i % 97 == 5:
+            name = f'{name}, The "Director\'s Cut"'
+        if i % 151 == 7:
+            name = f"{name} \u2013 Édition spéciale"
+        titles.append(name if year == 0 else f"{name} ({year})")
+    return titles
+
+
+def generate(
+    out_dir: Path,
+    n_users: int = 1500,
+    n_movies: int = 2500,
+    mean_ratings_per_user: float = 80.0,
+    seed: int = 7,
+    cold_movie_fraction: float = 0.03,
+) -> GeneratedData:
+    """Write ``ratings.csv`` and ``movies.csv`` to ``out_dir``; same arguments give the same bytes."""
+    if n_users < 1 or n_movies < 30:
+        raise ValueError(f"need n_users >= 1 and n_movies >= 30, got {n_users} users, {n_movies} movies")
+    rng = np.random.default_rng(seed)
+    n_g = len(GENRES)
+    # Movies: 1-3 genres, a year, a quality and a Zipf-like popularity.
+    g_prob = GENRE_WEIGHTS / GENRE_WEIGHTS.sum()
+    movie_genres = np.zeros((n_movies, n_g), dtype=bool)
+    for i in range(n_movies):
+        k = rng.choice([1, 2, 3], p=[0.45, 0.4, 0.15])
+        movie_genres[i, rng.choice(n_g, size=k, replace=False, p=g_prob)] = True
+    years = np.clip(np.round(2024 - rng.gamma(2.0, 11.0, n_movies)), 1920, 2023).astype(int)
+    years[rng.random(n_movies) < 0.01] = 0  # no year in the title
+    quality = rng.normal(0.0, 0.45, n_movies)
+    popularity = rng.permutation(np.arange(1, n_movies + 1) ** -0.9) * np.exp(0.6 * quality)
+    cold = rng.random(n_movies) < cold_movie_fraction
+    popularity[cold] = 0.0
+    # Users: 1-3 favourite genres, a rating bias, an activity level.
+    taste = rng.normal(-0.3, 0.35, (n_users, n_g))
+    for u in range(n_users):
+        favs = rng.choice(n_g, size=rng.integers(1, 4), replace=False, p=g_prob)
+        taste[u, favs] = rng.uniform(0.8, 1.6, len(favs))
+    bias = rng.normal(0.0, 0.35, n_users)
+    counts = np.clip(rng.lognormal(np.log(mean_ratings_per_user) - 0.5, 1.0, n_users), 20, n_movies // 3).astype(int)
+    affinity_all = movie_genres.astype(np.float64) / np.maximum(movie_genres.sum(1, keepdims=True), 1)
+
+    rows: list[tuple[int, int, float, int]] = []
+    start = rng.integers(946_684_800, 1_672_531_200, n_users)  # 2000-01-01 .. 2023-01-01
+    for u in range(n_users):
+        affinity = affinity_all @ taste[u]
+        weight = popularity * np.exp(2.0 * affinity)
+        with np.errstate(divide="ignore"):
+            keys = np.log(weight) - np.log(-np.log(rng.random(n_movies)))  # Gumbel top-k
+        picks = np.argsort(-keys)[: counts[u]]
+        picks = picks[weight[picks] > 0]
+        raw = 3.5 + bias[u] + quality[picks] + 0.9 * affinity[picks] + rng.normal(0, 0.55, len(picks))
+        stars = np.clip(np.round(raw * 2) / 2, 0.5, 5.0)
+        span = rng.integers(86_400, 3 * 365 * 86_400)
+        times = np.sort(start[u] + rng.integers(0, span, len(picks)))
+        rows.extend(zip([u + 1] * len(picks), (picks + 1).tolist(), stars.tolist(), times.tolist(), strict=True))
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    titles = _titles(rng, years)
+    movies_csv = out_dir / "movies.csv"
+    with atomic_path(movies_csv) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh, lineterminator="\n")
+        writer.writerow(["movieId", "title", "genres"])
+        for i in range(n_movies):
+            names = [GENRES[g] for g in np.flatnonzero(movie_genres[i])]
+            writer.writerow([i + 1, titles[i], "|".join(names) if i % 211 != 3 else "(no genres listed)"])
+    ratings_csv = out_dir / "ratings.csv"
+    with atomic_path(ratings_csv) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
+        fh.write("userId,movieId,rating,timestamp\n")
+        fh.writelines(f"{u},{m},{r:.1f},{t}\n" for u, m, r, t in rows)
+    return GeneratedData(ratings_csv, movies_csv, len(rows), n_users, n_movies)

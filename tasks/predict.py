@@ -1,0 +1,98 @@
+"""Score user/movie pairs with the latest published model (``towerflow predict``).
+
+Movies in the catalog but never rated are scored from their content features
+(cold start). A user or movie the published model does not know gets a null
+prediction and a per-row ``error`` that says why, never a made-up value.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from tasks import schemas
+from tasks.ingest import InputError
+from tasks.publish import read_latest
+from tasks.storage import sha256_file, write_table
+
+PAIR_COLUMNS = (("userId", "movieId"), ("user_id", "movie_id"))
+
+
+def read_pairs(path: Path) -> pd.DataFrame:
+    """Read ``userId,movieId`` (or ``user_id,movie_id``) pairs from CSV or Parquet."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: pairs file not found")
+    try:
+        table = pq.read_table(path) if path.suffix.lower() in {".parquet", ".pq"} else pacsv.read_csv(path)
+    except pa.ArrowInvalid as exc:
+        raise InputError(f"{path}: cannot read pairs ({exc})") from exc
+    for user_col, movie_col in PAIR_COLUMNS:
+        if user_col in table.column_names and movie_col in table.column_names:
+            try:
+                users = table.column(user_col).cast(pa.int64()).to_numpy()
+                movies = table.column(movie_col).cast(pa.int64()).to_numpy()
+            except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+                raise InputError(f"{path}: columns {user_col},{movie_col} must be integer ids ({exc})") from exc
+            return pd.DataFrame({"user_id": users, "movie_id": movies})
+    raise InputError(f"{path}: expected columns userId,movieId (or user_id,movie_id), found {table.column_names}")
+
+
+def verified(data_dir: Path, entry: dict[str, Any]) -> Path:
+    """The path of a model file listed in latest.json, after checking its sha256."""
+    path = Path(data_dir) / entry["path"]
+    if not path.exists():
+        raise FileNotFoundError(f"published model file missing: {path}")
+    if sha256_file(path) != entry["sha256"]:
+        raise ValueError(f"{path}: sha256 does not match latest.json; the published model was modified")
+    return path
+
+
+def predict_pairs(data_dir: Path, pairs_path: Path, output_path: Path) -> dict[str, Any]:
+    """Write predictions for every pair to ``output_path``; return counts."""
+    from tasks.model import load_model, towers
+    from tasks.scalers import load_scalers
+    from tasks.stages import read_features
+
+    data_dir = Path(data_dir)
+    latest = read_latest(data_dir)
+    files = {key: verified(data_dir, latest["model"][key]) for key in ("keras", "scalers", "user_features", "movie_features")}
+    pairs = read_pairs(Path(pairs_path))
+    user_ids, user_x, _ = read_features(files["user_features"], "user")
+    movie_ids, movie_x, _ = read_features(files["movie_features"], "movie")
+    u = pd.Index(user_ids).get_indexer(pairs["user_id"].to_numpy())
+    m = pd.Index(movie_ids).get_indexer(pairs["movie_id"].to_numpy())
+    ok = (u >= 0) & (m >= 0)
+    errors = np.full(len(pairs), None, dtype=object)
+    version = latest["model_version"]
+    errors[u < 0] = [f"unknown user {x}: no ratings in the data of model {version}" for x in pairs["user_id"].to_numpy()[u < 0]]
+    only_movie = (u >= 0) & (m < 0)
+    errors[only_movie] = [
+        f"unknown movie {x}: not in the movie catalog of model {version}" for x in pairs["movie_id"].to_numpy()[only_movie]
+    ]
+    stars = np.full(len(pairs), np.nan, dtype=np.float32)
+    if ok.any():
+        scalers = load_scalers(files["scalers"])
+        user_tower, movie_tower = towers(load_model(files["keras"]))
+        uu, u_inv = np.unique(u[ok], return_inverse=True)
+        mm, m_inv = np.unique(m[ok], return_inverse=True)
+        ue = user_tower.predict(scalers.user.transform(user_x[uu]).astype(np.float32), batch_size=65536, verbose=0)
+        me = movie_tower.predict(scalers.movie.transform(movie_x[mm]).astype(np.float32), batch_size=65536, verbose=0)
+        scores = np.einsum("ij,ij->i", ue[u_inv], me[m_inv])
+        stars[ok] = scalers.target_to_rating(scores)
+    table = pa.table(
+        {
+            "user_id": pa.array(pairs["user_id"].to_numpy(), pa.int64()),
+            "movie_id": pa.array(pairs["movie_id"].to_numpy(), pa.int64()),
+            "predicted_rating": pa.array(stars, pa.float32(), mask=~ok),
+            "error": pa.array(errors, pa.string()),
+        }
+    )
+    write_table(Path(output_path), table, schemas.PREDICTIONS, "predictions", {"model_version": version})
+    return {"rows": len(pairs), "scored": int(ok.sum()), "errors": int((~ok).sum()), "model_version": version, "output": str(output_path)}

@@ -1,0 +1,177 @@
+"""The fitting half of the nightly job as plain functions: ingest, features, scalers, train.
+
+Each stage reads files and writes files and returns their paths (plus small
+JSON-able facts), so the flow can pass paths between tasks.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from tasks import schemas
+from tasks.config import ModelConfig
+from tasks.features import Features, compute_features, temporal_holdout
+from tasks.ingest import ingest
+from tasks.scalers import Scalers, fit_scalers, load_scalers, save_scalers
+from tasks.storage import read_table, sha256_file, table_meta, write_table
+
+PHASES = ("train", "full")
+
+
+def input_hash(ratings_src: Path, movies_src: Path) -> str:
+    """Content hash of the two input files (what the store is keyed on)."""
+    return sha256_file(Path(ratings_src))[:32] + sha256_file(Path(movies_src))[:32]
+
+
+def run_ingest(ratings_src: Path, movies_src: Path, store_dir: Path) -> dict[str, Any]:
+    ratings, movies, stats = ingest(Path(ratings_src), Path(movies_src), Path(store_dir))
+    return {"ratings": str(ratings), "movies": str(movies), "stats": stats.to_dict()}
+
+
+def load_ratings(path: Path) -> pd.DataFrame:
+    return read_table(Path(path), schemas.RATINGS, "ratings").to_pandas()
+
+
+def load_movies(path: Path) -> pd.DataFrame:
+    return read_table(Path(path), schemas.MOVIES, "movies").to_pandas()
+
+
+def _write_features(path: Path, ids: np.ndarray, x: np.ndarray, names: list[str], kind: str) -> None:
+    schema = schemas.USER_FEATURES if kind == "user" else schemas.MOVIE_FEATURES
+    values = pa.ListArray.from_arrays(pa.array(np.arange(0, x.size + 1, x.shape[1], dtype=np.int32)), pa.array(x.reshape(-1), pa.float32()))
+    table = pa.table({f"{kind}_id": pa.array(ids, pa.int64()), "features": values}, schema=schema)
+    write_table(path, table, schema, f"{kind}_features", {"feature_names": json.dumps(names)})
+
+
+def read_features(path: Path, kind: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """(ids, float32 matrix, feature names) of a features table."""
+    schema = schemas.USER_FEATURES if kind == "user" else schemas.MOVIE_FEATURES
+    table = read_table(Path(path), schema, f"{kind}_features")
+    names = json.loads(table_meta(Path(path), "feature_names") or "[]")
+    flat = table.column("features").combine_chunks().flatten().to_numpy()
+    return table.column(f"{kind}_id").to_numpy(), flat.reshape(table.num_rows, len(names)).astype(np.float32), names
+
+
+def run_features(ratings_path: Path, movies_path: Path, out_dir: Path, config: ModelConfig, holdout_fraction: float) -> dict[str, Any]:
+    """Features of the train phase (holdout excluded) and of the full phase (every rating)."""
+    ratings, movies = load_ratings(ratings_path), load_movies(movies_path)
+    users = np.sort(ratings["user_id"].unique())
+    hold = temporal_holdout(ratings["timestamp"].to_numpy(), holdout_fraction)
+    out: dict[str, Any] = {"holdout_ratings": int(hold.sum()), "train_ratings": int((~hold).sum())}
+    for phase, subset in (("train", ratings[~hold]), ("full", ratings)):
+        feats = compute_features(subset, movies, users, config.features, config.shrinkage)
+        d = Path(out_dir) / phase
+        _write_features(d / "user_features.parquet", feats.user_ids, feats.user_x, feats.user_names, "user")
+        _write_features(d / "movie_features.parquet", feats.movie_ids, feats.movie_x, feats.movie_names, "movie")
+        out[phase] = str(d)
+    return out
+
+
+def load_phase(feature_dir: Path) -> Features:
+    uid, ux, un = read_features(Path(feature_dir) / "user_features.parquet", "user")
+    mid, mx, mn = read_features(Path(feature_dir) / "movie_features.parquet", "movie")
+    return Features(uid, ux, un, mid, mx, mn)
+
+
+def run_scalers(ratings_path: Path, feature_dirs: dict[str, str], holdout_fraction: float) -> dict[str, str]:
+    """Fit scalers per phase on that phase's features and ratings; write them as JSON."""
+    ratings = load_ratings(ratings_path)
+    hold = temporal_holdout(ratings["timestamp"].to_numpy(), holdout_fraction)
+    out = {}
+    for phase in PHASES:
+        feats = load_phase(Path(feature_dirs[phase]))
+        y = ratings["rating"].to_numpy()[~hold] if phase == "train" else ratings["rating"].to_numpy()
+        path = Path(feature_dirs[phase]) / "scalers.json"
+        save_scalers(fit_scalers(feats.user_x, feats.movie_x, y, feats.user_names, feats.movie_names), path)
+        out[phase] = str(path)
+    return out
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """Scaled features and rating triples of one phase, ready for training or scoring."""
+
+    feats: Features
+    scalers: Scalers
+    user_x: np.ndarray
+    movie_x: np.ndarray
+
+    def triples(self, ratings: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        u = pd.Index(self.feats.user_ids).get_indexer(ratings["user_id"].to_numpy())
+        m = pd.Index(self.feats.movie_ids).get_indexer(ratings["movie_id"].to_numpy())
+        return u, m, self.scalers.rating_to_target(ratings["rating"].to_numpy())
+
+
+def prepare(feature_dir: Path, scalers_path: Path) -> Prepared:
+    feats = load_phase(feature_dir)
+    scalers = load_scalers(scalers_path)
+    if scalers.user_names != feats.user_names or scalers.movie_names != feats.movie_names:
+        raise ValueError(f"{scalers_path} was fitted on other feature columns than {feature_dir}")
+    ux = scalers.user.transform(feats.user_x).astype(np.float32)
+    mx = scalers.movie.transform(feats.movie_x).astype(np.float32)
+    return Prepared(feats, scalers, ux, mx)
+
+
+def run_train(
+    ratings_path: Path,
+    feature_dirs: dict[str, str],
+    scaler_paths: dict[str, str],
+    out_dir: Path,
+    config: ModelConfig,
+    seed: int,
+    holdout_fraction: float,
+    on_epoch: Callable[[str, dict[str, float]], None] | None = None,
+) -> dict[str, Any]:
+    """Train on the train phase with early stopping on the holdout, then refit on everything.
+
+    The published ``model.keras`` always uses the full-phase features and scalers:
+    it is refit on every rating for the best validated number of epochs.
+    """
+    from tasks.model import save_model
+    from tasks.train import TrainData, predict_scores, train_model
+
+    ratings = load_ratings(ratings_path)
+    hold = temporal_holdout(ratings["timestamp"].to_numpy(), holdout_fraction)
+    train = prepare(Path(feature_dirs["train"]), Path(scaler_paths["train"]))
+    tu, tm, ty = train.triples(ratings[~hold])
+    val = train.triples(ratings[hold]) if hold.any() else None
+    first = train_model(
+        TrainData(train.user_x, train.movie_x, tu, tm, ty), config, seed, validation=val,
+        on_epoch=(lambda rec: on_epoch("validate", rec)) if on_epoch else None,
+    )  # fmt: skip
+    out_dir = Path(out_dir)
+    save_model(first.model, out_dir / "model_validation.keras")
+    result: dict[str, Any] = {
+        "validation_model": str(out_dir / "model_validation.keras"),
+        "best_epoch": first.best_epoch,
+        "epochs_run": first.epochs_run,
+        "history": first.history,
+        "examples_per_second": first.examples_per_second,
+        "val_rmse": None,
+    }
+    if val is not None:
+        scores = predict_scores(first.model, train.user_x, train.movie_x, val[0], val[1])
+        stars = train.scalers.target_to_rating(scores)
+        result["val_rmse"] = float(np.sqrt(np.mean((stars - ratings["rating"].to_numpy()[hold]) ** 2)))
+    if hold.any():
+        full = prepare(Path(feature_dirs["full"]), Path(scaler_paths["full"]))
+        fu, fm, fy = full.triples(ratings)
+        final = train_model(
+            TrainData(full.user_x, full.movie_x, fu, fm, fy), config, seed, epochs=max(1, first.best_epoch),
+            on_epoch=(lambda rec: on_epoch("refit", rec)) if on_epoch else None,
+        )  # fmt: skip
+        save_model(final.model, out_dir / "model.keras")
+        result["refit_epochs"] = final.epochs_run
+    else:
+        save_model(first.model, out_dir / "model.keras")
+        result["refit_epochs"] = 0
+    result["model"] = str(out_dir / "model.keras")
+    return result

@@ -1,0 +1,169 @@
+"""Training loop for the two-tower model.
+
+The input pipeline is a ``tf.data`` stream of (user index, movie index, scaled
+rating) triples; feature rows are gathered by index inside the train step, so
+no per-rating copy of the feature rows is ever materialized. The loss is the
+lab's MSE of the dot product against the MinMax(-1, 1) rating, optionally
+plus an in-batch softmax over the same dot product (temperature, accidental
+hits masked, log-popularity correction).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tasks.config import ModelConfig
+from tasks.model import build_model, towers
+
+
+@dataclass(frozen=True)
+class TrainData:
+    """Scaled feature matrices and the (user row, movie row, scaled target) triples."""
+
+    user_x: np.ndarray
+    movie_x: np.ndarray
+    users: np.ndarray
+    movies: np.ndarray
+    target: np.ndarray
+
+
+@dataclass
+class TrainResult:
+    model: keras.Model
+    epochs_run: int
+    best_epoch: int
+    history: list[dict[str, float]] = field(default_factory=list)
+    seconds: float = 0.0
+    examples_per_second: float = 0.0
+
+
+def log_popularity(movies: np.ndarray, n_movies: int) -> np.ndarray:
+    """log of each movie's share of training ratings (smoothed by 1), for the logQ correction."""
+    counts = np.bincount(movies, minlength=n_movies).astype(np.float64) + 1.0
+    return np.log(counts / counts.sum()).astype(np.float32)
+
+
+class _Steps:
+    """Compiled train and evaluation steps for one model and one data set."""
+
+    def __init__(self, model: keras.Model, data: TrainData, config: ModelConfig) -> None:
+        self.user_tower, self.movie_tower = towers(model)
+        self.U = tf.constant(data.user_x)
+        self.M = tf.constant(data.movie_x)
+        self.log_q = tf.constant(log_popularity(data.movies, len(data.movie_x)))
+        self.config = config
+        self.optimizer = keras.optimizers.Adam(learning_rate=config.learning_rate)
+        self.variables = self.user_tower.trainable_variables + self.movie_tower.trainable_variables
+        self.train_step = tf.function(self._train_step, reduce_retracing=True)
+        self.eval_step = tf.function(self._losses, reduce_retracing=True)
+
+    def _losses(self, u: tf.Tensor, m: tf.Tensor, y: tf.Tensor, training: bool = False) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        c = self.config
+        ue = self.user_tower(tf.gather(self.U, u), training=training)
+        me = self.movie_tower(tf.gather(self.M, m), training=training)
+        pred = tf.reduce_sum(ue * me, axis=1)
+        mse = tf.reduce_mean(tf.square(pred - y))
+        softmax = tf.constant(0.0)
+        if c.softmax_weight > 0:
+            logits = tf.matmul(ue, me, transpose_b=True) / c.temperature
+            if c.logq_correction:
+                logits -= tf.gather(self.log_q, m)[tf.newaxis, :]
+            same = tf.equal(m[:, tf.newaxis], m[tf.newaxis, :])
+            accidental = tf.logical_and(same, tf.logical_not(tf.eye(tf.shape(m)[0], dtype=tf.bool)))
+            logits = tf.where(accidental, tf.constant(-1e9, logits.dtype), logits)
+            labels = tf.range(tf.shape(m)[0])
+            softmax = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits))
+        loss = c.mse_weight * mse + c.softmax_weight * softmax
+        return loss, mse, softmax
+
+    def _train_step(self, u: tf.Tensor, m: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        with tf.GradientTape() as tape:
+            loss, mse, _ = self._losses(u, m, y, training=True)
+        grads = tape.gradient(loss, self.variables)
+        self.optimizer.apply_gradients(zip(grads, self.variables, strict=True))
+        return loss, mse
+
+
+def _dataset(u: np.ndarray, m: np.ndarray, y: np.ndarray, batch: int, seed: int | None) -> tf.data.Dataset:
+    ds = tf.data.Dataset.from_tensor_slices((u.astype(np.int32), m.astype(np.int32), y.astype(np.float32)))
+    if seed is not None:
+        ds = ds.shuffle(min(len(u), 1 << 20), seed=seed, reshuffle_each_iteration=True)
+    return ds.batch(batch).prefetch(tf.data.AUTOTUNE)
+
+
+def train_model(
+    data: TrainData,
+    config: ModelConfig,
+    seed: int,
+    epochs: int | None = None,
+    validation: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+    on_epoch: Callable[[dict[str, float]], None] | None = None,
+) -> TrainResult:
+    """Train a fresh model; with ``validation`` (user rows, movie rows, scaled target), stop early.
+
+    Early stopping monitors the validation loss with ``config.patience`` and
+    restores the best epoch's weights; with ``patience=None`` every epoch runs
+    and the final weights are kept (as the course does).
+    """
+    if len(data.users) == 0:
+        raise ValueError("no training ratings")
+    keras.utils.set_random_seed(seed)
+    model = build_model(data.user_x.shape[1], data.movie_x.shape[1], config)
+    steps = _Steps(model, data, config)
+    n_epochs = epochs if epochs is not None else config.max_epochs
+    train_ds = _dataset(data.users, data.movies, data.target, config.batch_size, seed)
+    val_ds = _dataset(*validation, max(config.batch_size, 1024), None) if validation is not None and len(validation[0]) else None
+    history: list[dict[str, float]] = []
+    best_loss, best_epoch, best_weights, waited = math.inf, n_epochs, None, 0
+    started = time.perf_counter()
+    for epoch in range(1, n_epochs + 1):
+        t0 = time.perf_counter()
+        total = mse_sum = 0.0
+        batches = 0
+        for u, m, y in train_ds:
+            loss, mse = steps.train_step(u, m, y)
+            total += float(loss)
+            mse_sum += float(mse)
+            batches += 1
+        record: dict[str, Any] = {"epoch": epoch, "loss": total / batches, "mse": mse_sum / batches, "seconds": time.perf_counter() - t0}
+        if val_ds is not None:
+            vals = [steps.eval_step(u, m, y) for u, m, y in val_ds]
+            record["val_loss"] = float(np.mean([float(v[0]) for v in vals]))
+            record["val_mse"] = float(np.mean([float(v[1]) for v in vals]))
+        history.append(record)
+        if on_epoch is not None:
+            on_epoch(record)
+        if val_ds is not None and config.patience is not None:
+            if record["val_loss"] < best_loss - 1e-6:
+                best_loss, best_epoch, best_weights, waited = record["val_loss"], epoch, model.get_weights(), 0
+            else:
+                waited += 1
+                if waited >= config.patience:
+                    break
+    if best_weights is not None:
+        model.set_weights(best_weights)
+    else:
+        best_epoch = len(history)
+    seconds = time.perf_counter() - started
+    return TrainResult(model, len(history), best_epoch, history, seconds, len(data.users) * len(history) / seconds)
+
+
+def predict_scores(
+    model: keras.Model, user_x: np.ndarray, movie_x: np.ndarray, users: np.ndarray, movies: np.ndarray, batch: int = 65536
+) -> np.ndarray:
+    """Dot-product scores for (user row, movie row) pairs, gathered by index in batches."""
+    user_tower, movie_tower = towers(model)
+    ue = user_tower.predict(user_x, batch_size=batch, verbose=0)
+    me = movie_tower.predict(movie_x, batch_size=batch, verbose=0)
+    out = np.empty(len(users), dtype=np.float32)
+    for s in range(0, len(users), batch):
+        out[s : s + batch] = np.einsum("ij,ij->i", ue[users[s : s + batch]], me[movies[s : s + batch]])
+    return out

@@ -1,0 +1,105 @@
+"""End to end: the nightly flow under a Prefect test server publishes tables that keep the contract."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+import pytest
+
+from flows.cli import main
+from tasks.export import read_embeddings
+
+pytestmark = [pytest.mark.flow, pytest.mark.usefixtures("prefect_harness")]
+K = 5
+
+
+@pytest.fixture(scope="module")
+def published(tiny_data: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    ratings, movies = tiny_data
+    data_dir = tmp_path_factory.mktemp("run")
+    args = ["run", "--ratings", str(ratings), "--movies", str(movies), "--data-dir", str(data_dir)]
+    assert main([*args, "--run-date", "2026-01-02", "--k", str(K), "--max-epochs", "3"]) == 0
+    latest = json.loads((data_dir / "outputs" / "latest.json").read_text())
+    return {"dir": data_dir, "latest": latest, "ratings": pd.read_csv(ratings), "movies": pd.read_csv(movies)}
+
+
+def test_latest_json_names_everything(published: dict[str, Any]) -> None:
+    latest, d = published["latest"], published["dir"]
+    assert latest["run_date"] == "2026-01-02" and latest["schema_version"] == "1"
+    assert latest["model_version"].startswith("2026-01-02-")
+    for key in ("index", "index_ids", "movie_embeddings", "user_embeddings", "keras", "scalers"):
+        assert (d / latest["model"][key]["path"]).is_file()
+    for name in ("recommendations", "similar_movies"):
+        info = latest["tables"][name]
+        assert pq.ParquetFile(d / info["path"]).metadata.num_rows == info["rows"]
+    assert {"train", "recommend", "ingest"} <= set(latest["timings"])
+    assert not (d / "work" / latest["model_version"]).exists()
+
+
+def test_recommendations_keep_the_contract(published: dict[str, Any]) -> None:
+    d, ratings = published["dir"], published["ratings"]
+    table = ds.dataset(d / "outputs" / "recommendations", format="parquet", partitioning="hive").to_table()
+    recs = table.to_pandas()
+    assert table.schema.field("rank").type == "int32" and table.schema.field("score").type == "float"
+    assert set(recs.user_id) == set(ratings.userId)
+    assert (recs.groupby("user_id").size() == K).all()
+    assert (recs.model_version == published["latest"]["model_version"]).all()
+    seen = set(zip(ratings.userId, ratings.movieId, strict=True))
+    assert not any((u, m) in seen for u, m in zip(recs.user_id, recs.movie_id, strict=True))
+    recs = recs.sort_values(["user_id", "rank"])
+    assert (recs.groupby("user_id").score.diff().dropna() <= 1e-7).all()
+    assert recs.groupby("user_id")["rank"].apply(list).map(lambda r: r == list(range(1, K + 1))).all()
+    assert recs.predicted_rating.between(0.5, 5.0).all()
+    # score = inner product of the published, L2-normalized embeddings
+    latest = published["latest"]
+    uid, uemb = read_embeddings(d / latest["model"]["user_embeddings"]["path"], "user")
+    mid, memb = read_embeddings(d / latest["model"]["movie_embeddings"]["path"], "movie")
+    np.testing.assert_allclose(np.linalg.norm(memb, axis=1), 1.0, atol=1e-5)
+    u = pd.Index(uid).get_indexer(recs.user_id)
+    m = pd.Index(mid).get_indexer(recs.movie_id)
+    np.testing.assert_allclose(np.einsum("ij,ij->i", uemb[u], memb[m]), recs.score, atol=1e-5)
+
+
+def test_similar_movies_cover_catalog_including_cold(published: dict[str, Any]) -> None:
+    d, movies, ratings = published["dir"], published["movies"], published["ratings"]
+    sim = ds.dataset(d / "outputs" / "similar_movies", format="parquet", partitioning="hive").to_table().to_pandas()
+    assert set(sim.movie_id) == set(movies.movieId)
+    assert (sim.groupby("movie_id").size() == K).all()
+    assert not (sim.movie_id == sim.similar_movie_id).any()
+    cold = set(movies.movieId) - set(ratings.movieId)
+    assert cold and cold <= set(sim.movie_id)
+
+
+def test_predict_scores_pairs_with_cold_start(published: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    d, movies, ratings = published["dir"], published["movies"], published["ratings"]
+    cold = sorted(set(movies.movieId) - set(ratings.movieId))[0]
+    pairs = pd.DataFrame({"userId": [1, 1, 999999, 2], "movieId": [int(ratings.movieId.iloc[0]), cold, 1, 424242]})
+    pairs.to_csv(tmp_path / "pairs.csv", index=False)
+    assert main(["predict", "--data-dir", str(d), "--pairs", str(tmp_path / "pairs.csv"), "--output", str(tmp_path / "p.parquet")]) == 0
+    out = pq.read_table(tmp_path / "p.parquet").to_pandas()
+    assert out.predicted_rating[:2].between(0.5, 5.0).all() and out.error[:2].isna().all()
+    assert out.predicted_rating[2:].isna().all()
+    assert "unknown user 999999" in out.error[2] and "unknown movie 424242" in out.error[3]
+    assert "2 pairs have no prediction" in capsys.readouterr().err
+
+
+def test_bad_input_fails_cleanly_and_keeps_latest(published: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    d = published["dir"]
+    before = (d / "outputs" / "latest.json").read_bytes()
+    bad = tmp_path / "ratings.csv"
+    bad.write_text("userId,movieId,rating,timestamp\n1,1,4.0,10\n1,2,four,11\n")
+    movies = tmp_path / "movies.csv"
+    published["movies"].to_csv(movies, index=False)
+    code = main(["run", "--ratings", str(bad), "--movies", str(movies), "--data-dir", str(d), "--run-date", "2026-01-03"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1
+    assert err[-1].startswith("towerflow run failed: stage ingest failed:")
+    assert f"{bad}: line 3, column 'rating': 'four' is not a number" in err[-1]
+    assert (d / "outputs" / "latest.json").read_bytes() == before
+    assert not (d / "outputs" / "recommendations" / "run_date=2026-01-03").exists()

@@ -1,0 +1,38 @@
+"""The embedded data set is deterministic, MovieLens-shaped and has planted genre tastes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from tasks.features import genre_matrix
+from tasks.generate import generate
+
+
+def test_deterministic_bytes(tmp_path: Path) -> None:
+    a = generate(tmp_path / "a", n_users=30, n_movies=60, seed=1)
+    b = generate(tmp_path / "b", n_users=30, n_movies=60, seed=1)
+    assert a.ratings_csv.read_bytes() == b.ratings_csv.read_bytes()
+    assert a.movies_csv.read_bytes() == b.movies_csv.read_bytes()
+
+
+def test_movielens_shape_and_planted_tastes(tmp_path: Path) -> None:
+    data = generate(tmp_path, n_users=150, n_movies=300, mean_ratings_per_user=40, seed=2)
+    ratings, movies = pd.read_csv(data.ratings_csv), pd.read_csv(data.movies_csv)
+    assert list(ratings.columns) == ["userId", "movieId", "rating", "timestamp"]
+    assert list(movies.columns) == ["movieId", "title", "genres"]
+    assert set(np.unique(ratings.rating * 2)) <= set(range(1, 11))
+    assert ratings.groupby("userId").size().min() >= 1
+    assert not ratings.duplicated(["userId", "movieId"]).any()
+    assert (~movies.movieId.isin(ratings.movieId)).sum() > 0  # cold-start movies exist
+    # Long tail: the top 10% of movies take far more than 10% of ratings.
+    counts = ratings.movieId.value_counts()
+    assert counts.iloc[: len(counts) // 10].sum() > 0.3 * len(ratings)
+    # Planted tastes: a user's favourite genre is over-represented versus the catalog.
+    g = genre_matrix(movies.genres)
+    row = pd.Index(movies.movieId).get_indexer(ratings.movieId)
+    per_user = pd.DataFrame(g[row]).groupby(ratings.userId.to_numpy()).mean()
+    lift = per_user.max(axis=1) / g.mean(axis=0)[per_user.to_numpy().argmax(axis=1)]
+    assert lift.median() > 1.5

@@ -1,0 +1,42 @@
+"""The two-tower model: unit-norm towers, scores in [-1, 1], exact .keras round trip."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tasks.config import preset
+
+pytestmark = pytest.mark.train
+
+
+def test_save_reload_identical_and_normalized(tmp_path: Path, rng: np.random.Generator) -> None:
+    from tasks.model import build_model, load_model, save_model, towers
+
+    model = build_model(5, 7, preset("default"))
+    ux = rng.normal(size=(64, 5)).astype(np.float32)
+    mx = rng.normal(size=(64, 7)).astype(np.float32)
+    before = model.predict([ux, mx], verbose=0)
+    path = save_model(model, tmp_path / "model.keras")
+    again = load_model(path)
+    np.testing.assert_array_equal(again.predict([ux, mx], verbose=0), before)
+    user_tower, _ = towers(again)
+    norms = np.linalg.norm(user_tower.predict(ux, verbose=0), axis=1)
+    np.testing.assert_allclose(norms, 1.0, atol=1e-5)
+    assert np.all(np.abs(before) <= 1.0 + 1e-6)
+
+
+def test_l2_normalize_guards_zero_rows() -> None:
+    from tasks.model import l2_normalize
+
+    out = np.asarray(l2_normalize(np.array([[0.0, 0.0], [3.0, 4.0]], dtype=np.float32)))
+    np.testing.assert_allclose(out, [[0.0, 0.0], [0.6, 0.8]])
+
+
+def test_model_path_must_be_keras(tmp_path: Path) -> None:
+    from tasks.model import build_model, save_model
+
+    with pytest.raises(ValueError, match=r"must end in \.keras"):
+        save_model(build_model(2, 2, preset("lab")), tmp_path / "model.h5")

@@ -1,0 +1,62 @@
+"""FAISS top-k with seen movies excluded equals a brute-force numpy top-k."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from tasks.export import build_index
+from tasks.recommend import topk_unseen, write_similar_movies
+
+
+def _unit(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
+    x = rng.normal(size=(n, d)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def _brute(users: np.ndarray, items: np.ndarray, seen: list[np.ndarray], k: int) -> list[list[int]]:
+    scores = users @ items.T
+    out = []
+    for i, s in enumerate(scores):
+        s = s.copy()
+        s[seen[i]] = -np.inf
+        order = np.argsort(-s, kind="stable")
+        out.append([int(j) for j in order[:k] if np.isfinite(s[j])])
+    return out
+
+
+@pytest.mark.parametrize("chunk_size", [1, 7, 1000])
+def test_topk_unseen_matches_brute_force(rng: np.random.Generator, chunk_size: int) -> None:
+    users, items, k = _unit(rng, 40, 8), _unit(rng, 60, 8), 5
+    seen = [rng.choice(60, size=int(rng.integers(0, 30)), replace=False) for _ in range(40)]
+    seen[3] = np.arange(57)  # only 3 unseen items left: fewer than k rows
+    indptr = np.concatenate([[0], np.cumsum([len(s) for s in seen])])
+    rows = np.concatenate(seen).astype(np.int64)
+    got: dict[int, list[tuple[int, int, float]]] = {}
+    for q, rank, item, score in topk_unseen(build_index(items), users, indptr, rows, k, chunk_size):
+        for a, b, c, d in zip(q, rank, item, score, strict=True):
+            got.setdefault(int(a), []).append((int(b), int(c), float(d)))
+    expected = _brute(users, items, seen, k)
+    for u in range(40):
+        ranks = [r for r, _, _ in got[u]]
+        assert ranks == list(range(1, len(expected[u]) + 1))
+        assert [i for _, i, _ in got[u]] == expected[u]
+        scores = [s for _, _, s in got[u]]
+        assert all(a >= b for a, b in itertools.pairwise(scores))
+        np.testing.assert_allclose(scores, users[u] @ items[expected[u]].T, rtol=1e-5, atol=1e-6)
+    assert len(got[3]) == 3
+
+
+def test_similar_movies_never_self(tmp_path: Path, rng: np.random.Generator) -> None:
+    emb = _unit(rng, 30, 4)
+    emb[5] = emb[4]  # an exact duplicate must not displace or duplicate self-exclusion
+    ids = np.arange(100, 130, dtype=np.int64)
+    n = write_similar_movies(tmp_path / "sim.parquet", build_index(emb), ids, emb, k=4, chunk_size=8)
+    table = pq.read_table(tmp_path / "sim.parquet").to_pandas()
+    assert n == 120 and (table.groupby("movie_id").size() == 4).all()
+    assert not (table["movie_id"] == table["similar_movie_id"]).any()
+    assert table.loc[table.movie_id == 104, "similar_movie_id"].iloc[0] == 105

@@ -1,0 +1,56 @@
+"""Schemas are checked and versioned on write and read; writes are atomic."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from tasks import schemas
+from tasks.storage import atomic_path, read_json, read_table, write_json, write_table
+
+
+def _recs(n: int = 3) -> pa.Table:
+    return pa.table(
+        {
+            "user_id": pa.array([1] * n, pa.int64()),
+            "rank": pa.array(range(1, n + 1), pa.int32()),
+            "movie_id": pa.array(range(10, 10 + n), pa.int64()),
+            "score": pa.array([0.9, 0.5, 0.1][:n], pa.float32()),
+            "predicted_rating": pa.array([4.5, 3.5, 2.5][:n], pa.float32()),
+            "model_version": pa.array(["v"] * n, pa.string()),
+        }
+    )
+
+
+def test_round_trip_stamps_version(tmp_path: Path) -> None:
+    path = write_table(tmp_path / "r.parquet", _recs(), schemas.RECOMMENDATIONS, "recommendations")
+    meta = pq.read_schema(path).metadata
+    assert meta[schemas.VERSION_KEY] == schemas.SCHEMA_VERSION.encode()
+    assert meta[schemas.TABLE_KEY] == b"recommendations"
+    assert read_table(path, schemas.RECOMMENDATIONS, "recommendations").num_rows == 3
+
+
+def test_write_rejects_wrong_type_naming_column(tmp_path: Path) -> None:
+    bad = _recs().set_column(1, "rank", pa.array([1, 2, 3], pa.int64()))
+    with pytest.raises(schemas.SchemaError, match="'rank' has type int64, expected int32"):
+        write_table(tmp_path / "r.parquet", bad, schemas.RECOMMENDATIONS, "recommendations")
+    assert not list(tmp_path.iterdir())
+
+
+def test_read_rejects_unversioned_file(tmp_path: Path) -> None:
+    pq.write_table(_recs(), tmp_path / "plain.parquet")
+    with pytest.raises(schemas.SchemaError, match="schema version <none>"):
+        read_table(tmp_path / "plain.parquet", schemas.RECOMMENDATIONS, "recommendations")
+
+
+def test_atomic_path_leaves_nothing_on_error(tmp_path: Path) -> None:
+    final = tmp_path / "out.json"
+    write_json(final, {"a": 1})
+    with pytest.raises(RuntimeError), atomic_path(final) as tmp:
+        tmp.write_text("half-written")
+        raise RuntimeError("crash mid-write")
+    assert read_json(final) == {"a": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
