@@ -21,8 +21,8 @@ test: install
 	$(BIN)/python -m pytest
 
 lint: install
-	$(BIN)/ruff check flows tasks tests benchmarks
-	$(BIN)/ruff format --check flows tasks tests benchmarks
+	$(BIN)/ruff check flows tasks tests $(wildcard benchmarks)
+	$(BIN)/ruff format --check flows tasks tests $(wildcard benchmarks)
 	$(BIN)/mypy
 
 clean:
