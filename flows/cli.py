@@ -42,10 +42,24 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, default=42)
     run.add_argument("--max-epochs", type=int, help="override the preset's epoch limit")
     run.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
+    run.add_argument("--no-gate", action="store_true", help="publish even if the quality gate would refuse the model")
+    run.add_argument("--gate-margin", type=float, default=0.01, help="allowed NDCG@k drop below the published model (default: 0.01)")
     pred = sub.add_parser("predict", help="predicted ratings for user/movie pairs from the latest model")
     pred.add_argument("--data-dir", type=Path, default=Path("data"))
     pred.add_argument("--pairs", type=Path, required=True, help="CSV or Parquet with userId,movieId")
     pred.add_argument("--output", type=Path, required=True, help="Parquet file to write")
+    ev = sub.add_parser("evaluate", help="per-user temporal evaluation against most-popular and ALS")
+    ev.add_argument("--ratings", type=Path, required=True)
+    ev.add_argument("--movies", type=Path, required=True)
+    ev.add_argument(
+        "--preset", action="append", choices=["default", "lab"], help="model preset(s) to evaluate (repeatable; default: default)"
+    )
+    ev.add_argument("--k", type=int, default=10)
+    ev.add_argument("--holdout", type=float, default=0.2, help="share of each user's most recent ratings held out (default: 0.2)")
+    ev.add_argument("--seed", type=int, default=42)
+    ev.add_argument("--max-epochs", type=int, help="override the presets' epoch limit")
+    ev.add_argument("--no-als", action="store_true", help="skip the ALS baseline")
+    ev.add_argument("--output", type=Path, help="also write the table to this CSV file")
     gen = sub.add_parser("generate", help="write a synthetic MovieLens-like data set")
     gen.add_argument("--out", type=Path, required=True, help="directory for ratings.csv and movies.csv")
     gen.add_argument("--users", type=int, default=1500)
@@ -67,6 +81,9 @@ def _summary(s: dict[str, Any]) -> str:
         f"  training  best epoch {s['training']['best_epoch']}, validation RMSE "
         + (f"{s['training']['val_rmse']:.3f} stars" if s["training"]["val_rmse"] is not None else "n/a (no holdout)"),
     ]
+    metrics = s.get("metrics") or {}
+    if metrics:
+        lines.append("  holdout   " + ";  ".join(f"{m}: NDCG@{s['k']} {v['ndcg']:.4f}" for m, v in metrics.items()))
     for name, info in s["tables"].items():
         lines.append(f"  {name:<16} {info['rows']:>10,} rows  {Path(s['data_dir']) / info['path']}")
     lines.append(f"  latest.json      {Path(s['data_dir']) / 'outputs' / 'latest.json'}")
@@ -91,6 +108,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         seed=args.seed,
         max_epochs=args.max_epochs,
         threads=args.threads,
+        gate=not args.no_gate,
+        gate_margin=args.gate_margin,
     )
     state = nightly(params, return_state=True)
     result = state.result(raise_on_failure=False)
@@ -111,6 +130,38 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from tasks.config import preset
+    from tasks.evaluate import compare, fit, split_per_user
+    from tasks.ingest import ingest
+    from tasks.runtime import default_threads, pin_threads
+    from tasks.stages import load_movies, load_ratings
+
+    pin_threads(default_threads())
+    with tempfile.TemporaryDirectory(prefix="towerflow-eval-") as tmp:
+        r, m, stats = ingest(args.ratings, args.movies, Path(tmp))
+        ratings, movies = load_ratings(r), load_movies(m)
+    hold = split_per_user(ratings, args.holdout)
+    train, test = ratings[~hold], ratings[hold]
+    print(f"per-user temporal split: {len(train):,} train / {len(test):,} held-out ratings, {stats.users:,} users, {len(movies):,} movies")
+    models = {}
+    for name in args.preset or ["default"]:
+        config = preset(name, max_epochs=args.max_epochs)
+        print(f"training preset {name} ...", flush=True)
+        fitted = fit(train, movies, config, args.seed)
+        print(f"  {fitted.best_epoch} epochs, {fitted.seconds:.0f} s")
+        models[f"two-tower ({name})"] = fitted
+    table = compare(train, test, movies, models, k=args.k, seed=args.seed, with_als=not args.no_als, log=print)
+    table = table.rename(columns={c: f"{c}@{args.k}" for c in ("precision", "recall", "ndcg", "map", "hit_rate")})
+    print(table.drop(columns=["users"]).to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    print(f"relevant = held-out rating >= 4; {int(table['users'].iloc[0])} users with a relevant held-out movie; seen movies excluded")
+    if args.output:
+        table.to_csv(args.output, index=False)
+    return 0
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     from tasks.generate import generate
 
@@ -123,7 +174,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     _quiet_env()
-    commands = {"run": cmd_run, "predict": cmd_predict, "generate": cmd_generate}
+    commands = {"run": cmd_run, "predict": cmd_predict, "evaluate": cmd_evaluate, "generate": cmd_generate}
     try:
         return commands[args.command](args)
     except KeyboardInterrupt:

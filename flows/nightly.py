@@ -19,7 +19,7 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, Field
 
 from flows.lock import data_dir_lock
-from tasks import publish, stages
+from tasks import publish, quality, stages
 from tasks.config import preset
 from tasks.generate import generate
 from tasks.layout import Layout, model_version
@@ -41,6 +41,8 @@ class NightlyParams(BaseModel):
     max_epochs: int | None = Field(None, ge=1, description="override the preset's epoch limit")
     chunk_size: int = Field(4096, ge=1, description="users per top-k chunk (bounds memory)")
     threads: int | None = Field(None, ge=1, description="CPU threads for TF, BLAS and FAISS; default: all cores")
+    gate: bool = Field(True, description="refuse to publish a model below most-popular or the published model")
+    gate_margin: float = Field(0.01, description="allowed NDCG@k drop below the published model before the gate refuses")
 
 
 class StageError(RuntimeError):
@@ -112,6 +114,27 @@ def train_task(
         )
 
     return stages.run_train(Path(ratings), feature_dirs, scaler_paths, Path(out_dir), config, seed, holdout, on_epoch)
+
+
+@task(name="evaluate", cache_policy=NO_CACHE)
+def evaluate_task(
+    ratings: str, train_dir: str, scalers_path: str, validation_model: str, holdout: float, k: int, out_path: str
+) -> dict[str, Any]:
+    from prefect.artifacts import create_table_artifact
+
+    metrics = quality.run_evaluate(Path(ratings), Path(train_dir), Path(scalers_path), Path(validation_model), holdout, k, Path(out_path))
+    rows = [{"method": method, **{name: round(value, 4) for name, value in values.items()}} for method, values in metrics.items()]
+    create_table_artifact(rows, key="towerflow-metrics", description=f"Holdout metrics at k={k} (most recent {holdout:.0%} of ratings)")
+    get_run_logger().info("holdout metrics: %s", json.dumps(rows))
+    return metrics
+
+
+@task(name="quality-gate", cache_policy=NO_CACHE)
+def gate_task(metrics: dict[str, Any], latest_path: str, margin: float) -> str:
+    previous = publish.read_json(Path(latest_path)) if Path(latest_path).exists() else None
+    verdict = quality.check_gate(metrics, previous, margin)
+    get_run_logger().info(verdict)
+    return verdict
 
 
 @task(name="export", cache_policy=NO_CACHE)
@@ -204,6 +227,14 @@ def nightly(params: NightlyParams = NightlyParams()) -> dict[str, Any]:  # noqa:
             params.seed,
             params.holdout_fraction,
         )
+        metrics = None
+        if params.holdout_fraction > 0:
+            metrics = run(
+                "evaluate", evaluate_task, ingested["ratings"], feature_dirs["train"], scalers["train"],
+                trained["validation_model"], params.holdout_fraction, params.k, str(work / "metrics.parquet"),
+            )  # fmt: skip
+            if params.gate:
+                run("quality-gate", gate_task, metrics, str(layout.latest), params.gate_margin)
         exported = run("export", export_task, trained["model"], feature_dirs["full"], scalers["full"], str(work / "model"))
         recs = run(
             "recommend",
@@ -229,9 +260,12 @@ def nightly(params: NightlyParams = NightlyParams()) -> dict[str, Any]:  # noqa:
             },
             "config": config.to_dict(),
             "threads": threads,
+            "metrics": metrics,
             "timings": dict(run.timings),
         }
         tables = {"recommendations": recs["path"], "similar_movies": similar["path"]}
+        if metrics is not None:
+            tables["metrics"] = str(work / "metrics.parquet")
         latest = run("publish", publish_task, str(layout.data_dir), run_date, version, exported["model_dir"], tables, extra)
         shutil.rmtree(work, ignore_errors=True)
     summary = {

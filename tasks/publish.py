@@ -73,6 +73,8 @@ def seen_csr(ratings: pd.DataFrame, user_ids: np.ndarray, movie_ids: np.ndarray)
     """CSR (indptr, index rows) of the movies each user has rated, over ``user_ids`` order."""
     u = pd.Index(user_ids).get_indexer(ratings["user_id"].to_numpy())
     m = pd.Index(movie_ids).get_indexer(ratings["movie_id"].to_numpy())
+    known = (u >= 0) & (m >= 0)  # ratings of other users or movies do not concern these queries
+    u, m = u[known], m[known]
     order = np.lexsort((m, u))
     indptr = np.zeros(len(user_ids) + 1, dtype=np.int64)
     np.cumsum(np.bincount(u, minlength=len(user_ids)), out=indptr[1:])

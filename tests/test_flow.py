@@ -24,7 +24,7 @@ def published(tiny_data: tuple[Path, Path], tmp_path_factory: pytest.TempPathFac
     ratings, movies = tiny_data
     data_dir = tmp_path_factory.mktemp("run")
     args = ["run", "--ratings", str(ratings), "--movies", str(movies), "--data-dir", str(data_dir)]
-    assert main([*args, "--run-date", "2026-01-02", "--k", str(K), "--max-epochs", "3"]) == 0
+    assert main([*args, "--run-date", "2026-01-02", "--k", str(K), "--max-epochs", "3", "--no-gate"]) == 0
     latest = json.loads((data_dir / "outputs" / "latest.json").read_text())
     return {"dir": data_dir, "latest": latest, "ratings": pd.read_csv(ratings), "movies": pd.read_csv(movies)}
 
@@ -103,3 +103,28 @@ def test_bad_input_fails_cleanly_and_keeps_latest(published: dict[str, Any], tmp
     assert f"{bad}: line 3, column 'rating': 'four' is not a number" in err[-1]
     assert (d / "outputs" / "latest.json").read_bytes() == before
     assert not (d / "outputs" / "recommendations" / "run_date=2026-01-03").exists()
+
+
+def test_metrics_published_beside_tables(published: dict[str, Any]) -> None:
+    d, latest = published["dir"], published["latest"]
+    metrics = latest["metrics"]
+    assert set(metrics) == {"two-tower", "most-popular"}
+    assert 0.0 <= metrics["two-tower"]["ndcg"] <= 1.0 and metrics["two-tower"]["rmse"] > 0
+    table = pq.read_table(d / latest["tables"]["metrics"]["path"]).to_pandas()
+    value = table[(table.model == "two-tower") & (table.metric == "ndcg")].value.iloc[0]
+    assert value == pytest.approx(metrics["two-tower"]["ndcg"])
+
+
+def test_quality_gate_refuses_and_keeps_latest(
+    published: dict[str, Any], tiny_data: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    d = published["dir"]
+    before = (d / "outputs" / "latest.json").read_bytes()
+    ratings, movies = tiny_data
+    # A negative margin demands a model 1.0 NDCG better than the published one: the gate must refuse.
+    args = ["run", "--ratings", str(ratings), "--movies", str(movies), "--data-dir", str(d), "--run-date", "2026-01-04"]
+    assert main([*args, "--k", str(K), "--max-epochs", "1", "--gate-margin", "-1"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "stage quality-gate failed: quality gate: NDCG@k" in err and "not published" in err
+    assert (d / "outputs" / "latest.json").read_bytes() == before
+    assert not (d / "outputs" / "recommendations" / "run_date=2026-01-04").exists()
