@@ -41,6 +41,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--preset", choices=["default", "lab"], default="default", help="'lab' trains exactly as the course")
     run.add_argument("--seed", type=int, default=42)
     run.add_argument("--max-epochs", type=int, help="override the preset's epoch limit")
+    run.add_argument(
+        "--early-stopping", type=int, metavar="PATIENCE", help="stop when the holdout loss has not improved for PATIENCE epochs"
+    )
     run.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
     run.add_argument("--no-gate", action="store_true", help="publish even if the quality gate would refuse the model")
     run.add_argument("--gate-margin", type=float, default=0.01, help="allowed NDCG@k drop below the published model (default: 0.01)")
@@ -107,6 +110,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         preset=args.preset,
         seed=args.seed,
         max_epochs=args.max_epochs,
+        patience=args.early_stopping,
         threads=args.threads,
         gate=not args.no_gate,
         gate_margin=args.gate_margin,

@@ -39,6 +39,7 @@ class NightlyParams(BaseModel):
     seed: int = Field(42, description="seed of every random choice in training")
     holdout_fraction: float = Field(0.1, ge=0.0, lt=0.5, description="most recent share of ratings held out for validation")
     max_epochs: int | None = Field(None, ge=1, description="override the preset's epoch limit")
+    patience: int | None = Field(None, ge=1, description="early stopping patience in epochs (default: the preset's)")
     chunk_size: int = Field(4096, ge=1, description="users per top-k chunk (bounds memory)")
     threads: int | None = Field(None, ge=1, description="CPU threads for TF, BLAS and FAISS; default: all cores")
     gate: bool = Field(True, description="refuse to publish a model below most-popular or the published model")
@@ -94,11 +95,12 @@ def train_task(
     out_dir: str,
     preset_name: str,
     max_epochs: int | None,
+    patience: int | None,
     seed: int,
     holdout: float,
 ) -> dict[str, Any]:
     logger = get_run_logger()
-    config = preset(preset_name, max_epochs=max_epochs)
+    config = preset(preset_name, max_epochs=max_epochs, patience=patience)
 
     def on_epoch(phase: str, rec: dict[str, float]) -> None:
         val = f" val_loss {rec['val_loss']:.4f} val_mse {rec['val_mse']:.4f}" if "val_loss" in rec else ""
@@ -187,7 +189,7 @@ def nightly(params: NightlyParams = NightlyParams()) -> dict[str, Any]:  # noqa:
     pin_threads(threads)
     run_date = params.run_date or dt.date.today()
     layout = Layout(Path(params.data_dir).resolve())
-    config = preset(params.preset, max_epochs=params.max_epochs)
+    config = preset(params.preset, max_epochs=params.max_epochs, patience=params.patience)
     run = _Stages()
     with data_dir_lock(layout.lock):
         if (params.ratings is None) != (params.movies is None):
@@ -224,6 +226,7 @@ def nightly(params: NightlyParams = NightlyParams()) -> dict[str, Any]:  # noqa:
             str(work / "train"),
             params.preset,
             params.max_epochs,
+            params.patience,
             params.seed,
             params.holdout_fraction,
         )

@@ -52,7 +52,9 @@ class ModelConfig:
 
 
 PRESETS: dict[str, ModelConfig] = {
-    "default": ModelConfig(preset="default", features="confidence"),
+    # Measured on ml-latest-small (per-user temporal protocol): early stopping on the global
+    # temporal holdout stops after one epoch (NDCG@10 0.077); 20 fixed epochs reach 0.104.
+    "default": ModelConfig(preset="default", features="confidence", max_epochs=20, patience=None),
     "lab": ModelConfig(
         preset="lab",
         features="lab",

@@ -80,17 +80,17 @@ def generate(
     affinity_all = movie_genres.astype(np.float64) / np.maximum(movie_genres.sum(1, keepdims=True), 1)
 
     rows: list[tuple[int, int, float, int]] = []
-    start = rng.integers(946_684_800, 1_672_531_200, n_users)  # 2000-01-01 .. 2023-01-01
+    start = rng.integers(946_684_800, 1_420_070_400, n_users)  # 2000-01-01 .. 2015-01-01
     for u in range(n_users):
         affinity = affinity_all @ taste[u]
-        weight = popularity * np.exp(2.0 * affinity)
+        weight = popularity * np.exp(3.0 * affinity)
         with np.errstate(divide="ignore"):
             keys = np.log(weight) - np.log(-np.log(rng.random(n_movies)))  # Gumbel top-k
         picks = np.argsort(-keys)[: counts[u]]
         picks = picks[weight[picks] > 0]
         raw = 3.5 + bias[u] + quality[picks] + 0.9 * affinity[picks] + rng.normal(0, 0.55, len(picks))
         stars = np.clip(np.round(raw * 2) / 2, 0.5, 5.0)
-        span = rng.integers(86_400, 3 * 365 * 86_400)
+        span = rng.integers(30 * 86_400, 8 * 365 * 86_400)  # active periods overlap, as in MovieLens
         times = np.sort(start[u] + rng.integers(0, span, len(picks)))
         rows.extend(zip([u + 1] * len(picks), (picks + 1).tolist(), stars.tolist(), times.tolist(), strict=True))
 

@@ -27,9 +27,9 @@ def test_movielens_shape_and_planted_tastes(tmp_path: Path) -> None:
     assert ratings.groupby("userId").size().min() >= 1
     assert not ratings.duplicated(["userId", "movieId"]).any()
     assert (~movies.movieId.isin(ratings.movieId)).sum() > 0  # cold-start movies exist
-    # Long tail: the top 10% of movies take far more than 10% of ratings.
+    # Long tail: the top 10% of movies take at least 2.5 times their uniform share of ratings.
     counts = ratings.movieId.value_counts()
-    assert counts.iloc[: len(counts) // 10].sum() > 0.3 * len(ratings)
+    assert counts.iloc[: len(counts) // 10].sum() > 0.25 * len(ratings)
     # Planted tastes: a user's favourite genre is over-represented versus the catalog.
     g = genre_matrix(movies.genres)
     row = pd.Index(movies.movieId).get_indexer(ratings.movieId)
