@@ -1,7 +1,8 @@
 """The nightly evaluate stage and the quality gate.
 
 The validation model (trained without the most recent ratings) is scored on
-those held-out ratings over the full catalog, seen movies excluded, beside a
+those held-out ratings of users who rated before the cut (the users the batch
+publishes lists for) over the full catalog, seen movies excluded, beside a
 most-popular baseline computed in the same run. The gate refuses to publish a
 model below the baseline or too far below the last published model.
 """
@@ -45,7 +46,13 @@ def run_evaluate(
         prepared.feats.movie_ids, prepared.movie_x, best_epoch=0, seconds=0.0,
     )  # fmt: skip
     catalog = pd.DataFrame({"movie_id": prepared.feats.movie_ids})
-    table = compare(ratings[~hold], ratings[hold], catalog, {MODEL_ROW: fitted}, k=k, with_als=False)
+    train, test = ratings[~hold], ratings[hold]
+    # The batch publishes lists for users with history; users first seen in the holdout have only prior
+    # features, so they are measured by `towerflow evaluate`'s per-user protocol, not by the gate.
+    test = test[test["user_id"].isin(train["user_id"].unique())]
+    if test.empty:
+        raise ValueError("cannot evaluate: no held-out rating belongs to a user with earlier ratings")
+    table = compare(train, test, catalog, {MODEL_ROW: fitted}, k=k, with_als=False)
     metrics = {row["method"]: {m: float(row[m]) for m in METRIC_NAMES if m in row and pd.notna(row[m])} for _, row in table.iterrows()}
     long = [(method, name, value) for method, values in metrics.items() for name, value in values.items()]
     write_table(
