@@ -69,7 +69,7 @@ def towers(model: keras.Model) -> tuple[keras.Model, keras.Model]:
 
 
 def save_model(model: keras.Model, path: Path) -> Path:
-    """Save as ``.keras`` (no pickle), atomically."""
+    """Save in the ``.keras`` format (weights and config only), atomically."""
     from tasks.storage import atomic_path
 
     path = Path(path)

@@ -49,8 +49,7 @@ def run_export(model_path: Path, full_dir: Path, scalers_path: Path, model_dir: 
     write_id_table(model_dir / MODEL_FILES["index_ids"], prepared.feats.movie_ids)
     write_embeddings(model_dir / MODEL_FILES["movie_embeddings"], prepared.feats.movie_ids, movie_emb, "movie")
     write_embeddings(model_dir / MODEL_FILES["user_embeddings"], prepared.feats.user_ids, user_emb, "user")
-    for key in ("keras",):
-        shutil.copyfile(model_path, model_dir / MODEL_FILES[key])
+    shutil.copyfile(model_path, model_dir / MODEL_FILES["keras"])
     for name in ("user_features.parquet", "movie_features.parquet"):
         shutil.copyfile(Path(full_dir) / name, model_dir / name)
     shutil.copyfile(scalers_path, model_dir / MODEL_FILES["scalers"])

@@ -1,4 +1,4 @@
-"""Feature and target scalers, persisted as JSON of their fitted values (no pickle).
+"""Feature and target scalers, persisted as JSON of their fitted values (never a serialized object).
 
 User and movie features use :class:`~sklearn.preprocessing.StandardScaler`;
 the rating target uses ``MinMaxScaler(feature_range=(-1, 1))`` so it lives on
