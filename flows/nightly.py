@@ -24,7 +24,7 @@ from tasks.config import preset
 from tasks.generate import generate
 from tasks.layout import Layout, model_version
 from tasks.runtime import default_threads, pin_threads
-from tasks.storage import sha256_text
+from tasks.storage import read_json, sha256_text
 
 
 class NightlyParams(BaseModel):
@@ -87,6 +87,18 @@ def scalers_task(ratings: str, feature_dirs: dict[str, str], holdout: float) -> 
     return stages.run_scalers(Path(ratings), feature_dirs, holdout)
 
 
+def _epoch_logger(max_epochs: int) -> Any:
+    logger = get_run_logger()
+
+    def on_epoch(phase: str, rec: dict[str, float]) -> None:
+        val = f" val_loss {rec['val_loss']:.4f} val_mse {rec['val_mse']:.4f}" if "val_loss" in rec else ""
+        logger.info(
+            "%s epoch %d/%d: loss %.4f mse %.4f%s (%.1fs)", phase, rec["epoch"], max_epochs, rec["loss"], rec["mse"], val, rec["seconds"]
+        )
+
+    return on_epoch
+
+
 @task(name="train", cache_policy=NO_CACHE)
 def train_task(
     ratings: str,
@@ -99,23 +111,37 @@ def train_task(
     seed: int,
     holdout: float,
 ) -> dict[str, Any]:
-    logger = get_run_logger()
     config = preset(preset_name, max_epochs=max_epochs, patience=patience)
+    return stages.run_train(
+        Path(ratings), feature_dirs, scaler_paths, Path(out_dir), config, seed, holdout, _epoch_logger(config.max_epochs)
+    )
 
-    def on_epoch(phase: str, rec: dict[str, float]) -> None:
-        val = f" val_loss {rec['val_loss']:.4f} val_mse {rec['val_mse']:.4f}" if "val_loss" in rec else ""
-        logger.info(
-            "%s epoch %d/%d: loss %.4f mse %.4f%s (%.1fs)",
-            phase,
-            rec["epoch"],
-            config.max_epochs,
-            rec["loss"],
-            rec["mse"],
-            val,
-            rec["seconds"],
-        )
 
-    return stages.run_train(Path(ratings), feature_dirs, scaler_paths, Path(out_dir), config, seed, holdout, on_epoch)
+@task(name="refit", cache_policy=NO_CACHE)
+def refit_task(
+    ratings: str,
+    feature_dirs: dict[str, str],
+    scaler_paths: dict[str, str],
+    validation_model: str,
+    out_dir: str,
+    preset_name: str,
+    epochs: int,
+    seed: int,
+    holdout: float,
+) -> dict[str, Any]:
+    config = preset(preset_name)
+    return stages.run_refit(
+        Path(ratings),
+        feature_dirs,
+        scaler_paths,
+        Path(validation_model),
+        Path(out_dir),
+        config,
+        seed,
+        epochs,
+        holdout,
+        _epoch_logger(epochs),
+    )
 
 
 @task(name="evaluate", cache_policy=NO_CACHE)
@@ -133,7 +159,7 @@ def evaluate_task(
 
 @task(name="quality-gate", cache_policy=NO_CACHE)
 def gate_task(metrics: dict[str, Any], latest_path: str, margin: float) -> str:
-    previous = publish.read_json(Path(latest_path)) if Path(latest_path).exists() else None
+    previous = read_json(Path(latest_path)) if Path(latest_path).exists() else None
     verdict = quality.check_gate(metrics, previous, margin)
     get_run_logger().info(verdict)
     return verdict
@@ -238,7 +264,11 @@ def nightly(params: NightlyParams = NightlyParams()) -> dict[str, Any]:  # noqa:
             )  # fmt: skip
             if params.gate:
                 run("quality-gate", gate_task, metrics, str(layout.latest), params.gate_margin)
-        exported = run("export", export_task, trained["model"], feature_dirs["full"], scalers["full"], str(work / "model"))
+        refit = run(
+            "refit", refit_task, ingested["ratings"], feature_dirs, scalers, trained["validation_model"], str(work / "train"),
+            params.preset, trained["best_epoch"], params.seed, params.holdout_fraction,
+        )  # fmt: skip
+        exported = run("export", export_task, refit["model"], feature_dirs["full"], scalers["full"], str(work / "model"))
         recs = run(
             "recommend",
             recommend_task,
@@ -259,7 +289,7 @@ def nightly(params: NightlyParams = NightlyParams()) -> dict[str, Any]:  # noqa:
                 "val_rmse": trained["val_rmse"],
                 "best_epoch": trained["best_epoch"],
                 "epochs_run": trained["epochs_run"],
-                "refit_epochs": trained["refit_epochs"],
+                "refit_epochs": refit["refit_epochs"],
             },
             "config": config.to_dict(),
             "threads": threads,

@@ -21,9 +21,9 @@ from tasks.config import ModelConfig
 from tasks.export import build_index, embed_all
 from tasks.features import compute_features, temporal_holdout
 from tasks.metrics import coverage, ranking_metrics, rmse
-from tasks.publish import seen_csr
-from tasks.recommend import topk_unseen
-from tasks.scalers import Scalers, fit_scalers
+from tasks.recommend import seen_csr, topk_unseen
+from tasks.scalers import fit_scalers
+from tasks.stages import Prepared, prepared
 
 RELEVANT_AT = 4.0
 
@@ -44,14 +44,10 @@ def split_per_user(ratings: pd.DataFrame, fraction: float) -> np.ndarray:
 
 @dataclass
 class Fitted:
-    """A model trained on one side of a split, with what is needed to score it."""
+    """A model trained on one side of a split, with the scaled features it scores with."""
 
     model: Any
-    scalers: Scalers
-    user_ids: np.ndarray
-    user_x: np.ndarray
-    movie_ids: np.ndarray
-    movie_x: np.ndarray
+    prepared: Prepared
     best_epoch: int
     seconds: float
 
@@ -65,9 +61,8 @@ def fit(train: pd.DataFrame, movies: pd.DataFrame, config: ModelConfig, seed: in
         hold = temporal_holdout(train["timestamp"].to_numpy(), inner_holdout)
         first, _ = _fit_once(train[~hold], train[hold], movies, users, config, seed, None)
         best_epoch = first.best_epoch
-    result, prepared = _fit_once(train, None, movies, users, config, seed, best_epoch)
-    scalers, ux, mx, feats = prepared
-    return Fitted(result.model, scalers, feats.user_ids, ux, feats.movie_ids, mx, best_epoch, time.perf_counter() - started)
+    result, scaled = _fit_once(train, None, movies, users, config, seed, best_epoch)
+    return Fitted(result.model, scaled, best_epoch, time.perf_counter() - started)
 
 
 def _fit_once(
@@ -78,21 +73,14 @@ def _fit_once(
     config: ModelConfig,
     seed: int,
     epochs: int | None,
-) -> tuple[Any, tuple[Scalers, np.ndarray, np.ndarray, Any]]:
+) -> tuple[Any, Prepared]:
     from tasks.train import TrainData, train_model
 
     feats = compute_features(train, movies, users, config.features, config.shrinkage)
-    scalers = fit_scalers(feats.user_x, feats.movie_x, train["rating"].to_numpy(), feats.user_names, feats.movie_names)
-    ux = scalers.user.transform(feats.user_x).astype(np.float32)
-    mx = scalers.movie.transform(feats.movie_x).astype(np.float32)
-    ui, mi = pd.Index(feats.user_ids), pd.Index(feats.movie_ids)
-
-    def triples(df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        return ui.get_indexer(df["user_id"]), mi.get_indexer(df["movie_id"]), scalers.rating_to_target(df["rating"].to_numpy())
-
-    validation = triples(val) if val is not None and len(val) else None
-    result = train_model(TrainData(ux, mx, *triples(train)), config, seed, epochs=epochs, validation=validation)
-    return result, (scalers, ux, mx, feats)
+    scaled = prepared(feats, fit_scalers(feats.user_x, feats.movie_x, train["rating"].to_numpy(), feats.user_names, feats.movie_names))
+    validation = scaled.triples(val) if val is not None and len(val) else None
+    data = TrainData(scaled.user_x, scaled.movie_x, *scaled.triples(train))
+    return train_model(data, config, seed, epochs=epochs, validation=validation), scaled
 
 
 def _topk_lists(
@@ -132,18 +120,19 @@ def als_lists(train: pd.DataFrame, users: np.ndarray, movie_ids: np.ndarray, k: 
 
 
 def model_lists(fitted: Fitted, train: pd.DataFrame, k: int) -> dict[int, list[int]]:
-    user_emb, movie_emb = embed_all(fitted.model, fitted.user_x, fitted.movie_x)
-    return _topk_lists(build_index(movie_emb), user_emb, fitted.user_ids, fitted.movie_ids, train, k)
+    p = fitted.prepared
+    user_emb, movie_emb = embed_all(fitted.model, p.user_x, p.movie_x)
+    return _topk_lists(build_index(movie_emb), user_emb, p.feats.user_ids, p.feats.movie_ids, train, k)
 
 
 def model_rmse(fitted: Fitted, test: pd.DataFrame) -> float:
     from tasks.train import predict_scores
 
-    u = pd.Index(fitted.user_ids).get_indexer(test["user_id"])
-    m = pd.Index(fitted.movie_ids).get_indexer(test["movie_id"])
+    p = fitted.prepared
+    u, m, _ = p.triples(test)
     known = (u >= 0) & (m >= 0)
-    scores = predict_scores(fitted.model, fitted.user_x, fitted.movie_x, u[known], m[known])
-    return rmse(fitted.scalers.target_to_rating(scores), test["rating"].to_numpy()[known])
+    scores = predict_scores(fitted.model, p.user_x, p.movie_x, u[known], m[known])
+    return rmse(p.scalers.target_to_rating(scores), test["rating"].to_numpy()[known])
 
 
 def compare(

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import pyarrow.parquet as pq
 
 from tasks import schemas
@@ -68,23 +67,11 @@ def _load_served(model_dir: Path) -> tuple[Any, np.ndarray, np.ndarray, np.ndarr
     return index, movie_ids, user_ids, user_emb, movie_emb
 
 
-def seen_csr(ratings: pd.DataFrame, user_ids: np.ndarray, movie_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """CSR (indptr, index rows) of the movies each user has rated, over ``user_ids`` order."""
-    u = pd.Index(user_ids).get_indexer(ratings["user_id"].to_numpy())
-    m = pd.Index(movie_ids).get_indexer(ratings["movie_id"].to_numpy())
-    known = (u >= 0) & (m >= 0)  # ratings of other users or movies do not concern these queries
-    u, m = u[known], m[known]
-    order = np.lexsort((m, u))
-    indptr = np.zeros(len(user_ids) + 1, dtype=np.int64)
-    np.cumsum(np.bincount(u, minlength=len(user_ids)), out=indptr[1:])
-    return indptr, m[order].astype(np.int64)
-
-
 def run_recommend(
     ratings_path: Path, model_dir: Path, out_path: Path, k: int, model_version: str, chunk_size: int,
     on_chunk: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:  # fmt: skip
-    from tasks.recommend import write_recommendations
+    from tasks.recommend import seen_csr, write_recommendations
     from tasks.scalers import load_scalers
 
     model_dir = Path(model_dir)

@@ -40,12 +40,8 @@ def run_evaluate(
     hold = temporal_holdout(ratings["timestamp"].to_numpy(), holdout_fraction)
     if not hold.any():
         raise ValueError("cannot evaluate: holdout_fraction is 0, nothing is held out")
-    prepared = prepare(Path(feature_dir), Path(scalers_path))
-    fitted = Fitted(
-        load_model(Path(validation_model)), prepared.scalers, prepared.feats.user_ids, prepared.user_x,
-        prepared.feats.movie_ids, prepared.movie_x, best_epoch=0, seconds=0.0,
-    )  # fmt: skip
-    catalog = pd.DataFrame({"movie_id": prepared.feats.movie_ids})
+    fitted = Fitted(load_model(Path(validation_model)), prepare(Path(feature_dir), Path(scalers_path)), best_epoch=0, seconds=0.0)
+    catalog = pd.DataFrame({"movie_id": fitted.prepared.feats.movie_ids})
     train, test = ratings[~hold], ratings[hold]
     # The batch publishes lists for users with history; users first seen in the holdout have only prior
     # features, so they are measured by `towerflow evaluate`'s per-user protocol, not by the gate.

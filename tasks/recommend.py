@@ -14,10 +14,23 @@ from pathlib import Path
 
 import faiss
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 
 from tasks import schemas
 from tasks.storage import TableWriter
+
+
+def seen_csr(ratings: pd.DataFrame, user_ids: np.ndarray, movie_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """CSR (indptr, index rows) of the movies each user has rated, over ``user_ids`` order."""
+    u = pd.Index(user_ids).get_indexer(ratings["user_id"].to_numpy())
+    m = pd.Index(movie_ids).get_indexer(ratings["movie_id"].to_numpy())
+    known = (u >= 0) & (m >= 0)  # ratings of other users or movies do not concern these queries
+    u, m = u[known], m[known]
+    order = np.lexsort((m, u))
+    indptr = np.zeros(len(user_ids) + 1, dtype=np.int64)
+    np.cumsum(np.bincount(u, minlength=len(user_ids)), out=indptr[1:])
+    return indptr, m[order].astype(np.int64)
 
 
 def topk_unseen(

@@ -7,6 +7,7 @@ JSON-able facts), so the flow can pass paths between tasks.
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,14 +111,21 @@ class Prepared:
         return u, m, self.scalers.rating_to_target(ratings["rating"].to_numpy())
 
 
-def prepare(feature_dir: Path, scalers_path: Path) -> Prepared:
-    feats = load_phase(feature_dir)
-    scalers = load_scalers(scalers_path)
+def prepared(feats: Features, scalers: Scalers) -> Prepared:
+    """Scale ``feats`` with ``scalers`` (which must have been fitted on the same columns)."""
     if scalers.user_names != feats.user_names or scalers.movie_names != feats.movie_names:
-        raise ValueError(f"{scalers_path} was fitted on other feature columns than {feature_dir}")
+        raise ValueError("the scalers were fitted on other feature columns than these features")
     ux = scalers.user.transform(feats.user_x).astype(np.float32)
     mx = scalers.movie.transform(feats.movie_x).astype(np.float32)
     return Prepared(feats, scalers, ux, mx)
+
+
+def prepare(feature_dir: Path, scalers_path: Path) -> Prepared:
+    """Load a phase's features and scalers from files and scale the features."""
+    try:
+        return prepared(load_phase(feature_dir), load_scalers(scalers_path))
+    except ValueError as exc:
+        raise ValueError(f"{scalers_path} and {feature_dir}: {exc}") from exc
 
 
 def run_train(
@@ -130,10 +138,10 @@ def run_train(
     holdout_fraction: float,
     on_epoch: Callable[[str, dict[str, float]], None] | None = None,
 ) -> dict[str, Any]:
-    """Train on the train phase with early stopping on the holdout, then refit on everything.
+    """Train on the train phase, early-stopping on the holdout; save ``model_validation.keras``.
 
-    The published ``model.keras`` always uses the full-phase features and scalers:
-    it is refit on every rating for the best validated number of epochs.
+    The validation model is what the evaluate stage scores; :func:`run_refit`
+    then trains the published model on every rating for ``best_epoch`` epochs.
     """
     from tasks.model import save_model
     from tasks.train import TrainData, predict_scores, train_model
@@ -147,31 +155,50 @@ def run_train(
         TrainData(train.user_x, train.movie_x, tu, tm, ty), config, seed, validation=val,
         on_epoch=(lambda rec: on_epoch("validate", rec)) if on_epoch else None,
     )  # fmt: skip
-    out_dir = Path(out_dir)
-    save_model(first.model, out_dir / "model_validation.keras")
-    result: dict[str, Any] = {
-        "validation_model": str(out_dir / "model_validation.keras"),
+    path = save_model(first.model, Path(out_dir) / "model_validation.keras")
+    val_rmse = None
+    if val is not None:
+        stars = train.scalers.target_to_rating(predict_scores(first.model, train.user_x, train.movie_x, val[0], val[1]))
+        val_rmse = float(np.sqrt(np.mean((stars - ratings["rating"].to_numpy()[hold]) ** 2)))
+    return {
+        "validation_model": str(path),
         "best_epoch": first.best_epoch,
         "epochs_run": first.epochs_run,
         "history": first.history,
         "examples_per_second": first.examples_per_second,
-        "val_rmse": None,
+        "val_rmse": val_rmse,
     }
-    if val is not None:
-        scores = predict_scores(first.model, train.user_x, train.movie_x, val[0], val[1])
-        stars = train.scalers.target_to_rating(scores)
-        result["val_rmse"] = float(np.sqrt(np.mean((stars - ratings["rating"].to_numpy()[hold]) ** 2)))
-    if hold.any():
-        full = prepare(Path(feature_dirs["full"]), Path(scaler_paths["full"]))
-        fu, fm, fy = full.triples(ratings)
-        final = train_model(
-            TrainData(full.user_x, full.movie_x, fu, fm, fy), config, seed, epochs=max(1, first.best_epoch),
-            on_epoch=(lambda rec: on_epoch("refit", rec)) if on_epoch else None,
-        )  # fmt: skip
-        save_model(final.model, out_dir / "model.keras")
-        result["refit_epochs"] = final.epochs_run
-    else:
-        save_model(first.model, out_dir / "model.keras")
-        result["refit_epochs"] = 0
-    result["model"] = str(out_dir / "model.keras")
-    return result
+
+
+def run_refit(
+    ratings_path: Path,
+    feature_dirs: dict[str, str],
+    scaler_paths: dict[str, str],
+    validation_model: Path,
+    out_dir: Path,
+    config: ModelConfig,
+    seed: int,
+    epochs: int,
+    holdout_fraction: float,
+    on_epoch: Callable[[str, dict[str, float]], None] | None = None,
+) -> dict[str, Any]:
+    """Train the published ``model.keras`` on every rating (full-phase features and scalers).
+
+    With no holdout the train phase already is every rating, so the validation
+    model is published as it is.
+    """
+    from tasks.model import save_model
+    from tasks.train import TrainData, train_model
+
+    ratings = load_ratings(ratings_path)
+    final_path = Path(out_dir) / "model.keras"
+    if not temporal_holdout(ratings["timestamp"].to_numpy(), holdout_fraction).any():
+        shutil.copyfile(validation_model, final_path)
+        return {"model": str(final_path), "refit_epochs": 0}
+    full = prepare(Path(feature_dirs["full"]), Path(scaler_paths["full"]))
+    final = train_model(
+        TrainData(full.user_x, full.movie_x, *full.triples(ratings)), config, seed, epochs=max(1, epochs),
+        on_epoch=(lambda rec: on_epoch("refit", rec)) if on_epoch else None,
+    )  # fmt: skip
+    save_model(final.model, final_path)
+    return {"model": str(final_path), "refit_epochs": final.epochs_run}
