@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 
 from tasks import schemas
-from tasks.model import towers
+from tasks.model import run_tower, towers
 from tasks.storage import atomic_path, read_table, write_table
 
 NORM_TOLERANCE = 1e-3
@@ -23,7 +23,7 @@ NORM_TOLERANCE = 1e-3
 
 def embed(tower: keras.Model, x: np.ndarray, batch: int = 65536) -> np.ndarray:
     """Run a tower over feature rows; the tower's last layer already L2-normalizes."""
-    out = np.asarray(tower.predict(x, batch_size=batch, verbose=0), dtype=np.float32)
+    out = run_tower(tower, x, batch)
     norms = np.linalg.norm(out, axis=1)
     bad = ~((np.abs(norms - 1.0) < NORM_TOLERANCE) | (norms == 0.0))
     if bad.any():

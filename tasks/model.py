@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import keras
+import numpy as np
 from keras import layers, ops
 
 from tasks.config import ModelConfig
@@ -66,6 +67,19 @@ def build_model(n_user_features: int, n_movie_features: int, config: ModelConfig
 def towers(model: keras.Model) -> tuple[keras.Model, keras.Model]:
     """The (user, movie) tower sub-models of a two-tower model."""
     return model.get_layer(USER_TOWER), model.get_layer(MOVIE_TOWER)
+
+
+def run_tower(tower: keras.Model, x: np.ndarray, batch: int = 65536) -> np.ndarray:
+    """Embed feature rows with a tower in batches (inference mode), as float32.
+
+    A direct call instead of ``Model.predict``, which builds a new traced
+    function per model and input shape and warns about retracing.
+    """
+    x = np.asarray(x, dtype=np.float32)
+    if len(x) == 0:
+        return np.zeros((0, tower.output_shape[-1]), dtype=np.float32)
+    parts = [np.asarray(tower(x[s : s + batch], training=False), dtype=np.float32) for s in range(0, len(x), batch)]
+    return np.concatenate(parts)
 
 
 def save_model(model: keras.Model, path: Path) -> Path:

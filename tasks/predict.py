@@ -56,7 +56,7 @@ def verified(data_dir: Path, entry: dict[str, Any]) -> Path:
 
 def predict_pairs(data_dir: Path, pairs_path: Path, output_path: Path) -> dict[str, Any]:
     """Write predictions for every pair to ``output_path``; return counts."""
-    from tasks.model import load_model, towers
+    from tasks.model import load_model, run_tower, towers
     from tasks.scalers import load_scalers
     from tasks.stages import read_features
 
@@ -82,8 +82,8 @@ def predict_pairs(data_dir: Path, pairs_path: Path, output_path: Path) -> dict[s
         user_tower, movie_tower = towers(load_model(files["keras"]))
         uu, u_inv = np.unique(u[ok], return_inverse=True)
         mm, m_inv = np.unique(m[ok], return_inverse=True)
-        ue = user_tower.predict(scalers.user.transform(user_x[uu]).astype(np.float32), batch_size=65536, verbose=0)
-        me = movie_tower.predict(scalers.movie.transform(movie_x[mm]).astype(np.float32), batch_size=65536, verbose=0)
+        ue = run_tower(user_tower, scalers.user.transform(user_x[uu]))
+        me = run_tower(movie_tower, scalers.movie.transform(movie_x[mm]))
         scores = np.einsum("ij,ij->i", ue[u_inv], me[m_inv])
         stars[ok] = scalers.target_to_rating(scores)
     table = pa.table(

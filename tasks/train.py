@@ -21,7 +21,7 @@ import numpy as np
 import tensorflow as tf
 
 from tasks.config import ModelConfig
-from tasks.model import build_model, towers
+from tasks.model import build_model, run_tower, towers
 
 
 @dataclass(frozen=True)
@@ -161,8 +161,8 @@ def predict_scores(
 ) -> np.ndarray:
     """Dot-product scores for (user row, movie row) pairs, gathered by index in batches."""
     user_tower, movie_tower = towers(model)
-    ue = user_tower.predict(user_x, batch_size=batch, verbose=0)
-    me = movie_tower.predict(movie_x, batch_size=batch, verbose=0)
+    ue = run_tower(user_tower, user_x, batch)
+    me = run_tower(movie_tower, movie_x, batch)
     out = np.empty(len(users), dtype=np.float32)
     for s in range(0, len(users), batch):
         out[s : s + batch] = np.einsum("ij,ij->i", ue[users[s : s + batch]], me[movies[s : s + batch]])
