@@ -1,4 +1,4 @@
-"""The ``towerflow`` command: run, predict, generate.
+"""The ``towerflow`` command: run, predict, evaluate, generate; recommend, similar, download (``flows.query_cli``).
 
 Exit status 0 on success; otherwise non-zero and one line on stderr naming
 the file, row or stage at fault.
@@ -12,6 +12,8 @@ import os
 import sys
 from pathlib import Path
 from typing import Any
+
+from flows import query_cli
 
 
 def _quiet_env() -> None:
@@ -69,6 +71,7 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--movies", type=int, default=2500)
     gen.add_argument("--ratings-per-user", type=float, default=80.0, help="mean ratings per user")
     gen.add_argument("--seed", type=int, default=7)
+    query_cli.add_parsers(sub)
     return p
 
 
@@ -178,7 +181,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     _quiet_env()
-    commands = {"run": cmd_run, "predict": cmd_predict, "evaluate": cmd_evaluate, "generate": cmd_generate}
+    commands = {"run": cmd_run, "predict": cmd_predict, "evaluate": cmd_evaluate, "generate": cmd_generate, **query_cli.COMMANDS}
     try:
         return commands[args.command](args)
     except KeyboardInterrupt:

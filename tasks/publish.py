@@ -33,6 +33,7 @@ MODEL_FILES = {
     "index_ids": "movie_index_ids.parquet",
     "movie_embeddings": "movie_embeddings.parquet",
     "user_embeddings": "user_embeddings.parquet",
+    "movies": "movies.parquet",  # the ingested catalog (titles, genres) the run served, copied at publish
 }
 
 
@@ -115,6 +116,7 @@ def run_publish(
 ) -> dict[str, Any]:
     """Move the model and tables into place, then write ``latest.json`` last, atomically."""
     model_dir = layout.model(model_version)
+    shutil.copyfile(layout.store(extra["inputs"]["sha256"]) / "movies.parquet", Path(staged_model_dir) / MODEL_FILES["movies"])
     _replace_dir(Path(staged_model_dir), model_dir)
     tables: dict[str, Any] = {}
     for name, staged in staged_tables.items():

@@ -1,10 +1,12 @@
-"""Shared fixtures: seeded data the tests generate themselves and one Prefect test harness per session."""
+"""Shared fixtures: seeded data the tests generate themselves, one Prefect test harness and one published run per session."""
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -57,3 +59,25 @@ def prefect_harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
         prefect_test_harness(server_startup_timeout=60),
     ):
         yield
+
+
+PUBLISHED_K = 5  # the k of the ``published`` run (tests/test_flow.py's K)
+
+
+@pytest.fixture(scope="session")
+def published(tiny_data: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory, prefect_harness: None) -> dict[str, Any]:
+    """One nightly flow run on ``tiny_data`` (k=5, 3 epochs, gate off), shared by the flow and query tests.
+
+    Returns the data directory, the parsed latest.json and the input ratings and movies as data frames.
+    Tests may add failed runs to the directory but must leave what latest.json points to untouched.
+    """
+    import pandas as pd
+
+    from flows.cli import main
+
+    ratings, movies = tiny_data
+    data_dir = tmp_path_factory.mktemp("run")
+    args = ["run", "--ratings", str(ratings), "--movies", str(movies), "--data-dir", str(data_dir)]
+    assert main([*args, "--run-date", "2026-01-02", "--k", str(PUBLISHED_K), "--max-epochs", "3", "--no-gate"]) == 0
+    latest = json.loads((data_dir / "outputs" / "latest.json").read_text())
+    return {"dir": data_dir, "latest": latest, "ratings": pd.read_csv(ratings), "movies": pd.read_csv(movies)}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -16,17 +15,7 @@ from flows.cli import main
 from tasks.export import read_embeddings
 
 pytestmark = [pytest.mark.flow, pytest.mark.usefixtures("prefect_harness")]
-K = 5
-
-
-@pytest.fixture(scope="module")
-def published(tiny_data: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    ratings, movies = tiny_data
-    data_dir = tmp_path_factory.mktemp("run")
-    args = ["run", "--ratings", str(ratings), "--movies", str(movies), "--data-dir", str(data_dir)]
-    assert main([*args, "--run-date", "2026-01-02", "--k", str(K), "--max-epochs", "3", "--no-gate"]) == 0
-    latest = json.loads((data_dir / "outputs" / "latest.json").read_text())
-    return {"dir": data_dir, "latest": latest, "ratings": pd.read_csv(ratings), "movies": pd.read_csv(movies)}
+K = 5  # the k of the session-scoped `published` run in conftest.py
 
 
 def test_latest_json_names_everything(published: dict[str, Any]) -> None:
