@@ -34,6 +34,7 @@ class ModelConfig:
     logq_correction: bool = True
     dropout: float = 0.2
     shrinkage: float = 10.0
+    history_length: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)

@@ -20,6 +20,7 @@ import pandas as pd
 from tasks.config import ModelConfig
 from tasks.export import build_index, embed_all
 from tasks.features import compute_features, temporal_holdout
+from tasks.history import user_history
 from tasks.metrics import coverage, ranking_metrics, rmse
 from tasks.recommend import seen_csr, topk_unseen
 from tasks.scalers import fit_scalers
@@ -74,13 +75,14 @@ def _fit_once(
     seed: int,
     epochs: int | None,
 ) -> tuple[Any, Prepared]:
-    from tasks.train import TrainData, train_model
+    from tasks.train import train_model
 
     feats = compute_features(train, movies, users, config.features, config.shrinkage)
-    scaled = prepared(feats, fit_scalers(feats.user_x, feats.movie_x, train["rating"].to_numpy(), feats.user_names, feats.movie_names))
+    hist = user_history(train, feats.user_ids, feats.movie_ids, config.history_length) if config.history_length > 0 else None
+    scalers = fit_scalers(feats.user_x, feats.movie_x, train["rating"].to_numpy(), feats.user_names, feats.movie_names)
+    scaled = prepared(feats, scalers, hist)
     validation = scaled.triples(val) if val is not None and len(val) else None
-    data = TrainData(scaled.user_x, scaled.movie_x, *scaled.triples(train))
-    return train_model(data, config, seed, epochs=epochs, validation=validation), scaled
+    return train_model(scaled.train_data(train), config, seed, epochs=epochs, validation=validation), scaled
 
 
 def _topk_lists(
@@ -121,7 +123,7 @@ def als_lists(train: pd.DataFrame, users: np.ndarray, movie_ids: np.ndarray, k: 
 
 def model_lists(fitted: Fitted, train: pd.DataFrame, k: int) -> dict[int, list[int]]:
     p = fitted.prepared
-    user_emb, movie_emb = embed_all(fitted.model, p.user_x, p.movie_x)
+    user_emb, movie_emb = embed_all(fitted.model, p.user_input, p.movie_x)
     return _topk_lists(build_index(movie_emb), user_emb, p.feats.user_ids, p.feats.movie_ids, train, k)
 
 
@@ -131,7 +133,7 @@ def model_rmse(fitted: Fitted, test: pd.DataFrame) -> float:
     p = fitted.prepared
     u, m, _ = p.triples(test)
     known = (u >= 0) & (m >= 0)
-    scores = predict_scores(fitted.model, p.user_x, p.movie_x, u[known], m[known])
+    scores = predict_scores(fitted.model, p.user_input, p.movie_x, u[known], m[known])
     return rmse(p.scalers.target_to_rating(scores), test["rating"].to_numpy()[known])
 
 

@@ -15,13 +15,13 @@ import numpy as np
 import pyarrow as pa
 
 from tasks import schemas
-from tasks.model import run_tower, towers
+from tasks.model import TowerInput, run_tower, towers
 from tasks.storage import atomic_path, read_table, write_table
 
 NORM_TOLERANCE = 1e-3
 
 
-def embed(tower: keras.Model, x: np.ndarray, batch: int = 65536) -> np.ndarray:
+def embed(tower: keras.Model, x: TowerInput, batch: int = 65536) -> np.ndarray:
     """Run a tower over feature rows; the tower's last layer already L2-normalizes."""
     out = run_tower(tower, x, batch)
     norms = np.linalg.norm(out, axis=1)
@@ -31,7 +31,7 @@ def embed(tower: keras.Model, x: np.ndarray, batch: int = 65536) -> np.ndarray:
     return np.ascontiguousarray(out)
 
 
-def embed_all(model: keras.Model, user_x: np.ndarray, movie_x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def embed_all(model: keras.Model, user_x: TowerInput, movie_x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(user embeddings, movie embeddings) for scaled feature rows."""
     user_tower, movie_tower = towers(model)
     return embed(user_tower, user_x), embed(movie_tower, movie_x)

@@ -15,11 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from tasks.features import GENRES
 from tasks.storage import atomic_path
 
 GENRE_WEIGHTS = np.array([1.8, 1.3, 0.6, 0.7, 3.0, 1.2, 0.5, 4.0, 0.8, 0.2, 1.0, 0.2, 0.4, 0.6, 1.6, 0.8, 1.9, 0.4, 0.2])
+USER_BLOCK = 4096
 WORDS_A = ["Silent", "Last", "Broken", "Golden", "Hidden", "Dark", "Little", "Wild", "Lost", "Secret", "Red", "Endless"]
 WORDS_B = ["River", "Night", "Empire", "Garden", "Signal", "Harbor", "Machine", "Summer", "Kingdom", "Road", "Storm", "Mirror"]
 
@@ -79,21 +81,6 @@ def generate(
     counts = np.clip(rng.lognormal(np.log(mean_ratings_per_user) - 0.5, 1.0, n_users), 20, n_movies // 3).astype(int)
     affinity_all = movie_genres.astype(np.float64) / np.maximum(movie_genres.sum(1, keepdims=True), 1)
 
-    rows: list[tuple[int, int, float, int]] = []
-    start = rng.integers(946_684_800, 1_420_070_400, n_users)  # 2000-01-01 .. 2015-01-01
-    for u in range(n_users):
-        affinity = affinity_all @ taste[u]
-        weight = popularity * np.exp(3.0 * affinity)
-        with np.errstate(divide="ignore"):
-            keys = np.log(weight) - np.log(-np.log(rng.random(n_movies)))  # Gumbel top-k
-        picks = np.argsort(-keys)[: counts[u]]
-        picks = picks[weight[picks] > 0]
-        raw = 3.5 + bias[u] + quality[picks] + 0.9 * affinity[picks] + rng.normal(0, 0.55, len(picks))
-        stars = np.clip(np.round(raw * 2) / 2, 0.5, 5.0)
-        span = rng.integers(30 * 86_400, 8 * 365 * 86_400)  # active periods overlap, as in MovieLens
-        times = np.sort(start[u] + rng.integers(0, span, len(picks)))
-        rows.extend(zip([u + 1] * len(picks), (picks + 1).tolist(), stars.tolist(), times.tolist(), strict=True))
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     titles = _titles(rng, years)
@@ -105,7 +92,51 @@ def generate(
             names = [GENRES[g] for g in np.flatnonzero(movie_genres[i])]
             writer.writerow([i + 1, titles[i], "|".join(names) if i % 211 != 3 else "(no genres listed)"])
     ratings_csv = out_dir / "ratings.csv"
+    start = rng.integers(946_684_800, 1_420_070_400, n_users)  # 2000-01-01 .. 2015-01-01
+    n_rows = 0
     with atomic_path(ratings_csv) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
         fh.write("userId,movieId,rating,timestamp\n")
-        fh.writelines(f"{u},{m},{r:.1f},{t}\n" for u, m, r, t in rows)
-    return GeneratedData(ratings_csv, movies_csv, len(rows), n_users, n_movies)
+        for lo in range(0, n_users, USER_BLOCK):
+            block = _rate_block(
+                rng, range(lo, min(lo + USER_BLOCK, n_users)), popularity, quality, affinity_all, taste, bias, counts, start
+            )
+            block.to_csv(fh, header=False, index=False, float_format="%.1f", lineterminator="\n")
+            n_rows += len(block)
+    return GeneratedData(ratings_csv, movies_csv, n_rows, n_users, n_movies)
+
+
+def _rate_block(
+    rng: np.random.Generator,
+    users: range,
+    popularity: np.ndarray,
+    quality: np.ndarray,
+    affinity_all: np.ndarray,
+    taste: np.ndarray,
+    bias: np.ndarray,
+    counts: np.ndarray,
+    start: np.ndarray,
+) -> pd.DataFrame:
+    """Ratings of a block of users: movies drawn by popularity, kept by taste (Gumbel top-k).
+
+    Each user draws ``4 x count`` candidates by popularity (with replacement),
+    then keeps the ``count`` distinct ones with the largest taste-weighted
+    Gumbel keys: the cost is per rating, not per catalog movie, so 25 million
+    ratings take minutes, not hours.
+    """
+    cdf = np.cumsum(popularity)
+    cdf /= cdf[-1]
+    parts = []
+    for u in users:
+        draws = np.searchsorted(cdf, rng.random(4 * counts[u]), side="right")
+        cand = np.unique(np.minimum(draws, len(cdf) - 1))
+        cand = cand[popularity[cand] > 0]
+        affinity = affinity_all[cand] @ taste[u]
+        keys = 3.0 * affinity - np.log(-np.log(rng.random(len(cand))))
+        keep = np.argsort(-keys)[: counts[u]]
+        picks, aff = cand[keep], affinity[keep]
+        raw = 3.5 + bias[u] + quality[picks] + 0.9 * aff + rng.normal(0, 0.55, len(picks))
+        span = rng.integers(30 * 86_400, 8 * 365 * 86_400)  # active periods overlap, as in MovieLens
+        times = np.sort(start[u] + rng.integers(0, span, len(picks)))
+        parts.append((np.full(len(picks), u + 1), picks + 1, np.clip(np.round(raw * 2) / 2, 0.5, 5.0), times))
+    cols = [np.concatenate(c) for c in zip(*parts, strict=True)] if parts else [np.zeros(0)] * 4
+    return pd.DataFrame({"userId": cols[0], "movieId": cols[1], "rating": cols[2], "timestamp": cols[3]})

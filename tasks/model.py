@@ -18,6 +18,7 @@ from tasks.config import ModelConfig
 
 USER_TOWER = "user_tower"
 MOVIE_TOWER = "movie_tower"
+TowerInput = np.ndarray | tuple[np.ndarray, ...]
 
 
 def l2_normalize(x: Any, epsilon: float = 1e-12) -> Any:
@@ -41,27 +42,83 @@ class L2Normalize(layers.Layer):
         return {**super().get_config(), "epsilon": self.epsilon}
 
 
-def _tower(name: str, n_features: int, config: ModelConfig) -> keras.Model:
-    inputs = keras.Input((n_features,), name=f"{name}_features")
-    x = inputs
+@keras.saving.register_keras_serializable(package="towerflow")
+class HistoryMean(layers.Layer):
+    """What a user's rated movies say about them: learned movie vectors averaged over the history.
+
+    Inputs are ids (catalog row + 1; 0 pads) and, per id, the user's rating
+    minus their mean rating. The output is the plain mean of one learned table
+    (what they watch) beside the rating-weighted mean of another (what they
+    liked more or less than usual), as in asymmetric SVD. Both tables start at
+    zero, so an empty history (a newcomer) gives a zero vector.
+    """
+
+    def __init__(self, n_movies: int, dim: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if n_movies < 1 or dim < 1:
+            raise ValueError(f"HistoryMean needs n_movies >= 1 and dim >= 1, got {n_movies} and {dim}")
+        self.n_movies, self.dim = n_movies, dim
+        self.seen = layers.Embedding(n_movies + 1, dim, embeddings_initializer="zeros", name="seen_vectors")
+        self.liked = layers.Embedding(n_movies + 1, dim, embeddings_initializer="zeros", name="liked_vectors")
+
+    def build(self, input_shape: Any) -> None:
+        self.seen.build(input_shape[0])
+        self.liked.build(input_shape[0])
+
+    def call(self, inputs: Any) -> Any:
+        ids, values = inputs
+        mask = ops.expand_dims(ops.cast(ops.not_equal(ids, 0), "float32"), -1)
+        count = ops.maximum(ops.sum(mask, axis=1), 1.0)
+        seen = ops.sum(self.seen(ids) * mask, axis=1) / count
+        liked = ops.sum(self.liked(ids) * mask * ops.expand_dims(values, -1), axis=1) / count
+        return ops.concatenate([seen, liked], axis=-1)
+
+    def compute_output_shape(self, input_shape: Any) -> tuple[Any, ...]:
+        return (input_shape[0][0], 2 * self.dim)
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "n_movies": self.n_movies, "dim": self.dim}
+
+
+def _tower(name: str, n_features: int, config: ModelConfig, n_movies: int = 0) -> keras.Model:
+    features = keras.Input((n_features,), name=f"{name}_features")
+    inputs: list[Any] = [features]
+    x = features
+    if n_movies > 0 and config.history_length > 0:
+        ids = keras.Input((config.history_length,), dtype="int32", name=f"{name}_history_ids")
+        values = keras.Input((config.history_length,), dtype="float32", name=f"{name}_history_values")
+        inputs += [ids, values]
+        history = HistoryMean(n_movies, config.embedding_dim, name=f"{name}_history")([ids, values])
+        x = layers.Concatenate(name=f"{name}_with_history")([features, history])
     for i, width in enumerate(config.hidden):
         x = layers.Dense(width, activation="relu", name=f"{name}_dense_{i}")(x)
         if config.dropout > 0:
             x = layers.Dropout(config.dropout, name=f"{name}_dropout_{i}")(x)
     x = layers.Dense(config.embedding_dim, name=f"{name}_out")(x)
-    return keras.Model(inputs, L2Normalize(name=f"{name}_l2")(x), name=name)
+    return keras.Model(inputs if len(inputs) > 1 else features, L2Normalize(name=f"{name}_l2")(x), name=name)
 
 
-def build_model(n_user_features: int, n_movie_features: int, config: ModelConfig) -> keras.Model:
-    """Two towers, outputs L2-normalized, prediction = their dot product (in [-1, 1])."""
+def build_model(n_user_features: int, n_movie_features: int, config: ModelConfig, n_movies: int = 0) -> keras.Model:
+    """Two towers, outputs L2-normalized, prediction = their dot product (in [-1, 1]).
+
+    With ``config.history_length > 0`` (and the catalog size ``n_movies``) the
+    user tower also takes the user's recent movies and learns a history vector
+    (:class:`HistoryMean`) beside the user features.
+    """
     if n_user_features < 1 or n_movie_features < 1:
         raise ValueError(f"need at least one feature per tower, got {n_user_features} and {n_movie_features}")
-    user_tower = _tower(USER_TOWER, n_user_features, config)
+    if config.history_length > 0 and n_movies < 1:
+        raise ValueError(f"history_length={config.history_length} needs the catalog size n_movies, got {n_movies}")
+    user_tower = _tower(USER_TOWER, n_user_features, config, n_movies)
     movie_tower = _tower(MOVIE_TOWER, n_movie_features, config)
-    u_in = keras.Input((n_user_features,), name="user_features")
+    u_in: list[Any] = [keras.Input((n_user_features,), name="user_features")]
+    if len(user_tower.inputs) > 1:
+        u_in.append(keras.Input((config.history_length,), dtype="int32", name="user_history_ids"))
+        u_in.append(keras.Input((config.history_length,), dtype="float32", name="user_history_values"))
     m_in = keras.Input((n_movie_features,), name="movie_features")
-    score = layers.Dot(axes=1, name="score")([user_tower(u_in), movie_tower(m_in)])
-    return keras.Model([u_in, m_in], score, name="two_tower")
+    user = user_tower(u_in if len(u_in) > 1 else u_in[0])
+    score = layers.Dot(axes=1, name="score")([user, movie_tower(m_in)])
+    return keras.Model([*u_in, m_in], score, name="two_tower")
 
 
 def towers(model: keras.Model) -> tuple[keras.Model, keras.Model]:
@@ -69,17 +126,26 @@ def towers(model: keras.Model) -> tuple[keras.Model, keras.Model]:
     return model.get_layer(USER_TOWER), model.get_layer(MOVIE_TOWER)
 
 
-def run_tower(tower: keras.Model, x: np.ndarray, batch: int = 65536) -> np.ndarray:
-    """Embed feature rows with a tower in batches (inference mode), as float32.
+def run_tower(tower: keras.Model, x: TowerInput, batch: int = 65536) -> np.ndarray:
+    """Embed rows with a tower in batches (inference mode), as float32.
 
-    A direct call instead of ``Model.predict``, which builds a new traced
-    function per model and input shape and warns about retracing.
+    ``x`` is a feature matrix, or (features, history ids, history values)
+    for a user tower with a history input. A direct call instead of ``Model.predict``, which
+    builds a new traced function per model and input shape and warns about
+    retracing.
     """
-    x = np.asarray(x, dtype=np.float32)
-    if len(x) == 0:
+    parts_in = [np.asarray(a) for a in (x if isinstance(x, tuple) else (x,))]
+    parts_in[0] = parts_in[0].astype(np.float32, copy=False)
+    if len(parts_in) != len(tower.inputs):
+        raise ValueError(f"tower {tower.name} takes {len(tower.inputs)} input(s), got {len(parts_in)}")
+    n = len(parts_in[0])
+    if n == 0:
         return np.zeros((0, tower.output_shape[-1]), dtype=np.float32)
-    parts = [np.asarray(tower(x[s : s + batch], training=False), dtype=np.float32) for s in range(0, len(x), batch)]
-    return np.concatenate(parts)
+    out = []
+    for s in range(0, n, batch):
+        chunk = [a[s : s + batch] for a in parts_in]
+        out.append(np.asarray(tower(chunk if len(chunk) > 1 else chunk[0], training=False), dtype=np.float32))
+    return np.concatenate(out)
 
 
 def save_model(model: keras.Model, path: Path) -> Path:

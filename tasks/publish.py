@@ -44,7 +44,7 @@ def run_export(model_path: Path, full_dir: Path, scalers_path: Path, model_dir: 
     model_dir = Path(model_dir)
     model_dir.mkdir(parents=True, exist_ok=True)
     prepared = prepare(Path(full_dir), Path(scalers_path))
-    user_emb, movie_emb = embed_all(load_model(Path(model_path)), prepared.user_x, prepared.movie_x)
+    user_emb, movie_emb = embed_all(load_model(Path(model_path)), prepared.user_input, prepared.movie_x)
     write_index(build_index(movie_emb), model_dir / MODEL_FILES["index"])
     write_id_table(model_dir / MODEL_FILES["index_ids"], prepared.feats.movie_ids)
     write_embeddings(model_dir / MODEL_FILES["movie_embeddings"], prepared.feats.movie_ids, movie_emb, "movie")

@@ -36,6 +36,9 @@ MOVIES = pa.schema(
 # Features (internal): one row per entity, the unscaled feature vector.
 USER_FEATURES = pa.schema([("user_id", pa.int64()), ("features", pa.list_(pa.float32()))])
 MOVIE_FEATURES = pa.schema([("movie_id", pa.int64()), ("features", pa.list_(pa.float32()))])
+# The user's most recent rated movies (newest first) and their rating minus the user's mean,
+# fed to the user tower's history vectors.
+USER_HISTORY = pa.schema([("user_id", pa.int64()), ("movie_ids", pa.list_(pa.int64())), ("deviations", pa.list_(pa.float32()))])
 
 # Model artifacts referenced from latest.json.
 MOVIE_INDEX_IDS = pa.schema([("movie_id", pa.int64())])

@@ -11,7 +11,7 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -20,9 +20,14 @@ import pyarrow as pa
 from tasks import schemas
 from tasks.config import ModelConfig
 from tasks.features import Features, compute_features, temporal_holdout
+from tasks.history import History, read_history, user_history, write_history
 from tasks.ingest import ingest
 from tasks.scalers import Scalers, fit_scalers, load_scalers, save_scalers
 from tasks.storage import read_table, sha256_file, table_meta, write_table
+
+if TYPE_CHECKING:
+    from tasks.model import TowerInput
+    from tasks.train import TrainData
 
 PHASES = ("train", "full")
 
@@ -32,8 +37,13 @@ def input_hash(ratings_src: Path, movies_src: Path) -> str:
     return sha256_file(Path(ratings_src))[:32] + sha256_file(Path(movies_src))[:32]
 
 
-def run_ingest(ratings_src: Path, movies_src: Path, store_dir: Path) -> dict[str, Any]:
-    ratings, movies, stats = ingest(Path(ratings_src), Path(movies_src), Path(store_dir))
+def run_ingest(
+    ratings_src: Path, movies_src: Path, store_dir: Path, rejects_path: Path | None = None, max_reject_share: float = 0.01
+) -> dict[str, Any]:
+    """Ingest both inputs into ``store_dir``; bad ratings rows go to ``rejects_path`` (see :mod:`tasks.rejects`)."""
+    ratings, movies, stats = ingest(
+        Path(ratings_src), Path(movies_src), Path(store_dir), rejects_path=rejects_path, max_reject_share=max_reject_share
+    )
     return {"ratings": str(ratings), "movies": str(movies), "stats": stats.to_dict()}
 
 
@@ -72,6 +82,9 @@ def run_features(ratings_path: Path, movies_path: Path, out_dir: Path, config: M
         d = Path(out_dir) / phase
         _write_features(d / "user_features.parquet", feats.user_ids, feats.user_x, feats.user_names, "user")
         _write_features(d / "movie_features.parquet", feats.movie_ids, feats.movie_x, feats.movie_names, "movie")
+        if config.history_length > 0:
+            hist = user_history(subset, feats.user_ids, feats.movie_ids, config.history_length)
+            write_history(d / "user_history.parquet", feats.user_ids, feats.movie_ids, hist)
         out[phase] = str(d)
     return out
 
@@ -104,6 +117,17 @@ class Prepared:
     scalers: Scalers
     user_x: np.ndarray
     movie_x: np.ndarray
+    user_hist: History | None = None
+
+    @property
+    def user_input(self) -> TowerInput:
+        """What the user tower takes: the scaled features, and the history if it has one."""
+        return self.user_x if self.user_hist is None else (self.user_x, self.user_hist.ids, self.user_hist.values)
+
+    def train_data(self, ratings: pd.DataFrame) -> TrainData:
+        from tasks.train import TrainData
+
+        return TrainData(self.user_x, self.movie_x, *self.triples(ratings), user_hist=self.user_hist)
 
     def triples(self, ratings: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         u = pd.Index(self.feats.user_ids).get_indexer(ratings["user_id"].to_numpy())
@@ -111,19 +135,22 @@ class Prepared:
         return u, m, self.scalers.rating_to_target(ratings["rating"].to_numpy())
 
 
-def prepared(feats: Features, scalers: Scalers) -> Prepared:
+def prepared(feats: Features, scalers: Scalers, user_hist: History | None = None) -> Prepared:
     """Scale ``feats`` with ``scalers`` (which must have been fitted on the same columns)."""
     if scalers.user_names != feats.user_names or scalers.movie_names != feats.movie_names:
         raise ValueError("the scalers were fitted on other feature columns than these features")
     ux = scalers.user.transform(feats.user_x).astype(np.float32)
     mx = scalers.movie.transform(feats.movie_x).astype(np.float32)
-    return Prepared(feats, scalers, ux, mx)
+    return Prepared(feats, scalers, ux, mx, user_hist)
 
 
 def prepare(feature_dir: Path, scalers_path: Path) -> Prepared:
     """Load a phase's features and scalers from files and scale the features."""
     try:
-        return prepared(load_phase(feature_dir), load_scalers(scalers_path))
+        feats = load_phase(feature_dir)
+        hist_path = Path(feature_dir) / "user_history.parquet"
+        hist = read_history(hist_path, feats.user_ids, feats.movie_ids) if hist_path.exists() else None
+        return prepared(feats, load_scalers(scalers_path), hist)
     except ValueError as exc:
         raise ValueError(f"{scalers_path} and {feature_dir}: {exc}") from exc
 
@@ -144,21 +171,20 @@ def run_train(
     then trains the published model on every rating for ``best_epoch`` epochs.
     """
     from tasks.model import save_model
-    from tasks.train import TrainData, predict_scores, train_model
+    from tasks.train import predict_scores, train_model
 
     ratings = load_ratings(ratings_path)
     hold = temporal_holdout(ratings["timestamp"].to_numpy(), holdout_fraction)
     train = prepare(Path(feature_dirs["train"]), Path(scaler_paths["train"]))
-    tu, tm, ty = train.triples(ratings[~hold])
     val = train.triples(ratings[hold]) if hold.any() else None
     first = train_model(
-        TrainData(train.user_x, train.movie_x, tu, tm, ty), config, seed, validation=val,
+        train.train_data(ratings[~hold]), config, seed, validation=val,
         on_epoch=(lambda rec: on_epoch("validate", rec)) if on_epoch else None,
     )  # fmt: skip
     path = save_model(first.model, Path(out_dir) / "model_validation.keras")
     val_rmse = None
     if val is not None:
-        stars = train.scalers.target_to_rating(predict_scores(first.model, train.user_x, train.movie_x, val[0], val[1]))
+        stars = train.scalers.target_to_rating(predict_scores(first.model, train.user_input, train.movie_x, val[0], val[1]))
         val_rmse = float(np.sqrt(np.mean((stars - ratings["rating"].to_numpy()[hold]) ** 2)))
     return {
         "validation_model": str(path),
@@ -188,7 +214,7 @@ def run_refit(
     model is published as it is.
     """
     from tasks.model import save_model
-    from tasks.train import TrainData, train_model
+    from tasks.train import train_model
 
     ratings = load_ratings(ratings_path)
     final_path = Path(out_dir) / "model.keras"
@@ -197,7 +223,7 @@ def run_refit(
         return {"model": str(final_path), "refit_epochs": 0}
     full = prepare(Path(feature_dirs["full"]), Path(scaler_paths["full"]))
     final = train_model(
-        TrainData(full.user_x, full.movie_x, *full.triples(ratings)), config, seed, epochs=max(1, epochs),
+        full.train_data(ratings), config, seed, epochs=max(1, epochs),
         on_epoch=(lambda rec: on_epoch("refit", rec)) if on_epoch else None,
     )  # fmt: skip
     save_model(final.model, final_path)

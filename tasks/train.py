@@ -21,7 +21,8 @@ import numpy as np
 import tensorflow as tf
 
 from tasks.config import ModelConfig
-from tasks.model import build_model, run_tower, towers
+from tasks.history import History
+from tasks.model import TowerInput, build_model, run_tower, towers
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,10 @@ class TrainData:
     users: np.ndarray
     movies: np.ndarray
     target: np.ndarray
+    user_hist: History | None = None
+
+    def user_input(self) -> TowerInput:
+        return self.user_x if self.user_hist is None else (self.user_x, self.user_hist.ids, self.user_hist.values)
 
 
 @dataclass
@@ -58,6 +63,8 @@ class _Steps:
         self.user_tower, self.movie_tower = towers(model)
         self.U = tf.constant(data.user_x)
         self.M = tf.constant(data.movie_x)
+        self.H = None if data.user_hist is None else tf.constant(data.user_hist.ids.astype(np.int32))
+        self.V = None if data.user_hist is None else tf.constant(data.user_hist.values.astype(np.float32))
         self.log_q = tf.constant(log_popularity(data.movies, len(data.movie_x)))
         self.config = config
         self.optimizer = keras.optimizers.Adam(learning_rate=config.learning_rate)
@@ -67,7 +74,13 @@ class _Steps:
 
     def _losses(self, u: tf.Tensor, m: tf.Tensor, y: tf.Tensor, training: bool = False) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
         c = self.config
-        ue = self.user_tower(tf.gather(self.U, u), training=training)
+        ux = tf.gather(self.U, u)
+        if self.H is None or self.V is None:
+            ue = self.user_tower(ux, training=training)
+        else:  # leave the target out of the history it is predicted from
+            h = tf.gather(self.H, u)
+            h = tf.where(tf.equal(h, m[:, tf.newaxis] + 1), tf.zeros_like(h), h)
+            ue = self.user_tower([ux, h, tf.gather(self.V, u)], training=training)
         me = self.movie_tower(tf.gather(self.M, m), training=training)
         pred = tf.reduce_sum(ue * me, axis=1)
         mse = tf.reduce_mean(tf.square(pred - y))
@@ -116,7 +129,9 @@ def train_model(
     if len(data.users) == 0:
         raise ValueError("no training ratings")
     keras.utils.set_random_seed(seed)
-    model = build_model(data.user_x.shape[1], data.movie_x.shape[1], config)
+    if (data.user_hist is None) != (config.history_length == 0):
+        raise ValueError(f"history_length={config.history_length} but user history {'missing' if data.user_hist is None else 'given'}")
+    model = build_model(data.user_x.shape[1], data.movie_x.shape[1], config, n_movies=len(data.movie_x))
     steps = _Steps(model, data, config)
     n_epochs = epochs if epochs is not None else config.max_epochs
     train_ds = _dataset(data.users, data.movies, data.target, config.batch_size, seed)
@@ -157,7 +172,7 @@ def train_model(
 
 
 def predict_scores(
-    model: keras.Model, user_x: np.ndarray, movie_x: np.ndarray, users: np.ndarray, movies: np.ndarray, batch: int = 65536
+    model: keras.Model, user_x: TowerInput, movie_x: np.ndarray, users: np.ndarray, movies: np.ndarray, batch: int = 65536
 ) -> np.ndarray:
     """Dot-product scores for (user row, movie row) pairs, gathered by index in batches."""
     user_tower, movie_tower = towers(model)

@@ -40,3 +40,25 @@ def test_model_path_must_be_keras(tmp_path: Path) -> None:
 
     with pytest.raises(ValueError, match=r"must end in \.keras"):
         save_model(build_model(2, 2, preset("lab")), tmp_path / "model.h5")
+
+
+def test_history_tower_round_trip_and_empty_history(tmp_path: Path, rng: np.random.Generator) -> None:
+    from tasks.model import build_model, load_model, run_tower, save_model, towers
+
+    config = preset("default", history_length=4)
+    model = build_model(3, 2, config, n_movies=10)
+    user_tower, _ = towers(model)
+    hist_layer = user_tower.get_layer("user_tower_history")
+    for table in (hist_layer.seen, hist_layer.liked):
+        table.embeddings.assign(rng.normal(size=(11, config.embedding_dim)).astype(np.float32))
+    ux = rng.normal(size=(3, 3)).astype(np.float32)
+    ids = np.array([[1, 2, 0, 0], [0, 0, 0, 0], [2, 1, 0, 0]], dtype=np.int32)
+    values = np.array([[1.0, -0.5, 0, 0], [0, 0, 0, 0], [-0.5, 1.0, 0, 0]], dtype=np.float32)
+    pooled = np.asarray(hist_layer([ids, values]))
+    np.testing.assert_allclose(pooled[0], pooled[2], rtol=1e-6)  # order inside the history does not matter
+    np.testing.assert_array_equal(pooled[1], 0.0)  # an empty history pools to zero
+    before = run_tower(user_tower, (ux, ids, values))
+    again = towers(load_model(save_model(model, tmp_path / "h.keras")))[0]
+    np.testing.assert_array_equal(run_tower(again, (ux, ids, values)), before)
+    with pytest.raises(ValueError, match="takes 3 input"):
+        run_tower(again, ux)

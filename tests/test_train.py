@@ -55,3 +55,20 @@ def test_early_stopping_restores_best_epoch(rng: np.random.Generator) -> None:
     assert result.epochs_run < 30
     losses = [h["val_loss"] for h in result.history]
     assert result.best_epoch == int(np.argmin(losses)) + 1
+
+
+def test_history_alone_separates_users(rng: np.random.Generator) -> None:
+    """Users with identical features differ only by what they rated: the history vectors must learn it."""
+    from tasks.history import History
+
+    data, genre = _checkerboard(rng)
+    kind = (np.arange(80) >= 40).astype(int)
+    ids = np.where(kind[:, None] == 0, np.arange(1, 6), np.arange(21, 26)).astype(np.int32)  # rows 0-4 or 20-24, + 1
+    values = np.full(ids.shape, 1.0, dtype=np.float32)
+    flat = dataclasses.replace(data, user_x=np.ones((80, 1), np.float32), user_hist=History(ids, values))
+    config = dataclasses.replace(preset("default"), history_length=5, batch_size=64, max_epochs=25, softmax_weight=0.0, mse_weight=1.0)
+    result = train_model(flat, config, seed=3)
+    scores = predict_scores(result.model, flat.user_input(), flat.movie_x, np.repeat([0, 79], 40), np.tile(np.arange(40), 2))
+    scores = scores.reshape(2, 40)
+    assert scores[0, genre == 0].mean() > scores[0, genre == 1].mean() + 0.5
+    assert scores[1, genre == 1].mean() > scores[1, genre == 0].mean() + 0.5
