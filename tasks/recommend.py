@@ -1,10 +1,11 @@
 """Per-user top-k and similar movies from the FAISS index, streamed to Parquet in chunks.
 
 Seen movies are excluded by over-fetching: users are sorted by history length
-and processed in chunks, each chunk asks FAISS for ``k + (largest history in
-the chunk)`` results, and the seen ones are masked with one vectorized
-membership test. Memory is bounded by ``chunk_size * fetch`` results; no dense
-users x movies matrix is built.
+and processed in chunks; each chunk asks FAISS for a few more than ``k``
+results, masks the seen ones with one vectorized membership test, and asks
+again, with a doubled fetch, only for the users still short of ``k`` (see
+:func:`topk_unseen`). Memory is bounded by ``chunk_size * fetch`` results; no
+dense users x movies matrix is built.
 """
 
 from __future__ import annotations
@@ -33,6 +34,22 @@ def seen_csr(ratings: pd.DataFrame, user_ids: np.ndarray, movie_ids: np.ndarray)
     return indptr, m[order].astype(np.int64)
 
 
+def _search_unseen(
+    index: faiss.Index, queries: np.ndarray, seen: list[np.ndarray], k: int, fetch: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """One FAISS search of ``fetch`` results per query; (valid mask, rank, items, scores)."""
+    scores, items = index.search(np.ascontiguousarray(queries), fetch)
+    n_items = index.ntotal
+    lengths = np.fromiter((len(s) for s in seen), dtype=np.int64, count=len(seen))
+    if lengths.sum():
+        seen_keys = np.repeat(np.arange(len(seen), dtype=np.int64), lengths) * n_items + np.concatenate(seen)
+        keys = np.arange(len(seen), dtype=np.int64)[:, None] * n_items + items
+        valid = (items >= 0) & ~np.isin(keys, seen_keys)
+    else:
+        valid = items >= 0
+    return valid, np.cumsum(valid, axis=1), items, scores
+
+
 def topk_unseen(
     index: faiss.Index,
     queries: np.ndarray,
@@ -40,6 +57,7 @@ def topk_unseen(
     seen_rows: np.ndarray,
     k: int,
     chunk_size: int = 4096,
+    first_extra: int = 32,
 ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
     """Yield (query rows, ranks, index rows, scores) of each query's best ``k`` unseen items.
 
@@ -47,6 +65,12 @@ def topk_unseen(
     has already seen are ``seen_rows[seen_indptr[i]:seen_indptr[i+1]]``.
     Results are grouped by query, best first; a query gets fewer than ``k``
     rows only when fewer than ``k`` unseen items exist.
+
+    Each chunk first asks FAISS for ``k + min(first_extra, largest history)``
+    results; the few queries left with fewer than ``k`` unseen items (heavy
+    raters whose seen movies crowd their top) are asked again with twice the
+    fetch, up to ``k`` plus their own history, which is always enough. So the
+    cost follows what each user needs, not the heaviest user of the chunk.
     """
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
@@ -55,19 +79,27 @@ def topk_unseen(
     order = np.argsort(counts, kind="stable")
     for start in range(0, len(order), chunk_size):
         rows = order[start : start + chunk_size]
-        fetch = int(min(n_items, k + counts[rows].max()))
-        scores, items = index.search(np.ascontiguousarray(queries[rows]), fetch)
-        local = np.repeat(np.arange(len(rows), dtype=np.int64), counts[rows])
-        seen = (
-            np.concatenate([seen_rows[seen_indptr[r] : seen_indptr[r + 1]] for r in rows]) if counts[rows].sum() else np.empty(0, np.int64)
-        )
-        seen_keys = local * n_items + seen.astype(np.int64)
-        keys = np.arange(len(rows), dtype=np.int64)[:, None] * n_items + items
-        valid = (items >= 0) & ~np.isin(keys, seen_keys)
-        rank = np.cumsum(valid, axis=1)
-        keep = valid & (rank <= k)
-        q_local, _ = np.nonzero(keep)
-        yield rows[q_local], rank[keep].astype(np.int32), items[keep], scores[keep]
+        seen = [seen_rows[seen_indptr[r] : seen_indptr[r + 1]] for r in rows]
+        needed = np.minimum(n_items, k + counts[rows])  # fetching this much always suffices
+        done_rank = np.zeros((len(rows), k), dtype=np.int32)
+        done_item = np.full((len(rows), k), -1, dtype=np.int64)
+        done_score = np.zeros((len(rows), k), dtype=np.float32)
+        pending = np.arange(len(rows))
+        fetch = int(min(n_items, k + min(first_extra, int(counts[rows].max()))))
+        while len(pending):
+            valid, rank, items, scores = _search_unseen(index, queries[rows[pending]], [seen[i] for i in pending], k, fetch)
+            complete = (rank[:, -1] >= k) | (fetch >= needed[pending])
+            keep = valid & (rank <= k) & complete[:, None]
+            q_local, col = np.nonzero(keep)
+            slot = rank[keep] - 1
+            done_rank[pending[q_local], slot] = rank[keep]
+            done_item[pending[q_local], slot] = items[q_local, col]
+            done_score[pending[q_local], slot] = scores[q_local, col]
+            pending = pending[~complete]
+            fetch = int(min(n_items, max(2 * fetch, k + 1), needed[pending].max() if len(pending) else n_items))
+        filled = done_item >= 0
+        q_local, _ = np.nonzero(filled)
+        yield rows[q_local], done_rank[filled], done_item[filled], done_score[filled]
 
 
 def write_recommendations(

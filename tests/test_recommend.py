@@ -29,15 +29,17 @@ def _brute(users: np.ndarray, items: np.ndarray, seen: list[np.ndarray], k: int)
     return out
 
 
-@pytest.mark.parametrize("chunk_size", [1, 7, 1000])
-def test_topk_unseen_matches_brute_force(rng: np.random.Generator, chunk_size: int) -> None:
+@pytest.mark.parametrize(("chunk_size", "first_extra"), [(1, 32), (7, 0), (1000, 2), (1000, 32)])
+def test_topk_unseen_matches_brute_force(rng: np.random.Generator, chunk_size: int, first_extra: int) -> None:
     users, items, k = _unit(rng, 40, 8), _unit(rng, 60, 8), 5
     seen = [rng.choice(60, size=int(rng.integers(0, 30)), replace=False) for _ in range(40)]
     seen[3] = np.arange(57)  # only 3 unseen items left: fewer than k rows
+    for u in (5, 6):  # heavy raters whose seen movies are exactly their best-scoring ones: forces re-queries
+        seen[u] = np.argsort(-(users[u] @ items.T))[:40]
     indptr = np.concatenate([[0], np.cumsum([len(s) for s in seen])])
     rows = np.concatenate(seen).astype(np.int64)
     got: dict[int, list[tuple[int, int, float]]] = {}
-    for q, rank, item, score in topk_unseen(build_index(items), users, indptr, rows, k, chunk_size):
+    for q, rank, item, score in topk_unseen(build_index(items), users, indptr, rows, k, chunk_size, first_extra):
         for a, b, c, d in zip(q, rank, item, score, strict=True):
             got.setdefault(int(a), []).append((int(b), int(c), float(d)))
     expected = _brute(users, items, seen, k)
