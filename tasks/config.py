@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 FeatureSet = Literal["lab", "confidence"]
+TargetScale = Literal["minmax", "stars"]
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,13 @@ class ModelConfig:
     dropout: float = 0.2
     shrinkage: float = 10.0
     history_length: int = 0
+    # At most this many training examples in all (epochs shrink to random subsets above it):
+    # ml-latest-small (20 epochs x 90k) is under it; 25M ratings train on 3M examples.
+    max_examples: int | None = 3_000_000
+    # The two switches of ``benchmarks/ablation.py``: L2-normalize the tower outputs, and
+    # train on the rating MinMax-scaled to [-1, 1] ("minmax") or left in stars ("stars").
+    normalize: bool = True
+    target_scale: TargetScale = "minmax"
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)

@@ -69,6 +69,8 @@ class _Steps:
         self.config = config
         self.optimizer = keras.optimizers.Adam(learning_rate=config.learning_rate)
         self.variables = self.user_tower.trainable_variables + self.movie_tower.trainable_variables
+        # global gradient norm per step, summarized per epoch by grad_stats (kept in variables so the step's outputs stay (loss, mse))
+        self.grad_sum, self.grad_max, self.grad_steps = (tf.Variable(0.0, trainable=False) for _ in range(3))
         self.train_step = tf.function(self._train_step, reduce_retracing=True)
         self.eval_step = tf.function(self._losses, reduce_retracing=True)
 
@@ -101,15 +103,39 @@ class _Steps:
         with tf.GradientTape() as tape:
             loss, mse, _ = self._losses(u, m, y, training=True)
         grads = tape.gradient(loss, self.variables)
+        norm = tf.linalg.global_norm(grads)
+        self.grad_sum.assign_add(norm)
+        self.grad_max.assign(tf.maximum(self.grad_max, norm))
+        self.grad_steps.assign_add(1.0)
         self.optimizer.apply_gradients(zip(grads, self.variables, strict=True))
         return loss, mse
 
+    def grad_stats(self) -> dict[str, float]:
+        """Mean and max global gradient norm over the steps since the last call (then reset)."""
+        steps = max(float(self.grad_steps.numpy()), 1.0)
+        out = {"grad_norm_mean": float(self.grad_sum.numpy()) / steps, "grad_norm_max": float(self.grad_max.numpy())}
+        for v in (self.grad_sum, self.grad_max, self.grad_steps):
+            v.assign(0.0)
+        return out
 
-def _dataset(u: np.ndarray, m: np.ndarray, y: np.ndarray, batch: int, seed: int | None) -> tf.data.Dataset:
+
+def _dataset(u: np.ndarray, m: np.ndarray, y: np.ndarray, batch: int) -> tf.data.Dataset:
+    """Batches of (user row, movie row, target) in the given order (callers permute)."""
     ds = tf.data.Dataset.from_tensor_slices((u.astype(np.int32), m.astype(np.int32), y.astype(np.float32)))
-    if seed is not None:
-        ds = ds.shuffle(min(len(u), 1 << 20), seed=seed, reshuffle_each_iteration=True)
     return ds.batch(batch).prefetch(tf.data.AUTOTUNE)
+
+
+def examples_per_epoch(n_examples: int, epochs: int, budget: int | None) -> int:
+    """Examples each epoch sees: all of them, unless ``epochs`` passes would exceed ``budget``.
+
+    Over budget, every epoch trains on a fresh random subset of
+    ``ceil(budget / epochs)`` examples, so the cost of training is bounded by
+    the budget whatever the size of the data (a big data set needs fewer
+    passes anyway).
+    """
+    if budget is None or n_examples * epochs <= budget:
+        return n_examples
+    return max(1, min(n_examples, math.ceil(budget / max(epochs, 1))))
 
 
 def train_model(
@@ -124,7 +150,9 @@ def train_model(
 
     Early stopping monitors the validation loss with ``config.patience`` and
     restores the best epoch's weights; with ``patience=None`` every epoch runs
-    and the final weights are kept (as the course does).
+    and the final weights are kept (as the course does). Each epoch visits its
+    examples in a fresh permutation (a subset when over ``config.max_examples``,
+    see :func:`examples_per_epoch`).
     """
     if len(data.users) == 0:
         raise ValueError("no training ratings")
@@ -134,8 +162,9 @@ def train_model(
     model = build_model(data.user_x.shape[1], data.movie_x.shape[1], config, n_movies=len(data.movie_x))
     steps = _Steps(model, data, config)
     n_epochs = epochs if epochs is not None else config.max_epochs
-    train_ds = _dataset(data.users, data.movies, data.target, config.batch_size, seed)
-    val_ds = _dataset(*validation, max(config.batch_size, 1024), None) if validation is not None and len(validation[0]) else None
+    per_epoch = examples_per_epoch(len(data.users), n_epochs, config.max_examples)
+    order_rng = np.random.default_rng(seed)
+    val_ds = _dataset(*validation, max(config.batch_size, 1024)) if validation is not None and len(validation[0]) else None
     history: list[dict[str, float]] = []
     best_loss, best_epoch, best_weights, waited = math.inf, n_epochs, None, 0
     started = time.perf_counter()
@@ -143,12 +172,15 @@ def train_model(
         t0 = time.perf_counter()
         total = mse_sum = 0.0
         batches = 0
-        for u, m, y in train_ds:
+        pick = order_rng.permutation(len(data.users))[:per_epoch]
+        for u, m, y in _dataset(data.users[pick], data.movies[pick], data.target[pick], config.batch_size):
             loss, mse = steps.train_step(u, m, y)
             total += float(loss)
             mse_sum += float(mse)
             batches += 1
-        record: dict[str, Any] = {"epoch": epoch, "loss": total / batches, "mse": mse_sum / batches, "seconds": time.perf_counter() - t0}
+        record: dict[str, Any] = {"epoch": epoch, "examples": len(pick), "loss": total / batches, "mse": mse_sum / batches}
+        record["seconds"] = time.perf_counter() - t0
+        record.update(steps.grad_stats())
         if val_ds is not None:
             vals = [steps.eval_step(u, m, y) for u, m, y in val_ds]
             record["val_loss"] = float(np.mean([float(v[0]) for v in vals]))
@@ -168,7 +200,7 @@ def train_model(
     else:
         best_epoch = len(history)
     seconds = time.perf_counter() - started
-    return TrainResult(model, len(history), best_epoch, history, seconds, len(data.users) * len(history) / seconds)
+    return TrainResult(model, len(history), best_epoch, history, seconds, per_epoch * len(history) / seconds)
 
 
 def predict_scores(

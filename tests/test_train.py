@@ -72,3 +72,16 @@ def test_history_alone_separates_users(rng: np.random.Generator) -> None:
     scores = scores.reshape(2, 40)
     assert scores[0, genre == 0].mean() > scores[0, genre == 1].mean() + 0.5
     assert scores[1, genre == 1].mean() > scores[1, genre == 0].mean() + 0.5
+
+
+def test_example_budget_shrinks_epochs_not_their_number(rng: np.random.Generator) -> None:
+    from tasks.train import examples_per_epoch
+
+    assert examples_per_epoch(100, 5, None) == 100
+    assert examples_per_epoch(100, 5, 500) == 100
+    assert examples_per_epoch(100, 20, 1000) == 50
+    assert examples_per_epoch(10, 3, 1) == 1
+    data, _ = _checkerboard(rng)
+    config = dataclasses.replace(preset("default"), batch_size=64, max_epochs=4, max_examples=600)
+    result = train_model(data, config, seed=2)
+    assert [h["examples"] for h in result.history] == [150] * 4
