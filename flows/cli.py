@@ -49,6 +49,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
     run.add_argument("--no-gate", action="store_true", help="publish even if the quality gate would refuse the model")
     run.add_argument("--gate-margin", type=float, default=0.01, help="allowed NDCG@k drop below the published model (default: 0.01)")
+    run.add_argument(
+        "--max-reject-share", type=float, default=0.01, help="fail if more than this share of rating rows is rejected (default: 0.01)"
+    )
     pred = sub.add_parser("predict", help="predicted ratings for user/movie pairs from the latest model")
     pred.add_argument("--data-dir", type=Path, default=Path("data"))
     pred.add_argument("--pairs", type=Path, required=True, help="CSV or Parquet with userId,movieId")
@@ -81,9 +84,11 @@ def _summary(s: dict[str, Any]) -> str:
     lines = [
         "",
         f"towerflow run {s['run_date']}  model {s['model_version']}  preset {s['preset']}",
-        f"  read      {ing['rows_read']:,} ratings -> {ing['rows_accepted']:,} accepted "
-        f"({ing['duplicates_dropped']:,} duplicates, {ing['unknown_movie_dropped']:,} unknown movies dropped); "
+        f"  read      {ing['rows_read']:,} ratings -> {ing['rows_accepted']:,} accepted, {ing['rows_rejected']:,} rejected "
+        f"({ing['reject_share']:.2%}), {ing['duplicates_dropped']:,} older duplicates dropped; "
         f"{s['users']:,} users, {s['movies']:,} movies ({ing['movies_without_year']} without a year)",
+        f"  rejects   {Path(s['data_dir']) / ing['rejects_path']}"
+        + (" (" + ", ".join(f"{r} {n:,}" for r, n in ing["rejected_by_reason"].items()) + ")" if ing["rows_rejected"] else " (empty)"),
         f"  training  best epoch {s['training']['best_epoch']}, validation RMSE "
         + (f"{s['training']['val_rmse']:.3f} stars" if s["training"]["val_rmse"] is not None else "n/a (no holdout)"),
     ]
@@ -117,6 +122,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         threads=args.threads,
         gate=not args.no_gate,
         gate_margin=args.gate_margin,
+        max_reject_share=args.max_reject_share,
     )
     state = nightly(params, return_state=True)
     result = state.result(raise_on_failure=False)

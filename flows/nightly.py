@@ -19,7 +19,7 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, Field
 
 from flows.lock import data_dir_lock
-from tasks import publish, quality, stages
+from tasks import publish, quality, rejects, stages
 from tasks.config import preset
 from tasks.generate import generate
 from tasks.layout import Layout, model_version
@@ -44,6 +44,9 @@ class NightlyParams(BaseModel):
     threads: int | None = Field(None, ge=1, description="CPU threads for TF, BLAS and FAISS; default: all cores")
     gate: bool = Field(True, description="refuse to publish a model below most-popular or the published model")
     gate_margin: float = Field(0.01, description="allowed NDCG@k drop below the published model before the gate refuses")
+    max_reject_share: float = Field(
+        0.01, ge=0.0, le=1.0, description="fail the run if more than this share of the ratings rows is rejected (see rejects/)"
+    )
 
 
 class StageError(RuntimeError):
@@ -71,8 +74,19 @@ def generate_task(out_dir: str) -> dict[str, str]:
 
 
 @task(name="ingest", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=_io_retry, cache_policy=NO_CACHE)
-def ingest_task(ratings: str, movies: str, store_dir: str) -> dict[str, Any]:
-    out = stages.run_ingest(Path(ratings), Path(movies), Path(store_dir))
+def ingest_task(ratings: str, movies: str, store_dir: str, rejects_path: str, max_reject_share: float, data_dir: str) -> dict[str, Any]:
+    from prefect.artifacts import create_table_artifact
+
+    def report(stats: dict[str, Any], outcome: str) -> None:
+        create_table_artifact(rejects.report_rows(stats), key="towerflow-ingest", description=f"Ingest of {ratings}: {outcome}")
+
+    try:
+        out = stages.run_ingest(Path(ratings), Path(movies), Path(store_dir), Path(rejects_path), max_reject_share)
+    except rejects.RejectThresholdError as exc:
+        report(exc.stats, f"FAILED, too many rows rejected; rejected rows in {rejects_path}")
+        raise
+    out["stats"]["rejects_path"] = str(Path(rejects_path).relative_to(data_dir))  # relative, like the tables in latest.json
+    report(out["stats"], f"{out['stats']['rows_rejected']:,} rows rejected, see {rejects_path}")
     get_run_logger().info("ingested %s", json.dumps(out["stats"]))
     return out
 
@@ -225,7 +239,11 @@ def nightly(params: NightlyParams = NightlyParams()) -> dict[str, Any]:  # noqa:
         else:
             inputs = {"ratings": str(Path(params.ratings).resolve()), "movies": str(Path(params.movies or "").resolve())}
         input_hash = run("hash-inputs", stages.input_hash, Path(inputs["ratings"]), Path(inputs["movies"]))
-        ingested = run("ingest", ingest_task, inputs["ratings"], inputs["movies"], str(layout.store(input_hash)))
+        rejects_path = rejects.rejects_path(layout.data_dir, run_date, input_hash)
+        ingested = run(
+            "ingest", ingest_task, inputs["ratings"], inputs["movies"], str(layout.store(input_hash)),
+            str(rejects_path), params.max_reject_share, str(layout.data_dir),
+        )  # fmt: skip
         version = model_version(
             run_date, sha256_text(input_hash, json.dumps(config.to_dict(), sort_keys=True), str(params.seed), str(params.holdout_fraction))
         )

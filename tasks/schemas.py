@@ -33,6 +33,24 @@ MOVIES = pa.schema(
     ]
 )
 
+# Quarantined input rows: DIR/rejects/run_date=YYYY-MM-DD/part-<input-hash>.parquet. The four
+# MovieLens fields exactly as read (strings; null when the line could not be split into them, then
+# ``raw`` holds the line), the source file, its 1-based line (row number for Parquet input), a
+# reason code from ``tasks.rejects.REASONS`` and a message naming the column and value.
+REJECTS = pa.schema(
+    [
+        ("source_file", pa.string()),
+        ("line", pa.int64()),
+        ("reason", pa.string()),
+        ("detail", pa.string()),
+        ("userId", pa.string()),
+        ("movieId", pa.string()),
+        ("rating", pa.string()),
+        ("timestamp", pa.string()),
+        ("raw", pa.string()),
+    ]
+)
+
 # Features (internal): one row per entity, the unscaled feature vector.
 USER_FEATURES = pa.schema([("user_id", pa.int64()), ("features", pa.list_(pa.float32()))])
 MOVIE_FEATURES = pa.schema([("movie_id", pa.int64()), ("features", pa.list_(pa.float32()))])

@@ -71,14 +71,15 @@ def write_table(path: Path, table: pa.Table, schema: pa.Schema, name: str, extra
 class TableWriter:
     """Stream record batches into one Parquet file, published atomically on close."""
 
-    def __init__(self, path: Path, schema: pa.Schema, name: str, extra: dict[str, str] | None = None):
+    def __init__(self, path: Path, schema: pa.Schema, name: str, extra: dict[str, str] | None = None, **parquet_options: Any):
+        """``parquet_options`` go to :class:`pyarrow.parquet.ParquetWriter` (e.g. ``column_encoding``)."""
         self.path = path
         self.name = name
         self.schema = stamp(schema, name, extra)
         self.rows = 0
         self._ctx = atomic_path(path)
         tmp = self._ctx.__enter__()
-        self._writer = pq.ParquetWriter(tmp, self.schema, compression="zstd")
+        self._writer = pq.ParquetWriter(tmp, self.schema, **{"compression": "zstd", **parquet_options})
 
     def write(self, table: pa.Table) -> None:
         check_schema(table.schema, self.schema, f"writing {self.name} to {self.path}", versioned=False)

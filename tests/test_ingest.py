@@ -1,4 +1,7 @@
-"""Ingest accepts GroupLens CSV and Parquet and names the file, line and column of bad input."""
+"""Ingest accepts GroupLens CSV and Parquet and names the file, line and column of bad input.
+
+Every bad-input case of issue 5, one test each, is in test_bad_input.py.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +12,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 
-from tasks.ingest import InputError, ingest
+from tasks.ingest import InputError, RejectThresholdError, ingest
 
 MOVIES = (
     "movieId,title,genres\n1,Toy Story (1995),Adventure|Animation\n"
@@ -56,29 +59,45 @@ def test_gzip_bom_and_crlf(tmp_path: Path) -> None:
     [
         ("userId,movieId,rating,timestamp\n1,1,4.0,10\n1,2,abc,11\n", r"line 3, column 'rating': 'abc' is not a number"),
         ("userId,movieId,rating,timestamp\n1,1,4.0,10\nx,2,4.0,11\n", r"line 3, column 'userId': 'x' is not an integer"),
-        ("userId,movieId,rating,timestamp\n1,1,4.0,10\n1,2,7.0,11\n", r"line 3, column 'rating': 7.0 is outside 0.5-5.0"),
-        ("userId,movieId,rating,timestamp\n1,1,4.0,10\n1,2,3.7,11\n", r"line 3, column 'rating': 3.7 is not a whole or half star"),
-        ("userId,movieId,rating,timestamp\n1,1,4.0,-5\n", r"line 2, column 'timestamp': -5 is a negative timestamp"),
-        ("userId,movieId,rating,timestamp\n-1,1,4.0,5\n", r"line 2, column 'userId': -1 must be a positive id"),
+        ("userId,movieId,rating,timestamp\n1,1,4.0,10\n1,2,7.0,11\n", r"line 3, column 'rating': '7.0' is outside 0.5-5.0"),
+        ("userId,movieId,rating,timestamp\n1,1,4.0,10\n1,2,3.7,11\n", r"line 3, column 'rating': '3.7' is not a whole or half star"),
+        ("userId,movieId,rating,timestamp\n1,1,4.0,-5\n", r"line 2, column 'timestamp': '-5' is a negative timestamp"),
+        ("userId,movieId,rating,timestamp\n-1,1,4.0,5\n", r"line 2, column 'userId': '-1' is not an id in 1-2147483647"),
+        ("userId,movieId,rating,timestamp\n1,1,4.0,10\n1,2,4.0\n", r"line 3, 3 fields, expected 4"),
+    ],
+)
+def test_bad_rows_over_the_threshold_name_file_line_and_column(tmp_path: Path, ratings: str, message: str) -> None:
+    """A bad row is quarantined; with most of a tiny file bad, the run stops naming the first one."""
+    r, m = _write(tmp_path, ratings)
+    with pytest.raises(RejectThresholdError, match=message) as info:
+        ingest(r, m, tmp_path / "store")
+    assert f"{r}: line" in str(info.value) and "rows rejected" in str(info.value)
+    assert pq.read_table(tmp_path / "store" / "rejects.parquet").num_rows == 1
+
+
+@pytest.mark.parametrize(
+    ("ratings", "message"),
+    [
         ("userId,movieId,timestamp\n1,1,5\n", r"line 1: missing column\(s\) \['rating'\]"),
         ("userId;movieId;rating;timestamp\n1;1;4.0;5\n", r"is it comma-separated"),
         ("", r"empty file"),
         ("userId,movieId,rating,timestamp\n", r"no ratings \(header only\?\)"),
-        ("userId,movieId,rating,timestamp\n1,1,4.0,10\n1,2,4.0\n", r"line 3: 3 fields, expected 4"),
     ],
 )
-def test_bad_ratings_name_file_line_and_column(tmp_path: Path, ratings: str, message: str) -> None:
+def test_bad_files_stop_naming_file_and_line(tmp_path: Path, ratings: str, message: str) -> None:
     r, m = _write(tmp_path, ratings)
     with pytest.raises(InputError, match=message) as info:
         ingest(r, m, tmp_path / "store")
     assert str(r) in str(info.value)
+    assert not (tmp_path / "store" / "ratings.parquet").exists()
 
 
 def test_duplicates_keep_latest_and_unknown_movies_dropped(tmp_path: Path) -> None:
     r, m = _write(tmp_path, "userId,movieId,rating,timestamp\n1,1,2.0,50\n1,1,4.5,90\n1,1,3.0,70\n1,99,4.0,5\n2,2,1.0,1\n")
-    ratings, _, stats = ingest(r, m, tmp_path / "store")
+    ratings, _, stats = ingest(r, m, tmp_path / "store", max_reject_share=0.5)
     rows = pq.read_table(ratings).to_pylist()
     assert stats.duplicates_dropped == 2 and stats.unknown_movie_dropped == 1 and stats.rows_read == 5
+    assert stats.rows_accepted == 2 and stats.rows_rejected == 1 and stats.rejected_by_reason == {"unknown_movie": 1}
     assert {(x["user_id"], x["movie_id"], x["rating"]) for x in rows} == {(1, 1, 4.5), (2, 2, 1.0)}
 
 
