@@ -55,6 +55,7 @@ def add_parsers(sub: Any) -> None:
     rec = sub.add_parser("recommend", help="a user's published top-k with titles, genres, score and predicted rating")
     who = rec.add_mutually_exclusive_group(required=True)  # one way to say who is asking; cold start by genres can join here
     who.add_argument("--user", type=int, metavar="ID", help="a MovieLens userId from the published run")
+    who.add_argument("--genres", metavar="TASTES", help='cold start for a newcomer: stated tastes, e.g. "Adventure=5,Fantasy=4"')
     _common(rec)
     sim = sub.add_parser("similar", help="the movies nearest to a movie in the published embedding space")
     sim.add_argument("--movie", required=True, metavar="ID_OR_TITLE", help="a movieId, or part of a title (case-insensitive)")
@@ -138,8 +139,16 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     from tasks.query import load_published, recommend_for_user
 
     pub = load_published(args.data_dir)
-    frame = recommend_for_user(pub, args.user, args.k)
-    headline = f"Top {len(frame)} for user {args.user}  (model {pub.version}, published {pub.run_date})"
+    if args.genres is not None:
+        from tasks.coldstart import parse_tastes, recommend_for_genres
+
+        tastes = parse_tastes(args.genres)
+        frame = recommend_for_genres(pub, tastes, args.k or int(pub.latest.get("k", 10)))
+        said = ", ".join(f"{g}={v:g}" for g, v in tastes.items())
+        headline = f"Top {len(frame)} for a newcomer who likes {said}  (model {pub.version}, published {pub.run_date})"
+    else:
+        frame = recommend_for_user(pub, args.user, args.k)
+        headline = f"Top {len(frame)} for user {args.user}  (model {pub.version}, published {pub.run_date})"
     emit(frame, args.format, headline, ["rank", "movie_id", "title", "genres", "score", "predicted_rating"])
     return 0
 

@@ -1,8 +1,10 @@
 """Score user/movie pairs with the latest published model (``towerflow predict``).
 
-Movies in the catalog but never rated are scored from their content features
-(cold start). A user or movie the published model does not know gets a null
-prediction and a per-row ``error`` that says why, never a made-up value.
+Scores are the inner products of the published user and movie embeddings
+(the vectors behind the recommendations' ``score``), mapped back to stars.
+Movies in the catalog but never rated have embeddings from their content
+features (cold start). A user or movie the published model does not know gets
+a null prediction and a per-row ``error`` that says why, never a made-up value.
 """
 
 from __future__ import annotations
@@ -56,16 +58,15 @@ def verified(data_dir: Path, entry: dict[str, Any]) -> Path:
 
 def predict_pairs(data_dir: Path, pairs_path: Path, output_path: Path) -> dict[str, Any]:
     """Write predictions for every pair to ``output_path``; return counts."""
-    from tasks.model import load_model, run_tower, towers
+    from tasks.export import read_embeddings
     from tasks.scalers import load_scalers
-    from tasks.stages import read_features
 
     data_dir = Path(data_dir)
     latest = read_latest(data_dir)
-    files = {key: verified(data_dir, latest["model"][key]) for key in ("keras", "scalers", "user_features", "movie_features")}
+    files = {key: verified(data_dir, latest["model"][key]) for key in ("scalers", "user_embeddings", "movie_embeddings")}
     pairs = read_pairs(Path(pairs_path))
-    user_ids, user_x, _ = read_features(files["user_features"], "user")
-    movie_ids, movie_x, _ = read_features(files["movie_features"], "movie")
+    user_ids, user_emb = read_embeddings(files["user_embeddings"], "user")
+    movie_ids, movie_emb = read_embeddings(files["movie_embeddings"], "movie")
     u = pd.Index(user_ids).get_indexer(pairs["user_id"].to_numpy())
     m = pd.Index(movie_ids).get_indexer(pairs["movie_id"].to_numpy())
     ok = (u >= 0) & (m >= 0)
@@ -78,14 +79,8 @@ def predict_pairs(data_dir: Path, pairs_path: Path, output_path: Path) -> dict[s
     ]
     stars = np.full(len(pairs), np.nan, dtype=np.float32)
     if ok.any():
-        scalers = load_scalers(files["scalers"])
-        user_tower, movie_tower = towers(load_model(files["keras"]))
-        uu, u_inv = np.unique(u[ok], return_inverse=True)
-        mm, m_inv = np.unique(m[ok], return_inverse=True)
-        ue = run_tower(user_tower, scalers.user.transform(user_x[uu]))
-        me = run_tower(movie_tower, scalers.movie.transform(movie_x[mm]))
-        scores = np.einsum("ij,ij->i", ue[u_inv], me[m_inv])
-        stars[ok] = scalers.target_to_rating(scores)
+        scores = np.einsum("ij,ij->i", user_emb[u[ok]], movie_emb[m[ok]])
+        stars[ok] = load_scalers(files["scalers"]).target_to_rating(scores)
     table = pa.table(
         {
             "user_id": pa.array(pairs["user_id"].to_numpy(), pa.int64()),

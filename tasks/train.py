@@ -119,6 +119,9 @@ class _Steps:
         return out
 
 
+MAX_VALIDATION = 200_000  # validation loss per epoch is estimated on at most this many held-out ratings
+
+
 def _dataset(u: np.ndarray, m: np.ndarray, y: np.ndarray, batch: int) -> tf.data.Dataset:
     """Batches of (user row, movie row, target) in the given order (callers permute)."""
     ds = tf.data.Dataset.from_tensor_slices((u.astype(np.int32), m.astype(np.int32), y.astype(np.float32)))
@@ -164,7 +167,13 @@ def train_model(
     n_epochs = epochs if epochs is not None else config.max_epochs
     per_epoch = examples_per_epoch(len(data.users), n_epochs, config.max_examples)
     order_rng = np.random.default_rng(seed)
-    val_ds = _dataset(*validation, max(config.batch_size, 1024)) if validation is not None and len(validation[0]) else None
+    val_ds = None
+    if validation is not None and len(validation[0]):
+        vu, vm, vy = (np.asarray(a) for a in validation)
+        if len(vu) > MAX_VALIDATION:
+            keep = np.sort(np.random.default_rng(seed).choice(len(vu), MAX_VALIDATION, replace=False))
+            vu, vm, vy = vu[keep], vm[keep], vy[keep]
+        val_ds = _dataset(vu, vm, vy, max(config.batch_size, 1024))
     history: list[dict[str, float]] = []
     best_loss, best_epoch, best_weights, waited = math.inf, n_epochs, None, 0
     started = time.perf_counter()
@@ -172,7 +181,8 @@ def train_model(
         t0 = time.perf_counter()
         total = mse_sum = 0.0
         batches = 0
-        pick = order_rng.permutation(len(data.users))[:per_epoch]
+        n = len(data.users)
+        pick = order_rng.permutation(n) if per_epoch == n else order_rng.choice(n, per_epoch, replace=False)
         for u, m, y in _dataset(data.users[pick], data.movies[pick], data.target[pick], config.batch_size):
             loss, mse = steps.train_step(u, m, y)
             total += float(loss)

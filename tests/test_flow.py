@@ -24,9 +24,14 @@ def test_latest_json_names_everything(published: dict[str, Any]) -> None:
     assert latest["model_version"].startswith("2026-01-02-")
     for key in ("index", "index_ids", "movie_embeddings", "user_embeddings", "keras", "scalers"):
         assert (d / latest["model"][key]["path"]).is_file()
-    for name in ("recommendations", "similar_movies"):
+    for name in ("recommendations", "similar_movies", "metrics"):
         info = latest["tables"][name]
-        assert pq.ParquetFile(d / info["path"]).metadata.num_rows == info["rows"]
+        assert info["path"] == f"outputs/{name}/run_date=2026-01-02"
+        assert all(Path(f).parent == Path(info["path"]) and Path(f).name.startswith("part-") for f in info["files"])
+        assert sum(pq.ParquetFile(d / f).metadata.num_rows for f in info["files"]) == info["rows"]
+        assert sorted(p.name for p in (d / info["path"]).glob("*.parquet")) == sorted(Path(f).name for f in info["files"])
+    # the published run is sharded (conftest: --shard-size 40): one part per user shard and per movie shard
+    assert len(latest["tables"]["recommendations"]["files"]) == 3 and len(latest["tables"]["similar_movies"]["files"]) == 5
     assert {"train", "recommend", "ingest"} <= set(latest["timings"])
     assert not (d / "work" / latest["model_version"]).exists()
 
@@ -76,6 +81,15 @@ def test_predict_scores_pairs_with_cold_start(published: dict[str, Any], tmp_pat
     assert out.predicted_rating[2:].isna().all()
     assert "unknown user 999999" in out.error[2] and "unknown movie 424242" in out.error[3]
     assert "2 pairs have no prediction" in capsys.readouterr().err
+
+
+def test_predict_agrees_with_published_recommendations(published: dict[str, Any], tmp_path: Path) -> None:
+    d = published["dir"]
+    recs = ds.dataset(d / "outputs" / "recommendations", partitioning="hive").to_table().to_pandas().head(20)
+    recs[["user_id", "movie_id"]].to_csv(tmp_path / "pairs.csv", index=False)
+    assert main(["predict", "--data-dir", str(d), "--pairs", str(tmp_path / "pairs.csv"), "--output", str(tmp_path / "p.parquet")]) == 0
+    out = pq.read_table(tmp_path / "p.parquet").to_pandas()
+    np.testing.assert_allclose(out.predicted_rating, recs.predicted_rating, atol=1e-4)
 
 
 def test_bad_input_fails_cleanly_and_keeps_latest(published: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
