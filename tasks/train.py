@@ -76,14 +76,17 @@ class _Steps:
 
     def _losses(self, u: tf.Tensor, m: tf.Tensor, y: tf.Tensor, training: bool = False) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
         c = self.config
-        ux = tf.gather(self.U, u)
+        # Each tower runs once per distinct user (movie) of the batch, not once per rating: a batch of
+        # 1024 ratings has far fewer distinct movies, and the gradient is the same sum either way.
         if self.H is None or self.V is None:
-            ue = self.user_tower(ux, training=training)
-        else:  # leave the target out of the history it is predicted from
+            users, u_pos = tf.unique(u)
+            ue = tf.gather(self.user_tower(tf.gather(self.U, users), training=training), u_pos)
+        else:  # the input depends on the target (left out of the history it is predicted from)
             h = tf.gather(self.H, u)
             h = tf.where(tf.equal(h, m[:, tf.newaxis] + 1), tf.zeros_like(h), h)
-            ue = self.user_tower([ux, h, tf.gather(self.V, u)], training=training)
-        me = self.movie_tower(tf.gather(self.M, m), training=training)
+            ue = self.user_tower([tf.gather(self.U, u), h, tf.gather(self.V, u)], training=training)
+        movies, m_pos = tf.unique(m)
+        me = tf.gather(self.movie_tower(tf.gather(self.M, movies), training=training), m_pos)
         pred = tf.reduce_sum(ue * me, axis=1)
         mse = tf.reduce_mean(tf.square(pred - y))
         softmax = tf.constant(0.0)
