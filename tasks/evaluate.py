@@ -79,7 +79,7 @@ def _fit_once(
 
     feats = compute_features(train, movies, users, config.features, config.shrinkage)
     hist = user_history(train, feats.user_ids, feats.movie_ids, config.history_length) if config.history_length > 0 else None
-    scalers = fit_scalers(feats.user_x, feats.movie_x, train["rating"].to_numpy(), feats.user_names, feats.movie_names)
+    scalers = fit_scalers(feats.user_x, feats.movie_x, train["rating"].to_numpy(), feats.user_names, feats.movie_names, config.target_scale)
     scaled = prepared(feats, scalers, hist)
     validation = scaled.triples(val) if val is not None and len(val) else None
     return train_model(scaled.train_data(train), config, seed, epochs=epochs, validation=validation), scaled

@@ -95,11 +95,16 @@ def _tower(name: str, n_features: int, config: ModelConfig, n_movies: int = 0) -
         if config.dropout > 0:
             x = layers.Dropout(config.dropout, name=f"{name}_dropout_{i}")(x)
     x = layers.Dense(config.embedding_dim, name=f"{name}_out")(x)
-    return keras.Model(inputs if len(inputs) > 1 else features, L2Normalize(name=f"{name}_l2")(x), name=name)
+    if config.normalize:  # off only in the ablation: the raw dot product is then unbounded
+        x = L2Normalize(name=f"{name}_l2")(x)
+    return keras.Model(inputs if len(inputs) > 1 else features, x, name=name)
 
 
 def build_model(n_user_features: int, n_movie_features: int, config: ModelConfig, n_movies: int = 0) -> keras.Model:
     """Two towers, outputs L2-normalized, prediction = their dot product (in [-1, 1]).
+
+    ``config.normalize=False`` drops the normalization (only the ablation does), so the
+    dot product is unbounded.
 
     With ``config.history_length > 0`` (and the catalog size ``n_movies``) the
     user tower also takes the user's recent movies and learns a history vector

@@ -2,18 +2,21 @@
 
 User and movie features use :class:`~sklearn.preprocessing.StandardScaler`;
 the rating target uses ``MinMaxScaler(feature_range=(-1, 1))`` so it lives on
-the same [-1, 1] scale as the dot product of two unit vectors.
+the same [-1, 1] scale as the dot product of two unit vectors. Target mode
+``"stars"`` (only the ablation uses it) leaves the rating in stars: both
+mappings are then the identity. JSON without the mode reads as ``"minmax"``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import numpy as np
 from sklearn.preprocessing import MinMaxScaler, StandardScaler
 
+from tasks.config import TargetScale
 from tasks.storage import read_json, write_json
 
 FORMAT = "towerflow-scalers/1"
@@ -28,18 +31,32 @@ class Scalers:
     target: MinMaxScaler
     user_names: list[str]
     movie_names: list[str]
+    target_scale: TargetScale = "minmax"
 
     def rating_to_target(self, stars: np.ndarray) -> np.ndarray:
+        if self.target_scale == "stars":
+            return np.asarray(stars, dtype=np.float32).ravel()
         return self.target.transform(np.asarray(stars, dtype=np.float64).reshape(-1, 1)).ravel().astype(np.float32)
 
     def target_to_rating(self, score: np.ndarray) -> np.ndarray:
+        if self.target_scale == "stars":
+            return np.asarray(score, dtype=np.float32).ravel()
         return self.target.inverse_transform(np.asarray(score, dtype=np.float64).reshape(-1, 1)).ravel().astype(np.float32)
 
 
-def fit_scalers(user_x: np.ndarray, movie_x: np.ndarray, ratings: np.ndarray, user_names: list[str], movie_names: list[str]) -> Scalers:
-    """Fit the scalers on training feature rows and training ratings."""
+def fit_scalers(
+    user_x: np.ndarray,
+    movie_x: np.ndarray,
+    ratings: np.ndarray,
+    user_names: list[str],
+    movie_names: list[str],
+    target_scale: TargetScale = "minmax",
+) -> Scalers:
+    """Fit the scalers on training feature rows and training ratings (``target_scale``: see the module doc)."""
     if len(ratings) == 0:
         raise ValueError("cannot fit the target scaler: no training ratings")
+    if target_scale not in get_args(TargetScale):
+        raise ValueError(f"unknown target scale {target_scale!r}; choose one of {list(get_args(TargetScale))}")
     target = MinMaxScaler(feature_range=(-1, 1)).fit(np.asarray(ratings, dtype=np.float64).reshape(-1, 1))
     return Scalers(
         user=StandardScaler().fit(user_x),
@@ -47,6 +64,7 @@ def fit_scalers(user_x: np.ndarray, movie_x: np.ndarray, ratings: np.ndarray, us
         target=target,
         user_names=list(user_names),
         movie_names=list(movie_names),
+        target_scale=target_scale,
     )
 
 
@@ -84,6 +102,7 @@ def save_scalers(scalers: Scalers, path: Path) -> Path:
                 "data_min": float(t.data_min_[0]),
                 "data_max": float(t.data_max_[0]),
                 "n_samples_seen": int(t.n_samples_seen_),
+                "scale": scalers.target_scale,
             },
         },
     )
@@ -95,6 +114,9 @@ def load_scalers(path: Path) -> Scalers:
     if data.get("format") != FORMAT:
         raise ValueError(f"{path}: format {data.get('format')!r}, expected {FORMAT!r}")
     t = data["target"]
+    scale = t.get("scale", "minmax")
+    if scale not in get_args(TargetScale):
+        raise ValueError(f"{path}: unknown target scale {scale!r}")
     lo, hi = (float(v) for v in t["feature_range"])
     target = MinMaxScaler(feature_range=(lo, hi))
     target.data_min_ = np.array([t["data_min"]], dtype=np.float64)
@@ -110,4 +132,5 @@ def load_scalers(path: Path) -> Scalers:
         target=target,
         user_names=list(data["user"]["feature_names"]),
         movie_names=list(data["movie"]["feature_names"]),
+        target_scale=scale,
     )
