@@ -53,6 +53,21 @@ def load_seen(path: Path) -> tuple[int, int, np.ndarray, np.ndarray]:
     return int(users.max() + 1), int(movies.max() + 1), indptr, movies[order].astype(np.int64)
 
 
+def load_published(data_dir: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, str]:
+    """Trained embeddings of a published run and the seen sets of its ingested ratings."""
+    from tasks.export import read_embeddings
+    from tasks.recommend import seen_csr
+    from tasks.stages import load_ratings
+    from tasks.storage import read_json
+
+    latest = read_json(data_dir / "outputs" / "latest.json")
+    user_ids, q = read_embeddings(data_dir / latest["model"]["user_embeddings"]["path"], "user")
+    movie_ids, m = read_embeddings(data_dir / latest["model"]["movie_embeddings"]["path"], "movie")
+    ratings = load_ratings(data_dir / "store" / latest["inputs"]["sha256"] / "ratings.parquet")
+    indptr, rows = seen_csr(ratings, user_ids, movie_ids)
+    return q, m, indptr, rows, f"{data_dir} (model {latest['model_version']})"
+
+
 def matmul_only(q: np.ndarray, m: np.ndarray) -> float:
     total = 0.0
     for s in range(0, len(q), BLOCK):
@@ -93,6 +108,7 @@ def best_of(repeat: int, fn: object, *args: object) -> tuple[float, object]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ratings", type=Path, help="ratings.csv whose users' histories are the seen sets")
+    parser.add_argument("--data-dir", type=Path, help="a published run: use its trained embeddings and its ingested ratings")
     parser.add_argument("--work", type=Path, default=Path("/tmp/towerflow-bench"), help="where generated data is kept")
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--dim", type=int, default=32)
@@ -107,14 +123,19 @@ def main() -> int:
             generate(args.work / "2m5", n_users=16_000, n_movies=20_000, mean_ratings_per_user=156)
     threads = default_threads()
     faiss.omp_set_num_threads(threads)
-    n_users, n_movies, indptr, rows = load_seen(args.ratings)
+    if args.data_dir is not None:
+        q, m, indptr, rows, source = load_published(args.data_dir)
+        n_users, n_movies = len(q), len(m)
+    else:
+        n_users, n_movies, indptr, rows = load_seen(args.ratings)
+        rng = np.random.default_rng(0)
+        q = np.asarray(l2_normalize(rng.normal(size=(n_users, args.dim)).astype(np.float32)))
+        m = np.asarray(l2_normalize(rng.normal(size=(n_movies, args.dim)).astype(np.float32)))
+        source = f"{args.ratings}, random unit embeddings"
     counts = np.diff(indptr)
     print(f"machine: {machine()}; threads {threads}")
-    print(f"data: {args.ratings} -> {n_users:,} users x {n_movies:,} movies, {len(rows):,} seen")
+    print(f"data: {source} -> {n_users:,} users x {n_movies:,} movies, {len(rows):,} seen")
     print(f"history length: median {int(np.median(counts))}, max {counts.max():,}")
-    rng = np.random.default_rng(0)
-    q = np.asarray(l2_normalize(rng.normal(size=(n_users, args.dim)).astype(np.float32)))
-    m = np.asarray(l2_normalize(rng.normal(size=(n_movies, args.dim)).astype(np.float32)))
     index = build_index(m)
     t_mm, _ = best_of(args.repeat, matmul_only, q, m)
     t_ref, ref = best_of(args.repeat, numpy_reference, q, m, indptr, rows, args.k)

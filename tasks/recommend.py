@@ -34,6 +34,10 @@ def seen_csr(ratings: pd.DataFrame, user_ids: np.ndarray, movie_ids: np.ndarray)
     return indptr, m[order].astype(np.int64)
 
 
+FAISS_BLAS_QUERIES = 4096  # flat search switches to BLAS at queries x dim >= 128,000 (4,000 queries at d = 32)
+SCAN_BLOCK_CELLS = 1 << 24  # exact scans score at most this many (query, movie) cells at a time (64 MB)
+
+
 def _search_unseen(
     index: faiss.Index, queries: np.ndarray, seen: list[np.ndarray], k: int, fetch: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -48,6 +52,41 @@ def _search_unseen(
     else:
         valid = items >= 0
     return valid, np.cumsum(valid, axis=1), items, scores
+
+
+def _scan_unseen(vectors: np.ndarray, queries: np.ndarray, seen: list[np.ndarray], k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k over the index's own vectors with seen items at -inf: (items, scores), best first, -1 pads.
+
+    For the queries FAISS serves badly: heavy raters (their seen movies crowd
+    the top, so a search would need k + thousands of results) and batches too
+    small for FAISS's BLAS path. One matrix product per block, then
+    ``argpartition``.
+    """
+    n_items = len(vectors)
+    kk = min(k, n_items)
+    items = np.full((len(queries), kk), -1, dtype=np.int64)
+    scores = np.zeros((len(queries), kk), dtype=np.float32)
+    step = max(1, SCAN_BLOCK_CELLS // max(n_items, 1))
+    for lo in range(0, len(queries), step):
+        block = np.asarray(queries[lo : lo + step], dtype=np.float32) @ vectors.T
+        local = np.repeat(np.arange(len(block)), [len(s) for s in seen[lo : lo + step]])
+        if len(local):
+            block[local, np.concatenate(seen[lo : lo + step])] = -np.inf
+        top = np.argpartition(-block, kk - 1, axis=1)[:, :kk] if kk < n_items else np.tile(np.arange(n_items), (len(block), 1))
+        best = np.take_along_axis(block, top, axis=1)
+        order = np.argsort(-best, axis=1, kind="stable")
+        top, best = np.take_along_axis(top, order, axis=1), np.take_along_axis(best, order, axis=1)
+        finite = np.isfinite(best)
+        items[lo : lo + step] = np.where(finite, top, -1)
+        scores[lo : lo + step] = np.where(finite, best, 0.0)
+    return items, scores
+
+
+def _index_vectors(index: faiss.Index) -> np.ndarray | None:
+    """The vectors stored in a flat index (a zero-copy view), or None for other index types."""
+    if not isinstance(index, faiss.IndexFlat) or index.ntotal == 0:
+        return None
+    return faiss.rev_swig_ptr(index.get_xb(), index.ntotal * index.d).reshape(index.ntotal, index.d)
 
 
 def topk_unseen(
@@ -66,15 +105,19 @@ def topk_unseen(
     Results are grouped by query, best first; a query gets fewer than ``k``
     rows only when fewer than ``k`` unseen items exist.
 
-    Each chunk first asks FAISS for ``k + min(first_extra, largest history)``
-    results; the few queries left with fewer than ``k`` unseen items (heavy
-    raters whose seen movies crowd their top) are asked again with twice the
-    fetch, up to ``k`` plus their own history, which is always enough. So the
-    cost follows what each user needs, not the heaviest user of the chunk.
+    Queries go in chunks of users sorted by history length. Each chunk asks
+    FAISS for ``k + min(first_extra, largest history)`` results; the queries
+    left with fewer than ``k`` unseen items (heavy raters whose seen movies
+    crowd their top) are then scanned exactly against the index's vectors
+    with their seen movies masked (:func:`_scan_unseen`), as are chunks too
+    small for FAISS's BLAS path. The cost follows what each user needs, not
+    the heaviest user of the chunk. Index types other than flat keep asking
+    FAISS again with a doubled fetch, up to ``k`` plus the user's history.
     """
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     n_items = index.ntotal
+    vectors = _index_vectors(index)
     counts = np.diff(seen_indptr)
     order = np.argsort(counts, kind="stable")
     for start in range(0, len(order), chunk_size):
@@ -87,6 +130,12 @@ def topk_unseen(
         pending = np.arange(len(rows))
         fetch = int(min(n_items, k + min(first_extra, int(counts[rows].max()))))
         while len(pending):
+            if vectors is not None and (len(pending) < FAISS_BLAS_QUERIES or fetch > k + first_extra):
+                items, scores = _scan_unseen(vectors, queries[rows[pending]], [seen[i] for i in pending], k)
+                kk = items.shape[1]
+                done_item[pending, :kk], done_score[pending, :kk] = items, scores
+                done_rank[pending, :kk] = np.arange(1, kk + 1, dtype=np.int32)
+                break
             valid, rank, items, scores = _search_unseen(index, queries[rows[pending]], [seen[i] for i in pending], k, fetch)
             complete = (rank[:, -1] >= k) | (fetch >= needed[pending])
             keep = valid & (rank <= k) & complete[:, None]

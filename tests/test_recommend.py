@@ -29,8 +29,18 @@ def _brute(users: np.ndarray, items: np.ndarray, seen: list[np.ndarray], k: int)
     return out
 
 
+@pytest.mark.parametrize("path", ["scan", "faiss+scan", "faiss only"])
 @pytest.mark.parametrize(("chunk_size", "first_extra"), [(1, 32), (7, 0), (1000, 2), (1000, 32)])
-def test_topk_unseen_matches_brute_force(rng: np.random.Generator, chunk_size: int, first_extra: int) -> None:
+def test_topk_unseen_matches_brute_force(
+    rng: np.random.Generator, chunk_size: int, first_extra: int, path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Small chunks are scanned exactly; big ones go to FAISS first (forced here); non-flat indexes re-ask FAISS."""
+    import tasks.recommend as rec
+
+    if path != "scan":
+        monkeypatch.setattr(rec, "FAISS_BLAS_QUERIES", 0)
+    if path == "faiss only":
+        monkeypatch.setattr(rec, "_index_vectors", lambda index: None)
     users, items, k = _unit(rng, 40, 8), _unit(rng, 60, 8), 5
     seen = [rng.choice(60, size=int(rng.integers(0, 30)), replace=False) for _ in range(40)]
     seen[3] = np.arange(57)  # only 3 unseen items left: fewer than k rows
