@@ -52,7 +52,20 @@ def check(data_dir: Path, ratings_csv: Path) -> list[tuple[str, bool]]:
             "row counts match latest.json",
             len(recs) == latest["tables"]["recommendations"]["rows"] and len(sim) == latest["tables"]["similar_movies"]["rows"],
         ),
+        ("latest.json lists exactly the part files of each table's partition", _parts_listed(data_dir, latest)),
     ]
+
+
+def _parts_listed(data_dir: Path, latest: dict) -> bool:
+    """Each table's ``files`` are all the Parquet files under its ``path``, and their rows add up to ``rows``."""
+    import pyarrow.parquet as pq
+
+    for info in latest["tables"].values():
+        files = info.get("files", [info["path"]])  # runs before sharding named one file
+        on_disk = sorted(str(f.relative_to(data_dir)) for f in (data_dir / info["path"]).glob("*.parquet")) if "files" in info else files
+        if sorted(files) != on_disk or sum(pq.ParquetFile(data_dir / f).metadata.num_rows for f in files) != info["rows"]:
+            return False
+    return True
 
 
 def main() -> int:

@@ -13,7 +13,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from flows import query_cli
+from flows import query_cli, serve
+from tasks.config import PRESETS
 
 
 def _quiet_env() -> None:
@@ -31,16 +32,20 @@ def _date(value: str) -> dt.date:
         raise argparse.ArgumentTypeError(f"--run-date must be YYYY-MM-DD, got {value!r}") from None
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="towerflow", description="Nightly two-tower movie recommendations, orchestrated by Prefect.")
-    sub = p.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="run the nightly flow once, end to end")
+def _add_flow_args(run: argparse.ArgumentParser, *, run_date: bool) -> None:
+    """The nightly flow's options, shared by ``run`` and ``serve`` (a served run takes the day it runs)."""
     run.add_argument("--ratings", type=Path, help="MovieLens ratings.csv or .parquet (default: embedded data set)")
     run.add_argument("--movies", type=Path, help="MovieLens movies.csv or .parquet (default: embedded data set)")
     run.add_argument("--data-dir", type=Path, default=Path("data"), help="store, models and outputs (default: ./data)")
-    run.add_argument("--run-date", type=_date, help="YYYY-MM-DD partition date (default: today)")
+    if run_date:
+        run.add_argument("--run-date", type=_date, help="YYYY-MM-DD partition date (default: today)")
     run.add_argument("--k", type=int, default=10, help="recommendations per user (default: 10)")
-    run.add_argument("--preset", choices=["default", "lab"], default="default", help="'lab' trains exactly as the course")
+    run.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        default="default",
+        help="'lab': the course; 'balanced': ranking traded for RMSE",
+    )
     run.add_argument("--seed", type=int, default=42)
     run.add_argument("--max-epochs", type=int, help="override the preset's epoch limit")
     run.add_argument(
@@ -52,6 +57,20 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--max-reject-share", type=float, default=0.01, help="fail if more than this share of rating rows is rejected (default: 0.01)"
     )
+    run.add_argument("--shard-size", type=int, default=50_000, help="users (movies) per recommend (similar) task (default: 50000)")
+    run.add_argument(
+        "--dask-address", metavar="tcp://HOST:PORT", help="run the shard tasks on this Dask scheduler (default: $TOWERFLOW_DASK_ADDRESS)"
+    )
+    run.add_argument("--workers", type=int, help="without Dask: shard tasks at a time on local threads (default: $TOWERFLOW_WORKERS or 2)")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="towerflow", description="Nightly two-tower movie recommendations, orchestrated by Prefect.")
+    sub = p.add_subparsers(dest="command", required=True)
+    _add_flow_args(sub.add_parser("run", help="run the nightly flow once, end to end"), run_date=True)
+    srv = sub.add_parser("serve", help="serve the nightly flow on a cron schedule (needs a Prefect server, PREFECT_API_URL)")
+    _add_flow_args(srv, run_date=False)
+    serve.add_arguments(srv)
     pred = sub.add_parser("predict", help="predicted ratings for user/movie pairs from the latest model")
     pred.add_argument("--data-dir", type=Path, default=Path("data"))
     pred.add_argument("--pairs", type=Path, required=True, help="CSV or Parquet with userId,movieId")
@@ -59,9 +78,7 @@ def _parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("evaluate", help="per-user temporal evaluation against most-popular and ALS")
     ev.add_argument("--ratings", type=Path, required=True)
     ev.add_argument("--movies", type=Path, required=True)
-    ev.add_argument(
-        "--preset", action="append", choices=["default", "lab"], help="model preset(s) to evaluate (repeatable; default: default)"
-    )
+    ev.add_argument("--preset", action="append", choices=sorted(PRESETS), help="model preset(s) to evaluate (repeatable; default: default)")
     ev.add_argument("--k", type=int, default=10)
     ev.add_argument("--holdout", type=float, default=0.2, help="share of each user's most recent ratings held out (default: 0.2)")
     ev.add_argument("--seed", type=int, default=42)
@@ -99,6 +116,8 @@ def _summary(s: dict[str, Any]) -> str:
         lines.append(f"  {name:<16} {info['rows']:>10,} rows  {Path(s['data_dir']) / info['path']}")
     lines.append(f"  latest.json      {Path(s['data_dir']) / 'outputs' / 'latest.json'}")
     lines.append("  seconds   " + ", ".join(f"{k} {v:.1f}" for k, v in t.items()))
+    if s.get("reused_stages"):
+        lines.append("  resumed   reused from the interrupted run: " + ", ".join(s["reused_stages"]))
     return "\n".join(lines)
 
 
@@ -106,14 +125,14 @@ def _reason(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    from flows.nightly import NightlyParams, nightly
+def _params(args: argparse.Namespace) -> Any:
+    from flows.nightly import NightlyParams
 
-    params = NightlyParams(
+    return NightlyParams(
         ratings=str(args.ratings) if args.ratings else None,
         movies=str(args.movies) if args.movies else None,
         data_dir=str(args.data_dir),
-        run_date=args.run_date,
+        run_date=getattr(args, "run_date", None),
         k=args.k,
         preset=args.preset,
         seed=args.seed,
@@ -123,13 +142,26 @@ def cmd_run(args: argparse.Namespace) -> int:
         gate=not args.no_gate,
         gate_margin=args.gate_margin,
         max_reject_share=args.max_reject_share,
+        shard_size=args.shard_size,
     )
-    state = nightly(params, return_state=True)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from flows.nightly import nightly
+    from flows.runners import task_runner
+
+    flow = nightly.with_options(task_runner=task_runner(args.dask_address, args.workers))
+    state = flow(_params(args), return_state=True)
     result = state.result(raise_on_failure=False)
     if not state.is_completed() or isinstance(result, BaseException):
         print(f"towerflow run failed: {_reason(result) if isinstance(result, BaseException) else state.message}", file=sys.stderr)
         return 1
     print(_summary(result))
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    serve.serve(_params(args), args.cron, args.timezone, args.name, args.dask_address, args.workers)
     return 0
 
 
@@ -188,6 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     _quiet_env()
     commands = {"run": cmd_run, "predict": cmd_predict, "evaluate": cmd_evaluate, "generate": cmd_generate, **query_cli.COMMANDS}
+    commands["serve"] = cmd_serve
     try:
         return commands[args.command](args)
     except KeyboardInterrupt:

@@ -1,31 +1,179 @@
-"""A file lock on the data directory, so two runs never write the same outputs at once."""
+"""Two runs never write one data directory at once: a file lock always, a Prefect concurrency limit with a server.
+
+The file lock is an exclusive, non-blocking ``flock`` on ``DIR/.towerflow.lock``:
+a second run on the same machine refuses at once, naming the run that holds
+it. The kernel drops the lock when its process exits, however it exits
+(``SIGKILL`` included), so a crashed run never leaves a stale lock. The lock
+file holds one line of JSON about the holder (pid, host, start time, Prefect
+lease id).
+
+Where a Prefect server is used (``PREFECT_API_URL`` set), the run also takes
+the one slot of the global concurrency limit ``towerflow-data-<hash of DIR>``
+(created on first use): that covers runs on other machines sharing the
+directory, and shows in the UI. The slot is a lease of :data:`LEASE_SECONDS`
+renewed in the background; a run that dies keeps it until the lease lapses,
+except that a run which takes the file lock releases the lease its
+predecessor on this host recorded (that process is provably gone: it held
+the lock). Without a server (Prefect's ephemeral API) the file lock alone
+guards the directory.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import fcntl
+import hashlib
+import json
 import os
+import socket
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+LEASE_SECONDS = 60.0  # the server's minimum lease
+SLOT_WAIT_SECONDS = LEASE_SECONDS + 30.0  # long enough for the lease of a run that died elsewhere to lapse
 
 
 class LockedError(RuntimeError):
     """Another towerflow run holds the data directory."""
 
 
+def limit_name(data_dir: Path) -> str:
+    """The Prefect global concurrency limit guarding ``data_dir``."""
+    return "towerflow-data-" + hashlib.sha256(str(Path(data_dir).resolve()).encode()).hexdigest()[:16]
+
+
+def _read_holder(fd: int) -> dict[str, Any]:
+    text = os.pread(fd, 4096, 0).decode(errors="replace").strip()
+    try:
+        holder = json.loads(text)
+    except ValueError:
+        return {"pid": text} if text else {}
+    return holder if isinstance(holder, dict) else {}
+
+
+def _write_holder(fd: int, holder: dict[str, Any]) -> None:
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, (json.dumps(holder, sort_keys=True) + "\n").encode(), 0)
+
+
+def _describe(holder: dict[str, Any]) -> str:
+    if not holder.get("pid"):
+        return "pid unknown"
+    where = f" on {holder['host']}" if holder.get("host") else ""
+    since = f", started {holder['started']}" if holder.get("started") else ""
+    return f"pid {holder['pid']}{where}{since}"
+
+
 @contextlib.contextmanager
-def data_dir_lock(path: Path) -> Iterator[None]:
-    """Hold an exclusive, non-blocking ``flock`` on ``path`` or raise :class:`LockedError`."""
+def data_dir_lock(path: Path, *, server: bool | None = None) -> Iterator[None]:
+    """Hold the data directory of lock file ``path`` or raise :class:`LockedError` saying who holds it.
+
+    ``server``: also take the Prefect concurrency slot (default: when ``PREFECT_API_URL`` is set).
+    """
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
-            raise LockedError(f"another towerflow run (pid {holder}) is using {path.parent}; wait for it to finish") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
-        yield
+            raise LockedError(
+                f"another towerflow run ({_describe(_read_holder(fd))}) is using the data directory {path.parent} "
+                f"(lock {path}); wait for it to finish, then run again"
+            ) from None
+        previous = _read_holder(fd)
+        me: dict[str, Any] = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "started": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        }
+        _write_holder(fd, me)
+        use_server = _server_in_use() if server is None else server
+        with _server_slot(path.parent, previous, me, fd) if use_server else contextlib.nullcontext():
+            yield
     finally:
         os.close(fd)
+
+
+def _server_in_use() -> bool:
+    from prefect.settings import get_current_settings
+
+    return bool(get_current_settings().api.url)
+
+
+def _flow_run_holder() -> Any:
+    from prefect.client.schemas.objects import ConcurrencyLeaseHolder
+    from prefect.context import FlowRunContext
+
+    ctx = FlowRunContext.get()
+    return ConcurrencyLeaseHolder(type="flow_run", id=ctx.flow_run.id) if ctx and ctx.flow_run else None
+
+
+def _acquire(client: Any, name: str, data_dir: Path) -> UUID:
+    from httpx import HTTPStatusError
+
+    deadline = time.monotonic() + SLOT_WAIT_SECONDS
+    holder = _flow_run_holder()
+    while True:
+        try:
+            response = client.increment_concurrency_slots_with_lease(
+                names=[name], slots=1, mode="concurrency", lease_duration=LEASE_SECONDS, holder=holder
+            )
+            return UUID(response.json()["lease_id"])
+        except HTTPStatusError as exc:
+            if exc.response.status_code != 423:
+                raise
+            if time.monotonic() >= deadline:
+                raise LockedError(
+                    f"the Prefect concurrency limit {name!r} of the data directory {data_dir} is held by another run "
+                    f"(on another machine, or one that died less than {LEASE_SECONDS:.0f} s ago); waited {SLOT_WAIT_SECONDS:.0f} s. "
+                    "Wait for it to finish, then run again"
+                ) from None
+            retry_after = float(exc.response.headers.get("Retry-After") or 1.0)
+            time.sleep(max(0.5, min(retry_after, deadline - time.monotonic(), 5.0)))
+
+
+def _renew(lease_id: UUID, stop: threading.Event) -> None:
+    from prefect.client.orchestration import get_client
+
+    while not stop.wait(LEASE_SECONDS / 3):
+        try:
+            with get_client(sync_client=True) as client:
+                client.renew_concurrency_lease(lease_id, LEASE_SECONDS)
+        except Exception as exc:  # a missed renewal is retried; the file lock still guards this machine
+            import logging
+
+            logging.getLogger("towerflow.lock").warning("could not renew the Prefect concurrency lease %s: %s", lease_id, exc)
+
+
+@contextlib.contextmanager
+def _server_slot(data_dir: Path, previous: dict[str, Any], me: dict[str, Any], fd: int) -> Iterator[None]:
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectAlreadyExists
+
+    name = limit_name(data_dir)
+    with get_client(sync_client=True) as client:
+        with contextlib.suppress(ObjectAlreadyExists):  # two first runs may race to create it
+            client.upsert_global_concurrency_limit_by_name(name, 1)
+        stale = previous.get("lease_id")
+        if stale and previous.get("host") == me["host"]:
+            # Its run held the file lock, which is ours now: that process is gone, its lease is garbage.
+            with contextlib.suppress(Exception):
+                client.release_concurrency_slots_with_lease(UUID(str(stale)))
+        lease_id = _acquire(client, name, data_dir)
+    _write_holder(fd, {**me, "lease_id": str(lease_id), "limit": name})
+    stop = threading.Event()
+    renewer = threading.Thread(target=_renew, args=(lease_id, stop), name="towerflow-lease-renewal", daemon=True)
+    renewer.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        with contextlib.suppress(Exception), get_client(sync_client=True) as client:
+            client.release_concurrency_slots_with_lease(lease_id)
+        _write_holder(fd, me)  # released: nothing for the next run to clean up

@@ -18,8 +18,9 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, Field
 
+from flows import caching, report, runners, shards
 from flows.lock import data_dir_lock
-from tasks import publish, quality, rejects, stages
+from tasks import faults, publish, quality, rejects, resume, stages
 from tasks.config import preset
 from tasks.generate import generate
 from tasks.layout import Layout, model_version
@@ -35,12 +36,15 @@ class NightlyParams(BaseModel):
     data_dir: str = Field("data", description="where the store, models and outputs live")
     run_date: dt.date | None = Field(None, description="partition date; default: today")
     k: int = Field(10, ge=1, le=1000, description="recommendations per user and similar movies per movie")
-    preset: Literal["default", "lab"] = Field("default", description="model preset; 'lab' reproduces the course")
+    preset: Literal["default", "balanced", "lab"] = Field(
+        "default", description="model preset; 'lab' reproduces the course, 'balanced' trades ranking for RMSE"
+    )
     seed: int = Field(42, description="seed of every random choice in training")
     holdout_fraction: float = Field(0.1, ge=0.0, lt=0.5, description="most recent share of ratings held out for validation")
     max_epochs: int | None = Field(None, ge=1, description="override the preset's epoch limit")
     patience: int | None = Field(None, ge=1, description="early stopping patience in epochs (default: the preset's)")
     chunk_size: int = Field(4096, ge=1, description="users per top-k chunk (bounds memory)")
+    shard_size: int = Field(50_000, ge=1, description="users (movies) per recommend (similar) task; shards run on the task runner")
     threads: int | None = Field(None, ge=1, description="CPU threads for TF, BLAS and FAISS; default: all cores")
     gate: bool = Field(True, description="refuse to publish a model below most-popular or the published model")
     gate_margin: float = Field(0.01, description="allowed NDCG@k drop below the published model before the gate refuses")
@@ -91,29 +95,21 @@ def ingest_task(ratings: str, movies: str, store_dir: str, rejects_path: str, ma
     return out
 
 
-@task(name="features", cache_policy=NO_CACHE)
+# Resumable stages (flows/caching.py): a re-run after a crash reuses the results whose inputs, code and outputs are unchanged.
+_IO_RETRY: dict[str, Any] = {"retries": 2, "retry_delay_seconds": [2, 10], "retry_jitter_factor": 0.5, "retry_condition_fn": _io_retry}
+
+
+@caching.stage_task("features", outputs=("out_dir",), **_IO_RETRY)
 def features_task(ratings: str, movies: str, out_dir: str, preset_name: str, holdout: float) -> dict[str, Any]:
     return stages.run_features(Path(ratings), Path(movies), Path(out_dir), preset(preset_name), holdout)
 
 
-@task(name="scalers", cache_policy=NO_CACHE)
-def scalers_task(ratings: str, feature_dirs: dict[str, str], holdout: float) -> dict[str, str]:
-    return stages.run_scalers(Path(ratings), feature_dirs, holdout)
+@caching.stage_task("scalers", outputs=("out_dir",), **_IO_RETRY)
+def scalers_task(ratings: str, feature_dirs: dict[str, str], holdout: float, out_dir: str) -> dict[str, str]:
+    return stages.run_scalers(Path(ratings), feature_dirs, holdout, Path(out_dir))
 
 
-def _epoch_logger(max_epochs: int) -> Any:
-    logger = get_run_logger()
-
-    def on_epoch(phase: str, rec: dict[str, float]) -> None:
-        val = f" val_loss {rec['val_loss']:.4f} val_mse {rec['val_mse']:.4f}" if "val_loss" in rec else ""
-        logger.info(
-            "%s epoch %d/%d: loss %.4f mse %.4f%s (%.1fs)", phase, rec["epoch"], max_epochs, rec["loss"], rec["mse"], val, rec["seconds"]
-        )
-
-    return on_epoch
-
-
-@task(name="train", cache_policy=NO_CACHE)
+@caching.stage_task("train", outputs=("out_dir",))
 def train_task(
     ratings: str,
     feature_dirs: dict[str, str],
@@ -126,12 +122,11 @@ def train_task(
     holdout: float,
 ) -> dict[str, Any]:
     config = preset(preset_name, max_epochs=max_epochs, patience=patience)
-    return stages.run_train(
-        Path(ratings), feature_dirs, scaler_paths, Path(out_dir), config, seed, holdout, _epoch_logger(config.max_epochs)
-    )
+    on_epoch = report.EpochProgress("train", config.max_epochs)  # epoch logs and the towerflow-train-progress artifact
+    return on_epoch.finish(stages.run_train(Path(ratings), feature_dirs, scaler_paths, Path(out_dir), config, seed, holdout, on_epoch))
 
 
-@task(name="refit", cache_policy=NO_CACHE)
+@caching.stage_task("refit", outputs=("out_dir",))
 def refit_task(
     ratings: str,
     feature_dirs: dict[str, str],
@@ -144,21 +139,15 @@ def refit_task(
     holdout: float,
 ) -> dict[str, Any]:
     config = preset(preset_name)
-    return stages.run_refit(
-        Path(ratings),
-        feature_dirs,
-        scaler_paths,
-        Path(validation_model),
-        Path(out_dir),
-        config,
-        seed,
-        epochs,
-        holdout,
-        _epoch_logger(epochs),
+    on_epoch = report.EpochProgress("refit", epochs)  # epoch logs and the towerflow-refit-progress artifact
+    return on_epoch.finish(
+        stages.run_refit(
+            Path(ratings), feature_dirs, scaler_paths, Path(validation_model), Path(out_dir), config, seed, epochs, holdout, on_epoch
+        )
     )
 
 
-@task(name="evaluate", cache_policy=NO_CACHE)
+@caching.stage_task("evaluate", outputs=("out_path",), **_IO_RETRY)
 def evaluate_task(
     ratings: str, train_dir: str, scalers_path: str, validation_model: str, holdout: float, k: int, out_path: str
 ) -> dict[str, Any]:
@@ -179,49 +168,45 @@ def gate_task(metrics: dict[str, Any], latest_path: str, margin: float) -> str:
     return verdict
 
 
-@task(name="export", cache_policy=NO_CACHE)
+@caching.stage_task("export", outputs=("model_dir",), **_IO_RETRY)
 def export_task(model_path: str, full_dir: str, scalers_path: str, model_dir: str) -> dict[str, Any]:
     return publish.run_export(Path(model_path), Path(full_dir), Path(scalers_path), Path(model_dir))
 
 
-@task(name="recommend", cache_policy=NO_CACHE)
-def recommend_task(ratings: str, model_dir: str, out_path: str, k: int, version: str, chunk_size: int) -> dict[str, Any]:
-    logger = get_run_logger()
-    return publish.run_recommend(
-        Path(ratings), Path(model_dir), Path(out_path), k, version, chunk_size,
-        on_chunk=lambda done, total: logger.info("recommended for %d/%d users", done, total),
-    )  # fmt: skip
-
-
-@task(name="similar-movies", cache_policy=NO_CACHE)
-def similar_task(model_dir: str, out_path: str, k: int, chunk_size: int) -> dict[str, Any]:
-    return publish.run_similar(Path(model_dir), Path(out_path), k, chunk_size)
-
-
 @task(name="publish", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=_io_retry, cache_policy=NO_CACHE)
 def publish_task(
-    data_dir: str, run_date: dt.date, version: str, model_dir: str, tables: dict[str, str], extra: dict[str, Any]
+    data_dir: str, run_date: dt.date, version: str, model_dir: str, tables: dict[str, str | list[str]], extra: dict[str, Any]
 ) -> dict[str, Any]:
     return publish.run_publish(Layout(Path(data_dir)), run_date, version, Path(model_dir), tables, extra)
 
 
 class _Stages:
-    """Runs stages in order, timing each and naming the stage in any error."""
+    """Runs stages in order, timing each and naming the stage in any error; resumable ones keep results in ``work``."""
 
     def __init__(self) -> None:
         self.timings: dict[str, float] = {}
+        self.cached: list[str] = []
+        self.work: Path | None = None
 
     def __call__(self, name: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
         started = time.perf_counter()
+        faults.point(f"before:{name}")
         try:
-            return fn(*args, **kwargs)
+            result, reused = caching.run_stage(fn, self.work, *args, **kwargs)
         except Exception as exc:
-            raise StageError(f"stage {name} failed: {exc}") from exc
+            raise StageError(f"stage {name} failed: {exc}{resume.hint(exc, self.work)}") from exc
         finally:
             self.timings[name] = round(time.perf_counter() - started, 3)
+        if reused:
+            self.cached.append(name)
+        faults.point(f"after:{name}")
+        return result
 
 
-@flow(name="towerflow-nightly", log_prints=True)
+# shards: TOWERFLOW_DASK_ADDRESS or threads; a failed run's exception is stored by Prefect as JSON, never pickled
+@flow(
+    name="towerflow-nightly", log_prints=True, task_runner=runners.task_runner(), persist_result=False, result_serializer=caching.SERIALIZER
+)
 def nightly(params: NightlyParams = NightlyParams()) -> dict[str, Any]:  # noqa: B008
     """Run the whole nightly job once and return its summary."""
     logger = get_run_logger()
@@ -244,11 +229,14 @@ def nightly(params: NightlyParams = NightlyParams()) -> dict[str, Any]:  # noqa:
             "ingest", ingest_task, inputs["ratings"], inputs["movies"], str(layout.store(input_hash)),
             str(rejects_path), params.max_reject_share, str(layout.data_dir),
         )  # fmt: skip
-        version = model_version(
-            run_date, sha256_text(input_hash, json.dumps(config.to_dict(), sort_keys=True), str(params.seed), str(params.holdout_fraction))
-        )
+        # The version names all the outputs depend on (data, configuration, seed, k, code): a re-run resumes its work dir.
+        config_text = json.dumps(config.to_dict(), sort_keys=True)
+        facts = (input_hash, config_text, str(params.seed), str(params.holdout_fraction), str(params.k), caching.code_version())
+        version = model_version(run_date, sha256_text(*facts))
         work = layout.work(version)
-        shutil.rmtree(work, ignore_errors=True)
+        for note in resume.prepare_work(layout, work):
+            logger.info(note)
+        run.work = work
         logger.info("model version %s, staging in %s", version, work)
         feats = run(
             "features",
@@ -260,7 +248,7 @@ def nightly(params: NightlyParams = NightlyParams()) -> dict[str, Any]:  # noqa:
             params.holdout_fraction,
         )
         feature_dirs = {"train": feats["train"], "full": feats["full"]}
-        scalers = run("scalers", scalers_task, ingested["ratings"], feature_dirs, params.holdout_fraction)
+        scalers = run("scalers", scalers_task, ingested["ratings"], feature_dirs, params.holdout_fraction, str(work / "scalers"))
         trained = run(
             "train",
             train_task,
@@ -287,17 +275,15 @@ def nightly(params: NightlyParams = NightlyParams()) -> dict[str, Any]:  # noqa:
             params.preset, trained["best_epoch"], params.seed, params.holdout_fraction,
         )  # fmt: skip
         exported = run("export", export_task, refit["model"], feature_dirs["full"], scalers["full"], str(work / "model"))
+        # one task per shard on the flow's task runner (threads, or Dask: flows/runners.py); parts in shard order
         recs = run(
-            "recommend",
-            recommend_task,
-            ingested["ratings"],
-            exported["model_dir"],
-            str(work / "recommendations.parquet"),
-            params.k,
-            version,
-            params.chunk_size,
-        )
-        similar = run("similar", similar_task, exported["model_dir"], str(work / "similar_movies.parquet"), params.k, params.chunk_size)
+            "recommend", shards.recommend_all, ingested["ratings"], exported["model_dir"], str(work / "recommendations"),
+            params.k, version, params.chunk_size, params.shard_size,
+        )  # fmt: skip
+        similar = run(
+            "similar", shards.similar_all, exported["model_dir"], str(work / "similar_movies"),
+            params.k, params.chunk_size, params.shard_size,
+        )  # fmt: skip
         extra = {
             "preset": params.preset,
             "k": params.k,
@@ -313,15 +299,19 @@ def nightly(params: NightlyParams = NightlyParams()) -> dict[str, Any]:  # noqa:
             "threads": threads,
             "metrics": metrics,
             "timings": dict(run.timings),
+            "reused_stages": list(run.cached),  # finished by an interrupted run of this version, not recomputed
         }
-        tables = {"recommendations": recs["path"], "similar_movies": similar["path"]}
+        tables: dict[str, str | list[str]] = {"recommendations": recs["parts"], "similar_movies": similar["parts"]}
         if metrics is not None:
             tables["metrics"] = str(work / "metrics.parquet")
         latest = run("publish", publish_task, str(layout.data_dir), run_date, version, exported["model_dir"], tables, extra)
+        histories = {"validate": trained.get("history", []), "refit": refit.get("history", [])}
+        run("report", report.report_task, str(layout.data_dir), latest, dict(run.timings), histories, recs["score_hist"], runners.current())
         shutil.rmtree(work, ignore_errors=True)
     summary = {
         **latest,
         "timings": dict(run.timings),
+        "reused_stages": list(run.cached),
         "data_dir": str(layout.data_dir),
         "users": recs["users"],
         "movies": exported["movies"],

@@ -8,21 +8,27 @@ nobody rated, from their content features (cold start).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import faiss
-import keras
 import numpy as np
 import pyarrow as pa
 
 from tasks import schemas
-from tasks.model import TowerInput, run_tower, towers
 from tasks.storage import atomic_path, read_table, write_table
+
+if TYPE_CHECKING:  # Keras is imported where a tower runs, so reading an index or embeddings never loads TensorFlow
+    import keras
+
+    from tasks.model import TowerInput
 
 NORM_TOLERANCE = 1e-3
 
 
 def embed(tower: keras.Model, x: TowerInput, batch: int = 65536) -> np.ndarray:
     """Run a tower over feature rows; the tower's last layer already L2-normalizes."""
+    from tasks.model import run_tower
+
     out = run_tower(tower, x, batch)
     norms = np.linalg.norm(out, axis=1)
     bad = ~((np.abs(norms - 1.0) < NORM_TOLERANCE) | (norms == 0.0))
@@ -33,6 +39,8 @@ def embed(tower: keras.Model, x: TowerInput, batch: int = 65536) -> np.ndarray:
 
 def embed_all(model: keras.Model, user_x: TowerInput, movie_x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(user embeddings, movie embeddings) for scaled feature rows."""
+    from tasks.model import towers
+
     user_tower, movie_tower = towers(model)
     return embed(user_tower, user_x), embed(movie_tower, movie_x)
 

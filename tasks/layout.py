@@ -3,7 +3,8 @@
     DIR/store/<input-hash>/{ratings,movies}.parquet   ingested inputs
     DIR/work/<model_version>/                         a run's staging area
     DIR/models/<model_version>/                       published model artifacts
-    DIR/outputs/<table>/run_date=YYYY-MM-DD/part-<model_version>.parquet
+    DIR/outputs/<table>/run_date=YYYY-MM-DD/part-<model_version>[-NNNNN].parquet   (one part per shard)
+    DIR/outputs/reports/run_date=YYYY-MM-DD/          the run report and its plots (for people)
     DIR/outputs/latest.json                           written last, atomically
 
 Only validated values (a date, a hex hash) ever become part of a path.
@@ -17,6 +18,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 TABLES = ("recommendations", "similar_movies", "metrics")
+MODEL_FILES = {
+    "keras": "model.keras",
+    "scalers": "scalers.json",
+    "user_features": "user_features.parquet",
+    "movie_features": "movie_features.parquet",
+    "index": "movie_index.faiss",
+    "index_ids": "movie_index_ids.parquet",
+    "movie_embeddings": "movie_embeddings.parquet",
+    "user_embeddings": "user_embeddings.parquet",
+    "movies": "movies.parquet",  # the ingested catalog (titles, genres) the run served, copied at publish
+}
 _VERSION_RE = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}-[0-9a-f]{12}$")
 
 
@@ -24,6 +36,13 @@ def model_version(run_date: dt.date, content_hash: str) -> str:
     """``YYYY-MM-DD-<12 hex>``: the run date and a hash of the data and configuration."""
     version = f"{run_date.isoformat()}-{content_hash[:12]}"
     if not _VERSION_RE.match(version):
+        raise ValueError(f"bad model version {version!r}")
+    return version
+
+
+def _checked_version(version: str) -> str:
+    """A model version as :func:`model_version` makes them; anything else (``..``, a slash) is refused."""
+    if not isinstance(version, str) or not _VERSION_RE.match(version):
         raise ValueError(f"bad model version {version!r}")
     return version
 
@@ -50,12 +69,26 @@ class Layout:
         return self.data_dir / "store" / input_hash
 
     def work(self, version: str) -> Path:
-        return self.data_dir / "work" / version
+        return self.data_dir / "work" / _checked_version(version)
 
     def model(self, version: str) -> Path:
-        return self.data_dir / "models" / version
+        return self.data_dir / "models" / _checked_version(version)
 
-    def table(self, table: str, run_date: dt.date, version: str) -> Path:
+    def partition(self, table: str, run_date: dt.date) -> Path:
+        if table not in (*TABLES, "reports"):
+            raise ValueError(f"unknown table {table!r}; expected one of {TABLES}")
+        if not isinstance(run_date, dt.date):
+            raise ValueError(f"bad run date {run_date!r}: expected a date")
+        return self.outputs / table / f"run_date={run_date.isoformat()}"
+
+    def table(self, table: str, run_date: dt.date, version: str, part: int | None = None) -> Path:
+        """A table's part file: ``part-<version>.parquet``, or ``part-<version>-NNNNN.parquet`` for shard ``part``."""
         if table not in TABLES:
             raise ValueError(f"unknown table {table!r}; expected one of {TABLES}")
-        return self.outputs / table / f"run_date={run_date.isoformat()}" / f"part-{version}.parquet"
+        if part is not None and (not isinstance(part, int) or part < 0):
+            raise ValueError(f"bad part number {part!r}")
+        suffix = "" if part is None else f"-{part:05d}"
+        return self.partition(table, run_date) / f"part-{_checked_version(version)}{suffix}.parquet"
+
+    def reports(self, run_date: dt.date) -> Path:
+        return self.partition("reports", run_date)

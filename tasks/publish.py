@@ -1,4 +1,4 @@
-"""The serving half of the nightly job: export, recommend, similar movies, publish.
+"""The serving half of the nightly job: export and publish (recommend and similar movies: :mod:`tasks.shards`).
 
 Everything is built in the run's staging directory; :func:`run_publish`
 moves the model directory and the tables into place and writes
@@ -11,30 +11,16 @@ from __future__ import annotations
 import datetime as dt
 import os
 import shutil
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pyarrow.parquet as pq
 
-from tasks import schemas
-from tasks.export import build_index, embed_all, read_index, write_embeddings, write_id_table, write_index
-from tasks.layout import Layout
-from tasks.stages import load_ratings, prepare
+from tasks import faults, resume, schemas
+from tasks.export import build_index, embed_all, write_embeddings, write_id_table, write_index
+from tasks.layout import MODEL_FILES, Layout
+from tasks.stages import prepare
 from tasks.storage import read_json, sha256_file, write_json
-
-MODEL_FILES = {
-    "keras": "model.keras",
-    "scalers": "scalers.json",
-    "user_features": "user_features.parquet",
-    "movie_features": "movie_features.parquet",
-    "index": "movie_index.faiss",
-    "index_ids": "movie_index_ids.parquet",
-    "movie_embeddings": "movie_embeddings.parquet",
-    "user_embeddings": "user_embeddings.parquet",
-    "movies": "movies.parquet",  # the ingested catalog (titles, genres) the run served, copied at publish
-}
 
 
 def run_export(model_path: Path, full_dir: Path, scalers_path: Path, model_dir: Path) -> dict[str, Any]:
@@ -56,44 +42,6 @@ def run_export(model_path: Path, full_dir: Path, scalers_path: Path, model_dir: 
     return {"model_dir": str(model_dir), "users": len(user_emb), "movies": len(movie_emb), "dim": int(movie_emb.shape[1])}
 
 
-def _load_served(model_dir: Path) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    from tasks.export import read_embeddings
-
-    index = read_index(model_dir / MODEL_FILES["index"])
-    movie_ids = pq.read_table(model_dir / MODEL_FILES["index_ids"]).column("movie_id").to_numpy()
-    user_ids, user_emb = read_embeddings(model_dir / MODEL_FILES["user_embeddings"], "user")
-    movie_ids_emb, movie_emb = read_embeddings(model_dir / MODEL_FILES["movie_embeddings"], "movie")
-    if not np.array_equal(movie_ids, movie_ids_emb) or index.ntotal != len(movie_ids):
-        raise ValueError(f"{model_dir}: index, id table and movie embeddings disagree on the movie rows")
-    return index, movie_ids, user_ids, user_emb, movie_emb
-
-
-def run_recommend(
-    ratings_path: Path, model_dir: Path, out_path: Path, k: int, model_version: str, chunk_size: int,
-    on_chunk: Callable[[int, int], None] | None = None,
-) -> dict[str, Any]:  # fmt: skip
-    from tasks.recommend import seen_csr, write_recommendations
-    from tasks.scalers import load_scalers
-
-    model_dir = Path(model_dir)
-    index, movie_ids, user_ids, user_emb, _ = _load_served(model_dir)
-    indptr, rows = seen_csr(load_ratings(Path(ratings_path)), user_ids, movie_ids)
-    scalers = load_scalers(model_dir / MODEL_FILES["scalers"])
-    n = write_recommendations(
-        Path(out_path), index, movie_ids, user_ids, user_emb, indptr, rows, k,
-        scalers.target_to_rating, model_version, chunk_size, on_chunk,
-    )  # fmt: skip
-    return {"path": str(out_path), "rows": n, "users": len(user_ids)}
-
-
-def run_similar(model_dir: Path, out_path: Path, k: int, chunk_size: int) -> dict[str, Any]:
-    from tasks.recommend import write_similar_movies
-
-    index, movie_ids, _, _, movie_emb = _load_served(Path(model_dir))
-    n = write_similar_movies(Path(out_path), index, movie_ids, movie_emb, k, chunk_size)
-    return {"path": str(out_path), "rows": n}
-
-
 def _replace_dir(src: Path, dest: Path) -> None:
     """Move directory ``src`` to ``dest``; an existing ``dest`` is swapped out, then removed."""
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -111,19 +59,51 @@ def run_publish(
     run_date: dt.date,
     model_version: str,
     staged_model_dir: Path,
-    staged_tables: dict[str, str],
+    staged_tables: dict[str, str | list[str]],
     extra: dict[str, Any],
 ) -> dict[str, Any]:
-    """Move the model and tables into place, then write ``latest.json`` last, atomically."""
+    """Move the model and tables into place, then write ``latest.json`` last, atomically.
+
+    A table staged as one file is published as ``part-<version>.parquet``; a table staged as a
+    list of shard files as ``part-<version>-NNNNN.parquet``, in list order. ``latest.json`` names
+    each table's partition directory (``path``), its part files (``files``) and its row count.
+
+    Crash safety (:mod:`tasks.resume`): a journal in the work directory names what is about to be
+    put in place; table parts wait under hidden names beside their partition and become visible by
+    renames just before ``latest.json``; a run killed before ``latest.json`` is rolled back by the
+    next run. A model version that is already published and intact is left as it is: the files
+    ``latest.json`` points to are never rewritten.
+    """
+    live = resume.live_latest(layout)
+    if live is not None and live.get("model_version") == model_version and resume.published_intact(layout, live):
+        return live  # this very version is published and intact: never rewrite a file latest.json points to
     model_dir = layout.model(model_version)
+    work = Path(staged_model_dir).parent
     shutil.copyfile(layout.store(extra["inputs"]["sha256"]) / "movies.parquet", Path(staged_model_dir) / MODEL_FILES["movies"])
+    resume.write_journal(work, model_version, run_date, {n: None if isinstance(t, str) else len(t) for n, t in staged_tables.items()})
     _replace_dir(Path(staged_model_dir), model_dir)
+    faults.point("publish:model-moved")
+    published: dict[str, list[Path]] = {}
+    for name, staged in staged_tables.items():  # beside their partitions first, under hidden names readers skip
+        parts = [staged] if isinstance(staged, str) else list(staged)
+        finals = [layout.table(name, run_date, model_version, None if isinstance(staged, str) else i) for i in range(len(parts))]
+        for src, final in zip(parts, finals, strict=True):
+            final.parent.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(src, resume.staged_name(final))
+        published[name] = finals
+    faults.point("publish:tables-staged")
+    for finals in published.values():  # renames only: latest.json follows at once
+        for final in finals:
+            final.parent.mkdir(exist_ok=True)
+            os.replace(resume.staged_name(final), final)
+    faults.point("publish:tables-visible")
     tables: dict[str, Any] = {}
-    for name, staged in staged_tables.items():
-        final = layout.table(name, run_date, model_version)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(staged, final)
-        tables[name] = {"path": str(final.relative_to(layout.data_dir)), "rows": pq.ParquetFile(final).metadata.num_rows}
+    for name, finals in published.items():
+        tables[name] = {
+            "path": str(layout.partition(name, run_date).relative_to(layout.data_dir)),
+            "files": [str(final.relative_to(layout.data_dir)) for final in finals],
+            "rows": sum(pq.ParquetFile(final).metadata.num_rows for final in finals),
+        }
     model = {
         key: {"path": str((model_dir / name).relative_to(layout.data_dir)), "sha256": sha256_file(model_dir / name)}
         for key, name in MODEL_FILES.items()
@@ -138,11 +118,13 @@ def run_publish(
         **extra,
     }
     write_json(layout.latest, latest)
-    for name in staged_tables:  # older runs' parts of the same partitions are no longer pointed to
-        final = layout.table(name, run_date, model_version)
-        for other in final.parent.glob("part-*.parquet"):
-            if other != final:
+    faults.point("publish:committed")
+    for name, finals in published.items():  # older runs' parts of the same partitions are no longer pointed to
+        for other in layout.partition(name, run_date).glob("part-*.parquet"):
+            if other not in finals:
                 other.unlink(missing_ok=True)
+    resume.clear_journal(work)
+    resume.prune_work(layout, run_date, keep=work)
     return latest
 
 

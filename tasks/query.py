@@ -64,15 +64,16 @@ class Published:
         """Rows per user (and per movie) the run published."""
         return int(self.latest.get("k") or 0)
 
-    def table(self, name: str) -> Path:
-        """Path of a published table named in latest.json."""
+    def table(self, name: str) -> list[str]:
+        """The part files of a published table named in latest.json (runs before sharding name one file)."""
         info = self.latest.get("tables", {}).get(name)
         if info is None:
             raise QueryError(f"the published run {self.version} has no {name} table")
-        path = self.data_dir / info["path"]
-        if not path.exists():
-            raise QueryError(f"published {name} table missing: {path}")
-        return path
+        paths = [self.data_dir / part for part in info.get("files") or [info["path"]]]
+        for path in paths:
+            if not path.exists():
+                raise QueryError(f"published {name} table missing: {path}")
+        return [str(path) for path in paths]
 
     def model_file(self, key: str) -> Path:
         """Path of a model file named in latest.json, after checking its sha256."""
@@ -131,7 +132,7 @@ def _catalog(pub: Published, movie_ids: np.ndarray | None = None) -> pd.DataFram
     return frame
 
 
-def _id_range(path: Path, column: str, noun: str) -> str:
+def _id_range(path: list[str], column: str, noun: str) -> str:
     """``610 users; ids 1..610``: what a table holds, for error messages."""
     ids = pq.read_table(path, columns=[column]).column(column)
     unique = pc.unique(ids)

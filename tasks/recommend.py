@@ -199,18 +199,20 @@ def write_similar_movies(
     movie_emb: np.ndarray,
     k: int,
     chunk_size: int = 4096,
+    start: int = 0,
+    stop: int | None = None,
 ) -> int:
-    """Stream the k nearest other movies of every movie to ``path``; return the row count."""
-    n = len(movie_ids)
-    self_ptr = np.arange(n + 1, dtype=np.int64)  # each movie "has seen" itself
-    self_rows = np.arange(n, dtype=np.int64)
+    """Stream the k nearest other movies of movies ``start:stop`` (default: all) to ``path``; return the row count."""
+    stop = len(movie_ids) if stop is None else stop
+    self_ptr = np.arange(stop - start + 1, dtype=np.int64)  # each movie "has seen" itself
+    self_rows = np.arange(start, stop, dtype=np.int64)
     writer = TableWriter(path, schemas.SIMILAR_MOVIES, "similar_movies")
     try:
-        for q, rank, items, scores in topk_unseen(index, movie_emb, self_ptr, self_rows, k, chunk_size):
+        for q, rank, items, scores in topk_unseen(index, movie_emb[start:stop], self_ptr, self_rows, k, chunk_size):
             writer.write(
                 pa.table(
                     {
-                        "movie_id": pa.array(movie_ids[q], pa.int64()),
+                        "movie_id": pa.array(movie_ids[start + q], pa.int64()),
                         "rank": pa.array(rank, pa.int32()),
                         "similar_movie_id": pa.array(movie_ids[items], pa.int64()),
                         "score": pa.array(scores, pa.float32()),

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from tasks import schemas
+from tasks import faults, schemas
 from tasks.config import ModelConfig
 from tasks.features import Features, compute_features, temporal_holdout
 from tasks.history import History, read_history, user_history, write_history
@@ -95,15 +95,18 @@ def load_phase(feature_dir: Path) -> Features:
     return Features(uid, ux, un, mid, mx, mn)
 
 
-def run_scalers(ratings_path: Path, feature_dirs: dict[str, str], holdout_fraction: float) -> dict[str, str]:
-    """Fit scalers per phase on that phase's features and ratings; write them as JSON."""
+def run_scalers(ratings_path: Path, feature_dirs: dict[str, str], holdout_fraction: float, out_dir: Path | None = None) -> dict[str, str]:
+    """Fit scalers per phase on that phase's features and ratings; write them as JSON.
+
+    To ``out_dir/<phase>/scalers.json`` (default: into the phase's feature directory).
+    """
     ratings = load_ratings(ratings_path)
     hold = temporal_holdout(ratings["timestamp"].to_numpy(), holdout_fraction)
     out = {}
     for phase in PHASES:
         feats = load_phase(Path(feature_dirs[phase]))
         y = ratings["rating"].to_numpy()[~hold] if phase == "train" else ratings["rating"].to_numpy()
-        path = Path(feature_dirs[phase]) / "scalers.json"
+        path = (Path(out_dir) / phase if out_dir is not None else Path(feature_dirs[phase])) / "scalers.json"
         save_scalers(fit_scalers(feats.user_x, feats.movie_x, y, feats.user_names, feats.movie_names), path)
         out[phase] = str(path)
     return out
@@ -155,6 +158,17 @@ def prepare(feature_dir: Path, scalers_path: Path) -> Prepared:
         raise ValueError(f"{scalers_path} and {feature_dir}: {exc}") from exc
 
 
+def _epoch_hook(phase: str, on_epoch: Callable[[str, dict[str, float]], None] | None) -> Callable[[dict[str, float]], None]:
+    """The per-epoch callback of one training phase; also the crash tests' ``<phase>:epoch-N`` fault point."""
+
+    def hook(rec: dict[str, float]) -> None:
+        if on_epoch is not None:
+            on_epoch(phase, rec)
+        faults.point(f"{phase}:epoch-{int(rec['epoch'])}")
+
+    return hook
+
+
 def run_train(
     ratings_path: Path,
     feature_dirs: dict[str, str],
@@ -179,7 +193,7 @@ def run_train(
     val = train.triples(ratings[hold]) if hold.any() else None
     first = train_model(
         train.train_data(ratings[~hold]), config, seed, validation=val,
-        on_epoch=(lambda rec: on_epoch("validate", rec)) if on_epoch else None,
+        on_epoch=_epoch_hook("validate", on_epoch),
     )  # fmt: skip
     path = save_model(first.model, Path(out_dir) / "model_validation.keras")
     val_rmse = None
@@ -224,7 +238,7 @@ def run_refit(
     full = prepare(Path(feature_dirs["full"]), Path(scaler_paths["full"]))
     final = train_model(
         full.train_data(ratings), config, seed, epochs=max(1, epochs),
-        on_epoch=(lambda rec: on_epoch("refit", rec)) if on_epoch else None,
+        on_epoch=_epoch_hook("refit", on_epoch),
     )  # fmt: skip
     save_model(final.model, final_path)
-    return {"model": str(final_path), "refit_epochs": final.epochs_run}
+    return {"model": str(final_path), "refit_epochs": final.epochs_run, "history": final.history}

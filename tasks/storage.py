@@ -19,7 +19,17 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from tasks import faults
 from tasks.schemas import check_schema, stamp
+
+
+def _read_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
 
 
 @contextlib.contextmanager
@@ -33,6 +43,7 @@ def atomic_path(final: Path) -> Iterator[Path]:
         yield tmp
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; published files must be readable like any other
         os.replace(tmp, final)
     finally:
         if tmp.exists():
@@ -41,8 +52,12 @@ def atomic_path(final: Path) -> Iterator[Path]:
 
 def write_json(path: Path, payload: dict[str, Any]) -> Path:
     """Write ``payload`` as indented JSON, atomically."""
+    text = json.dumps(payload, indent=2, sort_keys=True) + "\n"
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        if faults.armed(f"write:{path.name}"):  # crash tests: die with half of the file written
+            tmp.write_text(text[: len(text) // 2], encoding="utf-8")
+            faults.kill()
+        tmp.write_text(text, encoding="utf-8")
     return path
 
 

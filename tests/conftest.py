@@ -62,13 +62,16 @@ def prefect_harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
 
 
 PUBLISHED_K = 5  # the k of the ``published`` run (tests/test_flow.py's K)
+# The ``published`` run's options; tests/test_dask.py reruns it on a Dask cluster and compares the tables.
+PUBLISHED_ARGS = ["--run-date", "2026-01-02", "--k", str(PUBLISHED_K), "--max-epochs", "3", "--no-gate", "--shard-size", "40"]
 
 
 @pytest.fixture(scope="session")
 def published(tiny_data: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory, prefect_harness: None) -> dict[str, Any]:
-    """One nightly flow run on ``tiny_data`` (k=5, 3 epochs, gate off), shared by the flow and query tests.
+    """One nightly flow run on ``tiny_data`` (k=5, 3 epochs, gate off, shards of 40), shared by the flow and query tests.
 
-    Returns the data directory, the parsed latest.json and the input ratings and movies as data frames.
+    Returns the data directory, the parsed latest.json, the input ratings and movies as data frames, and the
+    options the run was given besides its inputs and data directory (``args``).
     Tests may add failed runs to the directory but must leave what latest.json points to untouched.
     """
     import pandas as pd
@@ -78,6 +81,6 @@ def published(tiny_data: tuple[Path, Path], tmp_path_factory: pytest.TempPathFac
     ratings, movies = tiny_data
     data_dir = tmp_path_factory.mktemp("run")
     args = ["run", "--ratings", str(ratings), "--movies", str(movies), "--data-dir", str(data_dir)]
-    assert main([*args, "--run-date", "2026-01-02", "--k", str(PUBLISHED_K), "--max-epochs", "3", "--no-gate"]) == 0
+    assert main([*args, *PUBLISHED_ARGS]) == 0
     latest = json.loads((data_dir / "outputs" / "latest.json").read_text())
-    return {"dir": data_dir, "latest": latest, "ratings": pd.read_csv(ratings), "movies": pd.read_csv(movies)}
+    return {"dir": data_dir, "latest": latest, "ratings": pd.read_csv(ratings), "movies": pd.read_csv(movies), "args": PUBLISHED_ARGS}

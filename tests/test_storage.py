@@ -54,3 +54,16 @@ def test_atomic_path_leaves_nothing_on_error(tmp_path: Path) -> None:
         raise RuntimeError("crash mid-write")
     assert read_json(final) == {"a": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
+
+
+def test_atomic_files_get_normal_permissions(tmp_path: Path) -> None:
+    """mkstemp creates 0600 files; what downstream readers get must follow the umask like any file."""
+    import os
+    import stat
+
+    target = tmp_path / "out.txt"
+    with atomic_path(target) as tmp:
+        tmp.write_text("x")
+    mask = os.umask(0o022)
+    os.umask(mask)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o666 & ~mask

@@ -1,0 +1,95 @@
+"""One run per data directory: the file lock, and the Prefect concurrency limit where a server is used."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from uuid import UUID
+
+import pytest
+
+from flows import lock
+from flows.lock import LockedError, data_dir_lock
+
+
+def test_second_holder_is_refused_naming_the_first(tmp_path: Path) -> None:
+    path = tmp_path / "data" / ".towerflow.lock"
+    with data_dir_lock(path, server=False):
+        holder = json.loads(path.read_text())
+        assert holder["pid"] == os.getpid() and holder["host"] == socket.gethostname()
+        with pytest.raises(LockedError) as refused, data_dir_lock(path, server=False):
+            pass
+        message = str(refused.value)
+        assert f"another towerflow run (pid {os.getpid()} on {socket.gethostname()}, started " in message
+        assert f"is using the data directory {path.parent} (lock {path}); wait for it to finish, then run again" in message
+    with data_dir_lock(path, server=False):  # free again once released
+        pass
+
+
+def test_a_killed_holder_leaves_no_stale_lock(tmp_path: Path) -> None:
+    path = tmp_path / ".towerflow.lock"
+    code = (
+        "import sys, time; from pathlib import Path; from flows.lock import data_dir_lock\n"
+        "with data_dir_lock(Path(sys.argv[1]), server=False):\n    print('held', flush=True); time.sleep(60)\n"
+    )
+    child = subprocess.Popen([sys.executable, "-c", code, str(path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None and child.stdout.readline().strip() == "held"
+        with pytest.raises(LockedError, match=f"pid {child.pid} "), data_dir_lock(path, server=False):
+            pass
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait(timeout=30)
+        with data_dir_lock(path, server=False):  # the kernel dropped the dead process's lock
+            pass
+    finally:
+        if child.poll() is None:
+            child.kill()
+
+
+@pytest.mark.flow
+@pytest.mark.usefixtures("prefect_harness")
+def test_prefect_limit_guards_the_directory_beyond_the_file_lock(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As a run on another machine would: another lock file (its own flock), the same directory, the same limit."""
+    monkeypatch.setattr(lock, "SLOT_WAIT_SECONDS", 1.0)
+    here, elsewhere = tmp_path / ".towerflow.lock", tmp_path / ".towerflow-other-host.lock"
+    with data_dir_lock(here, server=True):
+        assert json.loads(here.read_text())["limit"] == lock.limit_name(tmp_path)
+        started = time.monotonic()
+        expected = f"the Prefect concurrency limit '{lock.limit_name(tmp_path)}' of the data directory"
+        with pytest.raises(LockedError, match=expected), data_dir_lock(elsewhere, server=True):
+            pass
+        assert time.monotonic() - started < 30
+    with data_dir_lock(elsewhere, server=True):  # released with the first
+        pass
+
+
+@pytest.mark.flow
+@pytest.mark.usefixtures("prefect_harness")
+def test_the_next_run_releases_the_lease_a_killed_run_left(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run SIGKILLed on this host keeps its slot until the lease lapses (>= 60 s); the next run frees it at once."""
+    from prefect.client.orchestration import get_client
+
+    monkeypatch.setattr(lock, "SLOT_WAIT_SECONDS", 1.0)
+    path, name = tmp_path / ".towerflow.lock", lock.limit_name(tmp_path)
+    with get_client(sync_client=True) as client:
+        client.upsert_global_concurrency_limit_by_name(name, 1)
+        response = client.increment_concurrency_slots_with_lease(names=[name], slots=1, mode="concurrency", lease_duration=300)
+        lease = UUID(response.json()["lease_id"])
+    # what the killed run left in the lock file
+    path.write_text(json.dumps({"pid": 999999, "host": socket.gethostname(), "lease_id": str(lease), "limit": name}))
+    with data_dir_lock(path, server=True):
+        assert json.loads(path.read_text())["lease_id"] != str(lease)
+    # a lease recorded by another host is never released: that run may be alive
+    with get_client(sync_client=True) as client:
+        response = client.increment_concurrency_slots_with_lease(names=[name], slots=1, mode="concurrency", lease_duration=300)
+        lease = UUID(response.json()["lease_id"])
+        path.write_text(json.dumps({"pid": 999999, "host": "another-host", "lease_id": str(lease), "limit": name}))
+        with pytest.raises(LockedError, match="held by another run"), data_dir_lock(path, server=True):
+            pass
+        client.release_concurrency_slots_with_lease(lease)

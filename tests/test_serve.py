@@ -1,0 +1,165 @@
+"""Against a real Prefect server on 127.0.0.1: ``towerflow serve`` creates the cron deployment, a run
+triggered as the UI does ends Completed with its artifacts, and stopping the service keeps the schedule.
+
+The server, ``towerflow serve`` and the flow run are subprocesses with their own environment (their own
+PREFECT_HOME and PREFECT_API_URL), apart from the session's in-process test harness.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+pytestmark = pytest.mark.flow
+BIN = Path(sys.executable).parent
+ARTIFACT_KEYS = {
+    "towerflow-report",
+    "towerflow-metrics",
+    "towerflow-ingest",
+    "towerflow-train-progress",
+    "towerflow-refit-progress",
+    "towerflow-recommend-progress",
+    "towerflow-similar-progress",
+}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _env(home: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false", TOWERFLOW_THREADS="2", **extra)
+    return env
+
+
+def _wait(what: str, timeout: float, probe: Callable[[], Any]) -> Any:
+    """Poll ``probe`` until it returns something truthy; errors while polling (server busy) are retried."""
+    deadline, error = time.monotonic() + timeout, None
+    while time.monotonic() < deadline:
+        try:
+            value = probe()
+        except (httpx.HTTPError, AssertionError) as exc:
+            value, error = None, exc
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what} (last error: {error})")
+
+
+def _stop(proc: subprocess.Popen[bytes], timeout: float = 20) -> None:
+    """SIGTERM the process group this test started, then SIGKILL it if it lingers."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``prefect server start`` on 127.0.0.1 and a free port, with its own SQLite database; yields the API URL."""
+    home = tmp_path_factory.mktemp("prefect-server")
+    port = _free_port()
+    api = f"http://127.0.0.1:{port}/api"
+    log = open(home / "server.log", "wb")  # noqa: SIM115 (open for the life of the server)
+    proc = subprocess.Popen(
+        [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=_env(home, PREFECT_UI_API_URL=api),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        # our server, not another one that took the port first: it runs and has created its database
+        ready = lambda: proc.poll() is None and (home / "prefect.db").exists() and httpx.get(f"{api}/health", timeout=2).json() is True  # noqa: E731
+        _wait("the Prefect server", 90, ready)
+        yield api
+    finally:
+        _stop(proc)
+        log.close()
+
+
+def _post(api: str, path: str, body: dict[str, Any]) -> Any:
+    """POST to the API; a busy server's 503 (SQLite under load) is retried, as Prefect's own client does."""
+    for attempt in range(6):
+        response = httpx.post(f"{api}{path}", json=body, timeout=10)
+        if response.status_code not in (429, 503) or attempt == 5:
+            break
+        time.sleep(0.5 * 2**attempt)
+    if response.is_error:
+        raise AssertionError(f"POST {path}: {response.status_code} {response.text[:500]}")
+    return response.json()
+
+
+def test_serve_schedules_and_a_triggered_run_completes_with_artifacts(server: str, tiny_data: tuple[Path, Path], tmp_path: Path) -> None:
+    ratings, movies = tiny_data
+    data_dir = tmp_path / "data"
+    log = open(tmp_path / "serve.log", "wb")  # noqa: SIM115
+    serve = subprocess.Popen(
+        [
+            str(BIN / "towerflow"), "serve", "--ratings", str(ratings), "--movies", str(movies), "--data-dir", str(data_dir),
+            "--k", "5", "--max-epochs", "2", "--no-gate", "--shard-size", "50", "--timezone", "Europe/Berlin",
+        ],
+        env=_env(tmp_path / "home", PREFECT_API_URL=server, PREFECT_RUNNER_POLL_FREQUENCY="1"),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        deployment = _wait("the served deployment", 90, lambda: _post(server, "/deployments/filter", {}))[0]
+        assert (deployment["name"], deployment["paused"]) == ("nightly", False)
+        assert [s["schedule"]["cron"] for s in deployment["schedules"]] == ["0 2 * * *"]
+        assert deployment["schedules"][0]["schedule"]["timezone"] == "Europe/Berlin" and deployment["schedules"][0]["active"]
+        assert deployment["global_concurrency_limit"]["limit"] == 1
+        assert deployment["parameters"]["params"]["data_dir"] == str(data_dir)
+
+        # what the UI's "Quick run" does: a flow run of the deployment, picked up by the serve process
+        body = {"state": {"type": "SCHEDULED"}, "idempotency_key": f"test-{deployment['id']}"}  # a retried POST makes one run
+        run = _post(server, f"/deployments/{deployment['id']}/create_flow_run", body)
+
+        def finished() -> Any:
+            state = httpx.get(f"{server}/flow_runs/{run['id']}", timeout=5).json()["state"]
+            return state if state["type"] in {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"} else None
+
+        state = _wait("the triggered flow run", 240, finished)
+        assert state["type"] == "COMPLETED", state
+
+        artifacts = _post(server, "/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [run["id"]]}}})
+        by_key = {a["key"]: a for a in artifacts}
+        assert set(by_key) >= ARTIFACT_KEYS
+        assert all(by_key[k]["data"] == 100 for k in ARTIFACT_KEYS if k.endswith("-progress"))
+        report = by_key["towerflow-report"]["data"]
+        assert report.count("](data:image/png;base64,") == 2 and "| recommendations | 600 |" in report
+
+        tasks = _post(server, "/task_runs/filter", {"flow_runs": {"id": {"any_": [run["id"]]}}})
+        names = {t["name"] for t in tasks}
+        assert {"recommend-shard-1-of-3", "recommend-shard-3-of-3", "similar-shard-4-of-4"} <= names
+        logs = _post(server, "/logs/filter", {"logs": {"flow_run_id": {"any_": [run["id"]]}}, "limit": 200})
+        assert any("validate epoch 2/2" in entry["message"] for entry in logs)  # TF epochs reach the run's logs
+
+        latest = json.loads((data_dir / "outputs" / "latest.json").read_text())
+        reports = data_dir / "outputs" / "reports" / f"run_date={latest['run_date']}"
+        assert {p.suffix for p in reports.iterdir()} == {".md", ".png"}
+    finally:
+        _stop(serve)
+        log.close()
+        print((tmp_path / "serve.log").read_text(errors="replace")[-4000:])  # shown if the test failed
+    # pause_on_shutdown=False: the schedule survives the service stopping
+    after = httpx.get(f"{server}/deployments/{deployment['id']}", timeout=5).json()
+    assert after["paused"] is False and after["schedules"][0]["active"] is True
