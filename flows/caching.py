@@ -14,7 +14,7 @@ A stage declared with :func:`stage_task` is a Prefect task whose cache key
   ``outputs`` (where the stage writes) count by their text only.
 
 The task's result (a small dict of paths and facts) is persisted as plain JSON
-(no pickle: :data:`SERIALIZER` has no object decoder) in ``<work>/.results/``,
+(never a serialized Python object: :data:`SERIALIZER` has no object decoder) in ``<work>/.results/``,
 so it lives and dies with the run's staging directory under the data
 directory. The result also carries the manifest of the stage's outputs (every
 file under a path it returned or under an output parameter, with its sha256).
