@@ -34,7 +34,12 @@ def _date(value: str) -> dt.date:
 
 def _add_flow_args(run: argparse.ArgumentParser, *, run_date: bool) -> None:
     """The nightly flow's options, shared by ``run`` and ``serve`` (a served run takes the day it runs)."""
-    run.add_argument("--ratings", type=Path, help="MovieLens ratings.csv or .parquet (default: embedded data set)")
+    run.add_argument(
+        "--ratings",
+        type=Path,
+        action="append",
+        help="MovieLens ratings.csv or .parquet (default: embedded data set); repeat it or give a drop folder for incremental nights",
+    )
     run.add_argument("--movies", type=Path, help="MovieLens movies.csv or .parquet (default: embedded data set)")
     run.add_argument("--data-dir", type=Path, default=Path("data"), help="store, models and outputs (default: ./data)")
     if run_date:
@@ -48,6 +53,8 @@ def _add_flow_args(run: argparse.ArgumentParser, *, run_date: bool) -> None:
     )
     run.add_argument("--seed", type=int, default=42)
     run.add_argument("--max-epochs", type=int, help="override the preset's epoch limit")
+    run.add_argument("--warm-start", action="store_true", help="start training from the published model's weights")
+    run.add_argument("--warm-epochs", type=int, help="epochs of a warm start (default: a quarter of the preset's)")
     run.add_argument(
         "--early-stopping", type=int, metavar="PATIENCE", help="stop when the holdout loss has not improved for PATIENCE epochs"
     )
@@ -109,6 +116,13 @@ def _summary(s: dict[str, Any]) -> str:
         f"  training  best epoch {s['training']['best_epoch']}, validation RMSE "
         + (f"{s['training']['val_rmse']:.3f} stars" if s["training"]["val_rmse"] is not None else "n/a (no holdout)"),
     ]
+    if "files_new" in ing:
+        lines.insert(
+            3,
+            f"  files     {ing['files_new']} new, {ing['files_skipped']} already ingested (skipped); {ing['rows_total']:,} ratings in all",
+        )
+    if s["training"].get("warm_start"):
+        lines.append(f"  warm      {s['training']['warm_start']}")
     metrics = s.get("metrics") or {}
     if metrics:
         lines.append("  holdout   " + ";  ".join(f"{m}: NDCG@{s['k']} {v['ndcg']:.4f}" for m, v in metrics.items()))
@@ -129,7 +143,7 @@ def _params(args: argparse.Namespace) -> Any:
     from flows.nightly import NightlyParams
 
     return NightlyParams(
-        ratings=str(args.ratings) if args.ratings else None,
+        ratings=(str(args.ratings[0]) if len(args.ratings) == 1 else [str(r) for r in args.ratings]) if args.ratings else None,
         movies=str(args.movies) if args.movies else None,
         data_dir=str(args.data_dir),
         run_date=getattr(args, "run_date", None),
@@ -137,6 +151,8 @@ def _params(args: argparse.Namespace) -> Any:
         preset=args.preset,
         seed=args.seed,
         max_epochs=args.max_epochs,
+        warm_start=args.warm_start,
+        warm_epochs=args.warm_epochs,
         patience=args.early_stopping,
         threads=args.threads,
         gate=not args.no_gate,

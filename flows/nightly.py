@@ -18,9 +18,10 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, Field
 
-from flows import caching, report, runners, shards
+from flows import caching, incremental, report, runners, shards
 from flows.lock import data_dir_lock
-from tasks import faults, publish, quality, rejects, resume, stages
+from flows.runners import io_retry as _io_retry
+from tasks import faults, publish, quality, rejects, resume, stages, warmstart
 from tasks.config import preset
 from tasks.generate import generate
 from tasks.layout import Layout, model_version
@@ -31,7 +32,9 @@ from tasks.storage import read_json, sha256_text
 class NightlyParams(BaseModel):
     """Parameters of one nightly run (shown in the Prefect UI)."""
 
-    ratings: str | None = Field(None, description="ratings.csv (or .parquet); default: the embedded data set")
+    ratings: str | list[str] | None = Field(
+        None, description="ratings.csv (or .parquet); several files or a drop folder: incremental (ledger); default: embedded"
+    )
     movies: str | None = Field(None, description="movies.csv (or .parquet); default: the embedded data set")
     data_dir: str = Field("data", description="where the store, models and outputs live")
     run_date: dt.date | None = Field(None, description="partition date; default: today")
@@ -42,6 +45,8 @@ class NightlyParams(BaseModel):
     seed: int = Field(42, description="seed of every random choice in training")
     holdout_fraction: float = Field(0.1, ge=0.0, lt=0.5, description="most recent share of ratings held out for validation")
     max_epochs: int | None = Field(None, ge=1, description="override the preset's epoch limit")
+    warm_start: bool = Field(False, description="start from the published model's weights (tasks/warmstart.py)")
+    warm_epochs: int | None = Field(None, ge=1, description="epochs of a warm start (default: a quarter of the preset's)")
     patience: int | None = Field(None, ge=1, description="early stopping patience in epochs (default: the preset's)")
     chunk_size: int = Field(4096, ge=1, description="users per top-k chunk (bounds memory)")
     shard_size: int = Field(50_000, ge=1, description="users (movies) per recommend (similar) task; shards run on the task runner")
@@ -55,19 +60,6 @@ class NightlyParams(BaseModel):
 
 class StageError(RuntimeError):
     """A stage failed; the message names the stage and the cause."""
-
-
-def _io_retry(task: Any, task_run: Any, state: Any) -> bool:
-    """Retry only transient I/O errors, never bad input or bugs."""
-    try:
-        state.result()
-    except (FileNotFoundError, IsADirectoryError, PermissionError):
-        return False
-    except OSError:
-        return True
-    except Exception:
-        return False
-    return False
 
 
 @task(name="generate-embedded-data", cache_policy=NO_CACHE)
@@ -120,10 +112,13 @@ def train_task(
     patience: int | None,
     seed: int,
     holdout: float,
+    warm: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     config = preset(preset_name, max_epochs=max_epochs, patience=patience)
     on_epoch = report.EpochProgress("train", config.max_epochs)  # epoch logs and the towerflow-train-progress artifact
-    return on_epoch.finish(stages.run_train(Path(ratings), feature_dirs, scaler_paths, Path(out_dir), config, seed, holdout, on_epoch))
+    return on_epoch.finish(
+        stages.run_train(Path(ratings), feature_dirs, scaler_paths, Path(out_dir), config, seed, holdout, on_epoch, warm)
+    )
 
 
 @caching.stage_task("refit", outputs=("out_dir",))
@@ -137,12 +132,13 @@ def refit_task(
     epochs: int,
     seed: int,
     holdout: float,
+    warm: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     config = preset(preset_name)
     on_epoch = report.EpochProgress("refit", epochs)  # epoch logs and the towerflow-refit-progress artifact
     return on_epoch.finish(
         stages.run_refit(
-            Path(ratings), feature_dirs, scaler_paths, Path(validation_model), Path(out_dir), config, seed, epochs, holdout, on_epoch
+            Path(ratings), feature_dirs, scaler_paths, Path(validation_model), Path(out_dir), config, seed, epochs, holdout, on_epoch, warm
         )
     )
 
@@ -219,19 +215,34 @@ def nightly(params: NightlyParams = NightlyParams()) -> dict[str, Any]:  # noqa:
     with data_dir_lock(layout.lock):
         if (params.ratings is None) != (params.movies is None):
             raise StageError("stage inputs failed: give both --ratings and --movies, or neither for the embedded data set")
-        if params.ratings is None:
-            inputs = run("generate", generate_task, str(layout.data_dir / "embedded"))
+        if incremental.is_incremental(params.ratings):  # several files or a drop folder: only new files (tasks/incremental.py)
+            ingested = run(
+                "ingest", incremental.ingest_task, params.ratings, str(Path(params.movies or "").resolve()), str(layout.data_dir),
+                run_date, params.max_reject_share,
+            )  # fmt: skip
+            inputs, input_hash = ingested["inputs"], ingested["input_hash"]
         else:
-            inputs = {"ratings": str(Path(params.ratings).resolve()), "movies": str(Path(params.movies or "").resolve())}
-        input_hash = run("hash-inputs", stages.input_hash, Path(inputs["ratings"]), Path(inputs["movies"]))
-        rejects_path = rejects.rejects_path(layout.data_dir, run_date, input_hash)
-        ingested = run(
-            "ingest", ingest_task, inputs["ratings"], inputs["movies"], str(layout.store(input_hash)),
-            str(rejects_path), params.max_reject_share, str(layout.data_dir),
-        )  # fmt: skip
+            if params.ratings is None:
+                inputs = run("generate", generate_task, str(layout.data_dir / "embedded"))
+            else:
+                inputs = {"ratings": incremental.single(params.ratings), "movies": str(Path(params.movies or "").resolve())}
+            input_hash = run("hash-inputs", stages.input_hash, Path(inputs["ratings"]), Path(inputs["movies"]))
+            rejects_path = rejects.rejects_path(layout.data_dir, run_date, input_hash)
+            ingested = run(
+                "ingest", ingest_task, inputs["ratings"], inputs["movies"], str(layout.store(input_hash)),
+                str(rejects_path), params.max_reject_share, str(layout.data_dir),
+            )  # fmt: skip
         # The version names all the outputs depend on (data, configuration, seed, k, code): a re-run resumes its work dir.
         config_text = json.dumps(config.to_dict(), sort_keys=True)
-        facts = (input_hash, config_text, str(params.seed), str(params.holdout_fraction), str(params.k), caching.code_version())
+        facts: tuple[str, ...] = (
+            input_hash,
+            config_text,
+            str(params.seed),
+            str(params.holdout_fraction),
+            str(params.k),
+            caching.code_version(),
+        )
+        facts += (f"warm:{params.warm_epochs}",) if params.warm_start else ()
         version = model_version(run_date, sha256_text(*facts))
         work = layout.work(version)
         for note in resume.prepare_work(layout, work):
@@ -249,6 +260,9 @@ def nightly(params: NightlyParams = NightlyParams()) -> dict[str, Any]:  # noqa:
         )
         feature_dirs = {"train": feats["train"], "full": feats["full"]}
         scalers = run("scalers", scalers_task, ingested["ratings"], feature_dirs, params.holdout_fraction, str(work / "scalers"))
+        warm = None  # or the published model to start from (--warm-start, tasks/warmstart.py)
+        if params.warm_start:
+            warm = run("warm-start", incremental.warm_source_task, str(layout.data_dir), feats["full"], config.to_dict())
         trained = run(
             "train",
             train_task,
@@ -257,10 +271,11 @@ def nightly(params: NightlyParams = NightlyParams()) -> dict[str, Any]:  # noqa:
             scalers,
             str(work / "train"),
             params.preset,
-            params.max_epochs,
+            warmstart.warm_epochs(config.max_epochs, params.warm_epochs) if warm else params.max_epochs,
             params.patience,
             params.seed,
             params.holdout_fraction,
+            warm,
         )
         metrics = None
         if params.holdout_fraction > 0:
@@ -272,7 +287,7 @@ def nightly(params: NightlyParams = NightlyParams()) -> dict[str, Any]:  # noqa:
                 run("quality-gate", gate_task, metrics, str(layout.latest), params.gate_margin)
         refit = run(
             "refit", refit_task, ingested["ratings"], feature_dirs, scalers, trained["validation_model"], str(work / "train"),
-            params.preset, trained["best_epoch"], params.seed, params.holdout_fraction,
+            params.preset, trained["best_epoch"], params.seed, params.holdout_fraction, warm,
         )  # fmt: skip
         exported = run("export", export_task, refit["model"], feature_dirs["full"], scalers["full"], str(work / "model"))
         # one task per shard on the flow's task runner (threads, or Dask: flows/runners.py); parts in shard order
@@ -294,6 +309,7 @@ def nightly(params: NightlyParams = NightlyParams()) -> dict[str, Any]:  # noqa:
                 "best_epoch": trained["best_epoch"],
                 "epochs_run": trained["epochs_run"],
                 "refit_epochs": refit["refit_epochs"],
+                "warm_start": refit.get("warm_start", trained.get("warm_start")) if params.warm_start else None,
             },
             "config": config.to_dict(),
             "threads": threads,

@@ -65,3 +65,16 @@ def current() -> str:
 
     ctx = FlowRunContext.get()
     return describe(ctx.task_runner if ctx is not None else None)
+
+
+def io_retry(task: Any, task_run: Any, state: Any) -> bool:
+    """Prefect retry condition: retry only transient I/O errors (a shared file system hiccup), never bad input or bugs."""
+    try:
+        state.result()
+    except (FileNotFoundError, IsADirectoryError, PermissionError):
+        return False
+    except OSError:
+        return True
+    except Exception:
+        return False
+    return False

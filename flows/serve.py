@@ -84,7 +84,9 @@ def serve(params: Any, cron: str, timezone: str, name: str, dask_address: str | 
 
     params = params.model_copy(update={"data_dir": os.path.abspath(params.data_dir)})
     if params.ratings is not None and params.movies is not None:
-        params = params.model_copy(update={"ratings": os.path.abspath(params.ratings), "movies": os.path.abspath(params.movies)})
+        r = params.ratings
+        ratings = [os.path.abspath(x) for x in r] if isinstance(r, list) else os.path.abspath(r)  # a drop folder stays a folder
+        params = params.model_copy(update={"ratings": ratings, "movies": os.path.abspath(params.movies)})
     deployment: Any = nightly.to_deployment(  # sync call: a RunnerDeployment
         name=name,
         schedules=[when],

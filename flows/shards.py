@@ -21,20 +21,8 @@ from prefect.cache_policies import NO_CACHE
 from prefect.futures import PrefectFuture, as_completed
 
 from flows.report import Progress
+from flows.runners import io_retry as _io_retry
 from tasks import shards as scoring
-
-
-def _io_retry(task: Any, task_run: Any, state: Any) -> bool:
-    """Retry only transient I/O errors (a shared file system hiccup), never bad input or bugs."""
-    try:
-        state.result()
-    except (FileNotFoundError, IsADirectoryError, PermissionError):
-        return False
-    except OSError:
-        return True
-    except Exception:
-        return False
-    return False
 
 
 @task(

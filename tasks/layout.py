@@ -1,6 +1,7 @@
 """Where everything lives under the data directory.
 
-    DIR/store/<input-hash>/{ratings,movies}.parquet   ingested inputs
+    DIR/store/<input-hash>/{ratings,movies}.parquet   ingested inputs (incremental nights: all parts combined)
+    DIR/store/ingested.json, DIR/store/parts/<file-hash>/   the ledger and parts of incremental nights
     DIR/work/<model_version>/                         a run's staging area
     DIR/models/<model_version>/                       published model artifacts
     DIR/outputs/<table>/run_date=YYYY-MM-DD/part-<model_version>[-NNNNN].parquet   (one part per shard)

@@ -178,14 +178,19 @@ def run_train(
     seed: int,
     holdout_fraction: float,
     on_epoch: Callable[[str, dict[str, float]], None] | None = None,
+    warm: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Train on the train phase, early-stopping on the holdout; save ``model_validation.keras``.
 
     The validation model is what the evaluate stage scores; :func:`run_refit`
     then trains the published model on every rating for ``best_epoch`` epochs.
+    ``warm`` (:func:`tasks.warmstart.source`) starts from the published model's weights.
     """
     from tasks.model import save_model
     from tasks.train import predict_scores, train_model
+    from tasks.warmstart import initializer
+
+    outcome: dict[str, Any] = {}
 
     ratings = load_ratings(ratings_path)
     hold = temporal_holdout(ratings["timestamp"].to_numpy(), holdout_fraction)
@@ -193,7 +198,7 @@ def run_train(
     val = train.triples(ratings[hold]) if hold.any() else None
     first = train_model(
         train.train_data(ratings[~hold]), config, seed, validation=val,
-        on_epoch=_epoch_hook("validate", on_epoch),
+        on_epoch=_epoch_hook("validate", on_epoch), init=initializer(warm, train.feats.movie_ids, outcome),
     )  # fmt: skip
     path = save_model(first.model, Path(out_dir) / "model_validation.keras")
     val_rmse = None
@@ -207,6 +212,7 @@ def run_train(
         "history": first.history,
         "examples_per_second": first.examples_per_second,
         "val_rmse": val_rmse,
+        **outcome,
     }
 
 
@@ -221,15 +227,18 @@ def run_refit(
     epochs: int,
     holdout_fraction: float,
     on_epoch: Callable[[str, dict[str, float]], None] | None = None,
+    warm: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Train the published ``model.keras`` on every rating (full-phase features and scalers).
+    """Train the published ``model.keras`` on every rating (full-phase features and scalers), from ``warm`` if given.
 
     With no holdout the train phase already is every rating, so the validation
     model is published as it is.
     """
     from tasks.model import save_model
     from tasks.train import train_model
+    from tasks.warmstart import initializer
 
+    outcome: dict[str, Any] = {}
     ratings = load_ratings(ratings_path)
     final_path = Path(out_dir) / "model.keras"
     if not temporal_holdout(ratings["timestamp"].to_numpy(), holdout_fraction).any():
@@ -238,7 +247,7 @@ def run_refit(
     full = prepare(Path(feature_dirs["full"]), Path(scaler_paths["full"]))
     final = train_model(
         full.train_data(ratings), config, seed, epochs=max(1, epochs),
-        on_epoch=_epoch_hook("refit", on_epoch),
+        on_epoch=_epoch_hook("refit", on_epoch), init=initializer(warm, full.feats.movie_ids, outcome),
     )  # fmt: skip
     save_model(final.model, final_path)
-    return {"model": str(final_path), "refit_epochs": final.epochs_run, "history": final.history}
+    return {"model": str(final_path), "refit_epochs": final.epochs_run, "history": final.history, **outcome}

@@ -151,6 +151,7 @@ def train_model(
     epochs: int | None = None,
     validation: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
     on_epoch: Callable[[dict[str, float]], None] | None = None,
+    init: Callable[[keras.Model], None] | None = None,
 ) -> TrainResult:
     """Train a fresh model; with ``validation`` (user rows, movie rows, scaled target), stop early.
 
@@ -158,7 +159,7 @@ def train_model(
     restores the best epoch's weights; with ``patience=None`` every epoch runs
     and the final weights are kept (as the course does). Each epoch visits its
     examples in a fresh permutation (a subset when over ``config.max_examples``,
-    see :func:`examples_per_epoch`).
+    see :func:`examples_per_epoch`). ``init`` may set the new model's weights first (warm start).
     """
     if len(data.users) == 0:
         raise ValueError("no training ratings")
@@ -166,6 +167,8 @@ def train_model(
     if (data.user_hist is None) != (config.history_length == 0):
         raise ValueError(f"history_length={config.history_length} but user history {'missing' if data.user_hist is None else 'given'}")
     model = build_model(data.user_x.shape[1], data.movie_x.shape[1], config, n_movies=len(data.movie_x))
+    if init is not None:
+        init(model)
     steps = _Steps(model, data, config)
     n_epochs = epochs if epochs is not None else config.max_epochs
     per_epoch = examples_per_epoch(len(data.users), n_epochs, config.max_examples)

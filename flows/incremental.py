@@ -1,0 +1,40 @@
+"""Prefect tasks of incremental nights (tasks/incremental.py, tasks/warmstart.py): ledger ingest and the warm-start source."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+from typing import Any
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from tasks import incremental, warmstart
+from tasks.incremental import is_incremental
+
+__all__ = ["ingest_task", "is_incremental", "single", "warm_source_task"]
+
+
+def single(ratings: str | list[str]) -> str:
+    """The one ratings file of a single-file night (given once, as a string or a list of one)."""
+    return str(Path(ratings[0] if isinstance(ratings, list) else ratings).resolve())
+
+
+@task(name="ingest-incremental", cache_policy=NO_CACHE)
+def ingest_task(ratings: str | list[str], movies: str, data_dir: str, run_date: dt.date, max_reject_share: float) -> dict[str, Any]:
+    out = incremental.run_incremental_ingest(ratings, Path(movies), Path(data_dir), run_date, max_reject_share)
+    stats = out["stats"]
+    get_run_logger().info(
+        "ledger: %d new file(s), %d already ingested (skipped), %d ratings in total; %s",
+        stats["files_new"], stats["files_skipped"], stats["rows_total"], json.dumps(stats),
+    )  # fmt: skip
+    files = [str(p) for p in incremental.expand(ratings)]
+    return {**out, "inputs": {"ratings": files, "movies": movies}}
+
+
+@task(name="warm-start-source", cache_policy=NO_CACHE)
+def warm_source_task(data_dir: str, feature_dir: str, config: dict[str, Any]) -> dict[str, str] | None:
+    warm, note = warmstart.source(Path(data_dir), Path(feature_dir), config)
+    get_run_logger().info("warm start: %s", note)
+    return warm
