@@ -27,8 +27,8 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from tasks import schemas
+from tasks.export import read_embeddings
 from tasks.layout import MODEL_FILES
-from tasks.storage import read_table
 
 SCORE_BINS = np.linspace(-1.0, 1.0, 81)  # histogram of published scores (inner products of unit vectors)
 
@@ -52,14 +52,6 @@ class Served:
     user_emb: np.ndarray
 
 
-def _embeddings(path: Path, kind: str) -> tuple[np.ndarray, np.ndarray]:
-    dim = pq.read_schema(path).field("embedding").type.list_size
-    schema = schemas.movie_embeddings_schema(dim) if kind == "movie" else schemas.user_embeddings_schema(dim)
-    table = read_table(path, schema, f"{kind}_embeddings")
-    flat = table.column("embedding").combine_chunks().flatten().to_numpy()
-    return table.column(f"{kind}_id").to_numpy(), flat.reshape(-1, dim).astype(np.float32)
-
-
 def load_served(model_dir: Path, with_users: bool = True) -> Served:
     """Index, id table and embeddings of a model directory, checked against each other."""
     import faiss
@@ -72,12 +64,12 @@ def load_served(model_dir: Path, with_users: bool = True) -> Served:
     if index.metric_type != faiss.METRIC_INNER_PRODUCT:
         raise ValueError(f"{index_path}: index metric is {index.metric_type}, expected inner product")
     movie_ids = pq.read_table(model_dir / MODEL_FILES["index_ids"]).column("movie_id").to_numpy()
-    emb_ids, movie_emb = _embeddings(model_dir / MODEL_FILES["movie_embeddings"], "movie")
+    emb_ids, movie_emb = read_embeddings(model_dir / MODEL_FILES["movie_embeddings"], "movie")
     if not np.array_equal(movie_ids, emb_ids) or index.ntotal != len(movie_ids):
         raise ValueError(f"{model_dir}: index, id table and movie embeddings disagree on the movie rows")
     user_ids, user_emb = np.empty(0, np.int64), np.empty((0, movie_emb.shape[1]), np.float32)
     if with_users:
-        user_ids, user_emb = _embeddings(model_dir / MODEL_FILES["user_embeddings"], "user")
+        user_ids, user_emb = read_embeddings(model_dir / MODEL_FILES["user_embeddings"], "user")
     return Served(index, movie_ids, movie_emb, user_ids, user_emb)
 
 
