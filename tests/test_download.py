@@ -15,6 +15,8 @@ import pytest
 from flows.cli import main
 from tasks.download import BASE_URL_ENV, KNOWN_MD5
 
+# The release these tests download: one with no recorded MD5, checked against the .md5 the test serves.
+UNPINNED = next(name for name, md5 in KNOWN_MD5.items() if md5 is None)
 RATINGS = "userId,movieId,rating,timestamp\n1,1,4.0,964982703\n1,2,3.5,964981247\n2,1,5.0,964982224\n"
 MOVIES = "movieId,title,genres\n1,Made-up Movie (1995),Comedy\n2,Another One (2001),Drama|Romance\n"
 
@@ -51,44 +53,44 @@ def _publish(root: Path, name: str, members: dict[str, str], md5: str | None = N
     return real
 
 
-def _release(name: str = "ml-latest-small") -> dict[str, str]:
+def _release(name: str = UNPINNED) -> dict[str, str]:
     return {f"{name}/": "", f"{name}/ratings.csv": RATINGS, f"{name}/movies.csv": MOVIES, f"{name}/README.txt": "made up\n"}
 
 
 def test_download_verifies_unpacks_and_prints_the_run_command(served: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    md5 = _publish(served, "ml-latest-small", _release())
+    md5 = _publish(served, UNPINNED, _release())
     dest = tmp_path / "datasets"
-    assert main(["download", "ml-latest-small", "--to", str(dest)]) == 0
+    assert main(["download", UNPINNED, "--to", str(dest)]) == 0
     out, err = capsys.readouterr()
-    folder = dest / "ml-latest-small"
+    folder = dest / UNPINNED
     assert (folder / "ratings.csv").read_text() == RATINGS and (folder / "movies.csv").read_text() == MOVIES
-    assert (folder / "README.txt").is_file() and (dest / "ml-latest-small.zip").is_file()
-    assert f"MD5 {md5} verified" in out and "downloading ml-latest-small.zip" in err
+    assert (folder / "README.txt").is_file() and (dest / f"{UNPINNED}.zip").is_file()
+    assert f"MD5 {md5} verified" in out and f"downloading {UNPINNED}.zip" in err
     assert out.splitlines()[-1] == f"next: towerflow run --ratings {folder / 'ratings.csv'} --movies {folder / 'movies.csv'}"
     assert not [p for p in dest.iterdir() if p.name.startswith(".")]  # no temporary files left
     # A second call finds the verified folder and fetches nothing, even with the server's files gone.
     for served_file in served.iterdir():
         served_file.unlink()
-    assert main(["download", "ml-latest-small", "--to", str(dest)]) == 0
+    assert main(["download", UNPINNED, "--to", str(dest)]) == 0
     out = capsys.readouterr().out
     assert "already in" in out and "nothing downloaded" in out and out.splitlines()[-1].startswith("next: towerflow run --ratings")
 
 
 def test_bad_checksum_leaves_nothing(served: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    _publish(served, "ml-latest-small", _release(), md5="0" * 32)
+    _publish(served, UNPINNED, _release(), md5="0" * 32)
     dest = tmp_path / "datasets"
-    assert main(["download", "ml-latest-small", "--to", str(dest)]) == 1
+    assert main(["download", UNPINNED, "--to", str(dest)]) == 1
     err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert err.startswith("towerflow download failed: http://127.0.0.1:") and "ml-latest-small.zip: MD5 " in err
+    assert err.startswith("towerflow download failed: http://127.0.0.1:") and f"{UNPINNED}.zip: MD5 " in err
     assert f"does not match {'0' * 32}" in err
     assert list(dest.iterdir()) == []
 
 
-@pytest.mark.parametrize("member", ["../evil.txt", "ml-latest-small/../../evil.txt", "/tmp/towerflow-evil.txt", "other/evil.txt"])
+@pytest.mark.parametrize("member", ["../evil.txt", f"{UNPINNED}/../../evil.txt", "/tmp/towerflow-evil.txt", "other/evil.txt"])
 def test_zip_slip_member_is_refused(served: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], member: str) -> None:
-    _publish(served, "ml-latest-small", {**_release(), member: "pwned\n"})
+    _publish(served, UNPINNED, {**_release(), member: "pwned\n"})
     dest = tmp_path / "a" / "b"
-    assert main(["download", "ml-latest-small", "--to", str(dest)]) == 1
+    assert main(["download", UNPINNED, "--to", str(dest)]) == 1
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert f"refusing to unpack member {member!r}" in err
     assert list(dest.iterdir()) == []  # no folder, no zip, no temporary files
@@ -97,12 +99,12 @@ def test_zip_slip_member_is_refused(served: Path, tmp_path: Path, capsys: pytest
 
 
 def test_missing_checksum_file_refuses(served: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    _publish(served, "ml-latest-small", _release())
-    (served / "ml-latest-small.zip.md5").unlink()
-    assert main(["download", "ml-latest-small", "--to", str(tmp_path / "d")]) == 1
+    _publish(served, UNPINNED, _release())
+    (served / f"{UNPINNED}.zip.md5").unlink()
+    assert main(["download", UNPINNED, "--to", str(tmp_path / "d")]) == 1
     err = capsys.readouterr().err
-    assert "cannot verify ml-latest-small.zip" in err and "ml-latest-small.zip.md5: HTTP 404" in err
-    assert not (tmp_path / "d" / "ml-latest-small").exists()
+    assert f"cannot verify {UNPINNED}.zip" in err and f"{UNPINNED}.zip.md5: HTTP 404" in err
+    assert not (tmp_path / "d" / UNPINNED).exists()
 
 
 def test_published_md5_must_agree_with_the_recorded_one(served: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -114,8 +116,8 @@ def test_published_md5_must_agree_with_the_recorded_one(served: Path, tmp_path: 
 
 
 def test_a_zip_without_ratings_is_refused(served: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    _publish(served, "ml-latest-small", {"ml-latest-small/movies.csv": MOVIES})
+    _publish(served, UNPINNED, {f"{UNPINNED}/movies.csv": MOVIES})
     dest = tmp_path / "d"
-    assert main(["download", "ml-latest-small", "--to", str(dest)]) == 1
-    assert "no ratings.csv in ml-latest-small/" in capsys.readouterr().err
+    assert main(["download", UNPINNED, "--to", str(dest)]) == 1
+    assert f"no ratings.csv in {UNPINNED}/" in capsys.readouterr().err
     assert list(dest.iterdir()) == []
