@@ -10,10 +10,11 @@ from typing import Any
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from flows.runners import io_retry
 from tasks import incremental, warmstart
 from tasks.incremental import is_incremental
 
-__all__ = ["ingest_task", "is_incremental", "single", "warm_source_task"]
+__all__ = ["ingest_all", "ingest_file_task", "is_incremental", "single", "warm_source_task"]
 
 
 def single(ratings: str | list[str]) -> str:
@@ -21,9 +22,28 @@ def single(ratings: str | list[str]) -> str:
     return str(Path(ratings[0] if isinstance(ratings, list) else ratings).resolve())
 
 
-@task(name="ingest-incremental", cache_policy=NO_CACHE)
-def ingest_task(ratings: str | list[str], movies: str, data_dir: str, run_date: dt.date, max_reject_share: float) -> dict[str, Any]:
-    out = incremental.run_incremental_ingest(ratings, Path(movies), Path(data_dir), run_date, max_reject_share)
+@task(
+    name="ingest-file",
+    task_run_name="ingest-{name}",
+    tags=["ingest"],
+    retries=2,
+    retry_delay_seconds=[2, 10],
+    retry_condition_fn=io_retry,
+    cache_policy=NO_CACHE,
+)
+def ingest_file_task(src: str, movies: str, part: str, rejects: str, max_reject_share: float, name: str) -> dict[str, Any]:
+    """One new ratings file into its own part of the store (one task per file, on the flow's task runner)."""
+    return incremental.ingest_part(Path(src), Path(movies), Path(part), Path(rejects), max_reject_share)
+
+
+def ingest_all(ratings: str | list[str], movies: str, data_dir: str, run_date: dt.date, max_reject_share: float) -> dict[str, Any]:
+    """Ledger ingest from the flow: the new files are ingested as parallel tasks, the ledger and store updated after."""
+
+    def run_files(jobs: list[dict[str, str]]) -> list[dict[str, Any]]:
+        futures = [ingest_file_task.submit(j["src"], movies, j["part"], j["rejects"], max_reject_share, Path(j["src"]).name) for j in jobs]
+        return [f.result() for f in futures]
+
+    out = incremental.run_incremental_ingest(ratings, Path(movies), Path(data_dir), run_date, max_reject_share, run_files)
     stats = out["stats"]
     get_run_logger().info(
         "ledger: %d new file(s), %d already ingested (skipped), %d ratings in total; %s",

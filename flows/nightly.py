@@ -186,9 +186,9 @@ def nightly(params: NightlyParams = NightlyParams()) -> dict[str, Any]:  # noqa:
     with data_dir_lock(layout.lock):
         if (params.ratings is None) != (params.movies is None):
             raise StageError("stage inputs failed: give both --ratings and --movies, or neither for the embedded data set")
-        if incremental.is_incremental(params.ratings):  # several files or a drop folder: only new files (tasks/incremental.py)
+        if incremental.is_incremental(params.ratings):  # several files or a drop folder: only new files, a task each
             ingested = run(
-                "ingest", incremental.ingest_task, params.ratings, str(Path(params.movies or "").resolve()), str(layout.data_dir),
+                "ingest", incremental.ingest_all, params.ratings, str(Path(params.movies or "").resolve()), str(layout.data_dir),
                 run_date, params.max_reject_share,
             )  # fmt: skip
             inputs, input_hash = ingested["inputs"], ingested["input_hash"]

@@ -13,6 +13,7 @@ model trains on every part in the ledger: they are combined into
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -58,31 +59,53 @@ def ledger_path(data_dir: Path) -> Path:
     return Path(data_dir) / "store" / "ingested.json"
 
 
+def ingest_part(src: Path, movies_src: Path, part: Path, rejects: Path, max_reject_share: float) -> dict[str, Any]:
+    """Ingest one new ratings file into its own part of the store; its ingest stats."""
+    return ingest(Path(src), Path(movies_src), Path(part), rejects_path=Path(rejects), max_reject_share=max_reject_share)[2].to_dict()
+
+
 def run_incremental_ingest(
-    ratings: str | list[str], movies_src: Path, data_dir: Path, run_date: dt.date, max_reject_share: float = 0.01
+    ratings: str | list[str],
+    movies_src: Path,
+    data_dir: Path,
+    run_date: dt.date,
+    max_reject_share: float = 0.01,
+    run_files: Callable[[list[dict[str, str]]], list[dict[str, Any]]] | None = None,
 ) -> dict[str, Any]:
-    """Ingest the files not in the ledger; return the cumulative store's paths, its hash and the stats."""
+    """Ingest the files not in the ledger; return the cumulative store's paths, its hash and the stats.
+
+    ``run_files`` ingests the new files (a list of jobs: src, part, rejects)
+    and returns their stats in the same order; the flow passes one that runs
+    a task per file on its task runner. By default they are ingested in turn.
+    The ledger is updated in file order after each result.
+    """
     data_dir = Path(data_dir)
     ledger_file = ledger_path(data_dir)
     ledger: dict[str, Any] = read_json(ledger_file) if ledger_file.exists() else {}
     totals: dict[str, Any] = dict.fromkeys(_SUMMED, 0)
     by_reason: dict[str, int] = {}
-    new = skipped = 0
-    first_rejects: Path | None = None
+    skipped = 0
+    jobs: list[dict[str, str]] = []
     for src in expand(ratings):
         digest = sha256_file(src)
-        if digest in ledger:
+        if digest in ledger or any(j["digest"] == digest for j in jobs):
             skipped += 1
             continue
         part = data_dir / "store" / "parts" / digest[:32]
-        rej = rejects_path(data_dir, run_date, digest)
-        s = ingest(src, Path(movies_src), part, rejects_path=rej, max_reject_share=max_reject_share)[2].to_dict()
+        jobs.append({"src": str(src), "digest": digest, "part": str(part), "rejects": str(rejects_path(data_dir, run_date, digest))})
+    if run_files is None:
+        results = [ingest_part(Path(j["src"]), Path(movies_src), Path(j["part"]), Path(j["rejects"]), max_reject_share) for j in jobs]
+    else:
+        results = run_files(jobs)
+    first_rejects: Path | None = None
+    for job, s in zip(jobs, results, strict=True):
+        src, part = Path(job["src"]), Path(job["part"])
         for key in _SUMMED:
             totals[key] += s[key]
         for reason, n in s["rejected_by_reason"].items():
             by_reason[reason] = by_reason.get(reason, 0) + n
-        first_rejects = first_rejects or rej
-        ledger[digest] = {
+        first_rejects = first_rejects or Path(job["rejects"])
+        ledger[job["digest"]] = {
             "name": src.name,
             "path": str(src),
             "part": str((part / "ratings.parquet").relative_to(data_dir)),
@@ -93,7 +116,7 @@ def run_incremental_ingest(
             "order": len(ledger),
         }
         write_json(ledger_file, ledger)  # after each file: a crash later keeps what was ingested
-        new += 1
+    new = len(jobs)
     movies_hash = sha256_file(Path(movies_src))
     order = sorted(ledger, key=lambda d: ledger[d]["order"])
     input_hash = sha256_text(*order, movies_hash)
