@@ -1,7 +1,7 @@
 """Ingest throughput benchmark (issue 4): towerflow's CSV -> Parquet against pyarrow's own, same file, same run.
 
-(a) ``pyarrow.csv.read_csv`` + ``pyarrow.parquet.write_table`` of the ratings file, and (b)
-``tasks.ingest.ingest`` of the same file (streamed, checked, quarantine, duplicate check, zstd
+(a) ``pyarrow.csv.read_csv`` + ``pyarrow.parquet.write_table`` of the ratings and movies files, and (b)
+``tasks.ingest.ingest`` of the same two files (streamed, checked, quarantine, duplicate check, zstd
 Parquet), each in a fresh subprocess, alternating, best of ``--repeat``. Prints rows/s of both,
 the ratio (target >= 0.7), the peak RSS of each child, and the machine. The peak RSS of (b) is
 also measured on a file a fifth the size, to show what grows with the file and what does not.
@@ -79,6 +79,7 @@ def child(kind: str, ratings: Path, movies: Path, work: Path) -> None:
     if kind == "pyarrow":
         table = pacsv.read_csv(ratings)
         pq.write_table(table, work / "ratings.parquet")
+        pq.write_table(pacsv.read_csv(movies), work / "movies.parquet")  # towerflow converts the catalog too
         rows = table.num_rows
     else:
         _, _, stats = ingest(ratings, movies, work, max_reject_share=1.0)
