@@ -69,10 +69,9 @@ def recommend_for_genres(pub: Published, tastes: dict[str, float], k: int) -> pd
 
     from tasks.export import read_index
     from tasks.model import load_model, run_tower, towers
-    from tasks.predict import verified
     from tasks.scalers import load_scalers
 
-    files = {key: verified(pub.data_dir, pub.latest["model"][key]) for key in ("keras", "scalers", "index", "index_ids")}
+    files = {key: pub.model_file(key) for key in ("keras", "scalers", "index", "index_ids")}
     config = pub.latest["config"]
     row, names = newcomer_features(tastes, config)
     scalers = load_scalers(files["scalers"])

@@ -17,6 +17,7 @@ import datetime as dt
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 TABLES = ("recommendations", "similar_movies", "metrics")
 MODEL_FILES = {
@@ -93,3 +94,29 @@ class Layout:
 
     def reports(self, run_date: dt.date) -> Path:
         return self.partition("reports", run_date)
+
+
+def read_latest(data_dir: Path) -> dict[str, Any]:
+    """Read ``outputs/latest.json``, with a clear error if nothing has been published yet."""
+    from tasks import schemas
+    from tasks.storage import read_json
+
+    path = Layout(Path(data_dir)).latest
+    if not path.exists():
+        raise FileNotFoundError(f"no published run in {data_dir} ({path} does not exist); run `towerflow run --data-dir {data_dir}` first")
+    latest = read_json(path)
+    if latest.get("schema_version") != schemas.SCHEMA_VERSION:
+        raise ValueError(f"{path}: schema version {latest.get('schema_version')}, this towerflow reads {schemas.SCHEMA_VERSION}")
+    return latest
+
+
+def verified(data_dir: Path, entry: dict[str, Any]) -> Path:
+    """The path of a model file listed in latest.json, after checking its sha256."""
+    from tasks.storage import sha256_file
+
+    path = Path(data_dir) / entry["path"]
+    if not path.exists():
+        raise FileNotFoundError(f"published model file missing: {path}")
+    if sha256_file(path) != entry["sha256"]:
+        raise ValueError(f"{path}: sha256 does not match latest.json; the published model was modified")
+    return path

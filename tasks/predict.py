@@ -20,8 +20,8 @@ import pyarrow.parquet as pq
 
 from tasks import schemas
 from tasks.ingest import InputError
-from tasks.publish import read_latest
-from tasks.storage import sha256_file, write_table
+from tasks.layout import read_latest, verified
+from tasks.storage import write_table
 
 PAIR_COLUMNS = (("userId", "movieId"), ("user_id", "movie_id"))
 
@@ -44,16 +44,6 @@ def read_pairs(path: Path) -> pd.DataFrame:
                 raise InputError(f"{path}: columns {user_col},{movie_col} must be integer ids ({exc})") from exc
             return pd.DataFrame({"user_id": users, "movie_id": movies})
     raise InputError(f"{path}: expected columns userId,movieId (or user_id,movie_id), found {table.column_names}")
-
-
-def verified(data_dir: Path, entry: dict[str, Any]) -> Path:
-    """The path of a model file listed in latest.json, after checking its sha256."""
-    path = Path(data_dir) / entry["path"]
-    if not path.exists():
-        raise FileNotFoundError(f"published model file missing: {path}")
-    if sha256_file(path) != entry["sha256"]:
-        raise ValueError(f"{path}: sha256 does not match latest.json; the published model was modified")
-    return path
 
 
 def predict_pairs(data_dir: Path, pairs_path: Path, output_path: Path) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from tasks import faults, resume, schemas
 from tasks.export import build_index, embed_all, write_embeddings, write_id_table, write_index
 from tasks.layout import MODEL_FILES, Layout
 from tasks.stages import prepare
-from tasks.storage import read_json, sha256_file, write_json
+from tasks.storage import sha256_file, write_json
 
 
 def run_export(model_path: Path, full_dir: Path, scalers_path: Path, model_dir: Path) -> dict[str, Any]:
@@ -125,15 +125,4 @@ def run_publish(
                 other.unlink(missing_ok=True)
     resume.clear_journal(work)
     resume.prune_work(layout, run_date, keep=work)
-    return latest
-
-
-def read_latest(data_dir: Path) -> dict[str, Any]:
-    """Read ``outputs/latest.json``, with a clear error if nothing has been published yet."""
-    path = Layout(Path(data_dir)).latest
-    if not path.exists():
-        raise FileNotFoundError(f"no published run in {data_dir}: {path} does not exist; run `towerflow run` first")
-    latest = read_json(path)
-    if latest.get("schema_version") != schemas.SCHEMA_VERSION:
-        raise ValueError(f"{path}: schema version {latest.get('schema_version')}, this towerflow reads {schemas.SCHEMA_VERSION}")
     return latest

@@ -24,9 +24,7 @@ import pandas as pd
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from tasks import schemas
-from tasks.layout import Layout
-from tasks.storage import read_json, sha256_file
+from tasks.layout import Layout, read_latest, verified
 
 _ARTICLE = re.compile(r"^(?P<name>.*), (?P<article>The|A|An|L'|Le|La|Les|Il|Der|Die|Das|El|Los|Las)(?P<rest> \(.*)?$")
 
@@ -80,12 +78,10 @@ class Published:
         entry = self.latest.get("model", {}).get(key)
         if entry is None:
             raise QueryError(f"the published run {self.version} has no model file {key!r}")
-        path = self.data_dir / entry["path"]
-        if not path.exists():
-            raise QueryError(f"published model file missing: {path}")
-        if sha256_file(path) != entry["sha256"]:
-            raise QueryError(f"{path}: sha256 does not match latest.json; the published model was modified")
-        return path
+        try:
+            return verified(self.data_dir, entry)
+        except (FileNotFoundError, ValueError) as exc:
+            raise QueryError(str(exc)) from None
 
     def catalog_path(self) -> Path:
         """The movies table (movie_id, title, genres, year) the run served."""
@@ -99,19 +95,11 @@ class Published:
 
 
 def load_published(data_dir: Path) -> Published:
-    """The latest published run under ``data_dir``, or a :class:`QueryError` saying to run ``towerflow run``.
-
-    Same checks as :func:`tasks.publish.read_latest`, without importing the
-    training stack (TensorFlow), which would cost seconds per query.
-    """
-    data_dir = Path(data_dir)
-    path = Layout(data_dir).latest
-    if not path.exists():
-        raise QueryError(f"no published run in {data_dir} ({path} does not exist); run `towerflow run --data-dir {data_dir}` first")
-    latest = read_json(path)
-    if latest.get("schema_version") != schemas.SCHEMA_VERSION:
-        raise QueryError(f"{path}: schema version {latest.get('schema_version')}, this towerflow reads {schemas.SCHEMA_VERSION}")
-    return Published(data_dir, latest)
+    """The latest published run under ``data_dir``, or a :class:`QueryError` saying to run ``towerflow run``."""
+    try:
+        return Published(Path(data_dir), read_latest(Path(data_dir)))
+    except (FileNotFoundError, ValueError) as exc:
+        raise QueryError(str(exc)) from None
 
 
 def display_title(title: str) -> str:

@@ -33,8 +33,7 @@ def source(data_dir: Path, feature_dir: Path, config: dict[str, Any]) -> tuple[d
     Cold when nothing is published, or when the published model had other feature columns
     (those of ``feature_dir``) or other layer sizes (``config``, the preset's settings).
     """
-    from tasks.predict import verified
-    from tasks.publish import read_latest
+    from tasks.layout import read_latest, verified
     from tasks.stages import read_features
 
     if not Layout(Path(data_dir)).latest.exists():
