@@ -29,13 +29,15 @@ class ModelConfig:
     batch_size: int = 1024
     max_epochs: int = 40
     patience: int | None = 5
-    mse_weight: float = 30.0
+    mse_weight: float = 40.0
     softmax_weight: float = 1.0
     temperature: float = 0.1
     logq_correction: bool = True
     dropout: float = 0.2
     shrinkage: float = 10.0
     history_length: int = 0
+    # Train on leave-one-out feature rows (tasks.loo): confidence features only.
+    leave_one_out: bool = True
     # At most this many training examples in all (epochs shrink to random subsets above it):
     # ml-latest-small (20 epochs x 90k) is under it; 25M ratings train on 3M examples.
     max_examples: int | None = 3_000_000
@@ -63,6 +65,7 @@ class ModelConfig:
 PRESETS: dict[str, ModelConfig] = {
     # Measured on ml-latest-small (per-user temporal protocol): early stopping on the global
     # temporal holdout stops after one epoch (NDCG@10 0.077); 20 fixed epochs reach 0.104.
+    # With leave-one-out rows and MSE weight 40 (seeds 1, 2, 3, 42): NDCG@10 0.099-0.104, RMSE 0.879-0.881.
     "default": ModelConfig(preset="default", features="confidence", max_epochs=20, patience=None),
     # The default's recipe tilted toward the rating: a history vector (the user's last 64 movies and
     # how they rated them), more MSE weight, dropout and shrinkage, 10 epochs. Per-user protocol on
@@ -88,6 +91,7 @@ PRESETS: dict[str, ModelConfig] = {
         softmax_weight=0.0,
         logq_correction=False,
         dropout=0.0,
+        leave_one_out=False,
     ),
 }
 

@@ -82,7 +82,7 @@ def _fit_once(
     scalers = fit_scalers(feats.user_x, feats.movie_x, train["rating"].to_numpy(), feats.user_names, feats.movie_names, config.target_scale)
     scaled = prepared(feats, scalers, hist)
     validation = scaled.triples(val) if val is not None and len(val) else None
-    return train_model(scaled.train_data(train), config, seed, epochs=epochs, validation=validation), scaled
+    return train_model(scaled.train_data(train, config), config, seed, epochs=epochs, validation=validation), scaled
 
 
 def _topk_lists(

@@ -4,11 +4,17 @@ Features are computed only from the ratings passed in (the training ratings),
 so nothing from a holdout leaks into them. Every catalog movie gets a feature
 row, including movies nobody rated (their rating statistics fall back to the
 global prior), which is what lets the movie tower embed cold-start movies.
+
+The confidence formulas (:func:`confidence_user_columns`,
+:func:`confidence_movie_columns`) take an array namespace, so the same code
+computes them with numpy here and with ``keras.ops`` inside a training step
+(:mod:`tasks.loo` recomputes them per training example with its own rating left out).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -60,6 +66,28 @@ def unknown_genres(genres: pd.Series) -> dict[str, int]:
     return counts
 
 
+def confidence_user_columns(xp: Any, cnt: Any, total: Any, g_cnt: Any, g_sum: Any, mu: float, k: float) -> Any:
+    """User columns ``log_count, shrunk_mean, shrunk_mean_<genre>..., share_<genre>...``.
+
+    ``cnt``/``total``: each user's number and sum of ratings, shape (n,);
+    ``g_cnt``/``g_sum``: the same per genre, (n, genres). Means are shrunk
+    toward the global mean ``mu`` (genre means toward the user's mean) with
+    weight ``k``. ``xp`` is ``numpy`` or ``keras.ops``.
+    """
+    mean = (total + k * mu) / (cnt + k)
+    g_mean = (g_sum + k * xp.expand_dims(mean, -1)) / (g_cnt + k)
+    share = g_cnt / xp.expand_dims(xp.maximum(cnt, 1.0), -1)
+    return xp.concatenate([xp.expand_dims(xp.log1p(cnt), -1), xp.expand_dims(mean, -1), g_mean, share], axis=-1)
+
+
+def confidence_movie_columns(xp: Any, cnt: Any, total: Any, mu: float, k: float) -> tuple[Any, Any]:
+    """The rating columns of a movie row, ``log_count`` and ``shrunk_mean`` (toward ``mu``, weight ``k``)."""
+    return xp.log1p(cnt), (total + k * mu) / (cnt + k)
+
+
+MOVIE_RATING_COLUMNS = ("log_count", "shrunk_mean")  # the movie columns confidence_movie_columns gives
+
+
 def _fill_year(years: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     values = years.to_numpy(dtype="float64", na_value=np.nan)
     missing = np.isnan(values)
@@ -73,13 +101,15 @@ def compute_features(
     user_ids: np.ndarray,
     kind: FeatureSet,
     shrinkage: float = 10.0,
+    mu: float | None = None,
 ) -> Features:
     """Compute user features for ``user_ids`` and movie features for every catalog movie.
 
     ``ratings`` has ``user_id, movie_id, rating``; users in ``user_ids`` without
     ratings get the prior (count 0, global mean). ``kind="lab"`` gives the
     course's features (raw means, 0 for an unrated genre); ``"confidence"``
-    gives log counts and means shrunk toward a prior with weight ``shrinkage``.
+    gives log counts and means shrunk toward a prior with weight ``shrinkage``:
+    the global mean ``mu``, by default the mean of ``ratings``.
     """
     movie_ids = movies["movie_id"].to_numpy(dtype=np.int64)
     user_ids = np.asarray(user_ids, dtype=np.int64)
@@ -95,7 +125,8 @@ def compute_features(
         raise ValueError(f"rating by user_id {bad} which is not in the user list")
     r = ratings["rating"].to_numpy(dtype=np.float64)
     n_u, n_m = len(user_ids), len(movie_ids)
-    mu = float(r.mean()) if len(r) else 3.5
+    if mu is None:
+        mu = float(r.mean()) if len(r) else 3.5
     genres = genre_matrix(movies["genres"]).astype(np.float64)
 
     u_cnt = np.bincount(u, minlength=n_u).astype(np.float64)
@@ -117,18 +148,14 @@ def compute_features(
             movie_x = np.column_stack([year, movie_mean, genres])
             movie_names = ["year", "mean_rating", *[f"is_{g}" for g in GENRES]]
         elif kind == "confidence":
-            k = shrinkage
-            u_mean = (u_sum + k * mu) / (u_cnt + k)
-            g_mean = (g_sum + k * u_mean[:, None]) / (g_cnt + k)
-            g_share = np.where(u_cnt[:, None] > 0, g_cnt / np.maximum(u_cnt[:, None], 1), 0.0)
-            user_x = np.column_stack([np.log1p(u_cnt), u_mean, g_mean, g_share])
+            user_x = confidence_user_columns(np, u_cnt, u_sum, g_cnt, g_sum, mu, shrinkage)
             user_names = [
                 "log_count", "shrunk_mean",
                 *[f"shrunk_mean_{g}" for g in GENRES], *[f"share_{g}" for g in GENRES],
             ]  # fmt: skip
-            m_mean = (m_sum + k * mu) / (m_cnt + k)
-            movie_x = np.column_stack([year, year_missing, np.log1p(m_cnt), m_mean, genres])
-            movie_names = ["year", "year_missing", "log_count", "shrunk_mean", *[f"is_{g}" for g in GENRES]]
+            log_count, m_mean = confidence_movie_columns(np, m_cnt, m_sum, mu, shrinkage)
+            movie_x = np.column_stack([year, year_missing, log_count, m_mean, genres])
+            movie_names = ["year", "year_missing", *MOVIE_RATING_COLUMNS, *[f"is_{g}" for g in GENRES]]
         else:
             raise ValueError(f"unknown feature set {kind!r}; expected 'lab' or 'confidence'")
     return Features(

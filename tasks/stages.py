@@ -127,10 +127,13 @@ class Prepared:
         """What the user tower takes: the scaled features, and the history if it has one."""
         return self.user_x if self.user_hist is None else (self.user_x, self.user_hist.ids, self.user_hist.values)
 
-    def train_data(self, ratings: pd.DataFrame) -> TrainData:
+    def train_data(self, ratings: pd.DataFrame, config: ModelConfig) -> TrainData:
+        """Training triples of ``ratings`` (the ratings these features came from), with what ``config`` trains on."""
+        from tasks.loo import leave_one_out
         from tasks.train import TrainData
 
-        return TrainData(self.user_x, self.movie_x, *self.triples(ratings), user_hist=self.user_hist)
+        loo = leave_one_out(ratings, self.feats, self.scalers, config.shrinkage) if config.leave_one_out else None
+        return TrainData(self.user_x, self.movie_x, *self.triples(ratings), user_hist=self.user_hist, loo=loo)
 
     def triples(self, ratings: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         u = pd.Index(self.feats.user_ids).get_indexer(ratings["user_id"].to_numpy())
@@ -197,7 +200,7 @@ def run_train(
     train = prepare(Path(feature_dirs["train"]), Path(scaler_paths["train"]))
     val = train.triples(ratings[hold]) if hold.any() else None
     first = train_model(
-        train.train_data(ratings[~hold]), config, seed, validation=val,
+        train.train_data(ratings[~hold], config), config, seed, validation=val,
         on_epoch=_epoch_hook("validate", on_epoch), init=initializer(warm, train.feats.movie_ids, outcome),
     )  # fmt: skip
     path = save_model(first.model, Path(out_dir) / "model_validation.keras")
@@ -246,7 +249,7 @@ def run_refit(
         return {"model": str(final_path), "refit_epochs": 0}
     full = prepare(Path(feature_dirs["full"]), Path(scaler_paths["full"]))
     final = train_model(
-        full.train_data(ratings), config, seed, epochs=max(1, epochs),
+        full.train_data(ratings, config), config, seed, epochs=max(1, epochs),
         on_epoch=_epoch_hook("refit", on_epoch), init=initializer(warm, full.feats.movie_ids, outcome),
     )  # fmt: skip
     save_model(final.model, final_path)

@@ -22,6 +22,7 @@ import tensorflow as tf
 
 from tasks.config import ModelConfig
 from tasks.history import History
+from tasks.loo import LeaveOneOut, example_rows
 from tasks.model import TowerInput, build_model, run_tower, towers
 
 
@@ -35,6 +36,7 @@ class TrainData:
     movies: np.ndarray
     target: np.ndarray
     user_hist: History | None = None
+    loo: LeaveOneOut | None = None  # train on leave-one-out rows (see tasks.loo)
 
     def user_input(self) -> TowerInput:
         return self.user_x if self.user_hist is None else (self.user_x, self.user_hist.ids, self.user_hist.values)
@@ -66,6 +68,7 @@ class _Steps:
         self.H = None if data.user_hist is None else tf.constant(data.user_hist.ids.astype(np.int32))
         self.V = None if data.user_hist is None else tf.constant(data.user_hist.values.astype(np.float32))
         self.log_q = tf.constant(log_popularity(data.movies, len(data.movie_x)))
+        self.loo, self.loo_t = data.loo, None if data.loo is None else data.loo.tensors()
         self.config = config
         self.optimizer = keras.optimizers.Adam(learning_rate=config.learning_rate)
         self.variables = self.user_tower.trainable_variables + self.movie_tower.trainable_variables
@@ -74,19 +77,33 @@ class _Steps:
         self.train_step = tf.function(self._train_step, reduce_retracing=True)
         self.eval_step = tf.function(self._losses, reduce_retracing=True)
 
-    def _losses(self, u: tf.Tensor, m: tf.Tensor, y: tf.Tensor, training: bool = False) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-        c = self.config
+    def _embed(self, u: tf.Tensor, m: tf.Tensor, y: tf.Tensor, training: bool) -> tuple[tf.Tensor, tf.Tensor]:
+        """User and movie embeddings of a batch; in training with ``loo``, from leave-one-out rows."""
+        if training and self.loo is not None and self.loo_t is not None:
+            # every example has its own rows: the towers run once per rating
+            user_x, movie_x = example_rows(self.loo, self.loo_t, tf.gather(self.M, m), u, m, y)
+            return self._user(user_x, u, m, training), self.movie_tower(movie_x, training=training)
         # Each tower runs once per distinct user (movie) of the batch, not once per rating: a batch of
         # 1024 ratings has far fewer distinct movies, and the gradient is the same sum either way.
-        if self.H is None or self.V is None:
+        if self.H is None:
             users, u_pos = tf.unique(u)
-            ue = tf.gather(self.user_tower(tf.gather(self.U, users), training=training), u_pos)
-        else:  # the input depends on the target (left out of the history it is predicted from)
-            h = tf.gather(self.H, u)
-            h = tf.where(tf.equal(h, m[:, tf.newaxis] + 1), tf.zeros_like(h), h)
-            ue = self.user_tower([tf.gather(self.U, u), h, tf.gather(self.V, u)], training=training)
+            ue = tf.gather(self._user(tf.gather(self.U, users), users, None, training), u_pos)
+        else:
+            ue = self._user(tf.gather(self.U, u), u, m, training)
         movies, m_pos = tf.unique(m)
-        me = tf.gather(self.movie_tower(tf.gather(self.M, movies), training=training), m_pos)
+        return ue, tf.gather(self.movie_tower(tf.gather(self.M, movies), training=training), m_pos)
+
+    def _user(self, x: tf.Tensor, u: tf.Tensor, m: tf.Tensor | None, training: bool) -> tf.Tensor:
+        if self.H is None or self.V is None or m is None:
+            return self.user_tower(x, training=training)
+        # the history input depends on the target (left out of the history it is predicted from)
+        h = tf.gather(self.H, u)
+        h = tf.where(tf.equal(h, m[:, tf.newaxis] + 1), tf.zeros_like(h), h)
+        return self.user_tower([x, h, tf.gather(self.V, u)], training=training)
+
+    def _losses(self, u: tf.Tensor, m: tf.Tensor, y: tf.Tensor, training: bool = False) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        c = self.config
+        ue, me = self._embed(u, m, y, training)
         pred = tf.reduce_sum(ue * me, axis=1)
         mse = tf.reduce_mean(tf.square(pred - y))
         softmax = tf.constant(0.0)
@@ -166,6 +183,10 @@ def train_model(
     keras.utils.set_random_seed(seed)
     if (data.user_hist is None) != (config.history_length == 0):
         raise ValueError(f"history_length={config.history_length} but user history {'missing' if data.user_hist is None else 'given'}")
+    if (data.loo is None) == config.leave_one_out:
+        raise ValueError(
+            f"leave_one_out={config.leave_one_out} but the data's leave-one-out sums {'missing' if data.loo is None else 'given'}"
+        )
     model = build_model(data.user_x.shape[1], data.movie_x.shape[1], config, n_movies=len(data.movie_x))
     if init is not None:
         init(model)

@@ -11,6 +11,7 @@ from tasks.config import preset
 from tasks.train import TrainData, predict_scores, train_model
 
 pytestmark = pytest.mark.train
+PLAIN = preset("default", leave_one_out=False)  # planted feature rows, not the confidence features
 
 
 def _checkerboard(rng: np.random.Generator) -> tuple[TrainData, np.ndarray]:
@@ -28,7 +29,7 @@ def _checkerboard(rng: np.random.Generator) -> tuple[TrainData, np.ndarray]:
 
 def test_learns_planted_checkerboard(rng: np.random.Generator) -> None:
     data, genre = _checkerboard(rng)
-    config = dataclasses.replace(preset("default"), batch_size=64, max_epochs=15, softmax_weight=0.0, mse_weight=1.0, dropout=0.0)
+    config = dataclasses.replace(PLAIN, batch_size=64, max_epochs=15, softmax_weight=0.0, mse_weight=1.0, dropout=0.0)
     result = train_model(data, config, seed=1)
     users = np.repeat([0, 79], 40)
     movies = np.tile(np.arange(40), 2)
@@ -40,7 +41,7 @@ def test_learns_planted_checkerboard(rng: np.random.Generator) -> None:
 
 def test_same_seed_same_weights(rng: np.random.Generator) -> None:
     data, _ = _checkerboard(rng)
-    config = dataclasses.replace(preset("default"), batch_size=64, max_epochs=2)
+    config = dataclasses.replace(PLAIN, batch_size=64, max_epochs=2)
     a = train_model(data, config, seed=5).model.get_weights()
     b = train_model(data, config, seed=5).model.get_weights()
     for x, y in zip(a, b, strict=True):
@@ -49,7 +50,7 @@ def test_same_seed_same_weights(rng: np.random.Generator) -> None:
 
 def test_early_stopping_restores_best_epoch(rng: np.random.Generator) -> None:
     data, _ = _checkerboard(rng)
-    config = dataclasses.replace(preset("default"), batch_size=64, max_epochs=30, patience=2)
+    config = dataclasses.replace(PLAIN, batch_size=64, max_epochs=30, patience=2)
     val = (data.users[:100], data.movies[:100], -data.target[:100])  # inverted labels: validation loss rises
     result = train_model(data, config, seed=1, validation=val)
     assert result.epochs_run < 30
@@ -66,7 +67,7 @@ def test_history_alone_separates_users(rng: np.random.Generator) -> None:
     ids = np.where(kind[:, None] == 0, np.arange(1, 6), np.arange(21, 26)).astype(np.int32)  # rows 0-4 or 20-24, + 1
     values = np.full(ids.shape, 1.0, dtype=np.float32)
     flat = dataclasses.replace(data, user_x=np.ones((80, 1), np.float32), user_hist=History(ids, values))
-    config = dataclasses.replace(preset("default"), history_length=5, batch_size=64, max_epochs=25, softmax_weight=0.0, mse_weight=1.0)
+    config = dataclasses.replace(PLAIN, history_length=5, batch_size=64, max_epochs=25, softmax_weight=0.0, mse_weight=1.0)
     result = train_model(flat, config, seed=3)
     scores = predict_scores(result.model, flat.user_input(), flat.movie_x, np.repeat([0, 79], 40), np.tile(np.arange(40), 2))
     scores = scores.reshape(2, 40)
@@ -82,6 +83,6 @@ def test_example_budget_shrinks_epochs_not_their_number(rng: np.random.Generator
     assert examples_per_epoch(100, 20, 1000) == 50
     assert examples_per_epoch(10, 3, 1) == 1
     data, _ = _checkerboard(rng)
-    config = dataclasses.replace(preset("default"), batch_size=64, max_epochs=4, max_examples=600)
+    config = dataclasses.replace(PLAIN, batch_size=64, max_epochs=4, max_examples=600)
     result = train_model(data, config, seed=2)
     assert [h["examples"] for h in result.history] == [150] * 4
