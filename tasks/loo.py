@@ -57,7 +57,7 @@ class LeaveOneOut:
         """The arrays as constants for a training step (keys are the field names)."""
         import tensorflow as tf
 
-        return {k: tf.constant(v) for k, v in vars(self).items() if isinstance(v, np.ndarray)}
+        return {k: tf.constant(v) for k, v in vars(self).items() if isinstance(v, np.ndarray) and k != "movie_columns"}
 
 
 def _columns(names: list[str], wanted: list[str], what: str) -> np.ndarray:
