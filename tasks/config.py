@@ -4,7 +4,8 @@ A preset fixes the feature set and the training recipe. ``lab`` reproduces the
 course (raw mean-rating features, MSE only, Adam 0.01, batch 32, 30 epochs);
 ``default`` keeps the same architecture (two MLP towers, L2-normalized
 outputs, dot product, MinMax(-1, 1) rating target) but uses confidence-aware
-features and adds a popularity-corrected in-batch softmax beside the MSE.
+features, trains on leave-one-out rows (:mod:`tasks.loo`) and adds a
+popularity-corrected in-batch softmax beside the MSE.
 """
 
 from __future__ import annotations
@@ -63,13 +64,13 @@ class ModelConfig:
 
 
 PRESETS: dict[str, ModelConfig] = {
-    # Measured on ml-latest-small (per-user temporal protocol): early stopping on the global
-    # temporal holdout stops after one epoch (NDCG@10 0.077); 20 fixed epochs reach 0.104.
-    # With leave-one-out rows and MSE weight 40 (seeds 1, 2, 3, 42): NDCG@10 0.099-0.104, RMSE 0.879-0.881.
+    # Measured on ml-latest-small (per-user temporal protocol, benchmarks/quality.py, seeds 1, 2, 3, 42):
+    # NDCG@10 0.099-0.105 (ALS 0.084-0.086), RMSE 0.879-0.881. Early stopping on the global temporal
+    # holdout stopped after one epoch (NDCG@10 0.077), so the epochs are fixed.
     "default": ModelConfig(preset="default", features="confidence", max_epochs=20, patience=None),
     # The default's recipe tilted toward the rating: a history vector (the user's last 64 movies and
-    # how they rated them), more MSE weight, dropout and shrinkage, 10 epochs. Per-user protocol on
-    # ml-latest-small, seeds 1-3: NDCG@10 0.083-0.088, RMSE 0.893-0.901 (default: 0.104, 0.924).
+    # how they rated them), more MSE weight, dropout and shrinkage, 10 epochs. Same benchmark:
+    # NDCG@10 0.084-0.092, RMSE 0.867-0.874.
     "balanced": ModelConfig(
         preset="balanced",
         features="confidence",
