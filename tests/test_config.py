@@ -1,0 +1,31 @@
+"""The presets say what they promise: the lab preset is the course's recipe, the default is not."""
+
+from __future__ import annotations
+
+import pytest
+
+from tasks.config import ModelConfig, preset
+
+
+def test_lab_preset_is_the_course_recipe() -> None:
+    lab = preset("lab")
+    assert (lab.features, lab.hidden, lab.embedding_dim) == ("lab", (256, 128), 32)
+    assert (lab.learning_rate, lab.batch_size, lab.max_epochs, lab.patience) == (0.01, 32, 30, None)
+    assert (lab.softmax_weight, lab.dropout, lab.leave_one_out, lab.history_length) == (0.0, 0.0, False, 0)
+    assert (lab.normalize, lab.target_scale) == (True, "minmax")
+
+
+def test_default_keeps_the_architecture_and_changes_the_recipe() -> None:
+    default = preset("default")
+    assert (default.hidden, default.embedding_dim, default.normalize, default.target_scale) == ((256, 128), 32, True, "minmax")
+    assert default.features == "confidence" and default.leave_one_out and default.softmax_weight > 0 and default.logq_correction
+
+
+def test_overrides_and_round_trip() -> None:
+    config = preset("default", mse_weight=45.0, max_epochs=None)
+    assert config.mse_weight == 45.0 and config.max_epochs == preset("default").max_epochs  # None is ignored
+    assert ModelConfig.from_dict(config.to_dict()) == config
+    with pytest.raises(ValueError, match="unknown preset 'course'"):
+        preset("course")
+    with pytest.raises(ValueError, match=r"unknown model config keys \['epochs'\]"):
+        ModelConfig.from_dict({**config.to_dict(), "epochs": 3})
