@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 import scipy.sparse as sp
 
 from tasks.config import FeatureSet
@@ -55,15 +57,18 @@ def genre_matrix(genres: pd.Series) -> np.ndarray:
     return out
 
 
-def unknown_genres(genres: pd.Series) -> dict[str, int]:
-    """Count genre labels that are neither in :data:`GENRES` nor the no-genre marker."""
+def unknown_genres(genres: pd.Series | pa.Array | pa.ChunkedArray) -> dict[str, int]:
+    """Count genre labels that are neither in :data:`GENRES` nor the no-genre marker (in order of first appearance)."""
+    if not isinstance(genres, pa.Array | pa.ChunkedArray):
+        genres = pa.array(pd.Series(genres, dtype=object).fillna("").astype(str), pa.string())
+    labels = pc.list_flatten(pc.split_pattern(pc.fill_null(genres, ""), "|"))
+    counts = pc.value_counts(labels)
     known = set(GENRES) | {NO_GENRES, "Children's", ""}
-    counts: dict[str, int] = {}
-    for value in genres.fillna("").to_numpy():
-        for genre in str(value).split("|"):
-            if genre not in known:
-                counts[genre] = counts.get(genre, 0) + 1
-    return counts
+    return {
+        str(label): int(n)
+        for label, n in zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist(), strict=True)
+        if label not in known
+    }
 
 
 def confidence_user_columns(xp: Any, cnt: Any, total: Any, g_cnt: Any, g_sum: Any, mu: float, k: float) -> Any:
