@@ -14,8 +14,10 @@ directory, and shows in the UI. The slot is a lease of :data:`LEASE_SECONDS`
 renewed in the background; a run that dies keeps it until the lease lapses,
 except that a run which takes the file lock releases the lease its
 predecessor on this host recorded (that process is provably gone: it held
-the lock). Without a server (Prefect's ephemeral API) the file lock alone
-guards the directory.
+the lock). For the same reason it marks the predecessor's flow run Crashed if
+the server still shows it running: a process killed outright cannot report
+its own end, and would otherwise stay "Running" in the UI. Without a server
+(Prefect's ephemeral API) the file lock alone guards the directory.
 """
 
 from __future__ import annotations
@@ -100,18 +102,64 @@ def data_dir_lock(path: Path, *, server: bool | None = None) -> Iterator[None]:
         os.close(fd)
 
 
+def _logger() -> Any:
+    import logging
+
+    from prefect import get_run_logger
+    from prefect.exceptions import MissingContextError
+
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return logging.getLogger("towerflow.lock")
+
+
 def _server_in_use() -> bool:
     from prefect.settings import get_current_settings
 
     return bool(get_current_settings().api.url)
 
 
-def _flow_run_holder() -> Any:
-    from prefect.client.schemas.objects import ConcurrencyLeaseHolder
+def _flow_run_id() -> UUID | None:
     from prefect.context import FlowRunContext
 
     ctx = FlowRunContext.get()
-    return ConcurrencyLeaseHolder(type="flow_run", id=ctx.flow_run.id) if ctx and ctx.flow_run else None
+    return ctx.flow_run.id if ctx and ctx.flow_run else None
+
+
+def _flow_run_holder() -> Any:
+    from prefect.client.schemas.objects import ConcurrencyLeaseHolder
+
+    run_id = _flow_run_id()
+    return ConcurrencyLeaseHolder(type="flow_run", id=run_id) if run_id else None
+
+
+def crash_orphan(client: Any, previous: dict[str, Any], me: dict[str, Any]) -> str | None:
+    """Mark ``previous``'s flow run Crashed if the server still shows it unfinished; the run's name, or ``None``.
+
+    ``previous`` is what the lock file said about its last holder, which died
+    holding the lock (a holder that exits normally clears its run id): the
+    file lock is ours now, so that process is gone. Only a holder on this host is
+    judged; a failure to read or set the state is logged, never raised.
+    """
+    from prefect.states import Crashed
+
+    run_id = previous.get("flow_run_id")
+    if not run_id or previous.get("host") != me["host"]:
+        return None
+    try:
+        run = client.read_flow_run(UUID(str(run_id)))
+        if run.state is None or run.state.is_final():
+            return None
+        message = (
+            f"the process running it ({_describe(previous)}) ended without reporting a final state "
+            f"(killed, or its machine stopped); found by the next run on {me['host']} when it took the data-directory lock"
+        )
+        client.set_flow_run_state(run.id, Crashed(message=message), force=True)
+    except Exception as exc:
+        _logger().warning("could not mark the orphaned flow run %s Crashed: %s", run_id, exc)
+        return None
+    return str(run.name)
 
 
 def _acquire(client: Any, name: str, data_dir: Path) -> UUID:
@@ -146,9 +194,7 @@ def _renew(lease_id: UUID, stop: threading.Event) -> None:
             with get_client(sync_client=True) as client:
                 client.renew_concurrency_lease(lease_id, LEASE_SECONDS)
         except Exception as exc:  # a missed renewal is retried; the file lock still guards this machine
-            import logging
-
-            logging.getLogger("towerflow.lock").warning("could not renew the Prefect concurrency lease %s: %s", lease_id, exc)
+            _logger().warning("could not renew the Prefect concurrency lease %s: %s", lease_id, exc)
 
 
 @contextlib.contextmanager
@@ -165,8 +211,12 @@ def _server_slot(data_dir: Path, previous: dict[str, Any], me: dict[str, Any], f
             # Its run held the file lock, which is ours now: that process is gone, its lease is garbage.
             with contextlib.suppress(Exception):
                 client.release_concurrency_slots_with_lease(UUID(str(stale)))
+        orphan = crash_orphan(client, previous, me)
+        if orphan:
+            _logger().warning("marked flow run %r Crashed: it died holding the data directory %s", orphan, data_dir)
         lease_id = _acquire(client, name, data_dir)
-    _write_holder(fd, {**me, "lease_id": str(lease_id), "limit": name})
+    run_id = _flow_run_id()
+    _write_holder(fd, {**me, "lease_id": str(lease_id), "limit": name, **({"flow_run_id": str(run_id)} if run_id else {})})
     stop = threading.Event()
     renewer = threading.Thread(target=_renew, args=(lease_id, stop), name="towerflow-lease-renewal", daemon=True)
     renewer.start()

@@ -19,6 +19,7 @@ import time
 import zipfile
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 import pandas as pd
 import pyarrow.dataset as ds
@@ -228,6 +229,7 @@ def test_killed_runs_keep_published_outputs_and_resume(
     assert proc.wait(timeout=60) == -signal.SIGKILL
     seconds["killed during train"] = time.perf_counter() - started
     assert published_state(d) == before
+    killed = [json.loads((d / ".towerflow.lock").read_text())["flow_run_id"]]  # what the next run finds
 
     # 2. Killed after the second refit epoch: features and scalers come back from the first run.
     started = time.perf_counter()
@@ -238,6 +240,8 @@ def test_killed_runs_keep_published_outputs_and_resume(
     assert re.search(rf"Task run 'features-\w+' - {CACHED}", log) and re.search(rf"Task run 'scalers-\w+' - {CACHED}", log)
     assert re.search(r"refit epoch 2/3", log)
     assert published_state(d) == before
+    assert re.search(r"marked flow run '[\w-]+' Crashed: it died holding the data directory", log), log[-3000:]
+    killed.append(json.loads((d / ".towerflow.lock").read_text())["flow_run_id"])
 
     # 3. Killed in the middle of writing latest.json: train is reused, the killed refit runs again; the half-written
     #    file never has the published name. (Every other publish step: tests/test_resume.py, in process.)
@@ -257,6 +261,7 @@ def test_killed_runs_keep_published_outputs_and_resume(
     } | {f"outputs/metrics/run_date={RUN_DATE}/part-{version}.parquet"}
     assert [p.name for p in (d / "outputs").glob(".latest.json.*.tmp")], "the half-written latest.json temporary"
     assert assert_no_pickle(d) >= 4  # the stage results stored so far: JSON
+    killed.append(json.loads((d / ".towerflow.lock").read_text())["flow_run_id"])
 
     # 4. The same command again completes, reusing train and refit; outputs equal the clean run's.
     started = time.perf_counter()
@@ -264,6 +269,14 @@ def test_killed_runs_keep_published_outputs_and_resume(
     seconds["resumed to the end"] = time.perf_counter() - started
     assert code == 0, log[-3000:]
     assert f"rolled back the interrupted publish of {version}" in log
+    assert "flow_run_id" not in json.loads((d / ".towerflow.lock").read_text())  # a run that ends clears its id
+    # the killed runs, which could not report their end, are Crashed in the UI, not Running forever
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        for run_id in killed:
+            state = client.read_flow_run(UUID(run_id)).state
+            assert state is not None and state.is_crashed() and "ended without reporting" in str(state.message), state
     reused = re.search(r"resumed   reused from the interrupted run: (.*)", log)
     assert reused and {"features", "scalers", "train", "refit"} <= set(reused.group(1).split(", ")), log[-3000:]
     assert not re.search(r"(validate|refit) epoch \d+/", log)

@@ -93,3 +93,31 @@ def test_the_next_run_releases_the_lease_a_killed_run_left(tmp_path: Path, monke
         with pytest.raises(LockedError, match="held by another run"), data_dir_lock(path, server=True):
             pass
         client.release_concurrency_slots_with_lease(lease)
+
+
+@pytest.mark.flow
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_run_that_died_holding_the_lock_is_marked_crashed_and_no_other(tmp_path: Path) -> None:
+    """Only an unfinished run recorded by a holder on this host (provably gone: we hold its lock) is crashed."""
+    from prefect import flow
+    from prefect.client.orchestration import get_client
+    from prefect.states import Completed, Running
+
+    @flow(name="towerflow-lock-test")
+    def nothing() -> None:
+        """A flow to attach flow runs to."""
+
+    path, host = tmp_path / ".towerflow.lock", socket.gethostname()
+    with get_client(sync_client=True) as client:
+        cases = [
+            (client.create_flow_run(nothing, state=Running()), "another-host", "RUNNING"),  # may be alive elsewhere
+            (client.create_flow_run(nothing, state=Completed()), host, "COMPLETED"),  # ended: left alone
+            (client.create_flow_run(nothing, state=Running()), host, "CRASHED"),  # died holding the lock here
+        ]
+        for run, holder_host, expected in cases:
+            path.write_text(json.dumps({"pid": 999999, "host": holder_host, "flow_run_id": str(run.id)}))
+            with data_dir_lock(path, server=True):
+                assert "flow_run_id" not in json.loads(path.read_text())  # no flow run context: nothing to record
+            state = client.read_flow_run(run.id).state
+            assert state is not None and state.type.value == expected, (holder_host, state)
+        assert "pid 999999 on " + host in str(state.message)
