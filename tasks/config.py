@@ -47,6 +47,19 @@ class ModelConfig:
     normalize: bool = True
     target_scale: TargetScale = "minmax"
 
+    def __post_init__(self) -> None:
+        positive: dict[str, float] = {"embedding_dim": self.embedding_dim, "batch_size": self.batch_size, "max_epochs": self.max_epochs}
+        positive |= {"learning_rate": self.learning_rate, "temperature": self.temperature}
+        if self.features == "confidence":  # a user or movie with no (other) rating falls back on the prior alone
+            positive["shrinkage"] = self.shrinkage
+        for name, value in positive.items():
+            if not value > 0:
+                raise ValueError(f"model config {name} must be > 0, got {value!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"model config dropout must be in [0, 1), got {self.dropout!r}")
+        if any(width < 1 for width in self.hidden) or self.history_length < 0:
+            raise ValueError(f"model config needs hidden widths >= 1 and history_length >= 0, got {self.hidden}, {self.history_length}")
+
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["hidden"] = list(self.hidden)

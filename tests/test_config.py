@@ -29,3 +29,17 @@ def test_overrides_and_round_trip() -> None:
         preset("course")
     with pytest.raises(ValueError, match=r"unknown model config keys \['epochs'\]"):
         ModelConfig.from_dict({**config.to_dict(), "epochs": 3})
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ({"shrinkage": 0.0}, "shrinkage must be > 0, got 0.0"),
+        ({"temperature": -0.1}, "temperature must be > 0, got -0.1"),
+        ({"max_epochs": 0}, "max_epochs must be > 0, got 0"),
+        ({"dropout": 1.0}, r"dropout must be in \[0, 1\), got 1.0"),
+    ],
+)
+def test_bad_values_are_refused_by_name(override: dict[str, float], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        preset("default", **override)
