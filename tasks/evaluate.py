@@ -115,9 +115,12 @@ def als_lists(train: pd.DataFrame, users: np.ndarray, movie_ids: np.ndarray, k: 
     u = pd.Index(users).get_indexer(train["user_id"])
     m = pd.Index(movie_ids).get_indexer(train["movie_id"])
     matrix = sp.csr_matrix((np.ones(len(u), np.float32), (u, m)), shape=(len(users), len(movie_ids)))
-    model = AlternatingLeastSquares(factors=64, iterations=15, random_state=seed)
-    model.fit(matrix, show_progress=False)
-    ids, _ = model.recommend(np.arange(len(users)), matrix, N=k, filter_already_liked_items=True)
+    from threadpoolctl import threadpool_limits  # a scikit-learn dependency
+
+    with threadpool_limits(1, "blas"):  # implicit parallelizes itself and warns when BLAS threads too
+        model = AlternatingLeastSquares(factors=64, iterations=15, random_state=seed)
+        model.fit(matrix, show_progress=False)
+        ids, _ = model.recommend(np.arange(len(users)), matrix, N=k, filter_already_liked_items=True)
     return {int(users[i]): [int(movie_ids[j]) for j in row if j >= 0] for i, row in enumerate(ids)}
 
 
