@@ -40,24 +40,14 @@ def run() -> int:
     argv = ["evaluate", "--ratings", str(args.data / "ratings.csv"), "--movies", str(args.data / "movies.csv")]
     for name in args.presets:
         argv += ["--preset", name]
-    tables = []
     for seed in args.seeds:
-        print(f"\n== seed {seed}", flush=True)
-        out = args.output.with_suffix(f".seed{seed}.csv")
-        code = main([*argv, "--seed", str(seed), "--output", str(out)])
-        if code:
-            return code
-        tables.append(pd.read_csv(out).assign(seed=seed))
-        out.unlink()
-    table = pd.concat(tables, ignore_index=True)
-    table.to_csv(args.output, index=False)
-    summary = table.groupby("method", sort=False).agg(
-        ndcg_mean=("ndcg@10", "mean"), ndcg_min=("ndcg@10", "min"), ndcg_max=("ndcg@10", "max"),
-        rmse_mean=("rmse", "mean"), rmse_min=("rmse", "min"), rmse_max=("rmse", "max"),
-    )  # fmt: skip
-    print(f"\n== over seeds {args.seeds}")
-    print(summary.to_string(float_format=lambda v: f"{v:.4f}"))
-    if "two-tower (default)" in summary.index and any(m.startswith("als") for m in summary.index):
+        argv += ["--seed", str(seed)]
+    code = main([*argv, "--output", str(args.output)])  # prints every seed's table and, for several, mean and range
+    if code:
+        return code
+    table = pd.read_csv(args.output)
+    methods = set(table["method"])
+    if "two-tower (default)" in methods and any(m.startswith("als") for m in methods):
         by_seed = table.pivot(index="seed", columns="method", values="ndcg@10")
         als = next(m for m in by_seed.columns if m.startswith("als"))
         rmse = table[table.method == "two-tower (default)"].set_index("seed")["rmse"]

@@ -88,7 +88,7 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--preset", action="append", choices=sorted(PRESETS), help="model preset(s) to evaluate (repeatable; default: default)")
     ev.add_argument("--k", type=int, default=10)
     ev.add_argument("--holdout", type=float, default=0.2, help="share of each user's most recent ratings held out (default: 0.2)")
-    ev.add_argument("--seed", type=int, default=42)
+    ev.add_argument("--seed", type=int, action="append", help="seed (repeatable: one run per seed, then mean and range; default: 42)")
     ev.add_argument("--max-epochs", type=int, help="override the presets' epoch limit")
     ev.add_argument("--no-als", action="store_true", help="skip the ALS baseline")
     ev.add_argument("--output", type=Path, help="also write the table to this CSV file")
@@ -194,8 +194,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     import tempfile
 
+    import pandas as pd
+
     from tasks.config import preset
-    from tasks.evaluate import compare, fit, split_per_user
+    from tasks.evaluate import compare, fit, over_seeds, split_per_user
     from tasks.ingest import ingest
     from tasks.runtime import default_threads, pin_threads
     from tasks.stages import load_movies, load_ratings
@@ -207,19 +209,26 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     hold = split_per_user(ratings, args.holdout)
     train, test = ratings[~hold], ratings[hold]
     print(f"per-user temporal split: {len(train):,} train / {len(test):,} held-out ratings, {stats.users:,} users, {len(movies):,} movies")
-    models = {}
-    for name in args.preset or ["default"]:
-        config = preset(name, max_epochs=args.max_epochs)
-        print(f"training preset {name} ...", flush=True)
-        fitted = fit(train, movies, config, args.seed)
-        print(f"  {fitted.best_epoch} epochs, {fitted.seconds:.0f} s")
-        models[f"two-tower ({name})"] = fitted
-    table = compare(train, test, movies, models, k=args.k, seed=args.seed, with_als=not args.no_als, log=print)
-    table = table.rename(columns={c: f"{c}@{args.k}" for c in ("precision", "recall", "ndcg", "map", "hit_rate")})
-    print(table.drop(columns=["users"]).to_string(index=False, float_format=lambda v: f"{v:.4f}"))
-    print(f"relevant = held-out rating >= 4; {int(table['users'].iloc[0])} users with a relevant held-out movie; seen movies excluded")
+    tables = []
+    for seed in args.seed or [42]:
+        models = {}
+        for name in args.preset or ["default"]:
+            print(f"training preset {name} (seed {seed}) ...", flush=True)
+            fitted = fit(train, movies, preset(name, max_epochs=args.max_epochs), seed)
+            print(f"  {fitted.best_epoch} epochs, {fitted.seconds:.0f} s")
+            models[f"two-tower ({name})"] = fitted
+        table = compare(train, test, movies, models, k=args.k, seed=seed, with_als=not args.no_als, log=print)
+        shown = table.rename(columns={c: f"{c}@{args.k}" for c in ("precision", "recall", "ndcg", "map", "hit_rate")})
+        print(shown.drop(columns=["users"]).to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+        tables.append(shown.assign(seed=seed))
+    print(f"relevant = held-out rating >= 4; {int(tables[0]['users'].iloc[0])} users with a relevant held-out movie; seen movies excluded")
+    both = pd.concat(tables, ignore_index=True)
+    if len(tables) > 1:
+        print(f"over seeds {', '.join(str(s) for s in args.seed)}:")
+        summary = over_seeds(both, (f"ndcg@{args.k}", f"recall@{args.k}", "rmse"))
+        print(summary.to_string(float_format=lambda v: f"{v:.4f}"))
     if args.output:
-        table.to_csv(args.output, index=False)
+        both.to_csv(args.output, index=False)
     return 0
 
 

@@ -173,3 +173,12 @@ def compare(
         row["rmse"] = model_rmse(models[name], test) if name in models else float("nan")
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def over_seeds(table: pd.DataFrame, metrics: tuple[str, ...] = ("ndcg", "recall", "rmse")) -> pd.DataFrame:
+    """Mean, min and max of ``metrics`` per method over the rows of several seeds (methods in first-seen order)."""
+    missing = [c for c in ("method", *metrics) if c not in table.columns]
+    if missing:
+        raise ValueError(f"table lacks columns {missing}; it has {list(table.columns)}")
+    stats = {f"{m}_{how}": (m, how) for m in metrics for how in ("mean", "min", "max")}
+    return table.groupby("method", sort=False).agg(**stats)

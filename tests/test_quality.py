@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
 
-from tasks.evaluate import popularity_lists, split_per_user
+from tasks.evaluate import over_seeds, popularity_lists, split_per_user
 from tasks.quality import QualityGateError, check_gate
 
 
@@ -34,3 +36,31 @@ def test_popularity_excludes_seen_and_orders_by_count() -> None:
     train = pd.DataFrame({"user_id": [1, 2, 2, 3, 3, 3], "movie_id": [10, 10, 20, 10, 20, 30]})
     lists = popularity_lists(train, np.array([1, 3]), np.array([10, 20, 30, 40]), k=2)
     assert lists == {1: [20, 30], 3: [40]}
+
+
+def test_over_seeds_by_hand() -> None:
+    table = pd.DataFrame({"method": ["pop", "model", "pop", "model"], "ndcg": [0.07, 0.10, 0.07, 0.12], "rmse": [np.nan, 0.9, np.nan, 0.8]})
+    out = over_seeds(table, ("ndcg", "rmse"))
+    assert list(out.index) == ["pop", "model"]  # first-seen order
+    assert out.loc["model", "ndcg_mean"] == pytest.approx(0.11) and out.loc["model", "ndcg_min"] == pytest.approx(0.10)
+    assert out.loc["model", "rmse_max"] == pytest.approx(0.9) and np.isnan(out.loc["pop", "rmse_mean"])
+    with pytest.raises(ValueError, match=r"lacks columns \['recall'\]"):
+        over_seeds(table, ("recall",))
+
+
+@pytest.mark.train
+def test_evaluate_command_over_two_seeds(tiny_data: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from flows.cli import main
+
+    ratings, movies = tiny_data
+    out = tmp_path / "table.csv"
+    argv = ["evaluate", "--ratings", str(ratings), "--movies", str(movies), "--max-epochs", "1", "--no-als"]
+    assert main([*argv, "--seed", "1", "--seed", "2", "--output", str(out)]) == 0
+    table = pd.read_csv(out)
+    assert sorted(zip(table["seed"], table["method"], strict=True)) == [
+        (s, m) for s in (1, 2) for m in ("most-popular", "two-tower (default)")
+    ]
+    model = table[table["method"] == "two-tower (default)"]
+    assert model["rmse"].between(0.3, 2.5).all() and model["ndcg@10"].between(0.0, 1.0).all()
+    printed = capsys.readouterr().out
+    assert "over seeds 1, 2:" in printed and "ndcg@10_mean" in printed
