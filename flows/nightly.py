@@ -264,12 +264,13 @@ def nightly(params: NightlyParams = NightlyParams()) -> dict[str, Any]:  # noqa:
         # one task per shard on the flow's task runner (threads, or Dask: flows/runners.py); parts in shard order
         recs = run(
             "recommend", shards.recommend_all, ingested["ratings"], exported["model_dir"], str(work / "recommendations"),
-            params.k, version, params.chunk_size, params.shard_size,
+            params.k, version, params.chunk_size, params.shard_size, str(work),
         )  # fmt: skip
         similar = run(
             "similar", shards.similar_all, exported["model_dir"], str(work / "similar_movies"),
-            params.k, params.chunk_size, params.shard_size,
+            params.k, params.chunk_size, params.shard_size, str(work),
         )  # fmt: skip
+        run.cached += [name for name, out in (("recommend", recs), ("similar", similar)) if out["shards_reused"] == out["shards"]]
         extra = {
             "preset": params.preset,
             "k": params.k,

@@ -8,6 +8,10 @@ shards finish, and return the part files in shard order for publishing.
 Tasks get paths and row ranges, never models or indexes. This module imports
 neither TensorFlow nor ``flows.nightly``, so a Dask worker that unpickles a
 shard task loads only FAISS, pyarrow and the scoring code.
+
+Each shard is a resumable stage (:func:`flows.caching.stage_task`, results in
+``work/.results``): a night that crashed half-way through scoring, or after it,
+re-runs only the shards whose part file is missing or changed.
 """
 
 from __future__ import annotations
@@ -16,23 +20,23 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from prefect import get_run_logger, task
-from prefect.cache_policies import NO_CACHE
+from prefect import get_run_logger
 from prefect.futures import PrefectFuture, as_completed
 
+from flows.caching import RESULTS_DIR, stage_task
 from flows.report import Progress
 from flows.runners import io_retry as _io_retry
 from tasks import shards as scoring
 
 
-@task(
-    name="recommend-shard",
+@stage_task(
+    "recommend-shard",
+    outputs=("out_path",),
     task_run_name="recommend-shard-{shard}-of-{shards}",
     tags=["scoring", "recommend"],
     retries=2,
     retry_delay_seconds=[2, 10],
     retry_condition_fn=_io_retry,
-    cache_policy=NO_CACHE,
 )
 def recommend_shard_task(
     ratings: str, model_dir: str, out_path: str, k: int, version: str, chunk_size: int, start: int, stop: int, shard: int, shards: int
@@ -46,14 +50,14 @@ def recommend_shard_task(
     return scoring.run_recommend_shard(Path(ratings), Path(model_dir), Path(out_path), k, version, chunk_size, start, stop, on_chunk)
 
 
-@task(
-    name="similar-shard",
+@stage_task(
+    "similar-shard",
+    outputs=("out_path",),
     task_run_name="similar-shard-{shard}-of-{shards}",
     tags=["scoring", "similar"],
     retries=2,
     retry_delay_seconds=[2, 10],
     retry_condition_fn=_io_retry,
-    cache_policy=NO_CACHE,
 )
 def similar_shard_task(
     model_dir: str, out_path: str, k: int, chunk_size: int, start: int, stop: int, shard: int, shards: int
@@ -64,49 +68,66 @@ def similar_shard_task(
     return out
 
 
-def _gather(futures: list[PrefectFuture[dict[str, Any]]], progress: Progress, noun: str, total: int) -> list[dict[str, Any]]:
-    """Results in submission (shard) order; progress moves as shards finish, in any order."""
+def _in(task: Any, work: str) -> Any:
+    """The shard task with its results kept in the run's work directory (what makes it resumable)."""
+    return task.with_options(result_storage=Path(work) / RESULTS_DIR)
+
+
+def _gather(futures: list[PrefectFuture[dict[str, Any]]], progress: Progress, noun: str, total: int) -> tuple[list[dict[str, Any]], int]:
+    """Results in submission (shard) order and how many came from the cache; progress moves as shards finish."""
     position = {future: i for i, future in enumerate(futures)}
     results: list[dict[str, Any] | None] = [None] * len(futures)
-    done = 0
+    done = reused = 0
     for future in as_completed(futures):
         out = future.result()  # raises the shard's error; the flow names the stage
         results[position[future]] = out
+        reused += future.state.name == "Cached"
         done += int(out.get(noun, 0))
         finished = sum(r is not None for r in results)
         progress.update(done / max(1, total), f"{finished} of {len(futures)} shards, {done:,} of {total:,} {noun}")
-    return [r for r in results if r is not None]
+    if reused:
+        get_run_logger().info("%d of %d shards reused from an interrupted run (their part files verified)", reused, len(futures))
+    return [r for r in results if r is not None], reused
 
 
-def recommend_all(ratings: str, model_dir: str, out_dir: str, k: int, version: str, chunk_size: int, shard_size: int) -> dict[str, Any]:
-    """Submit one recommend task per shard of ``shard_size`` users; the parts in shard order and their totals."""
+def recommend_all(
+    ratings: str, model_dir: str, out_dir: str, k: int, version: str, chunk_size: int, shard_size: int, work: str
+) -> dict[str, Any]:
+    """Submit one recommend task per shard of ``shard_size`` users; the parts in shard order and their totals.
+
+    Shard results are kept in ``work/.results``; ``shards_reused`` counts those a previous attempt had finished.
+    """
     n = scoring.count_rows(Path(model_dir))["users"]
     bounds = scoring.shard_bounds(n, shard_size)
     progress = Progress("towerflow-recommend-progress", f"recommend: {len(bounds)} shards of up to {shard_size:,} users")
     futures = [
-        recommend_shard_task.submit(
+        _in(recommend_shard_task, work).submit(
             ratings, model_dir, str(Path(out_dir) / f"part-{i:05d}.parquet"), k, version, chunk_size, start, stop, i + 1, len(bounds)
         )
         for i, (start, stop) in enumerate(bounds)
     ]
-    results = _gather(futures, progress, "users", n)
+    results, reused = _gather(futures, progress, "users", n)
     hist = np.sum([r["score_hist"] for r in results], axis=0)
     return {
         "parts": [r["path"] for r in results],
+        "shards": len(results),
+        "shards_reused": reused,
         "rows": sum(r["rows"] for r in results),
         "users": sum(r["users"] for r in results),
         "score_hist": [int(c) for c in hist],
     }
 
 
-def similar_all(model_dir: str, out_dir: str, k: int, chunk_size: int, shard_size: int) -> dict[str, Any]:
-    """Submit one similar-movies task per shard of ``shard_size`` movies; the parts in shard order."""
+def similar_all(model_dir: str, out_dir: str, k: int, chunk_size: int, shard_size: int, work: str) -> dict[str, Any]:
+    """Submit one similar-movies task per shard of ``shard_size`` movies; the parts in shard order (results in ``work``)."""
     n = scoring.count_rows(Path(model_dir))["movies"]
     bounds = scoring.shard_bounds(n, shard_size)
     progress = Progress("towerflow-similar-progress", f"similar movies: {len(bounds)} shards of up to {shard_size:,} movies")
+    shard = _in(similar_shard_task, work)
     futures = [
-        similar_shard_task.submit(model_dir, str(Path(out_dir) / f"part-{i:05d}.parquet"), k, chunk_size, start, stop, i + 1, len(bounds))
+        shard.submit(model_dir, str(Path(out_dir) / f"part-{i:05d}.parquet"), k, chunk_size, start, stop, i + 1, len(bounds))
         for i, (start, stop) in enumerate(bounds)
     ]
-    results = _gather(futures, progress, "movies", n)
-    return {"parts": [r["path"] for r in results], "rows": sum(r["rows"] for r in results), "movies": n}
+    results, reused = _gather(futures, progress, "movies", n)
+    parts = [r["path"] for r in results]
+    return {"parts": parts, "shards": len(results), "shards_reused": reused, "rows": sum(r["rows"] for r in results), "movies": n}

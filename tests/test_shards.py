@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -113,3 +114,31 @@ def test_plots_are_png_files(tmp_path: Path) -> None:
     ):
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert sorted(p.name for p in (tmp_path / "r").iterdir()) == ["loss.png", "s.png"]  # no temporary file left behind
+
+
+@pytest.mark.flow
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_rerun_reuses_finished_shards_and_redoes_a_missing_one(model_dir: tuple[Path, Path], tmp_path: Path) -> None:
+    """Shards are resumable stages: a re-run with the same inputs reruns only the shard whose part file is gone."""
+    from prefect import flow
+
+    from flows.shards import recommend_all, similar_all
+
+    d, store = model_dir
+    work = tmp_path / "work"
+
+    @flow(name="towerflow-shards-test")
+    def score() -> tuple[dict[str, Any], dict[str, Any]]:
+        recs = recommend_all(str(store), str(d), str(work / "recommendations"), K, "v1", 16, 20, str(work))
+        return recs, similar_all(str(d), str(work / "similar_movies"), K, 16, 15, str(work))
+
+    recs, similar = score()
+    assert (recs["shards"], recs["shards_reused"], similar["shards"], similar["shards_reused"]) == (3, 0, 3, 0)
+    tables = {p: pq.read_table(p) for p in recs["parts"] + similar["parts"]}
+    recs, similar = score()
+    assert (recs["shards_reused"], similar["shards_reused"]) == (3, 3)
+    Path(recs["parts"][1]).unlink()
+    recs, similar = score()
+    assert (recs["shards_reused"], similar["shards_reused"]) == (2, 3)
+    for p in recs["parts"] + similar["parts"]:
+        assert pq.read_table(p).equals(tables[p]), p
