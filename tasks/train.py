@@ -87,14 +87,15 @@ class _Steps:
         # 1024 ratings has far fewer distinct movies, and the gradient is the same sum either way.
         if self.H is None:
             users, u_pos = tf.unique(u)
-            ue = tf.gather(self._user(tf.gather(self.U, users), users, None, training), u_pos)
+            ue = tf.gather(self.user_tower(tf.gather(self.U, users), training=training), u_pos)
         else:
             ue = self._user(tf.gather(self.U, u), u, m, training)
         movies, m_pos = tf.unique(m)
         return ue, tf.gather(self.movie_tower(tf.gather(self.M, movies), training=training), m_pos)
 
-    def _user(self, x: tf.Tensor, u: tf.Tensor, m: tf.Tensor | None, training: bool) -> tf.Tensor:
-        if self.H is None or self.V is None or m is None:
+    def _user(self, x: tf.Tensor, u: tf.Tensor, m: tf.Tensor, training: bool) -> tf.Tensor:
+        """The user tower on rows ``x`` of examples (user ``u``, movie ``m``), with the history input if it has one."""
+        if self.H is None or self.V is None:
             return self.user_tower(x, training=training)
         # the history input depends on the target (left out of the history it is predicted from)
         h = tf.gather(self.H, u)
