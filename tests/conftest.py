@@ -17,6 +17,12 @@ from tasks.runtime import set_thread_env
 
 set_thread_env(2)
 
+# Prefect configures logging when first imported (logging.config.dictConfig), which closes every handler
+# that exists by then. Imported after TensorFlow had run under pytest's capture, that closed absl's handler
+# and with it pytest's captured stderr ("I/O operation on closed file" in the next test: e.g.
+# `pytest tests/test_train.py tests/test_incremental.py`). Configure Prefect's logging first, here.
+import prefect.main  # noqa: E402, F401
+
 
 @pytest.fixture
 def rng() -> np.random.Generator:
