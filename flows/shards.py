@@ -29,15 +29,20 @@ from flows.runners import io_retry as _io_retry
 from tasks import shards as scoring
 
 
-@stage_task(
-    "recommend-shard",
-    outputs=("out_path",),
-    task_run_name="recommend-shard-{shard}-of-{shards}",
-    tags=["scoring", "recommend"],
-    retries=2,
-    retry_delay_seconds=[2, 10],
-    retry_condition_fn=_io_retry,
-)
+def _shard_task(kind: str) -> Any:
+    """A resumable shard stage writing ``out_path``, retried on I/O errors only."""
+    return stage_task(
+        f"{kind}-shard",
+        outputs=("out_path",),
+        task_run_name=f"{kind}-shard-{{shard}}-of-{{shards}}",
+        tags=["scoring", kind],
+        retries=2,
+        retry_delay_seconds=[2, 10],
+        retry_condition_fn=_io_retry,
+    )
+
+
+@_shard_task("recommend")
 def recommend_shard_task(
     ratings: str, model_dir: str, out_path: str, k: int, version: str, chunk_size: int, start: int, stop: int, shard: int, shards: int
 ) -> dict[str, Any]:
@@ -50,15 +55,7 @@ def recommend_shard_task(
     return scoring.run_recommend_shard(Path(ratings), Path(model_dir), Path(out_path), k, version, chunk_size, start, stop, on_chunk)
 
 
-@stage_task(
-    "similar-shard",
-    outputs=("out_path",),
-    task_run_name="similar-shard-{shard}-of-{shards}",
-    tags=["scoring", "similar"],
-    retries=2,
-    retry_delay_seconds=[2, 10],
-    retry_condition_fn=_io_retry,
-)
+@_shard_task("similar")
 def similar_shard_task(
     model_dir: str, out_path: str, k: int, chunk_size: int, start: int, stop: int, shard: int, shards: int
 ) -> dict[str, Any]:
