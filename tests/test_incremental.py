@@ -93,23 +93,24 @@ def test_drop_folder_takes_ratings_files_by_name(tmp_path: Path) -> None:
         expand(str(folder / "sub"))
 
 
-def test_cross_file_duplicate_latest_wins(tiny_data: tuple[Path, Path], tmp_path: Path) -> None:
+def _ingest_two(tiny_data: tuple[Path, Path], tmp_path: Path, first: str, second: str) -> dict[str, Any]:
+    """Ingest two ratings files of (user, rating, timestamp) rows, all for the catalog's first movie, in this order."""
     movie = int(pd.read_csv(tiny_data[1]).movieId.iloc[0])
-    header = "userId,movieId,rating,timestamp\n"
-    (tmp_path / "1.csv").write_text(header + f"1,{movie},2.0,100\n2,{movie},3.0,500\n")
-    (tmp_path / "2.csv").write_text(header + f"1,{movie},5.0,200\n2,{movie},1.0,400\n3,{movie},4.0,300\n")
-    out = run_incremental_ingest([str(tmp_path / "1.csv"), str(tmp_path / "2.csv")], tiny_data[1], tmp_path / "data", DAY)
+    for name, rows in (("1.csv", first), ("2.csv", second)):
+        lines = [f"{u},{movie},{r},{t}" for u, r, t in (row.split(",") for row in rows.split())]
+        (tmp_path / name).write_text("userId,movieId,rating,timestamp\n" + "\n".join(lines) + "\n")
+    return run_incremental_ingest([str(tmp_path / "1.csv"), str(tmp_path / "2.csv")], tiny_data[1], tmp_path / "data", DAY)
+
+
+def test_cross_file_duplicate_latest_wins(tiny_data: tuple[Path, Path], tmp_path: Path) -> None:
+    out = _ingest_two(tiny_data, tmp_path, "1,2.0,100 2,3.0,500", "1,5.0,200 2,1.0,400 3,4.0,300")
     got = pd.read_parquet(out["ratings"]).set_index("user_id").rating.to_dict()
     assert got == {1: 5.0, 2: 3.0, 3: 4.0}  # user 2's later rating is in the earlier file
     assert out["stats"]["duplicates_across_files"] == 2 and out["stats"]["users"] == 3
 
 
 def test_combine_breaks_timestamp_ties_by_later_file(tiny_data: tuple[Path, Path], tmp_path: Path) -> None:
-    movie = int(pd.read_csv(tiny_data[1]).movieId.iloc[0])
-    header = "userId,movieId,rating,timestamp\n"
-    (tmp_path / "1.csv").write_text(header + f"1,{movie},2.0,100\n")
-    (tmp_path / "2.csv").write_text(header + f"1,{movie},4.5,100\n")
-    out = run_incremental_ingest([str(tmp_path / "1.csv"), str(tmp_path / "2.csv")], tiny_data[1], tmp_path / "data", DAY)
+    out = _ingest_two(tiny_data, tmp_path, "1,2.0,100", "1,4.5,100")
     assert pd.read_parquet(out["ratings"]).rating.tolist() == [4.5]
     assert combine([Path(out["ratings"])], tmp_path / "again.parquet") == (0, 1, 1)
 
