@@ -60,18 +60,19 @@ def machine() -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scale", choices=sorted(SCALES), default="2.5m")
+    parser.add_argument("--law", choices=("taste", "popularity"), default="taste", help="what drives the generated picks")
     parser.add_argument("--work", type=Path, default=Path("/tmp/towerflow-bench"), help="generated data and run directories")
     parser.add_argument("extra", nargs="*", help="extra arguments for towerflow run (after --)")
     args = parser.parse_args()
     name, users, movies, per_user, target_s, target_gb = SCALES[args.scale]
-    data = args.work / name
+    data = args.work / (name if args.law == "taste" else f"{name}-{args.law}")
     if not (data / "ratings.csv").exists():
         from tasks.generate import generate
 
         t0 = time.perf_counter()
-        out = generate(data, n_users=users, n_movies=movies, mean_ratings_per_user=per_user)
+        out = generate(data, n_users=users, n_movies=movies, mean_ratings_per_user=per_user, law=args.law)
         print(f"generated {out.n_ratings:,} ratings in {time.perf_counter() - t0:.0f} s -> {data}", flush=True)
-    run_dir = args.work / f"run-{name}"
+    run_dir = args.work / f"run-{data.name}"
     shutil.rmtree(run_dir, ignore_errors=True)
     towerflow = Path(sys.executable).with_name("towerflow")
     cmd = [

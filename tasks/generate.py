@@ -27,6 +27,33 @@ WORDS_B = ["River", "Night", "Empire", "Garden", "Signal", "Harbor", "Machine", 
 
 
 @dataclass(frozen=True)
+class Law:
+    """What drives the movies a user picks: P(movie) ~ popularity x exp(taste_strength x genre affinity).
+
+    Popularity is Zipf-like (rank ** -popularity_exponent, ranks shuffled over the
+    catalog) times exp(quality_pull x quality). Ratings follow the same formula
+    under every law (quality, user bias, genre taste, noise).
+    """
+
+    taste_strength: float = 3.0
+    popularity_exponent: float = 0.9
+    quality_pull: float = 0.6
+
+    def __post_init__(self) -> None:
+        if self.taste_strength < 0 or self.popularity_exponent < 0:
+            raise ValueError(f"law needs taste_strength >= 0 and popularity_exponent >= 0, got {self}")
+
+
+LAWS: dict[str, Law] = {
+    # Picks led by genre taste: the embedded default, on which content features carry the signal.
+    "taste": Law(),
+    # Picks led by popularity: tastes weak, popular (and good) movies rated by most users, as on
+    # catalogs where most-popular is hard to beat.
+    "popularity": Law(taste_strength=0.5, popularity_exponent=0.9, quality_pull=1.0),
+}
+
+
+@dataclass(frozen=True)
 class GeneratedData:
     ratings_csv: Path
     movies_csv: Path
@@ -54,10 +81,17 @@ def generate(
     mean_ratings_per_user: float = 80.0,
     seed: int = 7,
     cold_movie_fraction: float = 0.03,
+    law: Law | str = "taste",
 ) -> GeneratedData:
-    """Write ``ratings.csv`` and ``movies.csv`` to ``out_dir``; same arguments give the same bytes."""
+    """Write ``ratings.csv`` and ``movies.csv`` to ``out_dir``; same arguments give the same bytes.
+
+    ``law`` decides what users pick: a :class:`Law` or the name of one in :data:`LAWS`.
+    """
     if n_users < 1 or n_movies < 30:
         raise ValueError(f"need n_users >= 1 and n_movies >= 30, got {n_users} users, {n_movies} movies")
+    law = LAWS[law] if isinstance(law, str) and law in LAWS else law
+    if not isinstance(law, Law):
+        raise ValueError(f"unknown law {law!r}; choose one of {sorted(LAWS)}")
     rng = np.random.default_rng(seed)
     n_g = len(GENRES)
     # Movies: 1-3 genres, a year, a quality and a Zipf-like popularity.
@@ -69,7 +103,7 @@ def generate(
     years = np.clip(np.round(2024 - rng.gamma(2.0, 11.0, n_movies)), 1920, 2023).astype(int)
     years[rng.random(n_movies) < 0.01] = 0  # no year in the title
     quality = rng.normal(0.0, 0.45, n_movies)
-    popularity = rng.permutation(np.arange(1, n_movies + 1) ** -0.9) * np.exp(0.6 * quality)
+    popularity = rng.permutation(np.arange(1, n_movies + 1) ** -law.popularity_exponent) * np.exp(law.quality_pull * quality)
     cold = rng.random(n_movies) < cold_movie_fraction
     popularity[cold] = 0.0
     # Users: 1-3 favourite genres, a rating bias, an activity level.
@@ -94,7 +128,7 @@ def generate(
     ratings_csv = out_dir / "ratings.csv"
     start = rng.integers(946_684_800, 1_420_070_400, n_users)  # 2000-01-01 .. 2015-01-01
     n_rows = 0
-    sampler = _Sampler(movie_genres, popularity)
+    sampler = _Sampler(movie_genres, popularity, law.taste_strength)
     with atomic_path(ratings_csv) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
         fh.write("userId,movieId,rating,timestamp\n")
         for lo in range(0, n_users, USER_BLOCK):
@@ -106,7 +140,7 @@ def generate(
 
 
 class _Sampler:
-    """Draws movies with probability proportional to popularity x exp(3 x genre affinity).
+    """Draws movies with probability proportional to popularity x exp(taste_strength x genre affinity).
 
     Movies are grouped by their genre set (a few hundred groups), so a user's
     weights are computed per group, not per movie: pick a group by its total
@@ -116,7 +150,8 @@ class _Sampler:
     an exact per-movie weighted draw at a cost per rating, not per catalog movie.
     """
 
-    def __init__(self, movie_genres: np.ndarray, popularity: np.ndarray) -> None:
+    def __init__(self, movie_genres: np.ndarray, popularity: np.ndarray, taste_strength: float = 3.0) -> None:
+        self.taste_strength = taste_strength
         groups, self.group_of = np.unique(movie_genres, axis=0, return_inverse=True)
         self.group_affinity = groups / np.maximum(groups.sum(axis=1, keepdims=True), 1)
         self.group_pop = np.bincount(self.group_of, weights=popularity, minlength=len(groups))
@@ -127,7 +162,7 @@ class _Sampler:
         self.key = grp + within / np.maximum(self.group_pop[grp], 1e-300)  # increasing: group g spans (g, g + 1]
 
     def draw(self, rng: np.random.Generator, taste: np.ndarray, count: int) -> np.ndarray:
-        weight = self.group_pop * np.exp(3.0 * (self.group_affinity @ taste))
+        weight = self.group_pop * np.exp(self.taste_strength * (self.group_affinity @ taste))
         cdf = np.cumsum(weight)
         cdf /= cdf[-1]
         picks = np.empty(0, dtype=np.int64)

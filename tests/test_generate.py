@@ -6,9 +6,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from tasks.features import genre_matrix
-from tasks.generate import generate
+from tasks.generate import Law, generate
 
 
 def test_deterministic_bytes(tmp_path: Path) -> None:
@@ -36,3 +37,27 @@ def test_movielens_shape_and_planted_tastes(tmp_path: Path) -> None:
     per_user = pd.DataFrame(g[row]).groupby(ratings.userId.to_numpy()).mean()
     lift = per_user.max(axis=1) / g.mean(axis=0)[per_user.to_numpy().argmax(axis=1)]
     assert lift.median() > 1.5
+
+
+def _top_share_and_lift(data_dir: Path, law: str) -> tuple[float, float]:
+    data = generate(data_dir, n_users=150, n_movies=300, mean_ratings_per_user=40, seed=2, law=law)
+    ratings, movies = pd.read_csv(data.ratings_csv), pd.read_csv(data.movies_csv)
+    counts = ratings.movieId.value_counts()
+    g = genre_matrix(movies.genres)
+    row = pd.Index(movies.movieId).get_indexer(ratings.movieId)
+    per_user = pd.DataFrame(g[row]).groupby(ratings.userId.to_numpy()).mean()
+    lift = per_user.max(axis=1) / g.mean(axis=0)[per_user.to_numpy().argmax(axis=1)]
+    return counts.iloc[: len(counts) // 10].sum() / len(ratings), float(lift.median())
+
+
+def test_popularity_law_concentrates_picks_and_weakens_tastes(tmp_path: Path) -> None:
+    taste_top, taste_lift = _top_share_and_lift(tmp_path / "taste", "taste")
+    pop_top, pop_lift = _top_share_and_lift(tmp_path / "popularity", "popularity")
+    assert pop_top > taste_top and pop_lift < taste_lift
+
+
+def test_unknown_law_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="unknown law 'fashion'"):
+        generate(tmp_path, n_users=5, n_movies=40, law="fashion")
+    with pytest.raises(ValueError, match="taste_strength >= 0"):
+        Law(taste_strength=-1.0)
