@@ -194,7 +194,8 @@ def run() -> int:
         print(f"no ratings.csv in {args.data}; download ml-latest-small from GroupLens and pass --data", file=sys.stderr)
         return 2
     from tasks import ablation
-    from tasks.evaluate import compare, split_per_user
+    from tasks.evaluate import compare
+    from tasks.features import per_user_holdout
     from tasks.runtime import default_threads, pin_threads
 
     threads = default_threads()
@@ -202,7 +203,7 @@ def run() -> int:
     pin_threads(threads)
     started = time.perf_counter()
     ratings, movies = load(args.data)
-    hold = split_per_user(ratings, args.holdout)
+    hold = per_user_holdout(ratings, args.holdout)
     train, test = ratings[~hold], ratings[hold]
     print(f"per-user temporal split: {len(train):,} train / {len(test):,} held-out ratings, {len(movies):,} movies, seed {args.seed}")
     rows, histories = ablation.run(train, test, movies, args.seed, args.k, args.max_epochs, args.only, log=print)

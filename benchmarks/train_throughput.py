@@ -35,8 +35,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from tasks.config import preset  # noqa: E402
-from tasks.evaluate import split_per_user  # noqa: E402
-from tasks.features import compute_features  # noqa: E402
+from tasks.features import compute_features, per_user_holdout  # noqa: E402
 from tasks.scalers import fit_scalers  # noqa: E402
 from tasks.stages import prepared  # noqa: E402
 
@@ -65,7 +64,7 @@ def main() -> int:
     from tasks.train import TrainData, predict_scores, train_model
 
     ratings, movies = load(args.data)
-    hold = split_per_user(ratings, 0.2)
+    hold = per_user_holdout(ratings, 0.2)
     train, test = ratings[~hold], ratings[hold]
     config = dataclasses.replace(preset("lab"), max_epochs=args.epochs, max_examples=None)
     feats = compute_features(train, movies, np.sort(train["user_id"].unique()), config.features)

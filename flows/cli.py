@@ -7,6 +7,7 @@ the file, row or stage at fault.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import os
 import sys
@@ -15,6 +16,7 @@ from typing import Any
 
 from flows import query_cli, serve
 from tasks.config import PRESETS
+from tasks.generate import LAWS
 
 
 def _quiet_env() -> None:
@@ -59,7 +61,9 @@ def _add_flow_args(run: argparse.ArgumentParser, *, run_date: bool) -> None:
         "--early-stopping", type=int, metavar="PATIENCE", help="stop when the holdout loss has not improved for PATIENCE epochs"
     )
     run.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
-    run.add_argument("--no-gate", action="store_true", help="publish even if the quality gate would refuse the model")
+    run.add_argument(
+        "--no-gate", action="store_true", help="publish even if the quality gate refuses the model (the verdict is still recorded)"
+    )
     run.add_argument("--gate-margin", type=float, default=0.01, help="allowed NDCG@k drop below the published model (default: 0.01)")
     run.add_argument(
         "--max-reject-share", type=float, default=0.01, help="fail if more than this share of rating rows is rejected (default: 0.01)"
@@ -82,7 +86,7 @@ def _parser() -> argparse.ArgumentParser:
     pred.add_argument("--data-dir", type=Path, default=Path("data"))
     pred.add_argument("--pairs", type=Path, required=True, help="CSV or Parquet with userId,movieId")
     pred.add_argument("--output", type=Path, required=True, help="Parquet file to write")
-    ev = sub.add_parser("evaluate", help="per-user temporal evaluation against most-popular and ALS")
+    ev = sub.add_parser("evaluate", help="per-user temporal evaluation against most-popular, ALS and EASE^R")
     ev.add_argument("--ratings", type=Path, required=True)
     ev.add_argument("--movies", type=Path, required=True)
     ev.add_argument("--preset", action="append", choices=sorted(PRESETS), help="model preset(s) to evaluate (repeatable; default: default)")
@@ -91,6 +95,7 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--seed", type=int, action="append", help="seed (repeatable: one run per seed, then mean and range; default: 42)")
     ev.add_argument("--max-epochs", type=int, help="override the presets' epoch limit")
     ev.add_argument("--no-als", action="store_true", help="skip the ALS baseline")
+    ev.add_argument("--no-ease", action="store_true", help="skip the EASE^R baseline (a movies x movies inverse: seconds to a minute)")
     ev.add_argument("--output", type=Path, help="also write the table to this CSV file")
     gen = sub.add_parser("generate", help="write a synthetic MovieLens-like data set")
     gen.add_argument("--out", type=Path, required=True, help="directory for ratings.csv and movies.csv")
@@ -98,6 +103,11 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--movies", type=int, default=2500)
     gen.add_argument("--ratings-per-user", type=float, default=80.0, help="mean ratings per user")
     gen.add_argument("--seed", type=int, default=7)
+    gen.add_argument(
+        "--law", choices=sorted(LAWS), default="taste", help="what drives the picks: genre taste (default) or popularity (weak tastes)"
+    )
+    gen.add_argument("--taste-strength", type=float, help="override the law's weight of genre taste in what users pick")
+    gen.add_argument("--popularity-exponent", type=float, help="override the law's Zipf exponent of movie popularity")
     query_cli.add_parsers(sub)
     return p
 
@@ -125,7 +135,13 @@ def _summary(s: dict[str, Any]) -> str:
         lines.append(f"  warm      {s['training']['warm_start']}")
     metrics = s.get("metrics") or {}
     if metrics:
-        lines.append("  holdout   " + ";  ".join(f"{m}: NDCG@{s['k']} {v['ndcg']:.4f}" for m, v in metrics.items()))
+        users = int(next(iter(metrics.values())).get("users", 0))
+        figures = [f"{m} {v['ndcg']:.4f} [{v['ndcg_low']:.4f}, {v['ndcg_high']:.4f}]" for m, v in metrics.items()]
+        lines.append(f"  holdout   NDCG@{s['k']} on {users:,} users (95% interval): " + ";  ".join(figures))
+        lines.append(f"  prior     popularity weight {s['popularity_prior']['weight']:g}, chosen on the holdout")
+    gate = s.get("gate") or {}
+    if gate:
+        lines.append(f"  gate      {gate['reason']}" + ("" if gate.get("enforced", True) else " (not enforced: --no-gate)"))
     for name, info in s["tables"].items():
         lines.append(f"  {name:<16} {info['rows']:>10,} rows  {Path(s['data_dir']) / info['path']}")
     lines.append(f"  latest.json      {Path(s['data_dir']) / 'outputs' / 'latest.json'}")
@@ -197,7 +213,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from tasks.config import preset
-    from tasks.evaluate import compare, fit, over_seeds, split_per_user
+    from tasks.evaluate import compare, fit, over_seeds
+    from tasks.features import per_user_holdout
     from tasks.ingest import ingest
     from tasks.runtime import default_threads, pin_threads
     from tasks.stages import load_movies, load_ratings
@@ -206,7 +223,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="towerflow-eval-") as tmp:
         r, m, stats = ingest(args.ratings, args.movies, Path(tmp))
         ratings, movies = load_ratings(r), load_movies(m)
-    hold = split_per_user(ratings, args.holdout)
+    hold = per_user_holdout(ratings, args.holdout)
     train, test = ratings[~hold], ratings[hold]
     print(f"per-user temporal split: {len(train):,} train / {len(test):,} held-out ratings, {stats.users:,} users, {len(movies):,} movies")
     tables = []
@@ -214,14 +231,28 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         models = {}
         for name in args.preset or ["default"]:
             print(f"training preset {name} (seed {seed}) ...", flush=True)
-            fitted = fit(train, movies, preset(name, max_epochs=args.max_epochs), seed)
-            print(f"  {fitted.best_epoch} epochs, {fitted.seconds:.0f} s")
+            fitted = fit(train, movies, preset(name, max_epochs=args.max_epochs), seed, k=args.k)
+            print(f"  {fitted.best_epoch} epochs, popularity prior weight {fitted.prior_weight:g}, {fitted.seconds:.0f} s")
             models[f"two-tower ({name})"] = fitted
-        table = compare(train, test, movies, models, k=args.k, seed=seed, with_als=not args.no_als, log=print)
+        table = compare(train, test, movies, models, k=args.k, seed=seed, with_als=not args.no_als, with_ease=not args.no_ease, log=print)
         shown = table.rename(columns={c: f"{c}@{args.k}" for c in ("precision", "recall", "ndcg", "map", "hit_rate")})
-        print(shown.drop(columns=["users"]).to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+        columns = [
+            "method",
+            f"ndcg@{args.k}",
+            "ndcg_low",
+            "ndcg_high",
+            f"recall@{args.k}",
+            f"hit_rate@{args.k}",
+            "coverage",
+            "rmse",
+            "users",
+        ]
+        print(shown[[*columns, "setting"]].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
         tables.append(shown.assign(seed=seed))
-    print(f"relevant = held-out rating >= 4; {int(tables[0]['users'].iloc[0])} users with a relevant held-out movie; seen movies excluded")
+    print(
+        f"relevant = held-out rating >= 4; every ranking figure rests on the {int(tables[0]['users'].iloc[0]):,} users with a relevant "
+        "held-out movie (ndcg_low..ndcg_high: 95% bootstrap interval over them); seen movies excluded"
+    )
     both = pd.concat(tables, ignore_index=True)
     if len(tables) > 1:
         print(f"over seeds {', '.join(str(s) for s in args.seed)}:")
@@ -235,8 +266,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_generate(args: argparse.Namespace) -> int:
     from tasks.generate import generate
 
-    data = generate(args.out, n_users=args.users, n_movies=args.movies, mean_ratings_per_user=args.ratings_per_user, seed=args.seed)
-    print(f"wrote {data.n_ratings:,} ratings by {data.n_users:,} users of {data.n_movies:,} movies to {args.out}")
+    overrides = {"taste_strength": args.taste_strength, "popularity_exponent": args.popularity_exponent}
+    law = dataclasses.replace(LAWS[args.law], **{name: value for name, value in overrides.items() if value is not None})
+    data = generate(
+        args.out, n_users=args.users, n_movies=args.movies, mean_ratings_per_user=args.ratings_per_user, seed=args.seed, law=law
+    )
+    print(f"wrote {data.n_ratings:,} ratings by {data.n_users:,} users of {data.n_movies:,} movies to {args.out} ({law})")
     print(f"next: towerflow run --ratings {data.ratings_csv} --movies {data.movies_csv}")
     return 0
 

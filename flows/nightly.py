@@ -116,28 +116,48 @@ def refit_task(
 
 @caching.stage_task("evaluate", outputs=("out_path",), **_IO_RETRY)
 def evaluate_task(
-    ratings: str, train_dir: str, scalers_path: str, validation_model: str, holdout: float, k: int, out_path: str
+    ratings: str,
+    train_dir: str,
+    scalers_path: str,
+    validation_model: str,
+    holdout: float,
+    k: int,
+    out_path: str,
+    popularity_prior: bool,
+    seed: int,
 ) -> dict[str, Any]:
     from prefect.artifacts import create_table_artifact
 
-    metrics = quality.run_evaluate(Path(ratings), Path(train_dir), Path(scalers_path), Path(validation_model), holdout, k, Path(out_path))
-    rows = [{"method": method, **{name: round(value, 4) for name, value in values.items()}} for method, values in metrics.items()]
-    create_table_artifact(rows, key="towerflow-metrics", description=f"Holdout metrics at k={k} (most recent {holdout:.0%} of ratings)")
-    get_run_logger().info("holdout metrics: %s", json.dumps(rows))
-    return metrics
+    evaluation = quality.run_evaluate(
+        Path(ratings), Path(train_dir), Path(scalers_path), Path(validation_model), holdout, k, Path(out_path), popularity_prior, seed
+    )
+    rows = [
+        {"method": method, **{name: round(value, 4) for name, value in values.items()}} for method, values in evaluation["metrics"].items()
+    ]
+    create_table_artifact(
+        rows,
+        key="towerflow-metrics",
+        description=f"Holdout metrics at k={k}: each user's most recent {holdout:.0%} of ratings, {evaluation['users']:,} users; "
+        f"ndcg_low/ndcg_high: 95% bootstrap interval; popularity prior weight {evaluation['prior']['weight']:g}",
+    )
+    get_run_logger().info("holdout metrics (%d users): %s", evaluation["users"], json.dumps(rows))
+    return evaluation
 
 
 @task(name="quality-gate", cache_policy=NO_CACHE)
-def gate_task(metrics: dict[str, Any], latest_path: str, margin: float) -> str:
+def gate_task(evaluation: dict[str, Any] | None, latest_path: str, margin: float, k: int, enforce: bool) -> dict[str, Any]:
+    """The gate's verdict; a refused model stops the run (unless ``enforce`` is off, as with --no-gate)."""
     previous = read_json(Path(latest_path)) if Path(latest_path).exists() else None
-    verdict = quality.check_gate(metrics, previous, margin)
-    get_run_logger().info(verdict)
-    return verdict
+    verdict = quality.gate_verdict(evaluation, previous, margin, k)
+    get_run_logger().info("quality gate %s", verdict.reason)
+    if verdict.verdict == "refused" and enforce:
+        raise quality.QualityGateError(f"quality gate {verdict.reason} (latest.json still points to the previous run)")
+    return {**verdict.to_dict(), "enforced": enforce}
 
 
 @caching.stage_task("export", outputs=("model_dir",), **_IO_RETRY)
-def export_task(model_path: str, full_dir: str, scalers_path: str, model_dir: str) -> dict[str, Any]:
-    return publish.run_export(Path(model_path), Path(full_dir), Path(scalers_path), Path(model_dir))
+def export_task(model_path: str, full_dir: str, scalers_path: str, model_dir: str, ratings: str, prior_weight: float) -> dict[str, Any]:
+    return publish.run_export(Path(model_path), Path(full_dir), Path(scalers_path), Path(model_dir), Path(ratings), prior_weight)
 
 
 @task(name="publish", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=_io_retry, cache_policy=NO_CACHE)
@@ -248,19 +268,22 @@ def nightly(params: NightlyParams = NightlyParams()) -> dict[str, Any]:  # noqa:
             params.holdout_fraction,
             warm,
         )
-        metrics = None
+        evaluation = None
         if params.holdout_fraction > 0:
-            metrics = run(
-                "evaluate", evaluate_task, ingested["ratings"], feature_dirs["train"], scalers["train"],
-                trained["validation_model"], params.holdout_fraction, params.k, str(work / "metrics.parquet"),
+            evaluation = run(
+                "evaluate", evaluate_task, ingested["ratings"], feature_dirs["train"], scalers["train"], trained["validation_model"],
+                params.holdout_fraction, params.k, str(work / "metrics.parquet"), config.popularity_prior, params.seed,
             )  # fmt: skip
-            if params.gate:
-                run("quality-gate", gate_task, metrics, str(layout.latest), params.gate_margin)
+        gate = run("quality-gate", gate_task, evaluation, str(layout.latest), params.gate_margin, params.k, params.gate)
+        prior_weight = evaluation["prior"]["weight"] if evaluation is not None else 0.0
         refit = run(
             "refit", refit_task, ingested["ratings"], feature_dirs, scalers, trained["validation_model"], str(work / "train"),
             params.preset, trained["best_epoch"], params.seed, params.holdout_fraction, warm,
         )  # fmt: skip
-        exported = run("export", export_task, refit["model"], feature_dirs["full"], scalers["full"], str(work / "model"))
+        exported = run(
+            "export", export_task, refit["model"], feature_dirs["full"], scalers["full"], str(work / "model"),
+            ingested["ratings"], prior_weight,
+        )  # fmt: skip
         # one task per shard on the flow's task runner (threads, or Dask: flows/runners.py); parts in shard order
         recs = run(
             "recommend", shards.recommend_all, ingested["ratings"], exported["model_dir"], str(work / "recommendations"),
@@ -285,12 +308,18 @@ def nightly(params: NightlyParams = NightlyParams()) -> dict[str, Any]:  # noqa:
             },
             "config": config.to_dict(),
             "threads": threads,
-            "metrics": metrics,
+            "metrics": evaluation["metrics"] if evaluation is not None else None,
+            "gate": gate,
+            "popularity_prior": {
+                "weight": prior_weight,
+                "chosen_on": "NDCG@k of the validation model on the holdout" if evaluation is not None else "nothing (no holdout)",
+                "ndcg_by_weight": evaluation["prior"]["ndcg_by_weight"] if evaluation is not None else {},
+            },
             "timings": dict(run.timings),
             "reused_stages": list(run.cached),  # finished by an interrupted run of this version, not recomputed
         }
         tables: dict[str, str | list[str]] = {"recommendations": recs["parts"], "similar_movies": similar["parts"]}
-        if metrics is not None:
+        if evaluation is not None:
             tables["metrics"] = str(work / "metrics.parquet")
         latest = run("publish", publish_task, str(layout.data_dir), run_date, version, exported["model_dir"], tables, extra)
         histories = {"validate": trained.get("history", []), "refit": refit.get("history", [])}

@@ -22,7 +22,9 @@ class NightlyParams(BaseModel):
         "default", description="model preset; 'lab' reproduces the course, 'balanced' trades ranking for RMSE"
     )
     seed: int = Field(42, description="seed of every random choice in training")
-    holdout_fraction: float = Field(0.1, ge=0.0, lt=0.5, description="most recent share of ratings held out for validation")
+    holdout_fraction: float = Field(
+        0.2, ge=0.0, lt=0.5, description="each user's most recent share of ratings held out to validate (0: no holdout, no gate)"
+    )
     max_epochs: int | None = Field(None, ge=1, description="override the preset's epoch limit")
     warm_start: bool = Field(False, description="start from the published model's weights (tasks/warmstart.py)")
     warm_epochs: int | None = Field(None, ge=1, description="epochs of a warm start (default: a quarter of the preset's)")
@@ -30,7 +32,7 @@ class NightlyParams(BaseModel):
     chunk_size: int = Field(4096, ge=1, description="users per top-k chunk (bounds memory)")
     shard_size: int = Field(50_000, ge=1, description="users (movies) per recommend (similar) task; shards run on the task runner")
     threads: int | None = Field(None, ge=1, description="CPU threads for TF, BLAS and FAISS; default: all cores")
-    gate: bool = Field(True, description="refuse to publish a model below most-popular or the published model")
+    gate: bool = Field(True, description="refuse to publish a model worse, with confidence, than most-popular or the published model")
     gate_margin: float = Field(0.01, description="allowed NDCG@k drop below the published model before the gate refuses")
     max_reject_share: float = Field(
         0.01, ge=0.0, le=1.0, description="fail the run if more than this share of the ratings rows is rejected (see rejects/)"

@@ -136,15 +136,27 @@ def _report(
         _image(plots.get("loss"), "training loss per epoch", embed),
         "",
     ]
+    gate = latest.get("gate") or {}
+    if gate:
+        enforced = "" if gate.get("enforced", True) else " (not enforced: `--no-gate`)"
+        lines += ["## Quality gate", "", f"**{gate.get('verdict', '?')}**{enforced}: {gate.get('reason', '')}", ""]
     metrics = latest.get("metrics") or {}
     if metrics:
-        names = ["ndcg", "precision", "recall", "map", "hit_rate", "coverage", "rmse"]
-        lines += ["## Holdout metrics", "", f"| method | {' | '.join(f'{n}@k' if n != 'rmse' else n for n in names)} |"]
-        lines.append("|---|" + "---:|" * len(names))
+        names = ["ndcg", "ndcg_low", "ndcg_high", "precision", "recall", "map", "hit_rate", "coverage", "rmse"]
+        heads = [f"{n}@k" if n in ("ndcg", "precision", "recall", "map", "hit_rate") else n for n in names]
+        lines += ["## Holdout metrics", "", f"| method | {' | '.join(heads)} | users |"]
+        lines.append("|---|" + "---:|" * (len(names) + 1))
         for method, values in metrics.items():
             cells = " | ".join("" if values.get(n) is None else f"{values[n]:.4f}" for n in names)
-            lines.append(f"| {method} | {cells} |")
-        lines.append("")
+            lines.append(f"| {method} | {cells} | {int(values.get('users', 0)):,} |")
+        prior = latest.get("popularity_prior") or {}
+        lines += [
+            "",
+            f"Each user's most recent ratings held out; ndcg_low..ndcg_high is the 95% bootstrap interval over the users. "
+            f"Popularity prior weight {prior.get('weight', 0):g}, chosen on this holdout "
+            f"(NDCG@k by weight: {', '.join(f'{w} {v:.4f}' for w, v in (prior.get('ndcg_by_weight') or {}).items())}).",
+            "",
+        ]
     lines += ["## Outputs", "", "| table | rows | files | path |", "|---|---:|---:|---|"]
     for name, info in latest.get("tables", {}).items():
         lines.append(f"| {name} | {info['rows']:,} | {len(info.get('files', [info['path']]))} | `{data_dir / info['path']}` |")

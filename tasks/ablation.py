@@ -23,11 +23,11 @@ import numpy as np
 import pandas as pd
 
 from tasks.config import ModelConfig, preset
-from tasks.evaluate import RELEVANT_AT, Fitted, _fit_once, _topk_lists
+from tasks.evaluate import Fitted, _fit_once
 from tasks.export import build_index
-from tasks.metrics import coverage, ranking_metrics, rmse
+from tasks.metrics import coverage, ranking_metrics, relevant_sets, rmse
 from tasks.model import l2_normalize, run_tower, towers
-from tasks.recommend import seen_csr
+from tasks.recommend import seen_csr, topk_lists
 
 RATING_RANGE = (0.5, 5.0)
 
@@ -78,15 +78,6 @@ def stars_per_unit(fitted: Fitted) -> float:
     """Stars per unit of the training target: half the rating range for minmax, 1 for stars."""
     scalers = fitted.prepared.scalers
     return 1.0 if scalers.target_scale == "stars" else float(scalers.target.data_range_[0]) / 2.0
-
-
-def relevant_sets(test: pd.DataFrame) -> dict[int, set[int]]:
-    """Each user's held-out movies rated at or above :data:`~tasks.evaluate.RELEVANT_AT`."""
-    liked = test[test["rating"] >= RELEVANT_AT]
-    out: dict[int, set[int]] = {}
-    for user, movie in zip(liked["user_id"].tolist(), liked["movie_id"].tolist(), strict=True):
-        out.setdefault(int(user), set()).add(int(movie))
-    return out
 
 
 def ranking_agreement(
@@ -183,7 +174,7 @@ def measure(
     p = fitted.prepared
     user_tower, movie_tower = towers(fitted.model)
     user_emb, movie_emb = run_tower(user_tower, p.user_input), run_tower(movie_tower, p.movie_x)
-    faiss_lists = _topk_lists(build_index(movie_emb), user_emb, p.feats.user_ids, p.feats.movie_ids, train, k)
+    faiss_lists = topk_lists(build_index(movie_emb), user_emb, p.feats.user_ids, p.feats.movie_ids, train, k)
     relevant = relevant_sets(test)
     u, m, _ = p.triples(test)
     known = (u >= 0) & (m >= 0)

@@ -69,9 +69,10 @@ def recommend_for_genres(pub: Published, tastes: dict[str, float], k: int) -> pd
 
     from tasks.export import read_index
     from tasks.model import load_model, run_tower, towers
+    from tasks.popularity import ServingSpace
     from tasks.scalers import load_scalers
 
-    files = {key: pub.model_file(key) for key in ("keras", "scalers", "index", "index_ids")}
+    files = {key: pub.model_file(key) for key in ("keras", "scalers", "index", "index_ids", "serving")}
     config = pub.latest["config"]
     row, names = newcomer_features(tastes, config)
     scalers = load_scalers(files["scalers"])
@@ -81,17 +82,21 @@ def recommend_for_genres(pub: Published, tastes: dict[str, float], k: int) -> pd
     user_tower = towers(load_model(files["keras"]))[0]
     length = int(config.get("history_length", 0))
     inputs: Any = (x, np.zeros((1, length), np.int32), np.zeros((1, length), np.float32)) if len(user_tower.inputs) > 1 else x
-    embedding = run_tower(user_tower, inputs)
+    space = ServingSpace.read(files["serving"])
+    embedding = space.users(run_tower(user_tower, inputs))  # with the popularity prior, as every user's
     index = read_index(files["index"])
     scores, rows = index.search(np.ascontiguousarray(embedding), min(k, index.ntotal))
     movie_ids = pq.read_table(files["index_ids"]).column("movie_id").to_numpy()
     found = rows[0] >= 0
+    movie_vecs = index.reconstruct_batch(rows[0][found]).reshape(-1, space.dim)
     frame = pd.DataFrame(
         {
             "rank": np.arange(1, int(found.sum()) + 1, dtype=np.int32),
             "movie_id": movie_ids[rows[0][found]],
             "score": scores[0][found].astype(np.float32),
-            "predicted_rating": scalers.target_to_rating(scores[0][found]).astype(np.float32),
+            "predicted_rating": scalers.target_to_rating(space.tower_scores(np.repeat(embedding, len(movie_vecs), 0), movie_vecs)).astype(
+                np.float32
+            ),
         }
     )
     return _with_titles(pub, frame, "movie_id")[["rank", "movie_id", "title", "genres", "score", "predicted_rating"]]

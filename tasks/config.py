@@ -39,6 +39,9 @@ class ModelConfig:
     history_length: int = 0
     # Train on leave-one-out feature rows (tasks.loo): confidence features only.
     leave_one_out: bool = True
+    # Rank by the model's score plus a popularity prior whose weight the nightly holdout chooses
+    # (tasks.popularity); off, the served score is the towers' dot product alone (the course).
+    popularity_prior: bool = True
     # At most this many training examples in all (epochs shrink to random subsets above it):
     # ml-latest-small (20 epochs x 90k) is under it; 25M ratings train on 3M examples.
     max_examples: int | None = 3_000_000
@@ -106,6 +109,7 @@ PRESETS: dict[str, ModelConfig] = {
         logq_correction=False,
         dropout=0.0,
         leave_one_out=False,
+        popularity_prior=False,
     ),
 }
 

@@ -1,10 +1,10 @@
 """Offline evaluation: full-catalog ranking with seen movies excluded, against baselines.
 
-Two splits share this code: the nightly global temporal holdout (the most
-recent ratings) and the per-user temporal protocol of ``towerflow evaluate``
-(the last 20% of each user's ratings). Features, scalers and the model only
-ever see the training side. Baselines: most-popular (computed in the same
-run) and, when the optional ``implicit`` package is installed, ALS.
+One protocol for the nightly evaluate stage and ``towerflow evaluate``: each user's most recent ratings
+are held out (:func:`tasks.features.per_user_holdout`); features, scalers and the model only ever see the
+rest. The model's lists come from its served vectors, popularity prior included (:mod:`tasks.popularity`),
+as the nightly job publishes them. Baselines are in :mod:`tasks.baselines`; every figure carries the number
+of users it rests on and NDCG@k its bootstrap interval (:mod:`tasks.gate`).
 """
 
 from __future__ import annotations
@@ -17,53 +17,53 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from tasks.baselines import als_lists, ease_lists, popularity_lists
 from tasks.config import ModelConfig
 from tasks.export import build_index, embed_all
-from tasks.features import compute_features, temporal_holdout
+from tasks.features import compute_features, per_user_holdout
+from tasks.gate import bootstrap
 from tasks.history import user_history
-from tasks.metrics import coverage, ranking_metrics, rmse
-from tasks.recommend import seen_csr, topk_unseen
+from tasks.metrics import coverage, per_user_metrics, relevant_sets, rmse
+from tasks.popularity import WEIGHTS, ServingSpace, movie_popularity, select_weight
+from tasks.recommend import topk_lists
 from tasks.scalers import fit_scalers
 from tasks.stages import Prepared, prepared
 
-RELEVANT_AT = 4.0
-
-
-def split_per_user(ratings: pd.DataFrame, fraction: float) -> np.ndarray:
-    """Mask of each user's most recent ``fraction`` of ratings (at least one per user with 2+)."""
-    if not 0.0 < fraction < 1.0:
-        raise ValueError(f"per-user holdout fraction must be in (0, 1), got {fraction}")
-    order = np.lexsort((ratings["timestamp"].to_numpy(), ratings["user_id"].to_numpy()))
-    users = ratings["user_id"].to_numpy()[order]
-    counts = pd.Series(users).groupby(users).transform("size").to_numpy()
-    position = pd.Series(np.ones(len(users))).groupby(users).cumsum().to_numpy() - 1
-    n_hold = np.where(counts >= 2, np.maximum(1, np.round(counts * fraction)), 0)
-    mask = np.zeros(len(ratings), dtype=bool)
-    mask[order] = position >= counts - n_hold
-    return mask
+INNER_HOLDOUT = 0.2  # towerflow evaluate: the share of each training user's ratings that plays the nightly holdout
 
 
 @dataclass
 class Fitted:
-    """A model trained on one side of a split, with the scaled features it scores with."""
+    """A model trained on one side of a split, with the scaled features it scores with and its prior weight."""
 
     model: Any
     prepared: Prepared
     best_epoch: int
     seconds: float
+    prior_weight: float = 0.0
 
 
-def fit(train: pd.DataFrame, movies: pd.DataFrame, config: ModelConfig, seed: int, inner_holdout: float = 0.1) -> Fitted:
-    """Early-stop on the most recent ``inner_holdout`` of ``train``, then refit on all of ``train``."""
+def fit(
+    train: pd.DataFrame, movies: pd.DataFrame, config: ModelConfig, seed: int, k: int = 10, inner_holdout: float = INNER_HOLDOUT
+) -> Fitted:
+    """What a nightly run does with ``train``: validate on each user's last ``inner_holdout``, then refit on all.
+
+    The validation model picks the popularity prior's weight (when ``config.popularity_prior``) and,
+    with ``config.patience``, the number of epochs; the refit on all of ``train`` uses both.
+    """
     started = time.perf_counter()
     users = np.sort(train["user_id"].unique())
-    best_epoch = config.max_epochs
-    if inner_holdout > 0 and config.patience is not None:
-        hold = temporal_holdout(train["timestamp"].to_numpy(), inner_holdout)
-        first, _ = _fit_once(train[~hold], train[hold], movies, users, config, seed, None)
+    best_epoch, weight = config.max_epochs, 0.0
+    if inner_holdout > 0 and (config.patience is not None or config.popularity_prior):
+        hold = per_user_holdout(train, inner_holdout)
+        first, scaled = _fit_once(train[~hold], train[hold] if config.patience is not None else None, movies, users, config, seed, None)
         best_epoch = first.best_epoch
+        relevant = relevant_sets(train[hold])
+        if config.popularity_prior and relevant:
+            sweep = prior_sweep(Fitted(first.model, scaled, best_epoch, 0.0), train[~hold], relevant, k)
+            weight = select_weight(np.column_stack([s[1]["ndcg"] for s in sweep]), WEIGHTS, seed).weight
     result, scaled = _fit_once(train, None, movies, users, config, seed, best_epoch)
-    return Fitted(result.model, scaled, best_epoch, time.perf_counter() - started)
+    return Fitted(result.model, scaled, best_epoch, time.perf_counter() - started, weight)
 
 
 def _fit_once(
@@ -85,59 +85,53 @@ def _fit_once(
     return train_model(scaled.train_data(train, config), config, seed, epochs=epochs, validation=validation), scaled
 
 
-def _topk_lists(
-    index: Any, queries: np.ndarray, query_ids: np.ndarray, item_ids: np.ndarray, train: pd.DataFrame, k: int
+def served_lists(
+    fitted: Fitted, embeddings: tuple[np.ndarray, np.ndarray], train: pd.DataFrame, users: np.ndarray, k: int, weight: float
 ) -> dict[int, list[int]]:
-    indptr, rows = seen_csr(train, query_ids, item_ids)
-    out: dict[int, list[int]] = {}
-    for q, _, items, _ in topk_unseen(index, queries, indptr, rows, k):
-        for user, item in zip(query_ids[q].tolist(), item_ids[items].tolist(), strict=True):
-            out.setdefault(user, []).append(item)
+    """Top-k of ``users`` from the served vectors with prior ``weight`` (popularity counted on ``train``)."""
+    p = fitted.prepared
+    user_emb, movie_emb = embeddings
+    space = ServingSpace(movie_emb.shape[1], weight)
+    rows = pd.Index(p.feats.user_ids).get_indexer(users)
+    if (rows < 0).any():
+        raise ValueError(f"user {users[rows < 0][0]} has no features in this model")
+    movies = space.movies(movie_emb, movie_popularity(train, p.feats.movie_ids))
+    return topk_lists(build_index(movies), space.users(user_emb[rows]), np.asarray(users), p.feats.movie_ids, train, k)
+
+
+def prior_sweep(
+    fitted: Fitted, train: pd.DataFrame, relevant: dict[int, set[int]], k: int, weights: tuple[float, ...] = WEIGHTS
+) -> list[tuple[dict[int, list[int]], dict[str, np.ndarray]]]:
+    """For each prior weight: the relevant users' lists and their per-user metrics (users in sorted order)."""
+    p = fitted.prepared
+    embeddings = embed_all(fitted.model, p.user_input, p.movie_x)
+    users = np.array(sorted(relevant), dtype=np.int64)
+    out = []
+    for weight in weights:
+        lists = served_lists(fitted, embeddings, train, users, k, weight)
+        out.append((lists, per_user_metrics(lists, {u: relevant[u] for u in users.tolist()}, k)[1]))
     return out
 
 
-def popularity_lists(train: pd.DataFrame, users: np.ndarray, movie_ids: np.ndarray, k: int) -> dict[int, list[int]]:
-    """Most-rated movies first (ties by id), each user's rated movies excluded."""
-    counts = train["movie_id"].value_counts().reindex(movie_ids, fill_value=0).to_numpy().astype(np.float32)
-    score = counts - np.argsort(np.argsort(movie_ids)).astype(np.float32) * 1e-6 / len(movie_ids)
-    index = build_index(score.reshape(-1, 1))
-    return _topk_lists(index, np.ones((len(users), 1), np.float32), users, movie_ids, train, k)
-
-
-def als_lists(train: pd.DataFrame, users: np.ndarray, movie_ids: np.ndarray, k: int, seed: int) -> dict[int, list[int]] | None:
-    """implicit's ALS (64 factors, binary interactions), or ``None`` if implicit is not installed."""
-    try:
-        from implicit.als import AlternatingLeastSquares
-    except ImportError:
-        return None
-    import scipy.sparse as sp
-
-    u = pd.Index(users).get_indexer(train["user_id"])
-    m = pd.Index(movie_ids).get_indexer(train["movie_id"])
-    matrix = sp.csr_matrix((np.ones(len(u), np.float32), (u, m)), shape=(len(users), len(movie_ids)))
-    from threadpoolctl import threadpool_limits  # a scikit-learn dependency
-
-    with threadpool_limits(1, "blas"):  # implicit parallelizes itself and warns when BLAS threads too
-        model = AlternatingLeastSquares(factors=64, iterations=15, random_state=seed)
-        model.fit(matrix, show_progress=False)
-        ids, _ = model.recommend(np.arange(len(users)), matrix, N=k, filter_already_liked_items=True)
-    return {int(users[i]): [int(movie_ids[j]) for j in row if j >= 0] for i, row in enumerate(ids)}
-
-
-def model_lists(fitted: Fitted, train: pd.DataFrame, k: int) -> dict[int, list[int]]:
-    p = fitted.prepared
-    user_emb, movie_emb = embed_all(fitted.model, p.user_input, p.movie_x)
-    return _topk_lists(build_index(movie_emb), user_emb, p.feats.user_ids, p.feats.movie_ids, train, k)
-
-
-def model_rmse(fitted: Fitted, test: pd.DataFrame) -> float:
+def model_rmse(fitted: Fitted, test: pd.DataFrame) -> tuple[float, int]:
+    """RMSE in stars of the model's own dot product on ``test`` (pairs it knows), and how many ratings that is."""
     from tasks.train import predict_scores
 
     p = fitted.prepared
     u, m, _ = p.triples(test)
     known = (u >= 0) & (m >= 0)
     scores = predict_scores(fitted.model, p.user_input, p.movie_x, u[known], m[known])
-    return rmse(p.scalers.target_to_rating(scores), test["rating"].to_numpy()[known])
+    return rmse(p.scalers.target_to_rating(scores), test["rating"].to_numpy()[known]), int(known.sum())
+
+
+def method_row(name: str, lists: dict[int, list[int]], relevant: dict[int, set[int]], k: int, n_movies: int, seed: int) -> dict[str, Any]:
+    """One table row: ranking metrics at ``k``, NDCG@k's bootstrap interval, users behind them, coverage."""
+    users, values = per_user_metrics(lists, relevant, k)
+    ndcg = bootstrap(values["ndcg"], seed)
+    row: dict[str, Any] = {"method": name, **{metric: float(v.mean()) for metric, v in values.items()}}
+    row |= {"ndcg_low": ndcg.low, "ndcg_high": ndcg.high, "users": len(users)}
+    row["coverage"] = coverage({u: lists.get(u, []) for u in users.tolist()}, n_movies)
+    return row
 
 
 def compare(
@@ -148,13 +142,11 @@ def compare(
     k: int = 10,
     seed: int = 0,
     with_als: bool = True,
+    with_ease: bool = True,
     log: Callable[[str], None] | None = None,
 ) -> pd.DataFrame:
-    """One row per method: ranking metrics at ``k``, coverage, RMSE (stars) where the method predicts ratings."""
-    liked = test[test["rating"] >= RELEVANT_AT]
-    relevant: dict[int, set[int]] = {}
-    for user, movie in zip(liked["user_id"].tolist(), liked["movie_id"].tolist(), strict=True):
-        relevant.setdefault(int(user), set()).add(int(movie))
+    """One row per method: ranking metrics at ``k`` with users and intervals, coverage, RMSE (stars) where it predicts ratings."""
+    relevant = relevant_sets(test)
     users = np.array(sorted(relevant), dtype=np.int64)
     movie_ids = movies["movie_id"].to_numpy(dtype=np.int64)
     lists: dict[str, dict[int, list[int]]] = {"most-popular": popularity_lists(train, users, movie_ids, k)}
@@ -164,13 +156,19 @@ def compare(
             log("ALS skipped: install the optional extra (pip install 'towerflow[als]')")
         if als is not None:
             lists["als (implicit, 64 factors)"] = als
+    settings: dict[str, str] = {}
+    if with_ease:
+        lists["ease^r"], lam = ease_lists(train, users, k, log=log)
+        settings["ease^r"] = f"lambda {lam:g}"
     for name, fitted in models.items():
-        lists[name] = model_lists(fitted, train, k)
+        p = fitted.prepared
+        lists[name] = served_lists(fitted, embed_all(fitted.model, p.user_input, p.movie_x), train, users, k, fitted.prior_weight)
+        settings[name] = f"prior weight {fitted.prior_weight:g}"
     rows = []
     for name, recs in lists.items():
-        row: dict[str, Any] = {"method": name, **ranking_metrics(recs, relevant, k)}
-        row["coverage"] = coverage({u: recs.get(u, []) for u in users}, len(movie_ids))
-        row["rmse"] = model_rmse(models[name], test) if name in models else float("nan")
+        row = method_row(name, recs, relevant, k, len(movie_ids), seed)
+        row["rmse"], row["rmse_ratings"] = model_rmse(models[name], test) if name in models else (float("nan"), 0)
+        row["setting"] = settings.get(name, "")
         rows.append(row)
     return pd.DataFrame(rows)
 

@@ -173,14 +173,27 @@ def compute_features(
     )
 
 
-def temporal_holdout(timestamps: np.ndarray, fraction: float) -> np.ndarray:
-    """Boolean mask of the most recent ``fraction`` of ratings (ties broken by position)."""
+def per_user_holdout(ratings: pd.DataFrame, fraction: float) -> np.ndarray:
+    """Mask of each user's most recent ``fraction`` of ratings: at least one for every user with two or more.
+
+    The holdout of every evaluation, nightly and ``towerflow evaluate`` alike: it
+    measures every user with some history, where a global time cut (the most
+    recent ratings of all) measures the few users active at the end. Every user
+    keeps at least one rating on the training side. Ties in time keep input order.
+    ``fraction`` 0 holds out nothing.
+    """
     if not 0.0 <= fraction < 1.0:
         raise ValueError(f"holdout fraction must be in [0, 1), got {fraction}")
-    n = len(timestamps)
-    n_hold = round(n * fraction)
-    mask = np.zeros(n, dtype=bool)
-    if n_hold:
-        order = np.argsort(timestamps, kind="stable")
-        mask[order[n - n_hold :]] = True
+    mask = np.zeros(len(ratings), dtype=bool)
+    if fraction == 0.0 or not len(ratings):
+        return mask
+    users = ratings["user_id"].to_numpy()
+    order = np.lexsort((np.arange(len(users)), ratings["timestamp"].to_numpy(), users))
+    sorted_users = users[order]
+    starts = np.flatnonzero(np.r_[True, sorted_users[1:] != sorted_users[:-1]])
+    counts = np.diff(np.r_[starts, len(users)])
+    position = np.arange(len(users)) - np.repeat(starts, counts)
+    n_hold = np.where(counts >= 2, np.maximum(1, np.round(counts * fraction)), 0).astype(np.int64)
+    n_hold = np.minimum(n_hold, counts - 1)
+    mask[order] = position >= np.repeat(counts - n_hold, counts)
     return mask

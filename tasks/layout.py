@@ -29,6 +29,7 @@ MODEL_FILES = {
     "index_ids": "movie_index_ids.parquet",
     "movie_embeddings": "movie_embeddings.parquet",
     "user_embeddings": "user_embeddings.parquet",
+    "serving": "serving.json",  # how the served vectors read back as the towers' (tasks/popularity.py)
     "movies": "movies.parquet",  # the ingested catalog (titles, genres) the run served, copied at publish
 }
 _VERSION_RE = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}-[0-9a-f]{12}$")

@@ -10,8 +10,19 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import numpy as np
+import pandas as pd
 
 RANKING_METRICS = ("precision", "recall", "ndcg", "map", "hit_rate")
+RELEVANT_AT = 4.0  # a held-out rating at or above this is a relevant movie
+
+
+def relevant_sets(held_out: pd.DataFrame, threshold: float = RELEVANT_AT) -> dict[int, set[int]]:
+    """Each user's held-out movies rated at or above ``threshold`` (users without one are left out)."""
+    liked = held_out[held_out["rating"] >= threshold]
+    out: dict[int, set[int]] = {}
+    for user, movie in zip(liked["user_id"].tolist(), liked["movie_id"].tolist(), strict=True):
+        out.setdefault(int(user), set()).add(int(movie))
+    return out
 
 
 def user_metrics(recommended: Sequence[int], relevant: set[int], k: int) -> dict[str, float]:
@@ -33,13 +44,24 @@ def user_metrics(recommended: Sequence[int], relevant: set[int], k: int) -> dict
     }
 
 
-def ranking_metrics(recommended: Mapping[int, Sequence[int]], relevant: Mapping[int, set[int]], k: int) -> dict[str, float]:
-    """Mean of :func:`user_metrics` over users with relevant items; a user with no list scores 0."""
+def per_user_metrics(
+    recommended: Mapping[int, Sequence[int]], relevant: Mapping[int, set[int]], k: int
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """(users, {metric: one value per user}) over users with relevant items, users in ``relevant`` order.
+
+    A user with no list scores 0. What the quality gate resamples (:mod:`tasks.gate`).
+    """
     users = [u for u, rel in relevant.items() if rel]
     if not users:
         raise ValueError("no user has a relevant held-out item; lower the threshold or hold out more")
     per_user = [user_metrics(recommended.get(u, []), relevant[u], k) for u in users]
-    out = {name: float(np.mean([m[name] for m in per_user])) for name in RANKING_METRICS}
+    return np.array(users, dtype=np.int64), {name: np.array([m[name] for m in per_user]) for name in RANKING_METRICS}
+
+
+def ranking_metrics(recommended: Mapping[int, Sequence[int]], relevant: Mapping[int, set[int]], k: int) -> dict[str, float]:
+    """Mean of :func:`user_metrics` over users with relevant items, and ``users``, how many there are."""
+    users, values = per_user_metrics(recommended, relevant, k)
+    out = {name: float(np.mean(v)) for name, v in values.items()}
     out["users"] = float(len(users))
     return out
 

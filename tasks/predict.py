@@ -1,7 +1,8 @@
 """Score user/movie pairs with the latest published model (``towerflow predict``).
 
-Scores are the inner products of the published user and movie embeddings
-(the vectors behind the recommendations' ``score``), mapped back to stars.
+Predictions are the model's own dot products, read from the published user and
+movie embeddings (the vectors behind the recommendations' ``score``, without
+their popularity prior: :mod:`tasks.popularity`), mapped back to stars.
 Movies in the catalog but never rated have embeddings from their content
 features (cold start). A user or movie the published model does not know gets
 a null prediction and a per-row ``error`` that says why, never a made-up value.
@@ -49,11 +50,12 @@ def read_pairs(path: Path) -> pd.DataFrame:
 def predict_pairs(data_dir: Path, pairs_path: Path, output_path: Path) -> dict[str, Any]:
     """Write predictions for every pair to ``output_path``; return counts."""
     from tasks.export import read_embeddings
+    from tasks.popularity import ServingSpace
     from tasks.scalers import load_scalers
 
     data_dir = Path(data_dir)
     latest = read_latest(data_dir)
-    files = {key: verified(data_dir, latest["model"][key]) for key in ("scalers", "user_embeddings", "movie_embeddings")}
+    files = {key: verified(data_dir, latest["model"][key]) for key in ("scalers", "user_embeddings", "movie_embeddings", "serving")}
     pairs = read_pairs(Path(pairs_path))
     user_ids, user_emb = read_embeddings(files["user_embeddings"], "user")
     movie_ids, movie_emb = read_embeddings(files["movie_embeddings"], "movie")
@@ -69,7 +71,7 @@ def predict_pairs(data_dir: Path, pairs_path: Path, output_path: Path) -> dict[s
     ]
     stars = np.full(len(pairs), np.nan, dtype=np.float32)
     if ok.any():
-        scores = np.einsum("ij,ij->i", user_emb[u[ok]], movie_emb[m[ok]])
+        scores = ServingSpace.read(files["serving"]).tower_scores(user_emb[u[ok]], movie_emb[m[ok]])
         stars[ok] = load_scalers(files["scalers"]).target_to_rating(scores)
     table = pa.table(
         {

@@ -19,27 +19,38 @@ import pyarrow.parquet as pq
 from tasks import faults, resume, schemas
 from tasks.export import build_index, embed_all, write_embeddings, write_id_table, write_index
 from tasks.layout import MODEL_FILES, Layout
-from tasks.stages import prepare
+from tasks.popularity import ServingSpace, movie_popularity
+from tasks.stages import load_ratings, prepare
 from tasks.storage import sha256_file, write_json
 
 
-def run_export(model_path: Path, full_dir: Path, scalers_path: Path, model_dir: Path) -> dict[str, Any]:
-    """Embed every user and catalog movie with the final model; write index, ids and tables."""
+def run_export(
+    model_path: Path, full_dir: Path, scalers_path: Path, model_dir: Path, ratings_path: Path, prior_weight: float = 0.0
+) -> dict[str, Any]:
+    """Embed every user and catalog movie with the final model; write the served vectors, index, ids and tables.
+
+    The served vectors carry the popularity prior with weight ``prior_weight`` (:mod:`tasks.popularity`),
+    popularity counted on every rating; ``serving.json`` records how to read them back.
+    """
     from tasks.model import load_model
 
     model_dir = Path(model_dir)
     model_dir.mkdir(parents=True, exist_ok=True)
     prepared = prepare(Path(full_dir), Path(scalers_path))
     user_emb, movie_emb = embed_all(load_model(Path(model_path)), prepared.user_input, prepared.movie_x)
-    write_index(build_index(movie_emb), model_dir / MODEL_FILES["index"])
+    space = ServingSpace(movie_emb.shape[1], prior_weight)
+    movie_vecs = space.movies(movie_emb, movie_popularity(load_ratings(Path(ratings_path)), prepared.feats.movie_ids))
+    user_vecs = space.users(user_emb)
+    space.write(model_dir / MODEL_FILES["serving"])
+    write_index(build_index(movie_vecs), model_dir / MODEL_FILES["index"])
     write_id_table(model_dir / MODEL_FILES["index_ids"], prepared.feats.movie_ids)
-    write_embeddings(model_dir / MODEL_FILES["movie_embeddings"], prepared.feats.movie_ids, movie_emb, "movie")
-    write_embeddings(model_dir / MODEL_FILES["user_embeddings"], prepared.feats.user_ids, user_emb, "user")
+    write_embeddings(model_dir / MODEL_FILES["movie_embeddings"], prepared.feats.movie_ids, movie_vecs, "movie")
+    write_embeddings(model_dir / MODEL_FILES["user_embeddings"], prepared.feats.user_ids, user_vecs, "user")
     shutil.copyfile(model_path, model_dir / MODEL_FILES["keras"])
     for name in ("user_features.parquet", "movie_features.parquet"):
         shutil.copyfile(Path(full_dir) / name, model_dir / name)
     shutil.copyfile(scalers_path, model_dir / MODEL_FILES["scalers"])
-    return {"model_dir": str(model_dir), "users": len(user_emb), "movies": len(movie_emb), "dim": int(movie_emb.shape[1])}
+    return {"model_dir": str(model_dir), "users": len(user_vecs), "movies": len(movie_vecs), "dim": space.dim, "prior_weight": prior_weight}
 
 
 def _replace_dir(src: Path, dest: Path) -> None:

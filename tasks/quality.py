@@ -1,29 +1,35 @@
-"""The nightly evaluate stage and the quality gate.
+"""The nightly evaluate stage and the quality gate's inputs.
 
-The validation model (trained without the most recent ratings) is scored on
-those held-out ratings of users who rated before the cut (the users the batch
-publishes lists for) over the full catalog, seen movies excluded, beside a
-most-popular baseline computed in the same run. The gate refuses to publish a
-model below the baseline or too far below the last published model.
+The validation model (trained without each user's most recent ratings) is scored on those held-out
+ratings over the full catalog, seen movies excluded, beside most-popular computed in the same run. The
+stage also chooses the popularity prior's weight (:mod:`tasks.popularity`): the model's row is
+cross-fitted (each user scored with the weight chosen on the other half of the users), so choosing on
+the holdout does not flatter the figure the gate decides on. Every NDCG@k carries its bootstrap interval
+and the number of users behind it; :mod:`tasks.gate` turns them into a verdict.
 """
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
+import numpy as np
 import pyarrow as pa
 
 from tasks import schemas
-from tasks.evaluate import Fitted, compare
-from tasks.features import temporal_holdout
+from tasks.baselines import popularity_lists
+from tasks.evaluate import Fitted, method_row, model_rmse, prior_sweep
+from tasks.features import per_user_holdout
+from tasks.gate import Interval, Verdict, decide, paired_difference
+from tasks.metrics import per_user_metrics, relevant_sets
+from tasks.popularity import WEIGHTS, select_weight
 from tasks.stages import load_ratings, prepare
 from tasks.storage import write_table
 
 MODEL_ROW = "two-tower"
+NO_PRIOR_ROW = "two-tower without popularity prior"
 BASELINE_ROW = "most-popular"
-METRIC_NAMES = ("ndcg", "precision", "recall", "map", "hit_rate", "coverage", "rmse", "users")
 
 
 class QualityGateError(RuntimeError):
@@ -31,55 +37,80 @@ class QualityGateError(RuntimeError):
 
 
 def run_evaluate(
-    ratings_path: Path, feature_dir: Path, scalers_path: Path, validation_model: Path, holdout_fraction: float, k: int, out_path: Path
-) -> dict[str, dict[str, float]]:
-    """Metrics of the validation model and most-popular on the global temporal holdout; written as a table."""
+    ratings_path: Path,
+    feature_dir: Path,
+    scalers_path: Path,
+    validation_model: Path,
+    holdout_fraction: float,
+    k: int,
+    out_path: Path,
+    popularity_prior: bool = True,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Holdout metrics of the validation model and most-popular, the prior weight, the paired interval; writes the table.
+
+    Returns ``{"metrics": {method: {metric: value}}, "vs_baseline": interval of NDCG@k model - most-popular,
+    "users": users behind the ranking figures, "prior": {"weight", "ndcg_by_weight"}}``.
+    """
     from tasks.model import load_model
 
     ratings = load_ratings(Path(ratings_path))
-    hold = temporal_holdout(ratings["timestamp"].to_numpy(), holdout_fraction)
+    hold = per_user_holdout(ratings, holdout_fraction)
     if not hold.any():
-        raise ValueError("cannot evaluate: holdout_fraction is 0, nothing is held out")
+        raise ValueError(f"cannot evaluate: holdout_fraction {holdout_fraction} holds out nothing")
     fitted = Fitted(load_model(Path(validation_model)), prepare(Path(feature_dir), Path(scalers_path)), best_epoch=0, seconds=0.0)
-    catalog = pd.DataFrame({"movie_id": fitted.prepared.feats.movie_ids})
+    movie_ids = fitted.prepared.feats.movie_ids
     train, test = ratings[~hold], ratings[hold]
-    # The batch publishes lists for users with history; users first seen in the holdout have only prior
-    # features, so they are measured by `towerflow evaluate`'s per-user protocol, not by the gate.
-    test = test[test["user_id"].isin(train["user_id"].unique())]
-    if test.empty:
-        raise ValueError("cannot evaluate: no held-out rating belongs to a user with earlier ratings")
-    table = compare(train, test, catalog, {MODEL_ROW: fitted}, k=k, with_als=False)
-    metrics = {row["method"]: {m: float(row[m]) for m in METRIC_NAMES if m in row and pd.notna(row[m])} for _, row in table.iterrows()}
+    relevant = relevant_sets(test)
+    if not relevant:
+        raise ValueError("cannot evaluate: no user has a held-out rating of 4 or more")
+    users = np.array(sorted(relevant), dtype=np.int64)
+    weights = WEIGHTS if popularity_prior else (0.0,)
+    sweep = prior_sweep(fitted, train, relevant, k, weights)
+    choice = select_weight(np.column_stack([values["ndcg"] for _, values in sweep]), weights, seed)
+    picked = [sweep[i][0] for i in choice.cross_index]  # each user's lists under the weight chosen on the other half
+    model_lists = {int(u): picked[j][int(u)] for j, u in enumerate(users)}
+    popular = popularity_lists(train, users, movie_ids, k)
+    rows = [
+        method_row(name, lists, relevant, k, len(movie_ids), seed) for name, lists in ((BASELINE_ROW, popular), (MODEL_ROW, model_lists))
+    ]
+    if popularity_prior:
+        rows.append(method_row(NO_PRIOR_ROW, sweep[0][0], relevant, k, len(movie_ids), seed))
+    model_rmse_stars, n_ratings = model_rmse(fitted, test)
+    metrics = {row.pop("method"): {name: float(value) for name, value in row.items()} for row in rows}
+    for name in (MODEL_ROW, NO_PRIOR_ROW):
+        if name in metrics:
+            metrics[name] |= {"rmse": model_rmse_stars, "rmse_ratings": float(n_ratings)}
+    metrics[MODEL_ROW]["prior_weight"] = choice.weight
+    _, pop_values = per_user_metrics(popular, relevant, k)
+    _, model_values = per_user_metrics(model_lists, relevant, k)
+    vs_baseline = paired_difference(model_values["ndcg"], pop_values["ndcg"], seed)
+    _write_metrics(Path(out_path), metrics)
+    return {
+        "metrics": metrics,
+        "vs_baseline": asdict(vs_baseline),
+        "users": len(users),
+        "prior": {"weight": choice.weight, "ndcg_by_weight": {f"{w:g}": round(v, 5) for w, v in choice.mean_by_weight.items()}},
+    }
+
+
+def _write_metrics(path: Path, metrics: dict[str, dict[str, float]]) -> None:
     long = [(method, name, value) for method, values in metrics.items() for name, value in values.items()]
-    write_table(
-        Path(out_path),
-        pa.table(
-            {
-                "model": pa.array([x[0] for x in long], pa.string()),
-                "metric": pa.array([x[1] for x in long], pa.string()),
-                "value": pa.array([x[2] for x in long], pa.float64()),
-            }
-        ),
-        schemas.METRICS,
-        "metrics",
+    table = pa.table(
+        {
+            "model": pa.array([x[0] for x in long], pa.string()),
+            "metric": pa.array([x[1] for x in long], pa.string()),
+            "value": pa.array([x[2] for x in long], pa.float64()),
+        }
     )
-    return metrics
+    write_table(path, table, schemas.METRICS, "metrics")
 
 
-def check_gate(metrics: dict[str, dict[str, float]], previous: dict[str, Any] | None, margin: float) -> str:
-    """Return a one-line verdict, or raise :class:`QualityGateError` saying why the model is refused."""
-    new = metrics[MODEL_ROW]["ndcg"]
-    base = metrics[BASELINE_ROW]["ndcg"]
-    if new < base:
-        raise QualityGateError(
-            f"quality gate: NDCG@k {new:.4f} is below the most-popular baseline {base:.4f}; "
-            "not published (latest.json still points to the previous run); try more epochs or another preset"
-        )
-    prev = ((previous or {}).get("metrics") or {}).get(MODEL_ROW, {}).get("ndcg")
-    if prev is not None and new < prev - margin:
-        raise QualityGateError(
-            f"quality gate: NDCG@k {new:.4f} is more than {margin:g} below the published model "
-            f"{previous.get('model_version') if previous else '?'} ({prev:.4f}); not published"
-        )
-    vs_prev = f", published model {prev:.4f}" if prev is not None else ""
-    return f"quality gate passed: NDCG@k {new:.4f} vs most-popular {base:.4f}{vs_prev}"
+def gate_verdict(evaluation: dict[str, Any] | None, previous: dict[str, Any] | None, margin: float, k: int) -> Verdict:
+    """The gate's verdict on an evaluate stage's result (None: no holdout, nothing measured)."""
+    if evaluation is None:
+        return Verdict("undecided", "undecided: no holdout (holdout_fraction 0), nothing measured; published without a verdict", 0)
+    model = evaluation["metrics"][MODEL_ROW]
+    own = Interval(model["ndcg"], model["ndcg_low"], model["ndcg_high"])
+    baseline = evaluation["metrics"][BASELINE_ROW]["ndcg"]
+    return decide(own, baseline, Interval(**evaluation["vs_baseline"]), int(evaluation["users"]), previous, margin, k)

@@ -228,6 +228,7 @@ def similar_movies(pub: Published, movie_id: int, k: int | None = None) -> pd.Da
 def _search_index(pub: Published, movie_id: int, k: int) -> pd.DataFrame:
     import faiss
 
+    from tasks.popularity import ServingSpace
     from tasks.recommend import topk_unseen
 
     ids = pq.read_table(pub.model_file("index_ids"), columns=["movie_id"]).column("movie_id").to_numpy()
@@ -238,7 +239,8 @@ def _search_index(pub: Published, movie_id: int, k: int) -> pd.DataFrame:
     if index.metric_type != faiss.METRIC_INNER_PRODUCT or index.ntotal != len(ids):
         raise QueryError(f"{pub.model_file('index')}: not an inner-product index over the {len(ids):,} published movies")
     row = int(where[0])
-    query = index.reconstruct(row).reshape(1, -1).astype(np.float32)
+    space = ServingSpace.read(pub.model_file("serving"))  # similar by the towers' vectors, as the similar_movies table
+    query = space.content_queries(index.reconstruct(row).reshape(1, -1).astype(np.float32))
     _, rank, items, scores = next(topk_unseen(index, query, np.array([0, 1]), np.array([row]), k))
     return pd.DataFrame(
         {

@@ -151,6 +151,18 @@ def topk_unseen(
         yield rows[q_local], done_rank[filled], done_item[filled], done_score[filled]
 
 
+def topk_lists(
+    index: faiss.Index, queries: np.ndarray, query_ids: np.ndarray, item_ids: np.ndarray, seen: pd.DataFrame, k: int
+) -> dict[int, list[int]]:
+    """Each query id's top-k item ids (best first) from ``index``, excluding the items ``seen`` pairs it with."""
+    indptr, rows = seen_csr(seen, query_ids, item_ids)
+    out: dict[int, list[int]] = {}
+    for q, _, items, _ in topk_unseen(index, queries, indptr, rows, k):
+        for user, item in zip(query_ids[q].tolist(), item_ids[items].tolist(), strict=True):
+            out.setdefault(user, []).append(item)
+    return out
+
+
 def write_recommendations(
     path: Path,
     index: faiss.Index,
@@ -160,12 +172,15 @@ def write_recommendations(
     seen_indptr: np.ndarray,
     seen_rows: np.ndarray,
     k: int,
-    to_stars: Callable[[np.ndarray], np.ndarray],
+    stars: Callable[[np.ndarray, np.ndarray], np.ndarray],
     model_version: str,
     chunk_size: int = 4096,
     on_chunk: Callable[[int, int], None] | None = None,
 ) -> int:
-    """Stream the recommendations table to ``path``; return its row count."""
+    """Stream the recommendations table to ``path``; return its row count.
+
+    ``stars(query rows, index rows)`` gives the predicted ratings of those pairs.
+    """
     writer = TableWriter(path, schemas.RECOMMENDATIONS, "recommendations", {"model_version": model_version})
     done = 0
     try:
@@ -177,7 +192,7 @@ def write_recommendations(
                         "rank": pa.array(rank, pa.int32()),
                         "movie_id": pa.array(movie_ids[items], pa.int64()),
                         "score": pa.array(scores, pa.float32()),
-                        "predicted_rating": pa.array(to_stars(scores), pa.float32()),
+                        "predicted_rating": pa.array(stars(q, items), pa.float32()),
                         "model_version": pa.array([model_version] * len(q), pa.string()),
                     }
                 )
@@ -196,19 +211,22 @@ def write_similar_movies(
     path: Path,
     index: faiss.Index,
     movie_ids: np.ndarray,
-    movie_emb: np.ndarray,
+    queries: np.ndarray,
     k: int,
     chunk_size: int = 4096,
     start: int = 0,
     stop: int | None = None,
 ) -> int:
-    """Stream the k nearest other movies of movies ``start:stop`` (default: all) to ``path``; return the row count."""
+    """Stream the k nearest other movies of movies ``start:stop`` (default: all) to ``path``; return the row count.
+
+    ``queries`` has one row per index row: the vector to search with for that movie.
+    """
     stop = len(movie_ids) if stop is None else stop
     self_ptr = np.arange(stop - start + 1, dtype=np.int64)  # each movie "has seen" itself
     self_rows = np.arange(start, stop, dtype=np.int64)
     writer = TableWriter(path, schemas.SIMILAR_MOVIES, "similar_movies")
     try:
-        for q, rank, items, scores in topk_unseen(index, movie_emb[start:stop], self_ptr, self_rows, k, chunk_size):
+        for q, rank, items, scores in topk_unseen(index, queries[start:stop], self_ptr, self_rows, k, chunk_size):
             writer.write(
                 pa.table(
                     {

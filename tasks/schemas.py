@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"  # 2: served embeddings carry the popularity prior (tasks/popularity.py), serving.json
 VERSION_KEY = b"towerflow.schema_version"
 TABLE_KEY = b"towerflow.table"
 

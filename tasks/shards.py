@@ -29,6 +29,7 @@ import pyarrow.parquet as pq
 from tasks import schemas
 from tasks.export import read_embeddings
 from tasks.layout import MODEL_FILES
+from tasks.popularity import ServingSpace
 
 SCORE_BINS = np.linspace(-1.0, 1.0, 81)  # histogram of published scores (inner products of unit vectors)
 
@@ -50,6 +51,7 @@ class Served:
     movie_emb: np.ndarray
     user_ids: np.ndarray
     user_emb: np.ndarray
+    space: ServingSpace
 
 
 def load_served(model_dir: Path, with_users: bool = True) -> Served:
@@ -70,7 +72,10 @@ def load_served(model_dir: Path, with_users: bool = True) -> Served:
     user_ids, user_emb = np.empty(0, np.int64), np.empty((0, movie_emb.shape[1]), np.float32)
     if with_users:
         user_ids, user_emb = read_embeddings(model_dir / MODEL_FILES["user_embeddings"], "user")
-    return Served(index, movie_ids, movie_emb, user_ids, user_emb)
+    space = ServingSpace.read(model_dir / MODEL_FILES["serving"])
+    if space.dim != movie_emb.shape[1] or space.dim != user_emb.shape[1]:
+        raise ValueError(f"{model_dir}: serving.json says {space.dim} dimensions, the embeddings have {movie_emb.shape[1]}")
+    return Served(index, movie_ids, movie_emb, user_ids, user_emb, space)
 
 
 def _shard_ratings(ratings_path: Path, user_ids: np.ndarray) -> Any:
@@ -113,10 +118,14 @@ def run_recommend_shard(
     user_ids = served.user_ids[start:stop]
     indptr, rows = seen_csr(_shard_ratings(Path(ratings_path), user_ids), user_ids, served.movie_ids)
     scalers = load_scalers(Path(model_dir) / MODEL_FILES["scalers"])
+    user_emb = served.user_emb[start:stop]
+
+    def stars(queries: np.ndarray, items: np.ndarray) -> np.ndarray:  # the model's own dot product, in stars
+        return scalers.target_to_rating(served.space.tower_scores(user_emb[queries], served.movie_emb[items]))
+
     n = write_recommendations(
-        Path(out_path), served.index, served.movie_ids, user_ids, served.user_emb[start:stop], indptr, rows, k,
-        scalers.target_to_rating, model_version, chunk_size, on_chunk,
-    )  # fmt: skip
+        Path(out_path), served.index, served.movie_ids, user_ids, user_emb, indptr, rows, k, stars, model_version, chunk_size, on_chunk
+    )
     return {"path": str(out_path), "rows": n, "users": len(user_ids), "score_hist": _score_hist(Path(out_path))}
 
 
@@ -125,7 +134,8 @@ def run_similar_shard(model_dir: Path, out_path: Path, k: int, chunk_size: int, 
     from tasks.recommend import write_similar_movies
 
     served = load_served(Path(model_dir), with_users=False)
-    n = write_similar_movies(Path(out_path), served.index, served.movie_ids, served.movie_emb, k, chunk_size, start, stop)
+    queries = served.space.content_queries(served.movie_emb)  # by the towers' similarity, not popularity
+    n = write_similar_movies(Path(out_path), served.index, served.movie_ids, queries, k, chunk_size, start, stop)
     return {"path": str(out_path), "rows": n, "movies": stop - start}
 
 

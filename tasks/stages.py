@@ -19,7 +19,7 @@ import pyarrow as pa
 
 from tasks import faults, schemas
 from tasks.config import ModelConfig
-from tasks.features import Features, compute_features, temporal_holdout
+from tasks.features import Features, compute_features, per_user_holdout
 from tasks.history import History, read_history, user_history, write_history
 from tasks.ingest import ingest
 from tasks.scalers import Scalers, fit_scalers, load_scalers, save_scalers
@@ -75,7 +75,7 @@ def run_features(ratings_path: Path, movies_path: Path, out_dir: Path, config: M
     """Features of the train phase (holdout excluded) and of the full phase (every rating)."""
     ratings, movies = load_ratings(ratings_path), load_movies(movies_path)
     users = np.sort(ratings["user_id"].unique())
-    hold = temporal_holdout(ratings["timestamp"].to_numpy(), holdout_fraction)
+    hold = per_user_holdout(ratings, holdout_fraction)
     out: dict[str, Any] = {"holdout_ratings": int(hold.sum()), "train_ratings": int((~hold).sum())}
     for phase, subset in (("train", ratings[~hold]), ("full", ratings)):
         feats = compute_features(subset, movies, users, config.features, config.shrinkage)
@@ -101,7 +101,7 @@ def run_scalers(ratings_path: Path, feature_dirs: dict[str, str], holdout_fracti
     To ``out_dir/<phase>/scalers.json`` (default: into the phase's feature directory).
     """
     ratings = load_ratings(ratings_path)
-    hold = temporal_holdout(ratings["timestamp"].to_numpy(), holdout_fraction)
+    hold = per_user_holdout(ratings, holdout_fraction)
     out = {}
     for phase in PHASES:
         feats = load_phase(Path(feature_dirs[phase]))
@@ -196,7 +196,7 @@ def run_train(
     outcome: dict[str, Any] = {}
 
     ratings = load_ratings(ratings_path)
-    hold = temporal_holdout(ratings["timestamp"].to_numpy(), holdout_fraction)
+    hold = per_user_holdout(ratings, holdout_fraction)
     train = prepare(Path(feature_dirs["train"]), Path(scaler_paths["train"]))
     val = train.triples(ratings[hold]) if hold.any() else None
     first = train_model(
@@ -244,7 +244,7 @@ def run_refit(
     outcome: dict[str, Any] = {}
     ratings = load_ratings(ratings_path)
     final_path = Path(out_dir) / "model.keras"
-    if not temporal_holdout(ratings["timestamp"].to_numpy(), holdout_fraction).any():
+    if not per_user_holdout(ratings, holdout_fraction).any():
         shutil.copyfile(validation_model, final_path)
         return {"model": str(final_path), "refit_epochs": 0}
     full = prepare(Path(feature_dirs["full"]), Path(scaler_paths["full"]))

@@ -140,7 +140,8 @@ class _Steps:
         return out
 
 
-MAX_VALIDATION = 200_000  # validation loss per epoch is estimated on at most this many held-out ratings
+MAX_VALIDATION = 200_000  # validation loss per epoch is estimated on at most this many held-out ratings ...
+PLOT_VALIDATION = 20_000  # ... or this many when the epochs are fixed and the loss only feeds the loss plot
 
 
 def _dataset(u: np.ndarray, m: np.ndarray, y: np.ndarray, batch: int) -> tf.data.Dataset:
@@ -198,8 +199,9 @@ def train_model(
     val_ds = None
     if validation is not None and len(validation[0]):
         vu, vm, vy = (np.asarray(a) for a in validation)
-        if len(vu) > MAX_VALIDATION:
-            keep = np.sort(np.random.default_rng(seed).choice(len(vu), MAX_VALIDATION, replace=False))
+        limit = MAX_VALIDATION if config.patience is not None else PLOT_VALIDATION
+        if len(vu) > limit:
+            keep = np.sort(np.random.default_rng(seed).choice(len(vu), limit, replace=False))
             vu, vm, vy = vu[keep], vm[keep], vy[keep]
         val_ds = _dataset(vu, vm, vy, max(config.batch_size, 1024))
     history: list[dict[str, float]] = []

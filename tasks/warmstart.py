@@ -33,11 +33,16 @@ def source(data_dir: Path, feature_dir: Path, config: dict[str, Any]) -> tuple[d
     Cold when nothing is published, or when the published model had other feature columns
     (those of ``feature_dir``) or other layer sizes (``config``, the preset's settings).
     """
+    from tasks import schemas
     from tasks.layout import read_latest, verified
     from tasks.stages import read_features
+    from tasks.storage import read_json
 
-    if not Layout(Path(data_dir)).latest.exists():
+    path = Layout(Path(data_dir)).latest
+    if not path.exists():
         return None, "cold: nothing published yet"
+    if read_json(path).get("schema_version") != schemas.SCHEMA_VERSION:
+        return None, f"cold: the published run has another schema version than {schemas.SCHEMA_VERSION}"
     latest = read_latest(Path(data_dir))
     model = verified(Path(data_dir), latest["model"]["keras"])
     warm = {"model": str(model), "version": latest["model_version"]}

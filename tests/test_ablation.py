@@ -114,12 +114,12 @@ def test_measure_end_to_end_on_tiny_data(tiny_data: tuple[Path, Path]) -> None:
     import pandas as pd
 
     from tasks.ablation import measure, train_variant
-    from tasks.evaluate import split_per_user
+    from tasks.features import per_user_holdout
 
     ratings = pd.read_csv(tiny_data[0]).rename(columns={"userId": "user_id", "movieId": "movie_id"})
     movies = pd.read_csv(tiny_data[1]).rename(columns={"movieId": "movie_id"})
     movies["year"] = movies["title"].str.extract(r"\((\d{4})\)\s*$", expand=False).astype("Int32")
-    hold = split_per_user(ratings, 0.2)
+    hold = per_user_holdout(ratings, 0.2)
     for normalize in (True, False):
         config = dataclasses.replace(variants(max_epochs=1)["(a) lab: L2 + minmax"], batch_size=256, normalize=normalize)
         fitted, history = train_variant(ratings[~hold], movies, config, seed=1)

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tasks.features import GENRES, compute_features, genre_matrix, temporal_holdout, unknown_genres
+from tasks.features import GENRES, compute_features, genre_matrix, per_user_holdout, unknown_genres
 
 MOVIES = pd.DataFrame(
     {
@@ -52,8 +52,7 @@ def test_confidence_features_by_hand() -> None:
 
 
 def test_features_see_only_training_ratings() -> None:
-    hold = temporal_holdout(RATINGS["timestamp"].to_numpy(), 1 / 3)
-    assert hold.tolist() == [False, False, True]
+    hold = np.array([False, False, True])  # user 2's only rating held out, as no per-user split would do
     f = compute_features(RATINGS[~hold], MOVIES, np.array([1, 2]), "lab")
     assert not f.user_x[1].any()  # user 2's only rating is held out
     assert f.movie_x[0, 1] == 4.0  # movie 10's mean ignores the held-out 5.0
@@ -69,4 +68,4 @@ def test_genre_matrix_and_unknown_genres() -> None:
 
 def test_holdout_fraction_validated() -> None:
     with pytest.raises(ValueError, match="holdout fraction must be in"):
-        temporal_holdout(np.arange(3), 1.0)
+        per_user_holdout(RATINGS, 1.0)

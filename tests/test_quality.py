@@ -1,4 +1,4 @@
-"""The quality gate refuses models below the baseline or too far below the published one."""
+"""Evaluation helpers and baselines: per-user holdout, most-popular, EASE^R, the evaluate command over seeds."""
 
 from __future__ import annotations
 
@@ -8,28 +8,32 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tasks.evaluate import over_seeds, popularity_lists, split_per_user
-from tasks.quality import QualityGateError, check_gate
-
-
-def _metrics(model: float, baseline: float) -> dict[str, dict[str, float]]:
-    return {"two-tower": {"ndcg": model}, "most-popular": {"ndcg": baseline}}
-
-
-def test_gate_passes_and_refuses() -> None:
-    assert "passed" in check_gate(_metrics(0.10, 0.07), None, 0.01)
-    with pytest.raises(QualityGateError, match=r"below the most-popular baseline 0\.0700"):
-        check_gate(_metrics(0.05, 0.07), None, 0.01)
-    previous = {"model_version": "2026-01-01-abc", "metrics": {"two-tower": {"ndcg": 0.12}}}
-    assert "passed" in check_gate(_metrics(0.115, 0.07), previous, 0.01)
-    with pytest.raises(QualityGateError, match=r"more than 0\.01 below the published model 2026-01-01-abc"):
-        check_gate(_metrics(0.10, 0.07), previous, 0.01)
+from tasks.baselines import ease_lists, popularity_lists
+from tasks.evaluate import over_seeds
+from tasks.features import per_user_holdout
 
 
 def test_split_per_user_holds_out_each_users_latest() -> None:
     ratings = pd.DataFrame({"user_id": [1] * 10 + [2] * 5, "timestamp": [*list(range(10, 0, -1)), 5, 1, 2, 3, 4]})
-    mask = split_per_user(ratings, 0.2)
+    mask = per_user_holdout(ratings, 0.2)
     assert ratings[mask].groupby("user_id").timestamp.apply(sorted).to_dict() == {1: [9, 10], 2: [5]}
+
+
+def test_ease_learns_planted_co_occurrence(rng: np.random.Generator) -> None:
+    """Users who rated movie 1 also rated 2 (and 3 with 4); a user with only 1 gets 2 first, never what they rated."""
+    rows = []
+    for user in range(1, 61):
+        pair = (1, 2) if user <= 30 else (3, 4)
+        rows += [(user, pair[0]), (user, pair[1]), (user, int(rng.integers(5, 40)))]
+    train = pd.DataFrame(rows, columns=["user_id", "movie_id"]).drop_duplicates()
+    train["timestamp"] = np.arange(len(train))
+    train["rating"] = 4.0
+    ask = pd.DataFrame({"user_id": [100, 101], "movie_id": [1, 3], "timestamp": [0, 0], "rating": [4.0, 4.0]})
+    lists, lam = ease_lists(pd.concat([train, ask]), np.array([100, 101]), k=3, lambdas=(1.0, 10.0))
+    assert lists[100][0] == 2 and lists[101][0] == 4 and lam in (1.0, 10.0)
+    assert 1 not in lists[100] and 3 not in lists[101]
+    with pytest.raises(ValueError, match="positive lambdas"):
+        ease_lists(train, np.array([1]), k=3, lambdas=(0.0,))
 
 
 def test_popularity_excludes_seen_and_orders_by_count() -> None:
@@ -58,10 +62,13 @@ def test_evaluate_command_over_two_seeds(tiny_data: tuple[Path, Path], tmp_path:
     argv = ["evaluate", "--ratings", str(ratings), "--movies", str(movies), "--max-epochs", "5", "--no-als"]
     assert main([*argv, "--preset", "default", "--preset", "lab", "--seed", "1", "--seed", "2", "--output", str(out)]) == 0
     table = pd.read_csv(out)
-    methods = ("most-popular", "two-tower (default)", "two-tower (lab)")
+    methods = ("most-popular", "ease^r", "two-tower (default)", "two-tower (lab)")
     assert sorted(zip(table["seed"], table["method"], strict=True)) == [(s, m) for s in (1, 2) for m in sorted(methods)]
     ndcg = table.pivot(index="seed", columns="method", values="ndcg@10")
     assert (ndcg["two-tower (default)"] > ndcg["most-popular"]).all() and (ndcg["two-tower (default)"] > ndcg["two-tower (lab)"]).all()
-    assert table.loc[table["method"] != "most-popular", "rmse"].between(0.3, 1.5).all()
+    assert table.loc[table["method"].str.startswith("two-tower"), "rmse"].between(0.3, 1.5).all()
+    assert (table["users"] == table["users"].iloc[0]).all() and table["users"].iloc[0] > 30  # every figure on the same users
+    assert (table["ndcg_low"] <= table["ndcg@10"]).all() and (table["ndcg@10"] <= table["ndcg_high"]).all()
+    assert table.loc[table["method"] == "ease^r", "setting"].str.startswith("lambda ").all()
     printed = capsys.readouterr().out
     assert "over seeds 1, 2:" in printed and "ndcg@10_mean" in printed

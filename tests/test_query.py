@@ -19,6 +19,7 @@ import pytest
 from flows.cli import main
 from flows.query_cli import _fit_genres, _fit_title
 from tasks.export import read_embeddings
+from tasks.popularity import ServingSpace
 from tasks.query import display_title
 
 pytestmark = [pytest.mark.flow]
@@ -110,8 +111,9 @@ def test_similar_beyond_published_k_searches_the_index(published: dict[str, Any]
     mid, memb = read_embeddings(d / latest["model"]["movie_embeddings"]["path"], "movie")
     row = pd.Index(mid).get_indexer([movie])[0]
     others = pd.Index(mid).get_indexer(rows.similar_movie_id)
-    np.testing.assert_allclose(memb[others] @ memb[row], rows.score, atol=1e-5)
-    best_other = np.sort(np.delete(memb @ memb[row], row))[::-1][: K + 4]
+    query = ServingSpace.read(d / latest["model"]["serving"]["path"]).content_queries(memb[[row]])[0]  # the towers' similarity
+    np.testing.assert_allclose(memb[others] @ query, rows.score, atol=1e-5)
+    best_other = np.sort(np.delete(memb @ query, row))[::-1][: K + 4]
     np.testing.assert_allclose(rows.score, best_other, atol=1e-5)
 
 

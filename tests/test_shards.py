@@ -14,6 +14,7 @@ import pytest
 from tasks import schemas
 from tasks.export import build_index, write_embeddings, write_id_table, write_index
 from tasks.layout import MODEL_FILES
+from tasks.popularity import ServingSpace
 from tasks.scalers import fit_scalers, save_scalers
 from tasks.shards import SCORE_BINS, count_rows, run_recommend_shard, run_similar_shard, shard_bounds
 from tasks.storage import write_table
@@ -28,12 +29,15 @@ def _unit(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
 
 @pytest.fixture
 def model_dir(tmp_path: Path, rng: np.random.Generator) -> tuple[Path, Path]:
-    """A model directory (index, ids, embeddings, scalers) and a ratings store, 53 users x 37 movies."""
+    """A model directory (index, ids, served embeddings with a popularity prior, scalers) and a ratings store, 53 users x 37 movies."""
     d = tmp_path / "model"
     d.mkdir()
     user_ids = np.sort(rng.choice(np.arange(1, 500), size=53, replace=False)).astype(np.int64)
     movie_ids = np.sort(rng.choice(np.arange(1, 900), size=37, replace=False)).astype(np.int64)
-    movie_emb, user_emb = _unit(rng, len(movie_ids), 8), _unit(rng, len(user_ids), 8)
+    space = ServingSpace(8, 0.5)
+    space.write(d / MODEL_FILES["serving"])
+    movie_emb = space.movies(_unit(rng, len(movie_ids), 8), rng.random(len(movie_ids)))
+    user_emb = space.users(_unit(rng, len(user_ids), 8))
     write_index(build_index(movie_emb), d / MODEL_FILES["index"])
     write_id_table(d / MODEL_FILES["index_ids"], movie_ids)
     write_embeddings(d / MODEL_FILES["movie_embeddings"], movie_ids, movie_emb, "movie")

@@ -1,0 +1,80 @@
+"""The quality gate decides on evidence: intervals from a bootstrap over users, and how many users stand behind them."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tasks.gate import MIN_USERS, Interval, bootstrap, decide, paired_difference
+
+
+def test_bootstrap_interval_covers_the_mean_and_shrinks_with_users(rng: np.random.Generator) -> None:
+    few, many = rng.random(40), rng.random(4000)
+    a, b = bootstrap(few), bootstrap(many)
+    assert a.low < a.mean < a.high and b.low < b.mean < b.high
+    assert (b.high - b.low) < (a.high - a.low) / 5  # about sqrt(100) = 10 times narrower
+    assert bootstrap(few, seed=3) == bootstrap(few, seed=3)  # seeded
+    with pytest.raises(ValueError, match="non-empty 1-d"):
+        bootstrap(np.zeros((0,)))
+
+
+def test_paired_difference_sees_a_small_gap_that_unpaired_intervals_hide(rng: np.random.Generator) -> None:
+    base = rng.random(300)  # users differ a lot; the model is better by 0.02 for every user
+    model = base + 0.02
+    assert bootstrap(model).low < bootstrap(base).high  # the two intervals overlap
+    diff = paired_difference(model, base)
+    assert diff.low > 0 and diff.mean == pytest.approx(0.02)
+    with pytest.raises(ValueError, match="one entry per user"):
+        paired_difference(model, base[:10])
+
+
+def _verdict(model: np.ndarray, base: np.ndarray, previous: dict | None = None, margin: float = 0.01):  # type: ignore[no-untyped-def]
+    return decide(bootstrap(model), float(base.mean()), paired_difference(model, base), len(model), previous, margin)
+
+
+def test_clearly_better_passes_clearly_worse_refuses(rng: np.random.Generator) -> None:
+    base = rng.random(500) * 0.3
+    passed = _verdict(base + 0.05, base)
+    assert passed.verdict == "passed" and passed.users == 500 and passed.comparisons[0].outcome == "better"
+    assert "500 users" in passed.reason and "95% interval" in passed.reason
+    refused = _verdict(base - 0.05, base)
+    assert refused.verdict == "refused" and refused.reason.startswith("refused: most-popular is better with confidence")
+
+
+def test_too_few_users_or_no_clear_difference_is_undecided(rng: np.random.Generator) -> None:
+    base = rng.random(MIN_USERS - 1)
+    small = _verdict(base - 0.2, base)  # far worse, but on too few users to say
+    assert small.verdict == "undecided" and f"{MIN_USERS - 1} users" in small.reason
+    base = rng.random(200)
+    tied = _verdict(base + rng.normal(0, 0.05, 200), base)
+    assert tied.verdict == "undecided" and "cannot tell the model from most-popular" in tied.reason
+
+
+def test_published_model_compared_with_its_own_interval(rng: np.random.Generator) -> None:
+    base = rng.random(400) * 0.2
+    model = base + 0.05
+    own = bootstrap(model)
+    width = (own.high - own.low) / 2
+
+    def previous(ndcg: float) -> dict:  # type: ignore[type-arg]
+        return {
+            "model_version": "2026-01-01-abc",
+            "metrics": {"two-tower": {"ndcg": ndcg, "ndcg_low": ndcg - width, "ndcg_high": ndcg + width}},
+        }
+
+    assert _verdict(model, base, previous(own.mean)).verdict == "passed"  # the same as published: within the margin
+    worse = _verdict(model, base, previous(own.mean + 0.2))
+    assert worse.verdict == "refused" and "more than 0.01 below the published model" in worse.reason
+    assert "published 2026-01-01-abc" in worse.reason
+    near = _verdict(model, base, previous(own.mean + 0.015))  # 0.015 below, intervals too wide to say it is 0.01 below
+    assert near.verdict == "undecided"
+    no_interval = {"model_version": "old", "metrics": {"two-tower": {"ndcg": 0.9}}}  # an older latest.json: not compared
+    assert _verdict(model, base, no_interval).verdict == "passed"
+    with pytest.raises(ValueError, match="margin must be >= 0"):
+        _verdict(model, base, None, margin=-1)
+
+
+def test_verdict_is_json_ready() -> None:
+    verdict = decide(Interval(0.2, 0.18, 0.22), 0.1, Interval(0.1, 0.08, 0.12), 100, None, 0.01)
+    data = verdict.to_dict()
+    assert data["verdict"] == "passed" and data["users"] == 100 and data["comparisons"][0]["difference"]["low"] == 0.08
