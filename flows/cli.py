@@ -18,6 +18,8 @@ from flows import query_cli, serve
 from tasks.config import PRESETS
 from tasks.generate import LAWS
 
+EPHEMERAL_STARTUP_SECONDS = 180
+
 
 def _quiet_env() -> None:
     from tasks.runtime import default_threads, set_thread_env
@@ -25,6 +27,8 @@ def _quiet_env() -> None:
     set_thread_env(default_threads())
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "tasks")
+    # Prefect waits 20 s for its temporary server; a busy 2-core machine can need more (a night must not fail on it)
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", str(EPHEMERAL_STARTUP_SECONDS))
 
 
 def _date(value: str) -> dt.date:

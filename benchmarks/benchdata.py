@@ -1,0 +1,40 @@
+"""The data sets the quality benchmarks judge on: real MovieLens and generated sets of other shapes.
+
+A preset tuned on one data set is a trap, so every quality figure is measured on at least two:
+ml-latest-small (taste-led, from ../shared beside the repository) and a popularity-led catalog
+made by the project's generator (``towerflow generate --law popularity``), generated once under
+the work directory and reused.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "movielens"
+# name: (users, movies, mean ratings per user)
+GENERATED_SIZES = {"600k": (4_000, 5_000, 150.0), "2.5m": (16_000, 20_000, 156.0)}
+
+
+@dataclass(frozen=True)
+class DataSet:
+    name: str
+    ratings: Path
+    movies: Path
+
+
+def movielens(directory: Path = SHARED / "ml-latest-small") -> DataSet:
+    if not (directory / "ratings.csv").exists():
+        raise SystemExit(f"no ratings.csv in {directory}; download ml-latest-small from GroupLens and pass its directory")
+    return DataSet(directory.name, directory / "ratings.csv", directory / "movies.csv")
+
+
+def generated(law: str, size: str, work: Path, seed: int = 7) -> DataSet:
+    """A generated data set (written once under ``work``)."""
+    from tasks.generate import generate
+
+    users, movies, per_user = GENERATED_SIZES[size]
+    out = work / f"{law}-{size}-seed{seed}"
+    if not (out / "ratings.csv").exists():
+        generate(out, n_users=users, n_movies=movies, mean_ratings_per_user=per_user, seed=seed, law=law)
+    return DataSet(f"generated {law}-led {size}", out / "ratings.csv", out / "movies.csv")
