@@ -11,11 +11,13 @@ import dataclasses
 import datetime as dt
 import os
 import sys
+import traceback
 from pathlib import Path
 from typing import Any
 
-from flows import query_cli, serve
+from flows import failures, query_cli, serve
 from tasks.config import PRESETS
+from tasks.errors import TowerflowError, is_expected
 from tasks.generate import LAWS
 
 EPHEMERAL_STARTUP_SECONDS = 180
@@ -112,6 +114,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     gen.add_argument("--taste-strength", type=float, help="override the law's weight of genre taste in what users pick")
     gen.add_argument("--popularity-exponent", type=float, help="override the law's Zipf exponent of movie popularity")
+    alerts = sub.add_parser("alerts", help="Prefect automations that notify when a night fails, crashes, is refused or drifts")
+    alerts_sub = alerts.add_subparsers(dest="alerts_command", required=True)
+    install = alerts_sub.add_parser("install", help="create them (idempotently) on the server at PREFECT_API_URL")
+    install.add_argument("--block", help="the Prefect notification block to notify through (e.g. a Slack or webhook block)")
     query_cli.add_parsers(sub)
     return p
 
@@ -155,10 +161,6 @@ def _summary(s: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _reason(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
-
-
 def _params(args: argparse.Namespace) -> Any:
     from flows.nightly import NightlyParams
 
@@ -186,12 +188,21 @@ def cmd_run(args: argparse.Namespace) -> int:
     from flows.nightly import nightly
     from flows.runners import task_runner
 
+    failures.hide_expected_tracebacks()
     flow = nightly.with_options(task_runner=task_runner(args.dask_address, args.workers))
-    state = flow(_params(args), return_state=True)
+    try:
+        state = flow(_params(args), return_state=True)
+    except RuntimeError as exc:  # before the flow ran: Prefect's temporary server did not come up
+        timeout = failures.ephemeral_timeout(exc, os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "?"))
+        if timeout is None:
+            raise
+        raise timeout from None
     result = state.result(raise_on_failure=False)
-    if not state.is_completed() or isinstance(result, BaseException):
-        print(f"towerflow run failed: {_reason(result) if isinstance(result, BaseException) else state.message}", file=sys.stderr)
-        return 1
+    if isinstance(result, BaseException):
+        raise failures.RunFailed(result)
+    if not state.is_completed():
+        raise TowerflowError(f"the flow run ended {state.name}: {state.message}")
+    failures.close_prefect()
     print(_summary(result))
     return 0
 
@@ -267,6 +278,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_alerts(args: argparse.Namespace) -> int:
+    from flows.alerts import install
+
+    for name, what in install(args.block):
+        print(f"{what:<8} {name}")
+    print(f"notifications go to block {args.block!r}; see the Automations page of the Prefect UI")
+    return 0
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     from tasks.generate import generate
 
@@ -284,14 +304,20 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     _quiet_env()
     commands = {"run": cmd_run, "predict": cmd_predict, "evaluate": cmd_evaluate, "generate": cmd_generate, **query_cli.COMMANDS}
-    commands["serve"] = cmd_serve
+    commands |= {"serve": cmd_serve, "alerts": cmd_alerts}
     try:
         return commands[args.command](args)
     except KeyboardInterrupt:
+        failures.close_prefect()
         print("towerflow: interrupted", file=sys.stderr)
         return 130
-    except Exception as exc:  # one line, no traceback: the message names what to fix
-        print(f"towerflow {args.command} failed: {_reason(exc)}", file=sys.stderr)
+    except Exception as exc:  # the last line on stderr is the reason; a traceback only for a bug
+        expected = is_expected(exc)
+        if not expected and not isinstance(exc, failures.RunFailed):  # a failed flow run's traceback is in Prefect's log above
+            traceback.print_exception(exc)
+        failures.close_prefect()
+        bug = "" if expected else " [unexpected error: a bug in towerflow; the traceback is above]"
+        print(f"towerflow {args.command} failed: {failures.reason(exc)}{bug}", file=sys.stderr)
         return 1
 
 

@@ -36,11 +36,13 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID
 
+from tasks.errors import TowerflowError
+
 LEASE_SECONDS = 60.0  # the server's minimum lease
 SLOT_WAIT_SECONDS = LEASE_SECONDS + 30.0  # long enough for the lease of a run that died elsewhere to lapse
 
 
-class LockedError(RuntimeError):
+class LockedError(TowerflowError, RuntimeError):
     """Another towerflow run holds the data directory."""
 
 

@@ -17,19 +17,20 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from flows import caching, incremental, report, runners, shards
+from flows import caching, failures, incremental, outcome, report, runners, shards
 from flows.lock import data_dir_lock
 from flows.params import NightlyParams
 from flows.runners import io_retry as _io_retry
-from tasks import faults, publish, quality, rejects, resume, stages, warmstart
+from tasks import drift, faults, publish, quality, rejects, resume, stages, warmstart
 from tasks.config import preset
+from tasks.errors import TowerflowError
 from tasks.generate import generate
 from tasks.layout import Layout, model_version
 from tasks.runtime import default_threads, pin_threads
 from tasks.storage import read_json, sha256_text
 
 
-class StageError(RuntimeError):
+class StageError(TowerflowError, RuntimeError):
     """A stage failed; the message names the stage and the cause."""
 
 
@@ -114,7 +115,7 @@ def refit_task(
     )
 
 
-@caching.stage_task("evaluate", outputs=("out_path",), **_IO_RETRY)
+@caching.stage_task("evaluate", **_IO_RETRY)
 def evaluate_task(
     ratings: str,
     train_dir: str,
@@ -122,14 +123,13 @@ def evaluate_task(
     validation_model: str,
     holdout: float,
     k: int,
-    out_path: str,
     popularity_prior: bool,
     seed: int,
 ) -> dict[str, Any]:
     from prefect.artifacts import create_table_artifact
 
     evaluation = quality.run_evaluate(
-        Path(ratings), Path(train_dir), Path(scalers_path), Path(validation_model), holdout, k, Path(out_path), popularity_prior, seed
+        Path(ratings), Path(train_dir), Path(scalers_path), Path(validation_model), holdout, k, popularity_prior, seed
     )
     rows = [
         {"method": method, **{name: round(value, 4) for name, value in values.items()}} for method, values in evaluation["metrics"].items()
@@ -153,6 +153,17 @@ def gate_task(evaluation: dict[str, Any] | None, latest_path: str, margin: float
     if verdict.verdict == "refused" and enforce:
         raise quality.QualityGateError(f"quality gate {verdict.reason} (latest.json still points to the previous run)")
     return {**verdict.to_dict(), "enforced": enforce}
+
+
+@caching.stage_task("drift", outputs=("out_path",), **_IO_RETRY)
+def drift_task(
+    parts: list[str], latest_path: str, ratings: str, movies: str, metrics: dict[str, Any] | None, out_path: str
+) -> dict[str, Any]:
+    """Tonight's lists against the published run's; the metrics table (holdout metrics and drift)."""
+    out = drift.run_drift(parts, Path(latest_path), Path(ratings), Path(movies), metrics, Path(out_path))
+    versus = out.get("versus_published")
+    get_run_logger().info("drift: %s", json.dumps(versus) if versus else "nothing published to compare with")
+    return out
 
 
 @caching.stage_task("export", outputs=("model_dir",), **_IO_RETRY)
@@ -195,12 +206,24 @@ class _Stages:
     name="towerflow-nightly", log_prints=True, task_runner=runners.task_runner(), persist_result=False, result_serializer=caching.SERIALIZER
 )
 def nightly(params: NightlyParams = NightlyParams()) -> dict[str, Any]:  # noqa: B008
-    """Run the whole nightly job once and return its summary."""
-    logger = get_run_logger()
-    threads = params.threads or default_threads()
-    pin_threads(threads)
+    """Run the whole nightly job once and return its summary; a refused or failed night is recorded, then raised."""
+    failures.hide_expected_tracebacks()
+    started = time.perf_counter()
     run_date = params.run_date or dt.date.today()
     layout = Layout(Path(params.data_dir).resolve())
+    known: dict[str, Any] = {}  # what the night has measured so far, in latest.json's shape (for its history row)
+    try:
+        return _night(params, run_date, layout, known)
+    except Exception as exc:
+        outcome.failed(layout, run_date, exc, known, time.perf_counter() - started)
+        raise
+
+
+def _night(params: NightlyParams, run_date: dt.date, layout: Layout, known: dict[str, Any]) -> dict[str, Any]:
+    logger = get_run_logger()
+    started = time.perf_counter()
+    threads = params.threads or default_threads()
+    pin_threads(threads)
     config = preset(params.preset, max_epochs=params.max_epochs, patience=params.patience)
     run = _Stages()
     with data_dir_lock(layout.lock):
@@ -235,6 +258,7 @@ def nightly(params: NightlyParams = NightlyParams()) -> dict[str, Any]:  # noqa:
         )
         facts += (f"warm:{params.warm_epochs}",) if params.warm_start else ()
         version = model_version(run_date, sha256_text(*facts))
+        known["model_version"] = version
         work = layout.work(version)
         for note in resume.prepare_work(layout, work):
             logger.info(note)
@@ -272,10 +296,16 @@ def nightly(params: NightlyParams = NightlyParams()) -> dict[str, Any]:  # noqa:
         if params.holdout_fraction > 0:
             evaluation = run(
                 "evaluate", evaluate_task, ingested["ratings"], feature_dirs["train"], scalers["train"], trained["validation_model"],
-                params.holdout_fraction, params.k, str(work / "metrics.parquet"), config.popularity_prior, params.seed,
+                params.holdout_fraction, params.k, config.popularity_prior, params.seed,
             )  # fmt: skip
-        gate = run("quality-gate", gate_task, evaluation, str(layout.latest), params.gate_margin, params.k, params.gate)
+            known["metrics"] = evaluation["metrics"]
         prior_weight = evaluation["prior"]["weight"] if evaluation is not None else 0.0
+        known["popularity_prior"] = {
+            "weight": prior_weight,
+            "chosen_on": "NDCG@k of the validation model on the holdout" if evaluation is not None else "nothing (no holdout)",
+            "ndcg_by_weight": evaluation["prior"]["ndcg_by_weight"] if evaluation is not None else {},
+        }
+        known["gate"] = run("quality-gate", gate_task, evaluation, str(layout.latest), params.gate_margin, params.k, params.gate)
         refit = run(
             "refit", refit_task, ingested["ratings"], feature_dirs, scalers, trained["validation_model"], str(work / "train"),
             params.preset, trained["best_epoch"], params.seed, params.holdout_fraction, warm,
@@ -294,6 +324,10 @@ def nightly(params: NightlyParams = NightlyParams()) -> dict[str, Any]:  # noqa:
             params.k, params.chunk_size, params.shard_size, str(work),
         )  # fmt: skip
         run.cached += [name for name, out in (("recommend", recs), ("similar", similar)) if out["shards_reused"] == out["shards"]]
+        known["drift"] = run(
+            "drift", drift_task, recs["parts"], str(layout.latest), ingested["ratings"], ingested["movies"],
+            known.get("metrics"), str(work / "metrics.parquet"),
+        )  # fmt: skip
         extra = {
             "preset": params.preset,
             "k": params.k,
@@ -308,20 +342,20 @@ def nightly(params: NightlyParams = NightlyParams()) -> dict[str, Any]:  # noqa:
             },
             "config": config.to_dict(),
             "threads": threads,
-            "metrics": evaluation["metrics"] if evaluation is not None else None,
-            "gate": gate,
-            "popularity_prior": {
-                "weight": prior_weight,
-                "chosen_on": "NDCG@k of the validation model on the holdout" if evaluation is not None else "nothing (no holdout)",
-                "ndcg_by_weight": evaluation["prior"]["ndcg_by_weight"] if evaluation is not None else {},
-            },
+            "metrics": known.get("metrics"),
+            "gate": known["gate"],
+            "popularity_prior": known["popularity_prior"],
+            "drift": known["drift"],
             "timings": dict(run.timings),
             "reused_stages": list(run.cached),  # finished by an interrupted run of this version, not recomputed
         }
-        tables: dict[str, str | list[str]] = {"recommendations": recs["parts"], "similar_movies": similar["parts"]}
-        if evaluation is not None:
-            tables["metrics"] = str(work / "metrics.parquet")
+        tables: dict[str, str | list[str]] = {
+            "recommendations": recs["parts"],
+            "similar_movies": similar["parts"],
+            "metrics": str(work / "metrics.parquet"),
+        }
         latest = run("publish", publish_task, str(layout.data_dir), run_date, version, exported["model_dir"], tables, extra)
+        outcome.published(layout, latest, time.perf_counter() - started)  # history row, events, history artifact
         histories = {"validate": trained.get("history", []), "refit": refit.get("history", [])}
         run("report", report.report_task, str(layout.data_dir), latest, dict(run.timings), histories, recs["score_hist"], runners.current())
         shutil.rmtree(work, ignore_errors=True)

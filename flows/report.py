@@ -103,8 +103,40 @@ def _image(path: Path | None, alt: str, embed: bool) -> str:
     return f"![{alt}](data:image/png;base64,{data})"
 
 
+def _drift(latest: dict[str, Any]) -> list[str]:
+    drift = latest.get("drift") or {}
+    if not drift:
+        return []
+    names = ("coverage", "novelty", "diversity", "personalization")
+    lines = ["## Tonight's lists and the published run's", "", f"| lists | {' | '.join(names)} |", "|---|" + "---:|" * len(names)]
+    for label, values in (
+        ("tonight", drift.get("lists")),
+        (f"published {(drift.get('published') or {}).get('model_version', '')}", drift.get("published")),
+    ):
+        if values:
+            lines.append(f"| {label} | " + " | ".join(f"{values.get(n, float('nan')):.4f}" for n in names) + " |")
+    versus = drift.get("versus_published")
+    if versus and versus.get("users_compared"):
+        lines += [
+            "",
+            f"Against the published run, over {int(versus['users_compared']):,} users: mean top-k Jaccard {versus['mean_jaccard']:.3f} "
+            f"(drift {versus['drift']:.3f}{', past the alert threshold' if drift.get('drifted') else ''}), "
+            f"{versus['changed_share']:.1%} of the lists changed, score mean shift {versus['score_mean_shift']:+.4f}, "
+            f"KS {versus['score_ks']:.3f}.",
+        ]
+    elif "versus_published" not in drift:
+        lines += ["", "Nothing was published before: no drift to measure."]
+    return [*lines, ""]
+
+
 def _report(
-    latest: dict[str, Any], timings: dict[str, float], runner: str, data_dir: Path, plots: dict[str, Path | None], embed: bool
+    latest: dict[str, Any],
+    timings: dict[str, float],
+    runner: str,
+    data_dir: Path,
+    plots: dict[str, Path | None],
+    embed: bool,
+    history: str = "",
 ) -> str:
     """The run report as markdown: inputs, training, metrics, outputs, plots, seconds per stage."""
     ing, train = latest.get("ingest", {}), latest.get("training", {})
@@ -157,6 +189,7 @@ def _report(
             f"(NDCG@k by weight: {', '.join(f'{w} {v:.4f}' for w, v in (prior.get('ndcg_by_weight') or {}).items())}).",
             "",
         ]
+    lines += _drift(latest)
     lines += ["## Outputs", "", "| table | rows | files | path |", "|---|---:|---:|---|"]
     for name, info in latest.get("tables", {}).items():
         lines.append(f"| {name} | {info['rows']:,} | {len(info.get('files', [info['path']]))} | `{data_dir / info['path']}` |")
@@ -174,6 +207,7 @@ def _report(
         "|---|---:|",
         *(f"| {stage} | {seconds:.1f} |" for stage, seconds in timings.items()),
         "",
+        history,
     ]
     return "\n".join(lines)
 
@@ -205,11 +239,17 @@ def report_task(
     except Exception as exc:  # e.g. matplotlib missing; the report goes out without pictures
         logger.warning("plots not written: %s", exc)
     try:
+        from flows.outcome import HISTORY_NIGHTS, history_markdown, history_plot
+        from tasks.nights import read_nights
+
+        nights = read_nights(layout, last=HISTORY_NIGHTS)
+        trend = history_plot(layout, nights)
         report_path = out_dir / f"report-{version}.md"
         with atomic_path(report_path) as tmp:  # beside its PNGs, linked by name
-            tmp.write_text(_report(latest, timings, runner, layout.data_dir, plots, embed=False), encoding="utf-8")
+            history = history_markdown(nights, None, embed=False)
+            tmp.write_text(_report(latest, timings, runner, layout.data_dir, plots, False, history), encoding="utf-8")
         written = {"report": str(report_path), **{name: str(path) for name, path in plots.items() if path is not None}}
-        text = _report(latest, timings, runner, layout.data_dir, plots, embed=True)
+        text = _report(latest, timings, runner, layout.data_dir, plots, True, history_markdown(nights, trend, embed=True))
         create_markdown_artifact(text, key=REPORT_KEY, description=f"towerflow nightly {run_date}: model {version}")
     except Exception as exc:
         logger.warning("run report not complete: %s", exc)

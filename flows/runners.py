@@ -14,6 +14,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from tasks.errors import ConfigError, TowerflowError
+
 DASK_ADDRESS_ENV = "TOWERFLOW_DASK_ADDRESS"
 WORKERS_ENV = "TOWERFLOW_WORKERS"
 DEFAULT_WORKERS = 2
@@ -28,7 +30,7 @@ def _workers_from_env() -> int:
     except ValueError:
         value = 0
     if value < 1:
-        raise ValueError(f"{WORKERS_ENV} must be a positive integer, got {raw!r}")
+        raise ConfigError(f"{WORKERS_ENV} must be a positive integer, got {raw!r}")
     return value
 
 
@@ -37,17 +39,17 @@ def task_runner(dask_address: str | None = None, workers: int | None = None) -> 
     address = dask_address or os.environ.get(DASK_ADDRESS_ENV) or None
     if address:
         if "://" not in address and ":" not in address:
-            raise ValueError(f"--dask-address must look like tcp://HOST:PORT, got {address!r}")
+            raise ConfigError(f"--dask-address must look like tcp://HOST:PORT, got {address!r}")
         try:
             from prefect_dask import DaskTaskRunner
         except ImportError:
-            raise RuntimeError("--dask-address needs prefect-dask: pip install -c constraints.txt -e '.[dask]'") from None
+            raise TowerflowError("--dask-address needs prefect-dask: pip install -c constraints.txt -e '.[dask]'") from None
         return DaskTaskRunner(address=address)
     from prefect.task_runners import ThreadPoolTaskRunner
 
     count = workers if workers is not None else _workers_from_env()
     if count < 1:
-        raise ValueError(f"--workers must be >= 1, got {count}")
+        raise ConfigError(f"--workers must be >= 1, got {count}")
     return ThreadPoolTaskRunner(max_workers=count)
 
 

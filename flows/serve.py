@@ -25,6 +25,8 @@ import os
 import zoneinfo
 from typing import Any
 
+from tasks.errors import ConfigError, TowerflowError
+
 DEFAULT_CRON = "0 2 * * *"
 TIMEZONE_ENV = "TOWERFLOW_TIMEZONE"
 
@@ -45,11 +47,11 @@ def schedule(cron: str, timezone: str) -> Any:
     try:
         zoneinfo.ZoneInfo(timezone)
     except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-        raise ValueError(f"--timezone {timezone!r} is not an IANA time zone (e.g. UTC, Europe/Berlin)") from None
+        raise ConfigError(f"--timezone {timezone!r} is not an IANA time zone (e.g. UTC, Europe/Berlin)") from None
     try:
         return Cron(cron, timezone=timezone)
     except ValueError as exc:
-        raise ValueError(f"--cron {cron!r}: {exc}") from None
+        raise ConfigError(f"--cron {cron!r}: {exc}") from None
 
 
 def serve(params: Any, cron: str, timezone: str, name: str, dask_address: str | None, workers: int | None) -> None:
@@ -60,7 +62,7 @@ def serve(params: Any, cron: str, timezone: str, name: str, dask_address: str | 
     from flows import runners
 
     if not PREFECT_API_URL.value():
-        raise RuntimeError(
+        raise TowerflowError(
             "serve needs a Prefect server: start `prefect server start` and set PREFECT_API_URL=http://127.0.0.1:4200/api "
             "(the ephemeral API of `towerflow run` cannot schedule)"
         )
@@ -69,7 +71,7 @@ def serve(params: Any, cron: str, timezone: str, name: str, dask_address: str | 
     try:
         httpx.get(f"{api}/health", timeout=10).raise_for_status()
     except httpx.HTTPError as exc:
-        raise RuntimeError(f"cannot reach the Prefect API at {api} ({exc}); is `prefect server start` running?") from None
+        raise TowerflowError(f"cannot reach the Prefect API at {api} ({exc}); is `prefect server start` running?") from None
     # Each run starts in a fresh `python -m prefect.engine` that imports flows.nightly, whose task
     # runner is read from the environment when it is imported (flows/runners.py).
     if dask_address:

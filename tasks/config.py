@@ -14,6 +14,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from tasks.errors import ConfigError
+
 FeatureSet = Literal["lab", "confidence"]
 TargetScale = Literal["minmax", "stars"]
 
@@ -57,11 +59,11 @@ class ModelConfig:
             positive["shrinkage"] = self.shrinkage
         for name, value in positive.items():
             if not value > 0:
-                raise ValueError(f"model config {name} must be > 0, got {value!r}")
+                raise ConfigError(f"model config {name} must be > 0, got {value!r}")
         if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"model config dropout must be in [0, 1), got {self.dropout!r}")
+            raise ConfigError(f"model config dropout must be in [0, 1), got {self.dropout!r}")
         if any(width < 1 for width in self.hidden) or self.history_length < 0:
-            raise ValueError(f"model config needs hidden widths >= 1 and history_length >= 0, got {self.hidden}, {self.history_length}")
+            raise ConfigError(f"model config needs hidden widths >= 1 and history_length >= 0, got {self.hidden}, {self.history_length}")
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -73,7 +75,7 @@ class ModelConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(data) - known
         if unknown:
-            raise ValueError(f"unknown model config keys {sorted(unknown)}; known: {sorted(known)}")
+            raise ConfigError(f"unknown model config keys {sorted(unknown)}; known: {sorted(known)}")
         values = dict(data)
         values["hidden"] = tuple(values.get("hidden", (256, 128)))
         return cls(**values)
@@ -117,6 +119,6 @@ PRESETS: dict[str, ModelConfig] = {
 def preset(name: str, **overrides: Any) -> ModelConfig:
     """Return preset ``name`` with ``overrides`` (``None`` values are ignored)."""
     if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+        raise ConfigError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
     changes = {k: v for k, v in overrides.items() if v is not None}
     return dataclasses.replace(PRESETS[name], **changes)

@@ -30,6 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
+from tasks.errors import TowerflowError
+
 DEFAULT_BASE_URL = "https://files.grouplens.org/datasets/movielens"
 BASE_URL_ENV = "TOWERFLOW_DOWNLOAD_BASE_URL"
 # MD5s GroupLens publishes for its frozen releases (ml-latest-small has none recorded here: it is checked
@@ -43,7 +45,7 @@ MARKER = ".towerflow-download.json"
 _MD5_RE = re.compile(r"\b([0-9a-fA-F]{32})\b")
 
 
-class DownloadError(RuntimeError):
+class DownloadError(TowerflowError, RuntimeError):
     """The data set could not be fetched, verified or unpacked; the message says which and why."""
 
 

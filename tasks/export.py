@@ -15,6 +15,7 @@ import numpy as np
 import pyarrow as pa
 
 from tasks import schemas
+from tasks.errors import DataError
 from tasks.storage import atomic_path, read_table, write_table
 
 if TYPE_CHECKING:  # Keras is imported where a tower runs, so reading an index or embeddings never loads TensorFlow
@@ -64,7 +65,7 @@ def read_index(path: Path) -> faiss.Index:
         raise FileNotFoundError(f"FAISS index not found: {path}")
     index = faiss.read_index(str(path))
     if index.metric_type != faiss.METRIC_INNER_PRODUCT:
-        raise ValueError(f"{path}: index metric is {index.metric_type}, expected inner product")
+        raise DataError(f"{path}: index metric is {index.metric_type}, expected inner product")
     return index
 
 

@@ -23,6 +23,7 @@ import pyarrow.compute as pc
 import scipy.sparse as sp
 
 from tasks.config import FeatureSet
+from tasks.errors import ConfigError
 
 GENRES: tuple[str, ...] = (
     "Action", "Adventure", "Animation", "Children", "Comedy", "Crime", "Documentary",
@@ -183,7 +184,7 @@ def per_user_holdout(ratings: pd.DataFrame, fraction: float) -> np.ndarray:
     ``fraction`` 0 holds out nothing.
     """
     if not 0.0 <= fraction < 1.0:
-        raise ValueError(f"holdout fraction must be in [0, 1), got {fraction}")
+        raise ConfigError(f"holdout fraction must be in [0, 1), got {fraction}")
     mask = np.zeros(len(ratings), dtype=bool)
     if fraction == 0.0 or not len(ratings):
         return mask

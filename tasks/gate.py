@@ -23,6 +23,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from tasks.errors import ConfigError
+
 CONFIDENCE = 0.95
 RESAMPLES = 2000
 MIN_USERS = 30  # below this a bootstrap interval is itself unreliable: undecided
@@ -127,7 +129,7 @@ def decide(
     latest.json (or None); ``margin`` is how far below the published model's NDCG@k the new one may be.
     """
     if margin < 0:
-        raise ValueError(f"gate margin must be >= 0, got {margin}")
+        raise ConfigError(f"gate margin must be >= 0, got {margin}")
     if users < MIN_USERS:
         reason = f"undecided: {users} users on the holdout, fewer than {MIN_USERS} to decide on; published without a verdict"
         return Verdict("undecided", reason, users)

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from tasks.errors import ConfigError
 from tasks.features import GENRES
 from tasks.storage import atomic_path
 
@@ -41,7 +42,7 @@ class Law:
 
     def __post_init__(self) -> None:
         if self.taste_strength < 0 or self.popularity_exponent < 0:
-            raise ValueError(f"law needs taste_strength >= 0 and popularity_exponent >= 0, got {self}")
+            raise ConfigError(f"law needs taste_strength >= 0 and popularity_exponent >= 0, got {self}")
 
 
 LAWS: dict[str, Law] = {
@@ -88,10 +89,10 @@ def generate(
     ``law`` decides what users pick: a :class:`Law` or the name of one in :data:`LAWS`.
     """
     if n_users < 1 or n_movies < 30:
-        raise ValueError(f"need n_users >= 1 and n_movies >= 30, got {n_users} users, {n_movies} movies")
+        raise ConfigError(f"need n_users >= 1 and n_movies >= 30, got {n_users} users, {n_movies} movies")
     law = LAWS[law] if isinstance(law, str) and law in LAWS else law
     if not isinstance(law, Law):
-        raise ValueError(f"unknown law {law!r}; choose one of {sorted(LAWS)}")
+        raise ConfigError(f"unknown law {law!r}; choose one of {sorted(LAWS)}")
     rng = np.random.default_rng(seed)
     n_g = len(GENRES)
     # Movies: 1-3 genres, a year, a quality and a Zipf-like popularity.

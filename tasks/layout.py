@@ -6,6 +6,7 @@
     DIR/models/<model_version>/                       published model artifacts
     DIR/outputs/<table>/run_date=YYYY-MM-DD/part-<model_version>[-NNNNN].parquet   (one part per shard)
     DIR/outputs/reports/run_date=YYYY-MM-DD/          the run report and its plots (for people)
+    DIR/outputs/history/night-<finished>-<date>-<outcome>.parquet   one row per night, whatever its outcome
     DIR/outputs/latest.json                           written last, atomically
 
 Only validated values (a date, a hex hash) ever become part of a path.
@@ -18,6 +19,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from tasks.errors import ConfigError, DataError
 
 TABLES = ("recommendations", "similar_movies", "metrics")
 MODEL_FILES = {
@@ -39,14 +42,14 @@ def model_version(run_date: dt.date, content_hash: str) -> str:
     """``YYYY-MM-DD-<12 hex>``: the run date and a hash of the data and configuration."""
     version = f"{run_date.isoformat()}-{content_hash[:12]}"
     if not _VERSION_RE.match(version):
-        raise ValueError(f"bad model version {version!r}")
+        raise ConfigError(f"bad model version {version!r}")
     return version
 
 
 def _checked_version(version: str) -> str:
     """A model version as :func:`model_version` makes them; anything else (``..``, a slash) is refused."""
     if not isinstance(version, str) or not _VERSION_RE.match(version):
-        raise ValueError(f"bad model version {version!r}")
+        raise ConfigError(f"bad model version {version!r}")
     return version
 
 
@@ -68,7 +71,7 @@ class Layout:
 
     def store(self, input_hash: str) -> Path:
         if not re.fullmatch(r"[0-9a-f]{16,64}", input_hash):
-            raise ValueError(f"bad input hash {input_hash!r}")
+            raise ConfigError(f"bad input hash {input_hash!r}")
         return self.data_dir / "store" / input_hash
 
     def work(self, version: str) -> Path:
@@ -79,19 +82,24 @@ class Layout:
 
     def partition(self, table: str, run_date: dt.date) -> Path:
         if table not in (*TABLES, "reports"):
-            raise ValueError(f"unknown table {table!r}; expected one of {TABLES}")
+            raise ConfigError(f"unknown table {table!r}; expected one of {TABLES}")
         if not isinstance(run_date, dt.date):
-            raise ValueError(f"bad run date {run_date!r}: expected a date")
+            raise ConfigError(f"bad run date {run_date!r}: expected a date")
         return self.outputs / table / f"run_date={run_date.isoformat()}"
 
     def table(self, table: str, run_date: dt.date, version: str, part: int | None = None) -> Path:
         """A table's part file: ``part-<version>.parquet``, or ``part-<version>-NNNNN.parquet`` for shard ``part``."""
         if table not in TABLES:
-            raise ValueError(f"unknown table {table!r}; expected one of {TABLES}")
+            raise ConfigError(f"unknown table {table!r}; expected one of {TABLES}")
         if part is not None and (not isinstance(part, int) or part < 0):
-            raise ValueError(f"bad part number {part!r}")
+            raise ConfigError(f"bad part number {part!r}")
         suffix = "" if part is None else f"-{part:05d}"
         return self.partition(table, run_date) / f"part-{_checked_version(version)}{suffix}.parquet"
+
+    @property
+    def history_dir(self) -> Path:
+        """Every night's row (tasks/nights.py), one part file each."""
+        return self.outputs / "history"
 
     def reports(self, run_date: dt.date) -> Path:
         return self.partition("reports", run_date)
@@ -107,7 +115,7 @@ def read_latest(data_dir: Path) -> dict[str, Any]:
         raise FileNotFoundError(f"no published run in {data_dir} ({path} does not exist); run `towerflow run --data-dir {data_dir}` first")
     latest = read_json(path)
     if latest.get("schema_version") != schemas.SCHEMA_VERSION:
-        raise ValueError(f"{path}: schema version {latest.get('schema_version')}, this towerflow reads {schemas.SCHEMA_VERSION}")
+        raise DataError(f"{path}: schema version {latest.get('schema_version')}, this towerflow reads {schemas.SCHEMA_VERSION}")
     return latest
 
 
@@ -119,5 +127,5 @@ def verified(data_dir: Path, entry: dict[str, Any]) -> Path:
     if not path.exists():
         raise FileNotFoundError(f"published model file missing: {path}")
     if sha256_file(path) != entry["sha256"]:
-        raise ValueError(f"{path}: sha256 does not match latest.json; the published model was modified")
+        raise DataError(f"{path}: sha256 does not match latest.json; the published model was modified")
     return path

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -71,4 +72,29 @@ def score_histogram(bin_edges: np.ndarray, counts: Sequence[int], path: Path, ti
     ax.set_ylabel("recommendations")
     ax.grid(alpha=0.3, axis="y")
     ax.set_title(title, fontsize=10)
+    return _save(fig, path)
+
+
+def history_trend(nights: Any, path: Path) -> Path:
+    """NDCG@k with its interval and most-popular's per night (left), drift against the published run (right)."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(9, 3.2), layout="constrained")
+    ndcg_ax, drift_ax = fig.subplots(1, 2)
+    x = np.arange(len(nights))
+    labels = [f"{d}\n{o}" for d, o in zip(nights["run_date"], nights["outcome"], strict=True)]
+    ndcg = nights["ndcg"].astype(float).to_numpy()
+    ndcg_ax.fill_between(x, nights["ndcg_low"].astype(float), nights["ndcg_high"].astype(float), color="tab:blue", alpha=0.2)
+    ndcg_ax.plot(x, ndcg, marker="o", ms=4, color="tab:blue", label="two-tower (95% interval)")
+    ndcg_ax.plot(x, nights["most_popular_ndcg"].astype(float), marker="s", ms=3, color="tab:gray", label="most-popular")
+    refused = (nights["outcome"] != "published").to_numpy()
+    if refused.any():
+        ndcg_ax.scatter(x[refused], np.nan_to_num(ndcg[refused]), marker="x", s=60, color="tab:red", label="not published", zorder=3)
+    drift_ax.bar(x, nights["drift"].astype(float).fillna(0.0), color="tab:orange")
+    for ax, title in ((ndcg_ax, "holdout NDCG@k per night"), (drift_ax, "drift: 1 - mean top-k Jaccard vs published")):
+        ax.set_xticks(x, labels, fontsize=7)
+        ax.set_title(title, fontsize=10)
+        ax.grid(alpha=0.3)
+    ndcg_ax.legend(fontsize=8)
+    drift_ax.set_ylim(0, 1)
     return _save(fig, path)

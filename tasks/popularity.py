@@ -34,6 +34,7 @@ from tasks.storage import read_json, write_json
 
 WEIGHTS: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0)
 EXTRA_DIMS = 2
+SWEEP_USERS = 4000  # above twice this many holdout users, the weight is chosen on a seeded sample of this many
 
 
 def movie_popularity(ratings: pd.DataFrame, movie_ids: np.ndarray) -> np.ndarray:

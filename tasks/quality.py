@@ -15,15 +15,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 
 from tasks import schemas
 from tasks.baselines import popularity_lists
-from tasks.evaluate import Fitted, method_row, model_rmse, prior_sweep
+from tasks.errors import DataError, TowerflowError
+from tasks.evaluate import Fitted, method_row, model_rmse, served_lists
+from tasks.export import embed_all
 from tasks.features import per_user_holdout
 from tasks.gate import Interval, Verdict, decide, paired_difference
 from tasks.metrics import per_user_metrics, relevant_sets
-from tasks.popularity import WEIGHTS, select_weight
+from tasks.popularity import SWEEP_USERS, WEIGHTS, Selection, select_weight
 from tasks.stages import load_ratings, prepare
 from tasks.storage import write_table
 
@@ -32,7 +35,7 @@ NO_PRIOR_ROW = "two-tower without popularity prior"
 BASELINE_ROW = "most-popular"
 
 
-class QualityGateError(RuntimeError):
+class QualityGateError(TowerflowError, RuntimeError):
     """The new model is not good enough to publish."""
 
 
@@ -43,11 +46,10 @@ def run_evaluate(
     validation_model: Path,
     holdout_fraction: float,
     k: int,
-    out_path: Path,
     popularity_prior: bool = True,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """Holdout metrics of the validation model and most-popular, the prior weight, the paired interval; writes the table.
+    """Holdout metrics of the validation model and most-popular, the prior weight, the paired interval.
 
     Returns ``{"metrics": {method: {metric: value}}, "vs_baseline": interval of NDCG@k model - most-popular,
     "users": users behind the ranking figures, "prior": {"weight", "ndcg_by_weight"}}``.
@@ -57,25 +59,22 @@ def run_evaluate(
     ratings = load_ratings(Path(ratings_path))
     hold = per_user_holdout(ratings, holdout_fraction)
     if not hold.any():
-        raise ValueError(f"cannot evaluate: holdout_fraction {holdout_fraction} holds out nothing")
+        raise DataError(f"cannot evaluate: holdout_fraction {holdout_fraction} holds out nothing")
     fitted = Fitted(load_model(Path(validation_model)), prepare(Path(feature_dir), Path(scalers_path)), best_epoch=0, seconds=0.0)
     movie_ids = fitted.prepared.feats.movie_ids
     train, test = ratings[~hold], ratings[hold]
     relevant = relevant_sets(test)
     if not relevant:
-        raise ValueError("cannot evaluate: no user has a held-out rating of 4 or more")
-    users = np.array(sorted(relevant), dtype=np.int64)
+        raise DataError("cannot evaluate: no user has a held-out rating of 4 or more")
     weights = WEIGHTS if popularity_prior else (0.0,)
-    sweep = prior_sweep(fitted, train, relevant, k, weights)
-    choice = select_weight(np.column_stack([values["ndcg"] for _, values in sweep]), weights, seed)
-    picked = [sweep[i][0] for i in choice.cross_index]  # each user's lists under the weight chosen on the other half
-    model_lists = {int(u): picked[j][int(u)] for j, u in enumerate(users)}
+    users, model_lists, no_prior, choice = _choose_prior(fitted, train, relevant, k, weights, seed)
+    relevant = {int(u): relevant[int(u)] for u in users}  # the users every figure rests on
     popular = popularity_lists(train, users, movie_ids, k)
     rows = [
         method_row(name, lists, relevant, k, len(movie_ids), seed) for name, lists in ((BASELINE_ROW, popular), (MODEL_ROW, model_lists))
     ]
     if popularity_prior:
-        rows.append(method_row(NO_PRIOR_ROW, sweep[0][0], relevant, k, len(movie_ids), seed))
+        rows.append(method_row(NO_PRIOR_ROW, no_prior, relevant, k, len(movie_ids), seed))
     model_rmse_stars, n_ratings = model_rmse(fitted, test)
     metrics = {row.pop("method"): {name: float(value) for name, value in row.items()} for row in rows}
     for name in (MODEL_ROW, NO_PRIOR_ROW):
@@ -85,16 +84,50 @@ def run_evaluate(
     _, pop_values = per_user_metrics(popular, relevant, k)
     _, model_values = per_user_metrics(model_lists, relevant, k)
     vs_baseline = paired_difference(model_values["ndcg"], pop_values["ndcg"], seed)
-    _write_metrics(Path(out_path), metrics)
     return {
         "metrics": metrics,
         "vs_baseline": asdict(vs_baseline),
         "users": len(users),
-        "prior": {"weight": choice.weight, "ndcg_by_weight": {f"{w:g}": round(v, 5) for w, v in choice.mean_by_weight.items()}},
+        "prior": {
+            "weight": choice.weight,
+            "ndcg_by_weight": {f"{w:g}": round(v, 5) for w, v in choice.mean_by_weight.items()},
+            "chosen_on_users": len(choice.cross_index),
+        },
     }
 
 
-def _write_metrics(path: Path, metrics: dict[str, dict[str, float]]) -> None:
+Lists = dict[int, list[int]]
+
+
+def _choose_prior(
+    fitted: Fitted, train: pd.DataFrame, relevant: dict[int, set[int]], k: int, weights: tuple[float, ...], seed: int
+) -> tuple[np.ndarray, Lists, Lists, Selection]:
+    """The prior's weight, and the users the figures rest on with the model's lists with and without the prior.
+
+    Up to ``2 * SWEEP_USERS`` users, every weight is scored on every user and the model's lists are
+    cross-fitted (:func:`tasks.popularity.select_weight`). Above, the weight is chosen on a seeded
+    sample of ``SWEEP_USERS`` users and the figures rest on the other users: the cost of the sweep stays
+    bounded and the gate still judges users the weight was not chosen on.
+    """
+    p = fitted.prepared
+    embeddings = embed_all(fitted.model, p.user_input, p.movie_x)
+    users = np.array(sorted(relevant), dtype=np.int64)
+    chooser = users
+    if len(users) > 2 * SWEEP_USERS and len(weights) > 1:
+        chooser = np.sort(np.random.default_rng(seed).choice(users, SWEEP_USERS, replace=False))
+    sweep = [served_lists(fitted, embeddings, train, chooser, k, w) for w in weights]
+    asked = {int(u): relevant[int(u)] for u in chooser}
+    choice = select_weight(np.column_stack([per_user_metrics(lists, asked, k)[1]["ndcg"] for lists in sweep]), weights, seed)
+    if len(chooser) == len(users):
+        picked = [sweep[i] for i in choice.cross_index]  # each user's lists under the weight chosen on the other half
+        return users, {int(u): picked[j][int(u)] for j, u in enumerate(users)}, sweep[0], choice
+    judged = np.setdiff1d(users, chooser)
+    model = served_lists(fitted, embeddings, train, judged, k, choice.weight)
+    return judged, model, served_lists(fitted, embeddings, train, judged, k, 0.0), choice
+
+
+def write_metrics(path: Path, metrics: dict[str, dict[str, float]]) -> Path:
+    """The published ``metrics`` table: one row per (model or measure, metric, value)."""
     long = [(method, name, value) for method, values in metrics.items() for name, value in values.items()]
     table = pa.table(
         {
@@ -103,7 +136,7 @@ def _write_metrics(path: Path, metrics: dict[str, dict[str, float]]) -> None:
             "value": pa.array([x[2] for x in long], pa.float64()),
         }
     )
-    write_table(path, table, schemas.METRICS, "metrics")
+    return write_table(path, table, schemas.METRICS, "metrics")
 
 
 def gate_verdict(evaluation: dict[str, Any] | None, previous: dict[str, Any] | None, margin: float, k: int) -> Verdict:

@@ -24,12 +24,13 @@ import pandas as pd
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from tasks.errors import TowerflowError
 from tasks.layout import Layout, read_latest, verified
 
 _ARTICLE = re.compile(r"^(?P<name>.*), (?P<article>The|A|An|L'|Le|La|Les|Il|Der|Die|Das|El|Los|Las)(?P<rest> \(.*)?$")
 
 
-class QueryError(ValueError):
+class QueryError(TowerflowError, ValueError):
     """A question the published run cannot answer; the message names the bad value."""
 
 

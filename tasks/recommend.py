@@ -19,6 +19,7 @@ import pandas as pd
 import pyarrow as pa
 
 from tasks import schemas
+from tasks.errors import ConfigError
 from tasks.storage import TableWriter
 
 
@@ -115,7 +116,7 @@ def topk_unseen(
     FAISS again with a doubled fetch, up to ``k`` plus the user's history.
     """
     if k < 1:
-        raise ValueError(f"k must be >= 1, got {k}")
+        raise ConfigError(f"k must be >= 1, got {k}")
     n_items = index.ntotal
     vectors = _index_vectors(index)
     counts = np.diff(seen_indptr)

@@ -19,6 +19,7 @@ from typing import Any
 import pyarrow as pa
 
 from tasks import schemas
+from tasks.errors import TowerflowError
 from tasks.storage import TableWriter
 
 # Reason codes, in the order the checks run (a row gets the first that applies).
@@ -40,7 +41,7 @@ FIELDS = ("userId", "movieId", "rating", "timestamp")
 RAW_LIMIT = 4096  # characters of a rejected line kept in `raw`
 
 
-class InputError(ValueError):
+class InputError(TowerflowError, ValueError):
     """An input file is malformed; the message names the file, line and column."""
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 
+from tasks.errors import ConfigError
+
 THREAD_ENV_VARS = (
     "OMP_NUM_THREADS",
     "OPENBLAS_NUM_THREADS",
@@ -25,9 +27,9 @@ def default_threads() -> int:
         try:
             value = int(raw)
         except ValueError as exc:
-            raise ValueError(f"TOWERFLOW_THREADS must be a positive integer, got {raw!r}") from exc
+            raise ConfigError(f"TOWERFLOW_THREADS must be a positive integer, got {raw!r}") from exc
         if value < 1:
-            raise ValueError(f"TOWERFLOW_THREADS must be a positive integer, got {raw!r}")
+            raise ConfigError(f"TOWERFLOW_THREADS must be a positive integer, got {raw!r}")
         return value
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 
@@ -48,7 +50,7 @@ def set_thread_env(threads: int) -> None:
 def pin_threads(threads: int) -> dict[str, int]:
     """Pin FAISS and TensorFlow thread pools to ``threads``; return what was set."""
     if threads < 1:
-        raise ValueError(f"threads must be >= 1, got {threads}")
+        raise ConfigError(f"threads must be >= 1, got {threads}")
     set_thread_env(threads)
     import faiss
 

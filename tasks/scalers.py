@@ -17,6 +17,7 @@ import numpy as np
 from sklearn.preprocessing import MinMaxScaler, StandardScaler
 
 from tasks.config import TargetScale
+from tasks.errors import DataError
 from tasks.storage import read_json, write_json
 
 FORMAT = "towerflow-scalers/1"
@@ -54,7 +55,7 @@ def fit_scalers(
 ) -> Scalers:
     """Fit the scalers on training feature rows and training ratings (``target_scale``: see the module doc)."""
     if len(ratings) == 0:
-        raise ValueError("cannot fit the target scaler: no training ratings")
+        raise DataError("cannot fit the target scaler: no training ratings")
     if target_scale not in get_args(TargetScale):
         raise ValueError(f"unknown target scale {target_scale!r}; choose one of {list(get_args(TargetScale))}")
     target = MinMaxScaler(feature_range=(-1, 1)).fit(np.asarray(ratings, dtype=np.float64).reshape(-1, 1))

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import pyarrow as pa
 
+from tasks.errors import TowerflowError
+
 SCHEMA_VERSION = "2"  # 2: served embeddings carry the popularity prior (tasks/popularity.py), serving.json
 VERSION_KEY = b"towerflow.schema_version"
 TABLE_KEY = b"towerflow.table"
@@ -95,6 +97,28 @@ METRICS = pa.schema(
         ("value", pa.float64()),
     ]
 )
+# The record of every night (outputs/history/, tasks/nights.py): one row per night, whatever its outcome.
+NIGHTS = pa.schema(
+    [
+        ("run_date", pa.string()),
+        ("finished_at", pa.string()),
+        ("outcome", pa.string()),
+        ("verdict", pa.string()),
+        ("reason", pa.string()),
+        ("model_version", pa.string()),
+        ("users", pa.int64()),
+        ("ndcg", pa.float64()),
+        ("ndcg_low", pa.float64()),
+        ("ndcg_high", pa.float64()),
+        ("most_popular_ndcg", pa.float64()),
+        ("rmse", pa.float64()),
+        ("coverage", pa.float64()),
+        ("prior_weight", pa.float64()),
+        ("drift", pa.float64()),
+        ("changed_share", pa.float64()),
+        ("seconds", pa.float64()),
+    ]
+)
 
 
 def movie_embeddings_schema(dim: int) -> pa.Schema:
@@ -107,7 +131,7 @@ def user_embeddings_schema(dim: int) -> pa.Schema:
     return pa.schema([("user_id", pa.int64()), ("embedding", pa.list_(pa.float32(), dim))])
 
 
-class SchemaError(ValueError):
+class SchemaError(TowerflowError, ValueError):
     """A table does not match its declared schema."""
 
 

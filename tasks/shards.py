@@ -27,6 +27,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from tasks import schemas
+from tasks.errors import ConfigError, DataError
 from tasks.export import read_embeddings
 from tasks.layout import MODEL_FILES
 from tasks.popularity import ServingSpace
@@ -37,7 +38,7 @@ SCORE_BINS = np.linspace(-1.0, 1.0, 81)  # histogram of published scores (inner 
 def shard_bounds(n: int, shard_size: int) -> list[tuple[int, int]]:
     """``[start, stop)`` row ranges of at most ``shard_size`` rows covering ``0..n`` (one empty shard if n == 0)."""
     if shard_size < 1:
-        raise ValueError(f"shard_size must be >= 1, got {shard_size}")
+        raise ConfigError(f"shard_size must be >= 1, got {shard_size}")
     count = max(1, math.ceil(n / shard_size))
     return [(i * shard_size, min(n, (i + 1) * shard_size)) for i in range(count)]
 
@@ -64,17 +65,17 @@ def load_served(model_dir: Path, with_users: bool = True) -> Served:
         raise FileNotFoundError(f"FAISS index not found: {index_path}")
     index = faiss.read_index(str(index_path))
     if index.metric_type != faiss.METRIC_INNER_PRODUCT:
-        raise ValueError(f"{index_path}: index metric is {index.metric_type}, expected inner product")
+        raise DataError(f"{index_path}: index metric is {index.metric_type}, expected inner product")
     movie_ids = pq.read_table(model_dir / MODEL_FILES["index_ids"]).column("movie_id").to_numpy()
     emb_ids, movie_emb = read_embeddings(model_dir / MODEL_FILES["movie_embeddings"], "movie")
     if not np.array_equal(movie_ids, emb_ids) or index.ntotal != len(movie_ids):
-        raise ValueError(f"{model_dir}: index, id table and movie embeddings disagree on the movie rows")
+        raise DataError(f"{model_dir}: index, id table and movie embeddings disagree on the movie rows")
     user_ids, user_emb = np.empty(0, np.int64), np.empty((0, movie_emb.shape[1]), np.float32)
     if with_users:
         user_ids, user_emb = read_embeddings(model_dir / MODEL_FILES["user_embeddings"], "user")
     space = ServingSpace.read(model_dir / MODEL_FILES["serving"])
     if space.dim != movie_emb.shape[1] or space.dim != user_emb.shape[1]:
-        raise ValueError(f"{model_dir}: serving.json says {space.dim} dimensions, the embeddings have {movie_emb.shape[1]}")
+        raise DataError(f"{model_dir}: serving.json says {space.dim} dimensions, the embeddings have {movie_emb.shape[1]}")
     return Served(index, movie_ids, movie_emb, user_ids, user_emb, space)
 
 

@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tasks import faults
+from tasks.errors import DataError
 from tasks.schemas import check_schema, stamp
 
 
@@ -68,9 +69,9 @@ def read_json(path: Path) -> dict[str, Any]:
     except FileNotFoundError:
         raise
     except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc})") from exc
+        raise DataError(f"{path}: not valid JSON ({exc})") from exc
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
+        raise DataError(f"{path}: expected a JSON object, got {type(data).__name__}")
     return data
 
 

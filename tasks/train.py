@@ -21,6 +21,7 @@ import numpy as np
 import tensorflow as tf
 
 from tasks.config import ModelConfig
+from tasks.errors import DataError
 from tasks.history import History
 from tasks.loo import LeaveOneOut, example_rows
 from tasks.model import TowerInput, build_model, run_tower, towers
@@ -181,7 +182,7 @@ def train_model(
     see :func:`examples_per_epoch`). ``init`` may set the new model's weights first (warm start).
     """
     if len(data.users) == 0:
-        raise ValueError("no training ratings")
+        raise DataError("no training ratings")
     keras.utils.set_random_seed(seed)
     if (data.user_hist is None) != (config.history_length == 0):
         raise ValueError(f"history_length={config.history_length} but user history {'missing' if data.user_hist is None else 'given'}")

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from tasks.metrics import coverage, ranking_metrics, rmse, user_metrics
+from tasks.metrics import coverage, per_user_metrics, ranking_metrics, rmse, user_metrics
 
 
 def test_user_metrics_by_hand() -> None:
@@ -39,3 +39,13 @@ def test_rmse_and_coverage() -> None:
     assert coverage({1: [1, 2], 2: [2, 3]}, 10) == 0.3
     with pytest.raises(ValueError, match="equal, non-empty"):
         rmse(np.array([]), np.array([]))
+
+
+def test_per_user_metrics_equal_user_metrics_for_every_user(rng: np.random.Generator) -> None:
+    recommended = {u: rng.choice(30, size=int(rng.integers(0, 8)), replace=False).tolist() for u in range(50)}
+    relevant = {u: set(rng.choice(30, size=int(rng.integers(1, 12)), replace=False).tolist()) for u in range(60)}
+    users, values = per_user_metrics(recommended, relevant, k=6)
+    assert users.tolist() == list(range(60))  # users without a list score 0
+    for i, user in enumerate(users.tolist()):
+        expected = user_metrics(recommended.get(user, []), relevant[user], k=6)
+        assert {name: values[name][i] for name in expected} == pytest.approx(expected)

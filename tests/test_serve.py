@@ -1,5 +1,6 @@
 """Against a real Prefect server on 127.0.0.1: ``towerflow serve`` creates the cron deployment, a run
-triggered as the UI does ends Completed with its artifacts, and stopping the service keeps the schedule.
+triggered as the UI does ends Completed with its artifacts, and stopping the service keeps the schedule;
+nights leave their events, history and drift behind, and ``towerflow alerts install`` creates automations.
 
 The server, ``towerflow serve`` and the flow run are subprocesses with their own environment (their own
 PREFECT_HOME and PREFECT_API_URL), apart from the session's in-process test harness.
@@ -31,6 +32,7 @@ ARTIFACT_KEYS = {
     "towerflow-refit-progress",
     "towerflow-recommend-progress",
     "towerflow-similar-progress",
+    "towerflow-history",
 }
 
 
@@ -145,7 +147,7 @@ def test_serve_schedules_and_a_triggered_run_completes_with_artifacts(server: st
         assert set(by_key) >= ARTIFACT_KEYS
         assert all(by_key[k]["data"] == 100 for k in ARTIFACT_KEYS if k.endswith("-progress"))
         report = by_key["towerflow-report"]["data"]
-        assert report.count("](data:image/png;base64,") == 2 and "| recommendations | 600 |" in report
+        assert report.count("](data:image/png;base64,") == 3 and "| recommendations | 600 |" in report  # loss, scores, history
 
         tasks = _post(server, "/task_runs/filter", {"flow_runs": {"id": {"any_": [run["id"]]}}})
         names = {t["name"] for t in tasks}
@@ -163,3 +165,68 @@ def test_serve_schedules_and_a_triggered_run_completes_with_artifacts(server: st
     # pause_on_shutdown=False: the schedule survives the service stopping
     after = httpx.get(f"{server}/deployments/{deployment['id']}", timeout=5).json()
     assert after["paused"] is False and after["schedules"][0]["active"] is True
+
+
+def _towerflow(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(BIN / "towerflow"), *args], env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_nights_leave_events_history_drift_and_alerts_install(server: str, tiny_data: tuple[Path, Path], tmp_path: Path) -> None:
+    """Two nights and a failed one: their events with payloads, the history artifact, the drift; then alerts, twice."""
+    ratings, movies = tiny_data
+    data_dir = tmp_path / "data"
+    env = _env(tmp_path / "home", PREFECT_API_URL=server)
+    run = ["run", "--ratings", str(ratings), "--movies", str(movies), "--data-dir", str(data_dir), "--k", "5", "--max-epochs", "1"]
+    for night, seed in (("2026-02-01", "1"), ("2026-02-02", "2")):  # another seed: another model, lists that moved
+        done = _towerflow(env, *run, "--run-date", night, "--seed", seed)
+        assert done.returncode == 0, done.stderr[-3000:]
+    latest = json.loads((data_dir / "outputs" / "latest.json").read_text())
+    versus = latest["drift"]["versus_published"]
+    assert versus["users_compared"] == 120 and 0.0 < versus["drift"] <= 1.0 and 0.0 < versus["changed_share"] <= 1.0
+    assert {"coverage", "novelty", "diversity", "personalization"} <= set(latest["drift"]["lists"])
+    bad = tmp_path / "bad.csv"
+    bad.write_text("userId,movieId,rating,timestamp\n1,1,4.0,10\n1,2,four,11\n")
+    failed = _towerflow(env, "run", "--ratings", str(bad), "--movies", str(movies), "--data-dir", str(data_dir), "--run-date", "2026-02-03")
+    err = failed.stderr.strip().splitlines()
+    assert failed.returncode == 1 and err[-1].startswith("towerflow run failed: stage ingest failed:") and "'four'" in err[-1]
+    assert "Traceback" not in failed.stderr  # an expected failure: one line, no traceback
+
+    def towerflow_events() -> Any:
+        ours = {"event": {"prefix": ["towerflow."]}, "resource": {"id": [f"towerflow.data-dir.{data_dir.resolve()}"]}}
+        found = _post(server, "/events/filter", {"filter": ours, "limit": 50})["events"]
+        return found if len(found) >= 3 else None
+
+    found = _wait("the nights' events", 60, towerflow_events)
+    by_name: dict[str, list[dict[str, Any]]] = {}
+    for event in found:
+        by_name.setdefault(event["event"], []).append(event)
+    assert len(by_name["towerflow.night.published"]) == 2 and len(by_name["towerflow.night.failed"]) == 1
+    published = max(by_name["towerflow.night.published"], key=lambda e: e["payload"]["run_date"])
+    assert published["resource"]["prefect.resource.id"] == f"towerflow.data-dir.{data_dir.resolve()}"
+    assert published["payload"]["model_version"] == latest["model_version"]
+    assert published["payload"]["metrics"]["two-tower"]["users"] == latest["metrics"]["two-tower"]["users"]
+    assert "stage ingest failed" in by_name["towerflow.night.failed"][0]["payload"]["reason"]
+
+    history = _post(server, "/artifacts/filter", {"artifacts": {"key": {"any_": ["towerflow-history"]}}, "sort": "CREATED_DESC"})
+    history = [a for a in reversed(history) if str(data_dir.resolve()) in a["description"]]  # oldest first
+    assert len(history) == 3  # one version per night
+    assert "| 2026-02-01 | published |" in history[1]["data"] and "| 2026-02-02 | published |" in history[1]["data"]
+    assert "Last night not published (2026-02-03, failed)" in history[2]["data"]
+
+    no_block = _towerflow(env, "alerts", "install")
+    assert no_block.returncode == 1 and "create a notification block first" in no_block.stderr.strip().splitlines()[-1]
+    make_block = "from prefect.blocks.notifications import CustomWebhookNotificationBlock as B; B(name='t', url='http://127.0.0.1:9/hook').save('towerflow-test')"
+    subprocess.run([sys.executable, "-c", make_block], env=env, check=True, timeout=120)
+    for expected in ("created", "updated"):  # idempotent: the second install updates the same four
+        out = _towerflow(env, "alerts", "install", "--block", "towerflow-test")
+        assert out.returncode == 0, out.stderr[-2000:]
+        assert out.stdout.count(expected) == 4
+    automations = _post(server, "/automations/filter", {})
+    triggers = {a["name"]: a["trigger"]["expect"] for a in automations if a["name"].startswith("towerflow:")}
+    assert triggers == {
+        "towerflow: night failed": ["towerflow.night.failed"],
+        "towerflow: night refused by the quality gate": ["towerflow.night.gate-refused"],
+        "towerflow: recommendations drifted": ["towerflow.night.drifted"],
+        "towerflow: night crashed": ["prefect.flow-run.Crashed"],
+    }
+    assert all(a["actions"][0]["type"] == "send-notification" for a in automations if a["name"].startswith("towerflow:"))
