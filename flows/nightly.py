@@ -188,8 +188,8 @@ class _Stages:
 
     def __call__(self, name: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
         started = time.perf_counter()
-        faults.point(f"before:{name}")
         try:
+            faults.point(f"before:{name}")
             result, reused = caching.run_stage(fn, self.work, *args, **kwargs)
         except Exception as exc:
             raise StageError(f"stage {name} failed: {exc}{resume.hint(exc, self.work)}") from exc

@@ -33,6 +33,15 @@ def read_lists(parts: Sequence[Path]) -> pd.DataFrame:
     return out.sort_values(["user_id", "rank"], kind="stable").reset_index(drop=True)
 
 
+def _grid(lists: pd.DataFrame, catalog: pd.Index) -> np.ndarray:
+    """Each user's list as a row of catalog positions (users in sorted order, -1 pads and unknown movies)."""
+    users, row = np.unique(lists["user_id"].to_numpy(), return_inverse=True)
+    col = lists.groupby("user_id").cumcount().to_numpy()
+    grid = np.full((len(users), int(col.max()) + 1 if len(col) else 0), -1, dtype=np.int64)
+    grid[row, col] = catalog.get_indexer(pd.Index(lists["movie_id"]))
+    return grid
+
+
 def _matrix(lists: pd.DataFrame, users: np.ndarray, movies: pd.Index) -> sp.csr_matrix:
     rows = pd.Index(users).get_indexer(pd.Index(lists["user_id"]))
     cols = movies.get_indexer(pd.Index(lists["movie_id"]))
@@ -45,17 +54,16 @@ def beyond_accuracy(lists: pd.DataFrame, movies: pd.DataFrame, popularity_rank: 
     catalog = pd.Index(movies["movie_id"].to_numpy(np.int64))
     if lists.empty:
         return {"coverage": 0.0, "novelty": float("nan"), "diversity": float("nan"), "personalization": float("nan")}
-    genres = genre_matrix(movies["genres"]).astype(np.float64)
+    genres = genre_matrix(movies["genres"]).astype(np.float32)
     norms = np.linalg.norm(genres, axis=1, keepdims=True)
     unit = np.divide(genres, norms, out=np.zeros_like(genres), where=norms > 0)
-    diversity = []
-    rows = catalog.get_indexer(pd.Index(lists["movie_id"]))
-    for _, idx in lists.assign(row=rows).groupby("user_id")["row"]:
-        g = unit[idx.to_numpy()[idx.to_numpy() >= 0]]
-        n = len(g)
-        if n >= 2:
-            sim = g @ g.T
-            diversity.append(1.0 - (sim.sum() - np.trace(sim)) / (n * (n - 1)))
+    grid = _grid(lists, catalog)  # users x k catalog rows, -1 pads
+    vectors = np.where(grid[..., None] >= 0, unit[np.maximum(grid, 0)], 0.0)
+    sims = np.einsum("ukg,ulg->ukl", vectors, vectors)
+    n = (grid >= 0).sum(axis=1)
+    pairs = n * (n - 1)
+    off_diagonal = sims.sum(axis=(1, 2)) - np.einsum("ukk->u", sims)
+    diversity = 1.0 - off_diagonal[pairs > 0] / pairs[pairs > 0]
     users = np.unique(lists["user_id"].to_numpy())
     sample = np.sort(np.random.default_rng(seed).choice(users, min(len(users), PERSONALIZATION_SAMPLE), replace=False))
     x = _matrix(lists[lists["user_id"].isin(sample)], sample, catalog)
@@ -67,7 +75,7 @@ def beyond_accuracy(lists: pd.DataFrame, movies: pd.DataFrame, popularity_rank: 
     return {
         "coverage": float(lists["movie_id"].nunique() / len(catalog)),
         "novelty": float(popularity_rank.reindex(lists["movie_id"].to_numpy()).mean()),
-        "diversity": float(np.mean(diversity)) if diversity else float("nan"),
+        "diversity": float(np.mean(diversity)) if len(diversity) else float("nan"),
         "personalization": float(1.0 - jaccard[off].mean()) if len(sample) > 1 else float("nan"),
     }
 
@@ -80,17 +88,19 @@ def popularity_rank(ratings: pd.DataFrame, movies: pd.DataFrame) -> pd.Series:
 
 def versus(new: pd.DataFrame, old: pd.DataFrame) -> dict[str, float]:
     """Overlap and score shift of ``new`` lists against ``old`` ones, over the users both have."""
-    a = new.groupby("user_id")["movie_id"].apply(list)
-    b = old.groupby("user_id")["movie_id"].apply(list)
-    both = a.index.intersection(b.index)
+    both = np.intersect1d(new["user_id"].unique(), old["user_id"].unique())
     if len(both) == 0:
         return {"users_compared": 0.0}
-    jaccard, changed = [], 0
-    for user in both:
-        x, y = a[user], b[user]
-        sx, sy = set(x), set(y)
-        jaccard.append(len(sx & sy) / len(sx | sy))
-        changed += x != y
+    a, b = new[new["user_id"].isin(both)], old[old["user_id"].isin(both)]
+    movies = pd.Index(np.union1d(a["movie_id"].unique(), b["movie_id"].unique()))
+    x, y = _matrix(a, both, movies), _matrix(b, both, movies)
+    overlap = np.asarray(x.multiply(y).sum(axis=1)).ravel()
+    union = np.asarray(x.sum(axis=1)).ravel() + np.asarray(y.sum(axis=1)).ravel() - overlap
+    jaccard = np.divide(overlap, union, out=np.ones_like(overlap), where=union > 0)
+    ga, gb = _grid(a, movies), _grid(b, movies)
+    width = max(ga.shape[1], gb.shape[1])
+    ga, gb = (np.pad(g, ((0, 0), (0, width - g.shape[1])), constant_values=-1) for g in (ga, gb))
+    changed = int((ga != gb).any(axis=1).sum())
     ks = ks_2samp(new["score"].to_numpy(), old["score"].to_numpy())
     mean_jaccard = float(np.mean(jaccard))
     return {

@@ -10,6 +10,9 @@ creates the file ``$TOWERFLOW_FAULT_RELEASE.waiting`` and waits (at most
 :data:`PAUSE_SECONDS`) until ``$TOWERFLOW_FAULT_RELEASE`` exists, so a test can
 act while a run is known to hold the data directory.
 
+``TOWERFLOW_FAULT=bug:<point>`` raises :class:`InjectedBug` there: an error towerflow did not expect,
+which must keep its traceback.
+
 Unset (always, outside the tests), :func:`point` is one dictionary lookup.
 """
 
@@ -23,6 +26,10 @@ from pathlib import Path
 ENV = "TOWERFLOW_FAULT"
 RELEASE_ENV = "TOWERFLOW_FAULT_RELEASE"
 PAUSE_SECONDS = 300.0
+
+
+class InjectedBug(RuntimeError):
+    """Stands for a bug: deliberately not a :class:`tasks.errors.TowerflowError`."""
 
 
 def armed(name: str) -> bool:
@@ -42,6 +49,8 @@ def point(name: str) -> None:
         return
     if fault == name:
         kill()
+    elif fault == f"bug:{name}":
+        raise InjectedBug(f"injected bug at {name}")
     elif fault == f"pause:{name}" and os.environ.get(RELEASE_ENV):
         release = Path(os.environ[RELEASE_ENV])
         release.with_name(release.name + ".waiting").touch()

@@ -182,10 +182,8 @@ def test_second_run_on_the_same_data_dir_refuses_and_outputs_do_not_interleave(c
     d = clean_reference["dir"]
     code, log = clean_reference["second"]
     assert code == 1, log[-3000:]
-    # The CLI's one-line reason; Prefect's background workers may log after it, so find it rather than take the last line.
-    reasons = [line for line in log.splitlines() if line.startswith("towerflow run failed: ")]
-    assert reasons, log[-3000:]
-    last = reasons[-1]
+    last = log.strip().splitlines()[-1]  # the CLI's one-line reason comes last, after anything Prefect prints
+    assert "Traceback" not in log, log[-3000:]
     assert last.startswith(f"towerflow run failed: another towerflow run (pid {clean_reference['first_pid']} on "), last
     assert f"is using the data directory {d} (lock {d / '.towerflow.lock'}); wait for it to finish, then run again" in last
     first_code, first_log = clean_reference["first"]
@@ -299,3 +297,22 @@ def test_killed_runs_keep_published_outputs_and_resume(
     assert not [n for n in names if re.search(r"escape|passwd|evil|genre", n)]
     assert not list(cwd.iterdir()), "nothing written relative to the working directory"
     print("fault case seconds:", {k: round(v, 1) for k, v in seconds.items()}, "clean + refused:", clean_reference["seconds"])
+
+
+def test_a_bug_keeps_its_traceback_and_the_reason_comes_last(sub_env: dict[str, str], tiny_data: tuple[Path, Path], tmp_path: Path) -> None:
+    code, log = _run(_args(tmp_path / "data", tiny_data), sub_env, tmp_path / "bug.log", tmp_path, fault="bug:before:scalers")
+    last = log.strip().splitlines()[-1]
+    assert code == 1 and "Traceback" in log and "InjectedBug: injected bug at before:scalers" in log, log[-3000:]
+    assert last.startswith("towerflow run failed: stage scalers failed: injected bug at before:scalers"), last
+    assert last.endswith("[unexpected error: a bug in towerflow; the traceback is above]"), last
+
+
+def test_a_temporary_server_that_does_not_start_says_what_to_do(tiny_data: tuple[Path, Path], tmp_path: Path) -> None:
+    """No PREFECT_API_URL and one second to start Prefect's temporary server (it needs several): one line that says what to do."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "TOWERFLOW_FAULT"))}
+    env |= {"PREFECT_HOME": str(tmp_path / "home"), "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "1", "TOWERFLOW_THREADS": "2"}
+    code, log = _run(_args(tmp_path / "data", tiny_data), env, tmp_path / "timeout.log", tmp_path)
+    last = log.strip().splitlines()[-1]
+    assert code == 1 and "Traceback" not in log, log[-3000:]
+    assert last.startswith("towerflow run failed: the temporary Prefect server did not start within 1 s"), last
+    assert "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS" in last and "PREFECT_API_URL" in last
