@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test lint bench clean
+.PHONY: install run test test-fast lint bench clean
 
 install: $(STAMP)
 
@@ -19,6 +19,9 @@ run: install
 
 test: install
 	$(BIN)/python -m pytest
+
+test-fast: install  # unit tests while working: no flow runs, no training, no crash tests (about a minute)
+	$(BIN)/python -m pytest -m "not flow and not train and not faults"
 
 lint: install
 	$(BIN)/ruff check flows tasks tests $(wildcard benchmarks)
