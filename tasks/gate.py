@@ -49,7 +49,7 @@ class Interval:
 
 
 def bootstrap(values: np.ndarray, seed: int = 0, resamples: int = RESAMPLES) -> Interval:
-    """Percentile interval of the mean of ``values`` (one per user; 2-d: one column per method, paired draws)."""
+    """Percentile interval of the mean of ``values`` (one per user), from ``resamples`` draws of users with replacement."""
     x = np.asarray(values, dtype=np.float64)
     if x.ndim != 1 or len(x) == 0:
         raise ValueError(f"bootstrap needs a non-empty 1-d array of per-user values, got shape {x.shape}")
