@@ -150,9 +150,10 @@ def gate_task(evaluation: dict[str, Any] | None, latest_path: str, margin: float
     previous = read_json(Path(latest_path)) if Path(latest_path).exists() else None
     verdict = quality.gate_verdict(evaluation, previous, margin, k)
     get_run_logger().info("quality gate %s", verdict.reason)
+    out = {**verdict.to_dict(), "enforced": enforce}
     if verdict.verdict == "refused" and enforce:
-        raise quality.QualityGateError(f"quality gate {verdict.reason} (latest.json still points to the previous run)")
-    return {**verdict.to_dict(), "enforced": enforce}
+        raise quality.QualityGateError(f"quality gate {verdict.reason} (latest.json still points to the previous run)", out)
+    return out
 
 
 @caching.stage_task("drift", outputs=("out_path",), **_IO_RETRY)

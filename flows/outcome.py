@@ -41,10 +41,19 @@ def published(layout: Layout, latest: dict[str, Any], seconds: float) -> None:
 
 
 def failed(layout: Layout, run_date: dt.date, exc: BaseException, known: dict[str, Any], seconds: float) -> None:
-    """Record a refused or failed night (``known``: what it measured, in latest.json's shape) and emit its event."""
+    """Record a refused or failed night (``known``: what it measured, in latest.json's shape) and emit its event.
+
+    A run refused because another one holds the data directory records nothing: that night is the other run's.
+    """
+    from flows.lock import LockedError
     from tasks.quality import QualityGateError
 
-    refused = isinstance(root_cause(exc), QualityGateError)
+    cause = root_cause(exc)
+    if isinstance(cause, LockedError):
+        return
+    refused = isinstance(cause, QualityGateError)
+    if isinstance(cause, QualityGateError) and cause.verdict is not None:
+        known = {**known, "gate": cause.verdict}
     reason = " ".join(str(exc).split()) or type(exc).__name__
     outcome = "refused" if refused else "failed"
     _record(layout, lambda: night_from(run_date, outcome, seconds, known, reason=reason))
@@ -96,7 +105,7 @@ def history_plot(layout: Layout, nights: pd.DataFrame) -> Path | None:
     try:
         from tasks.plots import history_trend
 
-        return history_trend(nights, layout.history_dir / "trend.png")
+        return history_trend(nights, layout.outputs / "reports" / "history-trend.png")
     except Exception as exc:  # e.g. matplotlib missing
         _log.warning("history plot not drawn: %s", exc)
         return None

@@ -1,7 +1,7 @@
 """The record of every night, published, refused, undecided or failed: ``outputs/history/``.
 
 Why its own table: latest.json only knows the night it points to, and a refused or failed night changes
-nothing there. Each night writes one small part file (``night-<finished>-<outcome>.parquet``, atomically,
+nothing there. Each night writes one small part file (``night-<finished>-<run date>-<outcome>.parquet``, atomically,
 schema :data:`tasks.schemas.NIGHTS`), never rewriting another night's, so a crash cannot lose history and
 two hosts cannot overwrite each other's row. Read as one table with :func:`read_nights`.
 """

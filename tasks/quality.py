@@ -36,7 +36,11 @@ BASELINE_ROW = "most-popular"
 
 
 class QualityGateError(TowerflowError, RuntimeError):
-    """The new model is not good enough to publish."""
+    """The new model is not good enough to publish; ``verdict`` is the gate's verdict (latest.json's ``gate`` shape)."""
+
+    def __init__(self, message: str, verdict: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.verdict = verdict
 
 
 def run_evaluate(
