@@ -18,7 +18,6 @@ from typing import Any
 from flows import failures, query_cli, serve
 from tasks.config import PRESETS
 from tasks.errors import TowerflowError, is_expected
-from tasks.generate import LAWS
 
 EPHEMERAL_STARTUP_SECONDS = 180
 
@@ -82,6 +81,8 @@ def _add_flow_args(run: argparse.ArgumentParser, *, run_date: bool) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
+    from tasks.generate import LAWS  # numpy and friends: imported after _quiet_env has pinned their threads
+
     p = argparse.ArgumentParser(prog="towerflow", description="Nightly two-tower movie recommendations, orchestrated by Prefect.")
     sub = p.add_subparsers(dest="command", required=True)
     _add_flow_args(sub.add_parser("run", help="run the nightly flow once, end to end"), run_date=True)
@@ -291,6 +292,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from tasks.generate import generate
 
     overrides = {"taste_strength": args.taste_strength, "popularity_exponent": args.popularity_exponent}
+    from tasks.generate import LAWS
+
     law = dataclasses.replace(LAWS[args.law], **{name: value for name, value in overrides.items() if value is not None})
     data = generate(
         args.out, n_users=args.users, n_movies=args.movies, mean_ratings_per_user=args.ratings_per_user, seed=args.seed, law=law
@@ -301,8 +304,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    _quiet_env()  # before numpy, TensorFlow or FAISS load: their thread pools read it once
     args = _parser().parse_args(argv)
-    _quiet_env()
     commands = {"run": cmd_run, "predict": cmd_predict, "evaluate": cmd_evaluate, "generate": cmd_generate, **query_cli.COMMANDS}
     commands |= {"serve": cmd_serve, "alerts": cmd_alerts}
     try:
