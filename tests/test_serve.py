@@ -171,7 +171,9 @@ def _towerflow(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[s
     return subprocess.run([str(BIN / "towerflow"), *args], env=env, capture_output=True, text=True, timeout=600)
 
 
-def test_nights_leave_events_history_drift_and_alerts_install(server: str, tiny_data: tuple[Path, Path], tmp_path: Path) -> None:
+def test_nights_leave_events_history_drift_and_alerts_install(
+    server: str, tiny_data: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """Two nights and a failed one: their events with payloads, the history artifact, the drift; then alerts, twice."""
     ratings, movies = tiny_data
     data_dir = tmp_path / "data"
@@ -213,14 +215,18 @@ def test_nights_leave_events_history_drift_and_alerts_install(server: str, tiny_
     assert "| 2026-02-01 | published |" in history[1]["data"] and "| 2026-02-02 | published |" in history[1]["data"]
     assert "Last night not published (2026-02-03, failed)" in history[2]["data"]
 
-    no_block = _towerflow(env, "alerts", "install")
-    assert no_block.returncode == 1 and "create a notification block first" in no_block.stderr.strip().splitlines()[-1]
-    make_block = "from prefect.blocks.notifications import CustomWebhookNotificationBlock as B; B(name='t', url='http://127.0.0.1:9/hook').save('towerflow-test')"
-    subprocess.run([sys.executable, "-c", make_block], env=env, check=True, timeout=120)
-    for expected in ("created", "updated"):  # idempotent: the second install updates the same four
-        out = _towerflow(env, "alerts", "install", "--block", "towerflow-test")
-        assert out.returncode == 0, out.stderr[-2000:]
-        assert out.stdout.count(expected) == 4
+    from prefect.blocks.notifications import CustomWebhookNotificationBlock
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.cli import main
+
+    with temporary_settings({PREFECT_API_URL: server}):  # in this process: the alerts command against the real server
+        assert main(["alerts", "install"]) == 1
+        assert "create a notification block first" in capsys.readouterr().err.strip().splitlines()[-1]
+        CustomWebhookNotificationBlock(name="t", url="http://127.0.0.1:9/hook").save("towerflow-test")
+        for expected in ("created", "updated"):  # idempotent: the second install updates the same four
+            assert main(["alerts", "install", "--block", "towerflow-test"]) == 0
+            assert capsys.readouterr().out.count(expected) == 4
     automations = _post(server, "/automations/filter", {})
     triggers = {a["name"]: a["trigger"]["expect"] for a in automations if a["name"].startswith("towerflow:")}
     assert triggers == {
