@@ -10,7 +10,7 @@ from typing import Any
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from flows.runners import io_retry
+from flows.runners import IO_RETRY
 from tasks import incremental, warmstart
 from tasks.incremental import is_incremental
 
@@ -26,10 +26,8 @@ def single(ratings: str | list[str]) -> str:
     name="ingest-file",
     task_run_name="ingest-{name}",
     tags=["ingest"],
-    retries=2,
-    retry_delay_seconds=[2, 10],
-    retry_condition_fn=io_retry,
     cache_policy=NO_CACHE,
+    **IO_RETRY,
 )
 def ingest_file_task(src: str, movies: str, part: str, rejects: str, max_reject_share: float, name: str) -> dict[str, Any]:
     """One new ratings file into its own part of the store (one task per file, on the flow's task runner)."""

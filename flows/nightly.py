@@ -20,7 +20,7 @@ from prefect.cache_policies import NO_CACHE
 from flows import caching, failures, incremental, outcome, report, runners, shards
 from flows.lock import data_dir_lock
 from flows.params import NightlyParams
-from flows.runners import io_retry as _io_retry
+from flows.runners import IO_RETRY
 from tasks import drift, faults, publish, quality, rejects, resume, stages, warmstart
 from tasks.config import preset
 from tasks.errors import TowerflowError
@@ -41,7 +41,7 @@ def generate_task(out_dir: str) -> dict[str, str]:
     return {"ratings": str(data.ratings_csv), "movies": str(data.movies_csv)}
 
 
-@task(name="ingest", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=_io_retry, cache_policy=NO_CACHE)
+@task(name="ingest", cache_policy=NO_CACHE, **IO_RETRY)
 def ingest_task(ratings: str, movies: str, store_dir: str, rejects_path: str, max_reject_share: float, data_dir: str) -> dict[str, Any]:
     from prefect.artifacts import create_table_artifact
 
@@ -60,15 +60,14 @@ def ingest_task(ratings: str, movies: str, store_dir: str, rejects_path: str, ma
 
 
 # Resumable stages (flows/caching.py): a re-run after a crash reuses the results whose inputs, code and outputs are unchanged.
-_IO_RETRY: dict[str, Any] = {"retries": 2, "retry_delay_seconds": [2, 10], "retry_jitter_factor": 0.5, "retry_condition_fn": _io_retry}
 
 
-@caching.stage_task("features", outputs=("out_dir",), **_IO_RETRY)
+@caching.stage_task("features", outputs=("out_dir",), **IO_RETRY)
 def features_task(ratings: str, movies: str, out_dir: str, preset_name: str, holdout: float) -> dict[str, Any]:
     return stages.run_features(Path(ratings), Path(movies), Path(out_dir), preset(preset_name), holdout)
 
 
-@caching.stage_task("scalers", outputs=("out_dir",), **_IO_RETRY)
+@caching.stage_task("scalers", outputs=("out_dir",), **IO_RETRY)
 def scalers_task(ratings: str, feature_dirs: dict[str, str], holdout: float, out_dir: str) -> dict[str, str]:
     return stages.run_scalers(Path(ratings), feature_dirs, holdout, Path(out_dir))
 
@@ -115,7 +114,7 @@ def refit_task(
     )
 
 
-@caching.stage_task("evaluate", **_IO_RETRY)
+@caching.stage_task("evaluate", **IO_RETRY)
 def evaluate_task(
     ratings: str,
     train_dir: str,
@@ -156,7 +155,7 @@ def gate_task(evaluation: dict[str, Any] | None, latest_path: str, margin: float
     return out
 
 
-@caching.stage_task("drift", outputs=("out_path",), **_IO_RETRY)
+@caching.stage_task("drift", outputs=("out_path",), **IO_RETRY)
 def drift_task(
     parts: list[str], latest_path: str, ratings: str, movies: str, metrics: dict[str, Any] | None, out_path: str
 ) -> dict[str, Any]:
@@ -167,12 +166,12 @@ def drift_task(
     return out
 
 
-@caching.stage_task("export", outputs=("model_dir",), **_IO_RETRY)
+@caching.stage_task("export", outputs=("model_dir",), **IO_RETRY)
 def export_task(model_path: str, full_dir: str, scalers_path: str, model_dir: str, ratings: str, prior_weight: float) -> dict[str, Any]:
     return publish.run_export(Path(model_path), Path(full_dir), Path(scalers_path), Path(model_dir), Path(ratings), prior_weight)
 
 
-@task(name="publish", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=_io_retry, cache_policy=NO_CACHE)
+@task(name="publish", cache_policy=NO_CACHE, **IO_RETRY)
 def publish_task(
     data_dir: str, run_date: dt.date, version: str, model_dir: str, tables: dict[str, str | list[str]], extra: dict[str, Any]
 ) -> dict[str, Any]:

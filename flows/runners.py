@@ -80,3 +80,7 @@ def io_retry(task: Any, task_run: Any, state: Any) -> bool:
     except Exception:
         return False
     return False
+
+
+# The one retry policy of towerflow's tasks: twice, after 2 then 10 s (jittered), and only on a transient I/O error.
+IO_RETRY: dict[str, Any] = {"retries": 2, "retry_delay_seconds": [2, 10], "retry_jitter_factor": 0.5, "retry_condition_fn": io_retry}

@@ -25,7 +25,7 @@ from prefect.futures import PrefectFuture, as_completed
 
 from flows.caching import RESULTS_DIR, stage_task
 from flows.report import Progress
-from flows.runners import io_retry as _io_retry
+from flows.runners import IO_RETRY
 from tasks import shards as scoring
 
 
@@ -36,9 +36,7 @@ def _shard_task(kind: str) -> Any:
         outputs=("out_path",),
         task_run_name=f"{kind}-shard-{{shard}}-of-{{shards}}",
         tags=["scoring", kind],
-        retries=2,
-        retry_delay_seconds=[2, 10],
-        retry_condition_fn=_io_retry,
+        **IO_RETRY,
     )
 
 

@@ -67,3 +67,18 @@ def test_atomic_files_get_normal_permissions(tmp_path: Path) -> None:
     mask = os.umask(0o022)
     os.umask(mask)
     assert stat.S_IMODE(target.stat().st_mode) == 0o666 & ~mask
+
+
+def test_every_io_task_has_the_one_retry_policy() -> None:
+    """Tasks that read or write files retry twice on a transient I/O error only; training stages are not retried."""
+    from flows import incremental, nightly, shards
+    from flows.runners import IO_RETRY, io_retry
+
+    io_tasks = [
+        nightly.ingest_task, nightly.features_task, nightly.scalers_task, nightly.evaluate_task, nightly.drift_task,
+        nightly.export_task, nightly.publish_task, shards.recommend_shard_task, shards.similar_shard_task, incremental.ingest_file_task,
+    ]  # fmt: skip
+    for task in io_tasks:
+        assert (task.retries, task.retry_jitter_factor, task.retry_condition_fn) == (2, 0.5, io_retry), task.name
+        assert task.retry_delay_seconds == IO_RETRY["retry_delay_seconds"], task.name
+    assert nightly.train_task.retries == 0 and nightly.refit_task.retries == 0
