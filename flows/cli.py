@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime as dt
 import os
 import sys
 import traceback
 from pathlib import Path
 from typing import Any
 
-from flows import failures, query_cli, serve
+from flows import failures, params, query_cli, serve
 from tasks.config import PRESETS
 from tasks.errors import TowerflowError, is_expected
 
@@ -32,52 +31,14 @@ def _quiet_env() -> None:
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", str(EPHEMERAL_STARTUP_SECONDS))
 
 
-def _date(value: str) -> dt.date:
-    try:
-        return dt.date.fromisoformat(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--run-date must be YYYY-MM-DD, got {value!r}") from None
-
-
-def _add_flow_args(run: argparse.ArgumentParser, *, run_date: bool) -> None:
-    """The nightly flow's options, shared by ``run`` and ``serve`` (a served run takes the day it runs)."""
-    run.add_argument(
-        "--ratings",
-        type=Path,
-        action="append",
-        help="MovieLens ratings.csv or .parquet (default: embedded data set); repeat it or give a drop folder for incremental nights",
-    )
-    run.add_argument("--movies", type=Path, help="MovieLens movies.csv or .parquet (default: embedded data set)")
-    run.add_argument("--data-dir", type=Path, default=Path("data"), help="store, models and outputs (default: ./data)")
-    if run_date:
-        run.add_argument("--run-date", type=_date, help="YYYY-MM-DD partition date (default: today)")
-    run.add_argument("--k", type=int, default=10, help="recommendations per user (default: 10)")
-    run.add_argument(
-        "--preset",
-        choices=sorted(PRESETS),
-        default="default",
-        help="'lab': the course; 'balanced': ranking traded for RMSE",
-    )
-    run.add_argument("--seed", type=int, default=42)
-    run.add_argument("--max-epochs", type=int, help="override the preset's epoch limit")
-    run.add_argument("--warm-start", action="store_true", help="start training from the published model's weights")
-    run.add_argument("--warm-epochs", type=int, help="epochs of a warm start (default: a quarter of the preset's)")
-    run.add_argument(
-        "--early-stopping", type=int, metavar="PATIENCE", help="stop when the holdout loss has not improved for PATIENCE epochs"
-    )
-    run.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
-    run.add_argument(
-        "--no-gate", action="store_true", help="publish even if the quality gate refuses the model (the verdict is still recorded)"
-    )
-    run.add_argument("--gate-margin", type=float, default=0.01, help="allowed NDCG@k drop below the published model (default: 0.01)")
-    run.add_argument(
-        "--max-reject-share", type=float, default=0.01, help="fail if more than this share of rating rows is rejected (default: 0.01)"
-    )
-    run.add_argument("--shard-size", type=int, default=50_000, help="users (movies) per recommend (similar) task (default: 50000)")
-    run.add_argument(
+def _runner_args(parser: argparse.ArgumentParser) -> None:
+    """Where the shard tasks run: options of the command, not flow parameters (a deployment's runner has its own)."""
+    parser.add_argument(
         "--dask-address", metavar="tcp://HOST:PORT", help="run the shard tasks on this Dask scheduler (default: $TOWERFLOW_DASK_ADDRESS)"
     )
-    run.add_argument("--workers", type=int, help="without Dask: shard tasks at a time on local threads (default: $TOWERFLOW_WORKERS or 2)")
+    parser.add_argument(
+        "--workers", type=int, help="without Dask: shard tasks at a time on local threads (default: $TOWERFLOW_WORKERS or 2)"
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -85,9 +46,12 @@ def _parser() -> argparse.ArgumentParser:
 
     p = argparse.ArgumentParser(prog="towerflow", description="Nightly two-tower movie recommendations, orchestrated by Prefect.")
     sub = p.add_subparsers(dest="command", required=True)
-    _add_flow_args(sub.add_parser("run", help="run the nightly flow once, end to end"), run_date=True)
+    run = sub.add_parser("run", help="run the nightly flow once, end to end")
+    params.add_arguments(run, run_date=True)
+    _runner_args(run)
     srv = sub.add_parser("serve", help="serve the nightly flow on a cron schedule (needs a Prefect server, PREFECT_API_URL)")
-    _add_flow_args(srv, run_date=False)
+    params.add_arguments(srv, run_date=False)
+    _runner_args(srv)
     serve.add_arguments(srv)
     pred = sub.add_parser("predict", help="predicted ratings for user/movie pairs from the latest model")
     pred.add_argument("--data-dir", type=Path, default=Path("data"))
@@ -162,29 +126,6 @@ def _summary(s: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _params(args: argparse.Namespace) -> Any:
-    from flows.nightly import NightlyParams
-
-    return NightlyParams(
-        ratings=(str(args.ratings[0]) if len(args.ratings) == 1 else [str(r) for r in args.ratings]) if args.ratings else None,
-        movies=str(args.movies) if args.movies else None,
-        data_dir=str(args.data_dir),
-        run_date=getattr(args, "run_date", None),
-        k=args.k,
-        preset=args.preset,
-        seed=args.seed,
-        max_epochs=args.max_epochs,
-        warm_start=args.warm_start,
-        warm_epochs=args.warm_epochs,
-        patience=args.early_stopping,
-        threads=args.threads,
-        gate=not args.no_gate,
-        gate_margin=args.gate_margin,
-        max_reject_share=args.max_reject_share,
-        shard_size=args.shard_size,
-    )
-
-
 def cmd_run(args: argparse.Namespace) -> int:
     from flows.nightly import nightly
     from flows.runners import task_runner
@@ -192,7 +133,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     failures.hide_expected_tracebacks()
     flow = nightly.with_options(task_runner=task_runner(args.dask_address, args.workers))
     try:
-        state = flow(_params(args), return_state=True)
+        state = flow(params.from_arguments(args), return_state=True)
     except RuntimeError as exc:  # before the flow ran: Prefect's temporary server did not come up
         timeout = failures.ephemeral_timeout(exc, os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "?"))
         if timeout is None:
@@ -209,7 +150,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    serve.serve(_params(args), args.cron, args.timezone, args.name, args.dask_address, args.workers)
+    serve.serve(params.from_arguments(args), args.cron, args.timezone, args.name, args.dask_address, args.workers)
     return 0
 
 

@@ -1,11 +1,22 @@
-"""The nightly flow's parameters: one pydantic model, shown in the Prefect UI and stored with deployments."""
+"""The nightly flow's parameters: one pydantic model, shown in the Prefect UI and stored with deployments.
+
+It is also the one definition of the command line's run options: :func:`add_arguments` derives each
+``towerflow run`` / ``serve`` option (name, type, default, help) from a field, and :func:`from_arguments`
+maps them back, so a default or a description is written once.
+"""
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
-from typing import Literal
+import types
+import typing
+from pathlib import Path
+from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, JsonValue, field_validator
+
+from tasks.config import PRESETS
 
 
 class NightlyParams(BaseModel):
@@ -18,8 +29,10 @@ class NightlyParams(BaseModel):
     data_dir: str = Field("data", description="where the store, models and outputs live")
     run_date: dt.date | None = Field(None, description="partition date; default: today")
     k: int = Field(10, ge=1, le=1000, description="recommendations per user and similar movies per movie")
-    preset: Literal["default", "balanced", "lab"] = Field(
-        "default", description="model preset; 'lab' reproduces the course, 'balanced' trades ranking for RMSE"
+    preset: str = Field(
+        "default",
+        description="model preset; 'lab' reproduces the course, 'balanced' trades ranking for RMSE",
+        json_schema_extra={"enum": list[JsonValue](sorted(PRESETS))},  # a drop-down in the UI; tasks.config.PRESETS is the one list
     )
     seed: int = Field(42, description="seed of every random choice in training")
     holdout_fraction: float = Field(
@@ -37,3 +50,79 @@ class NightlyParams(BaseModel):
     max_reject_share: float = Field(
         0.01, ge=0.0, le=1.0, description="fail the run if more than this share of the ratings rows is rejected (see rejects/)"
     )
+
+    @field_validator("preset")
+    @classmethod
+    def _known_preset(cls, value: str) -> str:
+        if value not in PRESETS:
+            raise ValueError(f"unknown preset {value!r}; choose one of {sorted(PRESETS)}")
+        return value
+
+
+# The fields that are command-line options, with what argparse needs beyond the field itself (flag name when
+# it is not --<field-name>, a metavar, choices); the rest (holdout_fraction, chunk_size) are flow parameters only.
+_OPTIONS: dict[str, dict[str, Any]] = {
+    "ratings": {"type": Path, "action": "append", "metavar": "PATH"},
+    "movies": {"type": Path, "metavar": "PATH"},
+    "data_dir": {"type": Path, "metavar": "DIR"},
+    "run_date": {"metavar": "YYYY-MM-DD"},
+    "k": {},
+    "preset": {"choices": sorted(PRESETS)},
+    "seed": {},
+    "max_epochs": {},
+    "warm_start": {},
+    "warm_epochs": {},
+    "patience": {"flag": "--early-stopping", "metavar": "PATIENCE"},
+    "threads": {},
+    "gate": {"flag": "--no-gate", "help": "publish whatever the quality gate's verdict (the verdict is still recorded)"},
+    "gate_margin": {},
+    "max_reject_share": {},
+    "shard_size": {},
+}
+
+
+def _date(value: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--run-date must be YYYY-MM-DD, got {value!r}") from None
+
+
+def _scalar(annotation: Any) -> Any:
+    """The non-None type of ``X | None`` (``int | None`` -> int)."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    return args[0] if typing.get_origin(annotation) in (typing.Union, types.UnionType) and len(args) == 1 else annotation
+
+
+def add_arguments(parser: argparse.ArgumentParser, *, run_date: bool = True) -> None:
+    """Add the run options to ``parser`` (``run_date``: False for ``serve``, whose runs take the day they run)."""
+    for name, extra in _OPTIONS.items():
+        if name == "run_date" and not run_date:
+            continue
+        field = NightlyParams.model_fields[name]
+        options = {k: v for k, v in extra.items() if k not in ("flag", "help")}
+        flag = extra.get("flag", "--" + name.replace("_", "-"))
+        kind = _scalar(field.annotation)
+        default = field.default
+        help_text = extra.get("help", field.description or "")
+        options["dest"] = name
+        if kind is bool:
+            options["action"] = "store_false" if flag.startswith("--no-") else "store_true"
+        else:
+            options.setdefault("type", _date if kind is dt.date else kind if kind in (int, float) else str)
+            if default is not None and "default" not in help_text:
+                help_text += f" (default: {default})"
+        parser.add_argument(flag, help=help_text, **options)
+    parser.set_defaults(**{name: NightlyParams.model_fields[name].default for name in _OPTIONS if name != "ratings"})
+
+
+def from_arguments(args: argparse.Namespace) -> NightlyParams:
+    """The parameters of the options :func:`add_arguments` added (paths as text, one ratings file or several)."""
+    values = {name: getattr(args, name) for name in _OPTIONS if hasattr(args, name)}
+    ratings = values.pop("ratings", None)
+    if ratings:
+        values["ratings"] = str(ratings[0]) if len(ratings) == 1 else [str(r) for r in ratings]
+    for name in ("movies", "data_dir"):
+        if values.get(name) is not None:
+            values[name] = str(values[name])
+    return NightlyParams(**values)

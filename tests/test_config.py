@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
 import pytest
 
 from tasks.config import ModelConfig, preset
@@ -43,3 +45,26 @@ def test_overrides_and_round_trip() -> None:
 def test_bad_values_are_refused_by_name(override: dict[str, float], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         preset("default", **override)
+
+
+def test_run_options_come_from_the_flow_parameters() -> None:
+    """One definition: the options' defaults are the parameters' defaults, and every option reaches its parameter."""
+    import argparse
+
+    from flows.params import NightlyParams, add_arguments, from_arguments
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert from_arguments(parser.parse_args([])) == NightlyParams()
+    argv = ["--ratings", "a.csv", "--ratings", "b.csv", "--movies", "m.csv", "--data-dir", "d", "--run-date", "2026-03-04"]
+    argv += ["--k", "7", "--preset", "lab", "--seed", "3", "--max-epochs", "2", "--warm-start", "--warm-epochs", "1"]
+    argv += ["--early-stopping", "4", "--threads", "1", "--no-gate", "--gate-margin", "0.02", "--max-reject-share", "0.5"]
+    got = from_arguments(parser.parse_args([*argv, "--shard-size", "9"]))
+    assert got.model_dump() == {
+        **NightlyParams().model_dump(),
+        "ratings": ["a.csv", "b.csv"], "movies": "m.csv", "data_dir": "d", "run_date": dt.date(2026, 3, 4), "k": 7,
+        "preset": "lab", "seed": 3, "max_epochs": 2, "warm_start": True, "warm_epochs": 1, "patience": 4, "threads": 1,
+        "gate": False, "gate_margin": 0.02, "max_reject_share": 0.5, "shard_size": 9,
+    }  # fmt: skip
+    with pytest.raises(ValueError, match="unknown preset 'fancy'"):
+        NightlyParams(preset="fancy")
