@@ -130,6 +130,9 @@ def evaluate_task(
     evaluation = quality.run_evaluate(
         Path(ratings), Path(train_dir), Path(scalers_path), Path(validation_model), holdout, k, popularity_prior, seed
     )
+    if "skipped" in evaluation:
+        get_run_logger().warning("holdout not measured: %s", evaluation["skipped"])
+        return evaluation
     rows = [
         {"method": method, **{name: round(value, 4) for name, value in values.items()}} for method, values in evaluation["metrics"].items()
     ]
@@ -298,12 +301,14 @@ def _night(params: NightlyParams, run_date: dt.date, layout: Layout, known: dict
                 "evaluate", evaluate_task, ingested["ratings"], feature_dirs["train"], scalers["train"], trained["validation_model"],
                 params.holdout_fraction, params.k, config.popularity_prior, params.seed,
             )  # fmt: skip
-            known["metrics"] = evaluation["metrics"]
-        prior_weight = evaluation["prior"]["weight"] if evaluation is not None else 0.0
+        measured: dict[str, Any] = evaluation if evaluation is not None and "skipped" not in evaluation else {}
+        if measured:
+            known["metrics"] = measured["metrics"]
+        prior_weight = measured["prior"]["weight"] if measured else 0.0
         known["popularity_prior"] = {
             "weight": prior_weight,
-            "chosen_on": "NDCG@k of the validation model on the holdout" if evaluation is not None else "nothing (no holdout)",
-            "ndcg_by_weight": evaluation["prior"]["ndcg_by_weight"] if evaluation is not None else {},
+            "chosen_on": "NDCG@k of the validation model on the holdout" if measured else "nothing (no holdout to measure on)",
+            "ndcg_by_weight": measured["prior"]["ndcg_by_weight"] if measured else {},
         }
         known["gate"] = run("quality-gate", gate_task, evaluation, str(layout.latest), params.gate_margin, params.k, params.gate)
         refit = run(

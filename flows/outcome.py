@@ -33,8 +33,9 @@ def published(layout: Layout, latest: dict[str, Any], seconds: float) -> None:
     _record(layout, lambda: night_from(run_date, "published", seconds, latest))
     body = events.payload(latest)
     events.emit("published", layout.data_dir, body)
-    if (latest.get("gate") or {}).get("verdict") == "undecided":
-        events.emit("undecided", layout.data_dir, body)
+    verdict = (latest.get("gate") or {}).get("verdict")
+    if verdict in ("undecided", "refused"):  # refused here: published anyway, under --no-gate
+        events.emit(verdict, layout.data_dir, body)
     if (latest.get("drift") or {}).get("drifted"):
         events.emit("drifted", layout.data_dir, body)
     history_artifact(layout)

@@ -14,9 +14,10 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, Field, JsonValue, field_validator
+from pydantic import BaseModel, Field, JsonValue, ValidationError, field_validator
 
 from tasks.config import PRESETS
+from tasks.errors import ConfigError
 
 
 class NightlyParams(BaseModel):
@@ -46,7 +47,7 @@ class NightlyParams(BaseModel):
     shard_size: int = Field(50_000, ge=1, description="users (movies) per recommend (similar) task; shards run on the task runner")
     threads: int | None = Field(None, ge=1, description="CPU threads for TF, BLAS and FAISS; default: all cores")
     gate: bool = Field(True, description="refuse to publish a model worse, with confidence, than most-popular or the published model")
-    gate_margin: float = Field(0.01, description="allowed NDCG@k drop below the published model before the gate refuses")
+    gate_margin: float = Field(0.01, ge=0.0, description="allowed NDCG@k drop below the published model before the gate refuses")
     max_reject_share: float = Field(
         0.01, ge=0.0, le=1.0, description="fail the run if more than this share of the ratings rows is rejected (see rejects/)"
     )
@@ -125,4 +126,12 @@ def from_arguments(args: argparse.Namespace) -> NightlyParams:
     for name in ("movies", "data_dir"):
         if values.get(name) is not None:
             values[name] = str(values[name])
-    return NightlyParams(**values)
+    try:
+        return NightlyParams(**values)
+    except ValidationError as exc:  # a bad option is the user's to fix: one line that names it
+        problems = []
+        for error in exc.errors():
+            name = str(error["loc"][0]) if error["loc"] else "?"
+            flag = _OPTIONS.get(name, {}).get("flag", "--" + name.replace("_", "-"))
+            problems.append(f"{flag} {error['input']!r}: {error['msg']}")
+        raise ConfigError("; ".join(problems)) from None

@@ -22,6 +22,7 @@ from scipy.stats import ks_2samp
 
 from tasks.features import genre_matrix
 
+_DIVERSITY_ROWS = 20_000  # users per chunk of the diversity sums
 PERSONALIZATION_SAMPLE = 2000  # users whose pairwise overlaps measure personalization
 DRIFT_ALERT = 0.5  # 1 - mean Jaccard at or above this: the night "drifted" (an event, an alert)
 
@@ -49,21 +50,26 @@ def _matrix(lists: pd.DataFrame, users: np.ndarray, movies: pd.Index) -> sp.csr_
     return sp.csr_matrix((np.ones(int(keep.sum()), np.float32), (rows[keep], cols[keep])), shape=(len(users), len(movies)))
 
 
-def beyond_accuracy(lists: pd.DataFrame, movies: pd.DataFrame, popularity_rank: pd.Series, seed: int = 0) -> dict[str, float]:
+def beyond_accuracy(lists: pd.DataFrame, movies: pd.DataFrame, popularity_rank: pd.Series, seed: int = 0) -> dict[str, float | None]:
     """Coverage, novelty, intra-list diversity and personalization of one run's lists."""
     catalog = pd.Index(movies["movie_id"].to_numpy(np.int64))
     if lists.empty:
-        return {"coverage": 0.0, "novelty": float("nan"), "diversity": float("nan"), "personalization": float("nan")}
+        return {"coverage": 0.0, "novelty": None, "diversity": None, "personalization": None}
     genres = genre_matrix(movies["genres"]).astype(np.float32)
     norms = np.linalg.norm(genres, axis=1, keepdims=True)
     unit = np.divide(genres, norms, out=np.zeros_like(genres), where=norms > 0)
     grid = _grid(lists, catalog)  # users x k catalog rows, -1 pads
-    vectors = np.where(grid[..., None] >= 0, unit[np.maximum(grid, 0)], 0.0)
-    sims = np.einsum("ukg,ulg->ukl", vectors, vectors)
-    n = (grid >= 0).sum(axis=1)
-    pairs = n * (n - 1)
-    off_diagonal = sims.sum(axis=(1, 2)) - np.einsum("ukk->u", sims)
-    diversity = 1.0 - off_diagonal[pairs > 0] / pairs[pairs > 0]
+    parts: list[np.ndarray] = []
+    for lo in range(0, len(grid), _DIVERSITY_ROWS):  # in chunks: memory of rows x k x genres, never x k
+        rows = grid[lo : lo + _DIVERSITY_ROWS]
+        vectors = np.where(rows[..., None] >= 0, unit[np.maximum(rows, 0)], 0.0)
+        total = vectors.sum(axis=1)
+        # sum over pairs i != j of cos(i, j) = |sum of unit vectors|^2 - sum of their squared norms
+        off_diagonal = (total * total).sum(axis=1) - (vectors * vectors).sum(axis=(1, 2))
+        n = (rows >= 0).sum(axis=1)
+        pairs = n * (n - 1)
+        parts.append(1.0 - off_diagonal[pairs > 0] / pairs[pairs > 0])
+    diversity = np.concatenate(parts) if parts else np.zeros(0)
     users = np.unique(lists["user_id"].to_numpy())
     sample = np.sort(np.random.default_rng(seed).choice(users, min(len(users), PERSONALIZATION_SAMPLE), replace=False))
     x = _matrix(lists[lists["user_id"].isin(sample)], sample, catalog)
@@ -75,8 +81,8 @@ def beyond_accuracy(lists: pd.DataFrame, movies: pd.DataFrame, popularity_rank: 
     return {
         "coverage": float(lists["movie_id"].nunique() / len(catalog)),
         "novelty": float(popularity_rank.reindex(lists["movie_id"].to_numpy()).mean()),
-        "diversity": float(np.mean(diversity)) if len(diversity) else float("nan"),
-        "personalization": float(1.0 - jaccard[off].mean()) if len(sample) > 1 else float("nan"),
+        "diversity": float(np.mean(diversity)) if len(diversity) else None,  # None: no list of two or more
+        "personalization": float(1.0 - jaccard[off].mean()) if len(sample) > 1 else None,
     }
 
 
@@ -163,5 +169,6 @@ def run_drift(
     if "versus_published" in drift:
         rows["published lists"] = {k: v for k, v in drift["published"].items() if k != "model_version"}
         rows["versus published"] = drift["versus_published"]
-    write_metrics(Path(out_path), {name: {k: float(v) for k, v in values.items()} for name, values in rows.items()})
+    tables = {name: {k: float(v) for k, v in values.items() if v is not None} for name, values in rows.items()}
+    write_metrics(Path(out_path), tables)
     return drift

@@ -24,7 +24,7 @@ from tasks.features import compute_features, per_user_holdout
 from tasks.gate import bootstrap
 from tasks.history import user_history
 from tasks.metrics import coverage, per_user_metrics, relevant_sets, rmse
-from tasks.popularity import SWEEP_USERS, WEIGHTS, ServingSpace, movie_popularity, select_weight
+from tasks.popularity import WEIGHTS, ServingSpace, movie_popularity, select_weight, sweep_users
 from tasks.recommend import topk_lists
 from tasks.scalers import fit_scalers
 from tasks.stages import Prepared, prepared
@@ -59,9 +59,7 @@ def fit(
         first, scaled = _fit_once(train[~hold], train[hold] if config.patience is not None else None, movies, users, config, seed, None)
         best_epoch = first.best_epoch
         relevant = relevant_sets(train[hold])
-        if len(relevant) > SWEEP_USERS:  # as the nightly stage: the weight is chosen on a sample of the users
-            keep = np.random.default_rng(seed).choice(np.array(sorted(relevant)), SWEEP_USERS, replace=False)
-            relevant = {int(u): relevant[int(u)] for u in keep}
+        relevant = {int(u): relevant[int(u)] for u in sweep_users(np.array(sorted(relevant), dtype=np.int64), seed)}
         if config.popularity_prior and relevant:
             sweep = prior_sweep(Fitted(first.model, scaled, best_epoch, 0.0), train[~hold], relevant, k)
             weight = select_weight(np.column_stack([s[1]["ndcg"] for s in sweep]), WEIGHTS, seed).weight

@@ -12,6 +12,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from tasks.errors import DataError
+
 RANKING_METRICS = ("precision", "recall", "ndcg", "map", "hit_rate")
 RELEVANT_AT = 4.0  # a held-out rating at or above this is a relevant movie
 
@@ -26,7 +28,7 @@ def relevant_sets(held_out: pd.DataFrame, threshold: float = RELEVANT_AT) -> dic
 
 
 def user_metrics(recommended: Sequence[int], relevant: set[int], k: int) -> dict[str, float]:
-    """Precision, recall, NDCG, MAP and hit rate at ``k`` for one user."""
+    """Precision, recall, NDCG, MAP and hit rate at ``k`` for one user (the readable form; :func:`per_user_metrics` is used)."""
     if not relevant:
         raise ValueError("user has no relevant items; skip such users")
     top = list(recommended)[:k]
@@ -53,13 +55,11 @@ def per_user_metrics(
     """
     users = [u for u, rel in relevant.items() if rel]
     if not users:
-        raise ValueError("no user has a relevant held-out item; lower the threshold or hold out more")
+        raise DataError("no user has a relevant held-out item; lower the threshold or hold out more")
     hits = np.zeros((len(users), k))  # the formulas of user_metrics, for every user at once
-    listed = np.zeros(len(users), dtype=np.int64)
     for i, user in enumerate(users):
         top = list(recommended.get(user, []))[:k]
         hits[i, : len(top)] = [item in relevant[user] for item in top]
-        listed[i] = len(top)
     n_rel = np.array([len(relevant[u]) for u in users], dtype=np.float64)
     discounts = 1.0 / np.log2(np.arange(2, k + 2))
     ideal = np.cumsum(discounts)[np.minimum(n_rel, k).astype(np.int64) - 1]

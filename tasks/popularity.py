@@ -117,6 +117,14 @@ class Selection:
     mean_by_weight: dict[float, float]
 
 
+def sweep_users(users: np.ndarray, seed: int = 0) -> np.ndarray:
+    """The users the weight is chosen on: all of them, or a seeded sample of :data:`SWEEP_USERS` above twice that."""
+    users = np.asarray(users)
+    if len(users) <= 2 * SWEEP_USERS:
+        return users
+    return np.sort(np.random.default_rng(seed).choice(users, SWEEP_USERS, replace=False))
+
+
 def select_weight(ndcg: np.ndarray, weights: tuple[float, ...] = WEIGHTS, seed: int = 0) -> Selection:
     """Pick the weight with the best mean NDCG over users (rows of ``ndcg``, one column per weight).
 

@@ -20,13 +20,13 @@ import pyarrow as pa
 
 from tasks import schemas
 from tasks.baselines import popularity_lists
-from tasks.errors import DataError, TowerflowError
+from tasks.errors import TowerflowError
 from tasks.evaluate import Fitted, method_row, model_rmse, served_lists
 from tasks.export import embed_all
 from tasks.features import per_user_holdout
 from tasks.gate import Interval, Verdict, decide, paired_difference
 from tasks.metrics import per_user_metrics, relevant_sets
-from tasks.popularity import SWEEP_USERS, WEIGHTS, Selection, select_weight
+from tasks.popularity import WEIGHTS, Selection, select_weight, sweep_users
 from tasks.stages import load_ratings, prepare
 from tasks.storage import write_table
 
@@ -56,20 +56,21 @@ def run_evaluate(
     """Holdout metrics of the validation model and most-popular, the prior weight, the paired interval.
 
     Returns ``{"metrics": {method: {metric: value}}, "vs_baseline": interval of NDCG@k model - most-popular,
-    "users": users behind the ranking figures, "prior": {"weight", "ndcg_by_weight"}}``.
+    "users": users behind the ranking figures, "prior": {"weight", "ndcg_by_weight"}}``, or ``{"skipped": reason}``
+    when the holdout has nothing to measure (the gate is then undecided and the night publishes).
     """
     from tasks.model import load_model
 
     ratings = load_ratings(Path(ratings_path))
     hold = per_user_holdout(ratings, holdout_fraction)
     if not hold.any():
-        raise DataError(f"cannot evaluate: holdout_fraction {holdout_fraction} holds out nothing")
+        return {"skipped": f"the holdout is empty: no user has two ratings to hold one out of (holdout_fraction {holdout_fraction})"}
     fitted = Fitted(load_model(Path(validation_model)), prepare(Path(feature_dir), Path(scalers_path)), best_epoch=0, seconds=0.0)
     movie_ids = fitted.prepared.feats.movie_ids
     train, test = ratings[~hold], ratings[hold]
     relevant = relevant_sets(test)
     if not relevant:
-        raise DataError("cannot evaluate: no user has a held-out rating of 4 or more")
+        return {"skipped": f"no held-out rating of 4 or more among {len(test):,} held-out ratings: nothing to rank against"}
     weights = WEIGHTS if popularity_prior else (0.0,)
     users, model_lists, no_prior, choice = _choose_prior(fitted, train, relevant, k, weights, seed)
     relevant = {int(u): relevant[int(u)] for u in users}  # the users every figure rests on
@@ -116,13 +117,11 @@ def _choose_prior(
     p = fitted.prepared
     embeddings = embed_all(fitted.model, p.user_input, p.movie_x)
     users = np.array(sorted(relevant), dtype=np.int64)
-    chooser = users
-    if len(users) > 2 * SWEEP_USERS and len(weights) > 1:
-        chooser = np.sort(np.random.default_rng(seed).choice(users, SWEEP_USERS, replace=False))
+    chooser = sweep_users(users, seed) if len(weights) > 1 else users
     sweep = [served_lists(fitted, embeddings, train, chooser, k, w) for w in weights]
     asked = {int(u): relevant[int(u)] for u in chooser}
     choice = select_weight(np.column_stack([per_user_metrics(lists, asked, k)[1]["ndcg"] for lists in sweep]), weights, seed)
-    if len(chooser) == len(users):
+    if len(chooser) == len(users):  # every user chose and is judged: cross-fitted
         picked = [sweep[i] for i in choice.cross_index]  # each user's lists under the weight chosen on the other half
         return users, {int(u): picked[j][int(u)] for j, u in enumerate(users)}, sweep[0], choice
     judged = np.setdiff1d(users, chooser)
@@ -147,6 +146,8 @@ def gate_verdict(evaluation: dict[str, Any] | None, previous: dict[str, Any] | N
     """The gate's verdict on an evaluate stage's result (None: no holdout, nothing measured)."""
     if evaluation is None:
         return Verdict("undecided", "undecided: no holdout (holdout_fraction 0), nothing measured; published without a verdict", 0)
+    if "skipped" in evaluation:
+        return Verdict("undecided", f"undecided: {evaluation['skipped']}; published without a verdict", 0)
     model = evaluation["metrics"][MODEL_ROW]
     own = Interval(model["ndcg"], model["ndcg_low"], model["ndcg_high"])
     baseline = evaluation["metrics"][BASELINE_ROW]["ndcg"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import tempfile
 from collections.abc import Iterator
@@ -51,9 +52,20 @@ def atomic_path(final: Path) -> Iterator[Path]:
             tmp.unlink()
 
 
+def json_safe(value: Any) -> Any:
+    """``value`` with every NaN or infinite float replaced by None (JSON has no NaN; strict parsers refuse it)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return value
+
+
 def write_json(path: Path, payload: dict[str, Any]) -> Path:
-    """Write ``payload`` as indented JSON, atomically."""
-    text = json.dumps(payload, indent=2, sort_keys=True) + "\n"
+    """Write ``payload`` as indented, strict JSON (NaN as null), atomically."""
+    text = json.dumps(json_safe(payload), indent=2, sort_keys=True, allow_nan=False) + "\n"
     with atomic_path(path) as tmp:
         if faults.armed(f"write:{path.name}"):  # crash tests: die with half of the file written
             tmp.write_text(text[: len(text) // 2], encoding="utf-8")

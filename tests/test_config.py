@@ -68,3 +68,13 @@ def test_run_options_come_from_the_flow_parameters() -> None:
     }  # fmt: skip
     with pytest.raises(ValueError, match="unknown preset 'fancy'"):
         NightlyParams(preset="fancy")
+
+
+def test_a_bad_run_option_is_one_line_naming_it(capsys: pytest.CaptureFixture[str]) -> None:
+    from flows.cli import main
+
+    assert main(["run", "--k", "0", "--gate-margin", "-1"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("towerflow run failed: --k 0: Input should be greater than or equal to 1") and "--gate-margin -1.0" in last

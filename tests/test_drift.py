@@ -43,6 +43,8 @@ def test_beyond_accuracy_by_hand() -> None:
     assert out["novelty"] == pytest.approx((1 + 2 + 1 + 3) / 4)
     assert out["diversity"] == pytest.approx((0.0 + 1.0) / 2)  # Action/Action: distance 0; Action/Comedy: 1
     assert out["personalization"] == pytest.approx(1 - 1 / 3)  # the two lists share 1 of 3 movies
+    single = beyond_accuracy(_lists({1: [4]}), MOVIES, ranks)  # no pair in a list, no second user: unknown, not NaN
+    assert single["diversity"] is None and single["personalization"] is None and single["novelty"] == 4.0
 
 
 def test_measure_and_published_parts(tmp_path: Path) -> None:

@@ -78,3 +78,31 @@ def test_verdict_is_json_ready() -> None:
     verdict = decide(Interval(0.2, 0.18, 0.22), 0.1, Interval(0.1, 0.08, 0.12), 100, None, 0.01)
     data = verdict.to_dict()
     assert data["verdict"] == "passed" and data["users"] == 100 and data["comparisons"][0]["difference"]["low"] == 0.08
+
+
+def test_large_holdouts_use_the_normal_interval(rng: np.random.Generator) -> None:
+    from tasks.gate import NORMAL_ABOVE
+
+    values = rng.random(NORMAL_ABOVE + 1)
+    normal = bootstrap(values)
+    assert normal.mean == pytest.approx(values.mean())
+    assert (normal.high - normal.low) / 2 == pytest.approx(1.959964 * values.std(ddof=1) / np.sqrt(len(values)))
+    drawn = bootstrap(values[:NORMAL_ABOVE])  # the percentile bootstrap just below agrees to within its noise
+    assert abs((drawn.high - drawn.low) - (normal.high - normal.low)) < 0.1 * (normal.high - normal.low)
+
+
+def test_a_published_run_at_another_k_is_not_compared(rng: np.random.Generator) -> None:
+    base = rng.random(200) * 0.2
+    model = base + 0.05
+    previous = {"model_version": "v", "k": 20, "metrics": {"two-tower": {"ndcg": 0.9, "ndcg_low": 0.89, "ndcg_high": 0.91}}}
+    verdict = decide(bootstrap(model), float(base.mean()), paired_difference(model, base), 200, previous, 0.01, k=10)
+    assert verdict.verdict == "passed" and [c.against for c in verdict.comparisons] == ["most-popular"]
+
+
+def test_a_holdout_with_nothing_to_measure_is_undecided() -> None:
+    from tasks.quality import gate_verdict
+
+    verdict = gate_verdict(
+        {"skipped": "no held-out rating of 4 or more among 12 held-out ratings: nothing to rank against"}, None, 0.01, 10
+    )
+    assert verdict.verdict == "undecided" and verdict.users == 0 and "nothing to rank against" in verdict.reason
