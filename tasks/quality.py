@@ -73,13 +73,14 @@ def run_evaluate(
         return {"skipped": f"no held-out rating of 4 or more among {len(test):,} held-out ratings: nothing to rank against"}
     weights = WEIGHTS if popularity_prior else (0.0,)
     users, model_lists, no_prior, choice = _choose_prior(fitted, train, relevant, k, weights, seed)
-    relevant = {int(u): relevant[int(u)] for u in users}  # the users every figure rests on
+    without_prior = {u: relevant[u] for u in no_prior}  # all users, or those the weight was chosen on
+    relevant = {int(u): relevant[int(u)] for u in users}  # the users every other figure rests on
     popular = popularity_lists(train, users, movie_ids, k)
     rows = [
         method_row(name, lists, relevant, k, len(movie_ids), seed) for name, lists in ((BASELINE_ROW, popular), (MODEL_ROW, model_lists))
     ]
     if popularity_prior:
-        rows.append(method_row(NO_PRIOR_ROW, no_prior, relevant, k, len(movie_ids), seed))
+        rows.append(method_row(NO_PRIOR_ROW, no_prior, without_prior, k, len(movie_ids), seed))
     model_rmse_stars, n_ratings = model_rmse(fitted, test)
     metrics = {row.pop("method"): {name: float(value) for name, value in row.items()} for row in rows}
     for name in (MODEL_ROW, NO_PRIOR_ROW):
@@ -107,12 +108,13 @@ Lists = dict[int, list[int]]
 def _choose_prior(
     fitted: Fitted, train: pd.DataFrame, relevant: dict[int, set[int]], k: int, weights: tuple[float, ...], seed: int
 ) -> tuple[np.ndarray, Lists, Lists, Selection]:
-    """The prior's weight, and the users the figures rest on with the model's lists with and without the prior.
+    """The prior's weight, the users the figures rest on with the model's lists, and the lists without the prior.
 
     Up to ``2 * SWEEP_USERS`` users, every weight is scored on every user and the model's lists are
     cross-fitted (:func:`tasks.popularity.select_weight`). Above, the weight is chosen on a seeded
     sample of ``SWEEP_USERS`` users and the figures rest on the other users: the cost of the sweep stays
-    bounded and the gate still judges users the weight was not chosen on.
+    bounded and the gate still judges users the weight was not chosen on. The lists without the prior
+    (a diagnostic row) are the sweep's weight 0, on the users the sweep ran on.
     """
     p = fitted.prepared
     embeddings = embed_all(fitted.model, p.user_input, p.movie_x)
@@ -125,8 +127,7 @@ def _choose_prior(
         picked = [sweep[i] for i in choice.cross_index]  # each user's lists under the weight chosen on the other half
         return users, {int(u): picked[j][int(u)] for j, u in enumerate(users)}, sweep[0], choice
     judged = np.setdiff1d(users, chooser)
-    model = served_lists(fitted, embeddings, train, judged, k, choice.weight)
-    return judged, model, served_lists(fitted, embeddings, train, judged, k, 0.0), choice
+    return judged, served_lists(fitted, embeddings, train, judged, k, choice.weight), sweep[0], choice
 
 
 def write_metrics(path: Path, metrics: dict[str, dict[str, float]]) -> Path:

@@ -72,3 +72,22 @@ def test_evaluate_command_over_two_seeds(tiny_data: tuple[Path, Path], tmp_path:
     assert table.loc[table["method"] == "ease^r", "setting"].str.startswith("lambda ").all()
     printed = capsys.readouterr().out
     assert "over seeds 1, 2:" in printed and "ndcg@10_mean" in printed
+
+
+def test_popularity_lists_equal_a_plain_walk_heavy_raters_included(rng: np.random.Generator) -> None:
+    movie_ids = np.arange(1, 301, dtype=np.int64)
+    weights = 1.0 / np.arange(1, 301)
+    rows = [
+        (u, int(m))
+        for u in range(1, 41)
+        for m in rng.choice(movie_ids, size=int(rng.integers(0, 60)), replace=False, p=weights / weights.sum())
+    ]
+    rows += [(99, int(m)) for m in movie_ids[:250]]  # a heavy rater: the whole head is rated
+    train = pd.DataFrame(rows, columns=["user_id", "movie_id"])
+    users = np.array([*range(1, 41), 99, 123], dtype=np.int64)  # 123 has rated nothing
+    counts = train["movie_id"].value_counts().reindex(movie_ids, fill_value=0)
+    order = sorted(movie_ids.tolist(), key=lambda m: (-counts[m], m))
+    lists = popularity_lists(train, users, movie_ids, k=10)
+    for user in users.tolist():
+        seen = set(train.loc[train.user_id == user, "movie_id"])
+        assert lists[user] == [m for m in order if m not in seen][:10], user
