@@ -87,9 +87,18 @@ def _fit_once(
 
 
 def served_lists(
-    fitted: Fitted, embeddings: tuple[np.ndarray, np.ndarray], train: pd.DataFrame, users: np.ndarray, k: int, weight: float
+    fitted: Fitted,
+    embeddings: tuple[np.ndarray, np.ndarray],
+    train: pd.DataFrame,
+    users: np.ndarray,
+    k: int,
+    weight: float,
+    seen: pd.DataFrame | None = None,
 ) -> dict[int, list[int]]:
-    """Top-k of ``users`` from the served vectors with prior ``weight`` (popularity counted on ``train``)."""
+    """Top-k of ``users`` from the served vectors with prior ``weight`` (popularity counted on ``train``).
+
+    ``seen``: the ratings whose movies are excluded (default ``train``; any subset holding ``users``' ratings).
+    """
     p = fitted.prepared
     user_emb, movie_emb = embeddings
     space = ServingSpace(movie_emb.shape[1], weight)
@@ -97,7 +106,8 @@ def served_lists(
     if (rows < 0).any():
         raise ValueError(f"user {users[rows < 0][0]} has no features in this model")
     movies = space.movies(movie_emb, movie_popularity(train, p.feats.movie_ids))
-    return topk_lists(build_index(movies), space.users(user_emb[rows]), np.asarray(users), p.feats.movie_ids, train, k)
+    queries = space.users(user_emb[rows])
+    return topk_lists(build_index(movies), queries, np.asarray(users), p.feats.movie_ids, train if seen is None else seen, k)
 
 
 def prior_sweep(

@@ -120,7 +120,9 @@ def _choose_prior(
     embeddings = embed_all(fitted.model, p.user_input, p.movie_x)
     users = np.array(sorted(relevant), dtype=np.int64)
     chooser = sweep_users(users, seed) if len(weights) > 1 else users
-    sweep = [served_lists(fitted, embeddings, train, chooser, k, w) for w in weights]
+    # the seen movies of the sweep's users, found once (not once per weight in all of train); popularity stays global
+    seen = train[train["user_id"].isin(chooser)] if len(chooser) < len(users) else train
+    sweep = [served_lists(fitted, embeddings, train, chooser, k, w, seen=seen) for w in weights]
     asked = {int(u): relevant[int(u)] for u in chooser}
     choice = select_weight(np.column_stack([per_user_metrics(lists, asked, k)[1]["ndcg"] for lists in sweep]), weights, seed)
     if len(chooser) == len(users):  # every user chose and is judged: cross-fitted
