@@ -82,12 +82,15 @@ def history_markdown(nights: pd.DataFrame, plot: Path | None, embed: bool) -> st
     def num(value: Any, fmt: str = ".4f") -> str:
         return "" if value is None or pd.isna(value) else f"{value:{fmt}}"
 
+    def text(value: Any) -> str:  # a null string column reads back as None or NaN
+        return "" if value is None or (isinstance(value, float) and pd.isna(value)) else str(value)
+
     for row in nights.iloc[::-1].to_dict("records"):
         ndcg = f"{num(row['ndcg'])} [{num(row['ndcg_low'])}, {num(row['ndcg_high'])}]" if not pd.isna(row["ndcg"]) else ""
         lines.append(
-            f"| {row['finished_at']} | {row['run_date']} | {row['outcome']} | {row['verdict'] or ''} | {ndcg} | "
+            f"| {row['finished_at']} | {row['run_date']} | {row['outcome']} | {text(row['verdict'])} | {ndcg} | "
             f"{num(row['most_popular_ndcg'])} | {num(row['rmse'], '.3f')} | {num(row['coverage'], '.3f')} | {num(row['users'], ',.0f')} | "
-            f"{num(row['drift'], '.3f')} | `{row['model_version'] or ''}` |"
+            f"{num(row['drift'], '.3f')} | {'`' + text(row['model_version']) + '`' if text(row['model_version']) else ''} |"
         )
     failures = nights[nights["outcome"] != "published"]
     if len(failures):

@@ -171,7 +171,9 @@ def _report(
     gate = latest.get("gate") or {}
     if gate:
         enforced = "" if gate.get("enforced", True) else " (not enforced: `--no-gate`)"
-        lines += ["## Quality gate", "", f"**{gate.get('verdict', '?')}**{enforced}: {gate.get('reason', '')}", ""]
+        verdict, reason = gate.get("verdict", "?"), gate.get("reason", "")
+        reason = reason.split(": ", 1)[1] if reason.startswith(f"{verdict}: ") else reason  # the reason starts with the verdict
+        lines += ["## Quality gate", "", f"**{verdict}**{enforced}: {reason}", ""]
     metrics = latest.get("metrics") or {}
     if metrics:
         names = ["ndcg", "ndcg_low", "ndcg_high", "precision", "recall", "map", "hit_rate", "coverage", "rmse"]

@@ -38,5 +38,6 @@ def test_rows_round_trip_oldest_first(tmp_path: Path) -> None:
     text = history_markdown(nights, None, embed=False)
     assert text.index("2026-02-02") < text.index("2026-02-01")  # newest first
     assert "Last night not published (2026-02-02, failed): stage ingest failed: bad row" in text
+    assert "nan" not in text  # the failed night's missing verdict and model are blank cells
     with pytest.raises(ValueError, match="outcome must be one of"):
         Night("2026-02-03", "x", "exploded")
