@@ -41,7 +41,7 @@ def task_runner(dask_address: str | None = None, workers: int | None = None) -> 
         if "://" not in address and ":" not in address:
             raise ConfigError(f"--dask-address must look like tcp://HOST:PORT, got {address!r}")
         try:
-            from prefect_dask import DaskTaskRunner
+            from prefect_dask.task_runners import DaskTaskRunner
         except ImportError:
             raise TowerflowError("--dask-address needs prefect-dask: pip install -c constraints.txt -e '.[dask]'") from None
         return DaskTaskRunner(address=address)

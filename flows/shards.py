@@ -16,11 +16,12 @@ re-runs only the shards whose part file is missing or changed.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from prefect import get_run_logger
+from prefect import Task, get_run_logger
 from prefect.futures import PrefectFuture, as_completed
 
 from flows.caching import RESULTS_DIR, stage_task
@@ -29,7 +30,7 @@ from flows.runners import IO_RETRY
 from tasks import shards as scoring
 
 
-def _shard_task(kind: str) -> Any:
+def _shard_task(kind: str) -> Callable[[Callable[..., dict[str, Any]]], Task[Any, Any]]:
     """A resumable shard stage writing ``out_path``, retried on I/O errors only."""
     return stage_task(
         f"{kind}-shard",

@@ -102,7 +102,7 @@ class _Ease:
         p = np.triu(factor) + np.triu(factor, 1).T
         b = p / -np.diag(p)[np.newaxis, :]
         np.fill_diagonal(b, 0.0)
-        return b
+        return np.asarray(b, dtype=np.float32)
 
     def lists(self, b: np.ndarray, users: np.ndarray, k: int) -> dict[int, list[int]]:
         """Top-k of ``users`` (those without ratings get none), movies they rated excluded."""

@@ -222,7 +222,7 @@ class _KeyBuffer:
 
 def _keys(table: pa.Table) -> np.ndarray:
     """``user_id << 31 | movie_id``: one int64 per (user, movie), exact because ids are below 2**31."""
-    return (table.column("user_id").to_numpy() << 31) | table.column("movie_id").to_numpy()
+    return np.asarray((table.column("user_id").to_numpy() << 31) | table.column("movie_id").to_numpy(), dtype=np.int64)
 
 
 def _drop_duplicates(path: Path, keys: np.ndarray) -> tuple[int, int]:

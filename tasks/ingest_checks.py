@@ -40,7 +40,7 @@ class Catalog:
 
     def known(self, movie_ids: np.ndarray) -> np.ndarray:
         if self._dense is not None:
-            return self._dense[np.clip(movie_ids, 0, len(self._dense) - 1)]
+            return np.asarray(self._dense[np.clip(movie_ids, 0, len(self._dense) - 1)], dtype=bool)
         pos = np.minimum(np.searchsorted(self._sorted, movie_ids), max(len(self._sorted) - 1, 0))
         return self._sorted[pos] == movie_ids if len(self._sorted) else np.zeros(len(movie_ids), dtype=bool)
 
@@ -202,4 +202,4 @@ def _blank_lines(data: memoryview, offsets: np.ndarray) -> np.ndarray:
     b, e = begins[offsets], ends[offsets]
     length = e - b
     single_cr = (length == 1) & (raw[np.minimum(b, len(raw) - 1)] == 13)
-    return (length == 0) | single_cr
+    return np.asarray((length == 0) | single_cr, dtype=bool)

@@ -51,7 +51,7 @@ class Chunk:
 
     @property
     def rows(self) -> int:
-        return self.accepted.num_rows + self.rejects.num_rows
+        return int(self.accepted.num_rows + self.rejects.num_rows)
 
 
 def open_bytes(path: Path) -> BinaryIO:

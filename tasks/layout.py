@@ -123,7 +123,7 @@ def verified(data_dir: Path, entry: dict[str, Any]) -> Path:
     """The path of a model file listed in latest.json, after checking its sha256."""
     from tasks.storage import sha256_file
 
-    path = Path(data_dir) / entry["path"]
+    path = Path(data_dir) / str(entry["path"])
     if not path.exists():
         raise FileNotFoundError(f"published model file missing: {path}")
     if sha256_file(path) != entry["sha256"]:

@@ -28,7 +28,7 @@ def l2_normalize(x: Any, epsilon: float = 1e-12) -> Any:
 
 
 @keras.saving.register_keras_serializable(package="towerflow")
-class L2Normalize(layers.Layer):
+class L2Normalize(layers.Layer):  # type: ignore[misc]  # keras ships no types
     """Keras layer wrapper of :func:`l2_normalize` (serializable, safe_mode loadable)."""
 
     def __init__(self, epsilon: float = 1e-12, **kwargs: Any) -> None:
@@ -43,7 +43,7 @@ class L2Normalize(layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="towerflow")
-class HistoryMean(layers.Layer):
+class HistoryMean(layers.Layer):  # type: ignore[misc]  # keras ships no types
     """What a user's rated movies say about them: learned movie vectors averaged over the history.
 
     Inputs are ids (catalog row + 1; 0 pads) and, per id, the user's rating

@@ -86,7 +86,7 @@ class ServingSpace:
         u = self._check(user_vecs, self.dim, "served user vectors")
         m = self._check(movie_vecs, self.dim, "served movie vectors")
         d = self.tower_dim
-        return ((1.0 + self.weight) * np.einsum("ij,ij->i", u[:, :d], m[:, :d])).astype(np.float32)
+        return np.asarray((1.0 + self.weight) * np.einsum("ij,ij->i", u[:, :d], m[:, :d]), dtype=np.float32)
 
     def content_queries(self, movie_vecs: np.ndarray) -> np.ndarray:
         """Query vectors whose inner product with a served movie vector is ``m . m'``: similar movies by content."""

@@ -116,7 +116,7 @@ def _catalog(pub: Published, movie_ids: np.ndarray | None = None) -> pd.DataFram
     """Catalog rows (movie_id, title, genres, year), only ``movie_ids`` if given; titles as people write them."""
     filters = [("movie_id", "in", [int(x) for x in np.unique(movie_ids)])] if movie_ids is not None else None
     table = pq.read_table(pub.catalog_path(), columns=["movie_id", "title", "genres", "year"], filters=filters)
-    frame = table.to_pandas()
+    frame: pd.DataFrame = table.to_pandas()
     frame["title"] = frame["title"].map(display_title)
     return frame
 

@@ -37,12 +37,12 @@ class Scalers:
     def rating_to_target(self, stars: np.ndarray) -> np.ndarray:
         if self.target_scale == "stars":
             return np.asarray(stars, dtype=np.float32).ravel()
-        return self.target.transform(np.asarray(stars, dtype=np.float64).reshape(-1, 1)).ravel().astype(np.float32)
+        return np.asarray(self.target.transform(np.asarray(stars, dtype=np.float64).reshape(-1, 1)), dtype=np.float32).ravel()
 
     def target_to_rating(self, score: np.ndarray) -> np.ndarray:
         if self.target_scale == "stars":
             return np.asarray(score, dtype=np.float32).ravel()
-        return self.target.inverse_transform(np.asarray(score, dtype=np.float64).reshape(-1, 1)).ravel().astype(np.float32)
+        return np.asarray(self.target.inverse_transform(np.asarray(score, dtype=np.float64).reshape(-1, 1)), dtype=np.float32).ravel()
 
 
 def fit_scalers(

@@ -48,11 +48,13 @@ def run_ingest(
 
 
 def load_ratings(path: Path) -> pd.DataFrame:
-    return read_table(Path(path), schemas.RATINGS, "ratings").to_pandas()
+    frame: pd.DataFrame = read_table(Path(path), schemas.RATINGS, "ratings").to_pandas()
+    return frame
 
 
 def load_movies(path: Path) -> pd.DataFrame:
-    return read_table(Path(path), schemas.MOVIES, "movies").to_pandas()
+    frame: pd.DataFrame = read_table(Path(path), schemas.MOVIES, "movies").to_pandas()
+    return frame
 
 
 def _write_features(path: Path, ids: np.ndarray, x: np.ndarray, names: list[str], kind: str) -> None:

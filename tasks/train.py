@@ -56,7 +56,7 @@ class TrainResult:
 def log_popularity(movies: np.ndarray, n_movies: int) -> np.ndarray:
     """log of each movie's share of training ratings (smoothed by 1), for the logQ correction."""
     counts = np.bincount(movies, minlength=n_movies).astype(np.float64) + 1.0
-    return np.log(counts / counts.sum()).astype(np.float32)
+    return np.asarray(np.log(counts / counts.sum()), dtype=np.float32)
 
 
 class _Steps:

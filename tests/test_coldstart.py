@@ -63,5 +63,5 @@ def test_movies_nobody_rated_appear_as_neighbours(published: dict[str, Any]) -> 
     assert cold and cold <= set(sim.movie_id)
     assert cold & set(sim.similar_movie_id), "no cold movie is anyone's neighbour"
     emb = pd.read_parquet(d / published["latest"]["model"]["movie_embeddings"]["path"])
-    norms = np.linalg.norm(np.stack(emb[emb.movie_id.isin(cold)].embedding.to_numpy()), axis=1)
+    norms = np.linalg.norm(np.stack(list(emb[emb.movie_id.isin(cold)].embedding)), axis=1)
     np.testing.assert_allclose(norms, 1.0, atol=1e-4)

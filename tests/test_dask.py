@@ -29,7 +29,8 @@ def cluster() -> Iterator[Any]:
 
 def _table(data_dir: Path, latest: dict[str, Any], name: str, keys: list[str]) -> pd.DataFrame:
     files = [str(data_dir / f) for f in latest["tables"][name]["files"]]
-    return pq.read_table(files).to_pandas().sort_values(keys).reset_index(drop=True)
+    frame: pd.DataFrame = pq.read_table(files).to_pandas()
+    return frame.sort_values(keys).reset_index(drop=True)
 
 
 def _loaded_on_workers(client: Any, module: str) -> set[bool]:

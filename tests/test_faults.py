@@ -64,7 +64,7 @@ def sub_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 
     source = tmp_path_factory.mktemp("source")
     for package in (flows, tasks):
-        root = Path(package.__file__).parent
+        root = Path(str(package.__file__)).parent
         shutil.copytree(root, source / root.name, ignore=shutil.ignore_patterns("__pycache__"))
     home = tmp_path_factory.mktemp("prefect-home")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "TOWERFLOW_FAULT", "PYTHONPATH"))}

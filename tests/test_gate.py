@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 
-from tasks.gate import MIN_USERS, Interval, bootstrap, decide, paired_difference
+from tasks.gate import MIN_USERS, Interval, Verdict, bootstrap, decide, paired_difference
 
 
 def test_bootstrap_interval_covers_the_mean_and_shrinks_with_users(rng: np.random.Generator) -> None:
@@ -28,7 +30,7 @@ def test_paired_difference_sees_a_small_gap_that_unpaired_intervals_hide(rng: np
         paired_difference(model, base[:10])
 
 
-def _verdict(model: np.ndarray, base: np.ndarray, previous: dict | None = None, margin: float = 0.01):  # type: ignore[no-untyped-def]
+def _verdict(model: np.ndarray, base: np.ndarray, previous: dict[str, Any] | None = None, margin: float = 0.01) -> Verdict:
     return decide(bootstrap(model), float(base.mean()), paired_difference(model, base), len(model), previous, margin)
 
 
@@ -56,7 +58,7 @@ def test_published_model_compared_with_its_own_interval(rng: np.random.Generator
     own = bootstrap(model)
     width = (own.high - own.low) / 2
 
-    def previous(ndcg: float) -> dict:  # type: ignore[type-arg]
+    def previous(ndcg: float) -> dict[str, Any]:
         return {
             "model_version": "2026-01-01-abc",
             "metrics": {"two-tower": {"ndcg": ndcg, "ndcg_low": ndcg - width, "ndcg_high": ndcg + width}},

@@ -120,4 +120,4 @@ def test_a_run_that_died_holding_the_lock_is_marked_crashed_and_no_other(tmp_pat
                 assert "flow_run_id" not in json.loads(path.read_text())  # no flow run context: nothing to record
             state = client.read_flow_run(run.id).state
             assert state is not None and state.type.value == expected, (holder_host, state)
-        assert "pid 999999 on " + host in str(state.message)
+        assert state is not None and "pid 999999 on " + host in str(state.message)

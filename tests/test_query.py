@@ -34,7 +34,8 @@ def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]
 
 def _published(published: dict[str, Any], table: str, key: str, value: int) -> pd.DataFrame:
     path = published["dir"] / published["latest"]["tables"][table]["path"]
-    return pq.read_table(path).to_pandas().query(f"{key} == {value}").sort_values("rank")
+    frame: pd.DataFrame = pq.read_table(path).to_pandas()
+    return frame.query(f"{key} == {value}").sort_values("rank")
 
 
 def _titles(published: dict[str, Any]) -> dict[int, tuple[str, str]]:

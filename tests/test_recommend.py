@@ -15,7 +15,7 @@ from tasks.recommend import topk_unseen, write_similar_movies
 
 def _unit(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
     x = rng.normal(size=(n, d)).astype(np.float32)
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
+    return np.asarray(x / np.linalg.norm(x, axis=1, keepdims=True), dtype=np.float32)
 
 
 def _brute(users: np.ndarray, items: np.ndarray, seen: list[np.ndarray], k: int) -> list[list[int]]:

@@ -63,5 +63,6 @@ def _latest_ingest_artifact() -> list[dict[str, Any]]:
         )
     assert found, "no towerflow-ingest artifact"
     data = found[0].data
-    rows: list[dict[str, Any]] = json.loads(data) if isinstance(data, str) else data
+    assert isinstance(data, str), f"a table artifact's data is its JSON text, got {type(data).__name__}"
+    rows: list[dict[str, Any]] = json.loads(data)
     return rows

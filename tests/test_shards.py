@@ -24,7 +24,7 @@ K = 4
 
 def _unit(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
     x = rng.normal(size=(n, d)).astype(np.float32)
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
+    return np.asarray(x / np.linalg.norm(x, axis=1, keepdims=True), dtype=np.float32)
 
 
 @pytest.fixture
@@ -67,7 +67,8 @@ def test_shard_bounds_cover_every_row_once() -> None:
 
 
 def _read(paths: list[Path], keys: list[str]) -> pd.DataFrame:
-    return pd.concat([pq.read_table(p).to_pandas() for p in paths]).sort_values(keys).reset_index(drop=True)
+    frame: pd.DataFrame = pd.concat([pq.read_table(p).to_pandas() for p in paths])
+    return frame.sort_values(keys).reset_index(drop=True)
 
 
 @pytest.mark.parametrize("shard_size", [1, 7, 20])
@@ -114,7 +115,7 @@ def test_plots_are_png_files(tmp_path: Path) -> None:
     counts = np.histogram([0.2, 0.5, 0.5, 0.9], bins=SCORE_BINS)[0]
     for path in (
         loss_curves(history, tmp_path / "r" / "loss.png", "t"),
-        score_histogram(SCORE_BINS, counts, tmp_path / "r" / "s.png", "t"),
+        score_histogram(SCORE_BINS, counts.tolist(), tmp_path / "r" / "s.png", "t"),
     ):
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert sorted(p.name for p in (tmp_path / "r").iterdir()) == ["loss.png", "s.png"]  # no temporary file left behind
