@@ -71,7 +71,8 @@ def test_atomic_files_get_normal_permissions(tmp_path: Path) -> None:
 
 def test_every_io_task_has_the_one_retry_policy() -> None:
     """Tasks that read or write files retry twice on a transient I/O error only; training stages are not retried."""
-    from flows import incremental, nightly, shards
+    from flows import incremental, shards
+    from flows import stage_tasks as nightly
     from flows.runners import IO_RETRY, io_retry
 
     io_tasks = [

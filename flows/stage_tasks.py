@@ -1,0 +1,168 @@
+"""The nightly flow's stages as Prefect tasks: each wraps one plain function of ``tasks/`` and passes paths.
+
+Resumable stages (:func:`flows.caching.stage_task`) are reused by a re-run after a crash when their inputs,
+code and outputs are unchanged; the stages that read or write files retry transient I/O errors
+(:data:`flows.runners.IO_RETRY`). Training is never retried. The flow (:mod:`flows.nightly`) only wires them.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+from typing import Any
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from flows import caching, report
+from flows.runners import IO_RETRY
+from tasks import drift, publish, quality, rejects, stages
+from tasks.config import preset
+from tasks.generate import generate
+from tasks.layout import Layout
+from tasks.storage import read_json
+
+
+@task(name="generate-embedded-data", cache_policy=NO_CACHE)
+def generate_task(out_dir: str) -> dict[str, str]:
+    data = generate(Path(out_dir))
+    get_run_logger().info("embedded data set: %d ratings, %d users, %d movies", data.n_ratings, data.n_users, data.n_movies)
+    return {"ratings": str(data.ratings_csv), "movies": str(data.movies_csv)}
+
+
+@task(name="ingest", cache_policy=NO_CACHE, **IO_RETRY)
+def ingest_task(ratings: str, movies: str, store_dir: str, rejects_path: str, max_reject_share: float, data_dir: str) -> dict[str, Any]:
+    from prefect.artifacts import create_table_artifact
+
+    def report(stats: dict[str, Any], outcome: str) -> None:
+        create_table_artifact(rejects.report_rows(stats), key="towerflow-ingest", description=f"Ingest of {ratings}: {outcome}")
+
+    try:
+        out = stages.run_ingest(Path(ratings), Path(movies), Path(store_dir), Path(rejects_path), max_reject_share)
+    except rejects.RejectThresholdError as exc:
+        report(exc.stats, f"FAILED, too many rows rejected; rejected rows in {rejects_path}")
+        raise
+    out["stats"]["rejects_path"] = str(Path(rejects_path).relative_to(data_dir))  # relative, like the tables in latest.json
+    report(out["stats"], f"{out['stats']['rows_rejected']:,} rows rejected, see {rejects_path}")
+    get_run_logger().info("ingested %s", json.dumps(out["stats"]))
+    return out
+
+
+@caching.stage_task("features", outputs=("out_dir",), **IO_RETRY)
+def features_task(ratings: str, movies: str, out_dir: str, preset_name: str, holdout: float) -> dict[str, Any]:
+    return stages.run_features(Path(ratings), Path(movies), Path(out_dir), preset(preset_name), holdout)
+
+
+@caching.stage_task("scalers", outputs=("out_dir",), **IO_RETRY)
+def scalers_task(ratings: str, feature_dirs: dict[str, str], holdout: float, out_dir: str) -> dict[str, str]:
+    return stages.run_scalers(Path(ratings), feature_dirs, holdout, Path(out_dir))
+
+
+@caching.stage_task("train", outputs=("out_dir",))
+def train_task(
+    ratings: str,
+    feature_dirs: dict[str, str],
+    scaler_paths: dict[str, str],
+    out_dir: str,
+    preset_name: str,
+    max_epochs: int | None,
+    patience: int | None,
+    seed: int,
+    holdout: float,
+    warm: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    config = preset(preset_name, max_epochs=max_epochs, patience=patience)
+    on_epoch = report.EpochProgress("train", config.max_epochs)  # epoch logs and the towerflow-train-progress artifact
+    return on_epoch.finish(
+        stages.run_train(Path(ratings), feature_dirs, scaler_paths, Path(out_dir), config, seed, holdout, on_epoch, warm)
+    )
+
+
+@caching.stage_task("refit", outputs=("out_dir",))
+def refit_task(
+    ratings: str,
+    feature_dirs: dict[str, str],
+    scaler_paths: dict[str, str],
+    validation_model: str,
+    out_dir: str,
+    preset_name: str,
+    epochs: int,
+    seed: int,
+    holdout: float,
+    warm: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    config = preset(preset_name)
+    on_epoch = report.EpochProgress("refit", epochs)  # epoch logs and the towerflow-refit-progress artifact
+    return on_epoch.finish(
+        stages.run_refit(
+            Path(ratings), feature_dirs, scaler_paths, Path(validation_model), Path(out_dir), config, seed, epochs, holdout, on_epoch, warm
+        )
+    )
+
+
+@caching.stage_task("evaluate", **IO_RETRY)
+def evaluate_task(
+    ratings: str,
+    train_dir: str,
+    scalers_path: str,
+    validation_model: str,
+    holdout: float,
+    k: int,
+    popularity_prior: bool,
+    seed: int,
+) -> dict[str, Any]:
+    from prefect.artifacts import create_table_artifact
+
+    evaluation = quality.run_evaluate(
+        Path(ratings), Path(train_dir), Path(scalers_path), Path(validation_model), holdout, k, popularity_prior, seed
+    )
+    if "skipped" in evaluation:
+        get_run_logger().warning("holdout not measured: %s", evaluation["skipped"])
+        return evaluation
+    rows = [
+        {"method": method, **{name: round(value, 4) for name, value in values.items()}} for method, values in evaluation["metrics"].items()
+    ]
+    create_table_artifact(
+        rows,
+        key="towerflow-metrics",
+        description=f"Holdout metrics at k={k}: each user's most recent {holdout:.0%} of ratings, {evaluation['users']:,} users; "
+        f"ndcg_low/ndcg_high: 95% bootstrap interval; popularity prior weight {evaluation['prior']['weight']:g}",
+    )
+    get_run_logger().info("holdout metrics (%d users): %s", evaluation["users"], json.dumps(rows))
+    return evaluation
+
+
+@task(name="quality-gate", cache_policy=NO_CACHE)
+def gate_task(evaluation: dict[str, Any] | None, latest_path: str, margin: float, k: int, enforce: bool) -> dict[str, Any]:
+    """The gate's verdict; a refused model stops the run (unless ``enforce`` is off, as with --no-gate)."""
+    previous = read_json(Path(latest_path)) if Path(latest_path).exists() else None
+    verdict = quality.gate_verdict(evaluation, previous, margin, k)
+    get_run_logger().info("quality gate %s", verdict.reason)
+    out = {**verdict.to_dict(), "enforced": enforce}
+    if verdict.verdict == "refused" and enforce:
+        raise quality.QualityGateError(f"quality gate {verdict.reason} (latest.json still points to the previous run)", out)
+    return out
+
+
+@caching.stage_task("drift", outputs=("out_path",), **IO_RETRY)
+def drift_task(
+    parts: list[str], latest_path: str, ratings: str, movies: str, metrics: dict[str, Any] | None, out_path: str
+) -> dict[str, Any]:
+    """Tonight's lists against the published run's; the metrics table (holdout metrics and drift)."""
+    out = drift.run_drift(parts, Path(latest_path), Path(ratings), Path(movies), metrics, Path(out_path))
+    versus = out.get("versus_published")
+    get_run_logger().info("drift: %s", json.dumps(versus) if versus else "nothing published to compare with")
+    return out
+
+
+@caching.stage_task("export", outputs=("model_dir",), **IO_RETRY)
+def export_task(model_path: str, full_dir: str, scalers_path: str, model_dir: str, ratings: str, prior_weight: float) -> dict[str, Any]:
+    return publish.run_export(Path(model_path), Path(full_dir), Path(scalers_path), Path(model_dir), Path(ratings), prior_weight)
+
+
+@task(name="publish", cache_policy=NO_CACHE, **IO_RETRY)
+def publish_task(
+    data_dir: str, run_date: dt.date, version: str, model_dir: str, tables: dict[str, str | list[str]], extra: dict[str, Any]
+) -> dict[str, Any]:
+    return publish.run_publish(Layout(Path(data_dir)), run_date, version, Path(model_dir), tables, extra)
