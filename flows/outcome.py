@@ -102,6 +102,11 @@ def history_markdown(nights: pd.DataFrame, plot: Path | None, embed: bool) -> st
     return "\n".join([*lines, ""])
 
 
+def trend_path(layout: Layout) -> Path:
+    """Where the trend plot of the last nights is kept (redrawn whenever a night is recorded)."""
+    return layout.outputs / "reports" / "history-trend.png"
+
+
 def history_plot(layout: Layout, nights: pd.DataFrame) -> Path | None:
     """The trend plot of ``nights`` beside the outputs (None if it cannot be drawn)."""
     if nights.empty:
@@ -109,7 +114,7 @@ def history_plot(layout: Layout, nights: pd.DataFrame) -> Path | None:
     try:
         from tasks.plots import history_trend
 
-        return history_trend(nights, layout.outputs / "reports" / "history-trend.png")
+        return history_trend(nights, trend_path(layout))
     except Exception as exc:  # e.g. matplotlib missing
         _log.warning("history plot not drawn: %s", exc)
         return None

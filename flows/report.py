@@ -241,11 +241,12 @@ def report_task(
     except Exception as exc:  # e.g. matplotlib missing; the report goes out without pictures
         logger.warning("plots not written: %s", exc)
     try:
-        from flows.outcome import HISTORY_NIGHTS, history_markdown, history_plot
+        from flows.outcome import HISTORY_NIGHTS, history_markdown, history_plot, trend_path
         from tasks.nights import read_nights
 
         nights = read_nights(layout, last=HISTORY_NIGHTS)
-        trend = history_plot(layout, nights)
+        # outcome.published drew it from these same nights just before this task; draw it only if that failed
+        trend = trend_path(layout) if trend_path(layout).exists() else history_plot(layout, nights)
         report_path = out_dir / f"report-{version}.md"
         with atomic_path(report_path) as tmp:  # beside its PNGs, linked by name
             history = history_markdown(nights, None, embed=False)
