@@ -7,6 +7,7 @@ comes out of a tower already on the unit sphere.
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -80,7 +81,23 @@ class HistoryMean(layers.Layer):  # type: ignore[misc]  # keras ships no types
         return {**super().get_config(), "n_movies": self.n_movies, "dim": self.dim}
 
 
-def _tower(name: str, n_features: int, config: ModelConfig, n_movies: int = 0) -> keras.Model:
+def layer_seed(seed: int, layer: str) -> int:
+    """The seed of one layer's initializer or dropout masks: a function of the run's seed and the layer's name only.
+
+    Keras draws an unseeded layer's seed from Python's global ``random`` when the layer is created, so any other
+    thread using ``random`` meanwhile (Prefect's client backs off with jitter) would change the model a seed
+    stands for, and a resumed night would no longer reproduce a clean one.
+    """
+    digest = hashlib.sha256(f"{seed}:{layer}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") % (2**31 - 1)
+
+
+def _dense(units: int, name: str, seed: int, activation: str | None = None) -> layers.Dense:
+    init = keras.initializers.GlorotUniform(seed=layer_seed(seed, name))
+    return layers.Dense(units, activation=activation, kernel_initializer=init, name=name)
+
+
+def _tower(name: str, n_features: int, config: ModelConfig, n_movies: int = 0, seed: int = 0) -> keras.Model:
     features = keras.Input((n_features,), name=f"{name}_features")
     inputs: list[Any] = [features]
     x = features
@@ -91,17 +108,20 @@ def _tower(name: str, n_features: int, config: ModelConfig, n_movies: int = 0) -
         history = HistoryMean(n_movies, config.embedding_dim, name=f"{name}_history")([ids, values])
         x = layers.Concatenate(name=f"{name}_with_history")([features, history])
     for i, width in enumerate(config.hidden):
-        x = layers.Dense(width, activation="relu", name=f"{name}_dense_{i}")(x)
+        x = _dense(width, f"{name}_dense_{i}", seed, activation="relu")(x)
         if config.dropout > 0:
-            x = layers.Dropout(config.dropout, name=f"{name}_dropout_{i}")(x)
-    x = layers.Dense(config.embedding_dim, name=f"{name}_out")(x)
+            x = layers.Dropout(config.dropout, seed=layer_seed(seed, f"{name}_dropout_{i}"), name=f"{name}_dropout_{i}")(x)
+    x = _dense(config.embedding_dim, f"{name}_out", seed)(x)
     if config.normalize:  # off only in the ablation: the raw dot product is then unbounded
         x = L2Normalize(name=f"{name}_l2")(x)
     return keras.Model(inputs if len(inputs) > 1 else features, x, name=name)
 
 
-def build_model(n_user_features: int, n_movie_features: int, config: ModelConfig, n_movies: int = 0) -> keras.Model:
+def build_model(n_user_features: int, n_movie_features: int, config: ModelConfig, n_movies: int = 0, seed: int = 0) -> keras.Model:
     """Two towers, outputs L2-normalized, prediction = their dot product (in [-1, 1]).
+
+    Every random initializer and dropout layer is seeded from ``seed`` and its own name (:func:`layer_seed`),
+    so the same seed builds the same model whatever else the process has done with its random generators.
 
     ``config.normalize=False`` drops the normalization (only the ablation does), so the
     dot product is unbounded.
@@ -114,8 +134,8 @@ def build_model(n_user_features: int, n_movie_features: int, config: ModelConfig
         raise ValueError(f"need at least one feature per tower, got {n_user_features} and {n_movie_features}")
     if config.history_length > 0 and n_movies < 1:
         raise ValueError(f"history_length={config.history_length} needs the catalog size n_movies, got {n_movies}")
-    user_tower = _tower(USER_TOWER, n_user_features, config, n_movies)
-    movie_tower = _tower(MOVIE_TOWER, n_movie_features, config)
+    user_tower = _tower(USER_TOWER, n_user_features, config, n_movies, seed)
+    movie_tower = _tower(MOVIE_TOWER, n_movie_features, config, seed=seed)
     u_in: list[Any] = [keras.Input((n_user_features,), name="user_features")]
     if len(user_tower.inputs) > 1:
         u_in.append(keras.Input((config.history_length,), dtype="int32", name="user_history_ids"))

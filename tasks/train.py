@@ -190,7 +190,7 @@ def train_model(
         raise ValueError(
             f"leave_one_out={config.leave_one_out} but the data's leave-one-out sums {'missing' if data.loo is None else 'given'}"
         )
-    model = build_model(data.user_x.shape[1], data.movie_x.shape[1], config, n_movies=len(data.movie_x))
+    model = build_model(data.user_x.shape[1], data.movie_x.shape[1], config, n_movies=len(data.movie_x), seed=seed)
     if init is not None:
         init(model)
     steps = _Steps(model, data, config)
