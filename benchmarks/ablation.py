@@ -29,10 +29,10 @@ DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "moviel
 def load(data: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Ratings and movies as ``towerflow evaluate`` reads them (through ingest), else straight from the CSVs."""
     try:
-        from tasks.ingest import ingest
+        from tasks.ingestion.ingest import ingest
         from tasks.stages import load_movies, load_ratings
     except (ImportError, SyntaxError) as exc:  # ingest is being rewritten; the clean MovieLens CSVs need no checks
-        print(f"tasks.ingest unavailable ({exc}); reading the CSVs with pandas", file=sys.stderr)
+        print(f"tasks.ingestion.ingest unavailable ({exc}); reading the CSVs with pandas", file=sys.stderr)
         return _read_csvs(data)
     with tempfile.TemporaryDirectory(prefix="towerflow-ablation-") as tmp:
         r, m, _ = ingest(data / "ratings.csv", data / "movies.csv", Path(tmp))
@@ -194,8 +194,8 @@ def run() -> int:
         print(f"no ratings.csv in {args.data}; download ml-latest-small from GroupLens and pass --data", file=sys.stderr)
         return 2
     from tasks import ablation
-    from tasks.evaluate import compare
-    from tasks.features import per_user_holdout
+    from tasks.evaluation.evaluate import compare
+    from tasks.preparation.features import per_user_holdout
     from tasks.runtime import default_threads, pin_threads
 
     threads = default_threads()

@@ -31,7 +31,7 @@ def movielens(directory: Path = SHARED / "ml-latest-small") -> DataSet:
 
 def generated(law: str, size: str, work: Path, seed: int = 7) -> DataSet:
     """A generated data set (written once under ``work``)."""
-    from tasks.generate import generate
+    from tasks.sources.generate import generate
 
     users, movies, per_user = GENERATED_SIZES[size]
     out = work / f"{law}-{size}-seed{seed}"

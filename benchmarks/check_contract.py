@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.dataset as ds
 
-from tasks.export import read_embeddings
+from tasks.serving.export import read_embeddings
 
 
 def check(data_dir: Path, ratings_csv: Path) -> list[tuple[str, bool]]:

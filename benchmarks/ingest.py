@@ -1,7 +1,7 @@
 """Ingest throughput benchmark (issue 4): towerflow's CSV -> Parquet against pyarrow's own, same file, same run.
 
 (a) ``pyarrow.csv.read_csv`` + ``pyarrow.parquet.write_table`` of the ratings and movies files, and (b)
-``tasks.ingest.ingest`` of the same two files (streamed, checked, quarantine, duplicate check, zstd
+``tasks.ingestion.ingest.ingest`` of the same two files (streamed, checked, quarantine, duplicate check, zstd
 Parquet), each in a fresh subprocess, alternating, best of ``--repeat``. Prints rows/s of both,
 the ratio (target >= 0.7), the peak RSS of each child, and the machine. The peak RSS of (b) is
 also measured on a file a fifth the size, to show what grows with the file and what does not.
@@ -70,7 +70,7 @@ def child(kind: str, ratings: Path, movies: Path, work: Path) -> None:
 
     import pyarrow.parquet as pq
 
-    from tasks.ingest import ingest  # imported before the clock starts, as pyarrow is
+    from tasks.ingestion.ingest import ingest  # imported before the clock starts, as pyarrow is
 
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)

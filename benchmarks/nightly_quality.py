@@ -28,10 +28,10 @@ import pyarrow.parquet as pq
 from benchdata import SHARED, DataSet, generated, movielens
 from scale import tree_rss
 
-from tasks.baselines import als_lists, ease_lists, popularity_lists
-from tasks.evaluate import method_row
-from tasks.features import per_user_holdout
-from tasks.metrics import relevant_sets, rmse
+from tasks.evaluation.baselines import als_lists, ease_lists, popularity_lists
+from tasks.evaluation.evaluate import method_row
+from tasks.evaluation.metrics import relevant_sets, rmse
+from tasks.preparation.features import per_user_holdout
 
 K = 10
 

@@ -67,7 +67,7 @@ def main() -> int:
     name, users, movies, per_user, target_s, target_gb = SCALES[args.scale]
     data = args.work / (name if args.law == "taste" else f"{name}-{args.law}")
     if not (data / "ratings.csv").exists():
-        from tasks.generate import generate
+        from tasks.sources.generate import generate
 
         t0 = time.perf_counter()
         out = generate(data, n_users=users, n_movies=movies, mean_ratings_per_user=per_user, law=args.law)

@@ -4,7 +4,7 @@ Both run in the same process on the same embeddings and the same seen sets:
 
 - ``matmul only``: blocked ``users @ movies.T`` scores, nothing else (the physical floor);
 - ``numpy reference``: the same blocks + seen movies set to -inf + ``argpartition`` top-k + sort;
-- ``towerflow``: :func:`tasks.recommend.topk_unseen` over the exact inner-product FAISS index.
+- ``towerflow``: :func:`tasks.serving.recommend.topk_unseen` over the exact inner-product FAISS index.
 
 Seen sets come from a ratings file (default: the project's generator at 2.5M ratings,
 written once to --work); embeddings are random unit vectors of dimension 32 (the cost of
@@ -30,9 +30,9 @@ import faiss  # noqa: E402
 import numpy as np  # noqa: E402
 import pyarrow.csv as pacsv  # noqa: E402
 
-from tasks.export import build_index  # noqa: E402
-from tasks.model import l2_normalize  # noqa: E402
-from tasks.recommend import topk_unseen  # noqa: E402
+from tasks.modeling.model import l2_normalize  # noqa: E402
+from tasks.serving.export import build_index  # noqa: E402
+from tasks.serving.recommend import topk_unseen  # noqa: E402
 
 BLOCK = 2048
 
@@ -55,10 +55,10 @@ def load_seen(path: Path) -> tuple[int, int, np.ndarray, np.ndarray]:
 
 def load_published(data_dir: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, str]:
     """Trained embeddings of a published run and the seen sets of its ingested ratings."""
-    from tasks.export import read_embeddings
-    from tasks.recommend import seen_csr
+    from tasks.serving.export import read_embeddings
+    from tasks.serving.recommend import seen_csr
     from tasks.stages import load_ratings
-    from tasks.storage import read_json
+    from tasks.store.storage import read_json
 
     latest = read_json(data_dir / "outputs" / "latest.json")
     user_ids, q = read_embeddings(data_dir / latest["model"]["user_embeddings"]["path"], "user")
@@ -115,7 +115,7 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
     if args.ratings is None:
-        from tasks.generate import generate
+        from tasks.sources.generate import generate
 
         args.ratings = args.work / "2m5" / "ratings.csv"
         if not args.ratings.exists():

@@ -7,7 +7,7 @@ epochs, and are scored on the held-out side:
 - course-faithful: one numpy row of user features and one of movie features copied per rating
   (as the course builds ``user_train``/``item_train``), ``model.compile(Adam(0.01), "mse")``,
   ``model.fit(batch_size=32)``;
-- towerflow: :func:`tasks.train.train_model` (tf.data of index triples, feature rows gathered
+- towerflow: :func:`tasks.modeling.train.train_model` (tf.data of index triples, feature rows gathered
   inside the step, batch 1024, Adam 3e-3).
 
 Threads of TensorFlow, BLAS and FAISS are pinned (TOWERFLOW_THREADS, default: the cores).
@@ -34,9 +34,9 @@ set_thread_env(default_threads())
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from tasks.config import preset  # noqa: E402
-from tasks.features import compute_features, per_user_holdout  # noqa: E402
-from tasks.scalers import fit_scalers  # noqa: E402
+from tasks.modeling.config import preset  # noqa: E402
+from tasks.preparation.features import compute_features, per_user_holdout  # noqa: E402
+from tasks.preparation.scalers import fit_scalers  # noqa: E402
 from tasks.stages import prepared  # noqa: E402
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "movielens" / "ml-latest-small"
@@ -60,8 +60,8 @@ def main() -> int:
     pinned = pin_threads(threads)
     import keras
 
-    from tasks.model import build_model
-    from tasks.train import TrainData, predict_scores, train_model
+    from tasks.modeling.model import build_model
+    from tasks.modeling.train import TrainData, predict_scores, train_model
 
     ratings, movies = load(args.data)
     hold = per_user_holdout(ratings, 0.2)

@@ -2,7 +2,7 @@
 
 Each automation notifies through a Prefect notification block the user names (Slack, Teams, a webhook,
 e-mail...) when a night fails (``towerflow.night.failed``), is refused by the quality gate
-(``towerflow.night.gate-refused``), drifts past :data:`tasks.drift.DRIFT_ALERT`
+(``towerflow.night.gate-refused``), drifts past :data:`tasks.evaluation.drift.DRIFT_ALERT`
 (``towerflow.night.drifted``), or crashes (Prefect's own ``prefect.flow-run.Crashed`` event of the
 ``towerflow-nightly`` flow: a killed process cannot emit anything itself). Installing is idempotent: an
 automation of the same name is updated in place, never duplicated.

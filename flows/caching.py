@@ -47,7 +47,7 @@ from prefect.exceptions import MissingContextError
 from prefect.filesystems import LocalFileSystem
 from prefect.serializers import JSONSerializer
 
-from tasks.storage import sha256_file
+from tasks.store.storage import sha256_file
 
 RESULTS_DIR = ".results"  # under the run's work directory
 MANIFEST = "outputs_sha256"  # key of the output manifest in a cached stage's result

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from flows import failures, params, query_cli, serve
-from tasks.config import PRESETS
 from tasks.errors import TowerflowError, is_expected
+from tasks.modeling.config import PRESETS
 
 EPHEMERAL_STARTUP_SECONDS = 180
 
@@ -42,7 +42,7 @@ def _runner_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    from tasks.generate import LAWS  # numpy and friends: imported after _quiet_env has pinned their threads
+    from tasks.sources.generate import LAWS  # numpy and friends: imported after _quiet_env has pinned their threads
 
     p = argparse.ArgumentParser(prog="towerflow", description="Nightly two-tower movie recommendations, orchestrated by Prefect.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -155,7 +155,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from tasks.predict import predict_pairs
+    from tasks.serving.predict import predict_pairs
 
     out = predict_pairs(args.data_dir, args.pairs, args.output)
     print(f"predicted {out['scored']:,} of {out['rows']:,} pairs with model {out['model_version']} -> {out['output']}")
@@ -169,10 +169,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     import pandas as pd
 
-    from tasks.config import preset
-    from tasks.evaluate import compare, fit, over_seeds
-    from tasks.features import per_user_holdout
-    from tasks.ingest import ingest
+    from tasks.evaluation.evaluate import compare, fit, over_seeds
+    from tasks.ingestion.ingest import ingest
+    from tasks.modeling.config import preset
+    from tasks.preparation.features import per_user_holdout
     from tasks.runtime import default_threads, pin_threads
     from tasks.stages import load_movies, load_ratings
 
@@ -230,10 +230,10 @@ def cmd_alerts(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from tasks.generate import generate
+    from tasks.sources.generate import generate
 
     overrides = {"taste_strength": args.taste_strength, "popularity_exponent": args.popularity_exponent}
-    from tasks.generate import LAWS
+    from tasks.sources.generate import LAWS
 
     law = dataclasses.replace(LAWS[args.law], **{name: value for name, value in overrides.items() if value is not None})
     data = generate(

@@ -3,7 +3,7 @@
 Names (:data:`EVENTS`): ``towerflow.night.published``, ``towerflow.night.gate-undecided`` (published
 without a verdict), ``towerflow.night.gate-refused``, ``towerflow.night.failed`` and
 ``towerflow.night.drifted`` (tonight's lists moved from the published ones past
-:data:`tasks.drift.DRIFT_ALERT`). The resource is the data directory
+:data:`tasks.evaluation.drift.DRIFT_ALERT`). The resource is the data directory
 (``towerflow.data-dir.<absolute path>``); the payload holds the run date, the model version, the holdout
 metrics with the users behind them, the gate's verdict, the drift and, on failure, the reason. A downstream
 deployment can be triggered on ``towerflow.night.published`` instead of polling latest.json.

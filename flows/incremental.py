@@ -1,4 +1,7 @@
-"""Prefect tasks of incremental nights (tasks/incremental.py, tasks/warmstart.py): ledger ingest and the warm-start source."""
+"""Prefect tasks of incremental nights: ledger ingest and the warm-start source.
+
+The logic is in tasks/ingestion/incremental.py and tasks/modeling/warmstart.py.
+"""
 
 from __future__ import annotations
 
@@ -11,8 +14,9 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from flows.runners import IO_RETRY
-from tasks import incremental, warmstart
-from tasks.incremental import is_incremental
+from tasks.ingestion import incremental
+from tasks.ingestion.incremental import is_incremental
+from tasks.modeling import warmstart
 
 __all__ = ["ingest_all", "ingest_file_task", "is_incremental", "single", "warm_source_task"]
 

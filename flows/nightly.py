@@ -33,12 +33,15 @@ from flows.stage_tasks import (
     scalers_task,
     train_task,
 )
-from tasks import faults, rejects, resume, stages, warmstart
-from tasks.config import preset
+from tasks import faults, stages
 from tasks.errors import TowerflowError
-from tasks.layout import Layout, model_version
+from tasks.ingestion import rejects
+from tasks.modeling import warmstart
+from tasks.modeling.config import preset
 from tasks.runtime import default_threads, pin_threads
-from tasks.storage import sha256_text
+from tasks.store import resume
+from tasks.store.layout import Layout, model_version
+from tasks.store.storage import sha256_text
 
 
 class StageError(TowerflowError, RuntimeError):
@@ -142,7 +145,7 @@ def _night(params: NightlyParams, run_date: dt.date, layout: Layout, known: dict
         )
         feature_dirs = {"train": feats["train"], "full": feats["full"]}
         scalers = run("scalers", scalers_task, ingested["ratings"], feature_dirs, params.holdout_fraction, str(work / "scalers"))
-        warm = None  # or the published model to start from (--warm-start, tasks/warmstart.py)
+        warm = None  # or the published model to start from (--warm-start, tasks/modeling/warmstart.py)
         if params.warm_start:
             warm = run("warm-start", incremental.warm_source_task, str(layout.data_dir), feats["full"], config.to_dict())
         trained = run(

@@ -2,7 +2,7 @@
 
 A published night calls :func:`published`; a refused or failed one :func:`failed` (from the flow's
 exception path, before the exception goes on to fail the flow run). Both write the night's row
-(:mod:`tasks.nights`), emit its events (:mod:`flows.events`) and refresh the ``towerflow-history``
+(:mod:`tasks.store.nights`), emit its events (:mod:`flows.events`) and refresh the ``towerflow-history``
 artifact: the last nights side by side with a trend plot, so the Artifacts page of that key reads as the
 project's health over time. Each step is best effort: nothing here may hide the night's own outcome.
 """
@@ -19,8 +19,8 @@ import pandas as pd
 
 from flows import events
 from tasks.errors import root_cause
-from tasks.layout import Layout
-from tasks.nights import night_from, read_nights, record
+from tasks.store.layout import Layout
+from tasks.store.nights import night_from, read_nights, record
 
 HISTORY_KEY = "towerflow-history"
 HISTORY_NIGHTS = 30  # nights shown in the artifact and the report
@@ -47,7 +47,7 @@ def failed(layout: Layout, run_date: dt.date, exc: BaseException, known: dict[st
     A run refused because another one holds the data directory records nothing: that night is the other run's.
     """
     from flows.lock import LockedError
-    from tasks.quality import QualityGateError
+    from tasks.evaluation.quality import QualityGateError
 
     cause = root_cause(exc)
     if isinstance(cause, LockedError):

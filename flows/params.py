@@ -16,8 +16,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field, JsonValue, ValidationError, field_validator
 
-from tasks.config import PRESETS
 from tasks.errors import ConfigError
+from tasks.modeling.config import PRESETS
 
 
 class NightlyParams(BaseModel):
@@ -33,14 +33,16 @@ class NightlyParams(BaseModel):
     preset: str = Field(
         "default",
         description="model preset; 'lab' reproduces the course, 'balanced' trades ranking for RMSE",
-        json_schema_extra={"enum": list[JsonValue](sorted(PRESETS))},  # a drop-down in the UI; tasks.config.PRESETS is the one list
+        json_schema_extra={
+            "enum": list[JsonValue](sorted(PRESETS))
+        },  # a drop-down in the UI; tasks.modeling.config.PRESETS is the one list
     )
     seed: int = Field(42, description="seed of every random choice in training")
     holdout_fraction: float = Field(
         0.2, ge=0.0, lt=0.5, description="each user's most recent share of ratings held out to validate (0: no holdout, no gate)"
     )
     max_epochs: int | None = Field(None, ge=1, description="override the preset's epoch limit")
-    warm_start: bool = Field(False, description="start from the published model's weights (tasks/warmstart.py)")
+    warm_start: bool = Field(False, description="start from the published model's weights (tasks/modeling/warmstart.py)")
     warm_epochs: int | None = Field(None, ge=1, description="epochs of a warm start (default: a quarter of the preset's)")
     patience: int | None = Field(None, ge=1, description="early stopping patience in epochs (default: the preset's)")
     chunk_size: int = Field(4096, ge=1, description="users per top-k chunk (bounds memory)")

@@ -136,11 +136,11 @@ def emit(frame: pd.DataFrame, fmt: str, headline: str, table_columns: list[str])
 
 
 def cmd_recommend(args: argparse.Namespace) -> int:
-    from tasks.query import load_published, recommend_for_user
+    from tasks.serving.query import load_published, recommend_for_user
 
     pub = load_published(args.data_dir)
     if args.genres is not None:
-        from tasks.coldstart import parse_tastes, recommend_for_genres
+        from tasks.serving.coldstart import parse_tastes, recommend_for_genres
 
         tastes = parse_tastes(args.genres)
         frame = recommend_for_genres(pub, tastes, args.k or int(pub.latest.get("k", 10)))
@@ -154,7 +154,7 @@ def cmd_recommend(args: argparse.Namespace) -> int:
 
 
 def cmd_similar(args: argparse.Namespace) -> int:
-    from tasks.query import AmbiguousMovie, find_movie, load_published, movie_title, similar_movies
+    from tasks.serving.query import AmbiguousMovie, find_movie, load_published, movie_title, similar_movies
 
     pub = load_published(args.data_dir)
     try:
@@ -174,7 +174,7 @@ def cmd_similar(args: argparse.Namespace) -> int:
 
 
 def cmd_download(args: argparse.Namespace) -> int:
-    from tasks.download import download
+    from tasks.sources.download import download
 
     got = download(args.dataset, args.to, progress=sys.stderr)
     if got.downloaded or got.unpacked:

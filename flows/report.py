@@ -23,8 +23,8 @@ from typing import Any
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.layout import Layout
-from tasks.storage import atomic_path
+from tasks.store.layout import Layout
+from tasks.store.storage import atomic_path
 
 REPORT_KEY = "towerflow-report"
 EPOCH_PROGRESS_KEYS = {"train": "towerflow-train-progress", "refit": "towerflow-refit-progress"}
@@ -233,7 +233,7 @@ def report_task(
     written: dict[str, str] = {}
     try:
         from tasks import plots as plotting
-        from tasks.shards import SCORE_BINS
+        from tasks.serving.shards import SCORE_BINS
 
         title = f"{run_date} model {version}"
         plots["loss"] = plotting.loss_curves(histories, out_dir / f"loss-{version}.png", f"training, {title}")
@@ -242,7 +242,7 @@ def report_task(
         logger.warning("plots not written: %s", exc)
     try:
         from flows.outcome import HISTORY_NIGHTS, history_markdown, history_plot, trend_path
-        from tasks.nights import read_nights
+        from tasks.store.nights import read_nights
 
         nights = read_nights(layout, last=HISTORY_NIGHTS)
         # outcome.published drew it from these same nights just before this task; draw it only if that failed

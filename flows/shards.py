@@ -27,7 +27,7 @@ from prefect.futures import PrefectFuture, as_completed
 from flows.caching import RESULTS_DIR, stage_task
 from flows.report import Progress
 from flows.runners import IO_RETRY
-from tasks import shards as scoring
+from tasks.serving import shards as scoring
 
 
 def _shard_task(kind: str) -> Callable[[Callable[..., dict[str, Any]]], Task[Any, Any]]:

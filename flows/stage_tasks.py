@@ -17,11 +17,14 @@ from prefect.cache_policies import NO_CACHE
 
 from flows import caching, report
 from flows.runners import IO_RETRY
-from tasks import drift, publish, quality, rejects, stages
-from tasks.config import preset
-from tasks.generate import generate
-from tasks.layout import Layout
-from tasks.storage import read_json
+from tasks import stages
+from tasks.evaluation import drift, quality
+from tasks.ingestion import rejects
+from tasks.modeling.config import preset
+from tasks.serving import publish
+from tasks.sources.generate import generate
+from tasks.store.layout import Layout
+from tasks.store.storage import read_json
 
 
 @task(name="generate-embedded-data", cache_policy=NO_CACHE)

@@ -22,12 +22,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tasks.config import ModelConfig, preset
-from tasks.evaluate import Fitted, _fit_once
-from tasks.export import build_index
-from tasks.metrics import coverage, ranking_metrics, relevant_sets, rmse
-from tasks.model import l2_normalize, run_tower, towers
-from tasks.recommend import seen_csr, topk_lists
+from tasks.evaluation.evaluate import Fitted, _fit_once
+from tasks.evaluation.metrics import coverage, ranking_metrics, relevant_sets, rmse
+from tasks.modeling.config import ModelConfig, preset
+from tasks.modeling.model import l2_normalize, run_tower, towers
+from tasks.serving.export import build_index
+from tasks.serving.recommend import seen_csr, topk_lists
 
 RATING_RANGE = (0.5, 5.0)
 
@@ -85,7 +85,7 @@ def ranking_agreement(
 ) -> dict[str, float]:
     """Does the FAISS top-k agree with the model's own ranking by predicted stars? Seen movies excluded.
 
-    Predicted stars come from :func:`~tasks.train.predict_scores` (the model's
+    Predicted stars come from :func:`~tasks.modeling.train.predict_scores` (the model's
     output) for every user and catalog movie. Returns ``overlap`` (overlap@k of the
     two lists, ties broken by catalog order, so exact ties count as misses),
     ``valid`` (share of FAISS items that score at least the model's k-th best,
@@ -96,7 +96,7 @@ def ranking_agreement(
     (mean unseen movies per user scoring at least the k-th best: above k means ties
     at the cut, where any tie-break is as right as another).
     """
-    from tasks.train import predict_scores
+    from tasks.modeling.train import predict_scores
 
     p = fitted.prepared
     n_users, n_movies = len(p.feats.user_ids), len(p.movie_x)
@@ -154,7 +154,7 @@ def _spearman(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def train_variant(train: pd.DataFrame, movies: pd.DataFrame, config: ModelConfig, seed: int) -> tuple[Fitted, list[dict[str, float]]]:
-    """What :func:`tasks.evaluate.fit` does for a fixed epoch count, keeping the epoch records.
+    """What :func:`tasks.evaluation.evaluate.fit` does for a fixed epoch count, keeping the epoch records.
 
     Each record gains ``train_rmse_stars``: its training MSE as RMSE in stars.
     """
@@ -169,7 +169,7 @@ def measure(
     name: str, config: ModelConfig, fitted: Fitted, history: list[dict[str, float]], train: pd.DataFrame, test: pd.DataFrame, k: int = 10
 ) -> dict[str, Any]:
     """Every number of the ablation table for one trained variant (see the module doc)."""
-    from tasks.train import predict_scores
+    from tasks.modeling.train import predict_scores
 
     p = fitted.prepared
     user_tower, movie_tower = towers(fitted.model)

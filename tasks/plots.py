@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from tasks.storage import atomic_path
+from tasks.store.storage import atomic_path
 
 DPI = 100
 

@@ -6,7 +6,6 @@ JSON-able facts), so the flow can pass paths between tasks.
 
 from __future__ import annotations
 
-import json
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,19 +14,20 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 
-from tasks import faults, schemas
-from tasks.config import ModelConfig
-from tasks.features import Features, compute_features, per_user_holdout
-from tasks.history import History, read_history, user_history, write_history
-from tasks.ingest import ingest
-from tasks.scalers import Scalers, fit_scalers, load_scalers, save_scalers
-from tasks.storage import read_table, sha256_file, table_meta, write_table
+from tasks import faults
+from tasks.ingestion.ingest import ingest
+from tasks.modeling.config import ModelConfig
+from tasks.preparation.feature_tables import read_features, write_features
+from tasks.preparation.features import Features, compute_features, per_user_holdout
+from tasks.preparation.history import History, read_history, user_history, write_history
+from tasks.preparation.scalers import Scalers, fit_scalers, load_scalers, save_scalers
+from tasks.store import schemas
+from tasks.store.storage import read_table, sha256_file
 
 if TYPE_CHECKING:
-    from tasks.model import TowerInput
-    from tasks.train import TrainData
+    from tasks.modeling.model import TowerInput
+    from tasks.modeling.train import TrainData
 
 PHASES = ("train", "full")
 
@@ -40,7 +40,7 @@ def input_hash(ratings_src: Path, movies_src: Path) -> str:
 def run_ingest(
     ratings_src: Path, movies_src: Path, store_dir: Path, rejects_path: Path | None = None, max_reject_share: float = 0.01
 ) -> dict[str, Any]:
-    """Ingest both inputs into ``store_dir``; bad ratings rows go to ``rejects_path`` (see :mod:`tasks.rejects`)."""
+    """Ingest both inputs into ``store_dir``; bad ratings rows go to ``rejects_path`` (see :mod:`tasks.ingestion.rejects`)."""
     ratings, movies, stats = ingest(
         Path(ratings_src), Path(movies_src), Path(store_dir), rejects_path=rejects_path, max_reject_share=max_reject_share
     )
@@ -57,22 +57,6 @@ def load_movies(path: Path) -> pd.DataFrame:
     return frame
 
 
-def _write_features(path: Path, ids: np.ndarray, x: np.ndarray, names: list[str], kind: str) -> None:
-    schema = schemas.USER_FEATURES if kind == "user" else schemas.MOVIE_FEATURES
-    values = pa.ListArray.from_arrays(pa.array(np.arange(0, x.size + 1, x.shape[1], dtype=np.int32)), pa.array(x.reshape(-1), pa.float32()))
-    table = pa.table({f"{kind}_id": pa.array(ids, pa.int64()), "features": values}, schema=schema)
-    write_table(path, table, schema, f"{kind}_features", {"feature_names": json.dumps(names)})
-
-
-def read_features(path: Path, kind: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """(ids, float32 matrix, feature names) of a features table."""
-    schema = schemas.USER_FEATURES if kind == "user" else schemas.MOVIE_FEATURES
-    table = read_table(Path(path), schema, f"{kind}_features")
-    names = json.loads(table_meta(Path(path), "feature_names") or "[]")
-    flat = table.column("features").combine_chunks().flatten().to_numpy()
-    return table.column(f"{kind}_id").to_numpy(), flat.reshape(table.num_rows, len(names)).astype(np.float32), names
-
-
 def run_features(ratings_path: Path, movies_path: Path, out_dir: Path, config: ModelConfig, holdout_fraction: float) -> dict[str, Any]:
     """Features of the train phase (holdout excluded) and of the full phase (every rating)."""
     ratings, movies = load_ratings(ratings_path), load_movies(movies_path)
@@ -82,8 +66,8 @@ def run_features(ratings_path: Path, movies_path: Path, out_dir: Path, config: M
     for phase, subset in (("train", ratings[~hold]), ("full", ratings)):
         feats = compute_features(subset, movies, users, config.features, config.shrinkage)
         d = Path(out_dir) / phase
-        _write_features(d / "user_features.parquet", feats.user_ids, feats.user_x, feats.user_names, "user")
-        _write_features(d / "movie_features.parquet", feats.movie_ids, feats.movie_x, feats.movie_names, "movie")
+        write_features(d / "user_features.parquet", feats.user_ids, feats.user_x, feats.user_names, "user")
+        write_features(d / "movie_features.parquet", feats.movie_ids, feats.movie_x, feats.movie_names, "movie")
         if config.history_length > 0:
             hist = user_history(subset, feats.user_ids, feats.movie_ids, config.history_length)
             write_history(d / "user_history.parquet", feats.user_ids, feats.movie_ids, hist)
@@ -131,8 +115,8 @@ class Prepared:
 
     def train_data(self, ratings: pd.DataFrame, config: ModelConfig) -> TrainData:
         """Training triples of ``ratings`` (the ratings these features came from), with what ``config`` trains on."""
-        from tasks.loo import leave_one_out
-        from tasks.train import TrainData
+        from tasks.modeling.train import TrainData
+        from tasks.preparation.loo import leave_one_out
 
         loo = leave_one_out(ratings, self.feats, self.scalers, config.shrinkage) if config.leave_one_out else None
         return TrainData(self.user_x, self.movie_x, *self.triples(ratings), user_hist=self.user_hist, loo=loo)
@@ -189,11 +173,11 @@ def run_train(
 
     The validation model is what the evaluate stage scores; :func:`run_refit`
     then trains the published model on every rating for ``best_epoch`` epochs.
-    ``warm`` (:func:`tasks.warmstart.source`) starts from the published model's weights.
+    ``warm`` (:func:`tasks.modeling.warmstart.source`) starts from the published model's weights.
     """
-    from tasks.model import save_model
-    from tasks.train import predict_scores, train_model
-    from tasks.warmstart import initializer
+    from tasks.modeling.model import save_model
+    from tasks.modeling.train import predict_scores, train_model
+    from tasks.modeling.warmstart import initializer
 
     outcome: dict[str, Any] = {}
 
@@ -239,9 +223,9 @@ def run_refit(
     With no holdout the train phase already is every rating, so the validation
     model is published as it is.
     """
-    from tasks.model import save_model
-    from tasks.train import train_model
-    from tasks.warmstart import initializer
+    from tasks.modeling.model import save_model
+    from tasks.modeling.train import train_model
+    from tasks.modeling.warmstart import initializer
 
     outcome: dict[str, Any] = {}
     ratings = load_ratings(ratings_path)

@@ -32,7 +32,7 @@ def rng() -> np.random.Generator:
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """A small generated MovieLens-like data set: (ratings.csv, movies.csv)."""
-    from tasks.generate import generate
+    from tasks.sources.generate import generate
 
     data = generate(tmp_path_factory.mktemp("tiny"), n_users=120, n_movies=200, mean_ratings_per_user=30, seed=3)
     return data.ratings_csv, data.movies_csv

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 from tasks.ablation import distinct_share, norm_summary, out_of_range_share, overlap_at_k, similar_lists, variants
-from tasks.config import preset
-from tasks.model import build_model, run_tower, towers
-from tasks.scalers import fit_scalers, load_scalers, save_scalers
-from tasks.storage import read_json, write_json
-from tasks.train import TrainData, predict_scores, train_model
+from tasks.modeling.config import preset
+from tasks.modeling.model import build_model, run_tower, towers
+from tasks.modeling.train import TrainData, predict_scores, train_model
+from tasks.preparation.scalers import fit_scalers, load_scalers, save_scalers
+from tasks.store.storage import read_json, write_json
 
 
 def test_variants_differ_only_in_the_two_switches() -> None:
@@ -114,7 +114,7 @@ def test_measure_end_to_end_on_tiny_data(tiny_data: tuple[Path, Path]) -> None:
     import pandas as pd
 
     from tasks.ablation import measure, train_variant
-    from tasks.features import per_user_holdout
+    from tasks.preparation.features import per_user_holdout
 
     ratings = pd.read_csv(tiny_data[0]).rename(columns={"userId": "user_id", "movieId": "movie_id"})
     movies = pd.read_csv(tiny_data[1]).rename(columns={"movieId": "movie_id"})

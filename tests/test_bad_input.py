@@ -16,8 +16,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tasks.ingest import IngestStats, InputError, RejectThresholdError, ingest, ingest_movies, ingest_ratings
-from tasks.rejects import REASONS
+from tasks.ingestion.ingest import IngestStats, InputError, RejectThresholdError, ingest, ingest_movies, ingest_ratings
+from tasks.ingestion.rejects import REASONS
 
 NOW = 1_800_000_000  # 2027-01-15T08:00:00Z, the ingest time of these tests
 HEADER = "userId,movieId,rating,timestamp\n"

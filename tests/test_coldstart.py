@@ -12,9 +12,9 @@ import pyarrow.dataset as ds
 import pytest
 
 from flows.cli import main
-from tasks.coldstart import newcomer_features, parse_tastes
-from tasks.features import GENRES
-from tasks.query import QueryError
+from tasks.preparation.features import GENRES
+from tasks.serving.coldstart import newcomer_features, parse_tastes
+from tasks.serving.query import QueryError
 
 
 def test_parse_tastes_and_its_errors() -> None:

@@ -49,7 +49,7 @@ def test_dask_run_publishes_the_local_tables(published: dict[str, Any], tiny_dat
         assert [Path(f).name for f in remote["tables"][name]["files"]] == [Path(f).name for f in local["tables"][name]["files"]]
         pd.testing.assert_frame_equal(_table(tmp_path, remote, name, keys), _table(published["dir"], local, name, keys))
     # the shards ran on the workers, which never loaded TensorFlow (the model is loaded from paths, not shipped)
-    assert _loaded_on_workers(cluster, "tasks.shards") == {True}
+    assert _loaded_on_workers(cluster, "tasks.serving.shards") == {True}
     assert _loaded_on_workers(cluster, "tensorflow") == {False}
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from flows.cli import main
-from tasks.download import BASE_URL_ENV, KNOWN_MD5
+from tasks.sources.download import BASE_URL_ENV, KNOWN_MD5
 
 # The release these tests download: one with no recorded MD5, checked against the .md5 the test serves.
 UNPINNED = next(name for name, md5 in KNOWN_MD5.items() if md5 is None)

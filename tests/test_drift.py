@@ -9,9 +9,9 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from tasks import schemas
-from tasks.drift import beyond_accuracy, measure, popularity_rank, read_published_parts, versus
-from tasks.storage import write_table
+from tasks.evaluation.drift import beyond_accuracy, measure, popularity_rank, read_published_parts, versus
+from tasks.store import schemas
+from tasks.store.storage import write_table
 
 MOVIES = pd.DataFrame({"movie_id": [1, 2, 3, 4], "genres": ["Action", "Action", "Comedy", "Action|Comedy"]})
 RATINGS = pd.DataFrame({"movie_id": [1, 1, 1, 2, 2, 3]})  # popularity ranks: 1 -> 1, 2 -> 2, 3 -> 3, 4 -> 4

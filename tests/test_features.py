@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tasks.features import GENRES, compute_features, genre_matrix, per_user_holdout, unknown_genres
+from tasks.preparation.features import GENRES, compute_features, genre_matrix, per_user_holdout, unknown_genres
 
 MOVIES = pd.DataFrame(
     {

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from flows.cli import main
-from tasks.export import read_embeddings
+from tasks.serving.export import read_embeddings
 
 pytestmark = [pytest.mark.flow, pytest.mark.usefixtures("prefect_harness")]
 K = 5  # the k of the session-scoped `published` run in conftest.py
@@ -134,7 +134,7 @@ def _run(data: tuple[Path, Path], data_dir: Path, *extra: str) -> int:
 @pytest.fixture(scope="module")
 def popularity_led(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """A small data set whose picks follow popularity (weak genre tastes): 400 users, 300 movies."""
-    from tasks.generate import generate
+    from tasks.sources.generate import generate
 
     data = generate(tmp_path_factory.mktemp("popular"), n_users=400, n_movies=300, mean_ratings_per_user=40, seed=9, law="popularity")
     return data.ratings_csv, data.movies_csv
@@ -155,8 +155,8 @@ def test_quality_gate_refuses_and_keeps_latest(
 
 
 def test_tiny_holdout_is_undecided_and_publishes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from tasks.gate import MIN_USERS
-    from tasks.generate import generate
+    from tasks.evaluation.gate import MIN_USERS
+    from tasks.sources.generate import generate
 
     data = generate(tmp_path / "data", n_users=20, n_movies=60, mean_ratings_per_user=25, seed=5)
     assert _run((data.ratings_csv, data.movies_csv), tmp_path / "run", "--max-epochs", "2") == 0

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tasks.gate import MIN_USERS, Interval, Verdict, bootstrap, decide, paired_difference
+from tasks.evaluation.gate import MIN_USERS, Interval, Verdict, bootstrap, decide, paired_difference
 
 
 def test_bootstrap_interval_covers_the_mean_and_shrinks_with_users(rng: np.random.Generator) -> None:
@@ -83,7 +83,7 @@ def test_verdict_is_json_ready() -> None:
 
 
 def test_large_holdouts_use_the_normal_interval(rng: np.random.Generator) -> None:
-    from tasks.gate import NORMAL_ABOVE
+    from tasks.evaluation.gate import NORMAL_ABOVE
 
     values = rng.random(NORMAL_ABOVE + 1)
     normal = bootstrap(values)
@@ -102,7 +102,7 @@ def test_a_published_run_at_another_k_is_not_compared(rng: np.random.Generator) 
 
 
 def test_a_holdout_with_nothing_to_measure_is_undecided() -> None:
-    from tasks.quality import gate_verdict
+    from tasks.evaluation.quality import gate_verdict
 
     verdict = gate_verdict(
         {"skipped": "no held-out rating of 4 or more among 12 held-out ratings: nothing to rank against"}, None, 0.01, 10

@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tasks.features import genre_matrix
-from tasks.generate import Law, generate
+from tasks.preparation.features import genre_matrix
+from tasks.sources.generate import Law, generate
 
 
 def test_deterministic_bytes(tmp_path: Path) -> None:

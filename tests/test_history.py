@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from tasks.history import read_history, user_history, write_history
+from tasks.preparation.history import read_history, user_history, write_history
 
 
 def _ratings() -> pd.DataFrame:

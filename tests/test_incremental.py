@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tasks.incremental import combine, expand, ledger_path, run_incremental_ingest
+from tasks.ingestion.incremental import combine, expand, ledger_path, run_incremental_ingest
 
 DAY = dt.date(2026, 3, 1)
 
@@ -116,15 +116,15 @@ def test_combine_breaks_timestamp_ties_by_later_file(tiny_data: tuple[Path, Path
 
 
 def _tiny_config() -> Any:
-    from tasks.config import preset
+    from tasks.modeling.config import preset
 
     return dataclasses.replace(preset("default"), hidden=(8,), embedding_dim=4, history_length=3)
 
 
 @pytest.mark.train
 def test_warm_start_copies_weights_and_maps_history(tmp_path: Path) -> None:
-    from tasks.model import build_model, save_model
-    from tasks.warmstart import warm_start_weights
+    from tasks.modeling.model import build_model, save_model
+    from tasks.modeling.warmstart import warm_start_weights
 
     config = _tiny_config()
     old = build_model(5, 6, config, n_movies=3)
@@ -152,20 +152,20 @@ def test_warm_start_copies_weights_and_maps_history(tmp_path: Path) -> None:
 
 @pytest.mark.train
 def test_warm_start_other_features_stays_cold(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    from tasks.model import build_model, save_model
-    from tasks.stages import _write_features
-    from tasks.warmstart import initializer
+    from tasks.modeling.model import build_model, save_model
+    from tasks.modeling.warmstart import initializer
+    from tasks.preparation.feature_tables import write_features
 
     config = dataclasses.replace(_tiny_config(), history_length=0)
     path = save_model(build_model(5, 6, config), tmp_path / "old.keras")
     new = build_model(7, 6, config)  # two more user feature columns
     before = [w.copy() for w in new.get_weights()]
     ids = np.array([1, 2])
-    _write_features(tmp_path / "movie_features.parquet", ids, np.zeros((2, 6), np.float32), [f"f{i}" for i in range(6)], "movie")
+    write_features(tmp_path / "movie_features.parquet", ids, np.zeros((2, 6), np.float32), [f"f{i}" for i in range(6)], "movie")
     outcome: dict[str, Any] = {}
     init = initializer({"model": str(path), "movie_features": str(tmp_path / "movie_features.parquet"), "version": "v1"}, ids, outcome)
     assert init is not None
-    with caplog.at_level(logging.WARNING, logger="tasks.warmstart"):
+    with caplog.at_level(logging.WARNING, logger="tasks.modeling.warmstart"):
         init(new)
     assert outcome["warm_start"].startswith("cold: feature columns or layer sizes differ: user_tower/user_tower_dense_0")
     assert "training from scratch" in caplog.text

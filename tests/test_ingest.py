@@ -12,7 +12,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 
-from tasks.ingest import InputError, RejectThresholdError, ingest
+from tasks.ingestion.ingest import InputError, RejectThresholdError, ingest
 
 MOVIES = (
     "movieId,title,genres\n1,Toy Story (1995),Adventure|Animation\n"

@@ -8,12 +8,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tasks.config import preset
-from tasks.features import compute_features
-from tasks.loo import example_rows, leave_one_out
-from tasks.scalers import fit_scalers
+from tasks.modeling.config import preset
+from tasks.modeling.train import TrainData, train_model
+from tasks.preparation.features import compute_features
+from tasks.preparation.loo import example_rows, leave_one_out
+from tasks.preparation.scalers import fit_scalers
 from tasks.stages import Prepared, prepared
-from tasks.train import TrainData, train_model
 
 MOVIES = pd.DataFrame(
     {

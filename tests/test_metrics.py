@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from tasks.metrics import coverage, per_user_metrics, ranking_metrics, rmse, user_metrics
+from tasks.evaluation.metrics import coverage, per_user_metrics, ranking_metrics, rmse, user_metrics
 
 
 def test_user_metrics_by_hand() -> None:

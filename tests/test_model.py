@@ -7,13 +7,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tasks.config import preset
+from tasks.modeling.config import preset
 
 pytestmark = pytest.mark.train
 
 
 def test_save_reload_identical_and_normalized(tmp_path: Path, rng: np.random.Generator) -> None:
-    from tasks.model import build_model, load_model, save_model, towers
+    from tasks.modeling.model import build_model, load_model, save_model, towers
 
     model = build_model(5, 7, preset("default"))
     ux = rng.normal(size=(64, 5)).astype(np.float32)
@@ -29,21 +29,21 @@ def test_save_reload_identical_and_normalized(tmp_path: Path, rng: np.random.Gen
 
 
 def test_l2_normalize_guards_zero_rows() -> None:
-    from tasks.model import l2_normalize
+    from tasks.modeling.model import l2_normalize
 
     out = np.asarray(l2_normalize(np.array([[0.0, 0.0], [3.0, 4.0]], dtype=np.float32)))
     np.testing.assert_allclose(out, [[0.0, 0.0], [0.6, 0.8]])
 
 
 def test_model_path_must_be_keras(tmp_path: Path) -> None:
-    from tasks.model import build_model, save_model
+    from tasks.modeling.model import build_model, save_model
 
     with pytest.raises(ValueError, match=r"must end in \.keras"):
         save_model(build_model(2, 2, preset("lab")), tmp_path / "model.h5")
 
 
 def test_history_tower_round_trip_and_empty_history(tmp_path: Path, rng: np.random.Generator) -> None:
-    from tasks.model import build_model, load_model, run_tower, save_model, towers
+    from tasks.modeling.model import build_model, load_model, run_tower, save_model, towers
 
     config = preset("default", history_length=4)
     model = build_model(3, 2, config, n_movies=10)
@@ -74,7 +74,7 @@ def test_a_seed_builds_the_same_model_whatever_the_global_generators_did(rng: np
 
     import keras
 
-    from tasks.model import build_model
+    from tasks.modeling.model import build_model
 
     x = [rng.normal(size=(16, 5)).astype(np.float32), rng.normal(size=(16, 7)).astype(np.float32)]
     config = preset("default")

@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 
 from flows.outcome import history_markdown
-from tasks.layout import Layout
-from tasks.nights import Night, night_from, read_nights, record
+from tasks.store.layout import Layout
+from tasks.store.nights import Night, night_from, read_nights, record
 
 LATEST = {
     "model_version": "2026-02-01-abcdefabcdef",

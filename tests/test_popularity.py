@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tasks.export import build_index
-from tasks.model import l2_normalize
-from tasks.popularity import WEIGHTS, ServingSpace, movie_popularity, select_weight
+from tasks.modeling.model import l2_normalize
+from tasks.serving.export import build_index
+from tasks.serving.popularity import WEIGHTS, ServingSpace, movie_popularity, select_weight
 
 
 def _unit(rng: np.random.Generator, n: int, d: int = 8) -> np.ndarray:

@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tasks.baselines import ease_lists, popularity_lists
-from tasks.evaluate import over_seeds
-from tasks.features import per_user_holdout
+from tasks.evaluation.baselines import ease_lists, popularity_lists
+from tasks.evaluation.evaluate import over_seeds
+from tasks.preparation.features import per_user_holdout
 
 
 def test_split_per_user_holds_out_each_users_latest() -> None:

@@ -18,9 +18,9 @@ import pytest
 
 from flows.cli import main
 from flows.query_cli import _fit_genres, _fit_title
-from tasks.export import read_embeddings
-from tasks.popularity import ServingSpace
-from tasks.query import display_title
+from tasks.serving.export import read_embeddings
+from tasks.serving.popularity import ServingSpace
+from tasks.serving.query import display_title
 
 pytestmark = [pytest.mark.flow]
 K = 5  # the k of the session-scoped `published` run in conftest.py

@@ -9,8 +9,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from tasks.export import build_index
-from tasks.recommend import topk_unseen, write_similar_movies
+from tasks.serving.export import build_index
+from tasks.serving.recommend import topk_unseen, write_similar_movies
 
 
 def _unit(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
@@ -35,7 +35,7 @@ def test_topk_unseen_matches_brute_force(
     rng: np.random.Generator, chunk_size: int, first_extra: int, path: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Small chunks are scanned exactly; big ones go to FAISS first (forced here); non-flat indexes re-ask FAISS."""
-    import tasks.recommend as rec
+    import tasks.serving.recommend as rec
 
     if path != "scan":
         monkeypatch.setattr(rec, "FAISS_BLAS_QUERIES", 0)

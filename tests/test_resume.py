@@ -13,9 +13,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from flows import caching
-from tasks import faults, resume
-from tasks.layout import MODEL_FILES, Layout
-from tasks.publish import run_publish
+from tasks import faults
+from tasks.serving.publish import run_publish
+from tasks.store import resume
+from tasks.store.layout import MODEL_FILES, Layout
 
 D1, D2 = dt.date(2026, 1, 2), dt.date(2026, 1, 3)
 INPUT_HASH = "ab" * 32
@@ -171,7 +172,13 @@ def test_inputs_count_by_content_and_hidden_temporaries_do_not(tmp_path: Path) -
 
 def test_code_version_covers_lazily_imported_modules() -> None:
     names = {str(p.relative_to(Path(caching.__file__).resolve().parent.parent)) for p in caching.code_files()}
-    assert {"flows/nightly.py", "tasks/stages.py", "tasks/train.py", "tasks/model.py", "tasks/publish.py"} <= names
+    assert {
+        "flows/nightly.py",
+        "tasks/stages.py",
+        "tasks/modeling/train.py",
+        "tasks/modeling/model.py",
+        "tasks/serving/publish.py",
+    } <= names
     assert len(caching.code_version()) == 64
 
 
@@ -218,8 +225,8 @@ def test_a_bad_run_date_stops_before_anything_is_written(tmp_path: Path, run_dat
 
 
 def test_a_failed_stage_says_how_to_resume_unless_input_or_gate_is_at_fault(tmp_path: Path) -> None:
-    from tasks.quality import QualityGateError
-    from tasks.rejects import InputError
+    from tasks.evaluation.quality import QualityGateError
+    from tasks.ingestion.rejects import InputError
 
     work = tmp_path / "work" / _version(D1, "x")
     assert resume.hint(OSError("No space left on device"), work) == (

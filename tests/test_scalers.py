@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tasks.scalers import fit_scalers, load_scalers, save_scalers
+from tasks.preparation.scalers import fit_scalers, load_scalers, save_scalers
 
 
 def test_json_round_trip_is_exact(tmp_path: Path, rng: np.random.Generator) -> None:

@@ -11,13 +11,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tasks import schemas
-from tasks.export import build_index, write_embeddings, write_id_table, write_index
-from tasks.layout import MODEL_FILES
-from tasks.popularity import ServingSpace
-from tasks.scalers import fit_scalers, save_scalers
-from tasks.shards import SCORE_BINS, count_rows, run_recommend_shard, run_similar_shard, shard_bounds
-from tasks.storage import write_table
+from tasks.preparation.scalers import fit_scalers, save_scalers
+from tasks.serving.export import build_index, write_embeddings, write_id_table, write_index
+from tasks.serving.popularity import ServingSpace
+from tasks.serving.shards import SCORE_BINS, count_rows, run_recommend_shard, run_similar_shard, shard_bounds
+from tasks.store import schemas
+from tasks.store.layout import MODEL_FILES
+from tasks.store.storage import write_table
 
 K = 4
 

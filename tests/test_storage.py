@@ -8,8 +8,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tasks import schemas
-from tasks.storage import atomic_path, read_json, read_table, write_json, write_table
+from tasks.store import schemas
+from tasks.store.storage import atomic_path, read_json, read_table, write_json, write_table
 
 
 def _recs(n: int = 3) -> pa.Table:
@@ -89,7 +89,7 @@ def test_every_io_task_has_the_one_retry_policy() -> None:
 def test_json_written_is_strict_json_with_nan_as_null(tmp_path: Path) -> None:
     import json
 
-    from tasks.storage import write_json
+    from tasks.store.storage import write_json
 
     path = write_json(tmp_path / "x.json", {"a": float("nan"), "b": [1.0, float("inf")], "c": {"d": 2.5}})
     assert json.loads(path.read_text(), parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}")) == {

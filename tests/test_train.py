@@ -7,8 +7,8 @@ import dataclasses
 import numpy as np
 import pytest
 
-from tasks.config import preset
-from tasks.train import TrainData, predict_scores, train_model
+from tasks.modeling.config import preset
+from tasks.modeling.train import TrainData, predict_scores, train_model
 
 pytestmark = pytest.mark.train
 PLAIN = preset("default", leave_one_out=False)  # planted feature rows, not the confidence features
@@ -60,7 +60,7 @@ def test_early_stopping_restores_best_epoch(rng: np.random.Generator) -> None:
 
 def test_history_alone_separates_users(rng: np.random.Generator) -> None:
     """Users with identical features differ only by what they rated: the history vectors must learn it."""
-    from tasks.history import History
+    from tasks.preparation.history import History
 
     data, genre = _checkerboard(rng)
     kind = (np.arange(80) >= 40).astype(int)
@@ -76,7 +76,7 @@ def test_history_alone_separates_users(rng: np.random.Generator) -> None:
 
 
 def test_example_budget_shrinks_epochs_not_their_number(rng: np.random.Generator) -> None:
-    from tasks.train import examples_per_epoch
+    from tasks.modeling.train import examples_per_epoch
 
     assert examples_per_epoch(100, 5, None) == 100
     assert examples_per_epoch(100, 5, 500) == 100

@@ -1,0 +1,257 @@
+"""Training loop for the two-tower model.
+
+The input pipeline is a ``tf.data`` stream of (user index, movie index, scaled
+rating) triples; feature rows are gathered by index inside the train step, so
+no per-rating copy of the feature rows is ever materialized. The loss is the
+lab's MSE of the dot product against the MinMax(-1, 1) rating, optionally
+plus an in-batch softmax over the same dot product (temperature, accidental
+hits masked, log-popularity correction).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tasks.errors import DataError
+from tasks.modeling.config import ModelConfig
+from tasks.modeling.model import TowerInput, build_model, run_tower, towers
+from tasks.preparation.history import History
+from tasks.preparation.loo import LeaveOneOut, example_rows
+
+
+@dataclass(frozen=True)
+class TrainData:
+    """Scaled feature matrices and the (user row, movie row, scaled target) triples."""
+
+    user_x: np.ndarray
+    movie_x: np.ndarray
+    users: np.ndarray
+    movies: np.ndarray
+    target: np.ndarray
+    user_hist: History | None = None
+    loo: LeaveOneOut | None = None  # train on leave-one-out rows (see tasks.preparation.loo)
+
+    def user_input(self) -> TowerInput:
+        return self.user_x if self.user_hist is None else (self.user_x, self.user_hist.ids, self.user_hist.values)
+
+
+@dataclass
+class TrainResult:
+    model: keras.Model
+    epochs_run: int
+    best_epoch: int
+    history: list[dict[str, float]] = field(default_factory=list)
+    seconds: float = 0.0
+    examples_per_second: float = 0.0
+
+
+def log_popularity(movies: np.ndarray, n_movies: int) -> np.ndarray:
+    """log of each movie's share of training ratings (smoothed by 1), for the logQ correction."""
+    counts = np.bincount(movies, minlength=n_movies).astype(np.float64) + 1.0
+    return np.asarray(np.log(counts / counts.sum()), dtype=np.float32)
+
+
+class _Steps:
+    """Compiled train and evaluation steps for one model and one data set."""
+
+    def __init__(self, model: keras.Model, data: TrainData, config: ModelConfig) -> None:
+        self.user_tower, self.movie_tower = towers(model)
+        self.U = tf.constant(data.user_x)
+        self.M = tf.constant(data.movie_x)
+        self.H = None if data.user_hist is None else tf.constant(data.user_hist.ids.astype(np.int32))
+        self.V = None if data.user_hist is None else tf.constant(data.user_hist.values.astype(np.float32))
+        self.log_q = tf.constant(log_popularity(data.movies, len(data.movie_x)))
+        self.loo, self.loo_t = data.loo, None if data.loo is None else data.loo.tensors()
+        self.config = config
+        self.optimizer = keras.optimizers.Adam(learning_rate=config.learning_rate)
+        self.variables = self.user_tower.trainable_variables + self.movie_tower.trainable_variables
+        # global gradient norm per step, summarized per epoch by grad_stats (kept in variables so the step's outputs stay (loss, mse))
+        self.grad_sum, self.grad_max, self.grad_steps = (tf.Variable(0.0, trainable=False) for _ in range(3))
+        self.train_step = tf.function(self._train_step, reduce_retracing=True)
+        self.eval_step = tf.function(self._losses, reduce_retracing=True)
+
+    def _embed(self, u: tf.Tensor, m: tf.Tensor, y: tf.Tensor, training: bool) -> tuple[tf.Tensor, tf.Tensor]:
+        """User and movie embeddings of a batch; in training with ``loo``, from leave-one-out rows."""
+        if training and self.loo is not None and self.loo_t is not None:
+            # every example has its own rows: the towers run once per rating
+            user_x, movie_x = example_rows(self.loo, self.loo_t, tf.gather(self.M, m), u, m, y)
+            return self._user(user_x, u, m, training), self.movie_tower(movie_x, training=training)
+        # Each tower runs once per distinct user (movie) of the batch, not once per rating: a batch of
+        # 1024 ratings has far fewer distinct movies, and the gradient is the same sum either way.
+        if self.H is None:
+            users, u_pos = tf.unique(u)
+            ue = tf.gather(self.user_tower(tf.gather(self.U, users), training=training), u_pos)
+        else:
+            ue = self._user(tf.gather(self.U, u), u, m, training)
+        movies, m_pos = tf.unique(m)
+        return ue, tf.gather(self.movie_tower(tf.gather(self.M, movies), training=training), m_pos)
+
+    def _user(self, x: tf.Tensor, u: tf.Tensor, m: tf.Tensor, training: bool) -> tf.Tensor:
+        """The user tower on rows ``x`` of examples (user ``u``, movie ``m``), with the history input if it has one."""
+        if self.H is None or self.V is None:
+            return self.user_tower(x, training=training)
+        # the history input depends on the target (left out of the history it is predicted from)
+        h = tf.gather(self.H, u)
+        h = tf.where(tf.equal(h, m[:, tf.newaxis] + 1), tf.zeros_like(h), h)
+        return self.user_tower([x, h, tf.gather(self.V, u)], training=training)
+
+    def _losses(self, u: tf.Tensor, m: tf.Tensor, y: tf.Tensor, training: bool = False) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        c = self.config
+        ue, me = self._embed(u, m, y, training)
+        pred = tf.reduce_sum(ue * me, axis=1)
+        mse = tf.reduce_mean(tf.square(pred - y))
+        softmax = tf.constant(0.0)
+        if c.softmax_weight > 0:
+            logits = tf.matmul(ue, me, transpose_b=True) / c.temperature
+            if c.logq_correction:
+                logits -= tf.gather(self.log_q, m)[tf.newaxis, :]
+            same = tf.equal(m[:, tf.newaxis], m[tf.newaxis, :])
+            accidental = tf.logical_and(same, tf.logical_not(tf.eye(tf.shape(m)[0], dtype=tf.bool)))
+            logits = tf.where(accidental, tf.constant(-1e9, logits.dtype), logits)
+            labels = tf.range(tf.shape(m)[0])
+            softmax = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits))
+        loss = c.mse_weight * mse + c.softmax_weight * softmax
+        return loss, mse, softmax
+
+    def _train_step(self, u: tf.Tensor, m: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        with tf.GradientTape() as tape:
+            loss, mse, _ = self._losses(u, m, y, training=True)
+        grads = tape.gradient(loss, self.variables)
+        norm = tf.linalg.global_norm(grads)
+        self.grad_sum.assign_add(norm)
+        self.grad_max.assign(tf.maximum(self.grad_max, norm))
+        self.grad_steps.assign_add(1.0)
+        self.optimizer.apply_gradients(zip(grads, self.variables, strict=True))
+        return loss, mse
+
+    def grad_stats(self) -> dict[str, float]:
+        """Mean and max global gradient norm over the steps since the last call (then reset)."""
+        steps = max(float(self.grad_steps.numpy()), 1.0)
+        out = {"grad_norm_mean": float(self.grad_sum.numpy()) / steps, "grad_norm_max": float(self.grad_max.numpy())}
+        for v in (self.grad_sum, self.grad_max, self.grad_steps):
+            v.assign(0.0)
+        return out
+
+
+MAX_VALIDATION = 200_000  # validation loss per epoch is estimated on at most this many held-out ratings ...
+PLOT_VALIDATION = 20_000  # ... or this many when the epochs are fixed and the loss only feeds the loss plot
+
+
+def _dataset(u: np.ndarray, m: np.ndarray, y: np.ndarray, batch: int) -> tf.data.Dataset:
+    """Batches of (user row, movie row, target) in the given order (callers permute)."""
+    ds = tf.data.Dataset.from_tensor_slices((u.astype(np.int32), m.astype(np.int32), y.astype(np.float32)))
+    return ds.batch(batch).prefetch(tf.data.AUTOTUNE)
+
+
+def examples_per_epoch(n_examples: int, epochs: int, budget: int | None) -> int:
+    """Examples each epoch sees: all of them, unless ``epochs`` passes would exceed ``budget``.
+
+    Over budget, every epoch trains on a fresh random subset of
+    ``ceil(budget / epochs)`` examples, so the cost of training is bounded by
+    the budget whatever the size of the data (a big data set needs fewer
+    passes anyway).
+    """
+    if budget is None or n_examples * epochs <= budget:
+        return n_examples
+    return max(1, min(n_examples, math.ceil(budget / max(epochs, 1))))
+
+
+def train_model(
+    data: TrainData,
+    config: ModelConfig,
+    seed: int,
+    epochs: int | None = None,
+    validation: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+    on_epoch: Callable[[dict[str, float]], None] | None = None,
+    init: Callable[[keras.Model], None] | None = None,
+) -> TrainResult:
+    """Train a fresh model; with ``validation`` (user rows, movie rows, scaled target), stop early.
+
+    Early stopping monitors the validation loss with ``config.patience`` and
+    restores the best epoch's weights; with ``patience=None`` every epoch runs
+    and the final weights are kept (as the course does). Each epoch visits its
+    examples in a fresh permutation (a subset when over ``config.max_examples``,
+    see :func:`examples_per_epoch`). ``init`` may set the new model's weights first (warm start).
+    """
+    if len(data.users) == 0:
+        raise DataError("no training ratings")
+    keras.utils.set_random_seed(seed)
+    if (data.user_hist is None) != (config.history_length == 0):
+        raise ValueError(f"history_length={config.history_length} but user history {'missing' if data.user_hist is None else 'given'}")
+    if (data.loo is None) == config.leave_one_out:
+        raise ValueError(
+            f"leave_one_out={config.leave_one_out} but the data's leave-one-out sums {'missing' if data.loo is None else 'given'}"
+        )
+    model = build_model(data.user_x.shape[1], data.movie_x.shape[1], config, n_movies=len(data.movie_x), seed=seed)
+    if init is not None:
+        init(model)
+    steps = _Steps(model, data, config)
+    n_epochs = epochs if epochs is not None else config.max_epochs
+    per_epoch = examples_per_epoch(len(data.users), n_epochs, config.max_examples)
+    order_rng = np.random.default_rng(seed)
+    val_ds = None
+    if validation is not None and len(validation[0]):
+        vu, vm, vy = (np.asarray(a) for a in validation)
+        limit = MAX_VALIDATION if config.patience is not None else PLOT_VALIDATION
+        if len(vu) > limit:
+            keep = np.sort(np.random.default_rng(seed).choice(len(vu), limit, replace=False))
+            vu, vm, vy = vu[keep], vm[keep], vy[keep]
+        val_ds = _dataset(vu, vm, vy, max(config.batch_size, 1024))
+    history: list[dict[str, float]] = []
+    best_loss, best_epoch, best_weights, waited = math.inf, n_epochs, None, 0
+    started = time.perf_counter()
+    for epoch in range(1, n_epochs + 1):
+        t0 = time.perf_counter()
+        total = mse_sum = 0.0
+        batches = 0
+        n = len(data.users)
+        pick = order_rng.permutation(n) if per_epoch == n else order_rng.choice(n, per_epoch, replace=False)
+        for u, m, y in _dataset(data.users[pick], data.movies[pick], data.target[pick], config.batch_size):
+            loss, mse = steps.train_step(u, m, y)
+            total += float(loss)
+            mse_sum += float(mse)
+            batches += 1
+        record: dict[str, Any] = {"epoch": epoch, "examples": len(pick), "loss": total / batches, "mse": mse_sum / batches}
+        record["seconds"] = time.perf_counter() - t0
+        record.update(steps.grad_stats())
+        if val_ds is not None:
+            vals = [steps.eval_step(u, m, y) for u, m, y in val_ds]
+            record["val_loss"] = float(np.mean([float(v[0]) for v in vals]))
+            record["val_mse"] = float(np.mean([float(v[1]) for v in vals]))
+        history.append(record)
+        if on_epoch is not None:
+            on_epoch(record)
+        if val_ds is not None and config.patience is not None:
+            if record["val_loss"] < best_loss - 1e-6:
+                best_loss, best_epoch, best_weights, waited = record["val_loss"], epoch, model.get_weights(), 0
+            else:
+                waited += 1
+                if waited >= config.patience:
+                    break
+    if best_weights is not None:
+        model.set_weights(best_weights)
+    else:
+        best_epoch = len(history)
+    seconds = time.perf_counter() - started
+    return TrainResult(model, len(history), best_epoch, history, seconds, per_epoch * len(history) / seconds)
+
+
+def predict_scores(
+    model: keras.Model, user_x: TowerInput, movie_x: np.ndarray, users: np.ndarray, movies: np.ndarray, batch: int = 65536
+) -> np.ndarray:
+    """Dot-product scores for (user row, movie row) pairs, gathered by index in batches."""
+    user_tower, movie_tower = towers(model)
+    ue = run_tower(user_tower, user_x, batch)
+    me = run_tower(movie_tower, movie_x, batch)
+    out = np.empty(len(users), dtype=np.float32)
+    for s in range(0, len(users), batch):
+        out[s : s + batch] = np.einsum("ij,ij->i", ue[users[s : s + batch]], me[movies[s : s + batch]])
+    return out

@@ -1,0 +1,1 @@
+"""From stored ratings to model inputs: the holdout split, feature tables, scalers, user histories."""

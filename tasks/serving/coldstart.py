@@ -1,0 +1,102 @@
+"""Cold start for a newcomer: user features from stated genre tastes, the user tower, the FAISS index.
+
+A newcomer says what they think of a few genres (``"Adventure=5,Fantasy=5"``).
+Their features are computed by the same function as every user's, from one
+pseudo-rating per stated genre, so the published scalers and user tower read
+them exactly as they read real users:
+
+- ``default`` preset (confidence features): a genre the newcomer did not state
+  is *unknown*, not disliked. Its mean is shrunk all the way to the newcomer's
+  own mean and its share is 0, as for a real user who never rated that genre.
+- ``lab`` preset (the course's features): an unstated genre gets 0, as the
+  course feeds it, and the scaler then reads 0 as a real, very low rating.
+  That is the lab's behaviour, kept on purpose so the two can be compared.
+
+The newcomer has no history, so a history tower gets an empty one (a zero
+vector). Nothing is excluded from the results: they have seen nothing.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from tasks.preparation.features import GENRES, compute_features
+from tasks.serving.query import Published, QueryError, _check_k, _with_titles
+
+RATING_RANGE = (0.5, 5.0)
+
+
+def parse_tastes(spec: str) -> dict[str, float]:
+    """``"Adventure=5,Fantasy=4.5"`` as {genre: stars}; genre names are matched ignoring case."""
+    known = {g.lower(): g for g in GENRES}
+    tastes: dict[str, float] = {}
+    for part in (p.strip() for p in spec.split(",")):
+        if not part:
+            continue
+        name, sep, value = part.partition("=")
+        genre = known.get(name.strip().lower())
+        if not sep or genre is None:
+            what = f"unknown genre {name.strip()!r}" if sep else f"{part!r} is not GENRE=STARS"
+            raise QueryError(f"--genres: {what}; genres are {', '.join(GENRES)}")
+        try:
+            stars = float(value)
+        except ValueError:
+            raise QueryError(f"--genres: {genre}={value.strip()!r} is not a number of stars") from None
+        if not RATING_RANGE[0] <= stars <= RATING_RANGE[1]:
+            raise QueryError(f"--genres: {genre}={stars:g} is outside {RATING_RANGE[0]}-{RATING_RANGE[1]} stars")
+        tastes[genre] = stars
+    if not tastes:
+        raise QueryError(f"--genres: say at least one GENRE=STARS, e.g. 'Adventure=5,Fantasy=4'; genres are {', '.join(GENRES)}")
+    return tastes
+
+
+def newcomer_features(tastes: dict[str, float], config: dict[str, Any]) -> tuple[np.ndarray, list[str]]:
+    """One unscaled user-feature row (and its column names) for the stated tastes."""
+    genres = list(tastes)
+    movies = pd.DataFrame({"movie_id": np.arange(len(genres), dtype=np.int64), "genres": genres, "year": pd.array([2000] * len(genres))})
+    ratings = pd.DataFrame({"user_id": np.zeros(len(genres), np.int64), "movie_id": movies["movie_id"], "rating": list(tastes.values())})
+    feats = compute_features(ratings, movies, np.array([0]), config["features"], float(config.get("shrinkage", 10.0)))
+    return feats.user_x, feats.user_names
+
+
+def recommend_for_genres(pub: Published, tastes: dict[str, float], k: int) -> pd.DataFrame:
+    """Top-k movies for a newcomer: rank, movie_id, title, genres, score, predicted_rating."""
+    _check_k(k)
+    import pyarrow.parquet as pq
+
+    from tasks.modeling.model import load_model, run_tower, towers
+    from tasks.preparation.scalers import load_scalers
+    from tasks.serving.export import read_index
+    from tasks.serving.popularity import ServingSpace
+
+    files = {key: pub.model_file(key) for key in ("keras", "scalers", "index", "index_ids", "serving")}
+    config = pub.latest["config"]
+    row, names = newcomer_features(tastes, config)
+    scalers = load_scalers(files["scalers"])
+    if names != scalers.user_names:
+        raise QueryError(f"the published model {pub.version} was trained on other user features than this towerflow computes")
+    x = scalers.user.transform(row).astype(np.float32)
+    user_tower = towers(load_model(files["keras"]))[0]
+    length = int(config.get("history_length", 0))
+    inputs: Any = (x, np.zeros((1, length), np.int32), np.zeros((1, length), np.float32)) if len(user_tower.inputs) > 1 else x
+    space = ServingSpace.read(files["serving"])
+    embedding = space.users(run_tower(user_tower, inputs))  # with the popularity prior, as every user's
+    index = read_index(files["index"])
+    scores, rows = index.search(np.ascontiguousarray(embedding), min(k, index.ntotal))
+    movie_ids = pq.read_table(files["index_ids"]).column("movie_id").to_numpy()
+    found = rows[0] >= 0
+    movie_vecs = index.reconstruct_batch(rows[0][found]).reshape(-1, space.dim)
+    frame = pd.DataFrame(
+        {
+            "rank": np.arange(1, int(found.sum()) + 1, dtype=np.int32),
+            "movie_id": movie_ids[rows[0][found]],
+            "score": scores[0][found].astype(np.float32),
+            "predicted_rating": scalers.target_to_rating(space.tower_scores(np.repeat(embedding, len(movie_vecs), 0), movie_vecs)).astype(
+                np.float32
+            ),
+        }
+    )
+    return _with_titles(pub, frame, "movie_id")[["rank", "movie_id", "title", "genres", "score", "predicted_rating"]]

@@ -1,0 +1,245 @@
+"""Per-user top-k and similar movies from the FAISS index, streamed to Parquet in chunks.
+
+Seen movies are excluded by over-fetching: users are sorted by history length
+and processed in chunks; each chunk asks FAISS for a few more than ``k``
+results, masks the seen ones with one vectorized membership test, and asks
+again, with a doubled fetch, only for the users still short of ``k`` (see
+:func:`topk_unseen`). Memory is bounded by ``chunk_size * fetch`` results; no
+dense users x movies matrix is built.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import faiss
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from tasks.errors import ConfigError
+from tasks.store import schemas
+from tasks.store.storage import TableWriter
+
+
+def seen_csr(ratings: pd.DataFrame, user_ids: np.ndarray, movie_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """CSR (indptr, index rows) of the movies each user has rated, over ``user_ids`` order."""
+    u = pd.Index(user_ids).get_indexer(ratings["user_id"].to_numpy())
+    m = pd.Index(movie_ids).get_indexer(ratings["movie_id"].to_numpy())
+    known = (u >= 0) & (m >= 0)  # ratings of other users or movies do not concern these queries
+    u, m = u[known], m[known]
+    order = np.lexsort((m, u))
+    indptr = np.zeros(len(user_ids) + 1, dtype=np.int64)
+    np.cumsum(np.bincount(u, minlength=len(user_ids)), out=indptr[1:])
+    return indptr, m[order].astype(np.int64)
+
+
+FAISS_BLAS_QUERIES = 4096  # flat search switches to BLAS at queries x dim >= 128,000 (4,000 queries at d = 32)
+SCAN_BLOCK_CELLS = 1 << 24  # exact scans score at most this many (query, movie) cells at a time (64 MB)
+
+
+def _search_unseen(
+    index: faiss.Index, queries: np.ndarray, seen: list[np.ndarray], k: int, fetch: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """One FAISS search of ``fetch`` results per query; (valid mask, rank, items, scores)."""
+    scores, items = index.search(np.ascontiguousarray(queries), fetch)
+    n_items = index.ntotal
+    lengths = np.fromiter((len(s) for s in seen), dtype=np.int64, count=len(seen))
+    if lengths.sum():
+        seen_keys = np.repeat(np.arange(len(seen), dtype=np.int64), lengths) * n_items + np.concatenate(seen)
+        keys = np.arange(len(seen), dtype=np.int64)[:, None] * n_items + items
+        valid = (items >= 0) & ~np.isin(keys, seen_keys)
+    else:
+        valid = items >= 0
+    return valid, np.cumsum(valid, axis=1), items, scores
+
+
+def _scan_unseen(vectors: np.ndarray, queries: np.ndarray, seen: list[np.ndarray], k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k over the index's own vectors with seen items at -inf: (items, scores), best first, -1 pads.
+
+    For the queries FAISS serves badly: heavy raters (their seen movies crowd
+    the top, so a search would need k + thousands of results) and batches too
+    small for FAISS's BLAS path. One matrix product per block, then
+    ``argpartition``.
+    """
+    n_items = len(vectors)
+    kk = min(k, n_items)
+    items = np.full((len(queries), kk), -1, dtype=np.int64)
+    scores = np.zeros((len(queries), kk), dtype=np.float32)
+    step = max(1, SCAN_BLOCK_CELLS // max(n_items, 1))
+    for lo in range(0, len(queries), step):
+        block = np.asarray(queries[lo : lo + step], dtype=np.float32) @ vectors.T
+        local = np.repeat(np.arange(len(block)), [len(s) for s in seen[lo : lo + step]])
+        if len(local):
+            block[local, np.concatenate(seen[lo : lo + step])] = -np.inf
+        top = np.argpartition(-block, kk - 1, axis=1)[:, :kk] if kk < n_items else np.tile(np.arange(n_items), (len(block), 1))
+        best = np.take_along_axis(block, top, axis=1)
+        order = np.argsort(-best, axis=1, kind="stable")
+        top, best = np.take_along_axis(top, order, axis=1), np.take_along_axis(best, order, axis=1)
+        finite = np.isfinite(best)
+        items[lo : lo + step] = np.where(finite, top, -1)
+        scores[lo : lo + step] = np.where(finite, best, 0.0)
+    return items, scores
+
+
+def _index_vectors(index: faiss.Index) -> np.ndarray | None:
+    """The vectors stored in a flat index (a zero-copy view), or None for other index types."""
+    if not isinstance(index, faiss.IndexFlat) or index.ntotal == 0:
+        return None
+    return faiss.rev_swig_ptr(index.get_xb(), index.ntotal * index.d).reshape(index.ntotal, index.d)
+
+
+def topk_unseen(
+    index: faiss.Index,
+    queries: np.ndarray,
+    seen_indptr: np.ndarray,
+    seen_rows: np.ndarray,
+    k: int,
+    chunk_size: int = 4096,
+    first_extra: int = 32,
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+    """Yield (query rows, ranks, index rows, scores) of each query's best ``k`` unseen items.
+
+    ``seen_indptr``/``seen_rows`` is a CSR over queries: the index rows query i
+    has already seen are ``seen_rows[seen_indptr[i]:seen_indptr[i+1]]``.
+    Results are grouped by query, best first; a query gets fewer than ``k``
+    rows only when fewer than ``k`` unseen items exist.
+
+    Queries go in chunks of users sorted by history length. Each chunk asks
+    FAISS for ``k + min(first_extra, largest history)`` results; the queries
+    left with fewer than ``k`` unseen items (heavy raters whose seen movies
+    crowd their top) are then scanned exactly against the index's vectors
+    with their seen movies masked (:func:`_scan_unseen`), as are chunks too
+    small for FAISS's BLAS path. The cost follows what each user needs, not
+    the heaviest user of the chunk. Index types other than flat keep asking
+    FAISS again with a doubled fetch, up to ``k`` plus the user's history.
+    """
+    if k < 1:
+        raise ConfigError(f"k must be >= 1, got {k}")
+    n_items = index.ntotal
+    vectors = _index_vectors(index)
+    counts = np.diff(seen_indptr)
+    order = np.argsort(counts, kind="stable")
+    for start in range(0, len(order), chunk_size):
+        rows = order[start : start + chunk_size]
+        seen = [seen_rows[seen_indptr[r] : seen_indptr[r + 1]] for r in rows]
+        needed = np.minimum(n_items, k + counts[rows])  # fetching this much always suffices
+        done_rank = np.zeros((len(rows), k), dtype=np.int32)
+        done_item = np.full((len(rows), k), -1, dtype=np.int64)
+        done_score = np.zeros((len(rows), k), dtype=np.float32)
+        pending = np.arange(len(rows))
+        fetch = int(min(n_items, k + min(first_extra, int(counts[rows].max()))))
+        while len(pending):
+            if vectors is not None and (len(pending) < FAISS_BLAS_QUERIES or fetch > k + first_extra):
+                items, scores = _scan_unseen(vectors, queries[rows[pending]], [seen[i] for i in pending], k)
+                kk = items.shape[1]
+                done_item[pending, :kk], done_score[pending, :kk] = items, scores
+                done_rank[pending, :kk] = np.arange(1, kk + 1, dtype=np.int32)
+                break
+            valid, rank, items, scores = _search_unseen(index, queries[rows[pending]], [seen[i] for i in pending], k, fetch)
+            complete = (rank[:, -1] >= k) | (fetch >= needed[pending])
+            keep = valid & (rank <= k) & complete[:, None]
+            q_local, col = np.nonzero(keep)
+            slot = rank[keep] - 1
+            done_rank[pending[q_local], slot] = rank[keep]
+            done_item[pending[q_local], slot] = items[q_local, col]
+            done_score[pending[q_local], slot] = scores[q_local, col]
+            pending = pending[~complete]
+            fetch = int(min(n_items, max(2 * fetch, k + 1), needed[pending].max() if len(pending) else n_items))
+        filled = done_item >= 0
+        q_local, _ = np.nonzero(filled)
+        yield rows[q_local], done_rank[filled], done_item[filled], done_score[filled]
+
+
+def topk_lists(
+    index: faiss.Index, queries: np.ndarray, query_ids: np.ndarray, item_ids: np.ndarray, seen: pd.DataFrame, k: int
+) -> dict[int, list[int]]:
+    """Each query id's top-k item ids (best first) from ``index``, excluding the items ``seen`` pairs it with."""
+    indptr, rows = seen_csr(seen, query_ids, item_ids)
+    out: dict[int, list[int]] = {}
+    for q, _, items, _ in topk_unseen(index, queries, indptr, rows, k):
+        for user, item in zip(query_ids[q].tolist(), item_ids[items].tolist(), strict=True):
+            out.setdefault(user, []).append(item)
+    return out
+
+
+def write_recommendations(
+    path: Path,
+    index: faiss.Index,
+    movie_ids: np.ndarray,
+    user_ids: np.ndarray,
+    user_emb: np.ndarray,
+    seen_indptr: np.ndarray,
+    seen_rows: np.ndarray,
+    k: int,
+    stars: Callable[[np.ndarray, np.ndarray], np.ndarray],
+    model_version: str,
+    chunk_size: int = 4096,
+    on_chunk: Callable[[int, int], None] | None = None,
+) -> int:
+    """Stream the recommendations table to ``path``; return its row count.
+
+    ``stars(query rows, index rows)`` gives the predicted ratings of those pairs.
+    """
+    writer = TableWriter(path, schemas.RECOMMENDATIONS, "recommendations", {"model_version": model_version})
+    done = 0
+    try:
+        for q, rank, items, scores in topk_unseen(index, user_emb, seen_indptr, seen_rows, k, chunk_size):
+            writer.write(
+                pa.table(
+                    {
+                        "user_id": pa.array(user_ids[q], pa.int64()),
+                        "rank": pa.array(rank, pa.int32()),
+                        "movie_id": pa.array(movie_ids[items], pa.int64()),
+                        "score": pa.array(scores, pa.float32()),
+                        "predicted_rating": pa.array(stars(q, items), pa.float32()),
+                        "model_version": pa.array([model_version] * len(q), pa.string()),
+                    }
+                )
+            )
+            done += len(np.unique(q))
+            if on_chunk is not None:
+                on_chunk(done, len(user_ids))
+        writer.close()
+    except BaseException:
+        writer.abort()
+        raise
+    return writer.rows
+
+
+def write_similar_movies(
+    path: Path,
+    index: faiss.Index,
+    movie_ids: np.ndarray,
+    queries: np.ndarray,
+    k: int,
+    chunk_size: int = 4096,
+    start: int = 0,
+    stop: int | None = None,
+) -> int:
+    """Stream the k nearest other movies of movies ``start:stop`` (default: all) to ``path``; return the row count.
+
+    ``queries`` has one row per index row: the vector to search with for that movie.
+    """
+    stop = len(movie_ids) if stop is None else stop
+    self_ptr = np.arange(stop - start + 1, dtype=np.int64)  # each movie "has seen" itself
+    self_rows = np.arange(start, stop, dtype=np.int64)
+    writer = TableWriter(path, schemas.SIMILAR_MOVIES, "similar_movies")
+    try:
+        for q, rank, items, scores in topk_unseen(index, queries[start:stop], self_ptr, self_rows, k, chunk_size):
+            writer.write(
+                pa.table(
+                    {
+                        "movie_id": pa.array(movie_ids[start + q], pa.int64()),
+                        "rank": pa.array(rank, pa.int32()),
+                        "similar_movie_id": pa.array(movie_ids[items], pa.int64()),
+                        "score": pa.array(scores, pa.float32()),
+                    }
+                )
+            )
+        writer.close()
+    except BaseException:
+        writer.abort()
+        raise
+    return writer.rows
