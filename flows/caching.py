@@ -35,19 +35,24 @@ import importlib.metadata
 import inspect
 import json
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar, cast
 
 from prefect import Task, get_run_logger, task
 from prefect.cache_policies import CachePolicy
+from prefect.client.schemas.objects import State
 from prefect.context import TaskRunContext
 from prefect.exceptions import MissingContextError
 from prefect.filesystems import LocalFileSystem
 from prefect.serializers import JSONSerializer
 
 from tasks.store.storage import sha256_file
+
+P = ParamSpec("P")
+R = TypeVar("R", bound=Mapping[str, object])  # a resumable stage's result: a dict, stored as JSON
+T = TypeVar("T")
 
 RESULTS_DIR = ".results"  # under the run's work directory
 MANIFEST = "outputs_sha256"  # key of the output manifest in a cached stage's result
@@ -249,21 +254,23 @@ class ContentCache(CachePolicy):
         return key
 
 
-def stage_task(name: str, outputs: tuple[str, ...] = (), **options: Any) -> Callable[[Callable[..., dict[str, Any]]], Task[Any, Any]]:
+def stage_task(name: str, outputs: tuple[str, ...] = (), **options: Any) -> Callable[[Callable[P, R]], Task[P, R]]:
     """``@task`` for a resumable stage returning a dict: content-keyed cache, JSON result with its output manifest.
 
     ``outputs`` names the parameters that say where the stage writes. The
     result storage is set per run by :func:`run_stage` (the run's work directory).
+    The task keeps the function's signature and result type, so mypy checks every call and every key read.
     """
 
-    def decorate(fn: Callable[..., dict[str, Any]]) -> Task[Any, Any]:
+    def decorate(fn: Callable[P, R]) -> Task[P, R]:
         signature = inspect.signature(fn)
 
         @functools.wraps(fn)
-        def with_manifest(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        def with_manifest(*args: P.args, **kwargs: P.kwargs) -> R:
             result = fn(*args, **kwargs)
             bound = signature.bind(*args, **kwargs)
-            return {**result, MANIFEST: output_manifest(result, [bound.arguments.get(p) for p in outputs])}
+            stored = {**result, MANIFEST: output_manifest(result, [bound.arguments.get(p) for p in outputs])}
+            return cast(R, stored)
 
         policy = ContentCache(outputs=outputs)
         return task(name=name, cache_policy=policy, persist_result=True, result_serializer=SERIALIZER, **options)(with_manifest)
@@ -271,12 +278,13 @@ def stage_task(name: str, outputs: tuple[str, ...] = (), **options: Any) -> Call
     return decorate
 
 
-def run_stage(fn: Any, work: Path | None, *args: Any, **kwargs: Any) -> tuple[Any, bool]:
+def run_stage(fn: Callable[P, T], work: Path | None, /, *args: P.args, **kwargs: P.kwargs) -> tuple[T, bool]:
     """Call a stage; a resumable one stores its result in ``work/.results``. Returns (result, reused from cache)."""
     if work is None or not isinstance(fn, Task) or not isinstance(fn.cache_policy, ContentCache):
         return fn(*args, **kwargs), False
-    state = fn.with_options(result_storage=Path(work) / RESULTS_DIR)(*args, return_state=True, **kwargs)
+    stage: Task[..., Any] = fn  # the resumable kind: a Task whose result Prefect persists in the run's work directory
+    state = cast("State[Any]", stage.with_options(result_storage=Path(work) / RESULTS_DIR)(*args, return_state=True, **kwargs))
     result = state.result()
     if isinstance(result, dict):
         result = {k: v for k, v in result.items() if k != MANIFEST}
-    return result, state.name == "Cached"
+    return cast(T, result), state.name == "Cached"

@@ -17,6 +17,7 @@ from flows.runners import IO_RETRY
 from tasks.ingestion import incremental
 from tasks.ingestion.incremental import is_incremental
 from tasks.modeling import warmstart
+from tasks.stage_results import Inputs, LedgerIngested
 
 __all__ = ["ingest_all", "ingest_file_task", "is_incremental", "single", "warm_source_task"]
 
@@ -38,7 +39,7 @@ def ingest_file_task(src: str, movies: str, part: str, rejects: str, max_reject_
     return incremental.ingest_part(Path(src), Path(movies), Path(part), Path(rejects), max_reject_share)
 
 
-def ingest_all(ratings: str | list[str], movies: str, data_dir: str, run_date: dt.date, max_reject_share: float) -> dict[str, Any]:
+def ingest_all(ratings: str | list[str], movies: str, data_dir: str, run_date: dt.date, max_reject_share: float) -> LedgerIngested:
     """Ledger ingest from the flow: the new files are ingested as parallel tasks, the ledger and store updated after."""
 
     def run_files(jobs: list[dict[str, str]]) -> list[dict[str, Any]]:
@@ -52,7 +53,9 @@ def ingest_all(ratings: str | list[str], movies: str, data_dir: str, run_date: d
         stats["files_new"], stats["files_skipped"], stats["rows_total"], json.dumps(stats),
     )  # fmt: skip
     files = [str(p) for p in incremental.expand(ratings)]
-    return {**out, "inputs": {"ratings": files, "movies": movies}}
+    return LedgerIngested(
+        ratings=out["ratings"], movies=out["movies"], stats=stats, input_hash=out["input_hash"], inputs=Inputs(ratings=files, movies=movies)
+    )
 
 
 @task(name="warm-start-source", cache_policy=NO_CACHE)

@@ -12,8 +12,9 @@ import datetime as dt
 import json
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 from prefect import flow, get_run_logger
 
@@ -39,9 +40,13 @@ from tasks.ingestion import rejects
 from tasks.modeling import warmstart
 from tasks.modeling.config import preset
 from tasks.runtime import default_threads, pin_threads
+from tasks.stage_results import Evaluation, Ingested, Inputs, Phases, Skipped
 from tasks.store import resume
 from tasks.store.layout import Layout, model_version
 from tasks.store.storage import sha256_text
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 class StageError(TowerflowError, RuntimeError):
@@ -49,14 +54,19 @@ class StageError(TowerflowError, RuntimeError):
 
 
 class _Stages:
-    """Runs stages in order, timing each and naming the stage in any error; resumable ones keep results in ``work``."""
+    """Runs stages in order, timing each and naming the stage in any error; resumable ones keep results in ``work``.
+
+    Around each call it only times, offers the crash tests' fault points and names the stage in an error;
+    arguments and result are the task's own (keyword arguments, a typed result from :mod:`tasks.stage_results`).
+    """
 
     def __init__(self) -> None:
         self.timings: dict[str, float] = {}
         self.cached: list[str] = []
         self.work: Path | None = None
 
-    def __call__(self, name: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+    def __call__(self, name: str, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R:
+        """``fn(*args, **kwargs)`` as stage ``name``: its signature and result type pass through for mypy."""
         started = time.perf_counter()
         try:
             faults.point(f"before:{name}")
@@ -99,22 +109,24 @@ def _night(params: NightlyParams, run_date: dt.date, layout: Layout, known: dict
     with data_dir_lock(layout.lock):
         if (params.ratings is None) != (params.movies is None):
             raise StageError("stage inputs failed: give both --ratings and --movies, or neither for the embedded data set")
+        ingested: Ingested
         if incremental.is_incremental(params.ratings):  # several files or a drop folder: only new files, a task each
-            ingested = run(
-                "ingest", incremental.ingest_all, params.ratings, str(Path(params.movies or "").resolve()), str(layout.data_dir),
-                run_date, params.max_reject_share,
+            ledger = run(
+                "ingest", incremental.ingest_all, ratings=params.ratings, movies=str(Path(params.movies or "").resolve()),
+                data_dir=str(layout.data_dir), run_date=run_date, max_reject_share=params.max_reject_share,
             )  # fmt: skip
-            inputs, input_hash = ingested["inputs"], ingested["input_hash"]
+            ingested, inputs, input_hash = ledger, ledger["inputs"], ledger["input_hash"]
         else:
             if params.ratings is None:
-                inputs = run("generate", generate_task, str(layout.data_dir / "embedded"))
+                inputs = run("generate", generate_task, out_dir=str(layout.data_dir / "embedded"))
             else:
-                inputs = {"ratings": incremental.single(params.ratings), "movies": str(Path(params.movies or "").resolve())}
-            input_hash = run("hash-inputs", stages.input_hash, Path(inputs["ratings"]), Path(inputs["movies"]))
+                inputs = Inputs(ratings=incremental.single(params.ratings), movies=str(Path(params.movies or "").resolve()))
+            ratings_file = str(inputs["ratings"])
+            input_hash = run("hash-inputs", stages.input_hash, ratings_src=Path(ratings_file), movies_src=Path(inputs["movies"]))
             rejects_path = rejects.rejects_path(layout.data_dir, run_date, input_hash)
             ingested = run(
-                "ingest", ingest_task, inputs["ratings"], inputs["movies"], str(layout.store(input_hash)),
-                str(rejects_path), params.max_reject_share, str(layout.data_dir),
+                "ingest", ingest_task, ratings=ratings_file, movies=inputs["movies"], store_dir=str(layout.store(input_hash)),
+                rejects_path=str(rejects_path), max_reject_share=params.max_reject_share, data_dir=str(layout.data_dir),
             )  # fmt: skip
         # The version names all the outputs depend on (data, configuration, seed, k, code): a re-run resumes its work dir.
         config_text = json.dumps(config.to_dict(), sort_keys=True)
@@ -134,71 +146,70 @@ def _night(params: NightlyParams, run_date: dt.date, layout: Layout, known: dict
             logger.info(note)
         run.work = work
         logger.info("model version %s, staging in %s", version, work)
+        ratings = ingested["ratings"]
         feats = run(
-            "features",
-            features_task,
-            ingested["ratings"],
-            ingested["movies"],
-            str(work / "features"),
-            params.preset,
-            params.holdout_fraction,
-        )
-        feature_dirs = {"train": feats["train"], "full": feats["full"]}
-        scalers = run("scalers", scalers_task, ingested["ratings"], feature_dirs, params.holdout_fraction, str(work / "scalers"))
+            "features", features_task, ratings=ratings, movies=ingested["movies"], out_dir=str(work / "features"),
+            preset_name=params.preset, holdout=params.holdout_fraction,
+        )  # fmt: skip
+        feature_dirs = Phases(train=feats["train"], full=feats["full"])
+        scalers = run(
+            "scalers", scalers_task, ratings=ratings, feature_dirs=feature_dirs, holdout=params.holdout_fraction,
+            out_dir=str(work / "scalers"),
+        )  # fmt: skip
         warm = None  # or the published model to start from (--warm-start, tasks/modeling/warmstart.py)
         if params.warm_start:
-            warm = run("warm-start", incremental.warm_source_task, str(layout.data_dir), feats["full"], config.to_dict())
+            warm = run(
+                "warm-start", incremental.warm_source_task, data_dir=str(layout.data_dir), feature_dir=feats["full"],
+                config=config.to_dict(),
+            )  # fmt: skip
         trained = run(
-            "train",
-            train_task,
-            ingested["ratings"],
-            feature_dirs,
-            scalers,
-            str(work / "train"),
-            params.preset,
-            warmstart.warm_epochs(config.max_epochs, params.warm_epochs) if warm else params.max_epochs,
-            params.patience,
-            params.seed,
-            params.holdout_fraction,
-            warm,
-        )
-        evaluation = None
+            "train", train_task, ratings=ratings, feature_dirs=feature_dirs, scaler_paths=scalers, out_dir=str(work / "train"),
+            preset_name=params.preset,
+            max_epochs=warmstart.warm_epochs(config.max_epochs, params.warm_epochs) if warm else params.max_epochs,
+            patience=params.patience, seed=params.seed, holdout=params.holdout_fraction, warm=warm,
+        )  # fmt: skip
+        evaluation: Evaluation | Skipped | None = None
         if params.holdout_fraction > 0:
             evaluation = run(
-                "evaluate", evaluate_task, ingested["ratings"], feature_dirs["train"], scalers["train"], trained["validation_model"],
-                params.holdout_fraction, params.k, config.popularity_prior, params.seed,
+                "evaluate", evaluate_task, ratings=ratings, train_dir=feature_dirs["train"], scalers_path=scalers["train"],
+                validation_model=trained["validation_model"], holdout=params.holdout_fraction, k=params.k,
+                popularity_prior=config.popularity_prior, seed=params.seed,
             )  # fmt: skip
-        measured: dict[str, Any] = evaluation if evaluation is not None and "skipped" not in evaluation else {}
-        if measured:
+        measured = evaluation if evaluation is not None and "skipped" not in evaluation else None
+        if measured is not None:
             known["metrics"] = measured["metrics"]
-        prior_weight = measured["prior"]["weight"] if measured else 0.0
+        prior_weight = measured["prior"]["weight"] if measured is not None else 0.0
         known["popularity_prior"] = {
             "weight": prior_weight,
             "chosen_on": "NDCG@k of the validation model on the holdout" if measured else "nothing (no holdout to measure on)",
             "ndcg_by_weight": measured["prior"]["ndcg_by_weight"] if measured else {},
         }
-        known["gate"] = run("quality-gate", gate_task, evaluation, str(layout.latest), params.gate_margin, params.k, params.gate)
+        known["gate"] = run(
+            "quality-gate", gate_task, evaluation=evaluation, latest_path=str(layout.latest), margin=params.gate_margin, k=params.k,
+            enforce=params.gate,
+        )  # fmt: skip
         refit = run(
-            "refit", refit_task, ingested["ratings"], feature_dirs, scalers, trained["validation_model"], str(work / "train"),
-            params.preset, trained["best_epoch"], params.seed, params.holdout_fraction, warm,
+            "refit", refit_task, ratings=ratings, feature_dirs=feature_dirs, scaler_paths=scalers,
+            validation_model=trained["validation_model"], out_dir=str(work / "train"), preset_name=params.preset,
+            epochs=trained["best_epoch"], seed=params.seed, holdout=params.holdout_fraction, warm=warm,
         )  # fmt: skip
         exported = run(
-            "export", export_task, refit["model"], feature_dirs["full"], scalers["full"], str(work / "model"),
-            ingested["ratings"], prior_weight,
+            "export", export_task, model_path=refit["model"], full_dir=feature_dirs["full"], scalers_path=scalers["full"],
+            model_dir=str(work / "model"), ratings=ratings, prior_weight=prior_weight,
         )  # fmt: skip
         # one task per shard on the flow's task runner (threads, or Dask: flows/runners.py); parts in shard order
         recs = run(
-            "recommend", shards.recommend_all, ingested["ratings"], exported["model_dir"], str(work / "recommendations"),
-            params.k, version, params.chunk_size, params.shard_size, str(work),
+            "recommend", shards.recommend_all, ratings=ratings, model_dir=exported["model_dir"], out_dir=str(work / "recommendations"),
+            k=params.k, version=version, chunk_size=params.chunk_size, shard_size=params.shard_size, work=str(work),
         )  # fmt: skip
         similar = run(
-            "similar", shards.similar_all, exported["model_dir"], str(work / "similar_movies"),
-            params.k, params.chunk_size, params.shard_size, str(work),
+            "similar", shards.similar_all, model_dir=exported["model_dir"], out_dir=str(work / "similar_movies"), k=params.k,
+            chunk_size=params.chunk_size, shard_size=params.shard_size, work=str(work),
         )  # fmt: skip
         run.cached += [name for name, out in (("recommend", recs), ("similar", similar)) if out["shards_reused"] == out["shards"]]
         known["drift"] = run(
-            "drift", drift_task, recs["parts"], str(layout.latest), ingested["ratings"], ingested["movies"],
-            known.get("metrics"), str(work / "metrics.parquet"),
+            "drift", drift_task, parts=recs["parts"], latest_path=str(layout.latest), ratings=ratings, movies=ingested["movies"],
+            metrics=known.get("metrics"), out_path=str(work / "metrics.parquet"),
         )  # fmt: skip
         extra = {
             "preset": params.preset,
@@ -226,10 +237,16 @@ def _night(params: NightlyParams, run_date: dt.date, layout: Layout, known: dict
             "similar_movies": similar["parts"],
             "metrics": str(work / "metrics.parquet"),
         }
-        latest = run("publish", publish_task, str(layout.data_dir), run_date, version, exported["model_dir"], tables, extra)
+        latest = run(
+            "publish", publish_task, data_dir=str(layout.data_dir), run_date=run_date, version=version,
+            model_dir=exported["model_dir"], tables=tables, extra=extra,
+        )  # fmt: skip
         outcome.published(layout, latest, time.perf_counter() - started)  # history row, events, history artifact
         histories = {"validate": trained.get("history", []), "refit": refit.get("history", [])}
-        run("report", report.report_task, str(layout.data_dir), latest, dict(run.timings), histories, recs["score_hist"], runners.current())
+        run(
+            "report", report.report_task, data_dir=str(layout.data_dir), latest=latest, timings=dict(run.timings), histories=histories,
+            score_hist=recs["score_hist"], runner=runners.current(),
+        )  # fmt: skip
         shutil.rmtree(work, ignore_errors=True)
     summary = {
         **latest,

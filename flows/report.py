@@ -18,7 +18,7 @@ import base64
 import datetime as dt
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -28,6 +28,8 @@ from tasks.store.storage import atomic_path
 
 REPORT_KEY = "towerflow-report"
 EPOCH_PROGRESS_KEYS = {"train": "towerflow-train-progress", "refit": "towerflow-refit-progress"}
+
+R = TypeVar("R")
 
 
 class Progress:
@@ -87,7 +89,7 @@ class EpochProgress:
             self.epochs / self.max_epochs, f"{self.stage}: epoch {self.epochs} of {self.max_epochs}, loss {rec['loss']:.4f}"
         )
 
-    def finish(self, result: dict[str, Any]) -> dict[str, Any]:
+    def finish(self, result: R) -> R:
         """Mark the stage done (early stopping ends before the budget); return ``result`` unchanged."""
         self.progress.update(1.0, f"{self.stage}: done after {self.epochs} of {self.max_epochs} epochs")
         return result

@@ -28,6 +28,7 @@ from flows.caching import RESULTS_DIR, stage_task
 from flows.report import Progress
 from flows.runners import IO_RETRY
 from tasks.serving import shards as scoring
+from tasks.stage_results import Recommended, SimilarScored
 
 
 def _shard_task(kind: str) -> Callable[[Callable[..., dict[str, Any]]], Task[Any, Any]]:
@@ -88,7 +89,7 @@ def _gather(futures: list[PrefectFuture[dict[str, Any]]], progress: Progress, no
 
 def recommend_all(
     ratings: str, model_dir: str, out_dir: str, k: int, version: str, chunk_size: int, shard_size: int, work: str
-) -> dict[str, Any]:
+) -> Recommended:
     """Submit one recommend task per shard of ``shard_size`` users; the parts in shard order and their totals.
 
     Shard results are kept in ``work/.results``; ``shards_reused`` counts those a previous attempt had finished.
@@ -104,17 +105,17 @@ def recommend_all(
     ]
     results, reused = _gather(futures, progress, "users", n)
     hist = np.sum([r["score_hist"] for r in results], axis=0)
-    return {
-        "parts": [r["path"] for r in results],
-        "shards": len(results),
-        "shards_reused": reused,
-        "rows": sum(r["rows"] for r in results),
-        "users": sum(r["users"] for r in results),
-        "score_hist": [int(c) for c in hist],
-    }
+    return Recommended(
+        parts=[r["path"] for r in results],
+        shards=len(results),
+        shards_reused=reused,
+        rows=sum(r["rows"] for r in results),
+        users=sum(r["users"] for r in results),
+        score_hist=[int(c) for c in hist],
+    )
 
 
-def similar_all(model_dir: str, out_dir: str, k: int, chunk_size: int, shard_size: int, work: str) -> dict[str, Any]:
+def similar_all(model_dir: str, out_dir: str, k: int, chunk_size: int, shard_size: int, work: str) -> SimilarScored:
     """Submit one similar-movies task per shard of ``shard_size`` movies; the parts in shard order (results in ``work``)."""
     n = scoring.count_rows(Path(model_dir))["movies"]
     bounds = scoring.shard_bounds(n, shard_size)
@@ -126,4 +127,4 @@ def similar_all(model_dir: str, out_dir: str, k: int, chunk_size: int, shard_siz
     ]
     results, reused = _gather(futures, progress, "movies", n)
     parts = [r["path"] for r in results]
-    return {"parts": parts, "shards": len(results), "shards_reused": reused, "rows": sum(r["rows"] for r in results), "movies": n}
+    return SimilarScored(parts=parts, shards=len(results), shards_reused=reused, rows=sum(r["rows"] for r in results), movies=n)

@@ -23,19 +23,20 @@ from tasks.ingestion import rejects
 from tasks.modeling.config import preset
 from tasks.serving import publish
 from tasks.sources.generate import generate
+from tasks.stage_results import Evaluation, Exported, FeatureDirs, Ingested, Inputs, Phases, Refit, Skipped, Trained
 from tasks.store.layout import Layout
 from tasks.store.storage import read_json
 
 
 @task(name="generate-embedded-data", cache_policy=NO_CACHE)
-def generate_task(out_dir: str) -> dict[str, str]:
+def generate_task(out_dir: str) -> Inputs:
     data = generate(Path(out_dir))
     get_run_logger().info("embedded data set: %d ratings, %d users, %d movies", data.n_ratings, data.n_users, data.n_movies)
-    return {"ratings": str(data.ratings_csv), "movies": str(data.movies_csv)}
+    return Inputs(ratings=str(data.ratings_csv), movies=str(data.movies_csv))
 
 
 @task(name="ingest", cache_policy=NO_CACHE, **IO_RETRY)
-def ingest_task(ratings: str, movies: str, store_dir: str, rejects_path: str, max_reject_share: float, data_dir: str) -> dict[str, Any]:
+def ingest_task(ratings: str, movies: str, store_dir: str, rejects_path: str, max_reject_share: float, data_dir: str) -> Ingested:
     from prefect.artifacts import create_table_artifact
 
     def report(stats: dict[str, Any], outcome: str) -> None:
@@ -53,20 +54,20 @@ def ingest_task(ratings: str, movies: str, store_dir: str, rejects_path: str, ma
 
 
 @caching.stage_task("features", outputs=("out_dir",), **IO_RETRY)
-def features_task(ratings: str, movies: str, out_dir: str, preset_name: str, holdout: float) -> dict[str, Any]:
+def features_task(ratings: str, movies: str, out_dir: str, preset_name: str, holdout: float) -> FeatureDirs:
     return stages.run_features(Path(ratings), Path(movies), Path(out_dir), preset(preset_name), holdout)
 
 
 @caching.stage_task("scalers", outputs=("out_dir",), **IO_RETRY)
-def scalers_task(ratings: str, feature_dirs: dict[str, str], holdout: float, out_dir: str) -> dict[str, str]:
+def scalers_task(ratings: str, feature_dirs: Phases, holdout: float, out_dir: str) -> Phases:
     return stages.run_scalers(Path(ratings), feature_dirs, holdout, Path(out_dir))
 
 
 @caching.stage_task("train", outputs=("out_dir",))
 def train_task(
     ratings: str,
-    feature_dirs: dict[str, str],
-    scaler_paths: dict[str, str],
+    feature_dirs: Phases,
+    scaler_paths: Phases,
     out_dir: str,
     preset_name: str,
     max_epochs: int | None,
@@ -74,7 +75,7 @@ def train_task(
     seed: int,
     holdout: float,
     warm: dict[str, str] | None = None,
-) -> dict[str, Any]:
+) -> Trained:
     config = preset(preset_name, max_epochs=max_epochs, patience=patience)
     on_epoch = report.EpochProgress("train", config.max_epochs)  # epoch logs and the towerflow-train-progress artifact
     return on_epoch.finish(
@@ -85,8 +86,8 @@ def train_task(
 @caching.stage_task("refit", outputs=("out_dir",))
 def refit_task(
     ratings: str,
-    feature_dirs: dict[str, str],
-    scaler_paths: dict[str, str],
+    feature_dirs: Phases,
+    scaler_paths: Phases,
     validation_model: str,
     out_dir: str,
     preset_name: str,
@@ -94,7 +95,7 @@ def refit_task(
     seed: int,
     holdout: float,
     warm: dict[str, str] | None = None,
-) -> dict[str, Any]:
+) -> Refit:
     config = preset(preset_name)
     on_epoch = report.EpochProgress("refit", epochs)  # epoch logs and the towerflow-refit-progress artifact
     return on_epoch.finish(
@@ -114,7 +115,7 @@ def evaluate_task(
     k: int,
     popularity_prior: bool,
     seed: int,
-) -> dict[str, Any]:
+) -> Evaluation | Skipped:
     from prefect.artifacts import create_table_artifact
 
     evaluation = quality.run_evaluate(
@@ -137,7 +138,7 @@ def evaluate_task(
 
 
 @task(name="quality-gate", cache_policy=NO_CACHE)
-def gate_task(evaluation: dict[str, Any] | None, latest_path: str, margin: float, k: int, enforce: bool) -> dict[str, Any]:
+def gate_task(evaluation: Evaluation | Skipped | None, latest_path: str, margin: float, k: int, enforce: bool) -> dict[str, Any]:
     """The gate's verdict; a refused model stops the run (unless ``enforce`` is off, as with --no-gate)."""
     previous = read_json(Path(latest_path)) if Path(latest_path).exists() else None
     verdict = quality.gate_verdict(evaluation, previous, margin, k)
@@ -160,7 +161,7 @@ def drift_task(
 
 
 @caching.stage_task("export", outputs=("model_dir",), **IO_RETRY)
-def export_task(model_path: str, full_dir: str, scalers_path: str, model_dir: str, ratings: str, prior_weight: float) -> dict[str, Any]:
+def export_task(model_path: str, full_dir: str, scalers_path: str, model_dir: str, ratings: str, prior_weight: float) -> Exported:
     return publish.run_export(Path(model_path), Path(full_dir), Path(scalers_path), Path(model_dir), Path(ratings), prior_weight)
 
 

@@ -10,7 +10,7 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -22,6 +22,7 @@ from tasks.preparation.feature_tables import read_features, write_features
 from tasks.preparation.features import Features, compute_features, per_user_holdout
 from tasks.preparation.history import History, read_history, user_history, write_history
 from tasks.preparation.scalers import Scalers, fit_scalers, load_scalers, save_scalers
+from tasks.stage_results import FeatureDirs, Ingested, Phases, Refit, Trained
 from tasks.store import schemas
 from tasks.store.storage import read_table, sha256_file
 
@@ -29,7 +30,7 @@ if TYPE_CHECKING:
     from tasks.modeling.model import TowerInput
     from tasks.modeling.train import TrainData
 
-PHASES = ("train", "full")
+PHASES: tuple[Literal["train"], Literal["full"]] = ("train", "full")
 
 
 def input_hash(ratings_src: Path, movies_src: Path) -> str:
@@ -39,12 +40,12 @@ def input_hash(ratings_src: Path, movies_src: Path) -> str:
 
 def run_ingest(
     ratings_src: Path, movies_src: Path, store_dir: Path, rejects_path: Path | None = None, max_reject_share: float = 0.01
-) -> dict[str, Any]:
+) -> Ingested:
     """Ingest both inputs into ``store_dir``; bad ratings rows go to ``rejects_path`` (see :mod:`tasks.ingestion.rejects`)."""
     ratings, movies, stats = ingest(
         Path(ratings_src), Path(movies_src), Path(store_dir), rejects_path=rejects_path, max_reject_share=max_reject_share
     )
-    return {"ratings": str(ratings), "movies": str(movies), "stats": stats.to_dict()}
+    return Ingested(ratings=str(ratings), movies=str(movies), stats=stats.to_dict())
 
 
 def load_ratings(path: Path) -> pd.DataFrame:
@@ -57,12 +58,12 @@ def load_movies(path: Path) -> pd.DataFrame:
     return frame
 
 
-def run_features(ratings_path: Path, movies_path: Path, out_dir: Path, config: ModelConfig, holdout_fraction: float) -> dict[str, Any]:
+def run_features(ratings_path: Path, movies_path: Path, out_dir: Path, config: ModelConfig, holdout_fraction: float) -> FeatureDirs:
     """Features of the train phase (holdout excluded) and of the full phase (every rating)."""
     ratings, movies = load_ratings(ratings_path), load_movies(movies_path)
     users = np.sort(ratings["user_id"].unique())
     hold = per_user_holdout(ratings, holdout_fraction)
-    out: dict[str, Any] = {"holdout_ratings": int(hold.sum()), "train_ratings": int((~hold).sum())}
+    dirs: dict[str, str] = {}
     for phase, subset in (("train", ratings[~hold]), ("full", ratings)):
         feats = compute_features(subset, movies, users, config.features, config.shrinkage)
         d = Path(out_dir) / phase
@@ -71,8 +72,8 @@ def run_features(ratings_path: Path, movies_path: Path, out_dir: Path, config: M
         if config.history_length > 0:
             hist = user_history(subset, feats.user_ids, feats.movie_ids, config.history_length)
             write_history(d / "user_history.parquet", feats.user_ids, feats.movie_ids, hist)
-        out[phase] = str(d)
-    return out
+        dirs[phase] = str(d)
+    return FeatureDirs(train=dirs["train"], full=dirs["full"], holdout_ratings=int(hold.sum()), train_ratings=int((~hold).sum()))
 
 
 def load_phase(feature_dir: Path) -> Features:
@@ -81,21 +82,21 @@ def load_phase(feature_dir: Path) -> Features:
     return Features(uid, ux, un, mid, mx, mn)
 
 
-def run_scalers(ratings_path: Path, feature_dirs: dict[str, str], holdout_fraction: float, out_dir: Path | None = None) -> dict[str, str]:
+def run_scalers(ratings_path: Path, feature_dirs: Phases, holdout_fraction: float, out_dir: Path | None = None) -> Phases:
     """Fit scalers per phase on that phase's features and ratings; write them as JSON.
 
     To ``out_dir/<phase>/scalers.json`` (default: into the phase's feature directory).
     """
     ratings = load_ratings(ratings_path)
     hold = per_user_holdout(ratings, holdout_fraction)
-    out = {}
+    out: dict[str, str] = {}
     for phase in PHASES:
         feats = load_phase(Path(feature_dirs[phase]))
         y = ratings["rating"].to_numpy()[~hold] if phase == "train" else ratings["rating"].to_numpy()
         path = (Path(out_dir) / phase if out_dir is not None else Path(feature_dirs[phase])) / "scalers.json"
         save_scalers(fit_scalers(feats.user_x, feats.movie_x, y, feats.user_names, feats.movie_names), path)
         out[phase] = str(path)
-    return out
+    return Phases(train=out["train"], full=out["full"])
 
 
 @dataclass(frozen=True)
@@ -160,15 +161,15 @@ def _epoch_hook(phase: str, on_epoch: Callable[[str, dict[str, float]], None] | 
 
 def run_train(
     ratings_path: Path,
-    feature_dirs: dict[str, str],
-    scaler_paths: dict[str, str],
+    feature_dirs: Phases,
+    scaler_paths: Phases,
     out_dir: Path,
     config: ModelConfig,
     seed: int,
     holdout_fraction: float,
     on_epoch: Callable[[str, dict[str, float]], None] | None = None,
     warm: dict[str, str] | None = None,
-) -> dict[str, Any]:
+) -> Trained:
     """Train on the train phase, early-stopping on the holdout; save ``model_validation.keras``.
 
     The validation model is what the evaluate stage scores; :func:`run_refit`
@@ -194,21 +195,23 @@ def run_train(
     if val is not None:
         stars = train.scalers.target_to_rating(predict_scores(first.model, train.user_input, train.movie_x, val[0], val[1]))
         val_rmse = float(np.sqrt(np.mean((stars - ratings["rating"].to_numpy()[hold]) ** 2)))
-    return {
-        "validation_model": str(path),
-        "best_epoch": first.best_epoch,
-        "epochs_run": first.epochs_run,
-        "history": first.history,
-        "examples_per_second": first.examples_per_second,
-        "val_rmse": val_rmse,
-        **outcome,
-    }
+    result = Trained(
+        validation_model=str(path),
+        best_epoch=first.best_epoch,
+        epochs_run=first.epochs_run,
+        history=first.history,
+        examples_per_second=first.examples_per_second,
+        val_rmse=val_rmse,
+    )
+    if "warm_start" in outcome:
+        result["warm_start"] = outcome["warm_start"]
+    return result
 
 
 def run_refit(
     ratings_path: Path,
-    feature_dirs: dict[str, str],
-    scaler_paths: dict[str, str],
+    feature_dirs: Phases,
+    scaler_paths: Phases,
     validation_model: Path,
     out_dir: Path,
     config: ModelConfig,
@@ -217,7 +220,7 @@ def run_refit(
     holdout_fraction: float,
     on_epoch: Callable[[str, dict[str, float]], None] | None = None,
     warm: dict[str, str] | None = None,
-) -> dict[str, Any]:
+) -> Refit:
     """Train the published ``model.keras`` on every rating (full-phase features and scalers), from ``warm`` if given.
 
     With no holdout the train phase already is every rating, so the validation
@@ -232,11 +235,14 @@ def run_refit(
     final_path = Path(out_dir) / "model.keras"
     if not per_user_holdout(ratings, holdout_fraction).any():
         shutil.copyfile(validation_model, final_path)
-        return {"model": str(final_path), "refit_epochs": 0}
+        return Refit(model=str(final_path), refit_epochs=0)
     full = prepare(Path(feature_dirs["full"]), Path(scaler_paths["full"]))
     final = train_model(
         full.train_data(ratings, config), config, seed, epochs=max(1, epochs),
         on_epoch=_epoch_hook("refit", on_epoch), init=initializer(warm, full.feats.movie_ids, outcome),
     )  # fmt: skip
     save_model(final.model, final_path)
-    return {"model": str(final_path), "refit_epochs": final.epochs_run, "history": final.history, **outcome}
+    result = Refit(model=str(final_path), refit_epochs=final.epochs_run, history=final.history)
+    if "warm_start" in outcome:
+        result["warm_start"] = outcome["warm_start"]
+    return result

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -128,12 +127,13 @@ def test_a_rerun_reuses_finished_shards_and_redoes_a_missing_one(model_dir: tupl
     from prefect import flow
 
     from flows.shards import recommend_all, similar_all
+    from tasks.stage_results import Recommended, SimilarScored
 
     d, store = model_dir
     work = tmp_path / "work"
 
     @flow(name="towerflow-shards-test")
-    def score() -> tuple[dict[str, Any], dict[str, Any]]:
+    def score() -> tuple[Recommended, SimilarScored]:
         recs = recommend_all(str(store), str(d), str(work / "recommendations"), K, "v1", 16, 20, str(work))
         return recs, similar_all(str(d), str(work / "similar_movies"), K, 16, 15, str(work))
 

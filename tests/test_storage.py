@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -71,11 +72,13 @@ def test_atomic_files_get_normal_permissions(tmp_path: Path) -> None:
 
 def test_every_io_task_has_the_one_retry_policy() -> None:
     """Tasks that read or write files retry twice on a transient I/O error only; training stages are not retried."""
+    from prefect import Task
+
     from flows import incremental, shards
     from flows import stage_tasks as nightly
     from flows.runners import IO_RETRY, io_retry
 
-    io_tasks = [
+    io_tasks: list[Task[Any, Any]] = [
         nightly.ingest_task, nightly.features_task, nightly.scalers_task, nightly.evaluate_task, nightly.drift_task,
         nightly.export_task, nightly.publish_task, shards.recommend_shard_task, shards.similar_shard_task, incremental.ingest_file_task,
     ]  # fmt: skip

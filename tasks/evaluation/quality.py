@@ -26,6 +26,7 @@ from tasks.evaluation.metrics import per_user_metrics, relevant_sets
 from tasks.preparation.features import per_user_holdout
 from tasks.serving.export import embed_all
 from tasks.serving.popularity import WEIGHTS, Selection, select_weight, sweep_users
+from tasks.stage_results import Evaluation, PriorChoice, Skipped
 from tasks.stages import load_ratings, prepare
 from tasks.store import schemas
 from tasks.store.storage import write_table
@@ -52,7 +53,7 @@ def run_evaluate(
     k: int,
     popularity_prior: bool = True,
     seed: int = 0,
-) -> dict[str, Any]:
+) -> Evaluation | Skipped:
     """Holdout metrics of the validation model and most-popular, the prior weight, the paired interval.
 
     Returns ``{"metrics": {method: {metric: value}}, "vs_baseline": interval of NDCG@k model - most-popular,
@@ -64,13 +65,13 @@ def run_evaluate(
     ratings = load_ratings(Path(ratings_path))
     hold = per_user_holdout(ratings, holdout_fraction)
     if not hold.any():
-        return {"skipped": f"the holdout is empty: no user has two ratings to hold one out of (holdout_fraction {holdout_fraction})"}
+        return Skipped(skipped=f"the holdout is empty: no user has two ratings to hold one out of (holdout_fraction {holdout_fraction})")
     fitted = Fitted(load_model(Path(validation_model)), prepare(Path(feature_dir), Path(scalers_path)), best_epoch=0, seconds=0.0)
     movie_ids = fitted.prepared.feats.movie_ids
     train, test = ratings[~hold], ratings[hold]
     relevant = relevant_sets(test)
     if not relevant:
-        return {"skipped": f"no held-out rating of 4 or more among {len(test):,} held-out ratings: nothing to rank against"}
+        return Skipped(skipped=f"no held-out rating of 4 or more among {len(test):,} held-out ratings: nothing to rank against")
     weights = WEIGHTS if popularity_prior else (0.0,)
     users, model_lists, no_prior, choice = _choose_prior(fitted, train, relevant, k, weights, seed)
     without_prior = {u: relevant[u] for u in no_prior}  # all users, or those the weight was chosen on
@@ -90,16 +91,16 @@ def run_evaluate(
     _, pop_values = per_user_metrics(popular, relevant, k)
     _, model_values = per_user_metrics(model_lists, relevant, k)
     vs_baseline = paired_difference(model_values["ndcg"], pop_values["ndcg"], seed)
-    return {
-        "metrics": metrics,
-        "vs_baseline": asdict(vs_baseline),
-        "users": len(users),
-        "prior": {
-            "weight": choice.weight,
-            "ndcg_by_weight": {f"{w:g}": round(v, 5) for w, v in choice.mean_by_weight.items()},
-            "chosen_on_users": len(choice.cross_index),
-        },
-    }
+    return Evaluation(
+        metrics=metrics,
+        vs_baseline=asdict(vs_baseline),
+        users=len(users),
+        prior=PriorChoice(
+            weight=choice.weight,
+            ndcg_by_weight={f"{w:g}": round(v, 5) for w, v in choice.mean_by_weight.items()},
+            chosen_on_users=len(choice.cross_index),
+        ),
+    )
 
 
 Lists = dict[int, list[int]]
@@ -145,7 +146,7 @@ def write_metrics(path: Path, metrics: dict[str, dict[str, float]]) -> Path:
     return write_table(path, table, schemas.METRICS, "metrics")
 
 
-def gate_verdict(evaluation: dict[str, Any] | None, previous: dict[str, Any] | None, margin: float, k: int) -> Verdict:
+def gate_verdict(evaluation: Evaluation | Skipped | None, previous: dict[str, Any] | None, margin: float, k: int) -> Verdict:
     """The gate's verdict on an evaluate stage's result (None: no holdout, nothing measured)."""
     if evaluation is None:
         return Verdict("undecided", "undecided: no holdout (holdout_fraction 0), nothing measured; published without a verdict", 0)

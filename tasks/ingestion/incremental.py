@@ -15,7 +15,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 import numpy as np
 import pyarrow as pa
@@ -31,7 +31,7 @@ SUFFIXES = (".csv", ".csv.gz", ".parquet")
 _SUMMED = ("rows_read", "rows_accepted", "rows_rejected", "duplicates_dropped", "unknown_movie_dropped", "blank_lines")
 
 
-def is_incremental(ratings: str | list[str] | None) -> bool:
+def is_incremental(ratings: str | list[str] | None) -> TypeGuard[str | list[str]]:
     """Several ratings files, or a folder: the ledger applies. One file keeps the single-file ingest."""
     if isinstance(ratings, list):
         return len(ratings) > 1 or (len(ratings) == 1 and Path(ratings[0]).is_dir())

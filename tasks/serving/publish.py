@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 from tasks import faults
 from tasks.serving.export import build_index, embed_all, write_embeddings, write_id_table, write_index
 from tasks.serving.popularity import ServingSpace, movie_popularity
+from tasks.stage_results import Exported
 from tasks.stages import load_ratings, prepare
 from tasks.store import resume, schemas
 from tasks.store.layout import MODEL_FILES, Layout
@@ -27,7 +28,7 @@ from tasks.store.storage import sha256_file, write_json
 
 def run_export(
     model_path: Path, full_dir: Path, scalers_path: Path, model_dir: Path, ratings_path: Path, prior_weight: float = 0.0
-) -> dict[str, Any]:
+) -> Exported:
     """Embed every user and catalog movie with the final model; write the served vectors, index, ids and tables.
 
     The served vectors carry the popularity prior with weight ``prior_weight`` (:mod:`tasks.serving.popularity`),
@@ -51,7 +52,7 @@ def run_export(
     for name in ("user_features.parquet", "movie_features.parquet"):
         shutil.copyfile(Path(full_dir) / name, model_dir / name)
     shutil.copyfile(scalers_path, model_dir / MODEL_FILES["scalers"])
-    return {"model_dir": str(model_dir), "users": len(user_vecs), "movies": len(movie_vecs), "dim": space.dim, "prior_weight": prior_weight}
+    return Exported(model_dir=str(model_dir), users=len(user_vecs), movies=len(movie_vecs), dim=space.dim, prior_weight=prior_weight)
 
 
 def _replace_dir(src: Path, dest: Path) -> None:

@@ -1,0 +1,125 @@
+"""What the nightly stages hand each other: file paths and small facts, one typed shape per stage.
+
+They are ``TypedDict`` rather than dataclasses because a resumable stage's result is stored as plain JSON
+(:mod:`flows.caching`) and comes back from a re-run as the same dict, with no decoding step that could drift
+from the class; mypy still checks every key the flow reads. The documents that leave the night as they are
+(the gate's verdict, the drift figures, ``latest.json``) keep their own shapes, described in docs/contract.md.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NotRequired, TypedDict, final
+
+
+class Inputs(TypedDict):
+    """The input files of a night: one ratings file, or the several files of a drop folder."""
+
+    ratings: str | list[str]
+    movies: str
+
+
+class Ingested(TypedDict):
+    """The stored ratings and movies (Parquet, schema-checked) and the ingest report."""
+
+    ratings: str
+    movies: str
+    stats: dict[str, Any]
+
+
+class LedgerIngested(Ingested):
+    """An incremental ingest also names the files it read and the hash the night's version rests on."""
+
+    input_hash: str
+    inputs: Inputs
+
+
+class Phases(TypedDict):
+    """One path per phase: ``train`` (the holdout excluded) and ``full`` (every rating)."""
+
+    train: str
+    full: str
+
+
+class FeatureDirs(Phases):
+    """The feature directories of both phases, and how the ratings were split."""
+
+    holdout_ratings: int
+    train_ratings: int
+
+
+class Trained(TypedDict):
+    """The validation model (trained without the holdout) and how its training went."""
+
+    validation_model: str
+    best_epoch: int
+    epochs_run: int
+    history: list[dict[str, float]]
+    examples_per_second: float
+    val_rmse: float | None
+    warm_start: NotRequired[str]
+
+
+class Refit(TypedDict):
+    """The model to publish, trained on every rating for the validation run's best number of epochs."""
+
+    model: str
+    refit_epochs: int
+    history: NotRequired[list[dict[str, float]]]
+    warm_start: NotRequired[str]
+
+
+class PriorChoice(TypedDict):
+    """The popularity prior's weight and the NDCG@k each candidate weight reached."""
+
+    weight: float
+    ndcg_by_weight: dict[str, float]
+    chosen_on_users: int
+
+
+@final
+class Evaluation(TypedDict):
+    """Holdout metrics per method, the paired interval against most-popular, the users behind them, the prior."""
+
+    metrics: dict[str, dict[str, float]]
+    vs_baseline: dict[str, Any]
+    users: int
+    prior: PriorChoice
+
+
+@final
+class Skipped(TypedDict):
+    """Why the holdout could not be measured (the gate is then undecided and the night publishes)."""
+
+    skipped: str
+
+
+class Exported(TypedDict):
+    """The model directory: embeddings, FAISS index, scalers, serving.json."""
+
+    model_dir: str
+    users: int
+    movies: int
+    dim: int
+    prior_weight: float
+
+
+class Scored(TypedDict):
+    """Part files of a sharded table, in shard order."""
+
+    parts: list[str]
+    shards: int
+    shards_reused: int
+    rows: int
+
+
+class Recommended(Scored):
+    """The recommendations' parts, the users they cover and a histogram of their scores."""
+
+    users: int
+    score_hist: list[int]
+
+
+class SimilarScored(Scored):
+    """The similar-movies parts and the movies they cover."""
+
+    movies: int
