@@ -18,6 +18,13 @@ the lock). For the same reason it marks the predecessor's flow run Crashed if
 the server still shows it running: a process killed outright cannot report
 its own end, and would otherwise stay "Running" in the UI. Without a server
 (Prefect's ephemeral API) the file lock alone guards the directory.
+
+Why not ``prefect.concurrency.sync.concurrency(name, lease_duration=..., holder=...)``: it acquires, renews
+and releases the same lease, but never tells its caller the lease id, and the server has no call that finds
+a lease by holder. Without the id recorded here, a run restarted right after a crash would wait for the
+dead run's lease to lapse (60 s or more) instead of releasing it at once; the helpers that do return the
+id (``prefect.concurrency._sync``, ``_leases``) are private. So this module takes the lease with the
+client's public lease calls: acquire (retrying while the server answers 423), renew, release.
 """
 
 from __future__ import annotations
