@@ -193,7 +193,8 @@ def run() -> int:
     if not (args.data / "ratings.csv").exists():
         print(f"no ratings.csv in {args.data}; download ml-latest-small from GroupLens and pass --data", file=sys.stderr)
         return 2
-    from tasks import ablation
+    import ablation_measures as ablation  # beside this script
+
     from tasks.evaluation.evaluate import compare
     from tasks.preparation.features import per_user_holdout
     from tasks.runtime import default_threads, pin_threads

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tasks.ablation import distinct_share, norm_summary, out_of_range_share, overlap_at_k, similar_lists, variants
+from benchmarks.ablation_measures import distinct_share, norm_summary, out_of_range_share, overlap_at_k, similar_lists, variants
 from tasks.modeling.config import preset
 from tasks.modeling.model import build_model, run_tower, towers
 from tasks.modeling.train import TrainData, predict_scores, train_model
@@ -113,7 +113,7 @@ def test_measure_end_to_end_on_tiny_data(tiny_data: tuple[Path, Path]) -> None:
     """One short training per switch on generated data: FAISS agrees with the model up to ties, norms as set."""
     import pandas as pd
 
-    from tasks.ablation import measure, train_variant
+    from benchmarks.ablation_measures import measure, train_variant
     from tasks.preparation.features import per_user_holdout
 
     ratings = pd.read_csv(tiny_data[0]).rename(columns={"userId": "user_id", "movieId": "movie_id"})
