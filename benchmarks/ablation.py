@@ -30,7 +30,7 @@ def load(data: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Ratings and movies as ``towerflow evaluate`` reads them (through ingest), else straight from the CSVs."""
     try:
         from tasks.ingestion.ingest import ingest
-        from tasks.stages import load_movies, load_ratings
+        from tasks.store.tables import load_movies, load_ratings
     except (ImportError, SyntaxError) as exc:  # ingest is being rewritten; the clean MovieLens CSVs need no checks
         print(f"tasks.ingestion.ingest unavailable ({exc}); reading the CSVs with pandas", file=sys.stderr)
         return _read_csvs(data)

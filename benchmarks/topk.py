@@ -57,8 +57,8 @@ def load_published(data_dir: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, 
     """Trained embeddings of a published run and the seen sets of its ingested ratings."""
     from tasks.serving.export import read_embeddings
     from tasks.serving.recommend import seen_csr
-    from tasks.stages import load_ratings
     from tasks.store.storage import read_json
+    from tasks.store.tables import load_ratings
 
     latest = read_json(data_dir / "outputs" / "latest.json")
     user_ids, q = read_embeddings(data_dir / latest["model"]["user_embeddings"]["path"], "user")

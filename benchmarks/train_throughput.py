@@ -36,8 +36,8 @@ import pandas as pd  # noqa: E402
 
 from tasks.modeling.config import preset  # noqa: E402
 from tasks.preparation.features import compute_features, per_user_holdout  # noqa: E402
+from tasks.preparation.phases import prepared  # noqa: E402
 from tasks.preparation.scalers import fit_scalers  # noqa: E402
-from tasks.stages import prepared  # noqa: E402
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "movielens" / "ml-latest-small"
 

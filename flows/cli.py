@@ -174,7 +174,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from tasks.modeling.config import preset
     from tasks.preparation.features import per_user_holdout
     from tasks.runtime import default_threads, pin_threads
-    from tasks.stages import load_movies, load_ratings
+    from tasks.store.tables import load_movies, load_ratings
 
     pin_threads(default_threads())
     with tempfile.TemporaryDirectory(prefix="towerflow-eval-") as tmp:

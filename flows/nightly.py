@@ -34,7 +34,7 @@ from flows.stage_tasks import (
     scalers_task,
     train_task,
 )
-from tasks import faults, stages
+from tasks import faults
 from tasks.errors import TowerflowError
 from tasks.ingestion import rejects
 from tasks.modeling import warmstart
@@ -42,6 +42,7 @@ from tasks.modeling.config import preset
 from tasks.runtime import default_threads, pin_threads
 from tasks.stage_results import Evaluation, Ingested, Inputs, Phases, Skipped
 from tasks.store import resume
+from tasks.store import tables as stored
 from tasks.store.layout import Layout, model_version
 from tasks.store.storage import sha256_text
 
@@ -122,7 +123,7 @@ def _night(params: NightlyParams, run_date: dt.date, layout: Layout, known: dict
             else:
                 inputs = Inputs(ratings=incremental.single(params.ratings), movies=str(Path(params.movies or "").resolve()))
             ratings_file = str(inputs["ratings"])
-            input_hash = run("hash-inputs", stages.input_hash, ratings_src=Path(ratings_file), movies_src=Path(inputs["movies"]))
+            input_hash = run("hash-inputs", stored.input_hash, ratings_src=Path(ratings_file), movies_src=Path(inputs["movies"]))
             rejects_path = rejects.rejects_path(layout.data_dir, run_date, input_hash)
             ingested = run(
                 "ingest", ingest_task, ratings=ratings_file, movies=inputs["movies"], store_dir=str(layout.store(input_hash)),

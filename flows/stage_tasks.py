@@ -17,10 +17,12 @@ from prefect.cache_policies import NO_CACHE
 
 from flows import caching, report
 from flows.runners import IO_RETRY
-from tasks import stages
 from tasks.evaluation import drift, quality
 from tasks.ingestion import rejects
+from tasks.ingestion.ingest import run_ingest
 from tasks.modeling.config import preset
+from tasks.modeling.fitting import run_refit, run_train
+from tasks.preparation.phases import run_features, run_scalers
 from tasks.serving import publish
 from tasks.sources.generate import generate
 from tasks.stage_results import Evaluation, Exported, FeatureDirs, Ingested, Inputs, Phases, Refit, Skipped, Trained
@@ -43,7 +45,7 @@ def ingest_task(ratings: str, movies: str, store_dir: str, rejects_path: str, ma
         create_table_artifact(rejects.report_rows(stats), key="towerflow-ingest", description=f"Ingest of {ratings}: {outcome}")
 
     try:
-        out = stages.run_ingest(Path(ratings), Path(movies), Path(store_dir), Path(rejects_path), max_reject_share)
+        out = run_ingest(Path(ratings), Path(movies), Path(store_dir), Path(rejects_path), max_reject_share)
     except rejects.RejectThresholdError as exc:
         report(exc.stats, f"FAILED, too many rows rejected; rejected rows in {rejects_path}")
         raise
@@ -55,12 +57,12 @@ def ingest_task(ratings: str, movies: str, store_dir: str, rejects_path: str, ma
 
 @caching.stage_task("features", outputs=("out_dir",), **IO_RETRY)
 def features_task(ratings: str, movies: str, out_dir: str, preset_name: str, holdout: float) -> FeatureDirs:
-    return stages.run_features(Path(ratings), Path(movies), Path(out_dir), preset(preset_name), holdout)
+    return run_features(Path(ratings), Path(movies), Path(out_dir), preset(preset_name), holdout)
 
 
 @caching.stage_task("scalers", outputs=("out_dir",), **IO_RETRY)
 def scalers_task(ratings: str, feature_dirs: Phases, holdout: float, out_dir: str) -> Phases:
-    return stages.run_scalers(Path(ratings), feature_dirs, holdout, Path(out_dir))
+    return run_scalers(Path(ratings), feature_dirs, holdout, Path(out_dir))
 
 
 @caching.stage_task("train", outputs=("out_dir",))
@@ -78,9 +80,7 @@ def train_task(
 ) -> Trained:
     config = preset(preset_name, max_epochs=max_epochs, patience=patience)
     on_epoch = report.EpochProgress("train", config.max_epochs)  # epoch logs and the towerflow-train-progress artifact
-    return on_epoch.finish(
-        stages.run_train(Path(ratings), feature_dirs, scaler_paths, Path(out_dir), config, seed, holdout, on_epoch, warm)
-    )
+    return on_epoch.finish(run_train(Path(ratings), feature_dirs, scaler_paths, Path(out_dir), config, seed, holdout, on_epoch, warm))
 
 
 @caching.stage_task("refit", outputs=("out_dir",))
@@ -99,7 +99,7 @@ def refit_task(
     config = preset(preset_name)
     on_epoch = report.EpochProgress("refit", epochs)  # epoch logs and the towerflow-refit-progress artifact
     return on_epoch.finish(
-        stages.run_refit(
+        run_refit(
             Path(ratings), feature_dirs, scaler_paths, Path(validation_model), Path(out_dir), config, seed, epochs, holdout, on_epoch, warm
         )
     )

@@ -12,8 +12,8 @@ from tasks.modeling.config import preset
 from tasks.modeling.train import TrainData, train_model
 from tasks.preparation.features import compute_features
 from tasks.preparation.loo import example_rows, leave_one_out
+from tasks.preparation.phases import Prepared, prepared
 from tasks.preparation.scalers import fit_scalers
-from tasks.stages import Prepared, prepared
 
 MOVIES = pd.DataFrame(
     {

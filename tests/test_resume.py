@@ -174,7 +174,8 @@ def test_code_version_covers_lazily_imported_modules() -> None:
     names = {str(p.relative_to(Path(caching.__file__).resolve().parent.parent)) for p in caching.code_files()}
     assert {
         "flows/nightly.py",
-        "tasks/stages.py",
+        "tasks/modeling/fitting.py",
+        "tasks/preparation/phases.py",
         "tasks/modeling/train.py",
         "tasks/modeling/model.py",
         "tasks/serving/publish.py",

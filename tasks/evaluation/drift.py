@@ -152,8 +152,8 @@ def run_drift(
     ``lists``, ``published lists`` and ``versus published``.
     """
     from tasks.evaluation.quality import write_metrics
-    from tasks.stages import load_movies, load_ratings
     from tasks.store.storage import read_json
+    from tasks.store.tables import load_movies, load_ratings
 
     latest = read_json(Path(latest_path)) if Path(latest_path).exists() else None
     old = read_published_parts(Path(latest_path).parent.parent, latest)

@@ -23,11 +23,11 @@ from tasks.evaluation.metrics import coverage, per_user_metrics, relevant_sets, 
 from tasks.modeling.config import ModelConfig
 from tasks.preparation.features import compute_features, per_user_holdout
 from tasks.preparation.history import user_history
+from tasks.preparation.phases import Prepared, prepared
 from tasks.preparation.scalers import fit_scalers
 from tasks.serving.export import build_index, embed_all
 from tasks.serving.popularity import WEIGHTS, ServingSpace, movie_popularity, select_weight, sweep_users
 from tasks.serving.recommend import topk_lists
-from tasks.stages import Prepared, prepared
 
 INNER_HOLDOUT = 0.2  # towerflow evaluate: the share of each training user's ratings that plays the nightly holdout
 

@@ -24,12 +24,13 @@ from tasks.evaluation.evaluate import Fitted, method_row, model_rmse, served_lis
 from tasks.evaluation.gate import Interval, Verdict, decide, paired_difference
 from tasks.evaluation.metrics import per_user_metrics, relevant_sets
 from tasks.preparation.features import per_user_holdout
+from tasks.preparation.phases import prepare
 from tasks.serving.export import embed_all
 from tasks.serving.popularity import WEIGHTS, Selection, select_weight, sweep_users
 from tasks.stage_results import Evaluation, PriorChoice, Skipped
-from tasks.stages import load_ratings, prepare
 from tasks.store import schemas
 from tasks.store.storage import write_table
+from tasks.store.tables import load_ratings
 
 MODEL_ROW = "two-tower"
 NO_PRIOR_ROW = "two-tower without popularity prior"

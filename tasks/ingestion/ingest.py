@@ -29,6 +29,7 @@ from tasks.ingestion.checks import Catalog
 from tasks.ingestion.movies import MovieStats, ingest_movies
 from tasks.ingestion.ratings_csv import BLOCK, RatingsReader
 from tasks.ingestion.rejects import InputError, RejectLog, RejectThresholdError, check_share
+from tasks.stage_results import Ingested
 from tasks.store import schemas
 from tasks.store.storage import TableWriter, read_table
 
@@ -299,3 +300,13 @@ def ingest(
         exc.stats.update(extra)
         raise
     return store_dir / "ratings.parquet", movies.path, IngestStats(**{**stats.to_dict(), **extra})
+
+
+def run_ingest(
+    ratings_src: Path, movies_src: Path, store_dir: Path, rejects_path: Path | None = None, max_reject_share: float = 0.01
+) -> Ingested:
+    """Ingest both inputs into ``store_dir``; bad ratings rows go to ``rejects_path`` (see :mod:`tasks.ingestion.rejects`)."""
+    ratings, movies, stats = ingest(
+        Path(ratings_src), Path(movies_src), Path(store_dir), rejects_path=rejects_path, max_reject_share=max_reject_share
+    )
+    return Ingested(ratings=str(ratings), movies=str(movies), stats=stats.to_dict())

@@ -17,13 +17,14 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from tasks import faults
+from tasks.preparation.phases import prepare
 from tasks.serving.export import build_index, embed_all, write_embeddings, write_id_table, write_index
 from tasks.serving.popularity import ServingSpace, movie_popularity
 from tasks.stage_results import Exported
-from tasks.stages import load_ratings, prepare
 from tasks.store import resume, schemas
 from tasks.store.layout import MODEL_FILES, Layout
 from tasks.store.storage import sha256_file, write_json
+from tasks.store.tables import load_ratings
 
 
 def run_export(

@@ -1,0 +1,122 @@
+"""The train and refit stages: the validation model (early-stopped on the holdout), then the published model
+trained on every rating for the validation run's best number of epochs.
+
+Keras and the training loop are imported inside the functions: the modules that only read the prepared
+inputs (evaluation, export, the shard workers) stay free of TensorFlow until they load a model.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tasks import faults
+from tasks.modeling.config import ModelConfig
+from tasks.preparation.features import per_user_holdout
+from tasks.preparation.phases import prepare
+from tasks.stage_results import Phases, Refit, Trained
+from tasks.store.tables import load_ratings
+
+
+def _epoch_hook(phase: str, on_epoch: Callable[[str, dict[str, float]], None] | None) -> Callable[[dict[str, float]], None]:
+    """The per-epoch callback of one training phase; also the crash tests' ``<phase>:epoch-N`` fault point."""
+
+    def hook(rec: dict[str, float]) -> None:
+        if on_epoch is not None:
+            on_epoch(phase, rec)
+        faults.point(f"{phase}:epoch-{int(rec['epoch'])}")
+
+    return hook
+
+
+def run_train(
+    ratings_path: Path,
+    feature_dirs: Phases,
+    scaler_paths: Phases,
+    out_dir: Path,
+    config: ModelConfig,
+    seed: int,
+    holdout_fraction: float,
+    on_epoch: Callable[[str, dict[str, float]], None] | None = None,
+    warm: dict[str, str] | None = None,
+) -> Trained:
+    """Train on the train phase, early-stopping on the holdout; save ``model_validation.keras``.
+
+    The validation model is what the evaluate stage scores; :func:`run_refit`
+    then trains the published model on every rating for ``best_epoch`` epochs.
+    ``warm`` (:func:`tasks.modeling.warmstart.source`) starts from the published model's weights.
+    """
+    from tasks.modeling.model import save_model
+    from tasks.modeling.train import predict_scores, train_model
+    from tasks.modeling.warmstart import initializer
+
+    outcome: dict[str, Any] = {}
+
+    ratings = load_ratings(ratings_path)
+    hold = per_user_holdout(ratings, holdout_fraction)
+    train = prepare(Path(feature_dirs["train"]), Path(scaler_paths["train"]))
+    val = train.triples(ratings[hold]) if hold.any() else None
+    first = train_model(
+        train.train_data(ratings[~hold], config), config, seed, validation=val,
+        on_epoch=_epoch_hook("validate", on_epoch), init=initializer(warm, train.feats.movie_ids, outcome),
+    )  # fmt: skip
+    path = save_model(first.model, Path(out_dir) / "model_validation.keras")
+    val_rmse = None
+    if val is not None:
+        stars = train.scalers.target_to_rating(predict_scores(first.model, train.user_input, train.movie_x, val[0], val[1]))
+        val_rmse = float(np.sqrt(np.mean((stars - ratings["rating"].to_numpy()[hold]) ** 2)))
+    result = Trained(
+        validation_model=str(path),
+        best_epoch=first.best_epoch,
+        epochs_run=first.epochs_run,
+        history=first.history,
+        examples_per_second=first.examples_per_second,
+        val_rmse=val_rmse,
+    )
+    if "warm_start" in outcome:
+        result["warm_start"] = outcome["warm_start"]
+    return result
+
+
+def run_refit(
+    ratings_path: Path,
+    feature_dirs: Phases,
+    scaler_paths: Phases,
+    validation_model: Path,
+    out_dir: Path,
+    config: ModelConfig,
+    seed: int,
+    epochs: int,
+    holdout_fraction: float,
+    on_epoch: Callable[[str, dict[str, float]], None] | None = None,
+    warm: dict[str, str] | None = None,
+) -> Refit:
+    """Train the published ``model.keras`` on every rating (full-phase features and scalers), from ``warm`` if given.
+
+    With no holdout the train phase already is every rating, so the validation
+    model is published as it is.
+    """
+    from tasks.modeling.model import save_model
+    from tasks.modeling.train import train_model
+    from tasks.modeling.warmstart import initializer
+
+    outcome: dict[str, Any] = {}
+    ratings = load_ratings(ratings_path)
+    final_path = Path(out_dir) / "model.keras"
+    if not per_user_holdout(ratings, holdout_fraction).any():
+        shutil.copyfile(validation_model, final_path)
+        return Refit(model=str(final_path), refit_epochs=0)
+    full = prepare(Path(feature_dirs["full"]), Path(scaler_paths["full"]))
+    final = train_model(
+        full.train_data(ratings, config), config, seed, epochs=max(1, epochs),
+        on_epoch=_epoch_hook("refit", on_epoch), init=initializer(warm, full.feats.movie_ids, outcome),
+    )  # fmt: skip
+    save_model(final.model, final_path)
+    result = Refit(model=str(final_path), refit_epochs=final.epochs_run, history=final.history)
+    if "warm_start" in outcome:
+        result["warm_start"] = outcome["warm_start"]
+    return result
