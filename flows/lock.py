@@ -9,22 +9,20 @@ lease id).
 
 Where a Prefect server is used (``PREFECT_API_URL`` set), the run also takes
 the one slot of the global concurrency limit ``towerflow-data-<hash of DIR>``
-(created on first use): that covers runs on other machines sharing the
-directory, and shows in the UI. The slot is a lease of :data:`LEASE_SECONDS`
-renewed in the background; a run that dies keeps it until the lease lapses,
-except that a run which takes the file lock releases the lease its
-predecessor on this host recorded (that process is provably gone: it held
-the lock). For the same reason it marks the predecessor's flow run Crashed if
-the server still shows it running: a process killed outright cannot report
-its own end, and would otherwise stay "Running" in the UI. Without a server
-(Prefect's ephemeral API) the file lock alone guards the directory.
-
-Why not ``prefect.concurrency.sync.concurrency(name, lease_duration=..., holder=...)``: it acquires, renews
-and releases the same lease, but never tells its caller the lease id, and the server has no call that finds
-a lease by holder. Without the id recorded here, a run restarted right after a crash would wait for the
-dead run's lease to lapse (60 s or more) instead of releasing it at once; the helpers that do return the
-id (``prefect.concurrency._sync``, ``_leases``) are private. So this module takes the lease with the
-client's public lease calls: acquire (retrying while the server answers 423), renew, release.
+(created on first use) with Prefect's own ``concurrency()``: that covers runs
+on other machines sharing the directory, and shows in the UI (with Prefect's
+acquired/released events). The slot is a lease of :data:`LEASE_SECONDS`, held
+by the flow run and renewed by Prefect in the background; a run that dies
+keeps it until the lease lapses, except that a run which takes the file lock
+releases the lease its predecessor on this host recorded (that process is
+provably gone: it held the lock). Prefect does not hand ``concurrency()``'s
+caller the lease id, but records each lease it grants on the run's
+``ConcurrencyContext`` (so that it can free it if the run is cancelled);
+that is where this module reads the id it writes into the lock file. On the
+same proof it marks the predecessor's flow run Crashed if the server still
+shows it running: a process killed outright cannot report its own end, and
+would otherwise stay "Running" in the UI. Without a server (Prefect's
+ephemeral API) the file lock alone guards the directory.
 """
 
 from __future__ import annotations
@@ -36,8 +34,6 @@ import hashlib
 import json
 import os
 import socket
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -171,44 +167,11 @@ def crash_orphan(client: Any, previous: dict[str, Any], me: dict[str, Any]) -> s
     return str(run.name)
 
 
-def _acquire(client: Any, name: str, data_dir: Path) -> UUID:
-    from httpx import HTTPStatusError
-
-    deadline = time.monotonic() + SLOT_WAIT_SECONDS
-    holder = _flow_run_holder()
-    while True:
-        try:
-            response = client.increment_concurrency_slots_with_lease(
-                names=[name], slots=1, mode="concurrency", lease_duration=LEASE_SECONDS, holder=holder
-            )
-            return UUID(response.json()["lease_id"])
-        except HTTPStatusError as exc:
-            if exc.response.status_code != 423:
-                raise
-            if time.monotonic() >= deadline:
-                raise LockedError(
-                    f"the Prefect concurrency limit {name!r} of the data directory {data_dir} is held by another run "
-                    f"(on another machine, or one that died less than {LEASE_SECONDS:.0f} s ago); waited {SLOT_WAIT_SECONDS:.0f} s. "
-                    "Wait for it to finish, then run again"
-                ) from None
-            retry_after = float(exc.response.headers.get("Retry-After") or 1.0)
-            time.sleep(max(0.5, min(retry_after, deadline - time.monotonic(), 5.0)))
-
-
-def _renew(lease_id: UUID, stop: threading.Event) -> None:
-    from prefect.client.orchestration import get_client
-
-    while not stop.wait(LEASE_SECONDS / 3):
-        try:
-            with get_client(sync_client=True) as client:
-                client.renew_concurrency_lease(lease_id, LEASE_SECONDS)
-        except Exception as exc:  # a missed renewal is retried; the file lock still guards this machine
-            _logger().warning("could not renew the Prefect concurrency lease %s: %s", lease_id, exc)
-
-
 @contextlib.contextmanager
 def _server_slot(data_dir: Path, previous: dict[str, Any], me: dict[str, Any], fd: int) -> Iterator[None]:
     from prefect.client.orchestration import get_client
+    from prefect.concurrency.context import ConcurrencyContext
+    from prefect.concurrency.sync import concurrency
     from prefect.exceptions import ObjectAlreadyExists
 
     name = limit_name(data_dir)
@@ -223,16 +186,39 @@ def _server_slot(data_dir: Path, previous: dict[str, Any], me: dict[str, Any], f
         orphan = crash_orphan(client, previous, me)
         if orphan:
             _logger().warning("marked flow run %r Crashed: it died holding the data directory %s", orphan, data_dir)
-        lease_id = _acquire(client, name, data_dir)
-    run_id = _flow_run_id()
-    _write_holder(fd, {**me, "lease_id": str(lease_id), "limit": name, **({"flow_run_id": str(run_id)} if run_id else {})})
-    stop = threading.Event()
-    renewer = threading.Thread(target=_renew, args=(lease_id, stop), name="towerflow-lease-renewal", daemon=True)
-    renewer.start()
     try:
-        yield
+        with contextlib.ExitStack() as stack:
+            context = ConcurrencyContext.get() or stack.enter_context(ConcurrencyContext())  # a flow run has one
+            before = set(context.cleanup_lease_ids)
+            try:
+                stack.enter_context(
+                    concurrency(
+                        name,
+                        timeout_seconds=SLOT_WAIT_SECONDS,
+                        lease_duration=LEASE_SECONDS,
+                        strict=True,
+                        holder=_flow_run_holder(),
+                        raise_on_lease_renewal_failure=False,  # a missed renewal is logged; the file lock still guards
+                    )
+                )
+            except TimeoutError:
+                raise LockedError(
+                    f"the Prefect concurrency limit {name!r} of the data directory {data_dir} is held by another run "
+                    f"(on another machine, or one that died less than {LEASE_SECONDS:.0f} s ago); waited {SLOT_WAIT_SECONDS:.0f} s. "
+                    "Wait for it to finish, then run again"
+                ) from None
+            _record_lease(fd, me, name, [lease for lease in context.cleanup_lease_ids if lease not in before])
+            yield
     finally:
-        stop.set()
-        with contextlib.suppress(Exception), get_client(sync_client=True) as client:
-            client.release_concurrency_slots_with_lease(lease_id)
-        _write_holder(fd, me)  # released: nothing for the next run to clean up
+        _write_holder(fd, me)  # released (or never taken): nothing for the next run to clean up
+
+
+def _record_lease(fd: int, me: dict[str, Any], name: str, granted: list[UUID]) -> None:
+    """Write the lease ``concurrency()`` was granted into the lock file, for the next run to free if this one dies."""
+    run_id = _flow_run_id()
+    holder = {**me, "limit": name, **({"flow_run_id": str(run_id)} if run_id else {})}
+    if len(granted) == 1:
+        holder["lease_id"] = str(granted[0])
+    else:  # Prefect did not record it where expected: a crash here frees the slot when the lease lapses
+        _logger().warning("could not tell the lease of %s (%d new leases); a crash would hold it %.0f s", name, len(granted), LEASE_SECONDS)
+    _write_holder(fd, holder)

@@ -71,6 +71,32 @@ def test_prefect_limit_guards_the_directory_beyond_the_file_lock(tmp_path: Path,
 
 @pytest.mark.flow
 @pytest.mark.usefixtures("prefect_harness")
+def test_the_lease_recorded_for_the_next_run_is_the_one_holding_the_slot(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Read from Prefect's ConcurrencyContext, in a flow run (the engine's context) and outside one (our own)."""
+    from prefect import flow
+    from prefect.client.orchestration import get_client
+
+    monkeypatch.setattr(lock, "SLOT_WAIT_SECONDS", 1.0)
+    here, elsewhere = tmp_path / ".towerflow.lock", tmp_path / ".towerflow-other-host.lock"
+
+    def free_the_recorded_lease_then_take_the_slot_elsewhere() -> str:
+        with data_dir_lock(here, server=True):
+            recorded = json.loads(here.read_text())
+            with pytest.raises(LockedError, match="held by another run"), data_dir_lock(elsewhere, server=True):
+                pass
+            with get_client(sync_client=True) as client:
+                client.release_concurrency_slots_with_lease(UUID(recorded["lease_id"]))
+            with data_dir_lock(elsewhere, server=True):  # the recorded lease was what held the slot
+                pass
+            return str(recorded.get("flow_run_id", ""))
+
+    assert free_the_recorded_lease_then_take_the_slot_elsewhere() == ""
+    run_id = flow(name="lock-in-a-flow-run")(free_the_recorded_lease_then_take_the_slot_elsewhere)()
+    assert run_id  # in a flow run the holder is the run, recorded for crash_orphan
+
+
+@pytest.mark.flow
+@pytest.mark.usefixtures("prefect_harness")
 def test_the_next_run_releases_the_lease_a_killed_run_left(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A run SIGKILLed on this host keeps its slot until the lease lapses (>= 60 s); the next run frees it at once."""
     from prefect.client.orchestration import get_client
