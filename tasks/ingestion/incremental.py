@@ -21,7 +21,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tasks.ingestion.ingest import STORE_OPTIONS, ingest
+from tasks.ingestion.duplicates import STORE_OPTIONS
+from tasks.ingestion.ingest import ingest
 from tasks.ingestion.movies import ingest_movies
 from tasks.ingestion.rejects import InputError, rejects_path
 from tasks.store import schemas

@@ -73,10 +73,13 @@ class _Steps:
         self.config = config
         self.optimizer = keras.optimizers.Adam(learning_rate=config.learning_rate)
         self.variables = self.user_tower.trainable_variables + self.movie_tower.trainable_variables
+        self.optimizer.build(self.variables)  # its slots made here, not in the first step: that would trace it twice
         # global gradient norm per step, summarized per epoch by grad_stats (kept in variables so the step's outputs stay (loss, mse))
         self.grad_sum, self.grad_max, self.grad_steps = (tf.Variable(0.0, trainable=False) for _ in range(3))
-        self.train_step = tf.function(self._train_step, reduce_retracing=True)
-        self.eval_step = tf.function(self._losses, reduce_retracing=True)
+        # One trace each, for any batch length: a fixed-length trace would be redone for the short last batch.
+        batch = [tf.TensorSpec([None], tf.int32), tf.TensorSpec([None], tf.int32), tf.TensorSpec([None], tf.float32)]
+        self.train_step = tf.function(self._train_step, input_signature=batch)
+        self.eval_step = tf.function(self._losses, input_signature=batch)
 
     def _embed(self, u: tf.Tensor, m: tf.Tensor, y: tf.Tensor, training: bool) -> tuple[tf.Tensor, tf.Tensor]:
         """User and movie embeddings of a batch; in training with ``loo``, from leave-one-out rows."""
