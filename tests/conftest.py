@@ -40,11 +40,18 @@ def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 @pytest.fixture(scope="session")
 def prefect_harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """One Prefect test server for the whole session, heartbeats and extra services off."""
+    """One Prefect test server for the whole session: heartbeats, triggers, the task-run recorder and block
+    registration off.
+
+    The event persister stays on: tests/test_serve.py reads the towerflow.night.* events and a served run's
+    task-run events back from this server. The task-run recorder, which writes those events into task-run rows,
+    costs every flow run about 4 s of SQLite contention here; block types register on first save instead
+    (about 10 s less start-up).
+    """
     from prefect.settings import (
+        PREFECT_API_BLOCKS_REGISTER_ON_START,
         PREFECT_FLOWS_HEARTBEAT_FREQUENCY,
         PREFECT_LOCAL_STORAGE_PATH,
-        PREFECT_SERVER_SERVICES_EVENT_PERSISTER_ENABLED,
         PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_ENABLED,
         PREFECT_SERVER_SERVICES_TRIGGERS_ENABLED,
         temporary_settings,
@@ -57,9 +64,9 @@ def prefect_harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
             {
                 PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None,
                 PREFECT_LOCAL_STORAGE_PATH: storage,
-                PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_ENABLED: False,
-                PREFECT_SERVER_SERVICES_EVENT_PERSISTER_ENABLED: False,
                 PREFECT_SERVER_SERVICES_TRIGGERS_ENABLED: False,
+                PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_ENABLED: False,
+                PREFECT_API_BLOCKS_REGISTER_ON_START: False,
             }
         ),
         prefect_test_harness(server_startup_timeout=60),

@@ -2,8 +2,8 @@
 triggered as the UI does ends Completed with its artifacts, and stopping the service keeps the schedule;
 nights leave their events, history and drift behind, and ``towerflow alerts install`` creates automations.
 
-The server, ``towerflow serve`` and the flow run are subprocesses with their own environment (their own
-PREFECT_HOME and PREFECT_API_URL), apart from the session's in-process test harness.
+The server is the session's test server (a subprocess with its own SQLite database); ``towerflow serve`` and
+the nights are subprocesses with their own environment (their own PREFECT_HOME, PREFECT_API_URL pointing at it).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -74,27 +74,11 @@ def _stop(proc: subprocess.Popen[bytes], timeout: float = 20) -> None:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """``prefect server start`` on 127.0.0.1 and a free port, with its own SQLite database; yields the API URL."""
-    home = tmp_path_factory.mktemp("prefect-server")
-    port = _free_port()
-    api = f"http://127.0.0.1:{port}/api"
-    log = open(home / "server.log", "wb")  # noqa: SIM115 (open for the life of the server)
-    proc = subprocess.Popen(
-        [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env=_env(home, PREFECT_UI_API_URL=api),
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    try:
-        # our server, not another one that took the port first: it runs and has created its database
-        ready = lambda: proc.poll() is None and (home / "prefect.db").exists() and httpx.get(f"{api}/health", timeout=2).json() is True  # noqa: E731
-        _wait("the Prefect server", 90, ready)
-        yield api
-    finally:
-        _stop(proc)
-        log.close()
+def server(prefect_harness: None) -> str:
+    """The API URL of the session's Prefect test server (a real server on 127.0.0.1, its own SQLite database)."""
+    from prefect.settings import PREFECT_API_URL
+
+    return str(PREFECT_API_URL.value())
 
 
 def _post(api: str, path: str, body: dict[str, Any]) -> Any:
@@ -149,9 +133,16 @@ def test_serve_schedules_and_a_triggered_run_completes_with_artifacts(server: st
         report = by_key["towerflow-report"]["data"]
         assert report.count("](data:image/png;base64,") == 3 and "| recommendations | 600 |" in report  # loss, scores, history
 
-        tasks = _post(server, "/task_runs/filter", {"flow_runs": {"id": {"any_": [run["id"]]}}})
-        names = {t["name"] for t in tasks}
-        assert {"recommend-shard-1-of-3", "recommend-shard-3-of-3", "similar-shard-4-of-4"} <= names
+        # the run's task runs as its event feed shows them (the session's server records no task-run rows)
+        of_run = {"related": {"id": [f"prefect.flow-run.{run['id']}"]}, "event": {"name": ["prefect.task-run.Completed"]}}
+        shards = {"recommend-shard-1-of-3", "recommend-shard-3-of-3", "similar-shard-4-of-4"}
+
+        def completed_tasks() -> set[str] | None:  # events are persisted in batches: wait for the shards'
+            events = _post(server, "/events/filter", {"filter": of_run, "limit": 50})["events"]
+            names = {e["resource"]["prefect.resource.name"] for e in events}
+            return names if shards <= names else None
+
+        assert "train" in {name.rsplit("-", 1)[0] for name in _wait("the shards' task-run events", 60, completed_tasks)}
         logs = _post(server, "/logs/filter", {"logs": {"flow_run_id": {"any_": [run["id"]]}}, "limit": 200})
         assert any("validate epoch 2/2" in entry["message"] for entry in logs)  # TF epochs reach the run's logs
 
@@ -167,36 +158,39 @@ def test_serve_schedules_and_a_triggered_run_completes_with_artifacts(server: st
     assert after["paused"] is False and after["schedules"][0]["active"] is True
 
 
-def _towerflow(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(BIN / "towerflow"), *args], env=env, capture_output=True, text=True, timeout=600)
-
-
 def test_nights_leave_events_history_drift_and_alerts_install(
     server: str, tiny_data: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Two nights and a failed one: their events with payloads, the history artifact, the drift; then alerts, twice."""
+    """Two nights and a failed one: their events with payloads, the history artifact, the drift; then alerts, twice.
+
+    The nights run in this process (their events go to the session's server like a subprocess's would;
+    tests/test_faults.py runs the command as a subprocess).
+    """
+    from flows.cli import main
+
     ratings, movies = tiny_data
     data_dir = tmp_path / "data"
-    env = _env(tmp_path / "home", PREFECT_API_URL=server)
     run = ["run", "--ratings", str(ratings), "--movies", str(movies), "--data-dir", str(data_dir), "--k", "5", "--max-epochs", "1"]
     for night, seed in (("2026-02-01", "1"), ("2026-02-02", "2")):  # another seed: another model, lists that moved
-        done = _towerflow(env, *run, "--run-date", night, "--seed", seed)
-        assert done.returncode == 0, done.stderr[-3000:]
+        assert main([*run, "--run-date", night, "--seed", seed]) == 0, capsys.readouterr().err[-3000:]
     latest = json.loads((data_dir / "outputs" / "latest.json").read_text())
     versus = latest["drift"]["versus_published"]
     assert versus["users_compared"] == 120 and 0.0 < versus["drift"] <= 1.0 and 0.0 < versus["changed_share"] <= 1.0
     assert {"coverage", "novelty", "diversity", "personalization"} <= set(latest["drift"]["lists"])
     bad = tmp_path / "bad.csv"
     bad.write_text("userId,movieId,rating,timestamp\n1,1,4.0,10\n1,2,four,11\n")
-    failed = _towerflow(env, "run", "--ratings", str(bad), "--movies", str(movies), "--data-dir", str(data_dir), "--run-date", "2026-02-03")
-    err = failed.stderr.strip().splitlines()
-    assert failed.returncode == 1 and err[-1].startswith("towerflow run failed: stage ingest failed:") and "'four'" in err[-1]
-    assert "Traceback" not in failed.stderr  # an expected failure: one line, no traceback
+    capsys.readouterr()
+    code = main(["run", "--ratings", str(bad), "--movies", str(movies), "--data-dir", str(data_dir), "--run-date", "2026-02-03"])
+    stderr = capsys.readouterr().err
+    err = stderr.strip().splitlines()
+    assert code == 1 and err[-1].startswith("towerflow run failed: stage ingest failed:") and "'four'" in err[-1]
+    assert "Traceback" not in stderr  # an expected failure: one line, no traceback
 
     def towerflow_events() -> Any:
         ours = {"event": {"prefix": ["towerflow."]}, "resource": {"id": [f"towerflow.data-dir.{data_dir.resolve()}"]}}
         found = _post(server, "/events/filter", {"filter": ours, "limit": 50})["events"]
-        return found if len(found) >= 3 else None
+        names = [e["event"] for e in found]  # the events client sends in the background: wait for the last night's
+        return found if names.count("towerflow.night.published") >= 2 and "towerflow.night.failed" in names else None
 
     found = _wait("the nights' events", 60, towerflow_events)
     by_name: dict[str, list[dict[str, Any]]] = {}
@@ -216,17 +210,13 @@ def test_nights_leave_events_history_drift_and_alerts_install(
     assert "Last night not published (2026-02-03, failed)" in history[2]["data"]
 
     from prefect.blocks.notifications import CustomWebhookNotificationBlock
-    from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from flows.cli import main
-
-    with temporary_settings({PREFECT_API_URL: server}):  # in this process: the alerts command against the real server
-        assert main(["alerts", "install"]) == 1
-        assert "create a notification block first" in capsys.readouterr().err.strip().splitlines()[-1]
-        CustomWebhookNotificationBlock(name="t", url="http://127.0.0.1:9/hook").save("towerflow-test")
-        for expected in ("created", "updated"):  # idempotent: the second install updates the same four
-            assert main(["alerts", "install", "--block", "towerflow-test"]) == 0
-            assert capsys.readouterr().out.count(expected) == 4
+    assert main(["alerts", "install"]) == 1
+    assert "create a notification block first" in capsys.readouterr().err.strip().splitlines()[-1]
+    CustomWebhookNotificationBlock(name="t", url="http://127.0.0.1:9/hook").save("towerflow-test")
+    for expected in ("created", "updated"):  # idempotent: the second install updates the same four
+        assert main(["alerts", "install", "--block", "towerflow-test"]) == 0
+        assert capsys.readouterr().out.count(expected) == 4
     automations = _post(server, "/automations/filter", {})
     triggers = {a["name"]: a["trigger"]["expect"] for a in automations if a["name"].startswith("towerflow:")}
     assert triggers == {
