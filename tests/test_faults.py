@@ -17,6 +17,8 @@ import subprocess
 import sys
 import time
 import zipfile
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -153,17 +155,15 @@ def assert_no_pickle(root: Path) -> int:
     return records
 
 
-@pytest.fixture(scope="module")
-def clean_reference(hostile_inputs: tuple[Path, Path], sub_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def _clean_reference(inputs: tuple[Path, Path], sub_env: dict[str, str], base: Path) -> dict[str, Any]:
     """A clean run of RUN_DATE; while it holds its data directory (paused before train) a second run is started on it."""
-    base = tmp_path_factory.mktemp("clean")
     d, release = base / "data", base / "release"
     started = time.perf_counter()
     env = sub_env | {"TOWERFLOW_FAULT_RELEASE": str(release)}
-    first = _start(_args(d, hostile_inputs), env, base / "first.log", base / "cwd", fault="pause:before:train")
+    first = _start(_args(d, inputs), env, base / "first.log", base / "cwd", fault="pause:before:train")
     try:
         _wait_for("the first run to hold the data directory", release.with_name("release.waiting").exists, first, base / "first.log")
-        second = _run(_args(d, hostile_inputs), sub_env, base / "second.log", base / "cwd")
+        second = _run(_args(d, inputs), sub_env, base / "second.log", base / "cwd")
         release.touch()
         first_code = first.wait(timeout=600)
     finally:
@@ -178,22 +178,31 @@ def clean_reference(hostile_inputs: tuple[Path, Path], sub_env: dict[str, str], 
     }
 
 
-def test_second_run_on_the_same_data_dir_refuses_and_outputs_do_not_interleave(clean_reference: dict[str, Any]) -> None:
-    d = clean_reference["dir"]
-    code, log = clean_reference["second"]
-    assert code == 1, log[-3000:]
-    last = log.strip().splitlines()[-1]  # the CLI's one-line reason comes last, after anything Prefect prints
-    assert "Traceback" not in log, log[-3000:]
-    assert last.startswith(f"towerflow run failed: another towerflow run (pid {clean_reference['first_pid']} on "), last
-    assert f"is using the data directory {d} (lock {d / '.towerflow.lock'}); wait for it to finish, then run again" in last
-    first_code, first_log = clean_reference["first"]
-    assert first_code == 0, first_log[-3000:]
-    latest = json.loads((d / "outputs" / "latest.json").read_text())
-    for name in ("recommendations", "similar_movies", "metrics"):
-        parts = sorted((d / "outputs" / name / f"run_date={RUN_DATE}").glob("*"))
-        assert [str(p.relative_to(d)) for p in parts] == sorted(latest["tables"][name]["files"])
-    assert len(list((d / "rejects" / f"run_date={RUN_DATE}").glob("*.parquet"))) == 1
-    assert not (d / "work").exists() or not any((d / "work").iterdir())
+def _timeout_env(home: Path) -> dict[str, str]:
+    """No PREFECT_API_URL (so Prefect starts its temporary server) and one second for it to start (it needs several)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "TOWERFLOW_FAULT"))}
+    return env | {"PREFECT_HOME": str(home), "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "1", "TOWERFLOW_THREADS": "2"}
+
+
+@pytest.fixture(scope="module")
+def background(
+    hostile_inputs: tuple[Path, Path], tiny_data: tuple[Path, Path], sub_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, Future[Any]]]:
+    """The runs that need no other run's outcome, started at once in the background, each in its own directory:
+    the clean reference (:func:`_clean_reference`), a run with a bug, a run whose temporary server does not start.
+
+    They are subprocesses that mostly wait (start-up, the server, a pause), so they overlap the crash test's own
+    runs on 2 cores; each test checks its run's outcome.
+    """
+    clean, bug, timeout = (tmp_path_factory.mktemp(name) for name in ("clean", "bug", "timeout"))
+    with ThreadPoolExecutor(3, thread_name_prefix="towerflow-fault-runs") as pool:
+        yield {
+            "clean": pool.submit(_clean_reference, hostile_inputs, sub_env, clean),
+            "bug": pool.submit(_run, _args(bug / "data", tiny_data), sub_env, bug / "bug.log", bug, "bug:before:scalers"),
+            "timeout": pool.submit(
+                _run, _args(timeout / "data", tiny_data), _timeout_env(timeout / "home"), timeout / "timeout.log", timeout
+            ),
+        }
 
 
 def _published_tables(d: Path) -> dict[str, pd.DataFrame]:
@@ -208,7 +217,7 @@ def test_killed_runs_keep_published_outputs_and_resume(
     published: dict[str, Any],
     hostile_inputs: tuple[Path, Path],
     sub_env: dict[str, str],
-    clean_reference: dict[str, Any],
+    background: dict[str, Future[Any]],
     tmp_path: Path,
 ) -> None:
     d, cwd, logs = tmp_path / "data", tmp_path / "cwd", tmp_path / "logs"
@@ -279,7 +288,7 @@ def test_killed_runs_keep_published_outputs_and_resume(
     assert reused and {"features", "scalers", "train", "refit"} <= set(reused.group(1).split(", ")), log[-3000:]
     assert not re.search(r"(validate|refit) epoch \d+/", log)
     latest = json.loads((d / "outputs" / "latest.json").read_text())
-    reference = clean_reference["dir"]
+    reference = background["clean"].result()["dir"]
     clean = json.loads((reference / "outputs" / "latest.json").read_text())
     assert latest["model_version"] == clean["model_version"] == version
     for name, table in _published_tables(d).items():
@@ -289,6 +298,7 @@ def test_killed_runs_keep_published_outputs_and_resume(
     assert not list((d / "outputs").rglob(".*")) and not list((d / "models").glob(".*"))
     assert not (d / "work" / version).exists()
     assert_no_pickle(d)
+    wait(background.values())  # the background runs that share PREFECT_HOME have written what they keep
     assert assert_no_pickle(Path(sub_env["PREFECT_HOME"])) >= 1  # the refused run's failure, stored as JSON
     # path-like titles and genres reached the published catalog as data, never as paths
     catalog = pd.read_parquet(d / latest["model"]["movies"]["path"])
@@ -296,22 +306,39 @@ def test_killed_runs_keep_published_outputs_and_resume(
     names = [p.name for p in tmp_path.rglob("*")]
     assert not [n for n in names if re.search(r"escape|passwd|evil|genre", n)]
     assert not list(cwd.iterdir()), "nothing written relative to the working directory"
-    print("fault case seconds:", {k: round(v, 1) for k, v in seconds.items()}, "clean + refused:", clean_reference["seconds"])
+    print("fault case seconds:", {k: round(v, 1) for k, v in seconds.items()}, "clean + refused:", background["clean"].result()["seconds"])
 
 
-def test_a_bug_keeps_its_traceback_and_the_reason_comes_last(sub_env: dict[str, str], tiny_data: tuple[Path, Path], tmp_path: Path) -> None:
-    code, log = _run(_args(tmp_path / "data", tiny_data), sub_env, tmp_path / "bug.log", tmp_path, fault="bug:before:scalers")
+def test_second_run_on_the_same_data_dir_refuses_and_outputs_do_not_interleave(background: dict[str, Future[Any]]) -> None:
+    clean = background["clean"].result()
+    d = clean["dir"]
+    code, log = clean["second"]
+    assert code == 1, log[-3000:]
+    last = log.strip().splitlines()[-1]  # the CLI's one-line reason comes last, after anything Prefect prints
+    assert "Traceback" not in log, log[-3000:]
+    assert last.startswith(f"towerflow run failed: another towerflow run (pid {clean['first_pid']} on "), last
+    assert f"is using the data directory {d} (lock {d / '.towerflow.lock'}); wait for it to finish, then run again" in last
+    first_code, first_log = clean["first"]
+    assert first_code == 0, first_log[-3000:]
+    latest = json.loads((d / "outputs" / "latest.json").read_text())
+    for name in ("recommendations", "similar_movies", "metrics"):
+        parts = sorted((d / "outputs" / name / f"run_date={RUN_DATE}").glob("*"))
+        assert [str(p.relative_to(d)) for p in parts] == sorted(latest["tables"][name]["files"])
+    assert len(list((d / "rejects" / f"run_date={RUN_DATE}").glob("*.parquet"))) == 1
+    assert not (d / "work").exists() or not any((d / "work").iterdir())
+
+
+def test_a_bug_keeps_its_traceback_and_the_reason_comes_last(background: dict[str, Future[Any]]) -> None:
+    code, log = background["bug"].result()
     last = log.strip().splitlines()[-1]
     assert code == 1 and "Traceback" in log and "InjectedBug: injected bug at before:scalers" in log, log[-3000:]
     assert last.startswith("towerflow run failed: stage scalers failed: injected bug at before:scalers"), last
     assert last.endswith("[unexpected error: a bug in towerflow; the traceback is above]"), last
 
 
-def test_a_temporary_server_that_does_not_start_says_what_to_do(tiny_data: tuple[Path, Path], tmp_path: Path) -> None:
+def test_a_temporary_server_that_does_not_start_says_what_to_do(background: dict[str, Future[Any]]) -> None:
     """No PREFECT_API_URL and one second to start Prefect's temporary server (it needs several): one line that says what to do."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "TOWERFLOW_FAULT"))}
-    env |= {"PREFECT_HOME": str(tmp_path / "home"), "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "1", "TOWERFLOW_THREADS": "2"}
-    code, log = _run(_args(tmp_path / "data", tiny_data), env, tmp_path / "timeout.log", tmp_path)
+    code, log = background["timeout"].result()
     last = log.strip().splitlines()[-1]
     assert code == 1 and "Traceback" not in log, log[-3000:]
     assert last.startswith("towerflow run failed: the temporary Prefect server did not start within 1 s"), last
