@@ -25,7 +25,7 @@ from tasks.modeling.fitting import run_refit, run_train
 from tasks.preparation.phases import run_features, run_scalers
 from tasks.serving import publish
 from tasks.sources.generate import generate
-from tasks.stage_results import Evaluation, Exported, FeatureDirs, Ingested, Inputs, Phases, Refit, Skipped, Trained
+from tasks.stage_results import Evaluation, Exported, FeatureDirs, GateResult, Ingested, Inputs, Phases, Refit, Skipped, Trained
 from tasks.store.layout import Layout
 from tasks.store.storage import read_json
 
@@ -138,12 +138,12 @@ def evaluate_task(
 
 
 @task(name="quality-gate", cache_policy=NO_CACHE)
-def gate_task(evaluation: Evaluation | Skipped | None, latest_path: str, margin: float, k: int, enforce: bool) -> dict[str, Any]:
+def gate_task(evaluation: Evaluation | Skipped | None, latest_path: str, margin: float, k: int, enforce: bool) -> GateResult:
     """The gate's verdict; a refused model stops the run (unless ``enforce`` is off, as with --no-gate)."""
     previous = read_json(Path(latest_path)) if Path(latest_path).exists() else None
     verdict = quality.gate_verdict(evaluation, previous, margin, k)
     get_run_logger().info("quality gate %s", verdict.reason)
-    out = {**verdict.to_dict(), "enforced": enforce}
+    out = verdict.document(enforced=enforce)
     if verdict.verdict == "refused" and enforce:
         raise quality.QualityGateError(f"quality gate {verdict.reason} (latest.json still points to the previous run)", out)
     return out

@@ -2,13 +2,14 @@
 
 They are ``TypedDict`` rather than dataclasses because a resumable stage's result is stored as plain JSON
 (:mod:`flows.caching`) and comes back from a re-run as the same dict, with no decoding step that could drift
-from the class; mypy still checks every key the flow reads. The documents that leave the night as they are
-(the gate's verdict, the drift figures, ``latest.json``) keep their own shapes, described in docs/contract.md.
+from the class; mypy still checks every key the flow reads. The gate's verdict is typed here too
+(:class:`GateResult`, latest.json's ``gate``); the drift figures and ``latest.json`` itself stay documents,
+described in docs/contract.md.
 """
 
 from __future__ import annotations
 
-from typing import Any, NotRequired, TypedDict, final
+from typing import Any, Literal, NotRequired, TypedDict, final
 
 
 class Inputs(TypedDict):
@@ -123,3 +124,33 @@ class SimilarScored(Scored):
     """The similar-movies parts and the movies they cover."""
 
     movies: int
+
+
+class IntervalDoc(TypedDict):
+    """A mean and its 95% interval (:class:`tasks.evaluation.gate.Interval`)."""
+
+    mean: float
+    low: float
+    high: float
+
+
+class ComparisonDoc(TypedDict):
+    """One comparison the gate made (:class:`tasks.evaluation.gate.Comparison`)."""
+
+    against: str
+    model: float
+    other: float
+    difference: IntervalDoc
+    outcome: Literal["better", "worse", "undecided"]
+
+
+class GateResult(TypedDict):
+    """The quality-gate stage's result and latest.json's ``gate``: the verdict, and whether it was enforced."""
+
+    verdict: Literal["passed", "undecided", "refused"]
+    reason: str
+    users: int
+    comparisons: list[ComparisonDoc]
+    confidence: float
+    resamples: int
+    enforced: bool

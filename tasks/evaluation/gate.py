@@ -24,6 +24,7 @@ from typing import Any, Literal
 import numpy as np
 
 from tasks.errors import ConfigError
+from tasks.stage_results import ComparisonDoc, GateResult, IntervalDoc
 
 CONFIDENCE = 0.95
 RESAMPLES = 2000
@@ -102,6 +103,28 @@ class Verdict:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def document(self, enforced: bool) -> GateResult:
+        """The verdict as the quality-gate stage returns it and latest.json keeps it."""
+        comparisons = [
+            ComparisonDoc(
+                against=c.against,
+                model=c.model,
+                other=c.other,
+                difference=IntervalDoc(mean=c.difference.mean, low=c.difference.low, high=c.difference.high),
+                outcome=c.outcome,
+            )
+            for c in self.comparisons
+        ]
+        return GateResult(
+            verdict=self.verdict,
+            reason=self.reason,
+            users=self.users,
+            comparisons=comparisons,
+            confidence=self.confidence,
+            resamples=self.resamples,
+            enforced=enforced,
+        )
 
 
 def _outcome(diff: Interval, floor: float) -> Outcome:

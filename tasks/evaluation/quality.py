@@ -27,7 +27,7 @@ from tasks.preparation.features import per_user_holdout
 from tasks.preparation.phases import prepare
 from tasks.serving.export import embed_all
 from tasks.serving.popularity import WEIGHTS, Selection, select_weight, sweep_users
-from tasks.stage_results import Evaluation, PriorChoice, Skipped
+from tasks.stage_results import Evaluation, GateResult, PriorChoice, Skipped
 from tasks.store import schemas
 from tasks.store.storage import write_table
 from tasks.store.tables import load_ratings
@@ -40,7 +40,7 @@ BASELINE_ROW = "most-popular"
 class QualityGateError(TowerflowError, RuntimeError):
     """The new model is not good enough to publish; ``verdict`` is the gate's verdict (latest.json's ``gate`` shape)."""
 
-    def __init__(self, message: str, verdict: dict[str, Any] | None = None) -> None:
+    def __init__(self, message: str, verdict: GateResult | None = None) -> None:
         super().__init__(message)
         self.verdict = verdict
 
