@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
@@ -79,7 +80,7 @@ def test_published_model_compared_with_its_own_interval(rng: np.random.Generator
 
 def test_verdict_is_json_ready() -> None:
     verdict = decide(Interval(0.2, 0.18, 0.22), 0.1, Interval(0.1, 0.08, 0.12), 100, None, 0.01)
-    data = verdict.to_dict()
+    data = dataclasses.asdict(verdict)
     assert data["verdict"] == "passed" and data["users"] == 100 and data["comparisons"][0]["difference"]["low"] == 0.08
     document = verdict.document(enforced=False)  # the typed stage result: the same JSON, keys in the same order
     assert json.dumps(document) == json.dumps({**data, "enforced": False})

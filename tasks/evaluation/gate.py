@@ -18,7 +18,7 @@ the two intervals' standard errors add.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
@@ -100,9 +100,6 @@ class Verdict:
     comparisons: list[Comparison] = field(default_factory=list)
     confidence: float = CONFIDENCE
     resamples: int = RESAMPLES
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
     def document(self, enforced: bool) -> GateResult:
         """The verdict as the quality-gate stage returns it and latest.json keeps it."""
