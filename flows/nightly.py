@@ -106,6 +106,8 @@ def _night(params: NightlyParams, run_date: dt.date, layout: Layout, known: dict
     threads = params.threads or default_threads()
     pin_threads(threads)
     config = preset(params.preset, max_epochs=params.max_epochs, patience=params.patience)
+    rules = params.rules()  # business rules: which movies may be recommended (tasks/serving/rules.py)
+    rules_doc = None if rules.empty else rules.document()
     run = _Stages()
     with data_dir_lock(layout.lock):
         if (params.ratings is None) != (params.movies is None):
@@ -140,6 +142,7 @@ def _night(params: NightlyParams, run_date: dt.date, layout: Layout, known: dict
             caching.code_version(),
         )
         facts += (f"warm:{params.warm_epochs}",) if params.warm_start else ()
+        facts += (json.dumps(rules_doc, sort_keys=True),) if rules_doc else ()
         version = model_version(run_date, sha256_text(*facts))
         known["model_version"] = version
         work = layout.work(version)
@@ -202,10 +205,12 @@ def _night(params: NightlyParams, run_date: dt.date, layout: Layout, known: dict
         recs = run(
             "recommend", shards.recommend_all, ratings=ratings, model_dir=exported["model_dir"], out_dir=str(work / "recommendations"),
             k=params.k, version=version, chunk_size=params.chunk_size, shard_size=params.shard_size, work=str(work),
+            rules=rules_doc, movies=ingested["movies"],
         )  # fmt: skip
         similar = run(
             "similar", shards.similar_all, model_dir=exported["model_dir"], out_dir=str(work / "similar_movies"), k=params.k,
-            chunk_size=params.chunk_size, shard_size=params.shard_size, work=str(work),
+            chunk_size=params.chunk_size, shard_size=params.shard_size, work=str(work), rules=rules_doc,
+            movies=ingested["movies"],
         )  # fmt: skip
         run.cached += [name for name, out in (("recommend", recs), ("similar", similar)) if out["shards_reused"] == out["shards"]]
         known["drift"] = run(
@@ -225,6 +230,7 @@ def _night(params: NightlyParams, run_date: dt.date, layout: Layout, known: dict
                 "warm_start": refit.get("warm_start", trained.get("warm_start")) if params.warm_start else None,
             },
             "config": config.to_dict(),
+            "rules": rules.document(),
             "threads": threads,
             "metrics": known.get("metrics"),
             "gate": known["gate"],

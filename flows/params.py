@@ -12,12 +12,17 @@ import datetime as dt
 import types
 import typing
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field, JsonValue, ValidationError, field_validator
 
 from tasks.errors import ConfigError
 from tasks.modeling.config import PRESETS
+
+if TYPE_CHECKING:  # the rules module loads pandas: imported where rules are used, keeping `towerflow --help` fast
+    from pydantic import ValidationInfo
+
+    from tasks.serving.rules import Rules
 
 
 class NightlyParams(BaseModel):
@@ -53,6 +58,34 @@ class NightlyParams(BaseModel):
     max_reject_share: float = Field(
         0.01, ge=0.0, le=1.0, description="fail the run if more than this share of the ratings rows is rejected (see rejects/)"
     )
+    deny_list: str | None = Field(None, description="file of movie ids never recommended: one per line, or a CSV with a movieId column")
+    only_genres: str | None = Field(
+        None, description="recommend only movies of at least one of these genres, comma-separated (e.g. 'Comedy,Drama')"
+    )
+    years: str | None = Field(None, description="recommend only movies released in these years: FIRST-LAST, FIRST- or -LAST")
+
+    @field_validator("only_genres", "years", "deny_list")
+    @classmethod
+    def _rule(cls, value: str | None, info: ValidationInfo) -> str | None:
+        from tasks.serving.rules import Rules, parse_years, read_deny_list
+
+        if value is None:  # checked now, so a bad rule fails before the night starts
+            return value
+        if info.field_name == "only_genres":
+            Rules.make(genres=value)
+        elif info.field_name == "years":
+            Rules.make(years=parse_years(value))
+        else:
+            read_deny_list(value)
+        return value
+
+    def rules(self) -> Rules:
+        """The night's business rules (:class:`tasks.serving.rules.Rules`), the deny-list file read now."""
+        from tasks.serving.rules import Rules, parse_years, read_deny_list
+
+        deny = read_deny_list(self.deny_list) if self.deny_list else None
+        years = parse_years(self.years) if self.years else None
+        return Rules.make(deny=deny, genres=self.only_genres, years=years)
 
     @field_validator("preset")
     @classmethod
@@ -81,6 +114,9 @@ _OPTIONS: dict[str, dict[str, Any]] = {
     "gate_margin": {},
     "max_reject_share": {},
     "shard_size": {},
+    "deny_list": {"metavar": "PATH"},
+    "only_genres": {"metavar": "GENRES"},
+    "years": {"metavar": "FIRST-LAST"},
 }
 
 

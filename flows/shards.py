@@ -44,23 +44,56 @@ def _shard_task(kind: str) -> Callable[[Callable[..., dict[str, Any]]], Task[Any
 
 @_shard_task("recommend")
 def recommend_shard_task(
-    ratings: str, model_dir: str, out_path: str, k: int, version: str, chunk_size: int, start: int, stop: int, shard: int, shards: int
+    ratings: str,
+    model_dir: str,
+    out_path: str,
+    k: int,
+    version: str,
+    chunk_size: int,
+    start: int,
+    stop: int,
+    shard: int,
+    shards: int,
+    rules: dict[str, Any] | None = None,
+    movies: str | None = None,
 ) -> dict[str, Any]:
-    """Top-k of users ``start:stop`` (shard ``shard`` of ``shards``, counted from 1)."""
+    """Top-k of users ``start:stop`` (shard ``shard`` of ``shards``, counted from 1), within the ``rules``."""
     logger = get_run_logger()
 
     def on_chunk(done: int, total: int) -> None:
         logger.info("shard %d/%d: recommended for %d/%d users", shard, shards, done, total)
 
-    return scoring.run_recommend_shard(Path(ratings), Path(model_dir), Path(out_path), k, version, chunk_size, start, stop, on_chunk)
+    return scoring.run_recommend_shard(
+        Path(ratings),
+        Path(model_dir),
+        Path(out_path),
+        k,
+        version,
+        chunk_size,
+        start,
+        stop,
+        on_chunk,
+        rules,
+        None if movies is None else Path(movies),
+    )
 
 
 @_shard_task("similar")
 def similar_shard_task(
-    model_dir: str, out_path: str, k: int, chunk_size: int, start: int, stop: int, shard: int, shards: int
+    model_dir: str,
+    out_path: str,
+    k: int,
+    chunk_size: int,
+    start: int,
+    stop: int,
+    shard: int,
+    shards: int,
+    rules: dict[str, Any] | None = None,
+    movies: str | None = None,
 ) -> dict[str, Any]:
     """The k nearest other movies of movies ``start:stop`` (shard ``shard`` of ``shards``, counted from 1)."""
-    out = scoring.run_similar_shard(Path(model_dir), Path(out_path), k, chunk_size, start, stop)
+    movies_path = None if movies is None else Path(movies)
+    out = scoring.run_similar_shard(Path(model_dir), Path(out_path), k, chunk_size, start, stop, rules, movies_path)
     get_run_logger().info("shard %d/%d: %d similar-movie rows for %d movies", shard, shards, out["rows"], out["movies"])
     return out
 
@@ -88,10 +121,20 @@ def _gather(futures: list[PrefectFuture[dict[str, Any]]], progress: Progress, no
 
 
 def recommend_all(
-    ratings: str, model_dir: str, out_dir: str, k: int, version: str, chunk_size: int, shard_size: int, work: str
+    ratings: str,
+    model_dir: str,
+    out_dir: str,
+    k: int,
+    version: str,
+    chunk_size: int,
+    shard_size: int,
+    work: str,
+    rules: dict[str, Any] | None = None,
+    movies: str | None = None,
 ) -> Recommended:
     """Submit one recommend task per shard of ``shard_size`` users; the parts in shard order and their totals.
 
+    ``rules`` (the night's business rules, a document) and the catalog ``movies`` travel to every shard.
     Shard results are kept in ``work/.results``; ``shards_reused`` counts those a previous attempt had finished.
     """
     n = scoring.count_rows(Path(model_dir))["users"]
@@ -99,7 +142,18 @@ def recommend_all(
     progress = Progress("towerflow-recommend-progress", f"recommend: {len(bounds)} shards of up to {shard_size:,} users")
     futures = [
         _in(recommend_shard_task, work).submit(
-            ratings, model_dir, str(Path(out_dir) / f"part-{i:05d}.parquet"), k, version, chunk_size, start, stop, i + 1, len(bounds)
+            ratings,
+            model_dir,
+            str(Path(out_dir) / f"part-{i:05d}.parquet"),
+            k,
+            version,
+            chunk_size,
+            start,
+            stop,
+            i + 1,
+            len(bounds),
+            rules,
+            movies,
         )
         for i, (start, stop) in enumerate(bounds)
     ]
@@ -115,14 +169,34 @@ def recommend_all(
     )
 
 
-def similar_all(model_dir: str, out_dir: str, k: int, chunk_size: int, shard_size: int, work: str) -> SimilarScored:
+def similar_all(
+    model_dir: str,
+    out_dir: str,
+    k: int,
+    chunk_size: int,
+    shard_size: int,
+    work: str,
+    rules: dict[str, Any] | None = None,
+    movies: str | None = None,
+) -> SimilarScored:
     """Submit one similar-movies task per shard of ``shard_size`` movies; the parts in shard order (results in ``work``)."""
     n = scoring.count_rows(Path(model_dir))["movies"]
     bounds = scoring.shard_bounds(n, shard_size)
     progress = Progress("towerflow-similar-progress", f"similar movies: {len(bounds)} shards of up to {shard_size:,} movies")
     shard = _in(similar_shard_task, work)
     futures = [
-        shard.submit(model_dir, str(Path(out_dir) / f"part-{i:05d}.parquet"), k, chunk_size, start, stop, i + 1, len(bounds))
+        shard.submit(
+            model_dir,
+            str(Path(out_dir) / f"part-{i:05d}.parquet"),
+            k,
+            chunk_size,
+            start,
+            stop,
+            i + 1,
+            len(bounds),
+            rules,
+            movies,
+        )
         for i, (start, stop) in enumerate(bounds)
     ]
     results, reused = _gather(futures, progress, "movies", n)

@@ -19,6 +19,7 @@ import pandas as pd
 import pyarrow as pa
 
 from tasks.errors import ConfigError
+from tasks.serving.rules import allowed_index
 from tasks.store import schemas
 from tasks.store.storage import TableWriter
 
@@ -152,6 +153,35 @@ def topk_unseen(
         yield rows[q_local], done_rank[filled], done_item[filled], done_score[filled]
 
 
+def topk_allowed(
+    index: faiss.Index,
+    queries: np.ndarray,
+    seen_indptr: np.ndarray,
+    seen_rows: np.ndarray,
+    k: int,
+    allowed: np.ndarray | None = None,
+    chunk_size: int = 4096,
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+    """:func:`topk_unseen` among the ``allowed`` rows of a flat ``index`` only (every row when None).
+
+    Items are rows of ``index`` either way. The search runs on an index of the allowed rows
+    (:func:`tasks.serving.rules.allowed_index`), so a query still gets ``k`` rows whenever ``k``
+    allowed, unseen items exist.
+    """
+    if allowed is None or bool(np.all(allowed)):
+        yield from topk_unseen(index, queries, seen_indptr, seen_rows, k, chunk_size)
+        return
+    vectors = _index_vectors(index)
+    if vectors is None:
+        raise ConfigError(f"business rules need a flat index, got {type(index).__name__}")
+    sub = allowed_index(vectors, np.asarray(allowed, dtype=bool))
+    if sub.index.ntotal == 0:
+        return
+    indptr, rows = sub.seen(seen_indptr, seen_rows)
+    for q, rank, items, scores in topk_unseen(sub.index, queries, indptr, rows, k, chunk_size):
+        yield q, rank, sub.rows[items], scores
+
+
 def topk_lists(
     index: faiss.Index, queries: np.ndarray, query_ids: np.ndarray, item_ids: np.ndarray, seen: pd.DataFrame, k: int
 ) -> dict[int, list[int]]:
@@ -177,15 +207,17 @@ def write_recommendations(
     model_version: str,
     chunk_size: int = 4096,
     on_chunk: Callable[[int, int], None] | None = None,
+    allowed: np.ndarray | None = None,
 ) -> int:
     """Stream the recommendations table to ``path``; return its row count.
 
-    ``stars(query rows, index rows)`` gives the predicted ratings of those pairs.
+    ``stars(query rows, index rows)`` gives the predicted ratings of those pairs; ``allowed`` (a mask over
+    index rows) is what the business rules let through (:mod:`tasks.serving.rules`).
     """
     writer = TableWriter(path, schemas.RECOMMENDATIONS, "recommendations", {"model_version": model_version})
     done = 0
     try:
-        for q, rank, items, scores in topk_unseen(index, user_emb, seen_indptr, seen_rows, k, chunk_size):
+        for q, rank, items, scores in topk_allowed(index, user_emb, seen_indptr, seen_rows, k, allowed, chunk_size):
             writer.write(
                 pa.table(
                     {
@@ -217,17 +249,19 @@ def write_similar_movies(
     chunk_size: int = 4096,
     start: int = 0,
     stop: int | None = None,
+    allowed: np.ndarray | None = None,
 ) -> int:
     """Stream the k nearest other movies of movies ``start:stop`` (default: all) to ``path``; return the row count.
 
-    ``queries`` has one row per index row: the vector to search with for that movie.
+    ``queries`` has one row per index row: the vector to search with for that movie. Every movie gets its
+    list; only ``allowed`` movies (a mask over index rows, default all) appear in lists.
     """
     stop = len(movie_ids) if stop is None else stop
     self_ptr = np.arange(stop - start + 1, dtype=np.int64)  # each movie "has seen" itself
     self_rows = np.arange(start, stop, dtype=np.int64)
     writer = TableWriter(path, schemas.SIMILAR_MOVIES, "similar_movies")
     try:
-        for q, rank, items, scores in topk_unseen(index, queries[start:stop], self_ptr, self_rows, k, chunk_size):
+        for q, rank, items, scores in topk_allowed(index, queries[start:stop], self_ptr, self_rows, k, allowed, chunk_size):
             writer.write(
                 pa.table(
                     {

@@ -97,6 +97,19 @@ def _score_hist(path: Path) -> list[int]:
     return [int(c) for c in np.histogram(np.clip(scores, -1.0, 1.0), bins=SCORE_BINS)[0]]
 
 
+def allowed_movies(rules: dict[str, Any] | None, movies_path: Path | None, movie_ids: np.ndarray) -> np.ndarray | None:
+    """The mask over index rows that the night's business rules let through; None when there are none."""
+    from tasks.serving.rules import Rules
+
+    parsed = Rules.from_document(rules)
+    if parsed.empty:
+        return None
+    if movies_path is None:
+        raise ConfigError("business rules need the movie catalog (movies_path)")
+    catalog = pq.read_table(Path(movies_path), columns=["movie_id", "genres", "year"]).to_pandas()
+    return parsed.allowed(catalog, movie_ids)
+
+
 def run_recommend_shard(
     ratings_path: Path,
     model_dir: Path,
@@ -107,10 +120,14 @@ def run_recommend_shard(
     start: int,
     stop: int,
     on_chunk: Callable[[int, int], None] | None = None,
+    rules: dict[str, Any] | None = None,
+    movies_path: Path | None = None,
 ) -> dict[str, Any]:
     """Top-k unseen movies of users ``start:stop`` (rows of ``user_embeddings``), written to ``out_path``.
 
-    Returns the part's path, rows, users and a histogram of its scores over :data:`SCORE_BINS`.
+    ``rules`` (a :class:`tasks.serving.rules.Rules` document) limit which catalog movies
+    (``movies_path``) may appear. Returns the part's path, rows, users and a histogram of its scores over
+    :data:`SCORE_BINS`.
     """
     from tasks.preparation.scalers import load_scalers
     from tasks.serving.recommend import seen_csr, write_recommendations
@@ -124,19 +141,45 @@ def run_recommend_shard(
     def stars(queries: np.ndarray, items: np.ndarray) -> np.ndarray:  # the model's own dot product, in stars
         return scalers.target_to_rating(served.space.tower_scores(user_emb[queries], served.movie_emb[items]))
 
+    allowed = allowed_movies(rules, movies_path, served.movie_ids)
     n = write_recommendations(
-        Path(out_path), served.index, served.movie_ids, user_ids, user_emb, indptr, rows, k, stars, model_version, chunk_size, on_chunk
+        Path(out_path),
+        served.index,
+        served.movie_ids,
+        user_ids,
+        user_emb,
+        indptr,
+        rows,
+        k,
+        stars,
+        model_version,
+        chunk_size,
+        on_chunk,
+        allowed,
     )
     return {"path": str(out_path), "rows": n, "users": len(user_ids), "score_hist": _score_hist(Path(out_path))}
 
 
-def run_similar_shard(model_dir: Path, out_path: Path, k: int, chunk_size: int, start: int, stop: int) -> dict[str, Any]:
-    """The k nearest other movies of movies ``start:stop`` (rows of the index), written to ``out_path``."""
+def run_similar_shard(
+    model_dir: Path,
+    out_path: Path,
+    k: int,
+    chunk_size: int,
+    start: int,
+    stop: int,
+    rules: dict[str, Any] | None = None,
+    movies_path: Path | None = None,
+) -> dict[str, Any]:
+    """The k nearest other movies of movies ``start:stop`` (rows of the index), written to ``out_path``.
+
+    Only movies the ``rules`` allow appear in the lists; every movie still gets its list.
+    """
     from tasks.serving.recommend import write_similar_movies
 
     served = load_served(Path(model_dir), with_users=False)
     queries = served.space.content_queries(served.movie_emb)  # by the towers' similarity, not popularity
-    n = write_similar_movies(Path(out_path), served.index, served.movie_ids, queries, k, chunk_size, start, stop)
+    allowed = allowed_movies(rules, movies_path, served.movie_ids)
+    n = write_similar_movies(Path(out_path), served.index, served.movie_ids, queries, k, chunk_size, start, stop, allowed)
     return {"path": str(out_path), "rows": n, "movies": stop - start}
 
 
