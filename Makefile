@@ -24,8 +24,8 @@ test-fast: install  # unit tests while working: no flow runs, no training, no cr
 	$(BIN)/python -m pytest -m "not flow and not train and not faults"
 
 lint: install
-	$(BIN)/ruff check flows tasks tests $(wildcard benchmarks)
-	$(BIN)/ruff format --check flows tasks tests $(wildcard benchmarks)
+	$(BIN)/ruff check towerflow flows tasks tests $(wildcard benchmarks)
+	$(BIN)/ruff format --check towerflow flows tasks tests $(wildcard benchmarks)
 	$(BIN)/mypy
 
 clean:

@@ -155,7 +155,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from tasks.serving.predict import predict_pairs
+    from towerflow.predict import predict_pairs
 
     out = predict_pairs(args.data_dir, args.pairs, args.output)
     print(f"predicted {out['scored']:,} of {out['rows']:,} pairs with model {out['model_version']} -> {out['output']}")

@@ -1,9 +1,9 @@
 """``towerflow recommend``, ``towerflow similar`` and ``towerflow download``.
 
-The query commands read the published run (``outputs/latest.json``) and print
-a readable table, or ``--format json|csv`` for scripts; they never retrain and
-never import TensorFlow. Errors raise with a message naming the bad value;
-``flows.cli.main`` turns that into one line on stderr and exit status 1.
+The query commands are thin wrappers over the library (:func:`towerflow.load`): they ask the published
+run (``outputs/latest.json``) and print a readable table, or ``--format json|csv`` for scripts; they never
+retrain, and only a newcomer's answer (``--genres``, ``--rated``) imports TensorFlow. Errors raise with a
+message naming the bad value; ``flows.cli.main`` turns that into one line on stderr and exit status 1.
 """
 
 from __future__ import annotations
@@ -44,6 +44,9 @@ def _positive(value: str) -> int:
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--k", type=_positive, help="how many (default: as many as the run published)")
+    p.add_argument("--exclude", metavar="IDS", help="movie ids never to show, comma-separated")
+    p.add_argument("--only-genres", metavar="GENRES", help="only movies of at least one of these genres, comma-separated")
+    p.add_argument("--years", metavar="FIRST-LAST", help="only movies released in these years: FIRST-LAST, FIRST- or -LAST")
     p.add_argument("--data-dir", type=Path, default=Path("data"), help="where `towerflow run` published (default: ./data)")
     p.add_argument(
         "--format", choices=["table", "json", "csv"], default="table", help="table (default) for people; json or csv for scripts"
@@ -56,6 +59,9 @@ def add_parsers(sub: Any) -> None:
     who = rec.add_mutually_exclusive_group(required=True)  # one way to say who is asking; cold start by genres can join here
     who.add_argument("--user", type=int, metavar="ID", help="a MovieLens userId from the published run")
     who.add_argument("--genres", metavar="TASTES", help='cold start for a newcomer: stated tastes, e.g. "Adventure=5,Fantasy=4"')
+    who.add_argument(
+        "--rated", metavar="RATINGS", help='someone the night did not see, by their ratings: "MOVIE=STARS,...", e.g. "1=5,260=4.5"'
+    )
     _common(rec)
     sim = sub.add_parser("similar", help="the movies nearest to a movie in the published embedding space")
     sim.add_argument("--movie", required=True, metavar="ID_OR_TITLE", help="a movieId, or part of a title (case-insensitive)")
@@ -135,30 +141,66 @@ def emit(frame: pd.DataFrame, fmt: str, headline: str, table_columns: list[str])
         print(format_table(frame, table_columns))
 
 
-def cmd_recommend(args: argparse.Namespace) -> int:
-    from tasks.serving.query import load_published, recommend_for_user
+def _rules(args: argparse.Namespace) -> dict[str, Any]:
+    """The business rules of a query command's options, as keyword arguments of the library's calls."""
+    from tasks.serving.rules import parse_years
 
-    pub = load_published(args.data_dir)
+    exclude = [x for x in (args.exclude or "").split(",") if x.strip()] if args.exclude else None
+    years = parse_years(args.years) if args.years else None
+    return {"exclude": exclude, "genres": args.only_genres, "years": years}
+
+
+def parse_rated(spec: str) -> dict[int, float]:
+    """``"1=5,260=4.5"`` as {movie_id: stars}; the error names the part that is not MOVIE=STARS."""
+    from towerflow import QueryError
+
+    ratings: dict[int, float] = {}
+    for part in (p.strip() for p in spec.split(",")):
+        if not part:
+            continue
+        movie, sep, stars = part.partition("=")
+        try:
+            if not sep:
+                raise ValueError
+            ratings[int(movie)] = float(stars)
+        except ValueError:
+            raise QueryError(f"--rated: {part!r} is not MOVIE=STARS, e.g. '1=5,260=4.5'") from None
+    if not ratings:
+        raise QueryError("--rated: say at least one MOVIE=STARS, e.g. '1=5,260=4.5'")
+    return ratings
+
+
+def cmd_recommend(args: argparse.Namespace) -> int:
+    import towerflow
+
+    rec = towerflow.load(args.data_dir)
+    k = args.k or rec.k or 10
+    about = f"(model {rec.version}, published {rec.run_date})"
     if args.genres is not None:
-        from tasks.serving.coldstart import parse_tastes, recommend_for_genres
+        from towerflow.coldstart import parse_tastes
 
         tastes = parse_tastes(args.genres)
-        frame = recommend_for_genres(pub, tastes, args.k or int(pub.latest.get("k", 10)))
+        frame = rec.recommend_for_genres(tastes, k, **_rules(args))
         said = ", ".join(f"{g}={v:g}" for g, v in tastes.items())
-        headline = f"Top {len(frame)} for a newcomer who likes {said}  (model {pub.version}, published {pub.run_date})"
+        headline = f"Top {len(frame)} for a newcomer who likes {said}  {about}"
+    elif args.rated is not None:
+        ratings = parse_rated(args.rated)
+        frame = rec.recommend_for_ratings(ratings, k, **_rules(args))
+        headline = f"Top {len(frame)} for someone who rated {len(ratings)} movies  {about}"
     else:
-        frame = recommend_for_user(pub, args.user, args.k)
-        headline = f"Top {len(frame)} for user {args.user}  (model {pub.version}, published {pub.run_date})"
+        frame = rec.recommend(args.user, k, **_rules(args))
+        headline = f"Top {len(frame)} for user {args.user}  {about}"
     emit(frame, args.format, headline, ["rank", "movie_id", "title", "genres", "score", "predicted_rating"])
     return 0
 
 
 def cmd_similar(args: argparse.Namespace) -> int:
-    from tasks.serving.query import AmbiguousMovie, find_movie, load_published, movie_title, similar_movies
+    import towerflow
+    from towerflow.query import AmbiguousMovie, find_movie, movie_title
 
-    pub = load_published(args.data_dir)
+    rec = towerflow.load(args.data_dir)
     try:
-        movie_id = find_movie(pub, args.movie)
+        movie_id = find_movie(rec.published, args.movie)
     except AmbiguousMovie as exc:
         width = max(len(str(i)) for i, _ in exc.matches[:MAX_AMBIGUOUS])
         lines = [f"towerflow similar: {exc}:"]
@@ -167,8 +209,9 @@ def cmd_similar(args: argparse.Namespace) -> int:
             lines.append(f"  ... and {len(exc.matches) - MAX_AMBIGUOUS} more; narrow the title")
         print("\n".join(lines), file=sys.stderr)
         return 1
-    frame = similar_movies(pub, movie_id, args.k)
-    headline = f"{len(frame)} movies like {movie_title(pub, movie_id)} [movie {movie_id}]  (model {pub.version}, published {pub.run_date})"
+    frame = rec.similar(movie_id, args.k or rec.k or 10, **_rules(args))
+    title = movie_title(rec.published, movie_id)
+    headline = f"{len(frame)} movies like {title} [movie {movie_id}]  (model {rec.version}, published {rec.run_date})"
     emit(frame, args.format, headline, ["rank", "similar_movie_id", "title", "genres", "score"])
     return 0
 

@@ -81,10 +81,11 @@ PUBLISHED_ARGS = ["--run-date", "2026-01-02", "--k", str(PUBLISHED_K), "--max-ep
 
 @pytest.fixture(scope="session")
 def published(tiny_data: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory, prefect_harness: None) -> dict[str, Any]:
-    """One nightly flow run on ``tiny_data`` (k=5, 3 epochs, gate off, shards of 40), shared by the flow and query tests.
+    """One nightly flow run on ``tiny_data`` (k=5, 3 epochs, gate off, shards of 40, a deny-list of the two
+    most rated movies), shared by the flow and query tests.
 
-    Returns the data directory, the parsed latest.json, the input ratings and movies as data frames, and the
-    options the run was given besides its inputs and data directory (``args``).
+    Returns the data directory, the parsed latest.json, the input ratings and movies as data frames, the
+    options the run was given besides its inputs and data directory (``args``) and the denied movie ids.
     Tests may add failed runs to the directory but must leave what latest.json points to untouched.
     """
     import pandas as pd
@@ -93,7 +94,19 @@ def published(tiny_data: tuple[Path, Path], tmp_path_factory: pytest.TempPathFac
 
     ratings, movies = tiny_data
     data_dir = tmp_path_factory.mktemp("run")
+    frame = pd.read_csv(ratings)
+    denied = [int(m) for m in frame.movieId.value_counts().index[:2]]
+    deny_list = tmp_path_factory.mktemp("rules") / "deny.csv"
+    deny_list.write_text("movieId,reason\n" + "".join(f"{m},licence ended\n" for m in denied))
+    run_args = [*PUBLISHED_ARGS, "--deny-list", str(deny_list)]
     args = ["run", "--ratings", str(ratings), "--movies", str(movies), "--data-dir", str(data_dir)]
-    assert main([*args, *PUBLISHED_ARGS]) == 0
+    assert main([*args, *run_args]) == 0
     latest = json.loads((data_dir / "outputs" / "latest.json").read_text())
-    return {"dir": data_dir, "latest": latest, "ratings": pd.read_csv(ratings), "movies": pd.read_csv(movies), "args": PUBLISHED_ARGS}
+    return {
+        "dir": data_dir,
+        "latest": latest,
+        "ratings": frame,
+        "movies": pd.read_csv(movies),
+        "args": run_args,
+        "denied": denied,
+    }

@@ -13,8 +13,8 @@ import pytest
 
 from flows.cli import main
 from tasks.preparation.features import GENRES
-from tasks.serving.coldstart import newcomer_features, parse_tastes
-from tasks.serving.query import QueryError
+from towerflow.coldstart import newcomer_features, parse_tastes
+from towerflow.query import QueryError
 
 
 def test_parse_tastes_and_its_errors() -> None:

@@ -20,7 +20,7 @@ from flows.cli import main
 from flows.query_cli import _fit_genres, _fit_title
 from tasks.serving.export import read_embeddings
 from tasks.serving.popularity import ServingSpace
-from tasks.serving.query import display_title
+from towerflow.query import display_title
 
 pytestmark = [pytest.mark.flow]
 K = 5  # the k of the session-scoped `published` run in conftest.py
@@ -78,8 +78,11 @@ def test_recommend_errors_name_the_bad_value(published: dict[str, Any], tmp_path
     code, out, err = _run(capsys, "recommend", "--user", "999999", "--data-dir", d)
     assert code == 1 and out == "" and len(err.strip().splitlines()) == 1
     assert f"user 999999 is not in the published run {version} ({users.nunique()} users; ids {users.min()}..{users.max()})" in err
-    code, _, err = _run(capsys, "recommend", "--user", str(users.iloc[0]), "--k", str(K + 1), "--data-dir", d)
-    assert code == 1 and f"--k {K + 1} is more than the {K} recommendations per user" in err
+    code, out, err = _run(capsys, "recommend", "--user", str(users.iloc[0]), "--format", "csv", "--k", str(K + 2), "--data-dir", d)
+    more = pd.read_csv(io.StringIO(out))  # beyond the published k: searched in the published vectors
+    assert code == 0 and more["rank"].tolist() == list(range(1, K + 3))
+    published_scores = _published(published, "recommendations", "user_id", int(users.iloc[0])).score
+    np.testing.assert_allclose(more.score[:K], published_scores, atol=1e-5)
     code, out, err = _run(capsys, "recommend", "--user", "1", "--data-dir", str(tmp_path))
     assert code == 1 and out == "" and len(err.strip().splitlines()) == 1
     assert f"no published run in {tmp_path}" in err and f"towerflow run --data-dir {tmp_path}" in err
@@ -114,7 +117,9 @@ def test_similar_beyond_published_k_searches_the_index(published: dict[str, Any]
     others = pd.Index(mid).get_indexer(rows.similar_movie_id)
     query = ServingSpace.read(d / latest["model"]["serving"]["path"]).content_queries(memb[[row]])[0]  # the towers' similarity
     np.testing.assert_allclose(memb[others] @ query, rows.score, atol=1e-5)
-    best_other = np.sort(np.delete(memb @ query, row))[::-1][: K + 4]
+    allowed = ~np.isin(mid, published["denied"])  # the night's deny-list holds beyond the published k too
+    allowed[row] = False
+    best_other = np.sort((memb @ query)[allowed])[::-1][: K + 4]
     np.testing.assert_allclose(rows.score, best_other, atol=1e-5)
 
 
@@ -126,7 +131,8 @@ def test_a_modified_index_is_refused(published: dict[str, Any], tmp_path: Path, 
     movie = str(published["movies"].movieId.iloc[0])
     code, _, err = _run(capsys, "similar", "--movie", movie, "--k", str(K + 1), "--data-dir", str(d))
     assert code == 1 and f"{index}: sha256 does not match latest.json" in err
-    assert _run(capsys, "similar", "--movie", movie, "--data-dir", str(d))[0] == 0  # the published table needs no index
+    code, _, err = _run(capsys, "similar", "--movie", movie, "--data-dir", str(d))  # a modified model answers nothing
+    assert code == 1 and f"{index}: sha256 does not match latest.json" in err
 
 
 def test_similar_by_title(published: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:

@@ -1,10 +1,9 @@
-"""Answer questions from the published run: a user's top-k, a movie's nearest movies.
+"""The published run as query-time code reads it: ``latest.json``, its model files (hashes checked),
+its catalog, and finding a movie by id or title.
 
-Plain, typed, Prefect-free functions behind ``towerflow recommend`` and
-``towerflow similar``. They only read what ``outputs/latest.json`` points to
-(the published tables and model files), never retrain, and import neither
-TensorFlow nor Prefect, so a query answers in well under a second. Rows are
-read with a pyarrow filter on the id, not by loading whole tables.
+Plain, typed, Prefect-free functions behind :mod:`towerflow.recommender` and ``towerflow similar``.
+They only read what ``outputs/latest.json`` points to, never retrain, and import neither TensorFlow
+nor Prefect.
 
 Titles and genres come from the catalog the run served
 (``latest.json`` -> ``model.movies``; runs published before it existed fall
@@ -21,7 +20,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from tasks.errors import TowerflowError
@@ -121,51 +119,6 @@ def _catalog(pub: Published, movie_ids: np.ndarray | None = None) -> pd.DataFram
     return frame
 
 
-def _id_range(path: list[str], column: str, noun: str) -> str:
-    """``610 users; ids 1..610``: what a table holds, for error messages."""
-    ids = pq.read_table(path, columns=[column]).column(column)
-    unique = pc.unique(ids)
-    if len(unique) == 0:
-        return f"no {noun}s"
-    bounds = pc.min_max(unique)
-    return f"{len(unique):,} {noun}s; ids {bounds['min'].as_py()}..{bounds['max'].as_py()}"
-
-
-def _with_titles(pub: Published, rows: pd.DataFrame, id_column: str) -> pd.DataFrame:
-    cat = _catalog(pub, rows[id_column].to_numpy())[["movie_id", "title", "genres"]]
-    out = rows.merge(cat.rename(columns={"movie_id": id_column}), on=id_column, how="left")
-    out["title"] = out["title"].fillna("(not in catalog)")
-    out["genres"] = out["genres"].fillna("")
-    return out
-
-
-def _check_k(k: int) -> None:
-    if k < 1:
-        raise QueryError(f"--k must be at least 1, got {k}")
-
-
-def recommend_for_user(pub: Published, user_id: int, k: int | None = None) -> pd.DataFrame:
-    """The user's published top-k, best first, with titles and genres.
-
-    Columns: user_id, rank, movie_id, title, genres, score, predicted_rating.
-    ``k`` defaults to everything published; more than the run published is an error.
-    """
-    k = pub.k if k is None else k
-    _check_k(k)
-    if pub.k and k > pub.k:
-        raise QueryError(
-            f"--k {k} is more than the {pub.k} recommendations per user that run {pub.version} published; "
-            f"use --k {pub.k} or less, or publish more with `towerflow run --k {k}`"
-        )
-    path = pub.table("recommendations")
-    cols = ["user_id", "rank", "movie_id", "score", "predicted_rating"]
-    rows = pq.read_table(path, columns=cols, filters=[("user_id", "==", int(user_id))]).to_pandas()
-    if rows.empty:
-        raise QueryError(f"user {user_id} is not in the published run {pub.version} ({_id_range(path, 'user_id', 'user')})")
-    rows = rows.sort_values("rank", kind="stable").head(k).reset_index(drop=True)
-    return _with_titles(pub, rows, "movie_id")[["user_id", "rank", "movie_id", "title", "genres", "score", "predicted_rating"]]
-
-
 def find_movie(pub: Published, query: str) -> int:
     """A movie id from ``query``: an integer is an id; otherwise a title, matched case-insensitively.
 
@@ -203,51 +156,3 @@ def movie_title(pub: Published, movie_id: int) -> str:
     """The display title of a catalog movie."""
     cat = _catalog(pub, np.array([movie_id]))
     return str(cat["title"].iloc[0]) if len(cat) else f"movie {movie_id}"
-
-
-def similar_movies(pub: Published, movie_id: int, k: int | None = None) -> pd.DataFrame:
-    """The ``k`` movies nearest to ``movie_id`` in the published embedding space, never itself.
-
-    Up to the published k, from the ``similar_movies`` table; beyond it, an
-    exact search of the published FAISS index (its sha256 checked first) with
-    the movie's own embedding. Columns: movie_id, rank, similar_movie_id, title, genres, score.
-    """
-    k = pub.k if k is None else k
-    _check_k(k)
-    if pub.k and k <= pub.k:
-        path = pub.table("similar_movies")
-        cols = ["movie_id", "rank", "similar_movie_id", "score"]
-        rows = pq.read_table(path, columns=cols, filters=[("movie_id", "==", int(movie_id))]).to_pandas()
-        rows = rows.sort_values("rank", kind="stable").head(k).reset_index(drop=True)
-    else:
-        rows = _search_index(pub, int(movie_id), k)
-    if rows.empty:
-        raise QueryError(f"movie {movie_id} has no similar movies in the published run {pub.version}")
-    return _with_titles(pub, rows, "similar_movie_id")[["movie_id", "rank", "similar_movie_id", "title", "genres", "score"]]
-
-
-def _search_index(pub: Published, movie_id: int, k: int) -> pd.DataFrame:
-    import faiss
-
-    from tasks.serving.popularity import ServingSpace
-    from tasks.serving.recommend import topk_unseen
-
-    ids = pq.read_table(pub.model_file("index_ids"), columns=["movie_id"]).column("movie_id").to_numpy()
-    where = np.flatnonzero(ids == movie_id)
-    if len(where) == 0:
-        raise QueryError(f"movie {movie_id} is not in the published index of run {pub.version}")
-    index = faiss.read_index(str(pub.model_file("index")))
-    if index.metric_type != faiss.METRIC_INNER_PRODUCT or index.ntotal != len(ids):
-        raise QueryError(f"{pub.model_file('index')}: not an inner-product index over the {len(ids):,} published movies")
-    row = int(where[0])
-    space = ServingSpace.read(pub.model_file("serving"))  # similar by the towers' vectors, as the similar_movies table
-    query = space.content_queries(index.reconstruct(row).reshape(1, -1).astype(np.float32))
-    _, rank, items, scores = next(topk_unseen(index, query, np.array([0, 1]), np.array([row]), k))
-    return pd.DataFrame(
-        {
-            "movie_id": np.full(len(items), movie_id, dtype=np.int64),
-            "rank": rank.astype(np.int32),
-            "similar_movie_id": ids[items].astype(np.int64),
-            "score": scores.astype(np.float32),
-        }
-    )

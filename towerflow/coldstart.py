@@ -14,6 +14,7 @@ them exactly as they read real users:
 
 The newcomer has no history, so a history tower gets an empty one (a zero
 vector). Nothing is excluded from the results: they have seen nothing.
+:meth:`towerflow.Recommender.recommend_for_genres` serves the newcomer.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from tasks.preparation.features import GENRES, compute_features
-from tasks.serving.query import Published, QueryError, _check_k, _with_titles
+from towerflow.query import QueryError
 
 RATING_RANGE = (0.5, 5.0)
 
@@ -60,43 +61,3 @@ def newcomer_features(tastes: dict[str, float], config: dict[str, Any]) -> tuple
     ratings = pd.DataFrame({"user_id": np.zeros(len(genres), np.int64), "movie_id": movies["movie_id"], "rating": list(tastes.values())})
     feats = compute_features(ratings, movies, np.array([0]), config["features"], float(config.get("shrinkage", 10.0)))
     return feats.user_x, feats.user_names
-
-
-def recommend_for_genres(pub: Published, tastes: dict[str, float], k: int) -> pd.DataFrame:
-    """Top-k movies for a newcomer: rank, movie_id, title, genres, score, predicted_rating."""
-    _check_k(k)
-    import pyarrow.parquet as pq
-
-    from tasks.modeling.model import load_model, run_tower, towers
-    from tasks.preparation.scalers import load_scalers
-    from tasks.serving.export import read_index
-    from tasks.serving.popularity import ServingSpace
-
-    files = {key: pub.model_file(key) for key in ("keras", "scalers", "index", "index_ids", "serving")}
-    config = pub.latest["config"]
-    row, names = newcomer_features(tastes, config)
-    scalers = load_scalers(files["scalers"])
-    if names != scalers.user_names:
-        raise QueryError(f"the published model {pub.version} was trained on other user features than this towerflow computes")
-    x = scalers.user.transform(row).astype(np.float32)
-    user_tower = towers(load_model(files["keras"]))[0]
-    length = int(config.get("history_length", 0))
-    inputs: Any = (x, np.zeros((1, length), np.int32), np.zeros((1, length), np.float32)) if len(user_tower.inputs) > 1 else x
-    space = ServingSpace.read(files["serving"])
-    embedding = space.users(run_tower(user_tower, inputs))  # with the popularity prior, as every user's
-    index = read_index(files["index"])
-    scores, rows = index.search(np.ascontiguousarray(embedding), min(k, index.ntotal))
-    movie_ids = pq.read_table(files["index_ids"]).column("movie_id").to_numpy()
-    found = rows[0] >= 0
-    movie_vecs = index.reconstruct_batch(rows[0][found]).reshape(-1, space.dim)
-    frame = pd.DataFrame(
-        {
-            "rank": np.arange(1, int(found.sum()) + 1, dtype=np.int32),
-            "movie_id": movie_ids[rows[0][found]],
-            "score": scores[0][found].astype(np.float32),
-            "predicted_rating": scalers.target_to_rating(space.tower_scores(np.repeat(embedding, len(movie_vecs), 0), movie_vecs)).astype(
-                np.float32
-            ),
-        }
-    )
-    return _with_titles(pub, frame, "movie_id")[["rank", "movie_id", "title", "genres", "score", "predicted_rating"]]

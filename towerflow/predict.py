@@ -1,4 +1,4 @@
-"""Score user/movie pairs with the latest published model (``towerflow predict``).
+"""Score user/movie pairs from a file with the latest published model (``towerflow predict``).
 
 Predictions are the model's own dot products, read from the published user and
 movie embeddings (the vectors behind the recommendations' ``score``, without
@@ -13,7 +13,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pacsv
@@ -21,7 +20,6 @@ import pyarrow.parquet as pq
 
 from tasks.ingestion.ingest import InputError
 from tasks.store import schemas
-from tasks.store.layout import read_latest, verified
 from tasks.store.storage import write_table
 
 PAIR_COLUMNS = (("userId", "movieId"), ("user_id", "movie_id"))
@@ -48,38 +46,21 @@ def read_pairs(path: Path) -> pd.DataFrame:
 
 
 def predict_pairs(data_dir: Path, pairs_path: Path, output_path: Path) -> dict[str, Any]:
-    """Write predictions for every pair to ``output_path``; return counts."""
-    from tasks.preparation.scalers import load_scalers
-    from tasks.serving.export import read_embeddings
-    from tasks.serving.popularity import ServingSpace
+    """Write predictions for every pair to ``output_path`` (:meth:`towerflow.Recommender.predict`); return counts."""
+    from towerflow.recommender import load
 
-    data_dir = Path(data_dir)
-    latest = read_latest(data_dir)
-    files = {key: verified(data_dir, latest["model"][key]) for key in ("scalers", "user_embeddings", "movie_embeddings", "serving")}
+    rec = load(Path(data_dir))
     pairs = read_pairs(Path(pairs_path))
-    user_ids, user_emb = read_embeddings(files["user_embeddings"], "user")
-    movie_ids, movie_emb = read_embeddings(files["movie_embeddings"], "movie")
-    u = pd.Index(user_ids).get_indexer(pairs["user_id"].to_numpy())
-    m = pd.Index(movie_ids).get_indexer(pairs["movie_id"].to_numpy())
-    ok = (u >= 0) & (m >= 0)
-    errors = np.full(len(pairs), None, dtype=object)
-    version = latest["model_version"]
-    errors[u < 0] = [f"unknown user {x}: no ratings in the data of model {version}" for x in pairs["user_id"].to_numpy()[u < 0]]
-    only_movie = (u >= 0) & (m < 0)
-    errors[only_movie] = [
-        f"unknown movie {x}: not in the movie catalog of model {version}" for x in pairs["movie_id"].to_numpy()[only_movie]
-    ]
-    stars = np.full(len(pairs), np.nan, dtype=np.float32)
-    if ok.any():
-        scores = ServingSpace.read(files["serving"]).tower_scores(user_emb[u[ok]], movie_emb[m[ok]])
-        stars[ok] = load_scalers(files["scalers"]).target_to_rating(scores)
+    out = rec.predict(pairs)
+    ok = out["error"].isna().to_numpy()
     table = pa.table(
         {
-            "user_id": pa.array(pairs["user_id"].to_numpy(), pa.int64()),
-            "movie_id": pa.array(pairs["movie_id"].to_numpy(), pa.int64()),
-            "predicted_rating": pa.array(stars, pa.float32(), mask=~ok),
-            "error": pa.array(errors, pa.string()),
+            "user_id": pa.array(out["user_id"].to_numpy(), pa.int64()),
+            "movie_id": pa.array(out["movie_id"].to_numpy(), pa.int64()),
+            "predicted_rating": pa.array(out["predicted_rating"].to_numpy(), pa.float32(), mask=~ok),
+            "error": pa.array(out["error"].tolist(), pa.string(), from_pandas=True),
         }
     )
-    write_table(Path(output_path), table, schemas.PREDICTIONS, "predictions", {"model_version": version})
-    return {"rows": len(pairs), "scored": int(ok.sum()), "errors": int((~ok).sum()), "model_version": version, "output": str(output_path)}
+    write_table(Path(output_path), table, schemas.PREDICTIONS, "predictions", {"model_version": rec.version})
+    counts = {"rows": len(out), "scored": int(ok.sum()), "errors": int((~ok).sum())}
+    return {**counts, "model_version": rec.version, "output": str(output_path)}
