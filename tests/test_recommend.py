@@ -72,3 +72,37 @@ def test_similar_movies_never_self(tmp_path: Path, rng: np.random.Generator) -> 
     assert n == 120 and (table.groupby("movie_id").size() == 4).all()
     assert not (table["movie_id"] == table["similar_movie_id"]).any()
     assert table.loc[table.movie_id == 104, "similar_movie_id"].iloc[0] == 105
+
+
+@pytest.mark.parametrize("path", ["scan", "faiss+scan", "faiss only"])
+@pytest.mark.parametrize("chunk_size", [1, 7, 1000])
+def test_equal_scores_are_ordered_by_row_on_every_path(
+    rng: np.random.Generator, chunk_size: int, path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Movies with identical vectors (identical content rows) tie exactly; the lower row (movie_id) comes first,
+    whatever the path, the chunk or where the tie falls against the cut at k."""
+    import tasks.serving.recommend as rec
+
+    if path != "scan":
+        monkeypatch.setattr(rec, "FAISS_BLAS_QUERIES", 0)
+    if path == "faiss only":
+        monkeypatch.setattr(rec, "_index_vectors", lambda index: None)
+    items = _unit(rng, 60, 8)
+    items[[7, 19, 33, 41, 58]] = items[50]  # five copies of one vector, row 50 among them
+    items[[2, 12]] = items[30]
+    users, k = _unit(rng, 30, 8), 4
+    users[:10] = items[50] + 0.01 * _unit(rng, 10, 8)  # the tied group leads, and straddles the cut at k
+    seen = [rng.choice([0, 1, 3, 5], size=int(rng.integers(0, 3)), replace=False) for _ in range(30)]
+    indptr = np.concatenate([[0], np.cumsum([len(s) for s in seen])])
+    rows = np.concatenate(seen).astype(np.int64)
+    got: dict[int, list[int]] = {}
+    for q, _, item, _ in topk_unseen(build_index(items), users, indptr, rows, k, chunk_size, 2):
+        for a, c in zip(q, item, strict=True):
+            got.setdefault(int(a), []).append(int(c))
+    scores = users @ items.T
+    for u in range(30):
+        s = scores[u].copy()
+        s[seen[u]] = -np.inf
+        expected = np.lexsort((np.arange(60), -s))[:k].tolist()  # by score, then by row
+        assert got[u] == expected, (u, got[u], expected)
+    assert got[0] == [7, 19, 33, 41]  # four of the five copies at the cut: the lowest rows

@@ -149,6 +149,8 @@ def ingest_movies(src: Path, dest: Path) -> MovieStats:
     genres = table.column("genres").fill_null("")
     years = pc.cast(pc.struct_field(pc.extract_regex(pc.utf8_trim_whitespace(titles), YEAR_RE), "year"), pa.int32())
     out = pa.table({"movie_id": ids, "title": titles, "genres": genres, "year": years})
+    # by movie_id: the catalog's rows become the index's rows, and equal scores are ordered by row
+    out = out.sort_by("movie_id")
     write_table(dest, out, schemas.MOVIES, "movies")
     no_genres = int(pc.sum(pc.is_in(pc.utf8_trim_whitespace(genres), value_set=pa.array(["", NO_GENRES]))).as_py() or 0)
     odd = unknown_genres(genres)

@@ -1,5 +1,9 @@
 """Per-user top-k and similar movies from the FAISS index, streamed to Parquet in chunks.
 
+Equal scores are ordered by index row, which is movie_id order (the catalog is stored sorted), on every
+path: FAISS's search, the exact scan, any chunk or shard size. So a movie's place in a list never depends
+on which path or which machine scored it.
+
 Seen movies are excluded by over-fetching: users are sorted by history length
 and processed in chunks; each chunk asks FAISS for a few more than ``k``
 results, masks the seen ones with one vectorized membership test, and asks
@@ -43,8 +47,13 @@ SCAN_BLOCK_CELLS = 1 << 24  # exact scans score at most this many (query, movie)
 def _search_unseen(
     index: faiss.Index, queries: np.ndarray, seen: list[np.ndarray], k: int, fetch: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """One FAISS search of ``fetch`` results per query; (valid mask, rank, items, scores)."""
+    """One FAISS search of ``fetch`` results per query; (valid mask, rank, items, scores).
+
+    Results are ordered by score, then by row (FAISS leaves the order of equal scores to its kernels).
+    """
     scores, items = index.search(np.ascontiguousarray(queries), fetch)
+    order = np.lexsort((np.where(items < 0, np.iinfo(np.int64).max, items), -scores), axis=1)
+    scores, items = np.take_along_axis(scores, order, axis=1), np.take_along_axis(items, order, axis=1)
     n_items = index.ntotal
     lengths = np.fromiter((len(s) for s in seen), dtype=np.int64, count=len(seen))
     if lengths.sum():
@@ -76,12 +85,31 @@ def _scan_unseen(vectors: np.ndarray, queries: np.ndarray, seen: list[np.ndarray
             block[local, np.concatenate(seen[lo : lo + step])] = -np.inf
         top = np.argpartition(-block, kk - 1, axis=1)[:, :kk] if kk < n_items else np.tile(np.arange(n_items), (len(block), 1))
         best = np.take_along_axis(block, top, axis=1)
-        order = np.argsort(-best, axis=1, kind="stable")
+        if kk < n_items:
+            _lowest_rows_of_ties(block, top, best)
+        order = np.lexsort((top, -best), axis=1)  # by score, equal scores by row
         top, best = np.take_along_axis(top, order, axis=1), np.take_along_axis(best, order, axis=1)
         finite = np.isfinite(best)
         items[lo : lo + step] = np.where(finite, top, -1)
         scores[lo : lo + step] = np.where(finite, best, 0.0)
     return items, scores
+
+
+def _lowest_rows_of_ties(block: np.ndarray, top: np.ndarray, best: np.ndarray) -> None:
+    """Where equal scores straddle the cut of ``argpartition``, keep the lowest rows among them (in place).
+
+    ``argpartition`` picks any of several items tied at the k-th score; the rows it picks would then
+    depend on the block's layout. Rare (identical vectors, such as movies with identical content rows),
+    so the rows concerned are fixed one by one.
+    """
+    kth = best.min(axis=1)
+    finite = np.isfinite(kth)
+    at_cut = (block == kth[:, None]).sum(axis=1) > (best == kth[:, None]).sum(axis=1)
+    for r in np.flatnonzero(at_cut & finite):
+        better = np.flatnonzero(block[r] > kth[r])
+        tied = np.flatnonzero(block[r] == kth[r])[: top.shape[1] - len(better)]
+        top[r] = np.concatenate([better, tied])
+        best[r] = block[r, top[r]]
 
 
 def _index_vectors(index: faiss.Index) -> np.ndarray | None:
@@ -139,15 +167,20 @@ def topk_unseen(
                 done_rank[pending, :kk] = np.arange(1, kk + 1, dtype=np.int32)
                 break
             valid, rank, items, scores = _search_unseen(index, queries[rows[pending]], [seen[i] for i in pending], k, fetch)
-            complete = (rank[:, -1] >= k) | (fetch >= needed[pending])
+            # complete: k unseen found, or all there are; and no item tied with the k-th was cut off by the fetch
+            kth = np.take_along_axis(scores, np.argmax(rank >= k, axis=1)[:, None], axis=1)[:, 0]
+            tie_cut = (rank[:, -1] >= k) & (scores[:, -1] >= kth) & (fetch < n_items)
+            complete = ((rank[:, -1] >= k) | (fetch >= needed[pending])) & ~tie_cut
             keep = valid & (rank <= k) & complete[:, None]
             q_local, col = np.nonzero(keep)
             slot = rank[keep] - 1
             done_rank[pending[q_local], slot] = rank[keep]
             done_item[pending[q_local], slot] = items[q_local, col]
             done_score[pending[q_local], slot] = scores[q_local, col]
-            pending = pending[~complete]
-            fetch = int(min(n_items, max(2 * fetch, k + 1), needed[pending].max() if len(pending) else n_items))
+            still = pending[~complete]
+            grow = n_items if tie_cut[~complete].any() or not len(still) else int(needed[still].max())
+            pending = still
+            fetch = int(min(n_items, max(2 * fetch, k + 1), grow))
         filled = done_item >= 0
         q_local, _ = np.nonzero(filled)
         yield rows[q_local], done_rank[filled], done_item[filled], done_score[filled]
