@@ -87,7 +87,7 @@ def run() -> int:
     print(f"recommend, published table         {ms(table)} (target <= 10 ms)")
     print(f"recommend, searched under a rule   {ms(searched)} (target <= 10 ms)")
 
-    store = Layout(data_dir).store(rec.published.latest["inputs"]["sha256"]) / "ratings.parquet"
+    store = Layout(data_dir).store(rec.published.latest.inputs.sha256) / "ratings.parquet"
     ratings = pq.read_table(store, columns=["user_id", "movie_id", "rating"]).to_pandas()
     by_user = {int(u): dict(zip(g.movie_id.tolist(), g.rating.tolist(), strict=True)) for u, g in ratings.groupby("user_id")}
     t = time.perf_counter()
@@ -113,7 +113,7 @@ def run() -> int:
     t = time.perf_counter()
     everyone = rec.recommend_many(rec.user_ids, 10, genres="Drama,Comedy")
     many = time.perf_counter() - t
-    timings = rec.published.latest.get("timings", {})
+    timings = rec.published.latest.timings
     stage = float(timings.get("recommend", float("nan")))
     per_user, stage_per_user = many / len(rec.user_ids), stage / len(rec.user_ids)
     print(

@@ -248,20 +248,21 @@ def _night(params: NightlyParams, run_date: dt.date, layout: Layout, known: dict
             "publish", publish_task, data_dir=str(layout.data_dir), run_date=run_date, version=version,
             model_dir=exported["model_dir"], tables=tables, extra=extra,
         )  # fmt: skip
-        outcome.published(layout, latest, time.perf_counter() - started)  # history row, events, history artifact
+        outcome.published(layout, latest.document(), time.perf_counter() - started)  # history row, events, artifact
         histories = {"validate": trained.get("history", []), "refit": refit.get("history", [])}
         run(
-            "report", report.report_task, data_dir=str(layout.data_dir), latest=latest, timings=dict(run.timings), histories=histories,
+            "report", report.report_task, data_dir=str(layout.data_dir), latest=latest.document(), timings=dict(run.timings),
+            histories=histories,
             score_hist=recs["score_hist"], runner=runners.current(),
         )  # fmt: skip
         shutil.rmtree(work, ignore_errors=True)
     summary = {
-        **latest,
+        **latest.document(),
         "timings": dict(run.timings),
         "reused_stages": list(run.cached),
         "data_dir": str(layout.data_dir),
         "users": recs["users"],
         "movies": exported["movies"],
     }
-    logger.info("published %s: %s", version, json.dumps(latest["tables"]))
+    logger.info("published %s: %s", version, json.dumps(latest.document()["tables"]))
     return summary

@@ -26,8 +26,8 @@ from tasks.preparation.phases import run_features, run_scalers
 from tasks.serving import publish
 from tasks.sources.generate import generate
 from tasks.stage_results import Evaluation, Exported, FeatureDirs, GateResult, Ingested, Inputs, Phases, Refit, Skipped, Trained
+from tasks.store.latest import Latest, comparable_latest
 from tasks.store.layout import Layout
-from tasks.store.storage import read_json
 
 
 @task(name="generate-embedded-data", cache_policy=NO_CACHE)
@@ -140,7 +140,7 @@ def evaluate_task(
 @task(name="quality-gate", cache_policy=NO_CACHE)
 def gate_task(evaluation: Evaluation | Skipped | None, latest_path: str, margin: float, k: int, enforce: bool) -> GateResult:
     """The gate's verdict; a refused model stops the run (unless ``enforce`` is off, as with --no-gate)."""
-    previous = read_json(Path(latest_path)) if Path(latest_path).exists() else None
+    previous = comparable_latest(Path(latest_path).parent.parent)
     verdict = quality.gate_verdict(evaluation, previous, margin, k)
     get_run_logger().info("quality gate %s", verdict.reason)
     out = verdict.document(enforced=enforce)
@@ -168,5 +168,5 @@ def export_task(model_path: str, full_dir: str, scalers_path: str, model_dir: st
 @task(name="publish", cache_policy=NO_CACHE, **IO_RETRY)
 def publish_task(
     data_dir: str, run_date: dt.date, version: str, model_dir: str, tables: dict[str, str | list[str]], extra: dict[str, Any]
-) -> dict[str, Any]:
+) -> Latest:
     return publish.run_publish(Layout(Path(data_dir)), run_date, version, Path(model_dir), tables, extra)

@@ -3,8 +3,8 @@
 They are ``TypedDict`` rather than dataclasses because a resumable stage's result is stored as plain JSON
 (:mod:`flows.caching`) and comes back from a re-run as the same dict, with no decoding step that could drift
 from the class; mypy still checks every key the flow reads. The gate's verdict is typed here too
-(:class:`GateResult`, latest.json's ``gate``); the drift figures and ``latest.json`` itself stay documents,
-described in docs/contract.md.
+(:class:`GateResult`, latest.json's ``gate``); the drift figures stay documents. ``latest.json`` itself is
+a pydantic model with one reader, :class:`tasks.store.latest.Latest`.
 """
 
 from __future__ import annotations

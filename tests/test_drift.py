@@ -12,6 +12,7 @@ import pytest
 from tasks.evaluation.drift import beyond_accuracy, measure, popularity_rank, read_published_parts, versus
 from tasks.store import schemas
 from tasks.store.storage import write_table
+from tests.documents import a_latest
 
 MOVIES = pd.DataFrame({"movie_id": [1, 2, 3, 4], "genres": ["Action", "Action", "Comedy", "Action|Comedy"]})
 RATINGS = pd.DataFrame({"movie_id": [1, 1, 1, 2, 2, 3]})  # popularity ranks: 1 -> 1, 2 -> 2, 3 -> 3, 4 -> 4
@@ -67,7 +68,8 @@ def test_measure_and_published_parts(tmp_path: Path) -> None:
     out = measure([new], [old], RATINGS, MOVIES, "v1")
     assert out["versus_published"]["drift"] == 1.0 and out["drifted"] is True  # every list changed: past DRIFT_ALERT
     assert out["published"]["model_version"] == "v1" and out["lists"]["coverage"] == 1.0
-    latest = {"tables": {"recommendations": {"files": ["old.parquet"]}}}
+    latest = a_latest(tables={"recommendations": {"path": "outputs/r", "files": ["old.parquet"], "rows": 4}})
     assert read_published_parts(tmp_path, latest) == [old]
-    assert read_published_parts(tmp_path, {"tables": {"recommendations": {"files": ["gone.parquet"]}}}) is None
+    gone = a_latest(tables={"recommendations": {"path": "outputs/r", "files": ["gone.parquet"], "rows": 4}})
+    assert read_published_parts(tmp_path, gone) is None
     assert read_published_parts(tmp_path, None) is None

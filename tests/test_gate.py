@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from tasks.evaluation.gate import MIN_USERS, Interval, Verdict, bootstrap, decide, paired_difference
+from tests.documents import a_latest
 
 
 def test_bootstrap_interval_covers_the_mean_and_shrinks_with_users(rng: np.random.Generator) -> None:
@@ -33,7 +34,8 @@ def test_paired_difference_sees_a_small_gap_that_unpaired_intervals_hide(rng: np
 
 
 def _verdict(model: np.ndarray, base: np.ndarray, previous: dict[str, Any] | None = None, margin: float = 0.01) -> Verdict:
-    return decide(bootstrap(model), float(base.mean()), paired_difference(model, base), len(model), previous, margin)
+    published = a_latest(**{"k": 10, **previous}) if previous is not None else None  # decide() measures at k=10
+    return decide(bootstrap(model), float(base.mean()), paired_difference(model, base), len(model), published, margin)
 
 
 def test_clearly_better_passes_clearly_worse_refuses(rng: np.random.Generator) -> None:
@@ -100,7 +102,7 @@ def test_large_holdouts_use_the_normal_interval(rng: np.random.Generator) -> Non
 def test_a_published_run_at_another_k_is_not_compared(rng: np.random.Generator) -> None:
     base = rng.random(200) * 0.2
     model = base + 0.05
-    previous = {"model_version": "v", "k": 20, "metrics": {"two-tower": {"ndcg": 0.9, "ndcg_low": 0.89, "ndcg_high": 0.91}}}
+    previous = a_latest(k=20, metrics={"two-tower": {"ndcg": 0.9, "ndcg_low": 0.89, "ndcg_high": 0.91}})
     verdict = decide(bootstrap(model), float(base.mean()), paired_difference(model, base), 200, previous, 0.01, k=10)
     assert verdict.verdict == "passed" and [c.against for c in verdict.comparisons] == ["most-popular"]
 

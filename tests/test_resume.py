@@ -16,7 +16,9 @@ from flows import caching
 from tasks import faults
 from tasks.serving.publish import run_publish
 from tasks.store import resume
+from tasks.store.latest import Latest
 from tasks.store.layout import MODEL_FILES, Layout
+from tests.documents import NIGHT_FIELDS
 
 D1, D2 = dt.date(2026, 1, 2), dt.date(2026, 1, 3)
 INPUT_HASH = "ab" * 32
@@ -57,9 +59,12 @@ def _stage(layout: Layout, version: str, marker: str) -> tuple[Path, dict[str, s
     return model, tables
 
 
+EXTRA: dict[str, Any] = {**NIGHT_FIELDS, "inputs": {"ratings": "ratings.csv", "movies": "movies.csv", "sha256": INPUT_HASH}}
+
+
 def _publish(layout: Layout, run_date: dt.date, version: str, marker: str) -> dict[str, Any]:
     model, tables = _stage(layout, version, marker)
-    return run_publish(layout, run_date, version, model, tables, {"inputs": {"sha256": INPUT_HASH}, "k": 5})
+    return run_publish(layout, run_date, version, model, tables, EXTRA).document()
 
 
 def _view(layout: Layout) -> dict[str, str]:
@@ -94,10 +99,10 @@ def test_publish_cut_at_any_step_keeps_or_completes_what_latest_points_to(
     monkeypatch.setenv(faults.ENV, point)
     monkeypatch.setattr(faults, "kill", _crash)
     with pytest.raises(SimulatedCrash):
-        run_publish(layout, run_date, new, model, tables, {"inputs": {"sha256": INPUT_HASH}, "k": 5})
+        run_publish(layout, run_date, new, model, tables, EXTRA)
     monkeypatch.delenv(faults.ENV)
     live = json.loads(layout.latest.read_bytes())
-    assert resume.published_intact(layout, live)
+    assert resume.published_intact(layout, Latest.parse(live, "test"))
     if point == "publish:committed":
         assert live["model_version"] == new
     else:
@@ -132,7 +137,10 @@ def test_republishing_the_live_version_touches_nothing(layout: Layout) -> None:
     (work / "model").rename(work / "model-unused")
     again = _publish(layout, D1, version, "fixed")
     assert again["model_version"] == version and again["published_at"] >= live["published_at"]
-    assert resume.published_intact(layout, again) and (layout.data_dir / again["model"]["index"]["path"]).read_bytes() == b"index fixed"
+    assert (
+        resume.published_intact(layout, Latest.parse(again, "test"))
+        and (layout.data_dir / again["model"]["index"]["path"]).read_bytes() == b"index fixed"
+    )
 
 
 def _record(path: Path, result: dict[str, Any], serializer: str = "json") -> Path:

@@ -16,14 +16,14 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
 from tasks.errors import TowerflowError
-from tasks.store.layout import Layout, read_latest, verified
+from tasks.store.latest import Latest, read_latest
+from tasks.store.layout import Layout, verified
 
 _ARTICLE = re.compile(r"^(?P<name>.*), (?P<article>The|A|An|L'|Le|La|Les|Il|Der|Die|Das|El|Los|Las)(?P<rest> \(.*)?$")
 
@@ -46,27 +46,27 @@ class Published:
     """The run ``outputs/latest.json`` points to."""
 
     data_dir: Path
-    latest: dict[str, Any]
+    latest: Latest
 
     @property
     def version(self) -> str:
-        return str(self.latest["model_version"])
+        return self.latest.model_version
 
     @property
     def run_date(self) -> str:
-        return str(self.latest["run_date"])
+        return self.latest.run_date
 
     @property
     def k(self) -> int:
         """Rows per user (and per movie) the run published."""
-        return int(self.latest.get("k") or 0)
+        return self.latest.k
 
     def table(self, name: str) -> list[str]:
         """The part files of a published table named in latest.json (runs before sharding name one file)."""
-        info = self.latest.get("tables", {}).get(name)
+        info = self.latest.tables.get(name)
         if info is None:
             raise QueryError(f"the published run {self.version} has no {name} table")
-        paths = [self.data_dir / part for part in info.get("files") or [info["path"]]]
+        paths = [self.data_dir / part for part in info.parts()]
         for path in paths:
             if not path.exists():
                 raise QueryError(f"published {name} table missing: {path}")
@@ -74,7 +74,7 @@ class Published:
 
     def model_file(self, key: str) -> Path:
         """Path of a model file named in latest.json, after checking its sha256."""
-        entry = self.latest.get("model", {}).get(key)
+        entry = self.latest.model.get(key)
         if entry is None:
             raise QueryError(f"the published run {self.version} has no model file {key!r}")
         try:
@@ -84,9 +84,9 @@ class Published:
 
     def catalog_path(self) -> Path:
         """The movies table (movie_id, title, genres, year) the run served."""
-        if "movies" in self.latest.get("model", {}):
+        if "movies" in self.latest.model:
             return self.model_file("movies")
-        store_hash = self.latest.get("inputs", {}).get("sha256", "")  # runs published before model.movies existed
+        store_hash = self.latest.inputs.sha256  # runs published before model.movies existed
         path = Layout(self.data_dir).store(store_hash) / "movies.parquet"
         if not path.exists():
             raise QueryError(f"the movie catalog of the published run {self.version} is missing: {path}; re-run `towerflow run`")

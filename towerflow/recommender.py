@@ -66,8 +66,8 @@ class Recommender:
             raise QueryError(f"run {self.version}: the index, its ids and the movie embeddings disagree; re-run `towerflow run`")
         self.space = ServingSpace.read(files["serving"])
         self.scalers = load_scalers(files["scalers"])
-        self.config: dict[str, Any] = dict(latest.get("config") or {})
-        self.night_rules = Rules.from_document(latest.get("rules"))
+        self.config: dict[str, Any] = dict(latest.config)
+        self.night_rules = Rules.from_document(latest.rules)
         self._movie_row = pd.Index(self.movie_ids)
         self._user_row = pd.Index(self.user_ids)
         cat = pq.read_table(published.catalog_path(), columns=["movie_id", "title", "genres", "year"]).to_pandas()
@@ -117,7 +117,7 @@ class Recommender:
 
     def _store_ratings(self) -> pd.DataFrame:
         """(user_id, movie_id, rating) of every rating the run served: what each user has seen."""
-        digest = str(self.published.latest.get("inputs", {}).get("sha256", ""))
+        digest = self.published.latest.inputs.sha256
         try:
             path = Layout(self.published.data_dir).store(digest) / "ratings.parquet"
         except ConfigError:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -21,6 +21,9 @@ import scipy.sparse as sp
 from scipy.stats import ks_2samp
 
 from tasks.preparation.features import genre_matrix
+
+if TYPE_CHECKING:
+    from tasks.store.latest import Latest
 
 _DIVERSITY_ROWS = 20_000  # users per chunk of the diversity sums
 PERSONALIZATION_SAMPLE = 2000  # users whose pairwise overlaps measure personalization
@@ -134,9 +137,10 @@ def measure(
     return out
 
 
-def read_published_parts(data_dir: Path, latest: dict[str, Any] | None) -> list[Path] | None:
+def read_published_parts(data_dir: Path, latest: Latest | None) -> list[Path] | None:
     """The recommendation part files latest.json names (None if none, or if one is missing)."""
-    files = (((latest or {}).get("tables") or {}).get("recommendations") or {}).get("files")
+    table = latest.tables.get("recommendations") if latest is not None else None
+    files = table.files if table is not None else None
     if not files:
         return None
     parts = [Path(data_dir) / f for f in files]
@@ -152,17 +156,17 @@ def run_drift(
     ``lists``, ``published lists`` and ``versus published``.
     """
     from tasks.evaluation.quality import write_metrics
-    from tasks.store.storage import read_json
+    from tasks.store.latest import comparable_latest
     from tasks.store.tables import load_movies, load_ratings
 
-    latest = read_json(Path(latest_path)) if Path(latest_path).exists() else None
+    latest = comparable_latest(Path(latest_path).parent.parent)
     old = read_published_parts(Path(latest_path).parent.parent, latest)
     drift = measure(
         [Path(p) for p in new_parts],
         old,
         load_ratings(Path(ratings_path)),
         load_movies(Path(movies_path)),
-        (latest or {}).get("model_version"),
+        latest.model_version if latest is not None else None,
     )
     rows = dict(metrics or {})
     rows["lists"] = drift["lists"]

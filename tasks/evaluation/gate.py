@@ -19,12 +19,13 @@ the two intervals' standard errors add.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 
 from tasks.errors import ConfigError
 from tasks.stage_results import ComparisonDoc, GateResult, IntervalDoc
+from tasks.store.latest import Latest
 
 CONFIDENCE = 0.95
 RESAMPLES = 2000
@@ -135,23 +136,23 @@ def _se(interval: Interval) -> float:
     return (interval.high - interval.low) / (2 * _Z)
 
 
-def versus_published(model: Interval, previous: dict[str, Any] | None, margin: float, k: int | None = None) -> Comparison | None:
+def versus_published(model: Interval, previous: Latest | None, margin: float, k: int | None = None) -> Comparison | None:
     """Unpaired comparison with the published run's two-tower NDCG, ``worse`` below ``-margin`` (None: no figure with an interval)."""
-    prev = ((previous or {}).get("metrics") or {}).get("two-tower") or {}
+    prev = ((previous.metrics if previous is not None else None) or {}).get("two-tower") or {}
     if not all(isinstance(prev.get(key), int | float) for key in ("ndcg", "ndcg_low", "ndcg_high")):
         return None
-    if k is not None and (previous or {}).get("k") not in (None, k):  # NDCG at another k: not the same measure
+    if k is not None and previous is not None and previous.k != k:  # NDCG at another k: not the same measure
         return None
     theirs = Interval(float(prev["ndcg"]), float(prev["ndcg_low"]), float(prev["ndcg_high"]))
     diff = model.mean - theirs.mean
     spread = _Z * float(np.hypot(_se(model), _se(theirs)))
-    version = (previous or {}).get("model_version", "?")
+    version = previous.model_version if previous is not None else "?"
     interval = Interval(diff, diff - spread, diff + spread)
     return Comparison(f"published {version}", model.mean, theirs.mean, interval, _outcome(interval, -margin))
 
 
 def decide(
-    model: Interval, baseline: float, vs_baseline: Interval, users: int, previous: dict[str, Any] | None, margin: float, k: int = 10
+    model: Interval, baseline: float, vs_baseline: Interval, users: int, previous: Latest | None, margin: float, k: int = 10
 ) -> Verdict:
     """The verdict for a model with NDCG@k ``model`` against most-popular's ``baseline`` and the published run.
 

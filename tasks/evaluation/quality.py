@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -29,6 +28,7 @@ from tasks.serving.export import embed_all
 from tasks.serving.popularity import WEIGHTS, Selection, select_weight, sweep_users
 from tasks.stage_results import Evaluation, GateResult, PriorChoice, Skipped
 from tasks.store import schemas
+from tasks.store.latest import Latest
 from tasks.store.storage import write_table
 from tasks.store.tables import load_ratings
 
@@ -147,7 +147,7 @@ def write_metrics(path: Path, metrics: dict[str, dict[str, float]]) -> Path:
     return write_table(path, table, schemas.METRICS, "metrics")
 
 
-def gate_verdict(evaluation: Evaluation | Skipped | None, previous: dict[str, Any] | None, margin: float, k: int) -> Verdict:
+def gate_verdict(evaluation: Evaluation | Skipped | None, previous: Latest | None, margin: float, k: int) -> Verdict:
     """The gate's verdict on an evaluate stage's result (None: no holdout, nothing measured)."""
     if evaluation is None:
         return Verdict("undecided", "undecided: no holdout (holdout_fraction 0), nothing measured; published without a verdict", 0)

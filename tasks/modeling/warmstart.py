@@ -33,25 +33,27 @@ def source(data_dir: Path, feature_dir: Path, config: dict[str, Any]) -> tuple[d
     Cold when nothing is published, or when the published model had other feature columns
     (those of ``feature_dir``) or other layer sizes (``config``, the preset's settings).
     """
+    from tasks.errors import DataError
     from tasks.preparation.feature_tables import read_features
     from tasks.store import schemas
-    from tasks.store.layout import read_latest, verified
-    from tasks.store.storage import read_json
+    from tasks.store.latest import read_latest
+    from tasks.store.layout import verified
 
     path = Layout(Path(data_dir)).latest
     if not path.exists():
         return None, "cold: nothing published yet"
-    if read_json(path).get("schema_version") != schemas.SCHEMA_VERSION:
+    try:
+        latest = read_latest(Path(data_dir))
+    except DataError:
         return None, f"cold: the published run has another schema version than {schemas.SCHEMA_VERSION}"
-    latest = read_latest(Path(data_dir))
-    model = verified(Path(data_dir), latest["model"]["keras"])
-    warm = {"model": str(model), "version": latest["model_version"]}
+    model = verified(Path(data_dir), latest.model["keras"])
+    warm = {"model": str(model), "version": latest.model_version}
     for kind in ("user", "movie"):
-        warm[f"{kind}_features"] = str(verified(Path(data_dir), latest["model"][f"{kind}_features"]))
+        warm[f"{kind}_features"] = str(verified(Path(data_dir), latest.model[f"{kind}_features"]))
         if read_features(Path(warm[f"{kind}_features"]), kind)[2] != read_features(Path(feature_dir) / f"{kind}_features.parquet", kind)[2]:
             return None, f"cold: the {kind} feature columns differ from the published model's"
     shape = ("hidden", "embedding_dim", "history_length")
-    if any((latest.get("config") or {}).get(key) != config.get(key) for key in shape):
+    if any(latest.config.get(key) != config.get(key) for key in shape):
         return None, "cold: the published model has other layer sizes (preset)"
     return warm, f"from {warm['version']}"
 

@@ -22,8 +22,9 @@ from tasks.serving.export import build_index, embed_all, write_embeddings, write
 from tasks.serving.popularity import ServingSpace, movie_popularity
 from tasks.stage_results import Exported
 from tasks.store import resume, schemas
+from tasks.store.latest import Latest
 from tasks.store.layout import MODEL_FILES, Layout
-from tasks.store.storage import sha256_file, write_json
+from tasks.store.storage import sha256_file
 from tasks.store.tables import load_ratings
 
 
@@ -75,8 +76,8 @@ def run_publish(
     staged_model_dir: Path,
     staged_tables: dict[str, str | list[str]],
     extra: dict[str, Any],
-) -> dict[str, Any]:
-    """Move the model and tables into place, then write ``latest.json`` last, atomically.
+) -> Latest:
+    """Move the model and tables into place, then write ``latest.json`` (:class:`Latest`) last, atomically.
 
     A table staged as one file is published as ``part-<version>.parquet``; a table staged as a
     list of shard files as ``part-<version>-NNNNN.parquet``, in list order. ``latest.json`` names
@@ -89,8 +90,11 @@ def run_publish(
     ``latest.json`` points to are never rewritten.
     """
     live = resume.live_latest(layout)
-    if live is not None and live.get("model_version") == model_version and resume.published_intact(layout, live):
+    if live is not None and live.model_version == model_version and resume.published_intact(layout, live):
         return live  # this very version is published and intact: never rewrite a file latest.json points to
+    core = {"run_date": run_date.isoformat(), "model_version": model_version, "schema_version": schemas.SCHEMA_VERSION}
+    core |= {"published_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
+    Latest.parse({**core, "tables": {}, "model": {}, **extra}, f"the latest.json of {model_version}")  # before anything moves
     model_dir = layout.model(model_version)
     work = Path(staged_model_dir).parent
     shutil.copyfile(layout.store(extra["inputs"]["sha256"]) / "movies.parquet", Path(staged_model_dir) / MODEL_FILES["movies"])
@@ -122,16 +126,8 @@ def run_publish(
         key: {"path": str((model_dir / name).relative_to(layout.data_dir)), "sha256": sha256_file(model_dir / name)}
         for key, name in MODEL_FILES.items()
     }
-    latest = {
-        "run_date": run_date.isoformat(),
-        "model_version": model_version,
-        "schema_version": schemas.SCHEMA_VERSION,
-        "tables": tables,
-        "model": model,
-        "published_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        **extra,
-    }
-    write_json(layout.latest, latest)
+    latest = Latest.parse({**core, "tables": tables, "model": model, **extra}, f"the latest.json of {model_version}")
+    latest.write(layout.latest)
     faults.point("publish:committed")
     for name, finals in published.items():  # older runs' parts of the same partitions are no longer pointed to
         for other in layout.partition(name, run_date).glob("part-*.parquet"):

@@ -18,9 +18,12 @@ import datetime as dt
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from tasks.errors import ConfigError, DataError
+
+if TYPE_CHECKING:
+    from tasks.store.latest import FileEntry
 
 TABLES = ("recommendations", "similar_movies", "metrics")
 MODEL_FILES = {
@@ -105,27 +108,13 @@ class Layout:
         return self.partition("reports", run_date)
 
 
-def read_latest(data_dir: Path) -> dict[str, Any]:
-    """Read ``outputs/latest.json``, with a clear error if nothing has been published yet."""
-    from tasks.store import schemas
-    from tasks.store.storage import read_json
-
-    path = Layout(Path(data_dir)).latest
-    if not path.exists():
-        raise FileNotFoundError(f"no published run in {data_dir} ({path} does not exist); run `towerflow run --data-dir {data_dir}` first")
-    latest = read_json(path)
-    if latest.get("schema_version") != schemas.SCHEMA_VERSION:
-        raise DataError(f"{path}: schema version {latest.get('schema_version')}, this towerflow reads {schemas.SCHEMA_VERSION}")
-    return latest
-
-
-def verified(data_dir: Path, entry: dict[str, Any]) -> Path:
+def verified(data_dir: Path, entry: FileEntry) -> Path:
     """The path of a model file listed in latest.json, after checking its sha256."""
     from tasks.store.storage import sha256_file
 
-    path = Path(data_dir) / str(entry["path"])
+    path = Path(data_dir) / entry.path
     if not path.exists():
         raise FileNotFoundError(f"published model file missing: {path}")
-    if sha256_file(path) != entry["sha256"]:
+    if sha256_file(path) != entry.sha256:
         raise DataError(f"{path}: sha256 does not match latest.json; the published model was modified")
     return path

@@ -29,6 +29,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from tasks.store import latest as latest_doc
+from tasks.store.latest import Latest
 from tasks.store.layout import Layout
 from tasks.store.storage import read_json, sha256_file, write_json
 
@@ -45,32 +47,33 @@ def staged_name(final: Path) -> Path:
     return final.parent.parent / f".{final.parent.name}.{final.name}.staged"
 
 
-def live_latest(layout: Layout) -> dict[str, Any] | None:
-    """The parsed ``latest.json``, or None when nothing is published."""
-    return read_json(layout.latest) if layout.latest.exists() else None
+def live_latest(layout: Layout) -> Latest | None:
+    """The published ``latest.json``, or None when nothing is, or nothing this towerflow reads, is published.
+
+    A latest.json of another schema version names files this recovery does not know how to read; it is left
+    alone (the files a journal plans belong to a new version), and the night publishes over it.
+    """
+    return latest_doc.comparable_latest(layout.data_dir)
 
 
-def table_files(layout: Layout, latest: dict[str, Any]) -> list[Path]:
-    """The part files ``latest.json`` names (``files``; older runs named one file in ``path``)."""
-    out = []
-    for info in latest.get("tables", {}).values():
-        out += [layout.data_dir / f for f in (info.get("files") or [info["path"]])]
-    return out
+def table_files(layout: Layout, latest: Latest) -> list[Path]:
+    """The part files ``latest.json`` names."""
+    return [layout.data_dir / f for info in latest.tables.values() for f in info.parts()]
 
 
-def referenced(layout: Layout, latest: dict[str, Any] | None) -> set[Path]:
+def referenced(layout: Layout, latest: Latest | None) -> set[Path]:
     """Every path ``latest.json`` points to, and the model directory it names."""
     if latest is None:
         return set()
-    model = {layout.data_dir / entry["path"] for entry in latest.get("model", {}).values()}
+    model = {layout.data_dir / entry.path for entry in latest.model.values()}
     return {*model, *(p.parent for p in model), *table_files(layout, latest)}
 
 
-def published_intact(layout: Layout, latest: dict[str, Any]) -> bool:
+def published_intact(layout: Layout, latest: Latest) -> bool:
     """True when every model file matches its sha256 in ``latest.json`` and every table file exists."""
-    for entry in latest.get("model", {}).values():
-        path = layout.data_dir / entry["path"]
-        if not path.is_file() or sha256_file(path) != entry["sha256"]:
+    for entry in latest.model.values():
+        path = layout.data_dir / entry.path
+        if not path.is_file() or sha256_file(path) != entry.sha256:
             return False
     return all(p.is_file() for p in table_files(layout, latest))
 
@@ -105,11 +108,11 @@ def _remove(path: Path) -> bool:
     return False
 
 
-def _finish_or_roll_back(layout: Layout, journal_path: Path, latest: dict[str, Any] | None) -> str:
+def _finish_or_roll_back(layout: Layout, journal_path: Path, latest: Latest | None) -> str:
     journal = read_json(journal_path)
     model_dir, finals = planned_paths(layout, journal)
     version = journal["model_version"]
-    if latest is not None and latest.get("model_version") == version:
+    if latest is not None and latest.model_version == version:
         for parts in finals.values():  # committed: only the removal of older parts of these partitions was left
             for other in parts[0].parent.glob("part-*.parquet"):
                 if other not in parts:
@@ -125,7 +128,7 @@ def _finish_or_roll_back(layout: Layout, journal_path: Path, latest: dict[str, A
                 removed += _remove(staged_name(path))
                 with contextlib.suppress(OSError):
                     path.parent.rmdir()  # a partition directory this publish created, now empty
-        live = latest.get("model_version") if latest else None
+        live = latest.model_version if latest else None
         note = f"rolled back the interrupted publish of {version} ({removed} paths removed; latest.json still points to {live})"
     journal_path.unlink(missing_ok=True)
     return note
