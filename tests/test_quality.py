@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -91,3 +92,23 @@ def test_popularity_lists_equal_a_plain_walk_heavy_raters_included(rng: np.rando
     for user in users.tolist():
         seen = set(train.loc[train.user_id == user, "movie_id"])
         assert lists[user] == [m for m in order if m not in seen][:10], user
+
+
+def test_a_large_holdout_is_judged_on_a_bounded_sample(published: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past twice the sweep's users the prior is chosen on a sample and the figures rest on other users, at most
+    JUDGED_USERS of them, seeded; every figure says how many users stand behind it."""
+    import tasks.evaluation.quality as quality
+    import tasks.serving.popularity as popularity
+    from tasks.store.latest import read_latest
+
+    monkeypatch.setattr(popularity, "SWEEP_USERS", 20)
+    monkeypatch.setattr(quality, "JUDGED_USERS", 30)
+    latest, d = read_latest(published["dir"]), published["dir"]
+    model = {key: d / entry.path for key, entry in latest.model.items()}
+    store = d / "store" / latest.inputs.sha256 / "ratings.parquet"
+    args = (store, model["keras"].parent, model["scalers"], model["keras"], 0.2, 5)
+    first, again = quality.run_evaluate(*args, seed=3), quality.run_evaluate(*args, seed=3)
+    assert "skipped" not in first and "skipped" not in again
+    assert first["users"] == 30 and first["prior"]["chosen_on_users"] == 20
+    assert all(row["users"] == 30 for name, row in first["metrics"].items() if name != quality.NO_PRIOR_ROW)
+    assert first == again  # the same seed judges the same users
