@@ -69,3 +69,20 @@ def test_genre_matrix_and_unknown_genres() -> None:
 def test_holdout_fraction_validated() -> None:
     with pytest.raises(ValueError, match="holdout fraction must be in"):
         per_user_holdout(RATINGS, 1.0)
+
+
+def test_the_holdout_is_the_same_on_the_fast_path_and_the_general_one(rng: np.random.Generator) -> None:
+    n = 5000
+    ratings = pd.DataFrame(
+        {
+            "user_id": rng.integers(1, 300, n),
+            "movie_id": rng.integers(1, 900, n),
+            "rating": rng.integers(1, 11, n) / 2.0,
+            "timestamp": rng.integers(0, 40, n),  # many ties in time: input order decides
+        }
+    )
+    fast = per_user_holdout(ratings, 0.2)
+    shifted = ratings.assign(user_id=ratings.user_id - 10**6)  # negative ids take the general path
+    assert fast.tolist() == per_user_holdout(shifted, 0.2).tolist()
+    late = ratings.assign(timestamp=ratings.timestamp + 2**33)  # beyond 32 bits: the general path too
+    assert fast.tolist() == per_user_holdout(late, 0.2).tolist() and 0 < fast.sum() < n
