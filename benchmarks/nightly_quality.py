@@ -10,12 +10,17 @@ installed) and EASE^R are fitted on the same 80% and scored on the same users. P
 set and seed: whether the night published and the gate's verdict, and the table.
 
     .venv/bin/python benchmarks/nightly_quality.py [--seeds 42 1 2] [--popularity-size 2.5m|600k] [--only movielens|popularity]
+        [--variant NAME="--option value ..."]...
+
+Each ``--variant`` is a night run with those extra options, side by side with the others on the same
+inputs and seeds (default: one variant, ``default``, with no extra options).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import subprocess
 import sys
 import time
@@ -47,9 +52,10 @@ def split_input(data: DataSet, out: Path) -> tuple[Path, pd.DataFrame, pd.DataFr
     return out / "ratings.csv", ratings[~hold], ratings[hold]
 
 
-def night(towerflow: Path, inputs: Path, movies: Path, run_dir: Path, seed: int) -> dict[str, float | int | str]:
+def night(towerflow: Path, inputs: Path, movies: Path, run_dir: Path, seed: int, extra: list[str]) -> dict[str, float | int | str]:
     """``towerflow run`` as a subprocess (output in ``run_dir``.log): exit status, wall seconds, peak RSS of the process tree (GiB)."""
     cmd = [str(towerflow), "run", "--ratings", str(inputs), "--movies", str(movies), "--data-dir", str(run_dir), "--seed", str(seed)]
+    cmd += extra
     started, peak = time.perf_counter(), 0
     log = run_dir.with_suffix(".log")
     with open(log, "w") as out:
@@ -84,7 +90,12 @@ def run() -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[42])
     parser.add_argument("--work", type=Path, default=Path("/tmp/towerflow-bench"))
     parser.add_argument("--output", type=Path, default=Path("nightly_quality.csv"))
+    parser.add_argument("--variant", action="append", default=[], metavar='NAME="OPTIONS"', help="a night with extra options")
     args = parser.parse_args()
+    variants = {"default": []} if not args.variant else {}
+    for spec in args.variant:
+        name, _, options = spec.partition("=")
+        variants[name] = shlex.split(options)
     towerflow = Path(sys.executable).with_name("towerflow")
     sets = []
     if args.only != "popularity":
@@ -108,21 +119,23 @@ def run() -> int:
         for name, lists in peers.items():
             rows.append({"data": data.name, "seed": None, **method_row(name, lists, relevant, K, n_movies, 0)})
         print(f"peers fitted (EASE^R lambda {lam:g})")
-        for seed in args.seeds:
-            run_dir = work / f"run-seed{seed}"
+        for seed, (variant, extra) in ((s, v) for s in args.seeds for v in variants.items()):
+            run_dir = work / f"run-seed{seed}-{variant}"
             subprocess.run(["rm", "-rf", str(run_dir)], check=True)
-            result = night(towerflow, inputs, data.movies, run_dir, seed)
+            result = night(towerflow, inputs, data.movies, run_dir, seed, extra)
+            method = f"towerflow run ({variant})"
             if result["status"] != 0:
-                print(f"seed {seed}: towerflow run FAILED ({result['seconds']:.0f} s): {result['reason']}")
-                rows.append({"data": data.name, "seed": seed, "method": "towerflow run (published)", "published": False})
+                print(f"seed {seed} {variant}: towerflow run FAILED ({result['seconds']:.0f} s): {result['reason']}")
+                rows.append({"data": data.name, "seed": seed, "method": method, "published": False})
                 continue
             latest = json.loads((run_dir / "outputs" / "latest.json").read_text())
             gate = latest["gate"]
             print(
-                f"seed {seed}: published in {result['seconds']:.0f} s, peak {result['peak_gib']:.2f} GiB; "
+                f"seed {seed} {variant}: published in {result['seconds']:.0f} s, peak {result['peak_gib']:.2f} GiB; "
                 f"prior weight {latest['popularity_prior']['weight']:g}; gate {gate['reason']}"
             )
-            row = method_row("towerflow run (published)", published_lists(run_dir), relevant, K, n_movies, seed)
+            row = method_row(method, published_lists(run_dir), relevant, K, n_movies, seed)
+            row["train_refit_s"] = latest["timings"].get("train", 0.0) + latest["timings"].get("refit", 0.0)
             row |= {"rmse": published_rmse(towerflow, run_dir, test, work), "published": True, "verdict": gate["verdict"]}
             row |= {"seconds": result["seconds"], "peak_gib": result["peak_gib"], "prior_weight": latest["popularity_prior"]["weight"]}
             rows.append({"data": data.name, "seed": seed, **row})
@@ -130,7 +143,20 @@ def run() -> int:
     table.to_csv(args.output, index=False)
     cols = [
         c
-        for c in ("data", "seed", "method", "ndcg", "ndcg_low", "ndcg_high", "recall", "rmse", "users", "verdict", "seconds")
+        for c in (
+            "data",
+            "seed",
+            "method",
+            "ndcg",
+            "ndcg_low",
+            "ndcg_high",
+            "recall",
+            "rmse",
+            "users",
+            "verdict",
+            "seconds",
+            "train_refit_s",
+        )
         if c in table
     ]
     print("\n" + table[cols].to_string(index=False, float_format=lambda v: f"{v:.4f}"))

@@ -105,7 +105,7 @@ def _night(params: NightlyParams, run_date: dt.date, layout: Layout, known: dict
     started = time.perf_counter()
     threads = params.threads or default_threads()
     pin_threads(threads)
-    config = preset(params.preset, max_epochs=params.max_epochs, patience=params.patience)
+    config = preset(params.preset, max_epochs=params.max_epochs, patience=params.patience, refit=params.refit)
     rules = params.rules()  # business rules: which movies may be recommended (tasks/serving/rules.py)
     rules_doc = None if rules.empty else rules.document()
     run = _Stages()
@@ -195,10 +195,10 @@ def _night(params: NightlyParams, run_date: dt.date, layout: Layout, known: dict
         refit = run(
             "refit", refit_task, ratings=ratings, feature_dirs=feature_dirs, scaler_paths=scalers,
             validation_model=trained["validation_model"], out_dir=str(work / "train"), preset_name=params.preset,
-            epochs=trained["best_epoch"], seed=params.seed, holdout=params.holdout_fraction, warm=warm,
+            epochs=trained["best_epoch"], seed=params.seed, holdout=params.holdout_fraction, warm=warm, refit=params.refit,
         )  # fmt: skip
         exported = run(
-            "export", export_task, model_path=refit["model"], full_dir=feature_dirs["full"], scalers_path=scalers["full"],
+            "export", export_task, model_path=refit["model"], full_dir=feature_dirs["full"], scalers_path=refit["scalers"],
             model_dir=str(work / "model"), ratings=ratings, prior_weight=prior_weight,
         )  # fmt: skip
         # one task per shard on the flow's task runner (threads, or Dask: flows/runners.py); parts in shard order

@@ -95,8 +95,9 @@ def refit_task(
     seed: int,
     holdout: float,
     warm: dict[str, str] | None = None,
+    refit: str | None = None,
 ) -> Refit:
-    config = preset(preset_name)
+    config = preset(preset_name, refit=refit)
     on_epoch = report.EpochProgress("refit", epochs)  # epoch logs and the towerflow-refit-progress artifact
     return on_epoch.finish(
         run_refit(

@@ -61,9 +61,11 @@ class Trained(TypedDict):
 
 
 class Refit(TypedDict):
-    """The model to publish, trained on every rating for the validation run's best number of epochs."""
+    """The model to publish and the scalers it reads its features with: trained again on every rating for
+    the validation run's best number of epochs (``refit="full"``), or the validation model itself."""
 
     model: str
+    scalers: str
     refit_epochs: int
     history: NotRequired[list[dict[str, float]]]
     warm_start: NotRequired[str]

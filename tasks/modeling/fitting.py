@@ -97,8 +97,8 @@ def run_refit(
 ) -> Refit:
     """Train the published ``model.keras`` on every rating (full-phase features and scalers), from ``warm`` if given.
 
-    With no holdout the train phase already is every rating, so the validation
-    model is published as it is.
+    With ``config.refit == "none"``, or no holdout (the train phase then already is every rating), the
+    validation model is published as it is, with the train phase's scalers it was trained with.
     """
     from tasks.modeling.model import save_model
     from tasks.modeling.train import train_model
@@ -107,16 +107,16 @@ def run_refit(
     outcome: dict[str, Any] = {}
     ratings = load_ratings(ratings_path)
     final_path = Path(out_dir) / "model.keras"
-    if not per_user_holdout(ratings, holdout_fraction).any():
+    if config.refit == "none" or not per_user_holdout(ratings, holdout_fraction).any():
         shutil.copyfile(validation_model, final_path)
-        return Refit(model=str(final_path), refit_epochs=0)
+        return Refit(model=str(final_path), scalers=scaler_paths["train"], refit_epochs=0)
     full = prepare(Path(feature_dirs["full"]), Path(scaler_paths["full"]))
     final = train_model(
         full.train_data(ratings, config), config, seed, epochs=max(1, epochs),
         on_epoch=_epoch_hook("refit", on_epoch), init=initializer(warm, full.feats.movie_ids, outcome),
     )  # fmt: skip
     save_model(final.model, final_path)
-    result = Refit(model=str(final_path), refit_epochs=final.epochs_run, history=final.history)
+    result = Refit(model=str(final_path), scalers=scaler_paths["full"], refit_epochs=final.epochs_run, history=final.history)
     if "warm_start" in outcome:
         result["warm_start"] = outcome["warm_start"]
     return result
