@@ -56,16 +56,17 @@ def hostile_inputs(tiny_data: tuple[Path, Path], tmp_path_factory: pytest.TempPa
 def sub_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """Environment of the subprocess runs: the session's Prefect server, a temporary PREFECT_HOME, no fault.
 
-    The runs import a copy of ``flows/`` and ``tasks/`` taken once (``PYTHONPATH``): the code version is part of
+    The runs import a copy of ``flows/``, ``tasks/`` and ``towerflow/`` taken once (``PYTHONPATH``): the code version is part of
     the model version, and the code must not change between a crash and its re-run while people edit the tree.
     """
     from prefect.settings import PREFECT_API_URL
 
     import flows
     import tasks
+    import towerflow
 
     source = tmp_path_factory.mktemp("source")
-    for package in (flows, tasks):
+    for package in (flows, tasks, towerflow):
         root = Path(str(package.__file__)).parent
         shutil.copytree(root, source / root.name, ignore=shutil.ignore_patterns("__pycache__"))
     home = tmp_path_factory.mktemp("prefect-home")
