@@ -12,10 +12,13 @@ the one slot of the global concurrency limit ``towerflow-data-<hash of DIR>``
 (created on first use) with Prefect's own ``concurrency()``: that covers runs
 on other machines sharing the directory, and shows in the UI (with Prefect's
 acquired/released events). The slot is a lease of :data:`LEASE_SECONDS`, held
-by the flow run and renewed by Prefect in the background; a run that dies
-keeps it until the lease lapses, except that a run which takes the file lock
-releases the lease its predecessor on this host recorded (that process is
-provably gone: it held the lock). Prefect does not hand ``concurrency()``'s
+by the flow run and renewed by Prefect in the background. A run waits up to
+:data:`SLOT_WAIT_SECONDS` for the slot, never abandoning a request the server
+may still grant (:func:`_take_slot`: Prefect's own timeout would leave a lease
+nobody knows holding the slot). A run that dies keeps it until the lease
+lapses, except that a run which takes the file lock releases the lease its
+predecessor on this host recorded (that process is provably gone: it held the
+lock). Prefect does not hand ``concurrency()``'s
 caller the lease id, but records each lease it grants on the run's
 ``ConcurrencyContext`` (so that it can free it if the run is cancelled);
 that is where this module reads the id it writes into the lock file. On the
@@ -171,7 +174,6 @@ def crash_orphan(client: Any, previous: dict[str, Any], me: dict[str, Any]) -> s
 def _server_slot(data_dir: Path, previous: dict[str, Any], me: dict[str, Any], fd: int) -> Iterator[None]:
     from prefect.client.orchestration import get_client
     from prefect.concurrency.context import ConcurrencyContext
-    from prefect.concurrency.sync import concurrency
     from prefect.exceptions import ObjectAlreadyExists
 
     name = limit_name(data_dir)
@@ -190,27 +192,64 @@ def _server_slot(data_dir: Path, previous: dict[str, Any], me: dict[str, Any], f
         with contextlib.ExitStack() as stack:
             context = ConcurrencyContext.get() or stack.enter_context(ConcurrencyContext())  # a flow run has one
             before = set(context.cleanup_lease_ids)
-            try:
-                stack.enter_context(
-                    concurrency(
-                        name,
-                        timeout_seconds=SLOT_WAIT_SECONDS,
-                        lease_duration=LEASE_SECONDS,
-                        strict=True,
-                        holder=_flow_run_holder(),
-                        raise_on_lease_renewal_failure=False,  # a missed renewal is logged; the file lock still guards
-                    )
-                )
-            except TimeoutError:
+            if not _take_slot(stack, name):
                 raise LockedError(
                     f"the Prefect concurrency limit {name!r} of the data directory {data_dir} is held by another run "
                     f"(on another machine, or one that died less than {LEASE_SECONDS:.0f} s ago); waited {SLOT_WAIT_SECONDS:.0f} s. "
                     "Wait for it to finish, then run again"
-                ) from None
+                )
             _record_lease(fd, me, name, [lease for lease in context.cleanup_lease_ids if lease not in before])
             yield
     finally:
         _write_holder(fd, me)  # released (or never taken): nothing for the next run to clean up
+
+
+def _take_slot(stack: contextlib.ExitStack, name: str) -> bool:
+    """Enter ``concurrency(name)`` on ``stack`` within :data:`SLOT_WAIT_SECONDS`; ``False`` if refused.
+
+    Why not ``concurrency(timeout_seconds=...)``: Prefect's timeout cancels the
+    acquisition's HTTP request client-side, wherever it is. A request already sent
+    is still served: the server takes the slot and creates a lease whose id no one
+    ever reads, so the slot stays taken until the lease lapses (60 s) and the next
+    run is refused by a ghost (a flake of tests/test_lock.py on a loaded machine).
+    So each attempt is one request (``max_retries=0``) waited for to its answer;
+    a refusal (423) is retried here after the server's ``Retry-After``, and the
+    deadline is only checked between attempts. Every lease granted is thus the
+    caller's, renewed and released by ``concurrency()`` like any other.
+    """
+    import time
+
+    import httpx
+    from prefect.concurrency.asyncio import ConcurrencySlotAcquisitionError
+    from prefect.concurrency.sync import concurrency
+
+    deadline = time.monotonic() + SLOT_WAIT_SECONDS
+    while True:
+        try:
+            stack.enter_context(
+                concurrency(
+                    name,
+                    timeout_seconds=None,  # never abandon a request the server may grant
+                    max_retries=0,  # a refusal comes back to this loop
+                    lease_duration=LEASE_SECONDS,
+                    strict=True,
+                    holder=_flow_run_holder(),
+                    # a missed renewal is logged; the file lock still guards
+                    raise_on_lease_renewal_failure=False,
+                )
+            )
+            return True
+        except ConcurrencySlotAcquisitionError as exc:
+            refusal = exc.__cause__  # Prefect raises it from the HTTP error
+            if not isinstance(refusal, httpx.HTTPStatusError):
+                raise
+            if refusal.response.status_code != httpx.codes.LOCKED:
+                raise
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            retry_after = float(refusal.response.headers.get("Retry-After", 1.0))
+            time.sleep(min(max(retry_after, 0.1), remaining))
 
 
 def _record_lease(fd: int, me: dict[str, Any], name: str, granted: list[UUID]) -> None:

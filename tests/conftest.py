@@ -23,6 +23,26 @@ set_thread_env(2)
 # `pytest tests/test_train.py tests/test_incremental.py`). Configure Prefect's logging first, here.
 import prefect.main  # noqa: E402, F401
 
+# The fixtures that run flows, and the markers of every test that needs one (even indirectly).
+FLOW_FIXTURE_MARKERS = {
+    "prefect_harness": ("flow",),  # the session's Prefect test server: the test runs flows on it
+    "published": ("flow", "train"),  # a nightly flow run, which trains the model
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark each test by the fixtures it needs, so that ``-m "not flow"`` can never run a flow.
+
+    A test that used ``published`` without the ``flow`` marker ran a whole nightly run under
+    ``make test-fast``; derived from ``item.fixturenames`` (the fixtures' closure), a marker
+    cannot be forgotten. Runs before ``-m`` deselects (conftest hooks precede pytest's own).
+    """
+    for item in items:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        markers = {m for f, ms in FLOW_FIXTURE_MARKERS.items() if f in fixtures for m in ms}
+        for marker in sorted(markers - {mark.name for mark in item.iter_markers()}):
+            item.add_marker(marker)
+
 
 @pytest.fixture
 def rng() -> np.random.Generator:
