@@ -50,8 +50,10 @@ class NightlyParams(BaseModel):
     warm_start: bool = Field(False, description="start from the published model's weights (tasks/modeling/warmstart.py)")
     warm_epochs: int | None = Field(None, ge=1, description="epochs of a warm start (default: a quarter of the preset's)")
     patience: int | None = Field(None, ge=1, description="early stopping patience in epochs (default: the preset's)")
-    refit: Literal["full", "none"] | None = Field(
-        None, description="'full': train again on every rating to publish; 'none': publish the validation model (default: the preset's)"
+    refit: Literal["full", "warm", "none"] | None = Field(
+        None,
+        description="'full': train again on every rating to publish; 'warm': go on from the validation model for a fifth "
+        "of its epochs; 'none': publish the validation model (default: the preset's)",
     )
     chunk_size: int = Field(4096, ge=1, description="users per top-k chunk (bounds memory)")
     shard_size: int = Field(50_000, ge=1, description="users (movies) per recommend (similar) task; shards run on the task runner")
@@ -112,7 +114,7 @@ _OPTIONS: dict[str, dict[str, Any]] = {
     "warm_start": {},
     "warm_epochs": {},
     "patience": {"flag": "--early-stopping", "metavar": "PATIENCE"},
-    "refit": {"choices": ["full", "none"]},
+    "refit": {"choices": ["full", "warm", "none"]},
     "threads": {},
     "gate": {"flag": "--no-gate", "help": "publish whatever the quality gate's verdict (the verdict is still recorded)"},
     "gate_margin": {},

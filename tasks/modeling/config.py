@@ -18,7 +18,7 @@ from tasks.errors import ConfigError
 
 FeatureSet = Literal["lab", "confidence"]
 TargetScale = Literal["minmax", "stars"]
-Refit = Literal["full", "none"]
+Refit = Literal["full", "warm", "none"]
 
 
 @dataclass(frozen=True)
@@ -54,8 +54,9 @@ class ModelConfig:
     normalize: bool = True
     target_scale: TargetScale = "minmax"
     # What the night publishes: "full" trains the model again on every rating (the validation run's best
-    # number of epochs); "none" publishes the validation model itself, the one the holdout and the gate
-    # judged, reading features computed on every rating (so the newest ratings still reach every user).
+    # number of epochs); "warm" goes on from the validation model's weights on every rating for a fifth of
+    # those epochs; "none" publishes the validation model itself, the one the holdout and the gate judged,
+    # reading features computed on every rating (so the newest ratings still reach every user).
     refit: Refit = "full"
 
     def __post_init__(self) -> None:
@@ -68,8 +69,8 @@ class ModelConfig:
                 raise ConfigError(f"model config {name} must be > 0, got {value!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"model config dropout must be in [0, 1), got {self.dropout!r}")
-        if self.refit not in ("full", "none"):
-            raise ConfigError(f"model config refit must be 'full' or 'none', got {self.refit!r}")
+        if self.refit not in ("full", "warm", "none"):
+            raise ConfigError(f"model config refit must be 'full', 'warm' or 'none', got {self.refit!r}")
         if any(width < 1 for width in self.hidden) or self.history_length < 0:
             raise ConfigError(f"model config needs hidden widths >= 1 and history_length >= 0, got {self.hidden}, {self.history_length}")
 

@@ -7,6 +7,7 @@ inputs (evaluation, export, the shard workers) stay free of TensorFlow until the
 
 from __future__ import annotations
 
+import math
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -20,6 +21,8 @@ from tasks.preparation.features import per_user_holdout
 from tasks.preparation.phases import prepare
 from tasks.stage_results import Phases, Refit, Trained
 from tasks.store.tables import load_ratings
+
+WARM_REFIT_SHARE = 0.2  # a warm refit's epochs, as a share of the validation run's (the newest 20% of ratings)
 
 
 def _epoch_hook(phase: str, on_epoch: Callable[[str, dict[str, float]], None] | None) -> Callable[[dict[str, float]], None]:
@@ -97,8 +100,10 @@ def run_refit(
 ) -> Refit:
     """Train the published ``model.keras`` on every rating (full-phase features and scalers), from ``warm`` if given.
 
-    With ``config.refit == "none"``, or no holdout (the train phase then already is every rating), the
-    validation model is published as it is, with the train phase's scalers it was trained with.
+    With ``config.refit == "warm"`` training goes on from the validation model's weights for
+    :data:`WARM_REFIT_SHARE` of ``epochs``. With ``"none"``, or no holdout (the train phase then already is
+    every rating), the validation model is published as it is, with the train phase's scalers it was
+    trained with.
     """
     from tasks.modeling.model import save_model
     from tasks.modeling.train import train_model
@@ -111,10 +116,15 @@ def run_refit(
         shutil.copyfile(validation_model, final_path)
         return Refit(model=str(final_path), scalers=scaler_paths["train"], refit_epochs=0)
     full = prepare(Path(feature_dirs["full"]), Path(scaler_paths["full"]))
+    init = initializer(warm, full.feats.movie_ids, outcome)
+    if config.refit == "warm":  # the validation model's weights, then a fifth of its epochs on every rating
+        from tasks.modeling.model import load_model
+
+        weights = load_model(Path(validation_model)).get_weights()
+        epochs, init = math.ceil(max(1, epochs) * WARM_REFIT_SHARE), lambda model: model.set_weights(weights)
     final = train_model(
-        full.train_data(ratings, config), config, seed, epochs=max(1, epochs),
-        on_epoch=_epoch_hook("refit", on_epoch), init=initializer(warm, full.feats.movie_ids, outcome),
-    )  # fmt: skip
+        full.train_data(ratings, config), config, seed, epochs=max(1, epochs), on_epoch=_epoch_hook("refit", on_epoch), init=init
+    )
     save_model(final.model, final_path)
     result = Refit(model=str(final_path), scalers=scaler_paths["full"], refit_epochs=final.epochs_run, history=final.history)
     if "warm_start" in outcome:
