@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -86,3 +87,29 @@ def test_example_budget_shrinks_epochs_not_their_number(rng: np.random.Generator
     config = dataclasses.replace(PLAIN, batch_size=64, max_epochs=4, max_examples=600)
     result = train_model(data, config, seed=2)
     assert [h["examples"] for h in result.history] == [150] * 4
+
+
+@pytest.mark.parametrize("refit", ["full", "warm", "none"])
+def test_refit_modes_publish_what_they_say(tiny_data: tuple[Path, Path], tmp_path: Path, refit: str) -> None:
+    """full: trained again on every rating for the validation run's epochs; warm: from the validation weights
+    for a fifth of them; none: the validation model itself, with the scalers it was trained with."""
+    from tasks.ingestion.ingest import run_ingest
+    from tasks.modeling.fitting import run_refit, run_train
+    from tasks.modeling.model import load_model
+    from tasks.preparation.phases import run_features, run_scalers
+    from tasks.stage_results import Phases
+
+    config = preset("default", max_epochs=3, refit=refit)
+    ingested = run_ingest(tiny_data[0], tiny_data[1], tmp_path / "store")
+    ratings = Path(ingested["ratings"])
+    feats = run_features(ratings, Path(ingested["movies"]), tmp_path / "features", config, 0.2)
+    dirs = Phases(train=feats["train"], full=feats["full"])
+    scalers = run_scalers(ratings, dirs, 0.2)
+    trained = run_train(ratings, dirs, scalers, tmp_path / "train", config, 1, 0.2)
+    out = run_refit(ratings, dirs, scalers, Path(trained["validation_model"]), tmp_path / "train", config, 1, 3, 0.2)
+    validation = load_model(Path(trained["validation_model"])).get_weights()
+    published = load_model(Path(out["model"])).get_weights()
+    same = all(np.array_equal(a, b) for a, b in zip(validation, published, strict=True))
+    assert out["refit_epochs"] == {"full": 3, "warm": 1, "none": 0}[refit]
+    assert out["scalers"] == (scalers["train"] if refit == "none" else scalers["full"])
+    assert same == (refit == "none")
