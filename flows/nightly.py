@@ -38,9 +38,10 @@ from tasks import faults
 from tasks.errors import TowerflowError
 from tasks.ingestion import rejects
 from tasks.modeling import warmstart
-from tasks.modeling.config import preset
+from tasks.modeling.config import ModelConfig, preset
 from tasks.runtime import default_threads, pin_threads
-from tasks.stage_results import Evaluation, Ingested, Inputs, Phases, Skipped
+from tasks.serving.rules import Rules
+from tasks.stage_results import Evaluation, Ingested, Inputs, Phases, Refit, Skipped, Trained
 from tasks.store import resume
 from tasks.store import tables as stored
 from tasks.store.layout import Layout, model_version
@@ -82,6 +83,87 @@ class _Stages:
         return result
 
 
+def _ingest(run: _Stages, params: NightlyParams, layout: Layout, run_date: dt.date) -> tuple[Ingested, Inputs, str]:
+    """The ingest stages: a drop folder's new files (incremental), one pair of files, or the embedded data set.
+
+    Returns what was ingested, the input files and the hash the night's version rests on.
+    """
+    if (params.ratings is None) != (params.movies is None):
+        raise StageError("stage inputs failed: give both --ratings and --movies, or neither for the embedded data set")
+    movies = str(Path(params.movies or "").resolve())
+    if incremental.is_incremental(params.ratings):  # several files or a drop folder: only new files, a task each
+        ledger = run(
+            "ingest", incremental.ingest_all, ratings=params.ratings, movies=movies, data_dir=str(layout.data_dir),
+            run_date=run_date, max_reject_share=params.max_reject_share,
+        )  # fmt: skip
+        return ledger, ledger["inputs"], ledger["input_hash"]
+    if params.ratings is None:
+        inputs = run("generate", generate_task, out_dir=str(layout.data_dir / "embedded"))
+    else:
+        inputs = Inputs(ratings=incremental.single(params.ratings), movies=movies)
+    ratings = str(inputs["ratings"])
+    input_hash = run("hash-inputs", stored.input_hash, ratings_src=Path(ratings), movies_src=Path(inputs["movies"]))
+    ingested = run(
+        "ingest", ingest_task, ratings=ratings, movies=inputs["movies"], store_dir=str(layout.store(input_hash)),
+        rejects_path=str(rejects.rejects_path(layout.data_dir, run_date, input_hash)),
+        max_reject_share=params.max_reject_share, data_dir=str(layout.data_dir),
+    )  # fmt: skip
+    return ingested, inputs, input_hash
+
+
+def _version(params: NightlyParams, config: ModelConfig, input_hash: str, rules: dict[str, Any] | None, run_date: dt.date) -> str:
+    """The model version: a hash of everything the outputs depend on (data, configuration, seed, k, rules, code),
+    so a re-run of the same night resumes its work directory."""
+    facts: tuple[str, ...] = (input_hash, json.dumps(config.to_dict(), sort_keys=True), str(params.seed))
+    facts += (str(params.holdout_fraction), str(params.k), caching.code_version())
+    facts += (f"warm:{params.warm_epochs}",) if params.warm_start else ()
+    facts += (json.dumps(rules, sort_keys=True),) if rules else ()
+    return model_version(run_date, sha256_text(*facts))
+
+
+def _prior(measured: Evaluation | None) -> dict[str, Any]:
+    """latest.json's ``popularity_prior``: the weight the evaluate stage chose, or 0 with nothing measured."""
+    if measured is None:
+        return {"weight": 0.0, "chosen_on": "nothing (no holdout to measure on)", "ndcg_by_weight": {}}
+    prior = measured["prior"]
+    chosen = "NDCG@k of the validation model on the holdout"
+    return {"weight": prior["weight"], "chosen_on": chosen, "ndcg_by_weight": prior["ndcg_by_weight"]}
+
+
+def _published_facts(
+    params: NightlyParams,
+    config: ModelConfig,
+    rules: Rules,
+    inputs: Inputs,
+    input_hash: str,
+    ingested: Ingested,
+    trained: Trained,
+    refit: Refit,
+    known: dict[str, Any],
+    run: _Stages,
+    threads: int,
+) -> dict[str, Any]:
+    """What latest.json holds besides the tables and model files (:class:`tasks.store.latest.Latest`)."""
+    warm_start = refit.get("warm_start", trained.get("warm_start")) if params.warm_start else None
+    training = {"val_rmse": trained["val_rmse"], "best_epoch": trained["best_epoch"], "epochs_run": trained["epochs_run"]}
+    return {
+        "preset": params.preset,
+        "k": params.k,
+        "inputs": {"ratings": inputs["ratings"], "movies": inputs["movies"], "sha256": input_hash},
+        "ingest": ingested["stats"],
+        "training": {**training, "refit_epochs": refit["refit_epochs"], "warm_start": warm_start},
+        "config": config.to_dict(),
+        "rules": rules.document(),
+        "threads": threads,
+        "metrics": known.get("metrics"),
+        "gate": known["gate"],
+        "popularity_prior": known["popularity_prior"],
+        "drift": known["drift"],
+        "timings": dict(run.timings),
+        "reused_stages": list(run.cached),  # finished by an interrupted run of this version, not recomputed
+    }
+
+
 # shards: TOWERFLOW_DASK_ADDRESS or threads; a failed run's exception is stored by Prefect as JSON, never pickled
 @flow(
     name="towerflow-nightly", log_prints=True, task_runner=runners.task_runner(), persist_result=False, result_serializer=caching.SERIALIZER
@@ -110,41 +192,8 @@ def _night(params: NightlyParams, run_date: dt.date, layout: Layout, known: dict
     rules_doc = None if rules.empty else rules.document()
     run = _Stages()
     with data_dir_lock(layout.lock):
-        if (params.ratings is None) != (params.movies is None):
-            raise StageError("stage inputs failed: give both --ratings and --movies, or neither for the embedded data set")
-        ingested: Ingested
-        if incremental.is_incremental(params.ratings):  # several files or a drop folder: only new files, a task each
-            ledger = run(
-                "ingest", incremental.ingest_all, ratings=params.ratings, movies=str(Path(params.movies or "").resolve()),
-                data_dir=str(layout.data_dir), run_date=run_date, max_reject_share=params.max_reject_share,
-            )  # fmt: skip
-            ingested, inputs, input_hash = ledger, ledger["inputs"], ledger["input_hash"]
-        else:
-            if params.ratings is None:
-                inputs = run("generate", generate_task, out_dir=str(layout.data_dir / "embedded"))
-            else:
-                inputs = Inputs(ratings=incremental.single(params.ratings), movies=str(Path(params.movies or "").resolve()))
-            ratings_file = str(inputs["ratings"])
-            input_hash = run("hash-inputs", stored.input_hash, ratings_src=Path(ratings_file), movies_src=Path(inputs["movies"]))
-            rejects_path = rejects.rejects_path(layout.data_dir, run_date, input_hash)
-            ingested = run(
-                "ingest", ingest_task, ratings=ratings_file, movies=inputs["movies"], store_dir=str(layout.store(input_hash)),
-                rejects_path=str(rejects_path), max_reject_share=params.max_reject_share, data_dir=str(layout.data_dir),
-            )  # fmt: skip
-        # The version names all the outputs depend on (data, configuration, seed, k, code): a re-run resumes its work dir.
-        config_text = json.dumps(config.to_dict(), sort_keys=True)
-        facts: tuple[str, ...] = (
-            input_hash,
-            config_text,
-            str(params.seed),
-            str(params.holdout_fraction),
-            str(params.k),
-            caching.code_version(),
-        )
-        facts += (f"warm:{params.warm_epochs}",) if params.warm_start else ()
-        facts += (json.dumps(rules_doc, sort_keys=True),) if rules_doc else ()
-        version = model_version(run_date, sha256_text(*facts))
-        known["model_version"] = version
+        ingested, inputs, input_hash = _ingest(run, params, layout, run_date)
+        version = known["model_version"] = _version(params, config, input_hash, rules_doc, run_date)
         work = layout.work(version)
         for note in resume.prepare_work(layout, work):
             logger.info(note)
@@ -182,12 +231,8 @@ def _night(params: NightlyParams, run_date: dt.date, layout: Layout, known: dict
         measured = evaluation if evaluation is not None and "skipped" not in evaluation else None
         if measured is not None:
             known["metrics"] = measured["metrics"]
-        prior_weight = measured["prior"]["weight"] if measured is not None else 0.0
-        known["popularity_prior"] = {
-            "weight": prior_weight,
-            "chosen_on": "NDCG@k of the validation model on the holdout" if measured else "nothing (no holdout to measure on)",
-            "ndcg_by_weight": measured["prior"]["ndcg_by_weight"] if measured else {},
-        }
+        known["popularity_prior"] = _prior(measured)
+        prior_weight = float(known["popularity_prior"]["weight"])
         known["gate"] = run(
             "quality-gate", gate_task, evaluation=evaluation, latest_path=str(layout.latest), margin=params.gate_margin, k=params.k,
             enforce=params.gate,
@@ -217,28 +262,7 @@ def _night(params: NightlyParams, run_date: dt.date, layout: Layout, known: dict
             "drift", drift_task, parts=recs["parts"], latest_path=str(layout.latest), ratings=ratings, movies=ingested["movies"],
             metrics=known.get("metrics"), out_path=str(work / "metrics.parquet"),
         )  # fmt: skip
-        extra = {
-            "preset": params.preset,
-            "k": params.k,
-            "inputs": {"ratings": inputs["ratings"], "movies": inputs["movies"], "sha256": input_hash},
-            "ingest": ingested["stats"],
-            "training": {
-                "val_rmse": trained["val_rmse"],
-                "best_epoch": trained["best_epoch"],
-                "epochs_run": trained["epochs_run"],
-                "refit_epochs": refit["refit_epochs"],
-                "warm_start": refit.get("warm_start", trained.get("warm_start")) if params.warm_start else None,
-            },
-            "config": config.to_dict(),
-            "rules": rules.document(),
-            "threads": threads,
-            "metrics": known.get("metrics"),
-            "gate": known["gate"],
-            "popularity_prior": known["popularity_prior"],
-            "drift": known["drift"],
-            "timings": dict(run.timings),
-            "reused_stages": list(run.cached),  # finished by an interrupted run of this version, not recomputed
-        }
+        extra = _published_facts(params, config, rules, inputs, input_hash, ingested, trained, refit, known, run, threads)
         tables: dict[str, str | list[str]] = {
             "recommendations": recs["parts"],
             "similar_movies": similar["parts"],
