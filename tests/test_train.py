@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from tasks.modeling.config import preset
@@ -113,3 +115,6 @@ def test_refit_modes_publish_what_they_say(tiny_data: tuple[Path, Path], tmp_pat
     assert out["refit_epochs"] == {"full": 3, "warm": 1, "none": 0}[refit]
     assert out["scalers"] == (scalers["train"] if refit == "none" else scalers["full"])
     assert same == (refit == "none")
+    if refit == "warm":  # a fifth of the epochs and of the examples a full refit would see
+        n = len(pd.read_parquet(ratings))
+        assert sum(h["examples"] for h in out["history"]) == math.ceil(3 * n * 0.2)

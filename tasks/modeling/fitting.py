@@ -7,6 +7,7 @@ inputs (evaluation, export, the shard workers) stay free of TensorFlow until the
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import shutil
 from collections.abc import Callable
@@ -101,9 +102,10 @@ def run_refit(
     """Train the published ``model.keras`` on every rating (full-phase features and scalers), from ``warm`` if given.
 
     With ``config.refit == "warm"`` training goes on from the validation model's weights for
-    :data:`WARM_REFIT_SHARE` of ``epochs``. With ``"none"``, or no holdout (the train phase then already is
-    every rating), the validation model is published as it is, with the train phase's scalers it was
-    trained with.
+    :data:`WARM_REFIT_SHARE` of ``epochs`` and of the examples a full refit would see (the example budget
+    of big data sets bounds the full refit's epochs, so the warm one is bounded by a fifth of that). With
+    ``"none"``, or no holdout (the train phase then already is every rating), the validation model is
+    published as it is, with the train phase's scalers it was trained with.
     """
     from tasks.modeling.model import save_model
     from tasks.modeling.train import train_model
@@ -117,10 +119,13 @@ def run_refit(
         return Refit(model=str(final_path), scalers=scaler_paths["train"], refit_epochs=0)
     full = prepare(Path(feature_dirs["full"]), Path(scaler_paths["full"]))
     init = initializer(warm, full.feats.movie_ids, outcome)
-    if config.refit == "warm":  # the validation model's weights, then a fifth of its epochs on every rating
+    if config.refit == "warm":  # the validation weights, then a fifth of a full refit's epochs and examples
         from tasks.modeling.model import load_model
+        from tasks.modeling.train import examples_per_epoch
 
         weights = load_model(Path(validation_model)).get_weights()
+        full_examples = examples_per_epoch(len(ratings), max(1, epochs), config.max_examples) * max(1, epochs)
+        config = dataclasses.replace(config, max_examples=max(1, math.ceil(full_examples * WARM_REFIT_SHARE)))
         epochs, init = math.ceil(max(1, epochs) * WARM_REFIT_SHARE), lambda model: model.set_weights(weights)
     final = train_model(
         full.train_data(ratings, config), config, seed, epochs=max(1, epochs), on_epoch=_epoch_hook("refit", on_epoch), init=init
