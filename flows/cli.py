@@ -75,7 +75,10 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--ratings-per-user", type=float, default=80.0, help="mean ratings per user")
     gen.add_argument("--seed", type=int, default=7)
     gen.add_argument(
-        "--law", choices=sorted(LAWS), default="taste", help="what drives the picks: genre taste (default) or popularity (weak tastes)"
+        "--law",
+        choices=sorted(LAWS),
+        default="taste",
+        help="what drives the picks: genre taste (default), popularity (weak tastes) or latent (hidden factors genres do not show)",
     )
     gen.add_argument("--taste-strength", type=float, help="override the law's weight of genre taste in what users pick")
     gen.add_argument("--popularity-exponent", type=float, help="override the law's Zipf exponent of movie popularity")

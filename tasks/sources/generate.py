@@ -39,10 +39,16 @@ class Law:
     taste_strength: float = 3.0
     popularity_exponent: float = 0.9
     quality_pull: float = 0.6
+    # Hidden factors: every user and movie gets a random vector of latent_dim numbers that genres do not
+    # show; picks are weighted by exp(latent_strength x their dot product) (unit variance) and ratings
+    # move by latent_rating x it. 0 = none (the draws of the other laws are unchanged).
+    latent_strength: float = 0.0
+    latent_rating: float = 0.0
+    latent_dim: int = 8
 
     def __post_init__(self) -> None:
-        if self.taste_strength < 0 or self.popularity_exponent < 0:
-            raise ConfigError(f"law needs taste_strength >= 0 and popularity_exponent >= 0, got {self}")
+        if self.taste_strength < 0 or self.popularity_exponent < 0 or self.latent_strength < 0 or self.latent_dim < 1:
+            raise ConfigError(f"law needs taste_strength, popularity_exponent, latent_strength >= 0, latent_dim >= 1, got {self}")
 
 
 LAWS: dict[str, Law] = {
@@ -51,6 +57,10 @@ LAWS: dict[str, Law] = {
     # Picks led by popularity: tastes weak, popular (and good) movies rated by most users, as on
     # catalogs where most-popular is hard to beat.
     "popularity": Law(taste_strength=0.5, popularity_exponent=0.9, quality_pull=1.0),
+    # Picks led by hidden factors: weak genre tastes, moderate popularity, and users who pick (and like)
+    # movies whose random latent vectors match theirs. Content features cannot see these factors; who
+    # watched what together (EASE^R's co-occurrence) can.
+    "latent": Law(taste_strength=0.5, popularity_exponent=0.7, quality_pull=0.6, latent_strength=1.5, latent_rating=0.5),
 }
 
 
@@ -129,7 +139,11 @@ def generate(
     ratings_csv = out_dir / "ratings.csv"
     start = rng.integers(946_684_800, 1_420_070_400, n_users)  # 2000-01-01 .. 2015-01-01
     n_rows = 0
-    sampler = _Sampler(movie_genres, popularity, law.taste_strength)
+    sampler: _Sampler | _LatentSampler = _Sampler(movie_genres, popularity, law.taste_strength)
+    if law.latent_strength > 0 or law.latent_rating != 0:  # drawn only here, so the other laws' bytes stay the same
+        user_f = rng.normal(0.0, 1.0, (n_users, law.latent_dim))
+        movie_f = rng.normal(0.0, 1.0 / np.sqrt(law.latent_dim), (n_movies, law.latent_dim))
+        sampler = _LatentSampler(affinity_all, popularity, law, user_f, movie_f)
     with atomic_path(ratings_csv) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
         fh.write("userId,movieId,rating,timestamp\n")
         for lo in range(0, n_users, USER_BLOCK):
@@ -179,10 +193,35 @@ class _Sampler:
         return picks[:count]
 
 
+class _LatentSampler:
+    """Exact per-movie draws for the latent law: weight = popularity x exp(taste x genre affinity + latent match).
+
+    The latent match differs per movie, so movies cannot be grouped by genre set as :class:`_Sampler`
+    does; the cost is one pass over the catalog per user (Gumbel top-k: sampling without replacement).
+    """
+
+    def __init__(self, affinity: np.ndarray, popularity: np.ndarray, law: Law, user_f: np.ndarray, movie_f: np.ndarray) -> None:
+        self.affinity, self.law, self.user_f, self.movie_f = affinity, law, user_f, movie_f
+        with np.errstate(divide="ignore"):
+            self.log_pop = np.log(popularity)  # -inf for cold movies: never drawn
+
+    def match(self, user: int, movies: np.ndarray) -> np.ndarray:
+        """The hidden-factor match of ``user`` with ``movies`` (about unit variance)."""
+        return np.asarray(self.movie_f[movies] @ self.user_f[user])
+
+    def draw_user(self, rng: np.random.Generator, user: int, taste: np.ndarray, count: int) -> np.ndarray:
+        law = self.law
+        logits = self.log_pop + law.taste_strength * (self.affinity @ taste) + law.latent_strength * (self.movie_f @ self.user_f[user])
+        keys = logits + rng.gumbel(size=len(logits))
+        count = min(count, int(np.isfinite(self.log_pop).sum()))
+        top = np.sort(np.argpartition(-keys, count - 1)[:count])
+        return rng.permutation(top)  # in random order: times are handed out in pick order
+
+
 def _rate_block(
     rng: np.random.Generator,
     users: range,
-    sampler: _Sampler,
+    sampler: _Sampler | _LatentSampler,
     quality: np.ndarray,
     affinity_all: np.ndarray,
     taste: np.ndarray,
@@ -193,9 +232,14 @@ def _rate_block(
     """Ratings of a block of users, with half-star ratings and times over each user's active period."""
     parts = []
     for u in users:
-        picks = sampler.draw(rng, taste[u], int(counts[u]))
+        if isinstance(sampler, _LatentSampler):
+            picks = sampler.draw_user(rng, u, taste[u], int(counts[u]))
+            hidden = sampler.law.latent_rating * sampler.match(u, picks)
+        else:
+            picks = sampler.draw(rng, taste[u], int(counts[u]))
+            hidden = np.zeros(len(picks))
         aff = affinity_all[picks] @ taste[u]
-        raw = 3.5 + bias[u] + quality[picks] + 0.9 * aff + rng.normal(0, 0.55, len(picks))
+        raw = 3.5 + bias[u] + quality[picks] + 0.9 * aff + hidden + rng.normal(0, 0.55, len(picks))
         span = rng.integers(30 * 86_400, 8 * 365 * 86_400)  # active periods overlap, as in MovieLens
         times = np.sort(start[u] + rng.integers(0, span, len(picks)))
         parts.append((np.full(len(picks), u + 1), picks + 1, np.clip(np.round(raw * 2) / 2, 0.5, 5.0), times))
