@@ -47,8 +47,10 @@ class Law:
     latent_dim: int = 8
 
     def __post_init__(self) -> None:
-        if self.taste_strength < 0 or self.popularity_exponent < 0 or self.latent_strength < 0 or self.latent_dim < 1:
-            raise ConfigError(f"law needs taste_strength, popularity_exponent, latent_strength >= 0, latent_dim >= 1, got {self}")
+        lows = {"taste_strength": 0, "popularity_exponent": 0, "latent_strength": 0, "latent_dim": 1}
+        for name, low in lows.items():
+            if getattr(self, name) < low:
+                raise ConfigError(f"law needs {name} >= {low}, got {getattr(self, name)!r} in {self}")
 
 
 LAWS: dict[str, Law] = {
