@@ -80,6 +80,7 @@ def _args(data_dir: Path, inputs: tuple[Path, Path]) -> list[str]:
     return [
         "run", "--ratings", str(ratings), "--movies", str(movies), "--data-dir", str(data_dir),
         "--run-date", RUN_DATE, "--k", "5", "--max-epochs", "3", "--no-gate",
+        "--refit", "full",  # a refit of several epochs, so a run can be killed in the middle of it
     ]  # fmt: skip
 
 
