@@ -49,7 +49,7 @@ class Recommender:
     """
 
     def __init__(self, published: Published) -> None:
-        from tasks.preparation.scalers import load_scalers
+        from tasks.preparation.scalers import QueryScalers
         from tasks.serving.export import read_embeddings, read_index
         from tasks.serving.popularity import ServingSpace
 
@@ -65,7 +65,7 @@ class Recommender:
         if not np.array_equal(emb_ids, self.movie_ids) or self.index.ntotal != len(self.movie_ids):
             raise QueryError(f"run {self.version}: the index, its ids and the movie embeddings disagree; re-run `towerflow run`")
         self.space = ServingSpace.read(files["serving"])
-        self.scalers = load_scalers(files["scalers"])
+        self.scalers = QueryScalers.read(files["scalers"])
         self.config: dict[str, Any] = dict(latest.config)
         self.night_rules = Rules.from_document(latest.rules)
         self._movie_row = pd.Index(self.movie_ids)
@@ -304,7 +304,7 @@ class Recommender:
         row, names = newcomer_features(dict(tastes), self.config)
         if names != self.scalers.user_names:
             raise QueryError(f"the published model {self.version} was trained on other user features than this towerflow computes")
-        x = self.scalers.user.transform(row).astype(np.float32)
+        x = self.scalers.user(row)
         tower = self._tower()
         length = int(self.config.get("history_length", 0))
         inputs: Any = (x, np.zeros((1, length), np.int32), np.zeros((1, length), np.float32)) if len(tower.inputs) > 1 else x
@@ -333,7 +333,7 @@ class Recommender:
         feats = compute_features(frame, movies, np.array([0]), kind, shrinkage, mu=self._seen_csr()[2])
         if feats.user_names != self.scalers.user_names:
             raise QueryError(f"the published model {self.version} was trained on other user features than this towerflow computes")
-        x = self.scalers.user.transform(feats.user_x).astype(np.float32)
+        x = self.scalers.user(feats.user_x)
         tower = self._tower()
         length = int(self.config.get("history_length", 0))
         inputs: Any = x

@@ -11,16 +11,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, get_args
+from typing import TYPE_CHECKING, Any, get_args
 
 import numpy as np
-from sklearn.preprocessing import MinMaxScaler, StandardScaler
 
 from tasks.errors import DataError
 from tasks.modeling.config import TargetScale
 from tasks.store.storage import read_json, write_json
 
 FORMAT = "towerflow-scalers/1"
+
+
+if TYPE_CHECKING:  # scikit-learn takes over a second to import: loaded where a scaler is fitted or rebuilt
+    from sklearn.preprocessing import MinMaxScaler, StandardScaler
 
 
 @dataclass
@@ -58,6 +61,8 @@ def fit_scalers(
         raise DataError("cannot fit the target scaler: no training ratings")
     if target_scale not in get_args(TargetScale):
         raise ValueError(f"unknown target scale {target_scale!r}; choose one of {list(get_args(TargetScale))}")
+    from sklearn.preprocessing import MinMaxScaler, StandardScaler
+
     target = MinMaxScaler(feature_range=(-1, 1)).fit(np.asarray(ratings, dtype=np.float64).reshape(-1, 1))
     return Scalers(
         user=StandardScaler().fit(user_x),
@@ -80,6 +85,8 @@ def _standard_to_dict(s: StandardScaler, names: list[str]) -> dict[str, Any]:
 
 
 def _standard_from_dict(d: dict[str, Any]) -> StandardScaler:
+    from sklearn.preprocessing import StandardScaler
+
     s = StandardScaler()
     s.mean_ = np.asarray(d["mean"], dtype=np.float64)
     s.scale_ = np.asarray(d["scale"], dtype=np.float64)
@@ -109,6 +116,58 @@ def save_scalers(scalers: Scalers, path: Path) -> Path:
     )
 
 
+@dataclass(frozen=True)
+class QueryScalers:
+    """What query time needs of a model's scalers, read from the same JSON without scikit-learn.
+
+    Why not :func:`load_scalers`: importing scikit-learn takes over a second, more than the rest of
+    :func:`towerflow.load`, and answering needs only the fitted values: the user features' standardization
+    and the target's inverse. The formulas are scikit-learn's own (``StandardScaler.transform``,
+    ``MinMaxScaler.inverse_transform``) in the same float64 steps, so the results are identical
+    (tests/test_scalers.py).
+    """
+
+    user_names: list[str]
+    user_mean: np.ndarray
+    user_scale: np.ndarray
+    target_min: float
+    target_step: float
+    target_scale: TargetScale = "minmax"
+
+    @classmethod
+    def read(cls, path: Path) -> QueryScalers:
+        data = read_json(Path(path))
+        if data.get("format") != FORMAT:
+            raise ValueError(f"{path}: format {data.get('format')!r}, expected {FORMAT!r}")
+        t = data["target"]
+        scale = t.get("scale", "minmax")
+        if scale not in get_args(TargetScale):
+            raise ValueError(f"{path}: unknown target scale {scale!r}")
+        lo, hi = (float(v) for v in t["feature_range"])
+        span = float(t["data_max"]) - float(t["data_min"])
+        step = (hi - lo) / (span if span != 0 else 1.0)
+        user = data["user"]
+        mean, std = np.asarray(user["mean"], dtype=np.float64), np.asarray(user["scale"], dtype=np.float64)
+        return cls(list(user["feature_names"]), mean, std, lo - float(t["data_min"]) * step, step, scale)
+
+    def user(self, x: np.ndarray) -> np.ndarray:
+        """Standardized user feature rows (``StandardScaler.transform``), float32."""
+        x = np.asarray(x)
+        out = np.array(x, dtype=x.dtype if np.issubdtype(x.dtype, np.floating) else np.float64)  # as scikit-learn
+        out -= self.user_mean.astype(out.dtype)  # scikit-learn casts the fitted values to the rows' dtype first
+        out /= self.user_scale.astype(out.dtype)
+        return out.astype(np.float32)
+
+    def target_to_rating(self, score: np.ndarray) -> np.ndarray:
+        """Stars of scaled scores (``MinMaxScaler.inverse_transform``)."""
+        if self.target_scale == "stars":
+            return np.asarray(score, dtype=np.float32).ravel()
+        out = np.array(score, dtype=np.float64).reshape(-1, 1)
+        out -= self.target_min
+        out /= self.target_step
+        return out.astype(np.float32).ravel()
+
+
 def load_scalers(path: Path) -> Scalers:
     """Rebuild the scalers from the JSON written by :func:`save_scalers`."""
     data = read_json(Path(path))
@@ -119,6 +178,8 @@ def load_scalers(path: Path) -> Scalers:
     if scale not in get_args(TargetScale):
         raise ValueError(f"{path}: unknown target scale {scale!r}")
     lo, hi = (float(v) for v in t["feature_range"])
+    from sklearn.preprocessing import MinMaxScaler
+
     target = MinMaxScaler(feature_range=(lo, hi))
     target.data_min_ = np.array([t["data_min"]], dtype=np.float64)
     target.data_max_ = np.array([t["data_max"]], dtype=np.float64)
