@@ -136,14 +136,7 @@ class QueryScalers:
 
     @classmethod
     def read(cls, path: Path) -> QueryScalers:
-        data = read_json(Path(path))
-        if data.get("format") != FORMAT:
-            raise ValueError(f"{path}: format {data.get('format')!r}, expected {FORMAT!r}")
-        t = data["target"]
-        scale = t.get("scale", "minmax")
-        if scale not in get_args(TargetScale):
-            raise ValueError(f"{path}: unknown target scale {scale!r}")
-        lo, hi = (float(v) for v in t["feature_range"])
+        data, t, scale, (lo, hi) = _read_scalers_json(path)
         span = float(t["data_max"]) - float(t["data_min"])
         step = (hi - lo) / (span if span != 0 else 1.0)
         user = data["user"]
@@ -168,8 +161,8 @@ class QueryScalers:
         return out.astype(np.float32).ravel()
 
 
-def load_scalers(path: Path) -> Scalers:
-    """Rebuild the scalers from the JSON written by :func:`save_scalers`."""
+def _read_scalers_json(path: Path) -> tuple[dict[str, Any], dict[str, Any], TargetScale, tuple[float, float]]:
+    """The JSON of :func:`save_scalers`, checked: (document, its target part, target scale, feature range)."""
     data = read_json(Path(path))
     if data.get("format") != FORMAT:
         raise ValueError(f"{path}: format {data.get('format')!r}, expected {FORMAT!r}")
@@ -178,6 +171,12 @@ def load_scalers(path: Path) -> Scalers:
     if scale not in get_args(TargetScale):
         raise ValueError(f"{path}: unknown target scale {scale!r}")
     lo, hi = (float(v) for v in t["feature_range"])
+    return data, t, scale, (lo, hi)
+
+
+def load_scalers(path: Path) -> Scalers:
+    """Rebuild the scalers from the JSON written by :func:`save_scalers`."""
+    data, t, scale, (lo, hi) = _read_scalers_json(path)
     from sklearn.preprocessing import MinMaxScaler
 
     target = MinMaxScaler(feature_range=(lo, hi))
