@@ -305,12 +305,7 @@ class Recommender:
         if names != self.scalers.user_names:
             raise QueryError(f"the published model {self.version} was trained on other user features than this towerflow computes")
         x = self.scalers.user(row)
-        tower = self._tower()
-        length = int(self.config.get("history_length", 0))
-        inputs: Any = (x, np.zeros((1, length), np.int32), np.zeros((1, length), np.float32)) if len(tower.inputs) > 1 else x
-        from tasks.serving.export import embed
-
-        vec = self.space.users(embed(tower, inputs))  # with the popularity prior, as every user's
+        vec = self._served(x, None)  # with the popularity prior, as every user's
         nothing = np.empty(0, np.int64)
         q, rank, items, scores = self._top(vec, np.array([0, 0]), nothing, k, self.allowed(exclude, only, genres, years))
         return self._frame(vec, q, rank, items, scores)[RECOMMEND_COLUMNS[1:]]
@@ -334,17 +329,24 @@ class Recommender:
         if feats.user_names != self.scalers.user_names:
             raise QueryError(f"the published model {self.version} was trained on other user features than this towerflow computes")
         x = self.scalers.user(feats.user_x)
-        tower = self._tower()
-        length = int(self.config.get("history_length", 0))
-        inputs: Any = x
-        if len(tower.inputs) > 1:
-            from tasks.preparation.history import user_history
+        return self._served(x, frame), rows.astype(np.int64)
 
-            hist = user_history(frame, np.array([0]), self.movie_ids, length)
-            inputs = (x, hist.ids, hist.values)
+    def _served(self, x: np.ndarray, ratings: pd.DataFrame | None) -> np.ndarray:
+        """The served vector (1, dim) of one scaled user-feature row, through the published user tower; a
+        tower with a history input reads ``ratings`` (none: an empty history, as a newcomer's)."""
+        from tasks.preparation.history import user_history
         from tasks.serving.export import embed
 
-        return self.space.users(embed(tower, inputs)), rows.astype(np.int64)
+        tower = self._tower()
+        inputs: Any = x
+        if len(tower.inputs) > 1:
+            length = int(self.config.get("history_length", 0))
+            if ratings is None:
+                inputs = (x, np.zeros((1, length), np.int32), np.zeros((1, length), np.float32))
+            else:
+                hist = user_history(ratings, np.array([0]), self.movie_ids, length)
+                inputs = (x, hist.ids, hist.values)
+        return np.asarray(self.space.users(embed(tower, inputs)))
 
     def _checked_ratings(self, ratings: Mapping[int, float]) -> tuple[np.ndarray, np.ndarray]:
         if not isinstance(ratings, Mapping):

@@ -11,8 +11,10 @@ still has ``k`` rows whenever ``k`` allowed, unseen movies exist, however many t
 
 from __future__ import annotations
 
+import csv
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -47,7 +49,7 @@ def _genres(values: Iterable[str] | str | None) -> tuple[str, ...]:
     if values is None:
         return ()
     if isinstance(values, str):
-        values = [v for v in values.split(",")]
+        values = values.split(",")
     known = {g.casefold(): g for g in GENRES}
     out: list[str] = []
     for value in values:
@@ -202,9 +204,6 @@ def parse_years(text: str) -> tuple[int | None, int | None]:
 
 def read_deny_list(path: str) -> frozenset[int]:
     """Movie ids from a file: one per line, or a CSV with a ``movieId`` (or ``movie_id``) column."""
-    import csv
-    from pathlib import Path
-
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
