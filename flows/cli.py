@@ -54,7 +54,7 @@ def _parser() -> argparse.ArgumentParser:
     _runner_args(srv)
     serve.add_arguments(srv)
     pred = sub.add_parser("predict", help="predicted ratings for user/movie pairs from the latest model")
-    pred.add_argument("--data-dir", type=Path, default=Path("data"))
+    pred.add_argument("--data-dir", default="data", help="where `towerflow run` published: a directory or s3://bucket/prefix")
     pred.add_argument("--pairs", type=Path, required=True, help="CSV or Parquet with userId,movieId")
     pred.add_argument("--output", type=Path, required=True, help="Parquet file to write")
     ev = sub.add_parser("evaluate", help="per-user temporal evaluation against most-popular, ALS and EASE^R")
@@ -90,6 +90,11 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _under(root: str, rel: str) -> str:
+    """``rel`` under a data directory or an ``s3://`` URI (``Path`` would fold the URI's ``//``)."""
+    return f"{str(root).rstrip('/')}/{rel}"
+
+
 def _summary(s: dict[str, Any]) -> str:
     t = s["timings"]
     ing = s["ingest"]
@@ -99,7 +104,7 @@ def _summary(s: dict[str, Any]) -> str:
         f"  read      {ing['rows_read']:,} ratings -> {ing['rows_accepted']:,} accepted, {ing['rows_rejected']:,} rejected "
         f"({ing['reject_share']:.2%}), {ing['duplicates_dropped']:,} older duplicates dropped; "
         f"{s['users']:,} users, {s['movies']:,} movies ({ing['movies_without_year']} without a year)",
-        f"  rejects   {Path(s['data_dir']) / ing['rejects_path']}"
+        f"  rejects   {_under(s['data_dir'], ing['rejects_path'])}"
         + (" (" + ", ".join(f"{r} {n:,}" for r, n in ing["rejected_by_reason"].items()) + ")" if ing["rows_rejected"] else " (empty)"),
         f"  training  best epoch {s['training']['best_epoch']}, validation RMSE "
         + (f"{s['training']['val_rmse']:.3f} stars" if s["training"]["val_rmse"] is not None else "n/a (no holdout)"),
@@ -121,8 +126,8 @@ def _summary(s: dict[str, Any]) -> str:
     if gate:
         lines.append(f"  gate      {gate['reason']}" + ("" if gate.get("enforced", True) else " (not enforced: --no-gate)"))
     for name, info in s["tables"].items():
-        lines.append(f"  {name:<16} {info['rows']:>10,} rows  {Path(s['data_dir']) / info['path']}")
-    lines.append(f"  latest.json      {Path(s['data_dir']) / 'outputs' / 'latest.json'}")
+        lines.append(f"  {name:<16} {info['rows']:>10,} rows  {_under(s['data_dir'], info['path'])}")
+    lines.append(f"  latest.json      {_under(s['data_dir'], 'outputs/latest.json')}")
     lines.append("  seconds   " + ", ".join(f"{k} {v:.1f}" for k, v in t.items()))
     if s.get("reused_stages"):
         lines.append("  resumed   reused from the interrupted run: " + ", ".join(s["reused_stages"]))

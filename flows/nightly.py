@@ -26,10 +26,13 @@ from flows.stage_tasks import (
     evaluate_task,
     export_task,
     features_task,
+    fetch_inputs_task,
     gate_task,
     generate_task,
     ingest_task,
     publish_task,
+    pull_task,
+    push_task,
     refit_task,
     scalers_task,
     train_task,
@@ -45,6 +48,8 @@ from tasks.stage_results import Evaluation, Ingested, Inputs, Phases, Refit, Ski
 from tasks.store import resume
 from tasks.store import tables as stored
 from tasks.store.layout import Layout, model_version
+from tasks.store.mirror import Target
+from tasks.store.remote import is_uri
 from tasks.store.storage import sha256_text
 
 P = ParamSpec("P")
@@ -90,6 +95,10 @@ def _ingest(run: _Stages, params: NightlyParams, layout: Layout, run_date: dt.da
     """
     if (params.ratings is None) != (params.movies is None):
         raise StageError("stage inputs failed: give both --ratings and --movies, or neither for the embedded data set")
+    if is_uri(params.movies) or any(is_uri(r) for r in _listed(params.ratings)):
+        local = run("fetch-inputs", fetch_inputs_task, ratings=params.ratings, movies=str(params.movies), data_dir=str(layout.data_dir))
+        ingested, _, input_hash = _ingest(run, params.model_copy(update=local), layout, run_date)
+        return ingested, Inputs(ratings=str(params.ratings), movies=str(params.movies)), input_hash
     movies = str(Path(params.movies or "").resolve())
     if incremental.is_incremental(params.ratings):  # several files or a drop folder: only new files, a task each
         ledger = run(
@@ -109,6 +118,10 @@ def _ingest(run: _Stages, params: NightlyParams, layout: Layout, run_date: dt.da
         max_reject_share=params.max_reject_share, data_dir=str(layout.data_dir),
     )  # fmt: skip
     return ingested, inputs, input_hash
+
+
+def _listed(ratings: str | list[str] | None) -> list[str]:
+    return [] if ratings is None else [ratings] if isinstance(ratings, str) else list(ratings)
 
 
 def _version(params: NightlyParams, config: ModelConfig, input_hash: str, rules: dict[str, Any] | None, run_date: dt.date) -> str:
@@ -173,17 +186,21 @@ def nightly(params: NightlyParams = NightlyParams()) -> dict[str, Any]:  # noqa:
     failures.hide_expected_tracebacks()
     started = time.perf_counter()
     run_date = params.run_date or dt.date.today()
-    layout = Layout(Path(params.data_dir).resolve())
+    target = Target.of(params.data_dir, params.scratch_dir)  # a local directory, or s3:// and its local scratch
     known: dict[str, Any] = {}  # what the night has measured so far, in latest.json's shape (for its history row)
     try:
-        return _night(params, run_date, layout, known)
+        return _night(params, run_date, target, known)
     except Exception as exc:
-        outcome.failed(layout, run_date, exc, known, time.perf_counter() - started)
+        outcome.failed(target.layout, run_date, exc, known, time.perf_counter() - started)
+        if target.uri is not None:
+            outcome.push_quietly(str(target.uri), target.layout)
         raise
 
 
-def _night(params: NightlyParams, run_date: dt.date, layout: Layout, known: dict[str, Any]) -> dict[str, Any]:
+def _night(params: NightlyParams, run_date: dt.date, target: Target, known: dict[str, Any]) -> dict[str, Any]:
     logger = get_run_logger()
+    layout = target.layout
+    store = str(target.uri) if target.uri else None
     started = time.perf_counter()
     threads = params.threads or default_threads()
     pin_threads(threads)
@@ -192,6 +209,7 @@ def _night(params: NightlyParams, run_date: dt.date, layout: Layout, known: dict
     rules_doc = None if rules.empty else rules.document()
     run = _Stages()
     with data_dir_lock(layout.lock):
+        etag = run("pull", pull_task, store_uri=store, data_dir=str(layout.data_dir)) if store else None
         ingested, inputs, input_hash = _ingest(run, params, layout, run_date)
         version = known["model_version"] = _version(params, config, input_hash, rules_doc, run_date)
         work = layout.work(version)
@@ -270,7 +288,7 @@ def _night(params: NightlyParams, run_date: dt.date, layout: Layout, known: dict
         }
         latest = run(
             "publish", publish_task, data_dir=str(layout.data_dir), run_date=run_date, version=version,
-            model_dir=exported["model_dir"], tables=tables, extra=extra,
+            model_dir=exported["model_dir"], tables=tables, extra=extra, store_uri=store, expect_etag=etag,
         )  # fmt: skip
         outcome.published(layout, latest.document(), time.perf_counter() - started)  # history row, events, artifact
         histories = {"validate": trained.get("history", []), "refit": refit.get("history", [])}
@@ -279,12 +297,14 @@ def _night(params: NightlyParams, run_date: dt.date, layout: Layout, known: dict
             histories=histories,
             score_hist=recs["score_hist"], runner=runners.current(),
         )  # fmt: skip
+        if store:
+            run("push", push_task, store_uri=store, data_dir=str(layout.data_dir))
         shutil.rmtree(work, ignore_errors=True)
     summary = {
         **latest.document(),
         "timings": dict(run.timings),
         "reused_stages": list(run.cached),
-        "data_dir": str(layout.data_dir),
+        "data_dir": target.name,
         "users": recs["users"],
         "movies": exported["movies"],
     }

@@ -62,6 +62,17 @@ def failed(layout: Layout, run_date: dt.date, exc: BaseException, known: dict[st
     history_artifact(layout)
 
 
+def push_quietly(store_uri: str, layout: Layout) -> None:
+    """After a failed night on a store: its history row (and rejects) to the store; a failure here is only logged."""
+    from tasks.store import mirror
+    from tasks.store.remote import ObjectStore
+
+    try:
+        mirror.push_extras(ObjectStore(store_uri), layout, mirror.extras(layout))
+    except Exception as exc:
+        _log.warning("history of the failed night not copied to %s: %s", store_uri, exc)
+
+
 def _record(layout: Layout, make: Any) -> None:
     try:
         record(layout, make())

@@ -11,7 +11,6 @@ import argparse
 import datetime as dt
 import types
 import typing
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, Field, JsonValue, ValidationError, field_validator
@@ -32,7 +31,12 @@ class NightlyParams(BaseModel):
         None, description="ratings.csv (or .parquet); several files or a drop folder: incremental (ledger); default: embedded"
     )
     movies: str | None = Field(None, description="movies.csv (or .parquet); default: the embedded data set")
-    data_dir: str = Field("data", description="where the store, models and outputs live")
+    data_dir: str = Field("data", description="where the store, models and outputs live: a directory or s3://bucket/prefix")
+    scratch_dir: str | None = Field(
+        None,
+        description="with an s3:// data directory: the local working copy (staging, resume cache, the published run); "
+        "default: $TOWERFLOW_SCRATCH or ~/.cache/towerflow, one per URI",
+    )
     run_date: dt.date | None = Field(None, description="partition date; default: today")
     k: int = Field(10, ge=1, le=1000, description="recommendations per user and similar movies per movie")
     preset: str = Field(
@@ -92,6 +96,16 @@ class NightlyParams(BaseModel):
         years = parse_years(self.years) if self.years else None
         return Rules.make(deny=deny, genres=self.only_genres, years=years)
 
+    @field_validator("data_dir", "ratings", "movies")
+    @classmethod
+    def _store_uri(cls, value: str | list[str] | None) -> str | list[str] | None:
+        from tasks.store.remote import StoreURI, is_uri
+
+        for item in [value] if isinstance(value, str) else value or []:
+            if is_uri(item):
+                StoreURI.parse(item)  # a bad URI fails before the night starts
+        return value
+
     @field_validator("preset")
     @classmethod
     def _known_preset(cls, value: str) -> str:
@@ -103,9 +117,10 @@ class NightlyParams(BaseModel):
 # The fields that are command-line options, with what argparse needs beyond the field itself (flag name when
 # it is not --<field-name>, a metavar, choices); the rest (holdout_fraction, chunk_size) are flow parameters only.
 _OPTIONS: dict[str, dict[str, Any]] = {
-    "ratings": {"type": Path, "action": "append", "metavar": "PATH"},
-    "movies": {"type": Path, "metavar": "PATH"},
-    "data_dir": {"type": Path, "metavar": "DIR"},
+    "ratings": {"type": str, "action": "append", "metavar": "PATH"},
+    "movies": {"type": str, "metavar": "PATH"},
+    "data_dir": {"type": str, "metavar": "DIR"},
+    "scratch_dir": {"type": str, "metavar": "DIR"},
     "run_date": {"metavar": "YYYY-MM-DD"},
     "k": {},
     "preset": {"choices": sorted(PRESETS)},
@@ -177,5 +192,5 @@ def from_arguments(args: argparse.Namespace) -> NightlyParams:
         for error in exc.errors():
             name = str(error["loc"][0]) if error["loc"] else "?"
             flag = _OPTIONS.get(name, {}).get("flag", "--" + name.replace("_", "-"))
-            problems.append(f"{flag} {error['input']!r}: {error['msg']}")
+            problems.append(f"{flag} {error['input']!r}: {error['msg'].removeprefix('Value error, ')}")
         raise ConfigError("; ".join(problems)) from None

@@ -47,7 +47,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--exclude", metavar="IDS", help="movie ids never to show, comma-separated")
     p.add_argument("--only-genres", metavar="GENRES", help="only movies of at least one of these genres, comma-separated")
     p.add_argument("--years", metavar="FIRST-LAST", help="only movies released in these years: FIRST-LAST, FIRST- or -LAST")
-    p.add_argument("--data-dir", type=Path, default=Path("data"), help="where `towerflow run` published (default: ./data)")
+    p.add_argument("--data-dir", default="data", help="where `towerflow run` published: a directory or s3://bucket/prefix")
     p.add_argument(
         "--format", choices=["table", "json", "csv"], default="table", help="table (default) for people; json or csv for scripts"
     )

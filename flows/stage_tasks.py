@@ -17,6 +17,7 @@ from prefect.cache_policies import NO_CACHE
 
 from flows import caching, report
 from flows.runners import IO_RETRY
+from tasks.errors import ConfigError
 from tasks.evaluation import drift, quality
 from tasks.ingestion import rejects
 from tasks.ingestion.ingest import run_ingest
@@ -26,8 +27,10 @@ from tasks.preparation.phases import run_features, run_scalers
 from tasks.serving import publish
 from tasks.sources.generate import generate
 from tasks.stage_results import Evaluation, Exported, FeatureDirs, GateResult, Ingested, Inputs, Phases, Refit, Skipped, Trained
+from tasks.store import mirror
 from tasks.store.latest import Latest, comparable_latest
 from tasks.store.layout import Layout
+from tasks.store.remote import ObjectStore, is_uri
 
 
 @task(name="generate-embedded-data", cache_policy=NO_CACHE)
@@ -168,6 +171,45 @@ def export_task(model_path: str, full_dir: str, scalers_path: str, model_dir: st
 
 @task(name="publish", cache_policy=NO_CACHE, **IO_RETRY)
 def publish_task(
-    data_dir: str, run_date: dt.date, version: str, model_dir: str, tables: dict[str, str | list[str]], extra: dict[str, Any]
+    data_dir: str,
+    run_date: dt.date,
+    version: str,
+    model_dir: str,
+    tables: dict[str, str | list[str]],
+    extra: dict[str, Any],
+    store_uri: str | None = None,
+    expect_etag: str | None = None,
 ) -> Latest:
-    return publish.run_publish(Layout(Path(data_dir)), run_date, version, Path(model_dir), tables, extra)
+    layout = Layout(Path(data_dir))
+    return publish.run_publish(layout, run_date, version, Path(model_dir), tables, extra, store_uri, expect_etag)
+
+
+@task(name="pull-published", cache_policy=NO_CACHE, **IO_RETRY)
+def pull_task(store_uri: str, data_dir: str) -> str | None:
+    """The store's published run into the scratch (:func:`tasks.store.mirror.pull`); its latest.json's ETag."""
+    store = ObjectStore(store_uri)
+    store.check()
+    etag = mirror.pull(store, Layout(Path(data_dir)))
+    get_run_logger().info("store %s: %s", store_uri, f"latest.json {etag}" if etag else "nothing published yet")
+    return etag
+
+
+@task(name="fetch-inputs", cache_policy=NO_CACHE, **IO_RETRY)
+def fetch_inputs_task(ratings: str | list[str] | None, movies: str, data_dir: str) -> dict[str, str]:
+    """Input files given as ``s3://`` URIs, copied into the scratch (local paths pass through)."""
+    if isinstance(ratings, list):
+        if len(ratings) != 1:
+            raise ConfigError(f"--ratings {ratings}: several files or a drop folder on an object store are not supported yet")
+        ratings = ratings[0]
+    dest = Path(data_dir) / "inputs"
+    out = {}
+    for name, value in (("ratings", str(ratings)), ("movies", movies)):
+        out[name] = str(mirror.fetch_input(value, dest)) if is_uri(value) else value
+    return out
+
+
+@task(name="push-extras", cache_policy=NO_CACHE, **IO_RETRY)
+def push_task(store_uri: str, data_dir: str) -> int:
+    """History rows, reports and rejects from the scratch to the store (:func:`tasks.store.mirror.push_extras`)."""
+    layout = Layout(Path(data_dir))
+    return mirror.push_extras(ObjectStore(store_uri), layout, mirror.extras(layout))

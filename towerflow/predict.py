@@ -45,11 +45,11 @@ def read_pairs(path: Path) -> pd.DataFrame:
     raise InputError(f"{path}: expected columns userId,movieId (or user_id,movie_id), found {table.column_names}")
 
 
-def predict_pairs(data_dir: Path, pairs_path: Path, output_path: Path) -> dict[str, Any]:
+def predict_pairs(data_dir: str | Path, pairs_path: Path, output_path: Path) -> dict[str, Any]:
     """Write predictions for every pair to ``output_path`` (:meth:`towerflow.Recommender.predict`); return counts."""
     from towerflow.recommender import load
 
-    rec = load(Path(data_dir))
+    rec = load(data_dir)
     pairs = read_pairs(Path(pairs_path))
     out = rec.predict(pairs)
     ok = out["error"].isna().to_numpy()

@@ -35,8 +35,20 @@ RECOMMEND_COLUMNS = ["user_id", "rank", "movie_id", "title", "genres", "score", 
 SIMILAR_COLUMNS = ["movie_id", "rank", "similar_movie_id", "title", "genres", "score"]
 
 
-def load(data_dir: str | Path = "data") -> Recommender:
-    """The run published under ``data_dir`` (its ``outputs/latest.json``), ready to answer."""
+def load(data_dir: str | Path = "data", cache_dir: str | Path | None = None) -> Recommender:
+    """The run published under ``data_dir`` (its ``outputs/latest.json``), ready to answer.
+
+    ``data_dir`` may be ``s3://bucket/prefix``: the published files are copied once into ``cache_dir``
+    (default: ``$TOWERFLOW_SCRATCH`` or ``~/.cache/towerflow``) and checked against their sha256.
+    """
+    if "://" in str(data_dir):
+        from tasks.errors import TowerflowError
+        from tasks.store.mirror import pull_for_query
+
+        try:
+            data_dir = pull_for_query(str(data_dir), cache_dir)
+        except (FileNotFoundError, TowerflowError) as exc:
+            raise QueryError(str(exc)) from None
     return Recommender(load_published(Path(data_dir)))
 
 

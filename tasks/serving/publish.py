@@ -21,9 +21,10 @@ from tasks.preparation.phases import prepare
 from tasks.serving.export import build_index, embed_all, write_embeddings, write_id_table, write_index
 from tasks.serving.popularity import ServingSpace, movie_popularity
 from tasks.stage_results import Exported
-from tasks.store import resume, schemas
+from tasks.store import mirror, resume, schemas
 from tasks.store.latest import Latest
 from tasks.store.layout import MODEL_FILES, Layout
+from tasks.store.remote import ObjectStore
 from tasks.store.storage import sha256_file
 from tasks.store.tables import load_ratings
 
@@ -76,6 +77,8 @@ def run_publish(
     staged_model_dir: Path,
     staged_tables: dict[str, str | list[str]],
     extra: dict[str, Any],
+    store_uri: str | None = None,
+    expect_etag: str | None = None,
 ) -> Latest:
     """Move the model and tables into place, then write ``latest.json`` (:class:`Latest`) last, atomically.
 
@@ -88,6 +91,10 @@ def run_publish(
     renames just before ``latest.json``; a run killed before ``latest.json`` is rolled back by the
     next run. A model version that is already published and intact is left as it is: the files
     ``latest.json`` points to are never rewritten.
+
+    With ``store_uri`` (``s3://...``) the data directory is the night's local scratch: the files go to the
+    store under their keys and ``latest.json`` with a conditional PUT on ``expect_etag`` (the ETag
+    :func:`tasks.store.mirror.pull` read when the night started) before the scratch's own latest.json.
     """
     live = resume.live_latest(layout)
     if live is not None and live.model_version == model_version and resume.published_intact(layout, live):
@@ -127,6 +134,8 @@ def run_publish(
         for key, name in MODEL_FILES.items()
     }
     latest = Latest.parse({**core, "tables": tables, "model": model, **extra}, f"the latest.json of {model_version}")
+    if store_uri is not None:
+        mirror.push_publish(ObjectStore(store_uri), layout, latest, expect_etag)
     latest.write(layout.latest)
     faults.point("publish:committed")
     for name, finals in published.items():  # older runs' parts of the same partitions are no longer pointed to
