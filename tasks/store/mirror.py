@@ -80,9 +80,10 @@ def _referenced(body: bytes | None) -> set[str]:
     if body is None:
         return set()
     try:
-        return set(_named_files(Latest.parse(json.loads(body), LATEST)))
+        latest = Latest.parse(json.loads(body), LATEST)
     except (DataError, ValueError):
         return set()
+    return {*_named_files(latest), *_ingested(latest)}
 
 
 def pull(store: ObjectStore, layout: Layout, history: bool = True, ingested: bool = False) -> str | None:
@@ -125,21 +126,20 @@ def push_publish(store: ObjectStore, layout: Layout, latest: Latest, expect_etag
     """
     live = store.get(LATEST)
     protected = _referenced(live[0] if live else None)
-    written: list[str] = []
-    for rel in [*_named_files(latest), *_ingested(latest)]:
+    inputs = _ingested(latest)
+    ours = [*_named_files(latest), *inputs]
+    for rel in ours:
         local = layout.data_dir / rel
         try:
             store.upload(local, rel, if_none_match=True)
-            written.append(rel)
         except PublishConflict:
-            if same_file(store, rel, local):
-                continue  # written by an interrupted attempt of this night, or the same bytes published
+            if rel in inputs or same_file(store, rel, local):
+                continue  # an ingested input (its key is its content's hash), an interrupted attempt's, or the same bytes
             if rel in protected:
                 raise PublishConflict(
                     f"{store.uri}/{rel} is published by another night with other contents; nothing of this night was published"
                 ) from None
             store.upload(local, rel)  # debris of an interrupted attempt: no latest.json names it
-            written.append(rel)
     faults.point("publish:uploaded")
     body = latest_bytes(latest)
     try:
@@ -147,7 +147,7 @@ def push_publish(store: ObjectStore, layout: Layout, latest: Latest, expect_etag
     except PublishConflict:
         now = store.get(LATEST)
         keep = _referenced(now[0] if now else None)
-        store.delete([rel for rel in written if rel not in keep])
+        store.delete([rel for rel in ours if rel not in keep])  # this night's, and its interrupted attempts'
         raise PublishConflict(
             f"{store.uri}/{LATEST}: another night published since this night started; this night published nothing "
             "(its files were removed again). Run it again to publish over that night's run."

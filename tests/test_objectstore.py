@@ -1,0 +1,187 @@
+"""``--data-dir s3://...`` against a real S3 protocol server (moto's, in this process, one per module).
+
+The session's ``published`` night is repeated with the store as its data directory: the store must hold the
+same tables, row for row; a crash before the conditional PUT of ``latest.json`` leaves the store's
+``latest.json`` as it was and the rerun resumes; a night that loses the race to another publisher fails in
+one line and leaves nothing of its own behind; ``towerflow.load`` answers from the store.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from flows.cli import main
+from tasks import faults
+from tasks.errors import ConfigError
+from tasks.store.mirror import LATEST
+from tasks.store.remote import ObjectStore, PublishConflict, StoreError, StoreUnavailable, StoreURI
+
+SECRET = "towerflow-test-secret-key"  # must never be written anywhere
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A moto S3 server on 127.0.0.1 and the AWS variables pointing at it; yields its endpoint."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    saved = {k: os.environ.get(k) for k in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "TOWERFLOW_SCRATCH")}
+    os.environ.update(
+        AWS_ENDPOINT_URL=endpoint,
+        AWS_ACCESS_KEY_ID="towerflow-test",
+        AWS_SECRET_ACCESS_KEY=SECRET,
+        TOWERFLOW_SCRATCH=str(tmp_path_factory.mktemp("scratch")),
+    )
+    import boto3
+
+    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket="nights")
+    try:
+        yield endpoint
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        server.stop()
+
+
+def _frame(store: ObjectStore, files: list[str], keys: list[str]) -> pd.DataFrame:
+    tables = []
+    for rel in files:
+        got = store.get(rel)
+        assert got is not None, rel
+        tables.append(pq.ParquetFile(io.BytesIO(got[0])).read().to_pandas())
+    frame: pd.DataFrame = pd.concat(tables).sort_values(keys).reset_index(drop=True)
+    return frame
+
+
+def _local(data_dir: Path, files: list[str], keys: list[str]) -> pd.DataFrame:
+    frame = pd.concat([pq.ParquetFile(data_dir / f).read().to_pandas() for f in files])  # no hive column from the path
+    out: pd.DataFrame = frame.sort_values(keys).reset_index(drop=True)
+    return out
+
+
+def test_store_uris_are_checked_before_anything_runs() -> None:
+    assert StoreURI.parse("s3://bucket/a//b/") == StoreURI("bucket", "a/b")
+    assert StoreURI.parse("s3://bucket").key("outputs/latest.json") == "outputs/latest.json"
+    for bad, says in (("gs://b/x", "gs:// is not supported"), ("s3://B_ad/x", "not a valid bucket"), ("s3://bkt/../x", "'..'")):
+        with pytest.raises(ConfigError, match=says):
+            StoreURI.parse(bad)
+
+
+def test_a_missing_bucket_or_an_unreachable_store_is_one_line(s3: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(StoreError, match=r"s3://no-such-bucket/x: opening the bucket failed .*the bucket does not exist"):
+        ObjectStore("s3://no-such-bucket/x").check()
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        closed = sock.getsockname()[1]
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{closed}")
+    with pytest.raises(StoreUnavailable, match=r"cannot reach the store at http://127\.0\.0\.1"):
+        ObjectStore("s3://nights/x").check()
+
+
+def test_conditional_writes_refuse_a_stale_etag(s3: str) -> None:
+    store = ObjectStore("s3://nights/conditional")
+    etag = store.put("doc.json", b"1", if_none_match=True)
+    with pytest.raises(PublishConflict):
+        store.put("doc.json", b"2", if_none_match=True)
+    with pytest.raises(PublishConflict):
+        store.put("doc.json", b"2", if_match='"0123456789abcdef0123456789abcdef"')
+    assert store.put("doc.json", b"2", if_match=etag) != etag
+    assert store.get("doc.json") == (b"2", store.head("doc.json")["etag"])  # type: ignore[index]
+
+
+def _run(published: dict[str, Any], tiny_data: tuple[Path, Path], uri: str, *extra: str) -> int:
+    ratings, movies = tiny_data
+    args = ["run", "--ratings", str(ratings), "--movies", str(movies), "--data-dir", uri]
+    return main([*args, *published["args"], *extra])
+
+
+def test_a_night_on_the_store_publishes_the_local_tables(
+    s3: str, published: dict[str, Any], tiny_data: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    uri = "s3://nights/team/towerflow"
+    assert _run(published, tiny_data, uri) == 0
+    store = ObjectStore(uri)
+    got = store.get(LATEST)
+    assert got is not None
+    latest, local = json.loads(got[0]), published["latest"]
+    assert latest["model_version"] == local["model_version"]
+    for name, keys in (("recommendations", ["user_id", "rank"]), ("similar_movies", ["movie_id", "rank"])):
+        assert latest["tables"][name]["files"] == local["tables"][name]["files"]
+        on_store = _frame(store, latest["tables"][name]["files"], keys)
+        pd.testing.assert_frame_equal(on_store, _local(published["dir"], local["tables"][name]["files"], keys))
+    for entry in latest["model"].values():  # every model file on the store, with the sha256 latest.json names
+        assert store.head(entry["path"])["sha256"] == entry["sha256"]  # type: ignore[index]
+    assert list(store.keys("outputs/history")), "the night's history row is on the store"
+    assert SECRET not in got[0].decode() and SECRET not in capsys.readouterr().out
+
+    import towerflow
+
+    user = int(published["ratings"].userId.iloc[0])
+    from_store = towerflow.load(uri).recommend(user)
+    pd.testing.assert_frame_equal(from_store, towerflow.load(published["dir"]).recommend(user))
+
+
+def test_a_crash_before_the_put_keeps_the_store_and_a_lost_race_leaves_nothing(
+    s3: str,
+    published: dict[str, Any],
+    tiny_data: tuple[Path, Path],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    uri = "s3://nights/race"
+    assert _run(published, tiny_data, uri) == 0
+    store = ObjectStore(uri)
+    first = store.get(LATEST)
+    assert first is not None
+    tomorrow = ["--run-date", "2026-01-03"]
+
+    # killed (here: a bug) after the parts were written, before latest.json: the store's latest.json is untouched
+    monkeypatch.setenv(faults.ENV, "bug:publish:uploaded")
+    assert _run(published, tiny_data, uri, *tomorrow) == 1
+    assert store.get(LATEST) == first
+    monkeypatch.delenv(faults.ENV)
+
+    # another night publishes while this one uploads: this one fails in one line and removes what it wrote
+    real_point = faults.point
+
+    def other_night_publishes(name: str) -> None:
+        if name == "publish:uploaded":
+            store.put(LATEST, first[0].replace(b'"published_at"', b'"other_night": true, "published_at"'))
+        real_point(name)
+
+    monkeypatch.setattr(faults, "point", other_night_publishes)
+    capsys.readouterr()
+    assert _run(published, tiny_data, uri, *tomorrow) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "another night published since this night started; this night published nothing" in err, err
+    assert b"other_night" in store.get(LATEST)[0]  # type: ignore[index]
+    assert not [k for k in store.keys("models") if "2026-01-03" in k], "the loser's model files were removed"
+    assert not list(store.keys("outputs/recommendations/run_date=2026-01-03"))
+    monkeypatch.setattr(faults, "point", real_point)
+
+    # the next attempt publishes over the winner, resuming the stages the earlier attempts finished
+    capsys.readouterr()
+    assert _run(published, tiny_data, uri, *tomorrow) == 0
+    out = capsys.readouterr().out
+    assert "resumed   reused from the interrupted run: " in out and "train" in out
+    latest = json.loads(store.get(LATEST)[0])  # type: ignore[index]
+    assert latest["run_date"] == "2026-01-03" and "other_night" not in latest
+    for name in ("recommendations", "similar_movies", "metrics"):
+        for rel in latest["tables"][name]["files"]:
+            assert store.head(rel) is not None
