@@ -181,7 +181,16 @@ def publish_task(
     expect_etag: str | None = None,
 ) -> Latest:
     layout = Layout(Path(data_dir))
-    return publish.run_publish(layout, run_date, version, Path(model_dir), tables, extra, store_uri, expect_etag)
+    store = ObjectStore(store_uri) if store_uri else None
+    latest = publish.run_publish(layout, run_date, version, Path(model_dir), tables, extra, store, expect_etag)
+    if store is not None:
+        _log_traffic("publish", store)
+    return latest
+
+
+def _log_traffic(stage: str, store: ObjectStore) -> None:
+    """One line per stage that used the store: requests and bytes (benchmarks/objectstore.py adds them up)."""
+    get_run_logger().info("store traffic of %s: %s", stage, json.dumps(mirror.describe(store)))
 
 
 @task(name="pull-published", cache_policy=NO_CACHE, **IO_RETRY)
@@ -190,6 +199,7 @@ def pull_task(store_uri: str, data_dir: str) -> str | None:
     store = ObjectStore(store_uri)
     store.check()
     etag = mirror.pull(store, Layout(Path(data_dir)))
+    _log_traffic("pull", store)
     get_run_logger().info("store %s: %s", store_uri, f"latest.json {etag}" if etag else "nothing published yet")
     return etag
 
@@ -212,4 +222,7 @@ def fetch_inputs_task(ratings: str | list[str] | None, movies: str, data_dir: st
 def push_task(store_uri: str, data_dir: str) -> int:
     """History rows, reports and rejects from the scratch to the store (:func:`tasks.store.mirror.push_extras`)."""
     layout = Layout(Path(data_dir))
-    return mirror.push_extras(ObjectStore(store_uri), layout, mirror.extras(layout))
+    store = ObjectStore(store_uri)
+    sent = mirror.push_extras(store, layout, mirror.extras(layout))
+    _log_traffic("push", store)
+    return sent

@@ -77,7 +77,7 @@ def run_publish(
     staged_model_dir: Path,
     staged_tables: dict[str, str | list[str]],
     extra: dict[str, Any],
-    store_uri: str | None = None,
+    store: ObjectStore | None = None,
     expect_etag: str | None = None,
 ) -> Latest:
     """Move the model and tables into place, then write ``latest.json`` (:class:`Latest`) last, atomically.
@@ -92,7 +92,7 @@ def run_publish(
     next run. A model version that is already published and intact is left as it is: the files
     ``latest.json`` points to are never rewritten.
 
-    With ``store_uri`` (``s3://...``) the data directory is the night's local scratch: the files go to the
+    With ``store`` (``s3://...``) the data directory is the night's local scratch: the files go to the
     store under their keys and ``latest.json`` with a conditional PUT on ``expect_etag`` (the ETag
     :func:`tasks.store.mirror.pull` read when the night started) before the scratch's own latest.json.
     """
@@ -134,8 +134,8 @@ def run_publish(
         for key, name in MODEL_FILES.items()
     }
     latest = Latest.parse({**core, "tables": tables, "model": model, **extra}, f"the latest.json of {model_version}")
-    if store_uri is not None:
-        mirror.push_publish(ObjectStore(store_uri), layout, latest, expect_etag)
+    if store is not None:
+        mirror.push_publish(store, layout, latest, expect_etag)
     latest.write(layout.latest)
     faults.point("publish:committed")
     for name, finals in published.items():  # older runs' parts of the same partitions are no longer pointed to
