@@ -45,9 +45,8 @@ def start_weed(work: Path) -> subprocess.Popen[bytes]:
     data.mkdir(parents=True)
     env = {**os.environ, "AWS_ACCESS_KEY_ID": KEY_ID, "AWS_SECRET_ACCESS_KEY": SECRET}
     args = [weed, "mini", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-master.telemetry=false"]
-    proc = subprocess.Popen(
-        [*args, "-s3.port=8333", f"-bucket={BUCKET}"], env=env, stdout=open(data / "log", "wb"), stderr=subprocess.STDOUT
-    )
+    with open(data / "log", "wb") as log:  # the child keeps its own descriptor
+        proc = subprocess.Popen([*args, "-s3.port=8333", f"-bucket={BUCKET}"], env=env, stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         with socket.socket() as s:
@@ -135,19 +134,9 @@ def race(data: Path, work: Path) -> None:
     base = [str(ROOT / ".venv" / "bin" / "towerflow"), "run", "--ratings", str(data / "ratings.csv"), "--movies", str(data / "movies.csv")]
     procs = []
     for seed in (1, 2):
-        log = open(work / f"race-{seed}.log", "w")
-        cmd = [
-            *base,
-            "--data-dir",
-            uri,
-            "--scratch-dir",
-            str(work / f"race-scratch-{seed}"),
-            "--seed",
-            str(seed),
-            "--run-date",
-            "2026-12-01",
-        ]
-        procs.append((seed, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)))
+        cmd = [*base, "--data-dir", uri, "--scratch-dir", str(work / f"race-scratch-{seed}"), "--seed", str(seed)]
+        with open(work / f"race-{seed}.log", "w") as log:
+            procs.append((seed, subprocess.Popen([*cmd, "--run-date", "2026-12-01"], stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)))
     codes = {seed: proc.wait() for seed, proc in procs}
     store = ObjectStore(uri)
     got = store.get("outputs/latest.json")
