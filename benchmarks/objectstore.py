@@ -80,7 +80,8 @@ def traffic(text: str) -> dict[str, dict[str, Any]]:
 
 
 def frames(files: list[str], read: Any) -> pd.DataFrame:
-    return pd.concat([pq.ParquetFile(read(f)).read().to_pandas() for f in files]).reset_index(drop=True)
+    frame: pd.DataFrame = pd.concat([pq.ParquetFile(read(f)).read().to_pandas() for f in files]).reset_index(drop=True)
+    return frame
 
 
 def main() -> int:

@@ -8,6 +8,7 @@ one line and leaves nothing of its own behind; ``towerflow.load`` answers from t
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -111,11 +112,18 @@ def _run(published: dict[str, Any], tiny_data: tuple[Path, Path], uri: str, *ext
     return main([*args, *published["args"], *extra])
 
 
-def test_a_night_on_the_store_publishes_the_local_tables(
-    s3: str, published: dict[str, Any], tiny_data: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
-) -> None:
-    uri = "s3://nights/team/towerflow"
-    assert _run(published, tiny_data, uri) == 0
+STORE_NIGHT = "s3://nights/team/towerflow"
+
+
+@pytest.fixture(scope="module")
+def store_night(s3: str, published: dict[str, Any], tiny_data: tuple[Path, Path]) -> str:
+    """The session's published night, repeated with ``--data-dir s3://...``; its URI."""
+    assert _run(published, tiny_data, STORE_NIGHT) == 0
+    return STORE_NIGHT
+
+
+def test_a_night_on_the_store_publishes_the_local_tables(store_night: str, published: dict[str, Any]) -> None:
+    uri = store_night
     store = ObjectStore(uri)
     got = store.get(LATEST)
     assert got is not None
@@ -128,7 +136,9 @@ def test_a_night_on_the_store_publishes_the_local_tables(
     for entry in latest["model"].values():  # every model file on the store, with the sha256 latest.json names
         assert store.head(entry["path"])["sha256"] == entry["sha256"]  # type: ignore[index]
     assert list(store.keys("outputs/history")), "the night's history row is on the store"
-    assert SECRET not in got[0].decode() and SECRET not in capsys.readouterr().out
+    assert SECRET not in got[0].decode()
+    scratch = [p for p in Path(os.environ["TOWERFLOW_SCRATCH"]).rglob("*") if p.is_file()]
+    assert scratch and not [p for p in scratch if SECRET.encode() in p.read_bytes()], "credentials written to the scratch"
 
     import towerflow
 
@@ -185,3 +195,17 @@ def test_a_crash_before_the_put_keeps_the_store_and_a_lost_race_leaves_nothing(
     for name in ("recommendations", "similar_movies", "metrics"):
         for rel in latest["tables"][name]["files"]:
             assert store.head(rel) is not None
+
+
+def test_the_documented_readers_read_the_store(store_night: str, published: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """docs/operations.md's pyarrow, pandas, polars and DuckDB example, run as written."""
+    text = (Path(__file__).parents[1] / "docs" / "operations.md").read_text()
+    code = text.split("<!-- run by tests/test_objectstore.py -->\n```python\n", 1)[1].split("```", 1)[0]
+    monkeypatch.setenv("TOWERFLOW_URI", store_night)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        exec(compile(code, "docs/operations.md", "exec"), {})
+    version, *counts = out.getvalue().split()
+    rows = published["latest"]["tables"]["recommendations"]["rows"]
+    assert version == published["latest"]["model_version"]
+    assert [int(c) for c in counts] == [rows, rows, rows, published["ratings"].userId.nunique()]
