@@ -122,12 +122,10 @@ class ObjectStore:
         self._client = boto3.session.Session().client("s3", region_name=region, endpoint_url=endpoint, config=config)
         self._client.meta.events.register("before-send.s3.*", self._count_request)
 
-    def _count_request(self, request: Any, **_: Any) -> None:
+    def _count_request(self, request: Any, event_name: str = "", **_: Any) -> None:
         self.traffic.requests += 1
-        body = getattr(request, "body", None)
-        if isinstance(body, bytes | bytearray):
-            self.traffic.sent += len(body)
-        name = str(getattr(request, "context", {}).get("operation_name", "?")) if hasattr(request, "context") else "?"
+        self.traffic.sent += int(getattr(request, "headers", {}).get("Content-Length", 0) or 0)
+        name = event_name.rsplit(".", 1)[-1] or "?"
         self.traffic.by_operation[name] = self.traffic.by_operation.get(name, 0) + 1
 
     def _fail(self, exc: Exception, what: str, rel: str = "") -> StoreError:
