@@ -113,17 +113,55 @@ def _run(published: dict[str, Any], tiny_data: tuple[Path, Path], uri: str, *ext
 
 
 STORE_NIGHT = "s3://nights/team/towerflow"
+OTHER = b'{"schema_version": "1", "written_by": "another night"}'  # what a racing publisher puts meanwhile
 
 
 @pytest.fixture(scope="module")
-def store_night(s3: str, published: dict[str, Any], tiny_data: tuple[Path, Path]) -> str:
-    """The session's published night, repeated with ``--data-dir s3://...``; its URI."""
-    assert _run(published, tiny_data, STORE_NIGHT) == 0
-    return STORE_NIGHT
+def store_night(s3: str, published: dict[str, Any], tiny_data: tuple[Path, Path]) -> dict[str, Any]:
+    """The session's published night, repeated with ``--data-dir s3://...``, in three attempts that train once.
+
+    1. a bug after every part was written, before the PUT of latest.json;
+    2. another publisher writes latest.json while this night uploads: it loses the race;
+    3. the plain command again: it publishes over the other night's document, resuming the stages.
+
+    Returns the URI, the store's latest.json after each attempt, and each attempt's exit code and output.
+    """
+    store = ObjectStore(STORE_NIGHT)
+    facts: dict[str, Any] = {"uri": STORE_NIGHT}
+    real_point = faults.point
+
+    def other_night_publishes(name: str) -> None:
+        if name == "publish:uploaded":
+            store.put(LATEST, OTHER)
+        real_point(name)
+
+    for attempt in ("crash", "race", "rerun"):
+        out, err = io.StringIO(), io.StringIO()
+        with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            if attempt == "crash":
+                mp.setenv(faults.ENV, "bug:publish:uploaded")
+            if attempt == "race":
+                mp.setattr(faults, "point", other_night_publishes)
+            code = _run(published, tiny_data, STORE_NIGHT)
+        got = store.get(LATEST)
+        keys = [*store.keys("models"), *store.keys("outputs/recommendations")]
+        facts[attempt] = {"code": code, "out": out.getvalue(), "err": err.getvalue(), "latest": got and got[0], "keys": keys}
+    return facts
 
 
-def test_a_night_on_the_store_publishes_the_local_tables(store_night: str, published: dict[str, Any]) -> None:
-    uri = store_night
+def test_a_crash_before_the_put_publishes_nothing_and_a_lost_race_leaves_nothing(store_night: dict[str, Any]) -> None:
+    crash, race = store_night["crash"], store_night["race"]
+    assert crash["code"] == 1 and crash["latest"] is None, "the store's latest.json is untouched by a crash"
+    assert race["code"] == 1 and race["latest"] == OTHER, "the other night's latest.json stays"
+    said = race["err"].strip().splitlines()[-1]
+    assert "another night published since this night started; this night published nothing" in said, said
+    assert race["keys"] == [], "the loser removed every file it and its crashed attempt had written"
+
+
+def test_a_night_on_the_store_publishes_the_local_tables(store_night: dict[str, Any], published: dict[str, Any]) -> None:
+    uri, rerun = store_night["uri"], store_night["rerun"]
+    assert rerun["code"] == 0
+    assert "resumed   reused from the interrupted run: " in rerun["out"] and "train" in rerun["out"]
     store = ObjectStore(uri)
     got = store.get(LATEST)
     assert got is not None
@@ -135,7 +173,7 @@ def test_a_night_on_the_store_publishes_the_local_tables(store_night: str, publi
         pd.testing.assert_frame_equal(on_store, _local(published["dir"], local["tables"][name]["files"], keys))
     for entry in latest["model"].values():  # every model file on the store, with the sha256 latest.json names
         assert store.head(entry["path"])["sha256"] == entry["sha256"]  # type: ignore[index]
-    assert list(store.keys("outputs/history")), "the night's history row is on the store"
+    assert list(store.keys("outputs/history")), "the nights' history rows are on the store"
     assert SECRET not in got[0].decode()
     scratch = [p for p in Path(os.environ["TOWERFLOW_SCRATCH"]).rglob("*") if p.is_file()]
     assert scratch and not [p for p in scratch if SECRET.encode() in p.read_bytes()], "credentials written to the scratch"
@@ -147,61 +185,13 @@ def test_a_night_on_the_store_publishes_the_local_tables(store_night: str, publi
     pd.testing.assert_frame_equal(from_store, towerflow.load(published["dir"]).recommend(user))
 
 
-def test_a_crash_before_the_put_keeps_the_store_and_a_lost_race_leaves_nothing(
-    s3: str,
-    published: dict[str, Any],
-    tiny_data: tuple[Path, Path],
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
+def test_the_documented_readers_read_the_store(
+    store_night: dict[str, Any], published: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    uri = "s3://nights/race"
-    assert _run(published, tiny_data, uri) == 0
-    store = ObjectStore(uri)
-    first = store.get(LATEST)
-    assert first is not None
-    tomorrow = ["--run-date", "2026-01-03"]
-
-    # killed (here: a bug) after the parts were written, before latest.json: the store's latest.json is untouched
-    monkeypatch.setenv(faults.ENV, "bug:publish:uploaded")
-    assert _run(published, tiny_data, uri, *tomorrow) == 1
-    assert store.get(LATEST) == first
-    monkeypatch.delenv(faults.ENV)
-
-    # another night publishes while this one uploads: this one fails in one line and removes what it wrote
-    real_point = faults.point
-
-    def other_night_publishes(name: str) -> None:
-        if name == "publish:uploaded":
-            store.put(LATEST, first[0].replace(b'"published_at"', b'"other_night": true, "published_at"'))
-        real_point(name)
-
-    monkeypatch.setattr(faults, "point", other_night_publishes)
-    capsys.readouterr()
-    assert _run(published, tiny_data, uri, *tomorrow) == 1
-    err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert "another night published since this night started; this night published nothing" in err, err
-    assert b"other_night" in store.get(LATEST)[0]  # type: ignore[index]
-    assert not [k for k in store.keys("models") if "2026-01-03" in k], "the loser's model files were removed"
-    assert not list(store.keys("outputs/recommendations/run_date=2026-01-03"))
-    monkeypatch.setattr(faults, "point", real_point)
-
-    # the next attempt publishes over the winner, resuming the stages the earlier attempts finished
-    capsys.readouterr()
-    assert _run(published, tiny_data, uri, *tomorrow) == 0
-    out = capsys.readouterr().out
-    assert "resumed   reused from the interrupted run: " in out and "train" in out
-    latest = json.loads(store.get(LATEST)[0])  # type: ignore[index]
-    assert latest["run_date"] == "2026-01-03" and "other_night" not in latest
-    for name in ("recommendations", "similar_movies", "metrics"):
-        for rel in latest["tables"][name]["files"]:
-            assert store.head(rel) is not None
-
-
-def test_the_documented_readers_read_the_store(store_night: str, published: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
     """docs/operations.md's pyarrow, pandas, polars and DuckDB example, run as written."""
     text = (Path(__file__).parents[1] / "docs" / "operations.md").read_text()
     code = text.split("<!-- run by tests/test_objectstore.py -->\n```python\n", 1)[1].split("```", 1)[0]
-    monkeypatch.setenv("TOWERFLOW_URI", store_night)
+    monkeypatch.setenv("TOWERFLOW_URI", store_night["uri"])
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         exec(compile(code, "docs/operations.md", "exec"), {})
