@@ -264,16 +264,18 @@ def _night(params: NightlyParams, run_date: dt.date, target: Target, known: dict
             "export", export_task, model_path=refit["model"], full_dir=feature_dirs["full"], scalers_path=refit["scalers"],
             model_dir=str(work / "model"), ratings=ratings, prior_weight=prior_weight,
         )  # fmt: skip
-        # one task per shard on the flow's task runner (threads, or Dask: flows/runners.py); parts in shard order
+        # one task per shard on the flow's task runner (threads, or Dask: flows/runners.py); parts in shard order;
+        # on Dask with a store, the shards' inputs and parts go through the store (tasks/store/exchange.py)
+        exchange = (store, str(layout.data_dir)) if store and runners.on_dask() else None
         recs = run(
             "recommend", shards.recommend_all, ratings=ratings, model_dir=exported["model_dir"], out_dir=str(work / "recommendations"),
             k=params.k, version=version, chunk_size=params.chunk_size, shard_size=params.shard_size, work=str(work),
-            rules=rules_doc, movies=ingested["movies"],
+            rules=rules_doc, movies=ingested["movies"], exchange=exchange,
         )  # fmt: skip
         similar = run(
             "similar", shards.similar_all, model_dir=exported["model_dir"], out_dir=str(work / "similar_movies"), k=params.k,
             chunk_size=params.chunk_size, shard_size=params.shard_size, work=str(work), rules=rules_doc,
-            movies=ingested["movies"],
+            movies=ingested["movies"], exchange=exchange,
         )  # fmt: skip
         run.cached += [name for name, out in (("recommend", recs), ("similar", similar)) if out["shards_reused"] == out["shards"]]
         known["drift"] = run(
@@ -298,7 +300,7 @@ def _night(params: NightlyParams, run_date: dt.date, target: Target, known: dict
             score_hist=recs["score_hist"], runner=runners.current(),
         )  # fmt: skip
         if store:
-            run("push", push_task, store_uri=store, data_dir=str(layout.data_dir))
+            run("push", push_task, store_uri=store, data_dir=str(layout.data_dir), exchanged=f"work/{version}" if exchange else None)
         shutil.rmtree(work, ignore_errors=True)
     summary = {
         **latest.document(),

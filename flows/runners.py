@@ -69,6 +69,14 @@ def current() -> str:
     return describe(ctx.task_runner if ctx is not None else None)
 
 
+def on_dask() -> bool:
+    """True when the running flow's tasks go to a Dask cluster (whose workers may share no disk with it)."""
+    from prefect.context import FlowRunContext
+
+    ctx = FlowRunContext.get()
+    return ctx is not None and type(ctx.task_runner).__name__ == "DaskTaskRunner"
+
+
 def io_retry(task: Any, task_run: Any, state: Any) -> bool:
     """Prefect retry condition: retry only transient I/O errors (a shared file system hiccup), never bad input or bugs."""
     try:

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 from prefect import Task, get_run_logger
+from prefect.cache_policies import NO_CACHE
 from prefect.futures import PrefectFuture, as_completed
 
 from flows.caching import RESULTS_DIR, stage_task
@@ -29,6 +30,12 @@ from flows.report import Progress
 from flows.runners import IO_RETRY
 from tasks.serving import shards as scoring
 from tasks.stage_results import Recommended, SimilarScored
+from tasks.store.exchange import Exchange
+from tasks.store.layout import MODEL_FILES
+
+# the model files each kind of shard reads (what travels to workers that share no disk with the flow)
+SIMILAR_FILES = tuple(MODEL_FILES[k] for k in ("index", "index_ids", "movie_embeddings", "serving"))
+RECOMMEND_FILES = (*SIMILAR_FILES, MODEL_FILES["user_embeddings"], MODEL_FILES["scalers"])
 
 
 def _shard_task(kind: str) -> Callable[[Callable[..., dict[str, Any]]], Task[Any, Any]]:
@@ -56,26 +63,30 @@ def recommend_shard_task(
     shards: int,
     rules: dict[str, Any] | None = None,
     movies: str | None = None,
+    exchange: tuple[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Top-k of users ``start:stop`` (shard ``shard`` of ``shards``, counted from 1), within the ``rules``."""
+    """Top-k of users ``start:stop`` (shard ``shard`` of ``shards``, counted from 1), within the ``rules``.
+
+    ``exchange`` (store URI, scratch root): the worker shares no disk with the flow; inputs and the part
+    travel through the store (:mod:`tasks.store.exchange`).
+    """
     logger = get_run_logger()
 
     def on_chunk(done: int, total: int) -> None:
         logger.info("shard %d/%d: recommended for %d/%d users", shard, shards, done, total)
 
-    return scoring.run_recommend_shard(
-        Path(ratings),
-        Path(model_dir),
-        Path(out_path),
-        k,
-        version,
-        chunk_size,
-        start,
-        stop,
-        on_chunk,
-        rules,
-        None if movies is None else Path(movies),
+    ex = Exchange(*exchange) if exchange else None
+    local_ratings = ex.local(ratings) if ex else Path(ratings)
+    local_model = ex.local_dir(model_dir, RECOMMEND_FILES) if ex else Path(model_dir)
+    local_movies = None if movies is None else ex.local(movies) if ex else Path(movies)
+    local_out = ex.output(out_path) if ex else Path(out_path)
+    out = scoring.run_recommend_shard(
+        local_ratings, local_model, local_out, k, version, chunk_size, start, stop, on_chunk, rules, local_movies
     )
+    if ex:
+        ex.deliver(out_path)
+        out["path"] = out_path
+    return out
 
 
 @_shard_task("similar")
@@ -90,17 +101,39 @@ def similar_shard_task(
     shards: int,
     rules: dict[str, Any] | None = None,
     movies: str | None = None,
+    exchange: tuple[str, str] | None = None,
 ) -> dict[str, Any]:
     """The k nearest other movies of movies ``start:stop`` (shard ``shard`` of ``shards``, counted from 1)."""
-    movies_path = None if movies is None else Path(movies)
-    out = scoring.run_similar_shard(Path(model_dir), Path(out_path), k, chunk_size, start, stop, rules, movies_path)
+    ex = Exchange(*exchange) if exchange else None
+    movies_path = None if movies is None else ex.local(movies) if ex else Path(movies)
+    local_model = ex.local_dir(model_dir, SIMILAR_FILES) if ex else Path(model_dir)
+    local_out = ex.output(out_path) if ex else Path(out_path)
+    out = scoring.run_similar_shard(local_model, local_out, k, chunk_size, start, stop, rules, movies_path)
+    if ex:
+        ex.deliver(out_path)
+        out["path"] = out_path
     get_run_logger().info("shard %d/%d: %d similar-movie rows for %d movies", shard, shards, out["rows"], out["movies"])
     return out
 
 
-def _in(task: Any, work: str) -> Any:
-    """The shard task with its results kept in the run's work directory (what makes it resumable)."""
+def _in(task: Any, work: str, exchange: tuple[str, str] | None = None) -> Any:
+    """The shard task with its results kept in the run's work directory (what makes it resumable).
+
+    Shards exchanged through the store run again on a rerun: a worker's results are on its own disk.
+    """
+    if exchange:
+        return task.with_options(cache_policy=NO_CACHE, persist_result=False)
     return task.with_options(result_storage=Path(work) / RESULTS_DIR)
+
+
+def _offer(exchange: tuple[str, str] | None, model_dir: str, names: tuple[str, ...], *inputs: str | None) -> Exchange | None:
+    """Flow side: what the shards read, to the store for workers without the flow's disk."""
+    if exchange is None:
+        return None
+    ex = Exchange(*exchange)
+    sent = ex.offer([*(Path(model_dir) / n for n in names), *(Path(p) for p in inputs if p is not None)])
+    get_run_logger().info("offered %d files to the workers through %s", sent, exchange[0])
+    return ex
 
 
 def _gather(futures: list[PrefectFuture[dict[str, Any]]], progress: Progress, noun: str, total: int) -> tuple[list[dict[str, Any]], int]:
@@ -131,6 +164,7 @@ def recommend_all(
     work: str,
     rules: dict[str, Any] | None = None,
     movies: str | None = None,
+    exchange: tuple[str, str] | None = None,
 ) -> Recommended:
     """Submit one recommend task per shard of ``shard_size`` users; the parts in shard order and their totals.
 
@@ -140,8 +174,9 @@ def recommend_all(
     n = scoring.count_rows(Path(model_dir))["users"]
     bounds = scoring.shard_bounds(n, shard_size)
     progress = Progress("towerflow-recommend-progress", f"recommend: {len(bounds)} shards of up to {shard_size:,} users")
+    ex = _offer(exchange, model_dir, RECOMMEND_FILES, ratings, movies)
     futures = [
-        _in(recommend_shard_task, work).submit(
+        _in(recommend_shard_task, work, exchange).submit(
             ratings,
             model_dir,
             str(Path(out_dir) / f"part-{i:05d}.parquet"),
@@ -154,10 +189,14 @@ def recommend_all(
             len(bounds),
             rules,
             movies,
+            exchange,
         )
         for i, (start, stop) in enumerate(bounds)
     ]
     results, reused = _gather(futures, progress, "users", n)
+    if ex is not None:
+        for r in results:
+            ex.collect(r["path"])
     hist = np.sum([r["score_hist"] for r in results], axis=0)
     return Recommended(
         parts=[r["path"] for r in results],
@@ -178,12 +217,14 @@ def similar_all(
     work: str,
     rules: dict[str, Any] | None = None,
     movies: str | None = None,
+    exchange: tuple[str, str] | None = None,
 ) -> SimilarScored:
     """Submit one similar-movies task per shard of ``shard_size`` movies; the parts in shard order (results in ``work``)."""
     n = scoring.count_rows(Path(model_dir))["movies"]
     bounds = scoring.shard_bounds(n, shard_size)
     progress = Progress("towerflow-similar-progress", f"similar movies: {len(bounds)} shards of up to {shard_size:,} movies")
-    shard = _in(similar_shard_task, work)
+    ex = _offer(exchange, model_dir, SIMILAR_FILES, movies)
+    shard = _in(similar_shard_task, work, exchange)
     futures = [
         shard.submit(
             model_dir,
@@ -196,9 +237,13 @@ def similar_all(
             len(bounds),
             rules,
             movies,
+            exchange,
         )
         for i, (start, stop) in enumerate(bounds)
     ]
     results, reused = _gather(futures, progress, "movies", n)
+    if ex is not None:
+        for r in results:
+            ex.collect(r["path"])
     parts = [r["path"] for r in results]
     return SimilarScored(parts=parts, shards=len(results), shards_reused=reused, rows=sum(r["rows"] for r in results), movies=n)

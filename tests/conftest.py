@@ -14,6 +14,7 @@ import pytest
 os.environ.setdefault("TOWERFLOW_THREADS", "2")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 from tasks.runtime import set_thread_env
+from tests import documents
 
 set_thread_env(2)
 
@@ -130,3 +131,34 @@ def published(tiny_data: tuple[Path, Path], tmp_path_factory: pytest.TempPathFac
         "args": run_args,
         "denied": denied,
     }
+
+
+@pytest.fixture(scope="session")
+def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A moto S3 server on 127.0.0.1 with the bucket ``nights``, the AWS variables pointing at it and a scratch
+    root for s3:// nights (``TOWERFLOW_SCRATCH``); yields its endpoint. Restores the environment after."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    saved = {k: os.environ.get(k) for k in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "TOWERFLOW_SCRATCH")}
+    os.environ.update(
+        AWS_ENDPOINT_URL=endpoint,
+        AWS_ACCESS_KEY_ID="towerflow-test",
+        AWS_SECRET_ACCESS_KEY=documents.S3_SECRET,
+        TOWERFLOW_SCRATCH=str(tmp_path_factory.mktemp("scratch")),
+    )
+    import boto3
+
+    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket="nights")
+    try:
+        yield endpoint
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        server.stop()

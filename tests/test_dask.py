@@ -1,10 +1,20 @@
-"""The shard tasks on a Dask cluster (scheduler and two worker processes on 127.0.0.1) publish exactly the
-tables of the local run: the session's ``published`` run, repeated with ``--dask-address``."""
+"""The shard tasks on a Dask cluster whose workers share no disk with the flow publish exactly the tables of the
+local run: the session's ``published`` run, repeated with ``--dask-address`` and ``--data-dir s3://...``.
+
+The scheduler and two workers are started from the command line; each worker runs in its own mount namespace
+with an empty tmpfs over the session's temporary directory, so the shards' inputs and parts must travel
+through the store (tasks/store/exchange.py)."""
 
 from __future__ import annotations
 
+import io
 import json
+import os
+import shutil
+import subprocess
 import sys
+import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,17 +24,48 @@ import pyarrow.parquet as pq
 import pytest
 
 from flows.cli import main
+from tasks.store.mirror import LATEST
+from tasks.store.remote import ObjectStore
 
 pytestmark = [pytest.mark.flow, pytest.mark.usefixtures("prefect_harness")]
 
 
 @pytest.fixture(scope="module")
-def cluster() -> Iterator[Any]:
+def cluster(tmp_path_factory: pytest.TempPathFactory, s3: str) -> Iterator[Any]:
+    """A scheduler and two workers started from the command line, each worker in its own mount namespace with an
+    empty tmpfs over the test session's directory: the flow's scratch, data and inputs are not on their disk.
+
+    The workers get the store's endpoint and credentials from their environment (the s3 fixture's), nothing else.
+    """
     distributed = pytest.importorskip("distributed")
-    with distributed.LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=":0"
-    ) as c, distributed.Client(c) as client:  # fmt: skip
-        yield client
+    hidden = tmp_path_factory.getbasetemp()
+    own = Path(tempfile.mkdtemp(prefix="towerflow-dask-"))  # outside what is hidden: the cluster's own files
+    dask = str(Path(sys.executable).parent / "dask")
+    sched_file = own / "scheduler.json"
+    procs = [subprocess.Popen([dask, "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
+                               "--scheduler-file", str(sched_file)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while not sched_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        address = json.loads(sched_file.read_text())["address"]
+        for i in range(2):
+            tmp = own / f"worker-{i}"
+            tmp.mkdir()
+            script = f'mount -t tmpfs tmpfs "{hidden}" && exec "{dask}" worker {address} --nthreads 1 --no-dashboard --name w{i}'
+            env = {**os.environ, "TMPDIR": str(tmp), "OMP_NUM_THREADS": "1"}
+            procs.append(
+                subprocess.Popen(["unshare", "-m", "sh", "-c", script], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            )
+        with distributed.Client(address, timeout=60) as client:
+            client.wait_for_workers(2, timeout=90)
+            yield client
+    finally:
+        for proc in reversed(procs):
+            proc.terminate()
+        for proc in procs:
+            proc.wait(timeout=30)
+        shutil.rmtree(own, ignore_errors=True)
 
 
 def _table(data_dir: Path, latest: dict[str, Any], name: str, keys: list[str]) -> pd.DataFrame:
@@ -37,18 +78,29 @@ def _loaded_on_workers(client: Any, module: str) -> set[bool]:
     return set(client.run(lambda: module in sys.modules).values())
 
 
-def test_dask_run_publishes_the_local_tables(published: dict[str, Any], tiny_data: tuple[Path, Path], tmp_path: Path, cluster: Any) -> None:
+def test_workers_without_the_flows_disk_publish_the_local_tables(
+    published: dict[str, Any], tiny_data: tuple[Path, Path], tmp_path: Path, cluster: Any
+) -> None:
     ratings, movies = tiny_data
     address = cluster.scheduler.address
     assert address.startswith("tcp://127.0.0.1:")
-    args = ["run", "--ratings", str(ratings), "--movies", str(movies), "--data-dir", str(tmp_path)]
+    # the workers cannot see the inputs, the published run or this test's scratch
+    assert set(cluster.run(os.path.exists, str(ratings)).values()) == {False}
+    assert set(cluster.run(os.path.exists, str(published["dir"])).values()) == {False}
+    uri = "s3://nights/dask"
+    args = ["run", "--ratings", str(ratings), "--movies", str(movies), "--data-dir", uri, "--scratch-dir", str(tmp_path)]
     assert main([*args, *published["args"], "--dask-address", address]) == 0
-    local, remote = published["latest"], json.loads((tmp_path / "outputs" / "latest.json").read_text())
+    store = ObjectStore(uri)
+    remote, local = json.loads(store.get(LATEST)[0]), published["latest"]  # type: ignore[index]
     assert remote["model_version"] == local["model_version"]
     for name, keys in (("recommendations", ["user_id", "rank"]), ("similar_movies", ["movie_id", "rank"])):
-        assert [Path(f).name for f in remote["tables"][name]["files"]] == [Path(f).name for f in local["tables"][name]["files"]]
-        pd.testing.assert_frame_equal(_table(tmp_path, remote, name, keys), _table(published["dir"], local, name, keys))
-    # the shards ran on the workers, which never loaded TensorFlow (the model is loaded from paths, not shipped)
+        assert remote["tables"][name]["files"] == local["tables"][name]["files"]
+        parts = [store.get(f) for f in remote["tables"][name]["files"]]
+        on_store: pd.DataFrame = pd.concat([pq.ParquetFile(io.BytesIO(p[0])).read().to_pandas() for p in parts if p])
+        expected = pd.concat([pq.ParquetFile(published["dir"] / f).read().to_pandas() for f in local["tables"][name]["files"]])
+        pd.testing.assert_frame_equal(on_store.sort_values(keys).reset_index(drop=True), expected.sort_values(keys).reset_index(drop=True))
+    assert not list(store.keys("work")), "what the shards exchanged is removed after the publish"
+    # the shards ran on the workers, which never loaded TensorFlow (the model is loaded from files, not shipped)
     assert _loaded_on_workers(cluster, "tasks.serving.shards") == {True}
     assert _loaded_on_workers(cluster, "tensorflow") == {False}
 

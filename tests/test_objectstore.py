@@ -13,7 +13,6 @@ import io
 import json
 import os
 import socket
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,38 +25,7 @@ from tasks import faults
 from tasks.errors import ConfigError
 from tasks.store.mirror import LATEST
 from tasks.store.remote import ObjectStore, PublishConflict, StoreError, StoreUnavailable, StoreURI
-
-SECRET = "towerflow-test-secret-key"  # must never be written anywhere
-
-
-@pytest.fixture(scope="module")
-def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A moto S3 server on 127.0.0.1 and the AWS variables pointing at it; yields its endpoint."""
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    saved = {k: os.environ.get(k) for k in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "TOWERFLOW_SCRATCH")}
-    os.environ.update(
-        AWS_ENDPOINT_URL=endpoint,
-        AWS_ACCESS_KEY_ID="towerflow-test",
-        AWS_SECRET_ACCESS_KEY=SECRET,
-        TOWERFLOW_SCRATCH=str(tmp_path_factory.mktemp("scratch")),
-    )
-    import boto3
-
-    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket="nights")
-    try:
-        yield endpoint
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-        server.stop()
+from tests.documents import S3_SECRET as SECRET
 
 
 def _frame(store: ObjectStore, files: list[str], keys: list[str]) -> pd.DataFrame:
