@@ -90,7 +90,8 @@ def store_night(s3: str, published: dict[str, Any], tiny_data: tuple[Path, Path]
 
     1. a bug after every part was written, before the PUT of latest.json;
     2. another publisher writes latest.json while this night uploads: it loses the race;
-    3. the plain command again: it publishes over the other night's document, resuming the stages.
+    3. a bug just after the PUT, before the scratch's own latest.json: the store has published;
+    4. the plain command again: the scratch catches up with the store, nothing is published twice.
 
     Returns the URI, the store's latest.json after each attempt, and each attempt's exit code and output.
     """
@@ -103,13 +104,15 @@ def store_night(s3: str, published: dict[str, Any], tiny_data: tuple[Path, Path]
             store.put(LATEST, OTHER)
         real_point(name)
 
-    for attempt in ("crash", "race", "rerun"):
+    for attempt in ("crash", "race", "committed", "rerun"):
         out, err = io.StringIO(), io.StringIO()
         with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             if attempt == "crash":
                 mp.setenv(faults.ENV, "bug:publish:uploaded")
             if attempt == "race":
                 mp.setattr(faults, "point", other_night_publishes)
+            if attempt == "committed":
+                mp.setenv(faults.ENV, "bug:publish:store-committed")
             code = _run(published, tiny_data, STORE_NIGHT)
         got = store.get(LATEST)
         keys = [*store.keys("models"), *store.keys("outputs/recommendations")]
@@ -126,10 +129,15 @@ def test_a_crash_before_the_put_publishes_nothing_and_a_lost_race_leaves_nothing
     assert race["keys"] == [], "the loser removed every file it and its crashed attempt had written"
 
 
-def test_a_night_on_the_store_publishes_the_local_tables(store_night: dict[str, Any], published: dict[str, Any]) -> None:
-    uri, rerun = store_night["uri"], store_night["rerun"]
-    assert rerun["code"] == 0
+def test_a_crash_after_the_put_is_published_and_the_rerun_catches_up(store_night: dict[str, Any]) -> None:
+    committed, rerun = store_night["committed"], store_night["rerun"]
+    assert committed["code"] == 1 and committed["latest"] not in (None, OTHER), "the store published at the PUT"
+    assert rerun["code"] == 0 and rerun["latest"] == committed["latest"], "the rerun leaves the published latest.json as it is"
     assert "resumed   reused from the interrupted run: " in rerun["out"] and "train" in rerun["out"]
+
+
+def test_a_night_on_the_store_publishes_the_local_tables(store_night: dict[str, Any], published: dict[str, Any]) -> None:
+    uri = store_night["uri"]
     store = ObjectStore(uri)
     got = store.get(LATEST)
     assert got is not None
