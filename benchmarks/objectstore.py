@@ -106,6 +106,12 @@ def main() -> int:
         on_store, on_disk = json.loads(got[0]), json.loads((local_dir / "outputs" / "latest.json").read_text())
         print(f"ml-latest-small night: local {local_s:.1f} s, store {store_s:.1f} s: {store_s / local_s:.2f}x (target <= 1.3x)")
         print(f"same model version: {on_store['model_version'] == on_disk['model_version']}")
+        stages = list(dict.fromkeys([*on_disk["timings"], *on_store["timings"]]))
+        print("  stage seconds (local / store): " + ", ".join(
+            f"{s} {on_disk['timings'].get(s, 0):.1f}/{on_store['timings'].get(s, 0):.1f}" for s in stages))  # fmt: skip
+        extra = sum(on_store["timings"].get(s, 0) for s in ("pull", "fetch-inputs", "push"))
+        extra += on_store["timings"].get("publish", 0) - on_disk["timings"].get("publish", 0)
+        print(f"  the store's own stages (pull, fetch-inputs, push, and publish beyond the local one): {extra:.1f} s")
         for name in ("recommendations", "similar_movies", "metrics"):
             a = frames(on_store["tables"][name]["files"], lambda rel: io.BytesIO(store.get(rel)[0]))  # type: ignore[index]
             b = frames(on_disk["tables"][name]["files"], lambda rel: local_dir / rel)
