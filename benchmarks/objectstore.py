@@ -79,6 +79,12 @@ def traffic(text: str) -> dict[str, dict[str, Any]]:
     return found
 
 
+def seconds(text: str) -> dict[str, float]:
+    """The stage seconds the command's summary prints last (``seconds   pull 0.4, ingest 0.2, ...``)."""
+    line = re.findall(r"^  seconds   (.*)$", text, flags=re.M)[-1]
+    return {name: float(value) for name, value in (item.rsplit(" ", 1) for item in line.split(", "))}
+
+
 def frames(files: list[str], read: Any) -> pd.DataFrame:
     frame: pd.DataFrame = pd.concat([pq.ParquetFile(read(f)).read().to_pandas() for f in files]).reset_index(drop=True)
     return frame
@@ -97,7 +103,7 @@ def main() -> int:
     weed = start_weed(work)
     try:
         local_dir, uri = work / "local", f"s3://{BUCKET}/ml"
-        local_s, local_code, _ = night(args.data, str(local_dir), work / "local.log")
+        local_s, local_code, local_text = night(args.data, str(local_dir), work / "local.log")
         store_s, store_code, text = night(args.data, uri, work / "store.log", "--scratch-dir", str(work / "scratch"))
         assert local_code == 0 and store_code == 0, f"nights failed: {local_code}, {store_code}; see {work}/*.log"
         store = ObjectStore(uri)
@@ -106,12 +112,11 @@ def main() -> int:
         on_store, on_disk = json.loads(got[0]), json.loads((local_dir / "outputs" / "latest.json").read_text())
         print(f"ml-latest-small night: local {local_s:.1f} s, store {store_s:.1f} s: {store_s / local_s:.2f}x (target <= 1.3x)")
         print(f"same model version: {on_store['model_version'] == on_disk['model_version']}")
-        stages = list(dict.fromkeys([*on_disk["timings"], *on_store["timings"]]))
-        print("  stage seconds (local / store): " + ", ".join(
-            f"{s} {on_disk['timings'].get(s, 0):.1f}/{on_store['timings'].get(s, 0):.1f}" for s in stages))  # fmt: skip
-        extra = sum(on_store["timings"].get(s, 0) for s in ("pull", "fetch-inputs", "push"))
-        extra += on_store["timings"].get("publish", 0) - on_disk["timings"].get("publish", 0)
-        print(f"  the store's own stages (pull, fetch-inputs, push, and publish beyond the local one): {extra:.1f} s")
+        local_t, store_t = seconds(local_text), seconds(text)
+        stages = list(dict.fromkeys([*local_t, *store_t]))
+        print("  stage seconds (local / store): " + ", ".join(f"{s} {local_t.get(s, 0):.1f}/{store_t.get(s, 0):.1f}" for s in stages))
+        extra = sum(store_t.get(s, 0) for s in ("pull", "fetch-inputs", "push")) + store_t.get("publish", 0) - local_t.get("publish", 0)
+        print(f"  the store's own seconds (pull, fetch-inputs, push, and publish beyond the local one): {extra:.1f} s")
         for name in ("recommendations", "similar_movies", "metrics"):
             a = frames(on_store["tables"][name]["files"], lambda rel: io.BytesIO(store.get(rel)[0]))  # type: ignore[index]
             b = frames(on_disk["tables"][name]["files"], lambda rel: local_dir / rel)
