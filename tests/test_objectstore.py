@@ -1,9 +1,13 @@
-"""``--data-dir s3://...`` against a real S3 protocol server (moto's, in this process, one per module).
+"""``--data-dir s3://...`` against a real S3 protocol server (moto's, in this process, one per session), with
+the shards on a Dask cluster whose workers share no disk with the flow.
 
 The session's ``published`` night is repeated with the store as its data directory: the store must hold the
 same tables, row for row; a crash before the conditional PUT of ``latest.json`` leaves the store's
 ``latest.json`` as it was and the rerun resumes; a night that loses the race to another publisher fails in
-one line and leaves nothing of its own behind; ``towerflow.load`` answers from the store.
+one line and leaves nothing of its own behind; ``towerflow.load`` and the documented readers answer from
+the store. The scheduler and two workers are started from the command line; each worker runs in its own
+mount namespace with an empty tmpfs over the session's temporary directory, so the shards' inputs and
+parts must travel through the store (tasks/store/exchange.py).
 """
 
 from __future__ import annotations
@@ -12,7 +16,13 @@ import contextlib
 import io
 import json
 import os
+import shutil
 import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -85,8 +95,46 @@ OTHER = b'{"schema_version": "1", "written_by": "another night"}'  # what a raci
 
 
 @pytest.fixture(scope="module")
-def store_night(s3: str, published: dict[str, Any], tiny_data: tuple[Path, Path]) -> dict[str, Any]:
-    """The session's published night, repeated with ``--data-dir s3://...``, in three attempts that train once.
+def cluster(tmp_path_factory: pytest.TempPathFactory, s3: str) -> Iterator[Any]:
+    """A scheduler and two workers started from the command line, each worker in its own mount namespace with an
+    empty tmpfs over the test session's directory: the flow's scratch, data and inputs are not on their disk.
+
+    The workers get the store's endpoint and credentials from their environment (the s3 fixture's), nothing else.
+    """
+    distributed = pytest.importorskip("distributed")
+    hidden = tmp_path_factory.getbasetemp()
+    own = Path(tempfile.mkdtemp(prefix="towerflow-dask-"))  # outside what is hidden: the cluster's own files
+    dask = str(Path(sys.executable).parent / "dask")
+    sched_file = own / "scheduler.json"
+    procs = [subprocess.Popen([dask, "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
+                               "--scheduler-file", str(sched_file)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while not sched_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        address = json.loads(sched_file.read_text())["address"]
+        for i in range(2):
+            tmp = own / f"worker-{i}"
+            tmp.mkdir()
+            script = f'mount -t tmpfs tmpfs "{hidden}" && exec "{dask}" worker {address} --nthreads 1 --no-dashboard --name w{i}'
+            env = {**os.environ, "TMPDIR": str(tmp), "OMP_NUM_THREADS": "1"}
+            procs.append(
+                subprocess.Popen(["unshare", "-m", "sh", "-c", script], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            )
+        with distributed.Client(address, timeout=60) as client:
+            client.wait_for_workers(2, timeout=90)
+            yield client
+    finally:
+        for proc in procs:  # nothing of the cluster needs keeping: no graceful shutdown (it takes seconds)
+            proc.kill()
+            proc.wait(timeout=30)
+        shutil.rmtree(own, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def store_night(s3: str, published: dict[str, Any], tiny_data: tuple[Path, Path], cluster: Any) -> dict[str, Any]:
+    """The session's published night, repeated with ``--data-dir s3://...`` and its shards on ``cluster``, whose
+    workers cannot see the flow's files, in four attempts that train once:
 
     1. a bug after every part was written, before the PUT of latest.json;
     2. another publisher writes latest.json while this night uploads: it loses the race;
@@ -113,7 +161,7 @@ def store_night(s3: str, published: dict[str, Any], tiny_data: tuple[Path, Path]
                 mp.setattr(faults, "point", other_night_publishes)
             if attempt == "committed":
                 mp.setenv(faults.ENV, "bug:publish:store-committed")
-            code = _run(published, tiny_data, STORE_NIGHT)
+            code = _run(published, tiny_data, STORE_NIGHT, "--dask-address", cluster.scheduler.address)
         got = store.get(LATEST)
         keys = [*store.keys("models"), *store.keys("outputs/recommendations")]
         facts[attempt] = {"code": code, "out": out.getvalue(), "err": err.getvalue(), "latest": got and got[0], "keys": keys}
@@ -150,6 +198,7 @@ def test_a_night_on_the_store_publishes_the_local_tables(store_night: dict[str, 
     for entry in latest["model"].values():  # every model file on the store, with the sha256 latest.json names
         assert store.head(entry["path"])["sha256"] == entry["sha256"]  # type: ignore[index]
     assert list(store.keys("outputs/history")), "the nights' history rows are on the store"
+    assert not list(store.keys("work")), "what the shards exchanged is removed after the publish"
     assert SECRET not in got[0].decode()
     scratch = [p for p in Path(os.environ["TOWERFLOW_SCRATCH"]).rglob("*") if p.is_file()]
     assert scratch and not [p for p in scratch if SECRET.encode() in p.read_bytes()], "credentials written to the scratch"
@@ -175,3 +224,21 @@ def test_the_documented_readers_read_the_store(
     rows = published["latest"]["tables"]["recommendations"]["rows"]
     assert version == published["latest"]["model_version"]
     assert [int(c) for c in counts] == [rows, rows, rows, published["ratings"].userId.nunique()]
+
+
+def test_the_shards_ran_on_workers_that_cannot_see_the_flows_files(
+    store_night: dict[str, Any], published: dict[str, Any], tiny_data: tuple[Path, Path], cluster: Any
+) -> None:
+    for path in (tiny_data[0], published["dir"], Path(os.environ["TOWERFLOW_SCRATCH"])):
+        assert set(cluster.run(os.path.exists, str(path)).values()) == {False}, path
+    loaded = [set(cluster.run(lambda m=m: m in sys.modules).values()) for m in ("tasks.serving.shards", "tensorflow")]
+    assert loaded == [{True}, {False}], "the shards ran on the workers, which never loaded TensorFlow"
+
+
+def test_bad_dask_address_fails_with_one_line(tiny_data: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    ratings, movies = tiny_data
+    args = ["run", "--ratings", str(ratings), "--movies", str(movies), "--data-dir", str(tmp_path), "--dask-address", "nonsense"]
+    assert main(args) == 1
+    assert (
+        capsys.readouterr().err.strip().splitlines()[-1].startswith("towerflow run failed: --dask-address must look like tcp://HOST:PORT")
+    )
