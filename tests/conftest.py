@@ -96,7 +96,7 @@ def prefect_harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
 
 
 PUBLISHED_K = 5  # the k of the ``published`` run (tests/test_flow.py's K)
-# The ``published`` run's options; tests/test_dask.py reruns it on a Dask cluster and compares the tables.
+# The ``published`` run's options; tests/test_objectstore.py reruns it on the store and on Dask and compares the tables.
 PUBLISHED_ARGS = ["--run-date", "2026-01-02", "--k", str(PUBLISHED_K), "--max-epochs", "3", "--no-gate", "--shard-size", "40"]
 
 
