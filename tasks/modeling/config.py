@@ -40,6 +40,9 @@ class ModelConfig:
     dropout: float = 0.2
     shrinkage: float = 10.0
     history_length: int = 0
+    # Collaborative factors beside the content (tasks.preparation.factors): k SVD factors per movie of the
+    # night's binary rating matrix, and each user's projection onto them (2k columns); 0 = content only.
+    factors: int = 0
     # Train on leave-one-out feature rows (tasks.preparation.loo): confidence features only.
     leave_one_out: bool = True
     # Rank by the model's score plus a popularity prior whose weight the nightly holdout chooses
@@ -71,6 +74,8 @@ class ModelConfig:
             raise ConfigError(f"model config dropout must be in [0, 1), got {self.dropout!r}")
         if self.refit not in ("full", "warm", "none"):
             raise ConfigError(f"model config refit must be 'full', 'warm' or 'none', got {self.refit!r}")
+        if self.factors < 0 or (self.factors > 0 and self.features != "confidence"):
+            raise ConfigError(f"model config factors must be >= 0, and 0 with the {self.features!r} features; got {self.factors!r}")
         if any(width < 1 for width in self.hidden) or self.history_length < 0:
             raise ConfigError(f"model config needs hidden widths >= 1 and history_length >= 0, got {self.hidden}, {self.history_length}")
 
