@@ -187,8 +187,8 @@ def _night(params: NightlyParams, run_date: dt.date, layout: Layout, known: dict
     started = time.perf_counter()
     threads = params.threads or default_threads()
     pin_threads(threads)
-    overrides = {"max_epochs": params.max_epochs, "patience": params.patience, "refit": params.refit, "factors": params.factors}
-    config = preset(params.preset, **overrides)
+    overrides = {"max_epochs": params.max_epochs, "patience": params.patience}
+    config = preset(params.preset, **overrides, refit=params.refit, factors=params.factors)
     rules = params.rules()  # business rules: which movies may be recommended (tasks/serving/rules.py)
     rules_doc = None if rules.empty else rules.document()
     run = _Stages()
@@ -220,7 +220,8 @@ def _night(params: NightlyParams, run_date: dt.date, layout: Layout, known: dict
             "train", train_task, ratings=ratings, feature_dirs=feature_dirs, scaler_paths=scalers, out_dir=str(work / "train"),
             preset_name=params.preset,
             max_epochs=warmstart.warm_epochs(config.max_epochs, params.warm_epochs) if warm else params.max_epochs,
-            patience=params.patience, seed=params.seed, holdout=params.holdout_fraction, warm=warm, factors=params.factors,
+            patience=params.patience, seed=params.seed, holdout=params.holdout_fraction, warm=warm,
+            factors=params.factors,
         )  # fmt: skip
         evaluation: Evaluation | Skipped | None = None
         if params.holdout_fraction > 0:

@@ -56,7 +56,10 @@ class NightlyParams(BaseModel):
         "of its epochs; 'none': publish the validation model (default: the preset's)",
     )
     factors: int | None = Field(
-        None, ge=0, le=256, description="collaborative factors per movie beside the content (0: content only; default: the preset's)"
+        None,
+        ge=0,
+        le=256,
+        description="collaborative factors per movie (0: content only; default: the preset's)",
     )
     chunk_size: int = Field(4096, ge=1, description="users per top-k chunk (bounds memory)")
     shard_size: int = Field(50_000, ge=1, description="users (movies) per recommend (similar) task; shards run on the task runner")

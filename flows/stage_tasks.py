@@ -56,8 +56,16 @@ def ingest_task(ratings: str, movies: str, store_dir: str, rejects_path: str, ma
 
 
 @caching.stage_task("features", outputs=("out_dir",), **IO_RETRY)
-def features_task(ratings: str, movies: str, out_dir: str, preset_name: str, holdout: float, factors: int | None = None) -> FeatureDirs:
-    return run_features(Path(ratings), Path(movies), Path(out_dir), preset(preset_name, factors=factors), holdout)
+def features_task(
+    ratings: str,
+    movies: str,
+    out_dir: str,
+    preset_name: str,
+    holdout: float,
+    factors: int | None = None,
+) -> FeatureDirs:
+    config = preset(preset_name, factors=factors)
+    return run_features(Path(ratings), Path(movies), Path(out_dir), config, holdout)
 
 
 @caching.stage_task("scalers", outputs=("out_dir",), **IO_RETRY)

@@ -327,16 +327,17 @@ class Recommender:
         kind = self.config.get("features", "confidence")
         shrinkage = float(self.config.get("shrinkage", 10.0))
         k = int(self.config.get("factors", 0))
-        given = self._movie_factors()[rows] if k > 0 else None  # the night's factors of the rated movies
-        feats = compute_features(frame, movies, np.array([0]), kind, shrinkage, mu=self._seen_csr()[2], factors=k, movie_factors=given)
+        given = self._movie_factors()[rows] if k > 0 else None  # the night's, of these movies
+        mu = self._seen_csr()[2]
+        feats = compute_features(frame, movies, np.array([0]), kind, shrinkage, mu, k, given)
         if feats.user_names != self.scalers.user_names:
             raise QueryError(f"the published model {self.version} was trained on other user features than this towerflow computes")
         x = self.scalers.user(feats.user_x)
         return self._served(x, frame), rows.astype(np.int64)
 
     def _movie_factors(self) -> np.ndarray:
-        """The night's collaborative factors of every movie (index row order), read once from the published
-        movie features (:mod:`tasks.preparation.factors`): what a user's ratings are projected onto."""
+        """The night's collaborative factors of every movie (index row order), read once from the
+        published movie features (:mod:`tasks.preparation.factors`): what ratings project onto."""
         if self._factors is None:
             from tasks.preparation.factors import factor_names
             from tasks.preparation.feature_tables import read_features
@@ -345,7 +346,9 @@ class Recommender:
             wanted = factor_names(int(self.config.get("factors", 0)))[1]
             missing = [n for n in wanted if n not in names]
             if missing or not np.array_equal(ids, self.movie_ids):
-                raise QueryError(f"the movie features of run {self.version} lack factors {missing[:3]} or disagree with its index")
+                what = f"lack factors {missing[:3]} or disagree with its index"
+                run = f"the movie features of run {self.version}"
+                raise QueryError(f"{run} {what}; re-run `towerflow run`")
             self._factors = x[:, [names.index(n) for n in wanted]]
         return self._factors
 

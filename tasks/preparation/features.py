@@ -120,10 +120,10 @@ def compute_features(
     gives log counts and means shrunk toward a prior with weight ``shrinkage``:
     the global mean ``mu``, by default the mean of ``ratings``.
 
-    ``factors`` > 0 (confidence features only) appends collaborative factors (:mod:`tasks.preparation.factors`):
-    ``factors`` columns last in every movie row, twice as many last in every user row. They come from an SVD
-    of ``ratings``, or from ``movie_factors`` (one row per movie of ``movies``) when given, which is how a
-    user's ratings fold in onto published factors.
+    ``factors`` > 0 (confidence features only) appends collaborative factors
+    (:mod:`tasks.preparation.factors`): ``factors`` columns last in every movie row, twice as many
+    last in every user row. They come from an SVD of ``ratings``, or from ``movie_factors`` (a row
+    per movie of ``movies``) when given: how a user's ratings fold in onto published factors.
     """
     movie_ids = movies["movie_id"].to_numpy(dtype=np.int64)
     user_ids = np.asarray(user_ids, dtype=np.int64)
@@ -140,7 +140,8 @@ def compute_features(
     r = ratings["rating"].to_numpy(dtype=np.float64)
     n_u, n_m = len(user_ids), len(movie_ids)
     if factors < 0 or (factors > 0 and kind != "confidence"):
-        raise ConfigError(f"collaborative factors need the confidence features and factors >= 0, got {factors} with {kind!r}")
+        what = f"{factors} with {kind!r}"
+        raise ConfigError(f"factors need the confidence features and k >= 0, got {what}")
     if mu is None:
         mu = float(r.mean()) if len(r) else 3.5
     genres = genre_matrix(movies["genres"]).astype(np.float64)
@@ -176,7 +177,8 @@ def compute_features(
                 v = _factors(u, m, n_u, n_m, factors, movie_factors)
                 seen_sum, rated_sum = collab.user_sums(ratings, u, m, n_u, v)
                 mean = (u_sum + shrinkage * mu) / (u_cnt + shrinkage)
-                user_x = np.column_stack([user_x, collab.user_factor_columns(np, u_cnt, seen_sum, rated_sum, mean)])
+                projected = collab.user_factor_columns(np, u_cnt, seen_sum, rated_sum, mean)
+                user_x = np.column_stack([user_x, projected])
                 movie_x = np.column_stack([movie_x, v])
                 user_extra, movie_extra = collab.factor_names(factors)
                 user_names, movie_names = [*user_names, *user_extra], [*movie_names, *movie_extra]
@@ -192,7 +194,7 @@ def compute_features(
     )
 
 
-def _factors(u: np.ndarray, m: np.ndarray, n_u: int, n_m: int, k: int, given: np.ndarray | None) -> np.ndarray:
+def _factors(u: np.ndarray, m: np.ndarray, n_u: int, n_m: int, k: int, given: Any) -> np.ndarray:
     if given is None:
         return collab.movie_factors(u, m, n_u, n_m, k)[0]
     if given.shape != (n_m, k):

@@ -54,7 +54,7 @@ class LeaveOneOut:
     mu: float  # the global mean rating the means are shrunk toward
     shrinkage: float
     stars: tuple[float, float]  # rating in stars = stars[0] * target + stars[1]
-    # Collaborative factors (tasks.preparation.factors), last in both rows; (n, 0) arrays without them.
+    # Collaborative factors (tasks.preparation.factors), last in both rows; (n, 0) without them.
     movie_v: np.ndarray  # (movies, k): each movie's factors as in its row
     user_seen: np.ndarray  # (users, k): sum of the factors of the user's movies
     user_rated: np.ndarray  # (users, k): the same weighted by the rating
@@ -108,7 +108,8 @@ def leave_one_out(ratings: pd.DataFrame, feats: Features, scalers: Scalers, shri
     k = sum(n.startswith(collab.MOVIE_PREFIX) for n in feats.movie_names)
     factor_cols = _columns(feats.movie_names, collab.factor_names(k)[1], "movie")
     if k and (factor_cols != np.arange(len(feats.movie_names) - k, len(feats.movie_names))).any():
-        raise ValueError(f"the factor columns must come last in a movie row, got them at {factor_cols.tolist()}")
+        where = factor_cols.tolist()
+        raise ValueError(f"factor columns must come last in a movie row, not at {where}")
     v = feats.movie_x[:, factor_cols]
     seen, rated = collab.user_sums(ratings, u, m, n_u, v)
     s2 = np.square(seen).sum(axis=0)  # |X v|^2 = s^2 for each factor (X v = s u)
@@ -162,7 +163,8 @@ def example_rows(loo: LeaveOneOut, t: dict[str, Any], movie_rows: Any, u: Any, m
         seen = ops.take(t["user_seen"], u, axis=0)
         mean = (total + loo.shrinkage * loo.mu) / (cnt + loo.shrinkage)
         rated = ops.take(t["user_rated"], u, axis=0) - ops.expand_dims(r, -1) * v
-        user = ops.concatenate([user, collab.user_factor_columns(ops, cnt, seen - v, rated, mean)], axis=-1)
+        projected = collab.user_factor_columns(ops, cnt, seen - v, rated, mean)
+        user = ops.concatenate([user, projected], axis=-1)
         movie_v = ((v - seen * t["inv_s2"]) - t["factor_mean"]) / t["factor_scale"]
         movie_rows = ops.concatenate([movie_rows[:, : -loo.factors], movie_v], axis=-1)
     user = (user - t["user_mean"]) / t["user_scale"]
