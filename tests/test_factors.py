@@ -1,4 +1,4 @@
-"""Collaborative factors: the SVD's movie factors, the users' projections, and their leave-one-out rows."""
+"""Collaborative factors: the SVD's movie factors, users' projections, their leave-one-out rows."""
 
 from __future__ import annotations
 
@@ -23,8 +23,8 @@ MOVIES = pd.DataFrame(
         "year": pd.array([1990, 2000, None, 1970, 2001], dtype="Int32"),
     }
 )
-# two groups that watch apart (users 1, 2: movies 10, 20; users 3, 4: movies 30, 40); movie 50 has one
-# rating and no movie but those is unrated
+# two groups that watch apart (users 1, 2: movies 10, 20; users 3, 4: movies 30, 40); movie 50
+# has one rating
 RATINGS = pd.DataFrame(
     {
         "user_id": [1, 1, 2, 2, 3, 3, 4, 4, 4],
@@ -51,8 +51,9 @@ def test_movie_factors_are_the_svd_of_who_rated_what() -> None:
     np.testing.assert_allclose(s, want, rtol=1e-4)
     np.testing.assert_allclose(v.T @ v, np.eye(K), atol=1e-5)  # orthonormal columns
     # the two groups' movies load on different factors; the same call gives the same numbers
-    assert abs(float(v[0] @ v[2])) < 1e-5 and np.array_equal(v, movie_factors(u, m, len(USERS), len(MOVIES), K)[0])
-    assert (v[np.abs(v).argmax(axis=0), np.arange(K)] > 0).all()  # each factor's sign fixed: largest entry positive
+    assert abs(float(v[0] @ v[2])) < 1e-5
+    assert np.array_equal(v, movie_factors(u, m, len(USERS), len(MOVIES), K)[0])
+    assert (v[np.abs(v).argmax(axis=0), np.arange(K)] > 0).all()  # signs fixed: largest entry > 0
 
 
 def test_no_ratings_and_more_factors_than_the_rank_give_zeros() -> None:
@@ -80,7 +81,8 @@ def test_features_carry_the_factors_last_and_fold_in_onto_given_ones() -> None:
     mu = float(RATINGS["rating"].mean())
     one = RATINGS[RATINGS.user_id == 3].assign(user_id=0)
     rows = pd.Index(MOVIES["movie_id"]).get_indexer(one["movie_id"])
-    alone = compute_features(one, MOVIES.iloc[rows], np.array([0]), "confidence", 3.0, mu=mu, factors=K, movie_factors=v[rows])
+    catalog = MOVIES.iloc[rows]
+    alone = compute_features(one, catalog, np.array([0]), "confidence", 3.0, mu, K, v[rows])
     np.testing.assert_allclose(alone.user_x[0], feats.user_x[2], atol=1e-6)
     with pytest.raises(ValueError, match=r"movie factors of shape \(2, 2\) for 5 movies"):
         compute_features(RATINGS, MOVIES, USERS, "confidence", factors=K, movie_factors=v[:2])
@@ -92,16 +94,19 @@ def test_features_carry_the_factors_last_and_fold_in_onto_given_ones() -> None:
 
 def test_leave_one_out_takes_the_rating_out_of_the_user_and_the_user_out_of_the_movie() -> None:
     feats = compute_features(RATINGS, MOVIES, USERS, "confidence", shrinkage=3.0, factors=K)
-    scalers = fit_scalers(feats.user_x, feats.movie_x, RATINGS["rating"].to_numpy(), feats.user_names, feats.movie_names)
+    stars = RATINGS["rating"].to_numpy()
+    scalers = fit_scalers(feats.user_x, feats.movie_x, stars, feats.user_names, feats.movie_names)
     full = prepared(feats, scalers)
     loo = leave_one_out(RATINGS, feats, scalers, shrinkage=3.0)
     assert loo.factors == K
     u, m, y = full.triples(RATINGS)
-    user_rows, movie_rows = (np.asarray(a) for a in example_rows(loo, loo.tensors(), full.movie_x[m], u, m, y.astype(np.float32)))
+    rows = example_rows(loo, loo.tensors(), full.movie_x[m], u, m, y.astype(np.float32))
+    user_rows, movie_rows = (np.asarray(a) for a in rows)
     v = feats.movie_x[:, -K:]
     for i in range(len(RATINGS)):
         # the user's side: their row from the other ratings, on the same factors
-        without = compute_features(RATINGS.drop(index=i), MOVIES, USERS, "confidence", 3.0, mu=loo.mu, factors=K, movie_factors=v)
+        others = RATINGS.drop(index=i)
+        without = compute_features(others, MOVIES, USERS, "confidence", 3.0, loo.mu, K, v)
         want = scalers.user.transform(without.user_x[u[i] : u[i] + 1])[0]
         np.testing.assert_allclose(user_rows[i], want, rtol=1e-4, atol=1e-4)
     # movie 50's only rater taken out: its factors are an unrated movie's zeros
