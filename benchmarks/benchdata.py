@@ -2,8 +2,9 @@
 
 A preset tuned on one data set is a trap, so every quality figure is measured on at least two:
 ml-latest-small (taste-led, from ../shared beside the repository) and a popularity-led catalog
-made by the project's generator (``towerflow generate --law popularity``), generated once under
-the work directory and reused.
+made by the project's generator (``towerflow generate --law popularity``), and one whose tastes
+live in hidden factors (``--law latent``), generated once under the work directory and reused;
+a disjoint half of ml-latest-small's users (odd or even ids) is a second real set.
 """
 
 from __future__ import annotations
@@ -27,6 +28,20 @@ def movielens(directory: Path = SHARED / "ml-latest-small") -> DataSet:
     if not (directory / "ratings.csv").exists():
         raise SystemExit(f"no ratings.csv in {directory}; download ml-latest-small from GroupLens and pass its directory")
     return DataSet(directory.name, directory / "ratings.csv", directory / "movies.csv")
+
+
+def half_users(data: DataSet, half: str, work: Path) -> DataSet:
+    """The users of ``data`` with an odd (``half="odd"``) or even id: a disjoint half, written once under ``work``."""
+    import pandas as pd
+
+    if half not in ("odd", "even"):
+        raise SystemExit(f"half must be 'odd' or 'even', got {half!r}")
+    out = work / f"{data.name}-{half}-users"
+    if not (out / "ratings.csv").exists():
+        out.mkdir(parents=True, exist_ok=True)
+        raw = pd.read_csv(data.ratings)
+        raw[raw["userId"] % 2 == (1 if half == "odd" else 0)].to_csv(out / "ratings.csv", index=False)
+    return DataSet(f"{data.name} {half} users", out / "ratings.csv", data.movies)
 
 
 def generated(law: str, size: str, work: Path, seed: int = 7) -> DataSet:

@@ -9,7 +9,8 @@ whole process tree) are measured. Then the published top-10 is scored on each us
 installed) and EASE^R are fitted on the same 80% and scored on the same users. Prints, per data
 set and seed: whether the night published and the gate's verdict, and the table.
 
-    .venv/bin/python benchmarks/nightly_quality.py [--seeds 42 1 2] [--popularity-size 2.5m|600k] [--only movielens|popularity]
+    .venv/bin/python benchmarks/nightly_quality.py [--seeds 42 1 2] [--popularity-size 2.5m|600k]
+        [--only movielens|popularity|latent]... [--latent-size 600k|2.5m] [--movielens-half odd|even]
         [--variant NAME="--option value ..."]...
 
 Each ``--variant`` is a night run with those extra options, side by side with the others on the same
@@ -30,7 +31,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
-from benchdata import SHARED, DataSet, generated, movielens
+from benchdata import SHARED, DataSet, generated, half_users, movielens
 from scale import tree_rss
 
 from tasks.evaluation.baselines import als_lists, ease_lists, popularity_lists
@@ -86,7 +87,9 @@ def run() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--movielens", type=Path, default=SHARED / "ml-latest-small")
     parser.add_argument("--popularity-size", choices=("600k", "2.5m"), default="2.5m")
-    parser.add_argument("--only", choices=("movielens", "popularity"))
+    parser.add_argument("--latent-size", choices=("600k", "2.5m"), default="600k")
+    parser.add_argument("--only", choices=("movielens", "popularity", "latent"), action="append", help="data sets to run (repeatable)")
+    parser.add_argument("--movielens-half", choices=("odd", "even"), help="only users with an odd (even) id of ml-latest-small")
     parser.add_argument("--seeds", type=int, nargs="+", default=[42])
     parser.add_argument("--work", type=Path, default=Path("/tmp/towerflow-bench"))
     parser.add_argument("--output", type=Path, default=Path("nightly_quality.csv"))
@@ -98,10 +101,14 @@ def run() -> int:
         variants[name] = shlex.split(options)
     towerflow = Path(sys.executable).with_name("towerflow")
     sets = []
-    if args.only != "popularity":
-        sets.append(movielens(args.movielens))
-    if args.only != "movielens":
+    only = set(args.only or ("movielens", "popularity"))
+    if "movielens" in only:
+        data = movielens(args.movielens)
+        sets.append(half_users(data, args.movielens_half, args.work) if args.movielens_half else data)
+    if "popularity" in only:
         sets.append(generated("popularity", args.popularity_size, args.work))
+    if "latent" in only:  # tastes in hidden factors that genres do not show (EASE^R's ground)
+        sets.append(generated("latent", args.latent_size, args.work))
     rows = []
     for data in sets:
         work = args.work / "nightly" / data.name.replace(" ", "-")

@@ -204,7 +204,8 @@ def _night(params: NightlyParams, run_date: dt.date, target: Target, known: dict
     started = time.perf_counter()
     threads = params.threads or default_threads()
     pin_threads(threads)
-    config = preset(params.preset, max_epochs=params.max_epochs, patience=params.patience, refit=params.refit)
+    overrides = {"max_epochs": params.max_epochs, "patience": params.patience}
+    config = preset(params.preset, **overrides, refit=params.refit, factors=params.factors)
     rules = params.rules()  # business rules: which movies may be recommended (tasks/serving/rules.py)
     rules_doc = None if rules.empty else rules.document()
     run = _Stages()
@@ -220,7 +221,7 @@ def _night(params: NightlyParams, run_date: dt.date, target: Target, known: dict
         ratings = ingested["ratings"]
         feats = run(
             "features", features_task, ratings=ratings, movies=ingested["movies"], out_dir=str(work / "features"),
-            preset_name=params.preset, holdout=params.holdout_fraction,
+            preset_name=params.preset, holdout=params.holdout_fraction, factors=params.factors,
         )  # fmt: skip
         feature_dirs = Phases(train=feats["train"], full=feats["full"])
         scalers = run(
@@ -238,6 +239,7 @@ def _night(params: NightlyParams, run_date: dt.date, target: Target, known: dict
             preset_name=params.preset,
             max_epochs=warmstart.warm_epochs(config.max_epochs, params.warm_epochs) if warm else params.max_epochs,
             patience=params.patience, seed=params.seed, holdout=params.holdout_fraction, warm=warm,
+            factors=params.factors,
         )  # fmt: skip
         evaluation: Evaluation | Skipped | None = None
         if params.holdout_fraction > 0:
@@ -259,6 +261,7 @@ def _night(params: NightlyParams, run_date: dt.date, target: Target, known: dict
             "refit", refit_task, ratings=ratings, feature_dirs=feature_dirs, scaler_paths=scalers,
             validation_model=trained["validation_model"], out_dir=str(work / "train"), preset_name=params.preset,
             epochs=trained["best_epoch"], seed=params.seed, holdout=params.holdout_fraction, warm=warm, refit=params.refit,
+            factors=params.factors,
         )  # fmt: skip
         exported = run(
             "export", export_task, model_path=refit["model"], full_dir=feature_dirs["full"], scalers_path=refit["scalers"],

@@ -59,6 +59,12 @@ class NightlyParams(BaseModel):
         description="'full': train again on every rating to publish; 'warm': go on from the validation model for a fifth "
         "of its epochs; 'none': publish the validation model (default: the preset's)",
     )
+    factors: int | None = Field(
+        None,
+        ge=0,
+        le=256,
+        description="collaborative factors per movie (0: content only; default: the preset's)",
+    )
     chunk_size: int = Field(4096, ge=1, description="users per top-k chunk (bounds memory)")
     shard_size: int = Field(50_000, ge=1, description="users (movies) per recommend (similar) task; shards run on the task runner")
     threads: int | None = Field(None, ge=1, description="CPU threads for TF, BLAS and FAISS; default: all cores")
@@ -130,6 +136,7 @@ _OPTIONS: dict[str, dict[str, Any]] = {
     "warm_epochs": {},
     "patience": {"flag": "--early-stopping", "metavar": "PATIENCE"},
     "refit": {"choices": ["full", "warm", "none"]},
+    "factors": {"metavar": "K"},
     "threads": {},
     "gate": {"flag": "--no-gate", "help": "publish whatever the quality gate's verdict (the verdict is still recorded)"},
     "gate_margin": {},

@@ -59,8 +59,16 @@ def ingest_task(ratings: str, movies: str, store_dir: str, rejects_path: str, ma
 
 
 @caching.stage_task("features", outputs=("out_dir",), **IO_RETRY)
-def features_task(ratings: str, movies: str, out_dir: str, preset_name: str, holdout: float) -> FeatureDirs:
-    return run_features(Path(ratings), Path(movies), Path(out_dir), preset(preset_name), holdout)
+def features_task(
+    ratings: str,
+    movies: str,
+    out_dir: str,
+    preset_name: str,
+    holdout: float,
+    factors: int | None = None,
+) -> FeatureDirs:
+    config = preset(preset_name, factors=factors)
+    return run_features(Path(ratings), Path(movies), Path(out_dir), config, holdout)
 
 
 @caching.stage_task("scalers", outputs=("out_dir",), **IO_RETRY)
@@ -80,8 +88,9 @@ def train_task(
     seed: int,
     holdout: float,
     warm: dict[str, str] | None = None,
+    factors: int | None = None,
 ) -> Trained:
-    config = preset(preset_name, max_epochs=max_epochs, patience=patience)
+    config = preset(preset_name, max_epochs=max_epochs, patience=patience, factors=factors)
     on_epoch = report.EpochProgress("train", config.max_epochs)  # epoch logs and the towerflow-train-progress artifact
     return on_epoch.finish(run_train(Path(ratings), feature_dirs, scaler_paths, Path(out_dir), config, seed, holdout, on_epoch, warm))
 
@@ -99,8 +108,9 @@ def refit_task(
     holdout: float,
     warm: dict[str, str] | None = None,
     refit: str | None = None,
+    factors: int | None = None,
 ) -> Refit:
-    config = preset(preset_name, refit=refit)
+    config = preset(preset_name, refit=refit, factors=factors)
     on_epoch = report.EpochProgress("refit", epochs)  # epoch logs and the towerflow-refit-progress artifact
     return on_epoch.finish(
         run_refit(

@@ -59,12 +59,12 @@ def test_run_options_come_from_the_flow_parameters() -> None:
     argv = ["--ratings", "a.csv", "--ratings", "b.csv", "--movies", "m.csv", "--data-dir", "d", "--run-date", "2026-03-04"]
     argv += ["--k", "7", "--preset", "lab", "--seed", "3", "--max-epochs", "2", "--warm-start", "--warm-epochs", "1"]
     argv += ["--early-stopping", "4", "--threads", "1", "--no-gate", "--gate-margin", "0.02", "--max-reject-share", "0.5"]
-    got = from_arguments(parser.parse_args([*argv, "--shard-size", "9"]))
+    got = from_arguments(parser.parse_args([*argv, "--shard-size", "9", "--factors", "0"]))
     assert got.model_dump() == {
         **NightlyParams().model_dump(),
         "ratings": ["a.csv", "b.csv"], "movies": "m.csv", "data_dir": "d", "run_date": dt.date(2026, 3, 4), "k": 7,
         "preset": "lab", "seed": 3, "max_epochs": 2, "warm_start": True, "warm_epochs": 1, "patience": 4, "threads": 1,
-        "gate": False, "gate_margin": 0.02, "max_reject_share": 0.5, "shard_size": 9,
+        "gate": False, "gate_margin": 0.02, "max_reject_share": 0.5, "shard_size": 9, "factors": 0,
     }  # fmt: skip
     with pytest.raises(ValueError, match="unknown preset 'fancy'"):
         NightlyParams(preset="fancy")

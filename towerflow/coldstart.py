@@ -59,5 +59,9 @@ def newcomer_features(tastes: dict[str, float], config: dict[str, Any]) -> tuple
     genres = list(tastes)
     movies = pd.DataFrame({"movie_id": np.arange(len(genres), dtype=np.int64), "genres": genres, "year": pd.array([2000] * len(genres))})
     ratings = pd.DataFrame({"user_id": np.zeros(len(genres), np.int64), "movie_id": movies["movie_id"], "rating": list(tastes.values())})
-    feats = compute_features(ratings, movies, np.array([0]), config["features"], float(config.get("shrinkage", 10.0)))
+    k = int(config.get("factors", 0))  # a newcomer has no collaborative signal: zero factors
+    shrinkage = float(config.get("shrinkage", 10.0))
+    none = np.zeros((len(genres), k))
+    kind = config["features"]
+    feats = compute_features(ratings, movies, np.array([0]), kind, shrinkage, None, k, none)
     return feats.user_x, feats.user_names

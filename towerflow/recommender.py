@@ -89,6 +89,7 @@ class Recommender:
         self.catalog: pd.DataFrame = cat.rename_axis("movie_id").reset_index()
         self._night_allowed = self.night_rules.allowed(self.catalog, self.movie_ids, genre_matrix(self.catalog["genres"]))
         self._user_tower: Any = None
+        self._factors: np.ndarray | None = None
         self._seen: tuple[np.ndarray, np.ndarray, float] | None = None
         self._published_recs: dict[str, np.ndarray] | None = None
         self._titles = self.catalog["title"].to_numpy(dtype=object)
@@ -337,11 +338,31 @@ class Recommender:
         movies = self.catalog.iloc[rows][["movie_id", "genres", "year"]].reset_index(drop=True)
         kind = self.config.get("features", "confidence")
         shrinkage = float(self.config.get("shrinkage", 10.0))
-        feats = compute_features(frame, movies, np.array([0]), kind, shrinkage, mu=self._seen_csr()[2])
+        k = int(self.config.get("factors", 0))
+        given = self._movie_factors()[rows] if k > 0 else None  # the night's, of these movies
+        mu = self._seen_csr()[2]
+        feats = compute_features(frame, movies, np.array([0]), kind, shrinkage, mu, k, given)
         if feats.user_names != self.scalers.user_names:
             raise QueryError(f"the published model {self.version} was trained on other user features than this towerflow computes")
         x = self.scalers.user(feats.user_x)
         return self._served(x, frame), rows.astype(np.int64)
+
+    def _movie_factors(self) -> np.ndarray:
+        """The night's collaborative factors of every movie (index row order), read once from the
+        published movie features (:mod:`tasks.preparation.factors`): what ratings project onto."""
+        if self._factors is None:
+            from tasks.preparation.factors import factor_names
+            from tasks.preparation.feature_tables import read_features
+
+            ids, x, names = read_features(self.published.model_file("movie_features"), "movie")
+            wanted = factor_names(int(self.config.get("factors", 0)))[1]
+            missing = [n for n in wanted if n not in names]
+            if missing or not np.array_equal(ids, self.movie_ids):
+                what = f"lack factors {missing[:3]} or disagree with its index"
+                run = f"the movie features of run {self.version}"
+                raise QueryError(f"{run} {what}; re-run `towerflow run`")
+            self._factors = x[:, [names.index(n) for n in wanted]]
+        return self._factors
 
     def _served(self, x: np.ndarray, ratings: pd.DataFrame | None) -> np.ndarray:
         """The served vector (1, dim) of one scaled user-feature row, through the published user tower; a

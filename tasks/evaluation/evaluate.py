@@ -78,7 +78,8 @@ def _fit_once(
 ) -> tuple[Any, Prepared]:
     from tasks.modeling.train import train_model
 
-    feats = compute_features(train, movies, users, config.features, config.shrinkage)
+    kind, k = config.features, config.factors
+    feats = compute_features(train, movies, users, kind, config.shrinkage, factors=k)
     hist = user_history(train, feats.user_ids, feats.movie_ids, config.history_length) if config.history_length > 0 else None
     scalers = fit_scalers(feats.user_x, feats.movie_x, train["rating"].to_numpy(), feats.user_names, feats.movie_names, config.target_scale)
     scaled = prepared(feats, scalers, hist)

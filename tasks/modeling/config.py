@@ -40,6 +40,10 @@ class ModelConfig:
     dropout: float = 0.2
     shrinkage: float = 10.0
     history_length: int = 0
+    # Collaborative factors beside the content (tasks.preparation.factors): k SVD factors per
+    # movie of the night's binary rating matrix, each user's projection onto them (2k columns);
+    # 0 = content only.
+    factors: int = 0
     # Train on leave-one-out feature rows (tasks.preparation.loo): confidence features only.
     leave_one_out: bool = True
     # Rank by the model's score plus a popularity prior whose weight the nightly holdout chooses
@@ -71,6 +75,10 @@ class ModelConfig:
             raise ConfigError(f"model config dropout must be in [0, 1), got {self.dropout!r}")
         if self.refit not in ("full", "warm", "none"):
             raise ConfigError(f"model config refit must be 'full', 'warm' or 'none', got {self.refit!r}")
+        if self.factors < 0 or (self.factors > 0 and self.features != "confidence"):
+            what = f"{self.factors!r} with the {self.features!r} features"
+            need = "must be >= 0, and 0 without confidence features"
+            raise ConfigError(f"model config factors {need}; got {what}")
         if any(width < 1 for width in self.hidden) or self.history_length < 0:
             raise ConfigError(f"model config needs hidden widths >= 1 and history_length >= 0, got {self.hidden}, {self.history_length}")
 
@@ -98,7 +106,11 @@ PRESETS: dict[str, ModelConfig] = {
     # benchmarks/nightly_quality.py, 592 users, seeds 42/1/2: NDCG@10 0.1050 (full refit 0.1079, inside every
     # interval), RMSE 0.883 (0.880), train + refit 73-79 s (131-140 s); popularity-led 600k, 3,930 users:
     # 0.1604 / RMSE 0.660 (full 0.1599-0.1613 / 0.659-0.663).
-    "default": ModelConfig(preset="default", features="confidence", max_epochs=20, patience=None, refit="warm"),
+    # 16 collaborative factors (tasks.preparation.factors), benchmarks/nightly_quality.py side by side
+    # with --factors 0: ml-latest-small NDCG@10 0.1228 / 0.1263 (seeds 42 / 1; content only 0.1063 /
+    # 0.1030, EASE^R 0.1038), RMSE 0.879 / 0.872; latent law 0.2416 (0.1137, EASE^R 0.2359);
+    # popularity-led 0.1588 (0.1604, EASE^R 0.1270); train + refit no slower (56-70 s vs 64-74 s).
+    "default": ModelConfig(preset="default", features="confidence", max_epochs=20, patience=None, refit="warm", factors=16),
     # The default's recipe tilted toward the rating: a history vector (the user's last 64 movies and
     # how they rated them), more MSE weight, dropout and shrinkage, 10 epochs. Same benchmark:
     # NDCG@10 0.084-0.092, RMSE 0.867-0.874.

@@ -24,6 +24,7 @@ import scipy.sparse as sp
 
 from tasks.errors import ConfigError
 from tasks.modeling.config import FeatureSet
+from tasks.preparation import factors as collab
 
 GENRES: tuple[str, ...] = (
     "Action", "Adventure", "Animation", "Children", "Comedy", "Crime", "Documentary",
@@ -108,6 +109,8 @@ def compute_features(
     kind: FeatureSet,
     shrinkage: float = 10.0,
     mu: float | None = None,
+    factors: int = 0,
+    movie_factors: np.ndarray | None = None,
 ) -> Features:
     """Compute user features for ``user_ids`` and movie features for every catalog movie.
 
@@ -116,6 +119,11 @@ def compute_features(
     course's features (raw means, 0 for an unrated genre); ``"confidence"``
     gives log counts and means shrunk toward a prior with weight ``shrinkage``:
     the global mean ``mu``, by default the mean of ``ratings``.
+
+    ``factors`` > 0 (confidence features only) appends collaborative factors
+    (:mod:`tasks.preparation.factors`): ``factors`` columns last in every movie row, twice as many
+    last in every user row. They come from an SVD of ``ratings``, or from ``movie_factors`` (a row
+    per movie of ``movies``) when given: how a user's ratings fold in onto published factors.
     """
     movie_ids = movies["movie_id"].to_numpy(dtype=np.int64)
     user_ids = np.asarray(user_ids, dtype=np.int64)
@@ -131,6 +139,9 @@ def compute_features(
         raise ValueError(f"rating by user_id {bad} which is not in the user list")
     r = ratings["rating"].to_numpy(dtype=np.float64)
     n_u, n_m = len(user_ids), len(movie_ids)
+    if factors < 0 or (factors > 0 and kind != "confidence"):
+        what = f"{factors} with {kind!r}"
+        raise ConfigError(f"factors need the confidence features and k >= 0, got {what}")
     if mu is None:
         mu = float(r.mean()) if len(r) else 3.5
     genres = genre_matrix(movies["genres"]).astype(np.float64)
@@ -162,6 +173,15 @@ def compute_features(
             log_count, m_mean = confidence_movie_columns(np, m_cnt, m_sum, mu, shrinkage)
             movie_x = np.column_stack([year, year_missing, log_count, m_mean, genres])
             movie_names = ["year", "year_missing", *MOVIE_RATING_COLUMNS, *[f"is_{g}" for g in GENRES]]
+            if factors > 0:
+                v = _factors(u, m, n_u, n_m, factors, movie_factors)
+                seen_sum, rated_sum = collab.user_sums(ratings, u, m, n_u, v)
+                mean = (u_sum + shrinkage * mu) / (u_cnt + shrinkage)
+                projected = collab.user_factor_columns(np, u_cnt, seen_sum, rated_sum, mean)
+                user_x = np.column_stack([user_x, projected])
+                movie_x = np.column_stack([movie_x, v])
+                user_extra, movie_extra = collab.factor_names(factors)
+                user_names, movie_names = [*user_names, *user_extra], [*movie_names, *movie_extra]
         else:
             raise ValueError(f"unknown feature set {kind!r}; expected 'lab' or 'confidence'")
     return Features(
@@ -172,6 +192,14 @@ def compute_features(
         movie_x=np.ascontiguousarray(movie_x, dtype=np.float32),
         movie_names=movie_names,
     )
+
+
+def _factors(u: np.ndarray, m: np.ndarray, n_u: int, n_m: int, k: int, given: Any) -> np.ndarray:
+    if given is None:
+        return collab.movie_factors(u, m, n_u, n_m, k)[0]
+    if given.shape != (n_m, k):
+        raise ValueError(f"movie factors of shape {given.shape} for {n_m} movies and {k} factors")
+    return np.asarray(given, dtype=np.float32)
 
 
 def per_user_holdout(ratings: pd.DataFrame, fraction: float) -> np.ndarray:

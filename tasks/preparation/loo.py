@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from tasks.preparation import factors as collab
 from tasks.preparation.features import GENRES, MOVIE_RATING_COLUMNS, confidence_movie_columns, confidence_user_columns
 
 if TYPE_CHECKING:
@@ -53,6 +54,17 @@ class LeaveOneOut:
     mu: float  # the global mean rating the means are shrunk toward
     shrinkage: float
     stars: tuple[float, float]  # rating in stars = stars[0] * target + stars[1]
+    # Collaborative factors (tasks.preparation.factors), last in both rows; (n, 0) without them.
+    movie_v: np.ndarray  # (movies, k): each movie's factors as in its row
+    user_seen: np.ndarray  # (users, k): sum of the factors of the user's movies
+    user_rated: np.ndarray  # (users, k): the same weighted by the rating
+    inv_s2: np.ndarray  # (k,): 1 / singular value^2 (0 for a factor beyond the rank)
+    factor_mean: np.ndarray  # the movie StandardScaler's mean and scale of the factor columns
+    factor_scale: np.ndarray
+
+    @property
+    def factors(self) -> int:
+        return int(self.movie_v.shape[1])
 
     def tensors(self) -> dict[str, Any]:
         """The arrays as constants for a training step (keys are the field names)."""
@@ -93,6 +105,14 @@ def leave_one_out(ratings: pd.DataFrame, feats: Features, scalers: Scalers, shri
     target = scalers.rating_to_target(np.array([0.0, 1.0]))
     a = 1.0 / float(target[1] - target[0])
     f32 = np.float32
+    k = sum(n.startswith(collab.MOVIE_PREFIX) for n in feats.movie_names)
+    factor_cols = _columns(feats.movie_names, collab.factor_names(k)[1], "movie")
+    if k and (factor_cols != np.arange(len(feats.movie_names) - k, len(feats.movie_names))).any():
+        where = factor_cols.tolist()
+        raise ValueError(f"factor columns must come last in a movie row, not at {where}")
+    v = feats.movie_x[:, factor_cols]
+    seen, rated = collab.user_sums(ratings, u, m, n_u, v)
+    s2 = np.square(seen).sum(axis=0)  # |X v|^2 = s^2 for each factor (X v = s u)
     return LeaveOneOut(
         user_cnt=user_cnt.astype(f32),
         user_sum=np.bincount(u, weights=r, minlength=n_u).astype(f32),
@@ -109,6 +129,12 @@ def leave_one_out(ratings: pd.DataFrame, feats: Features, scalers: Scalers, shri
         mu=float(r.mean()) if len(r) else 3.5,
         shrinkage=float(shrinkage),
         stars=(a, -a * float(target[0])),
+        movie_v=v.astype(f32),
+        user_seen=seen.astype(f32),
+        user_rated=rated.astype(f32),
+        inv_s2=np.where(s2 > 1e-12, 1.0 / np.maximum(s2, 1e-12), 0.0).astype(f32),
+        factor_mean=scalers.movie.mean_[factor_cols].astype(f32),
+        factor_scale=scalers.movie.scale_[factor_cols].astype(f32),
     )
 
 
@@ -122,15 +148,25 @@ def example_rows(loo: LeaveOneOut, t: dict[str, Any], movie_rows: Any, u: Any, m
 
     r = loo.stars[0] * y + loo.stars[1]
     g = ops.take(t["movie_genres"], m, axis=0)
+    cnt, total = ops.take(t["user_cnt"], u) - 1.0, ops.take(t["user_sum"], u) - r
     user = confidence_user_columns(
         ops,
-        ops.take(t["user_cnt"], u) - 1.0,
-        ops.take(t["user_sum"], u) - r,
+        cnt,
+        total,
         ops.take(t["genre_cnt"], u, axis=0) - g,
         ops.take(t["genre_sum"], u, axis=0) - ops.expand_dims(r, -1) * g,
         loo.mu,
         loo.shrinkage,
     )
+    if loo.factors:  # the rating out of the user's sums, and the user out of the movie's factors
+        v = ops.take(t["movie_v"], m, axis=0)
+        seen = ops.take(t["user_seen"], u, axis=0)
+        mean = (total + loo.shrinkage * loo.mu) / (cnt + loo.shrinkage)
+        rated = ops.take(t["user_rated"], u, axis=0) - ops.expand_dims(r, -1) * v
+        projected = collab.user_factor_columns(ops, cnt, seen - v, rated, mean)
+        user = ops.concatenate([user, projected], axis=-1)
+        movie_v = ((v - seen * t["inv_s2"]) - t["factor_mean"]) / t["factor_scale"]
+        movie_rows = ops.concatenate([movie_rows[:, : -loo.factors], movie_v], axis=-1)
     user = (user - t["user_mean"]) / t["user_scale"]
     cols = confidence_movie_columns(ops, ops.take(t["movie_cnt"], m) - 1.0, ops.take(t["movie_sum"], m) - r, loo.mu, loo.shrinkage)
     width = movie_rows.shape[-1]

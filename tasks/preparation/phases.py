@@ -36,7 +36,8 @@ def run_features(ratings_path: Path, movies_path: Path, out_dir: Path, config: M
     hold = per_user_holdout(ratings, holdout_fraction)
     dirs: dict[str, str] = {}
     for phase, subset in (("train", ratings[~hold]), ("full", ratings)):
-        feats = compute_features(subset, movies, users, config.features, config.shrinkage)
+        kind, k = config.features, config.factors
+        feats = compute_features(subset, movies, users, kind, config.shrinkage, factors=k)
         d = Path(out_dir) / phase
         write_features(d / "user_features.parquet", feats.user_ids, feats.user_x, feats.user_names, "user")
         write_features(d / "movie_features.parquet", feats.movie_ids, feats.movie_x, feats.movie_names, "movie")

@@ -1,0 +1,92 @@
+"""Collaborative factors: who watched what together, as feature columns of both towers.
+
+Why: the confidence features show the towers content only (genres, year, rating counts and means,
+per-genre tastes), so two movies of the same genres and era look alike to them even when different
+people watch them; that co-occurrence is what EASE^R and ALS live on. Every night a truncated SVD of
+the binary user x movie matrix of the phase's ratings (PureSVD, Cremonesi et al. 2010: X ~ U S V^T)
+gives each movie ``k`` factors, its row of V. A movie nobody rated gets zeros, and its content (and
+its rating count of 0) leads. A user's factors are a projection of their ratings onto the movie
+factors, so a new or changed user folds in without retraining, from the published movie factors:
+
+- ``seen``:  sum of V_j over the movies j they rated, / sqrt(n)  (PureSVD's fold-in x V)
+- ``liked``: sum of (r_j - their shrunk mean) V_j, / sqrt(n)     (what they liked more than usual)
+
+The formulas take an array namespace (numpy here, ``keras.ops`` in a training step), so
+:mod:`tasks.preparation.loo` recomputes them per training example without its own rating, on both
+sides, as it does for the means: the rating is taken out of the user's sums, and the user out of the
+movie's factors. Since V = X^T U S^-1 and X V = U S, user u's share of movie i's factors is
+U_u / s = (sum of V_j over u's movies) / s^2. Without it a movie with few ratings would carry its
+raters' own direction into training (they would all look like a match); with it a movie with a
+single rating trains on an unrated movie's zeros, which is what cold start asks of the tower.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from tasks.errors import ConfigError
+
+Pair = tuple[np.ndarray, np.ndarray]
+MOVIE_PREFIX = "factor_"  # movie columns factor_0 .. factor_<k-1>
+USER_PREFIXES = ("seen_factor_", "liked_factor_")  # user columns: all seen_, then all liked_
+# Power iterations of the randomized SVD (Halko et al. 2011), each two passes over the ratings:
+# scikit-learn's "auto" would take 7 here; 4 is what was measured (benchmarks/README.md).
+POWER_ITERATIONS = 4
+
+
+def factor_names(k: int) -> tuple[list[str], list[str]]:
+    """The (user, movie) column names of ``k`` factors."""
+    user = [f"{p}{i}" for p in USER_PREFIXES for i in range(k)]
+    return user, [f"{MOVIE_PREFIX}{i}" for i in range(k)]
+
+
+def movie_factors(u: np.ndarray, m: np.ndarray, n_users: int, n_movies: int, k: int) -> Pair:
+    """(V, s): ``k`` factors per movie (n_movies, k), the singular values (k,) of the binary matrix.
+
+    ``u``/``m`` are the row and column of each rating (a duplicate counts once).
+    Deterministic: the randomized SVD is seeded, and each factor's sign is fixed (its largest entry
+    positive). Factors beyond the matrix's rank, and movies without a rating, are zeros.
+    """
+    if k < 1:
+        raise ConfigError(f"movie factors need k >= 1, got {k}")
+    v = np.zeros((n_movies, k), dtype=np.float64)
+    s = np.zeros(k, dtype=np.float64)
+    if len(u) == 0:
+        return v.astype(np.float32), s.astype(np.float32)
+    x = sp.csr_matrix((np.ones(len(u)), (u, m)), shape=(n_users, n_movies))
+    x.data[:] = 1.0  # a duplicate pair counts once
+    rank = min(k, n_users, n_movies)
+    from sklearn.utils.extmath import randomized_svd
+
+    _, sv, vt = randomized_svd(x, rank, n_iter=POWER_ITERATIONS, random_state=0, flip_sign=False)
+    keep = sv > 1e-8 * max(float(sv[0]), 1e-300)
+    vt = vt[keep]
+    sign = np.sign(vt[np.arange(len(vt)), np.abs(vt).argmax(axis=1)])
+    v[:, : len(vt)] = (vt * sign[:, None]).T
+    s[: len(vt)] = sv[keep]
+    return v.astype(np.float32), s.astype(np.float32)
+
+
+def user_factor_columns(xp: Any, cnt: Any, seen_sum: Any, rated_sum: Any, mean: Any) -> Any:
+    """User columns ``seen_factor_<i>..., liked_factor_<i>...`` from sums over the user's movies.
+
+    ``cnt`` (n,): ratings; ``seen_sum`` (n, k): sum of their movies' factors; ``rated_sum`` (n, k):
+    the same weighted by the rating; ``mean`` (n,): the mean their ratings are centred on. ``xp`` is
+    ``numpy`` or ``keras.ops``. A user without ratings gets zeros.
+    """
+    norm = xp.expand_dims(xp.sqrt(xp.maximum(cnt, 1.0)), -1)
+    liked = rated_sum - xp.expand_dims(mean, -1) * seen_sum
+    return xp.concatenate([seen_sum / norm, liked / norm], axis=-1)
+
+
+def user_sums(ratings: pd.DataFrame, u: np.ndarray, m: np.ndarray, n_u: int, v: np.ndarray) -> Pair:
+    """(sum of V_j, sum of r_j V_j) over each user's rated movies, float64 (n_u, k) each."""
+    r = ratings["rating"].to_numpy(dtype=np.float64)
+    vd = v.astype(np.float64)
+    seen = sp.csr_matrix((np.ones(len(u)), (u, m)), shape=(n_u, len(v)))
+    rated = sp.csr_matrix((r, (u, m)), shape=(n_u, len(v)))
+    return np.asarray(seen @ vd), np.asarray(rated @ vd)
