@@ -303,7 +303,7 @@ def _night(params: NightlyParams, run_date: dt.date, target: Target, known: dict
             score_hist=recs["score_hist"], runner=runners.current(),
         )  # fmt: skip
         if store:
-            run("push", push_task, store_uri=store, data_dir=str(layout.data_dir), exchanged=f"work/{version}" if exchange else None)
+            run("push", push_task, store_uri=store, data_dir=str(layout.data_dir), exchanged=f"work/{version}")
         shutil.rmtree(work, ignore_errors=True)
     summary = {
         **latest.document(),

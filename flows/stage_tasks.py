@@ -231,7 +231,8 @@ def fetch_inputs_task(ratings: str | list[str] | None, movies: str, data_dir: st
 @task(name="push-extras", cache_policy=NO_CACHE, **IO_RETRY)
 def push_task(store_uri: str, data_dir: str, exchanged: str | None = None) -> int:
     """History rows, reports and rejects from the scratch to the store (:func:`tasks.store.mirror.push_extras`);
-    what the shards exchanged under ``exchanged`` (``work/<version>``) is removed."""
+    what shards on workers without the flow's disk exchanged under ``exchanged`` (``work/<version>``, also by an
+    interrupted attempt of this version) is removed."""
     layout = Layout(Path(data_dir))
     store = ObjectStore(store_uri)
     sent = mirror.push_extras(store, layout, mirror.extras(layout))
