@@ -68,7 +68,7 @@ def push_quietly(store_uri: str, layout: Layout) -> None:
     from tasks.store.remote import ObjectStore
 
     try:
-        mirror.push_extras(ObjectStore(store_uri), layout, mirror.extras(layout))
+        mirror.push_extras(ObjectStore(store_uri), layout)
     except Exception as exc:
         _log.warning("history of the failed night not copied to %s: %s", store_uri, exc)
 

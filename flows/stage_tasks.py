@@ -235,7 +235,7 @@ def push_task(store_uri: str, data_dir: str, exchanged: str | None = None) -> in
     interrupted attempt of this version) is removed."""
     layout = Layout(Path(data_dir))
     store = ObjectStore(store_uri)
-    sent = mirror.push_extras(store, layout, mirror.extras(layout))
+    sent = mirror.push_extras(store, layout)
     if exchanged:
         store.delete(list(store.keys(exchanged)))
     _log_traffic("push", store)

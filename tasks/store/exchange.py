@@ -78,7 +78,3 @@ class Exchange:
     def collect(self, path: str | Path) -> None:
         """Flow side: copy a delivered part into the scratch at ``path``."""
         self.store.download(self.key(path), Path(path))
-
-    def discard(self, prefix: str) -> None:
-        """Flow side, after the publish: remove what was exchanged under ``prefix`` (``work/<version>``)."""
-        self.store.delete(list(self.store.keys(prefix)))

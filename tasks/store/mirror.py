@@ -173,21 +173,25 @@ def _drop_older_parts(store: ObjectStore, latest: Latest) -> None:
             store.delete(old)
 
 
-def push_extras(store: ObjectStore, layout: Layout, rels: list[str]) -> int:
-    """Copy scratch files (history rows, the report, rejects) to the store where it lacks them; return how many."""
+def push_extras(store: ObjectStore, layout: Layout) -> int:
+    """Copy the scratch's history rows, reports and rejects to the store where it lacks them; return how many.
+
+    History rows and rejects are written once under unique names, so a key the store lists is not sent
+    again (one listing, not a request per file of every past night); reports, whose trend plot changes
+    every night, are compared by sha256.
+    """
     sent = 0
-    for rel in rels:
-        local = layout.data_dir / rel
-        if local.is_file() and not same_file(store, rel, local):
+    for root, once in ((layout.history_dir, True), (layout.data_dir / "rejects", True), (layout.outputs / "reports", False)):
+        if not root.is_dir():
+            continue
+        listed = set(store.keys(str(root.relative_to(layout.data_dir)))) if once else set()
+        for local in sorted(p for p in root.rglob("*") if p.is_file()):
+            rel = str(local.relative_to(layout.data_dir))
+            if rel in listed or (not once and same_file(store, rel, local)):
+                continue
             store.upload(local, rel)
             sent += 1
     return sent
-
-
-def extras(layout: Layout) -> list[str]:
-    """The scratch's files a store should hold besides the published run: history, reports, rejects."""
-    roots = [layout.history_dir, layout.outputs / "reports", layout.data_dir / "rejects"]
-    return [str(p.relative_to(layout.data_dir)) for root in roots if root.is_dir() for p in sorted(root.rglob("*")) if p.is_file()]
 
 
 def fetch_input(uri: str, dest_dir: Path) -> Path:
