@@ -118,3 +118,33 @@ def test_refit_modes_publish_what_they_say(tiny_data: tuple[Path, Path], tmp_pat
     if refit == "warm":  # a fifth of the epochs and of the examples a full refit would see
         n = len(pd.read_parquet(ratings))
         assert sum(h["examples"] for h in out["history"]) == math.ceil(3 * n * 0.2)
+
+
+def test_in_batch_softmax_matches_autodiff_of_the_plain_expression(rng: np.random.Generator) -> None:
+    """The hand-written gradient equals TensorFlow's autodiff of the textbook masked softmax."""
+    import tensorflow as tf
+
+    from tasks.modeling.train import in_batch_softmax
+
+    n, d, temperature = 64, 8, 0.1
+    ue = tf.constant(rng.normal(size=(n, d)).astype(np.float32))
+    me = tf.constant(rng.normal(size=(n, d)).astype(np.float32))
+    movies = tf.constant(rng.integers(0, 20, n).astype(np.int32))  # many accidental hits
+    q = tf.constant(rng.normal(size=n).astype(np.float32))
+
+    def plain(u: tf.Tensor, v: tf.Tensor) -> tf.Tensor:
+        logits = tf.matmul(u, v, transpose_b=True) / temperature - q[tf.newaxis, :]
+        same = tf.equal(movies[:, tf.newaxis], movies[tf.newaxis, :])
+        accidental = tf.logical_and(same, tf.logical_not(tf.eye(n, dtype=tf.bool)))
+        logits = tf.where(accidental, tf.constant(-1e9, logits.dtype), logits)
+        return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tf.range(n), logits=logits))
+
+    results = []
+    for loss_of in (plain, lambda u, v: in_batch_softmax(u, v, q, movies, temperature)):
+        with tf.GradientTape() as tape:
+            tape.watch([ue, me])
+            loss = 3.0 * loss_of(ue, me)
+        results.append([loss.numpy(), *(g.numpy() for g in tape.gradient(loss, [ue, me]))])
+    for ours, theirs in zip(results[1], results[0], strict=True):
+        np.testing.assert_allclose(ours, theirs, rtol=2e-4, atol=2e-5)
+    assert np.abs(results[0][1]).max() > 1e-3  # the gradient compared is not zero

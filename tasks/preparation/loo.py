@@ -169,9 +169,9 @@ def example_rows(loo: LeaveOneOut, t: dict[str, Any], movie_rows: Any, u: Any, m
         movie_rows = ops.concatenate([movie_rows[:, : -loo.factors], movie_v], axis=-1)
     user = (user - t["user_mean"]) / t["user_scale"]
     cols = confidence_movie_columns(ops, ops.take(t["movie_cnt"], m) - 1.0, ops.take(t["movie_sum"], m) - r, loo.mu, loo.shrinkage)
+    # the rating columns replaced in one pass: keep the others, place the new values by a (2, width) matmul
     width = movie_rows.shape[-1]
-    for i, (col, value) in enumerate(zip(loo.movie_columns.tolist(), cols, strict=True)):
-        onehot = ops.one_hot(col, width)
-        scaled = (value - t["movie_mean"][i]) / t["movie_scale"][i]
-        movie_rows = movie_rows * (1.0 - onehot) + ops.expand_dims(scaled, -1) * onehot
-    return user, movie_rows
+    place = np.zeros((len(cols), width), dtype=np.float32)
+    place[np.arange(len(cols)), loo.movie_columns] = 1.0
+    scaled = ops.stack([(value - t["movie_mean"][i]) / t["movie_scale"][i] for i, value in enumerate(cols)], axis=-1)
+    return user, movie_rows * (1.0 - place.sum(axis=0)) + ops.matmul(scaled, place)
