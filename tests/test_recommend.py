@@ -99,7 +99,9 @@ def test_equal_scores_are_ordered_by_row_on_every_path(
     for q, _, item, _ in topk_unseen(build_index(items), users, indptr, rows, k, chunk_size, 2):
         for a, c in zip(q, item, strict=True):
             got.setdefault(int(a), []).append(int(c))
-    scores = users @ items.T
+    # einsum's own loop, not BLAS: a blocked GEMM may round two identical columns differently (seen with
+    # AVX-512 kernels), and the reference must tie exactly where the vectors do
+    scores = np.einsum("ij,kj->ik", users, items)
     for u in range(30):
         s = scores[u].copy()
         s[seen[u]] = -np.inf

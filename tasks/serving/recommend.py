@@ -2,7 +2,12 @@
 
 Equal scores are ordered by index row, which is movie_id order (the catalog is stored sorted), on every
 path: FAISS's search, the exact scan, any chunk or shard size. So a movie's place in a list never depends
-on which path or which machine scored it.
+on which path or which machine scored it. Identical vectors (movies with identical content rows and no
+ratings) must then score exactly alike, and a blocked matrix product does not promise that: with AVX-512
+kernels two identical columns came out a rounding apart. So where the index holds duplicates
+(:class:`Twins`), the scan scores each distinct vector once and copies the score to its twins, and the
+candidates FAISS returns are re-scored one dot product at a time (``einsum``'s loop, the same for every
+column).
 
 Seen movies are excluded by over-fetching: users are sorted by history length
 and processed in chunks; each chunk asks FAISS for a few more than ``k``
@@ -44,14 +49,43 @@ FAISS_BLAS_QUERIES = 4096  # flat search switches to BLAS at queries x dim >= 12
 SCAN_BLOCK_CELLS = 1 << 24  # exact scans score at most this many (query, movie) cells at a time (64 MB)
 
 
+class Twins:
+    """The distinct vectors of an index and each row's one among them, when some rows repeat a vector."""
+
+    def __init__(self, vectors: np.ndarray) -> None:
+        self.vectors = vectors
+        self.distinct, self.of_row = np.unique(vectors, axis=0, return_inverse=True)
+        self.of_row = self.of_row.reshape(-1)
+
+    @staticmethod
+    def of(vectors: np.ndarray | None) -> Twins | None:
+        """The twins of ``vectors``; None when every row is distinct (or the vectors are unknown)."""
+        if vectors is None or len(vectors) < 2:
+            return None
+        twins = Twins(vectors)
+        return twins if len(twins.distinct) < len(vectors) else None
+
+    def scores(self, queries: np.ndarray) -> np.ndarray:
+        """queries x every row, identical rows scoring exactly alike."""
+        return np.asarray(queries @ self.distinct.T)[:, self.of_row]
+
+    def rescore(self, queries: np.ndarray, items: np.ndarray, scores: np.ndarray) -> np.ndarray:
+        """The scores of the (query, item) candidates, one dot product each; -1 items keep theirs."""
+        exact = np.einsum("ij,ikj->ik", queries, self.vectors[np.maximum(items, 0)])
+        return np.where(items >= 0, exact, scores).astype(np.float32)
+
+
 def _search_unseen(
-    index: faiss.Index, queries: np.ndarray, seen: list[np.ndarray], k: int, fetch: int
+    index: faiss.Index, queries: np.ndarray, seen: list[np.ndarray], k: int, fetch: int, twins: Twins | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """One FAISS search of ``fetch`` results per query; (valid mask, rank, items, scores).
 
     Results are ordered by score, then by row (FAISS leaves the order of equal scores to its kernels).
     """
-    scores, items = index.search(np.ascontiguousarray(queries), fetch)
+    queries = np.ascontiguousarray(queries)
+    scores, items = index.search(queries, fetch)
+    if twins is not None:
+        scores = twins.rescore(queries, items, scores)
     order = np.lexsort((np.where(items < 0, np.iinfo(np.int64).max, items), -scores), axis=1)
     scores, items = np.take_along_axis(scores, order, axis=1), np.take_along_axis(items, order, axis=1)
     n_items = index.ntotal
@@ -65,7 +99,9 @@ def _search_unseen(
     return valid, np.cumsum(valid, axis=1), items, scores
 
 
-def _scan_unseen(vectors: np.ndarray, queries: np.ndarray, seen: list[np.ndarray], k: int) -> tuple[np.ndarray, np.ndarray]:
+def _scan_unseen(
+    vectors: np.ndarray, queries: np.ndarray, seen: list[np.ndarray], k: int, twins: Twins | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-k over the index's own vectors with seen items at -inf: (items, scores), best first, -1 pads.
 
     For the queries FAISS serves badly: heavy raters (their seen movies crowd
@@ -79,7 +115,8 @@ def _scan_unseen(vectors: np.ndarray, queries: np.ndarray, seen: list[np.ndarray
     scores = np.zeros((len(queries), kk), dtype=np.float32)
     step = max(1, SCAN_BLOCK_CELLS // max(n_items, 1))
     for lo in range(0, len(queries), step):
-        block = np.asarray(queries[lo : lo + step], dtype=np.float32) @ vectors.T
+        chunk = np.asarray(queries[lo : lo + step], dtype=np.float32)
+        block = chunk @ vectors.T if twins is None else twins.scores(chunk)
         local = np.repeat(np.arange(len(block)), [len(s) for s in seen[lo : lo + step]])
         if len(local):
             block[local, np.concatenate(seen[lo : lo + step])] = -np.inf
@@ -148,6 +185,7 @@ def topk_unseen(
         raise ConfigError(f"k must be >= 1, got {k}")
     n_items = index.ntotal
     vectors = _index_vectors(index)
+    twins = Twins.of(vectors)
     counts = np.diff(seen_indptr)
     order = np.argsort(counts, kind="stable")
     for start in range(0, len(order), chunk_size):
@@ -161,12 +199,12 @@ def topk_unseen(
         fetch = int(min(n_items, k + min(first_extra, int(counts[rows].max()))))
         while len(pending):
             if vectors is not None and (len(pending) < FAISS_BLAS_QUERIES or fetch > k + first_extra):
-                items, scores = _scan_unseen(vectors, queries[rows[pending]], [seen[i] for i in pending], k)
+                items, scores = _scan_unseen(vectors, queries[rows[pending]], [seen[i] for i in pending], k, twins)
                 kk = items.shape[1]
                 done_item[pending, :kk], done_score[pending, :kk] = items, scores
                 done_rank[pending, :kk] = np.arange(1, kk + 1, dtype=np.int32)
                 break
-            valid, rank, items, scores = _search_unseen(index, queries[rows[pending]], [seen[i] for i in pending], k, fetch)
+            valid, rank, items, scores = _search_unseen(index, queries[rows[pending]], [seen[i] for i in pending], k, fetch, twins)
             # complete: k unseen found, or all there are; and no item tied with the k-th was cut off by the fetch
             kth = np.take_along_axis(scores, np.argmax(rank >= k, axis=1)[:, None], axis=1)[:, 0]
             tie_cut = (rank[:, -1] >= k) & (scores[:, -1] >= kth) & (fetch < n_items)
