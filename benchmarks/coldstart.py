@@ -37,14 +37,18 @@ def ndcg_within(scores: np.ndarray, relevant: np.ndarray, k: int = 10) -> float:
 
 
 def run() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--movielens", type=Path, default=SHARED)
     parser.add_argument("--hidden", type=int, default=300)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--work", type=Path, default=Path("/tmp/towerflow-bench/coldstart"))
     parser.add_argument("--variant", action="append", default=[], metavar='NAME="OPTIONS"')
     args = parser.parse_args()
-    variants = {n: shlex.split(o) for n, _, o in (v.partition("=") for v in args.variant)} or {"default": []}
+    variants = {n: shlex.split(o) for n, _, o in (v.partition("=") for v in args.variant)} or {
+        "default": []
+    }
     ratings = pd.read_csv(args.movielens / "ratings.csv")
     counts = ratings.movieId.value_counts()
     pool = np.sort(counts[(counts >= 10) & (counts <= 100)].index.to_numpy())
@@ -59,10 +63,22 @@ def run() -> int:
     for name, extra in variants.items():
         d = args.work / f"run-{name}"
         subprocess.run(["rm", "-rf", str(d)], check=True)
-        cmd = [str(towerflow), "run", "--ratings", str(inputs), "--movies", str(args.movielens / "movies.csv")]
+        cmd = [
+            str(towerflow),
+            "run",
+            "--ratings",
+            str(inputs),
+            "--movies",
+            str(args.movielens / "movies.csv"),
+        ]
         cmd += ["--data-dir", str(d), "--seed", str(args.seed), *extra]
-        procs[name] = (d, subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-    print(f"{len(hidden)} hidden movies ({len(held):,} ratings); {len(liked):,} users rated one of them >= 4")
+        procs[name] = (
+            d,
+            subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
+        )
+    print(
+        f"{len(hidden)} hidden movies ({len(held):,} ratings); {len(liked):,} users rated one of them >= 4"
+    )
     for name, (d, proc) in procs.items():
         if proc.wait() != 0:
             print(f"{name}: towerflow run failed")
@@ -73,7 +89,11 @@ def run() -> int:
         space = ServingSpace.read(d / latest.model["serving"].path)
         rows = pd.Index(mid).get_indexer(hidden)
         users = pd.Index(uid).get_indexer(liked.index.to_numpy())
-        model, chance, rng = [], [], np.random.default_rng(0)  # the same random orders for every variant
+        model, chance, rng = (
+            [],
+            [],
+            np.random.default_rng(0),
+        )  # the same random orders for every variant
         for u, wanted in zip(users, liked, strict=True):
             relevant = np.isin(hidden, list(wanted)).astype(float)
             scores = space.tower_scores(np.repeat(uvec[u : u + 1], len(rows), 0), mvec[rows])

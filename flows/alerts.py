@@ -37,9 +37,16 @@ class Alert:
         if self.crash:
             related = {"prefect.resource.role": "flow", "prefect.resource.name": FLOW_NAME}
             return EventTrigger(
-                expect={self.expect}, match={"prefect.resource.id": "prefect.flow-run.*"}, match_related=related, posture=Posture.Reactive
+                expect={self.expect},
+                match={"prefect.resource.id": "prefect.flow-run.*"},
+                match_related=related,
+                posture=Posture.Reactive,
             )
-        return EventTrigger(expect={self.expect}, match={"prefect.resource.id": RESOURCE_PREFIX + "*"}, posture=Posture.Reactive)
+        return EventTrigger(
+            expect={self.expect},
+            match={"prefect.resource.id": RESOURCE_PREFIX + "*"},
+            posture=Posture.Reactive,
+        )
 
 
 ALERTS = (
@@ -83,10 +90,14 @@ BLOCK_HELP = (
 def _notification_block(client: Any, name: str | None) -> Any:
     """The block document ``name`` if it is a notification block; otherwise an error that says what to create."""
     documents = client.read_block_documents()
-    notifiers = [d for d in documents if "notify" in (getattr(d.block_schema, "capabilities", None) or [])]
+    notifiers = [
+        d for d in documents if "notify" in (getattr(d.block_schema, "capabilities", None) or [])
+    ]
     if name is None:
         known = ", ".join(sorted(d.name for d in notifiers)) or "none on this server"
-        raise ConfigError(f"alerts need a notification block (--block NAME; notification blocks here: {known}): {BLOCK_HELP}")
+        raise ConfigError(
+            f"alerts need a notification block (--block NAME; notification blocks here: {known}): {BLOCK_HELP}"
+        )
     match = [d for d in notifiers if d.name == name]
     if not match:
         other = [d for d in documents if d.name == name]
@@ -102,20 +113,34 @@ def install(block: str | None) -> list[tuple[str, str]]:
     from prefect.settings import PREFECT_API_URL
 
     if not PREFECT_API_URL.value():
-        raise ConfigError("alerts live on a Prefect server: start one (`prefect server start`) and set PREFECT_API_URL")
+        raise ConfigError(
+            "alerts live on a Prefect server: start one (`prefect server start`) and set PREFECT_API_URL"
+        )
     with get_client(sync_client=True) as client:
         try:
             document = _notification_block(client, block)
         except ConfigError:
             raise
         except Exception as exc:  # the server is down or unreachable
-            raise TowerflowError(f"cannot reach the Prefect API at {PREFECT_API_URL.value()} ({exc})") from None
+            raise TowerflowError(
+                f"cannot reach the Prefect API at {PREFECT_API_URL.value()} ({exc})"
+            ) from None
         done = []
         for alert in ALERTS:
-            action = SendNotification(block_document_id=document.id, subject=alert.subject, body=alert.body)
+            action = SendNotification(
+                block_document_id=document.id, subject=alert.subject, body=alert.body
+            )
             existing = client.read_automations_by_name(alert.name)
-            description = f"installed by towerflow alerts install: notify when {alert.expect} happens"
-            automation = AutomationCore(name=alert.name, description=description, enabled=True, trigger=alert.trigger(), actions=[action])
+            description = (
+                f"installed by towerflow alerts install: notify when {alert.expect} happens"
+            )
+            automation = AutomationCore(
+                name=alert.name,
+                description=description,
+                enabled=True,
+                trigger=alert.trigger(),
+                actions=[action],
+            )
             if existing:
                 client.update_automation(existing[0].id, automation)
                 for extra in existing[1:]:  # an earlier, duplicated install: keep one

@@ -57,7 +57,17 @@ T = TypeVar("T")
 RESULTS_DIR = ".results"  # under the run's work directory
 MANIFEST = "outputs_sha256"  # key of the output manifest in a cached stage's result
 CODE_ROOT = "flows.nightly"
-LIBRARIES = ("tensorflow-cpu", "tensorflow", "keras", "numpy", "pandas", "pyarrow", "scikit-learn", "scipy", "faiss-cpu")
+LIBRARIES = (
+    "tensorflow-cpu",
+    "tensorflow",
+    "keras",
+    "numpy",
+    "pandas",
+    "pyarrow",
+    "scikit-learn",
+    "scipy",
+    "faiss-cpu",
+)
 _PACKAGES = ("flows", "tasks")
 _ROOT = Path(__file__).resolve().parent.parent
 _MAX_RECORD = 64 << 20
@@ -72,7 +82,9 @@ def _logger() -> Any:
 
 def json_default(obj: Any) -> Any:
     """JSON for the few non-JSON types results hold (numpy scalars, paths, dates, a failure's exception); else an error."""
-    if isinstance(obj, BaseException):  # what Prefect stores for a failed run: the message, never the object
+    if isinstance(
+        obj, BaseException
+    ):  # what Prefect stores for a failed run: the message, never the object
         return {"exception": type(obj).__name__, "message": str(obj)}
     if hasattr(obj, "item") and callable(obj.item) and getattr(obj, "ndim", None) == 0:
         return obj.item()
@@ -159,7 +171,9 @@ def _visible_files(path: Path) -> Iterator[Path]:
         yield path
     elif path.is_dir():
         for child in sorted(path.rglob("*")):
-            if child.is_file() and not any(part.startswith(".") for part in child.relative_to(path).parts):
+            if child.is_file() and not any(
+                part.startswith(".") for part in child.relative_to(path).parts
+            ):
                 yield child
 
 
@@ -175,7 +189,12 @@ def fingerprint(value: Any) -> Any:
     """What an input contributes to a key: a file or directory by its content, anything else by its value."""
     path = _as_path(value)
     if path is not None:
-        return {"sha256": {str(f.relative_to(path)) if f != path else ".": file_sha256(f) for f in _visible_files(path)}}
+        return {
+            "sha256": {
+                str(f.relative_to(path)) if f != path else ".": file_sha256(f)
+                for f in _visible_files(path)
+            }
+        }
     if isinstance(value, dict):
         return {str(k): fingerprint(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
@@ -214,7 +233,11 @@ def stale_reason(record_path: Path) -> str | None:
             return "the record is too large to be one of towerflow's"
         record = json.loads(record_path.read_bytes())
         serializer = record["metadata"]["serializer"]
-        if serializer.get("type") != "json" or serializer.get("jsonlib", "json") != "json" or serializer.get("object_decoder"):
+        if (
+            serializer.get("type") != "json"
+            or serializer.get("jsonlib", "json") != "json"
+            or serializer.get("object_decoder")
+        ):
             return f"the record was written with serializer {serializer.get('type')!r}, not towerflow's plain JSON"
         result = json.loads(record["result"])
         manifest = result[MANIFEST]
@@ -235,26 +258,46 @@ class ContentCache(CachePolicy):
 
     outputs: tuple[str, ...] = ()
 
-    def compute_key(self, task_ctx: TaskRunContext, inputs: dict[str, Any], flow_parameters: dict[str, Any], **kwargs: Any) -> str | None:
+    def compute_key(
+        self,
+        task_ctx: TaskRunContext,
+        inputs: dict[str, Any],
+        flow_parameters: dict[str, Any],
+        **kwargs: Any,
+    ) -> str | None:
         storage = task_ctx.result_store.result_storage
         if not isinstance(storage, LocalFileSystem) or not storage.basepath:
             return None  # results outside a local directory cannot be checked: run the stage every time
         parts = {
             "task": task_ctx.task.name,
             "code": code_version(),
-            "inputs": {name: (str(value) if name in self.outputs else fingerprint(value)) for name, value in sorted(inputs.items())},
+            "inputs": {
+                name: (str(value) if name in self.outputs else fingerprint(value))
+                for name, value in sorted(inputs.items())
+            },
         }
-        key = "stage-" + hashlib.sha256(json.dumps(parts, sort_keys=True, default=json_default).encode()).hexdigest()
+        key = (
+            "stage-"
+            + hashlib.sha256(
+                json.dumps(parts, sort_keys=True, default=json_default).encode()
+            ).hexdigest()
+        )
         record = Path(storage.basepath).expanduser() / key
         if record.exists():
             reason = stale_reason(record)
             if reason is not None:
-                _logger().warning("stage %s: the stored result is not reused: %s; running it again", task_ctx.task.name, reason)
+                _logger().warning(
+                    "stage %s: the stored result is not reused: %s; running it again",
+                    task_ctx.task.name,
+                    reason,
+                )
                 record.unlink(missing_ok=True)
         return key
 
 
-def stage_task(name: str, outputs: tuple[str, ...] = (), **options: Any) -> Callable[[Callable[P, R]], Task[P, R]]:
+def stage_task(
+    name: str, outputs: tuple[str, ...] = (), **options: Any
+) -> Callable[[Callable[P, R]], Task[P, R]]:
     """``@task`` for a resumable stage returning a dict: content-keyed cache, JSON result with its output manifest.
 
     ``outputs`` names the parameters that say where the stage writes. The
@@ -269,21 +312,39 @@ def stage_task(name: str, outputs: tuple[str, ...] = (), **options: Any) -> Call
         def with_manifest(*args: P.args, **kwargs: P.kwargs) -> R:
             result = fn(*args, **kwargs)
             bound = signature.bind(*args, **kwargs)
-            stored = {**result, MANIFEST: output_manifest(result, [bound.arguments.get(p) for p in outputs])}
+            stored = {
+                **result,
+                MANIFEST: output_manifest(result, [bound.arguments.get(p) for p in outputs]),
+            }
             return cast(R, stored)
 
         policy = ContentCache(outputs=outputs)
-        return task(name=name, cache_policy=policy, persist_result=True, result_serializer=SERIALIZER, **options)(with_manifest)
+        return task(
+            name=name,
+            cache_policy=policy,
+            persist_result=True,
+            result_serializer=SERIALIZER,
+            **options,
+        )(with_manifest)
 
     return decorate
 
 
-def run_stage(fn: Callable[P, T], work: Path | None, /, *args: P.args, **kwargs: P.kwargs) -> tuple[T, bool]:
+def run_stage(
+    fn: Callable[P, T], work: Path | None, /, *args: P.args, **kwargs: P.kwargs
+) -> tuple[T, bool]:
     """Call a stage; a resumable one stores its result in ``work/.results``. Returns (result, reused from cache)."""
     if work is None or not isinstance(fn, Task) or not isinstance(fn.cache_policy, ContentCache):
         return fn(*args, **kwargs), False
-    stage: Task[..., Any] = fn  # the resumable kind: a Task whose result Prefect persists in the run's work directory
-    state = cast("State[Any]", stage.with_options(result_storage=Path(work) / RESULTS_DIR)(*args, return_state=True, **kwargs))
+    stage: Task[..., Any] = (
+        fn  # the resumable kind: a Task whose result Prefect persists in the run's work directory
+    )
+    state = cast(
+        "State[Any]",
+        stage.with_options(result_storage=Path(work) / RESULTS_DIR)(
+            *args, return_state=True, **kwargs
+        ),
+    )
     result = state.result()
     if isinstance(result, dict):
         result = {k: v for k, v in result.items() if k != MANIFEST}

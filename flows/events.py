@@ -30,7 +30,11 @@ RESOURCE_PREFIX = "towerflow.data-dir."
 
 def resource(data_dir: Path) -> dict[str, str]:
     path = str(Path(data_dir).resolve())
-    return {"prefect.resource.id": RESOURCE_PREFIX + path, "prefect.resource.name": path, "towerflow.data-dir": path}
+    return {
+        "prefect.resource.id": RESOURCE_PREFIX + path,
+        "prefect.resource.name": path,
+        "towerflow.data-dir": path,
+    }
 
 
 def payload(latest_like: dict[str, Any], reason: str | None = None) -> dict[str, Any]:
@@ -41,7 +45,11 @@ def payload(latest_like: dict[str, Any], reason: str | None = None) -> dict[str,
         "run_date": latest_like.get("run_date"),
         "model_version": latest_like.get("model_version"),
         "metrics": {
-            method: {k: v for k, v in values.items() if k in ("ndcg", "ndcg_low", "ndcg_high", "rmse", "users")}
+            method: {
+                k: v
+                for k, v in values.items()
+                if k in ("ndcg", "ndcg_low", "ndcg_high", "rmse", "users")
+            }
             for method, values in metrics.items()
         },
         "gate": {k: gate.get(k) for k in ("verdict", "reason", "users")} if gate else None,
@@ -59,4 +67,6 @@ def emit(kind: str, data_dir: Path, body: dict[str, Any]) -> None:
     try:
         emit_event(event=EVENTS[kind], resource=resource(data_dir), payload=body)
     except Exception as exc:  # the feed is a view; the night goes on
-        logging.getLogger("towerflow.events").warning("event %s not sent: %s", EVENTS.get(kind, kind), exc)
+        logging.getLogger("towerflow.events").warning(
+            "event %s not sent: %s", EVENTS.get(kind, kind), exc
+        )

@@ -45,7 +45,9 @@ from uuid import UUID
 from tasks.errors import TowerflowError
 
 LEASE_SECONDS = 60.0  # the server's minimum lease
-SLOT_WAIT_SECONDS = LEASE_SECONDS + 30.0  # long enough for the lease of a run that died elsewhere to lapse
+SLOT_WAIT_SECONDS = (
+    LEASE_SECONDS + 30.0
+)  # long enough for the lease of a run that died elsewhere to lapse
 
 
 class LockedError(TowerflowError, RuntimeError):
@@ -54,7 +56,9 @@ class LockedError(TowerflowError, RuntimeError):
 
 def limit_name(data_dir: Path) -> str:
     """The Prefect global concurrency limit guarding ``data_dir``."""
-    return "towerflow-data-" + hashlib.sha256(str(Path(data_dir).resolve()).encode()).hexdigest()[:16]
+    return (
+        "towerflow-data-" + hashlib.sha256(str(Path(data_dir).resolve()).encode()).hexdigest()[:16]
+    )
 
 
 def _read_holder(fd: int) -> dict[str, Any]:
@@ -104,7 +108,9 @@ def data_dir_lock(path: Path, *, server: bool | None = None) -> Iterator[None]:
         }
         _write_holder(fd, me)
         use_server = _server_in_use() if server is None else server
-        with _server_slot(path.parent, previous, me, fd) if use_server else contextlib.nullcontext():
+        with (
+            _server_slot(path.parent, previous, me, fd) if use_server else contextlib.nullcontext()
+        ):
             yield
     finally:
         os.close(fd)
@@ -171,7 +177,9 @@ def crash_orphan(client: Any, previous: dict[str, Any], me: dict[str, Any]) -> s
 
 
 @contextlib.contextmanager
-def _server_slot(data_dir: Path, previous: dict[str, Any], me: dict[str, Any], fd: int) -> Iterator[None]:
+def _server_slot(
+    data_dir: Path, previous: dict[str, Any], me: dict[str, Any], fd: int
+) -> Iterator[None]:
     from prefect.client.orchestration import get_client
     from prefect.concurrency.context import ConcurrencyContext
     from prefect.exceptions import ObjectAlreadyExists
@@ -187,10 +195,16 @@ def _server_slot(data_dir: Path, previous: dict[str, Any], me: dict[str, Any], f
                 client.release_concurrency_slots_with_lease(UUID(str(stale)))
         orphan = crash_orphan(client, previous, me)
         if orphan:
-            _logger().warning("marked flow run %r Crashed: it died holding the data directory %s", orphan, data_dir)
+            _logger().warning(
+                "marked flow run %r Crashed: it died holding the data directory %s",
+                orphan,
+                data_dir,
+            )
     try:
         with contextlib.ExitStack() as stack:
-            context = ConcurrencyContext.get() or stack.enter_context(ConcurrencyContext())  # a flow run has one
+            context = ConcurrencyContext.get() or stack.enter_context(
+                ConcurrencyContext()
+            )  # a flow run has one
             before = set(context.cleanup_lease_ids)
             if not _take_slot(stack, name):
                 raise LockedError(
@@ -198,7 +212,9 @@ def _server_slot(data_dir: Path, previous: dict[str, Any], me: dict[str, Any], f
                     f"(on another machine, or one that died less than {LEASE_SECONDS:.0f} s ago); waited {SLOT_WAIT_SECONDS:.0f} s. "
                     "Wait for it to finish, then run again"
                 )
-            _record_lease(fd, me, name, [lease for lease in context.cleanup_lease_ids if lease not in before])
+            _record_lease(
+                fd, me, name, [lease for lease in context.cleanup_lease_ids if lease not in before]
+            )
             yield
     finally:
         _write_holder(fd, me)  # released (or never taken): nothing for the next run to clean up
@@ -259,5 +275,10 @@ def _record_lease(fd: int, me: dict[str, Any], name: str, granted: list[UUID]) -
     if len(granted) == 1:
         holder["lease_id"] = str(granted[0])
     else:  # Prefect did not record it where expected: a crash here frees the slot when the lease lapses
-        _logger().warning("could not tell the lease of %s (%d new leases); a crash would hold it %.0f s", name, len(granted), LEASE_SECONDS)
+        _logger().warning(
+            "could not tell the lease of %s (%d new leases); a crash would hold it %.0f s",
+            name,
+            len(granted),
+            LEASE_SECONDS,
+        )
     _write_holder(fd, holder)

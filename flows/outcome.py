@@ -41,7 +41,9 @@ def published(layout: Layout, latest: dict[str, Any], seconds: float) -> None:
     history_artifact(layout)
 
 
-def failed(layout: Layout, run_date: dt.date, exc: BaseException, known: dict[str, Any], seconds: float) -> None:
+def failed(
+    layout: Layout, run_date: dt.date, exc: BaseException, known: dict[str, Any], seconds: float
+) -> None:
     """Record a refused or failed night (``known``: what it measured, in latest.json's shape) and emit its event.
 
     A run refused because another one holds the data directory records nothing: that night is the other run's.
@@ -58,7 +60,11 @@ def failed(layout: Layout, run_date: dt.date, exc: BaseException, known: dict[st
     reason = " ".join(str(exc).split()) or type(exc).__name__
     outcome = "refused" if refused else "failed"
     _record(layout, lambda: night_from(run_date, outcome, seconds, known, reason=reason))
-    events.emit(outcome, layout.data_dir, events.payload({"run_date": run_date.isoformat(), **known}, reason=reason))
+    events.emit(
+        outcome,
+        layout.data_dir,
+        events.payload({"run_date": run_date.isoformat(), **known}, reason=reason),
+    )
     history_artifact(layout)
 
 
@@ -97,7 +103,11 @@ def history_markdown(nights: pd.DataFrame, plot: Path | None, embed: bool) -> st
         return "" if value is None or (isinstance(value, float) and pd.isna(value)) else str(value)
 
     for row in nights.iloc[::-1].to_dict("records"):
-        ndcg = f"{num(row['ndcg'])} [{num(row['ndcg_low'])}, {num(row['ndcg_high'])}]" if not pd.isna(row["ndcg"]) else ""
+        ndcg = (
+            f"{num(row['ndcg'])} [{num(row['ndcg_low'])}, {num(row['ndcg_high'])}]"
+            if not pd.isna(row["ndcg"])
+            else ""
+        )
         lines.append(
             f"| {row['finished_at']} | {row['run_date']} | {row['outcome']} | {text(row['verdict'])} | {ndcg} | "
             f"{num(row['most_popular_ndcg'])} | {num(row['rmse'], '.3f')} | {num(row['coverage'], '.3f')} | {num(row['users'], ',.0f')} | "
@@ -106,9 +116,16 @@ def history_markdown(nights: pd.DataFrame, plot: Path | None, embed: bool) -> st
     failures = nights[nights["outcome"] != "published"]
     if len(failures):
         last = failures.iloc[-1]
-        lines += ["", f"Last night not published ({last['run_date']}, {last['outcome']}): {last['reason']}"]
+        lines += [
+            "",
+            f"Last night not published ({last['run_date']}, {last['outcome']}): {last['reason']}",
+        ]
     if plot is not None:
-        image = f"data:image/png;base64,{base64.b64encode(plot.read_bytes()).decode('ascii')}" if embed else plot.name
+        image = (
+            f"data:image/png;base64,{base64.b64encode(plot.read_bytes()).decode('ascii')}"
+            if embed
+            else plot.name
+        )
         lines += ["", f"![NDCG@k, most-popular and drift over the last nights]({image})"]
     return "\n".join([*lines, ""])
 
@@ -138,6 +155,10 @@ def history_artifact(layout: Layout) -> None:
 
         nights = read_nights(layout, last=HISTORY_NIGHTS)
         text = history_markdown(nights, history_plot(layout, nights), embed=True)
-        create_markdown_artifact(text, key=HISTORY_KEY, description=f"towerflow nights in {layout.data_dir}: the last {len(nights)}")
+        create_markdown_artifact(
+            text,
+            key=HISTORY_KEY,
+            description=f"towerflow nights in {layout.data_dir}: the last {len(nights)}",
+        )
     except Exception as exc:
         _log.warning("history artifact not updated: %s", exc)

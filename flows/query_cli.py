@@ -16,7 +16,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:  # pandas is imported only by the commands that print tables, keeping `towerflow --help` fast
+if (
+    TYPE_CHECKING
+):  # pandas is imported only by the commands that print tables, keeping `towerflow --help` fast
     import pandas as pd
 
 MAX_AMBIGUOUS = 25
@@ -45,37 +47,88 @@ def _positive(value: str) -> int:
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--k", type=_positive, help="how many (default: as many as the run published)")
     p.add_argument("--exclude", metavar="IDS", help="movie ids never to show, comma-separated")
-    p.add_argument("--only-genres", metavar="GENRES", help="only movies of at least one of these genres, comma-separated")
-    p.add_argument("--years", metavar="FIRST-LAST", help="only movies released in these years: FIRST-LAST, FIRST- or -LAST")
-    p.add_argument("--data-dir", default="data", help="where `towerflow run` published: a directory or s3://bucket/prefix")
     p.add_argument(
-        "--format", choices=["table", "json", "csv"], default="table", help="table (default) for people; json or csv for scripts"
+        "--only-genres",
+        metavar="GENRES",
+        help="only movies of at least one of these genres, comma-separated",
+    )
+    p.add_argument(
+        "--years",
+        metavar="FIRST-LAST",
+        help="only movies released in these years: FIRST-LAST, FIRST- or -LAST",
+    )
+    p.add_argument(
+        "--data-dir",
+        default="data",
+        help="where `towerflow run` published: a directory or s3://bucket/prefix",
+    )
+    p.add_argument(
+        "--format",
+        choices=["table", "json", "csv"],
+        default="table",
+        help="table (default) for people; json or csv for scripts",
     )
 
 
 def add_parsers(sub: Any) -> None:
     """Register the query and download subcommands on ``towerflow``'s subparsers."""
-    rec = sub.add_parser("recommend", help="a user's published top-k with titles, genres, score and predicted rating")
-    who = rec.add_mutually_exclusive_group(required=True)  # one way to say who is asking; cold start by genres can join here
-    who.add_argument("--user", type=int, metavar="ID", help="a MovieLens userId from the published run")
-    who.add_argument("--genres", metavar="TASTES", help='cold start for a newcomer: stated tastes, e.g. "Adventure=5,Fantasy=4"')
+    rec = sub.add_parser(
+        "recommend", help="a user's published top-k with titles, genres, score and predicted rating"
+    )
+    who = rec.add_mutually_exclusive_group(
+        required=True
+    )  # one way to say who is asking; cold start by genres can join here
     who.add_argument(
-        "--rated", metavar="RATINGS", help='someone the night did not see, by their ratings: "MOVIE=STARS,...", e.g. "1=5,260=4.5"'
+        "--user", type=int, metavar="ID", help="a MovieLens userId from the published run"
+    )
+    who.add_argument(
+        "--genres",
+        metavar="TASTES",
+        help='cold start for a newcomer: stated tastes, e.g. "Adventure=5,Fantasy=4"',
+    )
+    who.add_argument(
+        "--rated",
+        metavar="RATINGS",
+        help='someone the night did not see, by their ratings: "MOVIE=STARS,...", e.g. "1=5,260=4.5"',
     )
     _common(rec)
-    sim = sub.add_parser("similar", help="the movies nearest to a movie in the published embedding space")
-    sim.add_argument("--movie", required=True, metavar="ID_OR_TITLE", help="a movieId, or part of a title (case-insensitive)")
+    sim = sub.add_parser(
+        "similar", help="the movies nearest to a movie in the published embedding space"
+    )
+    sim.add_argument(
+        "--movie",
+        required=True,
+        metavar="ID_OR_TITLE",
+        help="a movieId, or part of a title (case-insensitive)",
+    )
     _common(sim)
-    dl = sub.add_parser("download", help="fetch a MovieLens data set from GroupLens, verify its checksum and unpack it")
-    dl.add_argument("dataset", choices=["ml-latest-small", "ml-25m", "ml-32m"], help="which MovieLens release")
-    dl.add_argument("--to", type=Path, default=Path("."), help="directory to unpack into (default: the current directory)")
+    dl = sub.add_parser(
+        "download",
+        help="fetch a MovieLens data set from GroupLens, verify its checksum and unpack it",
+    )
+    dl.add_argument(
+        "dataset", choices=["ml-latest-small", "ml-25m", "ml-32m"], help="which MovieLens release"
+    )
+    dl.add_argument(
+        "--to",
+        type=Path,
+        default=Path("."),
+        help="directory to unpack into (default: the current directory)",
+    )
 
 
 def _fit_title(title: str, width: int) -> str:
     """Cut a long title in the middle so its year stays: ``The Good, the Bad and… (1966)``."""
     if len(title) <= width:
         return title
-    year = title[-7:] if len(title) > 7 and title[-7:-5] == " (" and title[-5:-1].isdigit() and title.endswith(")") else ""
+    year = (
+        title[-7:]
+        if len(title) > 7
+        and title[-7:-5] == " ("
+        and title[-5:-1].isdigit()
+        and title.endswith(")")
+        else ""
+    )
     return title[: width - len(year) - 1].rstrip(" ,:(") + "…" + year
 
 
@@ -108,12 +161,17 @@ def format_table(frame: pd.DataFrame, columns: list[str]) -> str:
     import pandas as pd
 
     numeric = {c for c in columns if pd.api.types.is_numeric_dtype(frame[c])}
-    cells = [[_cell(v, _COLUMNS[c][1], _COLUMNS[c][2], c) for v in frame[c].tolist()] for c in columns]
+    cells = [
+        [_cell(v, _COLUMNS[c][1], _COLUMNS[c][2], c) for v in frame[c].tolist()] for c in columns
+    ]
     headers = [_COLUMNS[c][0] for c in columns]
     widths = [max([len(h), *map(len, col)]) for h, col in zip(headers, cells, strict=True)]
 
     def line(values: list[str]) -> str:
-        parts = [v.rjust(w) if c in numeric else v.ljust(w) for v, w, c in zip(values, widths, columns, strict=True)]
+        parts = [
+            v.rjust(w) if c in numeric else v.ljust(w)
+            for v, w, c in zip(values, widths, columns, strict=True)
+        ]
         return "  ".join(parts).rstrip()
 
     rows = [line(headers)] + [line([col[i] for col in cells]) for i in range(len(frame))]
@@ -190,7 +248,12 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     else:
         frame = rec.recommend(args.user, k, **_rules(args))
         headline = f"Top {len(frame)} for user {args.user}  {about}"
-    emit(frame, args.format, headline, ["rank", "movie_id", "title", "genres", "score", "predicted_rating"])
+    emit(
+        frame,
+        args.format,
+        headline,
+        ["rank", "movie_id", "title", "genres", "score", "predicted_rating"],
+    )
     return 0
 
 
@@ -221,9 +284,13 @@ def cmd_download(args: argparse.Namespace) -> int:
 
     got = download(args.dataset, args.to, progress=sys.stderr)
     if got.downloaded or got.unpacked:
-        print(f"{args.dataset}: MD5 {got.md5} verified ({got.verified_by}); unpacked to {got.folder}")
+        print(
+            f"{args.dataset}: MD5 {got.md5} verified ({got.verified_by}); unpacked to {got.folder}"
+        )
     else:
-        print(f"{args.dataset}: already in {got.folder} (MD5 {got.md5} verified when unpacked); nothing downloaded")
+        print(
+            f"{args.dataset}: already in {got.folder} (MD5 {got.md5} verified when unpacked); nothing downloaded"
+        )
     print(f"next: {got.run_command()}")
     return 0
 

@@ -57,7 +57,9 @@ class Progress:
         try:
             from prefect.artifacts import update_progress_artifact
 
-            update_progress_artifact(self._id, round(100.0 * min(1.0, max(0.0, fraction)), 1), description=description)
+            update_progress_artifact(
+                self._id, round(100.0 * min(1.0, max(0.0, fraction)), 1), description=description
+            )
         except Exception as exc:
             self._warn(exc)
 
@@ -69,11 +71,17 @@ class EpochProgress:
         self.logger = get_run_logger()
         self.max_epochs = max(1, max_epochs)
         self.epochs = 0
-        self.progress = Progress(EPOCH_PROGRESS_KEYS[stage], f"{stage}: 0 of {self.max_epochs} epochs")
+        self.progress = Progress(
+            EPOCH_PROGRESS_KEYS[stage], f"{stage}: 0 of {self.max_epochs} epochs"
+        )
         self.stage = stage
 
     def __call__(self, phase: str, rec: dict[str, float]) -> None:
-        val = f" val_loss {rec['val_loss']:.4f} val_mse {rec['val_mse']:.4f}" if "val_loss" in rec else ""
+        val = (
+            f" val_loss {rec['val_loss']:.4f} val_mse {rec['val_mse']:.4f}"
+            if "val_loss" in rec
+            else ""
+        )
         self.logger.info(
             "%s epoch %d/%d: loss %.4f mse %.4f%s (%.1fs)",
             phase,
@@ -86,12 +94,15 @@ class EpochProgress:
         )
         self.epochs = int(rec["epoch"])
         self.progress.update(
-            self.epochs / self.max_epochs, f"{self.stage}: epoch {self.epochs} of {self.max_epochs}, loss {rec['loss']:.4f}"
+            self.epochs / self.max_epochs,
+            f"{self.stage}: epoch {self.epochs} of {self.max_epochs}, loss {rec['loss']:.4f}",
         )
 
     def finish(self, result: R) -> R:
         """Mark the stage done (early stopping ends before the budget); return ``result`` unchanged."""
-        self.progress.update(1.0, f"{self.stage}: done after {self.epochs} of {self.max_epochs} epochs")
+        self.progress.update(
+            1.0, f"{self.stage}: done after {self.epochs} of {self.max_epochs} epochs"
+        )
         return result
 
 
@@ -110,13 +121,25 @@ def _drift(latest: dict[str, Any]) -> list[str]:
     if not drift:
         return []
     names = ("coverage", "novelty", "diversity", "personalization")
-    lines = ["## Tonight's lists and the published run's", "", f"| lists | {' | '.join(names)} |", "|---|" + "---:|" * len(names)]
+    lines = [
+        "## Tonight's lists and the published run's",
+        "",
+        f"| lists | {' | '.join(names)} |",
+        "|---|" + "---:|" * len(names),
+    ]
     for label, values in (
         ("tonight", drift.get("lists")),
-        (f"published {(drift.get('published') or {}).get('model_version', '')}", drift.get("published")),
+        (
+            f"published {(drift.get('published') or {}).get('model_version', '')}",
+            drift.get("published"),
+        ),
     ):
         if values:
-            lines.append(f"| {label} | " + " | ".join(f"{values.get(n, float('nan')):.4f}" for n in names) + " |")
+            lines.append(
+                f"| {label} | "
+                + " | ".join(f"{values.get(n, float('nan')):.4f}" for n in names)
+                + " |"
+            )
     versus = drift.get("versus_published")
     if versus and versus.get("users_compared"):
         lines += [
@@ -174,12 +197,27 @@ def _report(
     if gate:
         enforced = "" if gate.get("enforced", True) else " (not enforced: `--no-gate`)"
         verdict, reason = gate.get("verdict", "?"), gate.get("reason", "")
-        reason = reason.split(": ", 1)[1] if reason.startswith(f"{verdict}: ") else reason  # the reason starts with the verdict
+        reason = (
+            reason.split(": ", 1)[1] if reason.startswith(f"{verdict}: ") else reason
+        )  # the reason starts with the verdict
         lines += ["## Quality gate", "", f"**{verdict}**{enforced}: {reason}", ""]
     metrics = latest.get("metrics") or {}
     if metrics:
-        names = ["ndcg", "ndcg_low", "ndcg_high", "precision", "recall", "map", "hit_rate", "coverage", "rmse"]
-        heads = [f"{n}@k" if n in ("ndcg", "precision", "recall", "map", "hit_rate") else n for n in names]
+        names = [
+            "ndcg",
+            "ndcg_low",
+            "ndcg_high",
+            "precision",
+            "recall",
+            "map",
+            "hit_rate",
+            "coverage",
+            "rmse",
+        ]
+        heads = [
+            f"{n}@k" if n in ("ndcg", "precision", "recall", "map", "hit_rate") else n
+            for n in names
+        ]
         lines += ["## Holdout metrics", "", f"| method | {' | '.join(heads)} | users |"]
         lines.append("|---|" + "---:|" * (len(names) + 1))
         for method, values in metrics.items():
@@ -196,7 +234,9 @@ def _report(
     lines += _drift(latest)
     lines += ["## Outputs", "", "| table | rows | files | path |", "|---|---:|---:|---|"]
     for name, info in latest.get("tables", {}).items():
-        lines.append(f"| {name} | {info['rows']:,} | {len(info.get('files', [info['path']]))} | `{data_dir / info['path']}` |")
+        lines.append(
+            f"| {name} | {info['rows']:,} | {len(info.get('files', [info['path']]))} | `{data_dir / info['path']}` |"
+        )
     lines += [
         "",
         f"`latest.json`: `{data_dir / 'outputs' / 'latest.json'}`; model files: `{data_dir / 'models' / latest['model_version']}`.",
@@ -238,8 +278,12 @@ def report_task(
         from tasks.serving.shards import SCORE_BINS
 
         title = f"{run_date} model {version}"
-        plots["loss"] = plotting.loss_curves(histories, out_dir / f"loss-{version}.png", f"training, {title}")
-        plots["scores"] = plotting.score_histogram(SCORE_BINS, score_hist, out_dir / f"scores-{version}.png", f"published scores, {title}")
+        plots["loss"] = plotting.loss_curves(
+            histories, out_dir / f"loss-{version}.png", f"training, {title}"
+        )
+        plots["scores"] = plotting.score_histogram(
+            SCORE_BINS, score_hist, out_dir / f"scores-{version}.png", f"published scores, {title}"
+        )
     except Exception as exc:  # e.g. matplotlib missing; the report goes out without pictures
         logger.warning("plots not written: %s", exc)
     try:
@@ -252,10 +296,26 @@ def report_task(
         report_path = out_dir / f"report-{version}.md"
         with atomic_path(report_path) as tmp:  # beside its PNGs, linked by name
             history = history_markdown(nights, None, embed=False)
-            tmp.write_text(_report(latest, timings, runner, layout.data_dir, plots, False, history), encoding="utf-8")
-        written = {"report": str(report_path), **{name: str(path) for name, path in plots.items() if path is not None}}
-        text = _report(latest, timings, runner, layout.data_dir, plots, True, history_markdown(nights, trend, embed=True))
-        create_markdown_artifact(text, key=REPORT_KEY, description=f"towerflow nightly {run_date}: model {version}")
+            tmp.write_text(
+                _report(latest, timings, runner, layout.data_dir, plots, False, history),
+                encoding="utf-8",
+            )
+        written = {
+            "report": str(report_path),
+            **{name: str(path) for name, path in plots.items() if path is not None},
+        }
+        text = _report(
+            latest,
+            timings,
+            runner,
+            layout.data_dir,
+            plots,
+            True,
+            history_markdown(nights, trend, embed=True),
+        )
+        create_markdown_artifact(
+            text, key=REPORT_KEY, description=f"towerflow nightly {run_date}: model {version}"
+        )
     except Exception as exc:
         logger.warning("run report not complete: %s", exc)
     logger.info("report: %s", json.dumps(written))

@@ -43,7 +43,9 @@ def task_runner(dask_address: str | None = None, workers: int | None = None) -> 
         try:
             from prefect_dask.task_runners import DaskTaskRunner
         except ImportError:
-            raise TowerflowError("--dask-address needs prefect-dask: pip install -c constraints.txt -e '.[dask]'") from None
+            raise TowerflowError(
+                "--dask-address needs prefect-dask: pip install -c constraints.txt -e '.[dask]'"
+            ) from None
         return DaskTaskRunner(address=address)
     from prefect.task_runners import ThreadPoolTaskRunner
 
@@ -91,4 +93,9 @@ def io_retry(task: Any, task_run: Any, state: Any) -> bool:
 
 
 # The one retry policy of towerflow's tasks: twice, after 2 then 10 s (jittered), and only on a transient I/O error.
-IO_RETRY: dict[str, Any] = {"retries": 2, "retry_delay_seconds": [2, 10], "retry_jitter_factor": 0.5, "retry_condition_fn": io_retry}
+IO_RETRY: dict[str, Any] = {
+    "retries": 2,
+    "retry_delay_seconds": [2, 10],
+    "retry_jitter_factor": 0.5,
+    "retry_condition_fn": io_retry,
+}

@@ -33,11 +33,21 @@ TIMEZONE_ENV = "TOWERFLOW_TIMEZONE"
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The serve-only options (the flow parameters come from the ``run`` options)."""
-    p.add_argument("--cron", default=DEFAULT_CRON, help=f"when to run, a cron expression (default: {DEFAULT_CRON!r}, 02:00)")
     p.add_argument(
-        "--timezone", default=os.environ.get(TIMEZONE_ENV, "UTC"), help=f"IANA time zone of --cron (default: ${TIMEZONE_ENV} or UTC)"
+        "--cron",
+        default=DEFAULT_CRON,
+        help=f"when to run, a cron expression (default: {DEFAULT_CRON!r}, 02:00)",
     )
-    p.add_argument("--name", default="nightly", help="deployment name (default: nightly; the flow is towerflow-nightly)")
+    p.add_argument(
+        "--timezone",
+        default=os.environ.get(TIMEZONE_ENV, "UTC"),
+        help=f"IANA time zone of --cron (default: ${TIMEZONE_ENV} or UTC)",
+    )
+    p.add_argument(
+        "--name",
+        default="nightly",
+        help="deployment name (default: nightly; the flow is towerflow-nightly)",
+    )
 
 
 def schedule(cron: str, timezone: str) -> Any:
@@ -47,14 +57,18 @@ def schedule(cron: str, timezone: str) -> Any:
     try:
         zoneinfo.ZoneInfo(timezone)
     except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-        raise ConfigError(f"--timezone {timezone!r} is not an IANA time zone (e.g. UTC, Europe/Berlin)") from None
+        raise ConfigError(
+            f"--timezone {timezone!r} is not an IANA time zone (e.g. UTC, Europe/Berlin)"
+        ) from None
     try:
         return Cron(cron, timezone=timezone)
     except ValueError as exc:
         raise ConfigError(f"--cron {cron!r}: {exc}") from None
 
 
-def serve(params: Any, cron: str, timezone: str, name: str, dask_address: str | None, workers: int | None) -> None:
+def serve(
+    params: Any, cron: str, timezone: str, name: str, dask_address: str | None, workers: int | None
+) -> None:
     """Serve the nightly flow until interrupted (SIGINT/SIGTERM); needs a Prefect server."""
     import httpx
     from prefect.settings import PREFECT_API_URL
@@ -71,7 +85,9 @@ def serve(params: Any, cron: str, timezone: str, name: str, dask_address: str | 
     try:
         httpx.get(f"{api}/health", timeout=10).raise_for_status()
     except httpx.HTTPError as exc:
-        raise TowerflowError(f"cannot reach the Prefect API at {api} ({exc}); is `prefect server start` running?") from None
+        raise TowerflowError(
+            f"cannot reach the Prefect API at {api} ({exc}); is `prefect server start` running?"
+        ) from None
     # Each run starts in a fresh `python -m prefect.engine` that imports flows.nightly, whose task
     # runner is read from the environment when it is imported (flows/runners.py).
     if dask_address:
@@ -87,8 +103,12 @@ def serve(params: Any, cron: str, timezone: str, name: str, dask_address: str | 
     params = params.model_copy(update={"data_dir": os.path.abspath(params.data_dir)})
     if params.ratings is not None and params.movies is not None:
         r = params.ratings
-        ratings = [os.path.abspath(x) for x in r] if isinstance(r, list) else os.path.abspath(r)  # a drop folder stays a folder
-        params = params.model_copy(update={"ratings": ratings, "movies": os.path.abspath(params.movies)})
+        ratings = (
+            [os.path.abspath(x) for x in r] if isinstance(r, list) else os.path.abspath(r)
+        )  # a drop folder stays a folder
+        params = params.model_copy(
+            update={"ratings": ratings, "movies": os.path.abspath(params.movies)}
+        )
     deployment: Any = nightly.to_deployment(  # sync call: a RunnerDeployment
         name=name,
         schedules=[when],
@@ -98,5 +118,7 @@ def serve(params: Any, cron: str, timezone: str, name: str, dask_address: str | 
         concurrency_limit=1,
         entrypoint_type=EntrypointType.MODULE_PATH,  # flows.nightly.nightly, importable from the installed package
     )
-    print(f"towerflow serve: deployment towerflow-nightly/{name}, cron {cron!r} ({timezone}), shards on {runners.describe(runner)}")
+    print(
+        f"towerflow serve: deployment towerflow-nightly/{name}, cron {cron!r} ({timezone}), shards on {runners.describe(runner)}"
+    )
     serve_deployments(deployment, pause_on_shutdown=False, limit=1)

@@ -81,7 +81,17 @@ def recommend_shard_task(
     local_movies = None if movies is None else ex.local(movies) if ex else Path(movies)
     local_out = ex.output(out_path) if ex else Path(out_path)
     out = scoring.run_recommend_shard(
-        local_ratings, local_model, local_out, k, version, chunk_size, start, stop, on_chunk, rules, local_movies
+        local_ratings,
+        local_model,
+        local_out,
+        k,
+        version,
+        chunk_size,
+        start,
+        stop,
+        on_chunk,
+        rules,
+        local_movies,
     )
     if ex:
         ex.deliver(out_path)
@@ -108,11 +118,19 @@ def similar_shard_task(
     movies_path = None if movies is None else ex.local(movies) if ex else Path(movies)
     local_model = ex.local_dir(model_dir, SIMILAR_FILES) if ex else Path(model_dir)
     local_out = ex.output(out_path) if ex else Path(out_path)
-    out = scoring.run_similar_shard(local_model, local_out, k, chunk_size, start, stop, rules, movies_path)
+    out = scoring.run_similar_shard(
+        local_model, local_out, k, chunk_size, start, stop, rules, movies_path
+    )
     if ex:
         ex.deliver(out_path)
         out["path"] = out_path
-    get_run_logger().info("shard %d/%d: %d similar-movie rows for %d movies", shard, shards, out["rows"], out["movies"])
+    get_run_logger().info(
+        "shard %d/%d: %d similar-movie rows for %d movies",
+        shard,
+        shards,
+        out["rows"],
+        out["movies"],
+    )
     return out
 
 
@@ -126,17 +144,23 @@ def _in(task: Any, work: str, exchange: tuple[str, str] | None = None) -> Any:
     return task.with_options(result_storage=Path(work) / RESULTS_DIR)
 
 
-def _offer(exchange: tuple[str, str] | None, model_dir: str, names: tuple[str, ...], *inputs: str | None) -> Exchange | None:
+def _offer(
+    exchange: tuple[str, str] | None, model_dir: str, names: tuple[str, ...], *inputs: str | None
+) -> Exchange | None:
     """Flow side: what the shards read, to the store for workers without the flow's disk."""
     if exchange is None:
         return None
     ex = Exchange(*exchange)
-    sent = ex.offer([*(Path(model_dir) / n for n in names), *(Path(p) for p in inputs if p is not None)])
+    sent = ex.offer(
+        [*(Path(model_dir) / n for n in names), *(Path(p) for p in inputs if p is not None)]
+    )
     get_run_logger().info("offered %d files to the workers through %s", sent, exchange[0])
     return ex
 
 
-def _gather(futures: list[PrefectFuture[dict[str, Any]]], progress: Progress, noun: str, total: int) -> tuple[list[dict[str, Any]], int]:
+def _gather(
+    futures: list[PrefectFuture[dict[str, Any]]], progress: Progress, noun: str, total: int
+) -> tuple[list[dict[str, Any]], int]:
     """Results in submission (shard) order and how many came from the cache; progress moves as shards finish."""
     position = {future: i for i, future in enumerate(futures)}
     results: list[dict[str, Any] | None] = [None] * len(futures)
@@ -147,9 +171,16 @@ def _gather(futures: list[PrefectFuture[dict[str, Any]]], progress: Progress, no
         reused += future.state.name == "Cached"
         done += int(out.get(noun, 0))
         finished = sum(r is not None for r in results)
-        progress.update(done / max(1, total), f"{finished} of {len(futures)} shards, {done:,} of {total:,} {noun}")
+        progress.update(
+            done / max(1, total),
+            f"{finished} of {len(futures)} shards, {done:,} of {total:,} {noun}",
+        )
     if reused:
-        get_run_logger().info("%d of %d shards reused from an interrupted run (their part files verified)", reused, len(futures))
+        get_run_logger().info(
+            "%d of %d shards reused from an interrupted run (their part files verified)",
+            reused,
+            len(futures),
+        )
     return [r for r in results if r is not None], reused
 
 
@@ -173,7 +204,10 @@ def recommend_all(
     """
     n = scoring.count_rows(Path(model_dir))["users"]
     bounds = scoring.shard_bounds(n, shard_size)
-    progress = Progress("towerflow-recommend-progress", f"recommend: {len(bounds)} shards of up to {shard_size:,} users")
+    progress = Progress(
+        "towerflow-recommend-progress",
+        f"recommend: {len(bounds)} shards of up to {shard_size:,} users",
+    )
     ex = _offer(exchange, model_dir, RECOMMEND_FILES, ratings, movies)
     futures = [
         _in(recommend_shard_task, work, exchange).submit(
@@ -222,7 +256,10 @@ def similar_all(
     """Submit one similar-movies task per shard of ``shard_size`` movies; the parts in shard order (results in ``work``)."""
     n = scoring.count_rows(Path(model_dir))["movies"]
     bounds = scoring.shard_bounds(n, shard_size)
-    progress = Progress("towerflow-similar-progress", f"similar movies: {len(bounds)} shards of up to {shard_size:,} movies")
+    progress = Progress(
+        "towerflow-similar-progress",
+        f"similar movies: {len(bounds)} shards of up to {shard_size:,} movies",
+    )
     ex = _offer(exchange, model_dir, SIMILAR_FILES, movies)
     shard = _in(similar_shard_task, work, exchange)
     futures = [
@@ -246,4 +283,10 @@ def similar_all(
         for r in results:
             ex.collect(r["path"])
     parts = [r["path"] for r in results]
-    return SimilarScored(parts=parts, shards=len(results), shards_reused=reused, rows=sum(r["rows"] for r in results), movies=n)
+    return SimilarScored(
+        parts=parts,
+        shards=len(results),
+        shards_reused=reused,
+        rows=sum(r["rows"] for r in results),
+        movies=n,
+    )

@@ -55,7 +55,9 @@ def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """A small generated MovieLens-like data set: (ratings.csv, movies.csv)."""
     from tasks.sources.generate import generate
 
-    data = generate(tmp_path_factory.mktemp("tiny"), n_users=120, n_movies=200, mean_ratings_per_user=30, seed=3)
+    data = generate(
+        tmp_path_factory.mktemp("tiny"), n_users=120, n_movies=200, mean_ratings_per_user=30, seed=3
+    )
     return data.ratings_csv, data.movies_csv
 
 
@@ -97,11 +99,23 @@ def prefect_harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
 
 PUBLISHED_K = 5  # the k of the ``published`` run (tests/test_flow.py's K)
 # The ``published`` run's options; tests/test_objectstore.py reruns it on the store and on Dask and compares the tables.
-PUBLISHED_ARGS = ["--run-date", "2026-01-02", "--k", str(PUBLISHED_K), "--max-epochs", "3", "--no-gate", "--shard-size", "40"]
+PUBLISHED_ARGS = [
+    "--run-date",
+    "2026-01-02",
+    "--k",
+    str(PUBLISHED_K),
+    "--max-epochs",
+    "3",
+    "--no-gate",
+    "--shard-size",
+    "40",
+]
 
 
 @pytest.fixture(scope="session")
-def published(tiny_data: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory, prefect_harness: None) -> dict[str, Any]:
+def published(
+    tiny_data: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory, prefect_harness: None
+) -> dict[str, Any]:
     """One nightly flow run on ``tiny_data`` (k=5, 3 epochs, gate off, shards of 40, a deny-list of the two
     most rated movies), shared by the flow and query tests.
 
@@ -143,7 +157,15 @@ def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     server.start()
     host, port = server.get_host_and_port()
     endpoint = f"http://{host}:{port}"
-    saved = {k: os.environ.get(k) for k in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "TOWERFLOW_SCRATCH")}
+    saved = {
+        k: os.environ.get(k)
+        for k in (
+            "AWS_ENDPOINT_URL",
+            "AWS_ACCESS_KEY_ID",
+            "AWS_SECRET_ACCESS_KEY",
+            "TOWERFLOW_SCRATCH",
+        )
+    }
     os.environ.update(
         AWS_ENDPOINT_URL=endpoint,
         AWS_ACCESS_KEY_ID="towerflow-test",
@@ -152,7 +174,9 @@ def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     )
     import boto3
 
-    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket="nights")
+    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(
+        Bucket="nights"
+    )
     try:
         yield endpoint
     finally:

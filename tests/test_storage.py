@@ -83,8 +83,15 @@ def test_every_io_task_has_the_one_retry_policy() -> None:
         nightly.export_task, nightly.publish_task, shards.recommend_shard_task, shards.similar_shard_task, incremental.ingest_file_task,
     ]  # fmt: skip
     for task in io_tasks:
-        assert (task.retries, task.retry_jitter_factor, task.retry_condition_fn) == (2, 0.5, io_retry), task.name
-        delays, policy = task.retry_delay_seconds, IO_RETRY["retry_delay_seconds"]  # settings, not measured times
+        assert (task.retries, task.retry_jitter_factor, task.retry_condition_fn) == (
+            2,
+            0.5,
+            io_retry,
+        ), task.name
+        delays, policy = (
+            task.retry_delay_seconds,
+            IO_RETRY["retry_delay_seconds"],
+        )  # settings, not measured times
         assert delays == policy, task.name
     assert nightly.train_task.retries == 0 and nightly.refit_task.retries == 0
 
@@ -94,8 +101,12 @@ def test_json_written_is_strict_json_with_nan_as_null(tmp_path: Path) -> None:
 
     from tasks.store.storage import write_json
 
-    path = write_json(tmp_path / "x.json", {"a": float("nan"), "b": [1.0, float("inf")], "c": {"d": 2.5}})
-    assert json.loads(path.read_text(), parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}")) == {
+    path = write_json(
+        tmp_path / "x.json", {"a": float("nan"), "b": [1.0, float("inf")], "c": {"d": 2.5}}
+    )
+    assert json.loads(
+        path.read_text(), parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}")
+    ) == {
         "a": None,
         "b": [1.0, None],
         "c": {"d": 2.5},

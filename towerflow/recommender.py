@@ -67,7 +67,10 @@ class Recommender:
 
         self.published = published
         latest = published.latest
-        files = {key: published.model_file(key) for key in ("index", "index_ids", "movie_embeddings", "user_embeddings")}
+        files = {
+            key: published.model_file(key)
+            for key in ("index", "index_ids", "movie_embeddings", "user_embeddings")
+        }
         files |= {key: published.model_file(key) for key in ("serving", "scalers")}
         self._files = files
         self.index = read_index(files["index"])
@@ -75,26 +78,34 @@ class Recommender:
         emb_ids, self._movie_vecs = read_embeddings(files["movie_embeddings"], "movie")
         self.user_ids, self._user_vecs = read_embeddings(files["user_embeddings"], "user")
         if not np.array_equal(emb_ids, self.movie_ids) or self.index.ntotal != len(self.movie_ids):
-            raise QueryError(f"run {self.version}: the index, its ids and the movie embeddings disagree; re-run `towerflow run`")
+            raise QueryError(
+                f"run {self.version}: the index, its ids and the movie embeddings disagree; re-run `towerflow run`"
+            )
         self.space = ServingSpace.read(files["serving"])
         self.scalers = QueryScalers.read(files["scalers"])
         self.config: dict[str, Any] = dict(latest.config)
         self.night_rules = Rules.from_document(latest.rules)
         self._movie_row = pd.Index(self.movie_ids)
         self._user_row = pd.Index(self.user_ids)
-        cat = pq.read_table(published.catalog_path(), columns=["movie_id", "title", "genres", "year"]).to_pandas()
+        cat = pq.read_table(
+            published.catalog_path(), columns=["movie_id", "title", "genres", "year"]
+        ).to_pandas()
         cat = cat.set_index("movie_id").reindex(self.movie_ids)
         cat["title"] = cat["title"].fillna("(not in catalog)").map(display_title)
         cat["genres"] = cat["genres"].fillna("")
         self.catalog: pd.DataFrame = cat.rename_axis("movie_id").reset_index()
-        self._night_allowed = self.night_rules.allowed(self.catalog, self.movie_ids, genre_matrix(self.catalog["genres"]))
+        self._night_allowed = self.night_rules.allowed(
+            self.catalog, self.movie_ids, genre_matrix(self.catalog["genres"])
+        )
         self._user_tower: Any = None
         self._factors: np.ndarray | None = None
         self._seen: tuple[np.ndarray, np.ndarray, float] | None = None
         self._published_recs: dict[str, np.ndarray] | None = None
         self._titles = self.catalog["title"].to_numpy(dtype=object)
         self._genre_names = self.catalog["genres"].to_numpy(dtype=object)
-        self._genre_rows = genre_matrix(self.catalog["genres"]).astype(bool)  # for genre rules, computed once
+        self._genre_rows = genre_matrix(self.catalog["genres"]).astype(
+            bool
+        )  # for genre rules, computed once
 
     # -- what the run is ------------------------------------------------------------------------------
     @property
@@ -134,11 +145,17 @@ class Recommender:
         try:
             path = Layout(self.published.data_dir).store(digest) / "ratings.parquet"
         except ConfigError:
-            raise QueryError(f"latest.json of run {self.version} names no ingested store; re-run `towerflow run`") from None
+            raise QueryError(
+                f"latest.json of run {self.version} names no ingested store; re-run `towerflow run`"
+            ) from None
         if not path.exists():
-            raise QueryError(f"the ratings of the published run {self.version} are missing: {path}; re-run `towerflow run`")
+            raise QueryError(
+                f"the ratings of the published run {self.version} are missing: {path}; re-run `towerflow run`"
+            )
         schemas.check_schema(pq.read_schema(path), schemas.RATINGS, f"reading ratings from {path}")
-        frame: pd.DataFrame = pq.read_table(path, columns=["user_id", "movie_id", "rating"]).to_pandas()
+        frame: pd.DataFrame = pq.read_table(
+            path, columns=["user_id", "movie_id", "rating"]
+        ).to_pandas()
         return frame
 
     # -- rules ------------------------------------------------------------------------------------------
@@ -169,7 +186,9 @@ class Recommender:
         self._known_ids(call.only, "only")
         if call.empty:
             return np.asarray(self._night_allowed)
-        return np.asarray(self._night_allowed & call.allowed(self.catalog, self.movie_ids, self._genre_rows))
+        return np.asarray(
+            self._night_allowed & call.allowed(self.catalog, self.movie_ids, self._genre_rows)
+        )
 
     # -- answers ------------------------------------------------------------------------------------------
     def _user_rows(self, user_ids: Iterable[int]) -> np.ndarray:
@@ -191,7 +210,9 @@ class Recommender:
         from tasks.serving.recommend import topk_allowed
 
         _check_k(k)
-        parts = list(topk_allowed(self.index, np.ascontiguousarray(queries), indptr, seen, k, allowed))
+        parts = list(
+            topk_allowed(self.index, np.ascontiguousarray(queries), indptr, seen, k, allowed)
+        )
         if not parts:
             empty = np.empty(0, np.int64)
             return empty, empty.astype(np.int32), empty, np.empty(0, np.float32)
@@ -199,10 +220,21 @@ class Recommender:
         order = np.lexsort((rank, q))
         return q[order], rank[order], items[order], scores[order]
 
-    def _frame(self, user_vecs: np.ndarray, q: np.ndarray, rank: np.ndarray, items: np.ndarray, scores: np.ndarray) -> pd.DataFrame:
-        stars = np.empty(0, np.float32)  # an empty answer (the rules let nothing through) has no stars to map
+    def _frame(
+        self,
+        user_vecs: np.ndarray,
+        q: np.ndarray,
+        rank: np.ndarray,
+        items: np.ndarray,
+        scores: np.ndarray,
+    ) -> pd.DataFrame:
+        stars = np.empty(
+            0, np.float32
+        )  # an empty answer (the rules let nothing through) has no stars to map
         if len(q):
-            stars = self.scalers.target_to_rating(self.space.tower_scores(user_vecs[q], self._movie_vecs[items]))
+            stars = self.scalers.target_to_rating(
+                self.space.tower_scores(user_vecs[q], self._movie_vecs[items])
+            )
         return pd.DataFrame(
             {
                 "rank": rank.astype(np.int32),
@@ -230,7 +262,9 @@ class Recommender:
         and ``k`` up to the published k, it is that user's rows of the published recommendations table;
         otherwise it is searched in the published vectors the same way.
         """
-        return self.recommend_many([user_id], k, exclude=exclude, only=only, genres=genres, years=years)
+        return self.recommend_many(
+            [user_id], k, exclude=exclude, only=only, genres=genres, years=years
+        )
 
     def recommend_many(
         self,
@@ -253,7 +287,11 @@ class Recommender:
         counts = np.diff(all_ptr)[rows]
         indptr = np.zeros(len(rows) + 1, dtype=np.int64)
         np.cumsum(counts, out=indptr[1:])
-        seen = np.concatenate([all_rows[all_ptr[r] : all_ptr[r + 1]] for r in rows]) if len(rows) else rows
+        seen = (
+            np.concatenate([all_rows[all_ptr[r] : all_ptr[r + 1]] for r in rows])
+            if len(rows)
+            else rows
+        )
         vecs = self._user_vecs[rows]
         q, rank, items, scores = self._top(vecs, indptr, seen, k, allowed)
         frame = self._frame(vecs, q, rank, items, scores)
@@ -262,7 +300,9 @@ class Recommender:
 
     def _from_table(self, user_ids: np.ndarray, k: int) -> pd.DataFrame:
         """The published recommendations of ``user_ids`` (in that order), their first ``k`` each."""
-        if self._published_recs is None:  # read once, sorted by (user, rank): a user's rows are one slice
+        if (
+            self._published_recs is None
+        ):  # read once, sorted by (user, rank): a user's rows are one slice
             cols = ["user_id", "rank", "movie_id", "score", "predicted_rating"]
             table = pq.read_table(self.published.table("recommendations"), columns=cols).to_pandas()
             table = table.sort_values(["user_id", "rank"], kind="stable")
@@ -270,7 +310,11 @@ class Recommender:
         recs = self._published_recs
         starts = np.searchsorted(recs["user_id"], user_ids, side="left")
         stops = np.minimum(np.searchsorted(recs["user_id"], user_ids, side="right"), starts + k)
-        take = np.concatenate([np.arange(a, b) for a, b in zip(starts, stops, strict=True)]) if len(user_ids) else starts
+        take = (
+            np.concatenate([np.arange(a, b) for a, b in zip(starts, stops, strict=True)])
+            if len(user_ids)
+            else starts
+        )
         items = self._movie_row.get_indexer(recs["movie_id"][take])
         frame = pd.DataFrame({c: recs[c][take] for c in ("user_id", "rank", "movie_id")})
         frame["title"] = self._titles[items]
@@ -296,7 +340,9 @@ class Recommender:
         """
         vec, rated = self.user_vector(ratings)
         indptr = np.array([0, len(rated)], dtype=np.int64)
-        q, rank, items, scores = self._top(vec, indptr, np.sort(rated), k, self.allowed(exclude, only, genres, years))
+        q, rank, items, scores = self._top(
+            vec, indptr, np.sort(rated), k, self.allowed(exclude, only, genres, years)
+        )
         return self._frame(vec, q, rank, items, scores)[RECOMMEND_COLUMNS[1:]]
 
     def recommend_for_genres(
@@ -316,11 +362,15 @@ class Recommender:
 
         row, names = newcomer_features(dict(tastes), self.config)
         if names != self.scalers.user_names:
-            raise QueryError(f"the published model {self.version} was trained on other user features than this towerflow computes")
+            raise QueryError(
+                f"the published model {self.version} was trained on other user features than this towerflow computes"
+            )
         x = self.scalers.user(row)
         vec = self._served(x, None)  # with the popularity prior, as every user's
         nothing = np.empty(0, np.int64)
-        q, rank, items, scores = self._top(vec, np.array([0, 0]), nothing, k, self.allowed(exclude, only, genres, years))
+        q, rank, items, scores = self._top(
+            vec, np.array([0, 0]), nothing, k, self.allowed(exclude, only, genres, years)
+        )
         return self._frame(vec, q, rank, items, scores)[RECOMMEND_COLUMNS[1:]]
 
     def user_vector(self, ratings: Mapping[int, float]) -> tuple[np.ndarray, np.ndarray]:
@@ -333,7 +383,9 @@ class Recommender:
 
         ids, stars = self._checked_ratings(ratings)
         rows = self._movie_row.get_indexer(ids)
-        frame = pd.DataFrame({"user_id": np.zeros(len(ids), np.int64), "movie_id": ids, "rating": stars})
+        frame = pd.DataFrame(
+            {"user_id": np.zeros(len(ids), np.int64), "movie_id": ids, "rating": stars}
+        )
         frame["timestamp"] = np.arange(len(ids), dtype=np.int64)
         movies = self.catalog.iloc[rows][["movie_id", "genres", "year"]].reset_index(drop=True)
         kind = self.config.get("features", "confidence")
@@ -343,7 +395,9 @@ class Recommender:
         mu = self._seen_csr()[2]
         feats = compute_features(frame, movies, np.array([0]), kind, shrinkage, mu, k, given)
         if feats.user_names != self.scalers.user_names:
-            raise QueryError(f"the published model {self.version} was trained on other user features than this towerflow computes")
+            raise QueryError(
+                f"the published model {self.version} was trained on other user features than this towerflow computes"
+            )
         x = self.scalers.user(feats.user_x)
         return self._served(x, frame), rows.astype(np.int64)
 
@@ -383,15 +437,21 @@ class Recommender:
 
     def _checked_ratings(self, ratings: Mapping[int, float]) -> tuple[np.ndarray, np.ndarray]:
         if not isinstance(ratings, Mapping):
-            raise QueryError(f"ratings must be a mapping {{movie_id: stars}}, got {type(ratings).__name__}")
+            raise QueryError(
+                f"ratings must be a mapping {{movie_id: stars}}, got {type(ratings).__name__}"
+            )
         ids, stars = [], []
         for movie, value in ratings.items():
             try:
                 movie_id, rating = int(movie), float(value)
             except (TypeError, ValueError):
-                raise QueryError(f"ratings: {movie!r}: {value!r} is not a movie id and a number of stars") from None
+                raise QueryError(
+                    f"ratings: {movie!r}: {value!r} is not a movie id and a number of stars"
+                ) from None
             if not (math.isfinite(rating) and RATING_RANGE[0] <= rating <= RATING_RANGE[1]):
-                raise QueryError(f"ratings: movie {movie_id} rated {value!r}, outside {RATING_RANGE[0]}-{RATING_RANGE[1]} stars")
+                raise QueryError(
+                    f"ratings: movie {movie_id} rated {value!r}, outside {RATING_RANGE[0]}-{RATING_RANGE[1]} stars"
+                )
             ids.append(movie_id)
             stars.append(rating)
         out = np.asarray(ids, dtype=np.int64)
@@ -432,7 +492,9 @@ class Recommender:
         if exclude is None and only is None and genres is None and years is None and k <= self.k:
             cols = ["movie_id", "rank", "similar_movie_id", "score"]
             filters = [("movie_id", "==", int(movie_id))]
-            table = pq.read_table(self.published.table("similar_movies"), columns=cols, filters=filters).to_pandas()
+            table = pq.read_table(
+                self.published.table("similar_movies"), columns=cols, filters=filters
+            ).to_pandas()
             table = table.sort_values("rank", kind="stable").head(k).reset_index(drop=True)
             items = self._movie_row.get_indexer(table["similar_movie_id"].to_numpy())
             table["title"] = self._titles[items]
@@ -454,7 +516,11 @@ class Recommender:
         the run does not know gets a null prediction and an ``error`` saying why, never a made-up value.
         Columns: user_id, movie_id, predicted_rating, error.
         """
-        frame = pairs if isinstance(pairs, pd.DataFrame) else pd.DataFrame(list(pairs), columns=["user_id", "movie_id"])
+        frame = (
+            pairs
+            if isinstance(pairs, pd.DataFrame)
+            else pd.DataFrame(list(pairs), columns=["user_id", "movie_id"])
+        )
         missing = {"user_id", "movie_id"} - set(frame.columns)
         if missing:
             raise QueryError(f"pairs need columns user_id and movie_id; missing {sorted(missing)}")
@@ -463,13 +529,23 @@ class Recommender:
         u, m = self._user_row.get_indexer(users), self._movie_row.get_indexer(movies)
         ok = (u >= 0) & (m >= 0)
         errors = np.full(len(frame), None, dtype=object)
-        errors[u < 0] = [f"unknown user {x}: no ratings in the data of model {self.version}" for x in users[u < 0]]
+        errors[u < 0] = [
+            f"unknown user {x}: no ratings in the data of model {self.version}"
+            for x in users[u < 0]
+        ]
         only_movie = (u >= 0) & (m < 0)
-        errors[only_movie] = [f"unknown movie {x}: not in the movie catalog of model {self.version}" for x in movies[only_movie]]
+        errors[only_movie] = [
+            f"unknown movie {x}: not in the movie catalog of model {self.version}"
+            for x in movies[only_movie]
+        ]
         stars = np.full(len(frame), np.nan, dtype=np.float32)
         if ok.any():
-            stars[ok] = self.scalers.target_to_rating(self.space.tower_scores(self._user_vecs[u[ok]], self._movie_vecs[m[ok]]))
-        return pd.DataFrame({"user_id": users, "movie_id": movies, "predicted_rating": stars, "error": errors})
+            stars[ok] = self.scalers.target_to_rating(
+                self.space.tower_scores(self._user_vecs[u[ok]], self._movie_vecs[m[ok]])
+            )
+        return pd.DataFrame(
+            {"user_id": users, "movie_id": movies, "predicted_rating": stars, "error": errors}
+        )
 
 
 def _check_k(k: int) -> None:

@@ -26,7 +26,9 @@ EASE_INNER_HOLDOUT = 0.2  # lambda is chosen on each user's last 20% of the trai
 _SCORE_ROWS = 1024
 
 
-def popularity_lists(train: pd.DataFrame, users: np.ndarray, movie_ids: np.ndarray, k: int) -> dict[int, list[int]]:
+def popularity_lists(
+    train: pd.DataFrame, users: np.ndarray, movie_ids: np.ndarray, k: int
+) -> dict[int, list[int]]:
     """Most-rated movies first (ties by smaller id), each user's rated movies excluded.
 
     One global order: each user takes the first ``k`` of its top ``k + 64`` that they have not rated (a
@@ -46,7 +48,11 @@ def popularity_lists(train: pd.DataFrame, users: np.ndarray, movie_ids: np.ndarr
     free = np.ones((len(users), top), dtype=bool)
     free[owner[near], seen_at[near]] = False
     take = free & (np.cumsum(free, axis=1) <= k)
-    enough = free.sum(axis=1) >= np.minimum(k, len(order) - lengths) if top < len(order) else np.ones(len(users), dtype=bool)
+    enough = (
+        free.sum(axis=1) >= np.minimum(k, len(order) - lengths)
+        if top < len(order)
+        else np.ones(len(users), dtype=bool)
+    )
     head = movie_ids[order[:top]]
     out: dict[int, list[int]] = {}
     for i, user in enumerate(np.asarray(users).tolist()):
@@ -58,7 +64,9 @@ def popularity_lists(train: pd.DataFrame, users: np.ndarray, movie_ids: np.ndarr
     return out
 
 
-def als_lists(train: pd.DataFrame, users: np.ndarray, movie_ids: np.ndarray, k: int, seed: int) -> dict[int, list[int]] | None:
+def als_lists(
+    train: pd.DataFrame, users: np.ndarray, movie_ids: np.ndarray, k: int, seed: int
+) -> dict[int, list[int]] | None:
     """implicit's ALS (64 factors, binary interactions), or ``None`` if implicit is not installed."""
     try:
         from implicit.als import AlternatingLeastSquares
@@ -66,13 +74,19 @@ def als_lists(train: pd.DataFrame, users: np.ndarray, movie_ids: np.ndarray, k: 
         return None
     u = pd.Index(users).get_indexer(train["user_id"])
     m = pd.Index(movie_ids).get_indexer(train["movie_id"])
-    matrix = sp.csr_matrix((np.ones(len(u), np.float32), (u, m)), shape=(len(users), len(movie_ids)))
+    matrix = sp.csr_matrix(
+        (np.ones(len(u), np.float32), (u, m)), shape=(len(users), len(movie_ids))
+    )
     from threadpoolctl import threadpool_limits  # a scikit-learn dependency
 
-    with threadpool_limits(1, "blas"):  # implicit parallelizes itself and warns when BLAS threads too
+    with threadpool_limits(
+        1, "blas"
+    ):  # implicit parallelizes itself and warns when BLAS threads too
         model = AlternatingLeastSquares(factors=64, iterations=15, random_state=seed)
         model.fit(matrix, show_progress=False)
-        ids, _ = model.recommend(np.arange(len(users)), matrix, N=k, filter_already_liked_items=True)
+        ids, _ = model.recommend(
+            np.arange(len(users)), matrix, N=k, filter_already_liked_items=True
+        )
     return {int(users[i]): [int(movie_ids[j]) for j in row if j >= 0] for i, row in enumerate(ids)}
 
 
@@ -87,7 +101,9 @@ class _Ease:
         m = pd.Index(self.movies).get_indexer(pd.Index(ratings["movie_id"]))
         keep = m >= 0
         shape = (len(self.users), len(self.movies))
-        self.x = sp.csr_matrix((np.ones(int(keep.sum()), np.float32), (u[keep], m[keep])), shape=shape)
+        self.x = sp.csr_matrix(
+            (np.ones(int(keep.sum()), np.float32), (u[keep], m[keep])), shape=shape
+        )
         self.gram = (self.x.T @ self.x).toarray().astype(np.float32)
 
     def weights(self, lam: float) -> np.ndarray:
@@ -98,7 +114,9 @@ class _Ease:
         if info == 0:
             factor, info = lapack.spotri(factor, lower=False, overwrite_c=True)
         if info != 0:
-            raise ValueError(f"EASE^R: X^T X + {lam} I is not positive definite (LAPACK info {info}); use a larger lambda")
+            raise ValueError(
+                f"EASE^R: X^T X + {lam} I is not positive definite (LAPACK info {info}); use a larger lambda"
+            )
         p = np.triu(factor) + np.triu(factor, 1).T
         b = p / -np.diag(p)[np.newaxis, :]
         np.fill_diagonal(b, 0.0)
@@ -118,7 +136,12 @@ class _Ease:
             top = np.argpartition(-scores, kk - 1, axis=1)[:, :kk]
             order = np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1, kind="stable")
             top = np.take_along_axis(top, order, axis=1)
-            for user, row, best in zip(asked[lo : lo + _SCORE_ROWS].tolist(), top, np.take_along_axis(scores, top, axis=1), strict=True):
+            for user, row, best in zip(
+                asked[lo : lo + _SCORE_ROWS].tolist(),
+                top,
+                np.take_along_axis(scores, top, axis=1),
+                strict=True,
+            ):
                 out[int(user)] = self.movies[row[np.isfinite(best)]].tolist()
         return out
 
@@ -140,9 +163,16 @@ def ease_lists(
     if len(lambdas) > 1 and relevant:
         fit = _Ease(train[~inner], max_movies)
         asked = np.array(sorted(relevant), dtype=np.int64)
-        ndcg = {lam: ranking_metrics(fit.lists(fit.weights(lam), asked, k), relevant, k)["ndcg"] for lam in lambdas}
+        ndcg = {
+            lam: ranking_metrics(fit.lists(fit.weights(lam), asked, k), relevant, k)["ndcg"]
+            for lam in lambdas
+        }
         best = max(ndcg, key=lambda lam: ndcg[lam])
         if log is not None:
-            log("EASE^R lambda on the inner split: " + ", ".join(f"{lam:g} {v:.4f}" for lam, v in ndcg.items()) + f" -> {best:g}")
+            log(
+                "EASE^R lambda on the inner split: "
+                + ", ".join(f"{lam:g} {v:.4f}" for lam, v in ndcg.items())
+                + f" -> {best:g}"
+            )
     full = _Ease(train, max_movies)
     return full.lists(full.weights(best), users, k), best

@@ -32,8 +32,15 @@ DRIFT_ALERT = 0.5  # 1 - mean Jaccard at or above this: the night "drifted" (an 
 
 def read_lists(parts: Sequence[Path]) -> pd.DataFrame:
     """user_id, rank, movie_id, score of recommendation part files, sorted by user and rank."""
-    frames = [pq.read_table(p, columns=["user_id", "rank", "movie_id", "score"]).to_pandas() for p in parts]
-    out = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["user_id", "rank", "movie_id", "score"])
+    frames = [
+        pq.read_table(p, columns=["user_id", "rank", "movie_id", "score"]).to_pandas()
+        for p in parts
+    ]
+    out = (
+        pd.concat(frames, ignore_index=True)
+        if frames
+        else pd.DataFrame(columns=["user_id", "rank", "movie_id", "score"])
+    )
     return out.sort_values(["user_id", "rank"], kind="stable").reset_index(drop=True)
 
 
@@ -50,10 +57,15 @@ def _matrix(lists: pd.DataFrame, users: np.ndarray, movies: pd.Index) -> sp.csr_
     rows = pd.Index(users).get_indexer(pd.Index(lists["user_id"]))
     cols = movies.get_indexer(pd.Index(lists["movie_id"]))
     keep = (rows >= 0) & (cols >= 0)
-    return sp.csr_matrix((np.ones(int(keep.sum()), np.float32), (rows[keep], cols[keep])), shape=(len(users), len(movies)))
+    return sp.csr_matrix(
+        (np.ones(int(keep.sum()), np.float32), (rows[keep], cols[keep])),
+        shape=(len(users), len(movies)),
+    )
 
 
-def beyond_accuracy(lists: pd.DataFrame, movies: pd.DataFrame, popularity_rank: pd.Series, seed: int = 0) -> dict[str, float | None]:
+def beyond_accuracy(
+    lists: pd.DataFrame, movies: pd.DataFrame, popularity_rank: pd.Series, seed: int = 0
+) -> dict[str, float | None]:
     """Coverage, novelty, intra-list diversity and personalization of one run's lists."""
     catalog = pd.Index(movies["movie_id"].to_numpy(np.int64))
     if lists.empty:
@@ -63,7 +75,9 @@ def beyond_accuracy(lists: pd.DataFrame, movies: pd.DataFrame, popularity_rank: 
     unit = np.divide(genres, norms, out=np.zeros_like(genres), where=norms > 0)
     grid = _grid(lists, catalog)  # users x k catalog rows, -1 pads
     parts: list[np.ndarray] = []
-    for lo in range(0, len(grid), _DIVERSITY_ROWS):  # in chunks: memory of rows x k x genres, never x k
+    for lo in range(
+        0, len(grid), _DIVERSITY_ROWS
+    ):  # in chunks: memory of rows x k x genres, never x k
         rows = grid[lo : lo + _DIVERSITY_ROWS]
         vectors = np.where(rows[..., None] >= 0, unit[np.maximum(rows, 0)], 0.0)
         total = vectors.sum(axis=1)
@@ -74,7 +88,11 @@ def beyond_accuracy(lists: pd.DataFrame, movies: pd.DataFrame, popularity_rank: 
         parts.append(1.0 - off_diagonal[pairs > 0] / pairs[pairs > 0])
     diversity = np.concatenate(parts) if parts else np.zeros(0)
     users = np.unique(lists["user_id"].to_numpy())
-    sample = np.sort(np.random.default_rng(seed).choice(users, min(len(users), PERSONALIZATION_SAMPLE), replace=False))
+    sample = np.sort(
+        np.random.default_rng(seed).choice(
+            users, min(len(users), PERSONALIZATION_SAMPLE), replace=False
+        )
+    )
     x = _matrix(lists[lists["user_id"].isin(sample)], sample, catalog)
     overlap = (x @ x.T).toarray()
     sizes = np.asarray(x.sum(axis=1)).ravel()
@@ -84,14 +102,20 @@ def beyond_accuracy(lists: pd.DataFrame, movies: pd.DataFrame, popularity_rank: 
     return {
         "coverage": float(lists["movie_id"].nunique() / len(catalog)),
         "novelty": float(popularity_rank.reindex(lists["movie_id"].to_numpy()).mean()),
-        "diversity": float(np.mean(diversity)) if len(diversity) else None,  # None: no list of two or more
+        "diversity": float(np.mean(diversity))
+        if len(diversity)
+        else None,  # None: no list of two or more
         "personalization": float(1.0 - jaccard[off].mean()) if len(sample) > 1 else None,
     }
 
 
 def popularity_rank(ratings: pd.DataFrame, movies: pd.DataFrame) -> pd.Series:
     """Each catalog movie's rank by number of ratings (1 = most rated; ties share the best rank)."""
-    counts = ratings["movie_id"].value_counts().reindex(movies["movie_id"].to_numpy(np.int64), fill_value=0)
+    counts = (
+        ratings["movie_id"]
+        .value_counts()
+        .reindex(movies["movie_id"].to_numpy(np.int64), fill_value=0)
+    )
     return counts.rank(ascending=False, method="min")
 
 
@@ -123,7 +147,11 @@ def versus(new: pd.DataFrame, old: pd.DataFrame) -> dict[str, float]:
 
 
 def measure(
-    new_parts: Sequence[Path], old_parts: Sequence[Path] | None, ratings: pd.DataFrame, movies: pd.DataFrame, old_version: str | None
+    new_parts: Sequence[Path],
+    old_parts: Sequence[Path] | None,
+    ratings: pd.DataFrame,
+    movies: pd.DataFrame,
+    old_version: str | None,
 ) -> dict[str, Any]:
     """Tonight's lists against the published run's (``old_parts``; None when nothing is published)."""
     new = read_lists(new_parts)
@@ -148,7 +176,12 @@ def read_published_parts(data_dir: Path, latest: Latest | None) -> list[Path] | 
 
 
 def run_drift(
-    new_parts: Sequence[str], latest_path: Path, ratings_path: Path, movies_path: Path, metrics: dict[str, Any] | None, out_path: Path
+    new_parts: Sequence[str],
+    latest_path: Path,
+    ratings_path: Path,
+    movies_path: Path,
+    metrics: dict[str, Any] | None,
+    out_path: Path,
 ) -> dict[str, Any]:
     """The drift stage: :func:`measure` against the run ``latest_path`` names; writes the metrics table with it.
 
@@ -171,8 +204,13 @@ def run_drift(
     rows = dict(metrics or {})
     rows["lists"] = drift["lists"]
     if "versus_published" in drift:
-        rows["published lists"] = {k: v for k, v in drift["published"].items() if k != "model_version"}
+        rows["published lists"] = {
+            k: v for k, v in drift["published"].items() if k != "model_version"
+        }
         rows["versus published"] = drift["versus_published"]
-    tables = {name: {k: float(v) for k, v in values.items() if v is not None} for name, values in rows.items()}
+    tables = {
+        name: {k: float(v) for k, v in values.items() if v is not None}
+        for name, values in rows.items()
+    }
     write_metrics(Path(out_path), tables)
     return drift

@@ -59,13 +59,18 @@ def bootstrap(values: np.ndarray, seed: int = 0, resamples: int = RESAMPLES) -> 
     """
     x = np.asarray(values, dtype=np.float64)
     if x.ndim != 1 or len(x) == 0:
-        raise ValueError(f"bootstrap needs a non-empty 1-d array of per-user values, got shape {x.shape}")
+        raise ValueError(
+            f"bootstrap needs a non-empty 1-d array of per-user values, got shape {x.shape}"
+        )
     if len(x) > NORMAL_ABOVE:
         half = _Z * float(x.std(ddof=1)) / np.sqrt(len(x))
         return Interval(float(x.mean()), float(x.mean()) - half, float(x.mean()) + half)
     rng = np.random.default_rng(seed)
     means = np.concatenate(
-        [x[rng.integers(0, len(x), (min(_CHUNK, resamples - s), len(x)))].mean(axis=1) for s in range(0, resamples, _CHUNK)]
+        [
+            x[rng.integers(0, len(x), (min(_CHUNK, resamples - s), len(x)))].mean(axis=1)
+            for s in range(0, resamples, _CHUNK)
+        ]
     )
     tail = (1.0 - CONFIDENCE) / 2 * 100
     low, high = np.percentile(means, [tail, 100 - tail])
@@ -76,7 +81,9 @@ def paired_difference(model: np.ndarray, baseline: np.ndarray, seed: int = 0) ->
     """Interval of mean(model - baseline) over the same users, resampled together."""
     a, b = np.asarray(model, dtype=np.float64), np.asarray(baseline, dtype=np.float64)
     if a.shape != b.shape:
-        raise ValueError(f"paired values need one entry per user on both sides, got {a.shape} and {b.shape}")
+        raise ValueError(
+            f"paired values need one entry per user on both sides, got {a.shape} and {b.shape}"
+        )
     return bootstrap(a - b, seed)
 
 
@@ -109,7 +116,9 @@ class Verdict:
                 against=c.against,
                 model=c.model,
                 other=c.other,
-                difference=IntervalDoc(mean=c.difference.mean, low=c.difference.low, high=c.difference.high),
+                difference=IntervalDoc(
+                    mean=c.difference.mean, low=c.difference.low, high=c.difference.high
+                ),
                 outcome=c.outcome,
             )
             for c in self.comparisons
@@ -136,23 +145,35 @@ def _se(interval: Interval) -> float:
     return (interval.high - interval.low) / (2 * _Z)
 
 
-def versus_published(model: Interval, previous: Latest | None, margin: float, k: int | None = None) -> Comparison | None:
+def versus_published(
+    model: Interval, previous: Latest | None, margin: float, k: int | None = None
+) -> Comparison | None:
     """Unpaired comparison with the published run's two-tower NDCG, ``worse`` below ``-margin`` (None: no figure with an interval)."""
     prev = ((previous.metrics if previous is not None else None) or {}).get("two-tower") or {}
     if not all(isinstance(prev.get(key), int | float) for key in ("ndcg", "ndcg_low", "ndcg_high")):
         return None
-    if k is not None and previous is not None and previous.k != k:  # NDCG at another k: not the same measure
+    if (
+        k is not None and previous is not None and previous.k != k
+    ):  # NDCG at another k: not the same measure
         return None
     theirs = Interval(float(prev["ndcg"]), float(prev["ndcg_low"]), float(prev["ndcg_high"]))
     diff = model.mean - theirs.mean
     spread = _Z * float(np.hypot(_se(model), _se(theirs)))
     version = previous.model_version if previous is not None else "?"
     interval = Interval(diff, diff - spread, diff + spread)
-    return Comparison(f"published {version}", model.mean, theirs.mean, interval, _outcome(interval, -margin))
+    return Comparison(
+        f"published {version}", model.mean, theirs.mean, interval, _outcome(interval, -margin)
+    )
 
 
 def decide(
-    model: Interval, baseline: float, vs_baseline: Interval, users: int, previous: Latest | None, margin: float, k: int = 10
+    model: Interval,
+    baseline: float,
+    vs_baseline: Interval,
+    users: int,
+    previous: Latest | None,
+    margin: float,
+    k: int = 10,
 ) -> Verdict:
     """The verdict for a model with NDCG@k ``model`` against most-popular's ``baseline`` and the published run.
 
@@ -174,11 +195,21 @@ def decide(
         facts += f"; vs {published.against} {published.other:.4f}, difference {published.difference.text(signed=True)}"
     facts += f"; {users:,} users"
     if pop.outcome == "worse":
-        return Verdict("refused", f"refused: most-popular is better with confidence ({facts}); not published", users, comparisons)
+        return Verdict(
+            "refused",
+            f"refused: most-popular is better with confidence ({facts}); not published",
+            users,
+            comparisons,
+        )
     if published is not None and published.outcome == "worse":
         why = f"more than {margin:g} below the published model with confidence"
         return Verdict("refused", f"refused: {why} ({facts}); not published", users, comparisons)
     if all(c.outcome == "better" for c in comparisons):
         return Verdict("passed", f"passed: {facts}", users, comparisons)
     unsure = " and ".join(c.against for c in comparisons if c.outcome != "better")
-    return Verdict("undecided", f"undecided: {users:,} users cannot tell the model from {unsure} ({facts}); published", users, comparisons)
+    return Verdict(
+        "undecided",
+        f"undecided: {users:,} users cannot tell the model from {unsure} ({facts}); published",
+        users,
+        comparisons,
+    )

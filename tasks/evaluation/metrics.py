@@ -55,7 +55,9 @@ def per_user_metrics(
     """
     users = [u for u, rel in relevant.items() if rel]
     if not users:
-        raise DataError("no user has a relevant held-out item; lower the threshold or hold out more")
+        raise DataError(
+            "no user has a relevant held-out item; lower the threshold or hold out more"
+        )
     hits = np.zeros((len(users), k))  # the formulas of user_metrics, for every user at once
     for i, user in enumerate(users):
         top = list(recommended.get(user, []))[:k]
@@ -75,7 +77,9 @@ def per_user_metrics(
     return np.array(users, dtype=np.int64), values
 
 
-def ranking_metrics(recommended: Mapping[int, Sequence[int]], relevant: Mapping[int, set[int]], k: int) -> dict[str, float]:
+def ranking_metrics(
+    recommended: Mapping[int, Sequence[int]], relevant: Mapping[int, set[int]], k: int
+) -> dict[str, float]:
     """Mean of :func:`user_metrics` over users with relevant items, and ``users``, how many there are."""
     users, values = per_user_metrics(recommended, relevant, k)
     out = {name: float(np.mean(v)) for name, v in values.items()}
@@ -85,9 +89,14 @@ def ranking_metrics(recommended: Mapping[int, Sequence[int]], relevant: Mapping[
 
 def rmse(predicted: np.ndarray, actual: np.ndarray) -> float:
     """Root mean squared error (in the units of the inputs)."""
-    predicted, actual = np.asarray(predicted, dtype=np.float64), np.asarray(actual, dtype=np.float64)
+    predicted, actual = (
+        np.asarray(predicted, dtype=np.float64),
+        np.asarray(actual, dtype=np.float64),
+    )
     if predicted.shape != actual.shape or predicted.size == 0:
-        raise ValueError(f"rmse needs two equal, non-empty shapes, got {predicted.shape} and {actual.shape}")
+        raise ValueError(
+            f"rmse needs two equal, non-empty shapes, got {predicted.shape} and {actual.shape}"
+        )
     return float(np.sqrt(np.mean((predicted - actual) ** 2)))
 
 

@@ -55,7 +55,12 @@ class RejectThresholdError(InputError):
 
 def rejects_path(data_dir: Path, run_date: dt.date, input_hash: str) -> Path:
     """``DIR/rejects/run_date=YYYY-MM-DD/part-<first 16 hex of the input hash>.parquet``."""
-    return Path(data_dir) / "rejects" / f"run_date={run_date.isoformat()}" / f"part-{input_hash[:16]}.parquet"
+    return (
+        Path(data_dir)
+        / "rejects"
+        / f"run_date={run_date.isoformat()}"
+        / f"part-{input_hash[:16]}.parquet"
+    )
 
 
 def reject_table(
@@ -115,7 +120,9 @@ def _value_counts(column: pa.ChunkedArray) -> tuple[list[str], list[int]]:
     return counts.field("values").to_pylist(), counts.field("counts").to_pylist()
 
 
-def check_share(source: Path, rows_read: int, log: RejectLog, max_share: float, stats: dict[str, object]) -> None:
+def check_share(
+    source: Path, rows_read: int, log: RejectLog, max_share: float, stats: dict[str, object]
+) -> None:
     """Raise :class:`RejectThresholdError` if more than ``max_share`` of ``rows_read`` were rejected."""
     rejected = log.rows
     share = rejected / rows_read if rows_read else 0.0
@@ -135,15 +142,27 @@ def report_rows(stats: dict[str, Any]) -> list[dict[str, Any]]:
         {"count": "rows read", "value": stats["rows_read"]},
         {"count": "rows accepted", "value": stats["rows_accepted"]},
         {"count": "rows rejected", "value": stats["rows_rejected"]},
-        *({"count": f"  rejected: {reason}", "value": n} for reason, n in stats.get("rejected_by_reason", {}).items()),
-        {"count": "duplicates dropped (older rating of a user and movie)", "value": stats["duplicates_dropped"]},
-        {"count": "reject share", "value": f"{stats['reject_share']:.4%} (limit {stats['max_reject_share']:.2%})"},
+        *(
+            {"count": f"  rejected: {reason}", "value": n}
+            for reason, n in stats.get("rejected_by_reason", {}).items()
+        ),
+        {
+            "count": "duplicates dropped (older rating of a user and movie)",
+            "value": stats["duplicates_dropped"],
+        },
+        {
+            "count": "reject share",
+            "value": f"{stats['reject_share']:.4%} (limit {stats['max_reject_share']:.2%})",
+        },
         {"count": "rejects table", "value": stats.get("rejects_path")},
         {"count": "blank lines skipped", "value": stats.get("blank_lines", 0)},
         {"count": "users", "value": stats["users"]},
         {"count": "movies", "value": stats["movies"]},
         {"count": "movies without a year", "value": stats.get("movies_without_year", 0)},
         {"count": "movies without genres", "value": stats.get("movies_without_genres", 0)},
-        *({"count": f"  unknown genre: {genre}", "value": n} for genre, n in stats.get("unknown_genres", {}).items()),
+        *(
+            {"count": f"  unknown genre: {genre}", "value": n}
+            for genre, n in stats.get("unknown_genres", {}).items()
+        ),
     ]
     return rows

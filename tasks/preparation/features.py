@@ -68,12 +68,16 @@ def unknown_genres(genres: pd.Series | pa.Array | pa.ChunkedArray) -> dict[str, 
     known = set(GENRES) | {NO_GENRES, "Children's", ""}
     return {
         str(label): int(n)
-        for label, n in zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist(), strict=True)
+        for label, n in zip(
+            counts.field("values").to_pylist(), counts.field("counts").to_pylist(), strict=True
+        )
         if label not in known
     }
 
 
-def confidence_user_columns(xp: Any, cnt: Any, total: Any, g_cnt: Any, g_sum: Any, mu: float, k: float) -> Any:
+def confidence_user_columns(
+    xp: Any, cnt: Any, total: Any, g_cnt: Any, g_sum: Any, mu: float, k: float
+) -> Any:
     """User columns ``log_count, shrunk_mean, shrunk_mean_<genre>..., share_<genre>...``.
 
     ``cnt``/``total``: each user's number and sum of ratings, shape (n,);
@@ -84,7 +88,9 @@ def confidence_user_columns(xp: Any, cnt: Any, total: Any, g_cnt: Any, g_sum: An
     mean = (total + k * mu) / (cnt + k)
     g_mean = (g_sum + k * xp.expand_dims(mean, -1)) / (g_cnt + k)
     share = g_cnt / xp.expand_dims(xp.maximum(cnt, 1.0), -1)
-    return xp.concatenate([xp.expand_dims(xp.log1p(cnt), -1), xp.expand_dims(mean, -1), g_mean, share], axis=-1)
+    return xp.concatenate(
+        [xp.expand_dims(xp.log1p(cnt), -1), xp.expand_dims(mean, -1), g_mean, share], axis=-1
+    )
 
 
 def confidence_movie_columns(xp: Any, cnt: Any, total: Any, mu: float, k: float) -> tuple[Any, Any]:
@@ -92,7 +98,10 @@ def confidence_movie_columns(xp: Any, cnt: Any, total: Any, mu: float, k: float)
     return xp.log1p(cnt), (total + k * mu) / (cnt + k)
 
 
-MOVIE_RATING_COLUMNS = ("log_count", "shrunk_mean")  # the movie columns confidence_movie_columns gives
+MOVIE_RATING_COLUMNS = (
+    "log_count",
+    "shrunk_mean",
+)  # the movie columns confidence_movie_columns gives
 
 
 def _fill_year(years: pd.Series) -> tuple[np.ndarray, np.ndarray]:
@@ -172,7 +181,12 @@ def compute_features(
             ]  # fmt: skip
             log_count, m_mean = confidence_movie_columns(np, m_cnt, m_sum, mu, shrinkage)
             movie_x = np.column_stack([year, year_missing, log_count, m_mean, genres])
-            movie_names = ["year", "year_missing", *MOVIE_RATING_COLUMNS, *[f"is_{g}" for g in GENRES]]
+            movie_names = [
+                "year",
+                "year_missing",
+                *MOVIE_RATING_COLUMNS,
+                *[f"is_{g}" for g in GENRES],
+            ]
             if factors > 0:
                 v = _factors(u, m, n_u, n_m, factors, movie_factors)
                 seen_sum, rated_sum = collab.user_sums(ratings, u, m, n_u, v)

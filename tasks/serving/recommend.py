@@ -28,7 +28,9 @@ from tasks.store import schemas
 from tasks.store.storage import TableWriter
 
 
-def seen_csr(ratings: pd.DataFrame, user_ids: np.ndarray, movie_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def seen_csr(
+    ratings: pd.DataFrame, user_ids: np.ndarray, movie_ids: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """CSR (indptr, index rows) of the movies each user has rated, over ``user_ids`` order."""
     u = pd.Index(user_ids).get_indexer(ratings["user_id"].to_numpy())
     m = pd.Index(movie_ids).get_indexer(ratings["movie_id"].to_numpy())
@@ -40,8 +42,12 @@ def seen_csr(ratings: pd.DataFrame, user_ids: np.ndarray, movie_ids: np.ndarray)
     return indptr, m[order].astype(np.int64)
 
 
-FAISS_BLAS_QUERIES = 4096  # flat search switches to BLAS at queries x dim >= 128,000 (4,000 queries at d = 32)
-SCAN_BLOCK_CELLS = 1 << 24  # exact scans score at most this many (query, movie) cells at a time (64 MB)
+FAISS_BLAS_QUERIES = (
+    4096  # flat search switches to BLAS at queries x dim >= 128,000 (4,000 queries at d = 32)
+)
+SCAN_BLOCK_CELLS = (
+    1 << 24
+)  # exact scans score at most this many (query, movie) cells at a time (64 MB)
 
 
 def _search_unseen(
@@ -53,11 +59,16 @@ def _search_unseen(
     """
     scores, items = index.search(np.ascontiguousarray(queries), fetch)
     order = np.lexsort((np.where(items < 0, np.iinfo(np.int64).max, items), -scores), axis=1)
-    scores, items = np.take_along_axis(scores, order, axis=1), np.take_along_axis(items, order, axis=1)
+    scores, items = (
+        np.take_along_axis(scores, order, axis=1),
+        np.take_along_axis(items, order, axis=1),
+    )
     n_items = index.ntotal
     lengths = np.fromiter((len(s) for s in seen), dtype=np.int64, count=len(seen))
     if lengths.sum():
-        seen_keys = np.repeat(np.arange(len(seen), dtype=np.int64), lengths) * n_items + np.concatenate(seen)
+        seen_keys = np.repeat(
+            np.arange(len(seen), dtype=np.int64), lengths
+        ) * n_items + np.concatenate(seen)
         keys = np.arange(len(seen), dtype=np.int64)[:, None] * n_items + items
         valid = (items >= 0) & ~np.isin(keys, seen_keys)
     else:
@@ -65,7 +76,9 @@ def _search_unseen(
     return valid, np.cumsum(valid, axis=1), items, scores
 
 
-def _scan_unseen(vectors: np.ndarray, queries: np.ndarray, seen: list[np.ndarray], k: int) -> tuple[np.ndarray, np.ndarray]:
+def _scan_unseen(
+    vectors: np.ndarray, queries: np.ndarray, seen: list[np.ndarray], k: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-k over the index's own vectors with seen items at -inf: (items, scores), best first, -1 pads.
 
     For the queries FAISS serves badly: heavy raters (their seen movies crowd
@@ -83,7 +96,11 @@ def _scan_unseen(vectors: np.ndarray, queries: np.ndarray, seen: list[np.ndarray
         local = np.repeat(np.arange(len(block)), [len(s) for s in seen[lo : lo + step]])
         if len(local):
             block[local, np.concatenate(seen[lo : lo + step])] = -np.inf
-        top = np.argpartition(-block, kk - 1, axis=1)[:, :kk] if kk < n_items else np.tile(np.arange(n_items), (len(block), 1))
+        top = (
+            np.argpartition(-block, kk - 1, axis=1)[:, :kk]
+            if kk < n_items
+            else np.tile(np.arange(n_items), (len(block), 1))
+        )
         best = np.take_along_axis(block, top, axis=1)
         if kk < n_items:
             _lowest_rows_of_ties(block, top, best)
@@ -160,13 +177,19 @@ def topk_unseen(
         pending = np.arange(len(rows))
         fetch = int(min(n_items, k + min(first_extra, int(counts[rows].max()))))
         while len(pending):
-            if vectors is not None and (len(pending) < FAISS_BLAS_QUERIES or fetch > k + first_extra):
-                items, scores = _scan_unseen(vectors, queries[rows[pending]], [seen[i] for i in pending], k)
+            if vectors is not None and (
+                len(pending) < FAISS_BLAS_QUERIES or fetch > k + first_extra
+            ):
+                items, scores = _scan_unseen(
+                    vectors, queries[rows[pending]], [seen[i] for i in pending], k
+                )
                 kk = items.shape[1]
                 done_item[pending, :kk], done_score[pending, :kk] = items, scores
                 done_rank[pending, :kk] = np.arange(1, kk + 1, dtype=np.int32)
                 break
-            valid, rank, items, scores = _search_unseen(index, queries[rows[pending]], [seen[i] for i in pending], k, fetch)
+            valid, rank, items, scores = _search_unseen(
+                index, queries[rows[pending]], [seen[i] for i in pending], k, fetch
+            )
             # complete: k unseen found, or all there are; and no item tied with the k-th was cut off by the fetch
             kth = np.take_along_axis(scores, np.argmax(rank >= k, axis=1)[:, None], axis=1)[:, 0]
             tie_cut = (rank[:, -1] >= k) & (scores[:, -1] >= kth) & (fetch < n_items)
@@ -178,7 +201,9 @@ def topk_unseen(
             done_item[pending[q_local], slot] = items[q_local, col]
             done_score[pending[q_local], slot] = scores[q_local, col]
             still = pending[~complete]
-            grow = n_items if tie_cut[~complete].any() or not len(still) else int(needed[still].max())
+            grow = (
+                n_items if tie_cut[~complete].any() or not len(still) else int(needed[still].max())
+            )
             pending = still
             fetch = int(min(n_items, max(2 * fetch, k + 1), grow))
         filled = done_item >= 0
@@ -216,7 +241,12 @@ def topk_allowed(
 
 
 def topk_lists(
-    index: faiss.Index, queries: np.ndarray, query_ids: np.ndarray, item_ids: np.ndarray, seen: pd.DataFrame, k: int
+    index: faiss.Index,
+    queries: np.ndarray,
+    query_ids: np.ndarray,
+    item_ids: np.ndarray,
+    seen: pd.DataFrame,
+    k: int,
 ) -> dict[int, list[int]]:
     """Each query id's top-k item ids (best first) from ``index``, excluding the items ``seen`` pairs it with."""
     indptr, rows = seen_csr(seen, query_ids, item_ids)
@@ -247,10 +277,14 @@ def write_recommendations(
     ``stars(query rows, index rows)`` gives the predicted ratings of those pairs; ``allowed`` (a mask over
     index rows) is what the business rules let through (:mod:`tasks.serving.rules`).
     """
-    writer = TableWriter(path, schemas.RECOMMENDATIONS, "recommendations", {"model_version": model_version})
+    writer = TableWriter(
+        path, schemas.RECOMMENDATIONS, "recommendations", {"model_version": model_version}
+    )
     done = 0
     try:
-        for q, rank, items, scores in topk_allowed(index, user_emb, seen_indptr, seen_rows, k, allowed, chunk_size):
+        for q, rank, items, scores in topk_allowed(
+            index, user_emb, seen_indptr, seen_rows, k, allowed, chunk_size
+        ):
             writer.write(
                 pa.table(
                     {
@@ -294,7 +328,9 @@ def write_similar_movies(
     self_rows = np.arange(start, stop, dtype=np.int64)
     writer = TableWriter(path, schemas.SIMILAR_MOVIES, "similar_movies")
     try:
-        for q, rank, items, scores in topk_allowed(index, queries[start:stop], self_ptr, self_rows, k, allowed, chunk_size):
+        for q, rank, items, scores in topk_allowed(
+            index, queries[start:stop], self_ptr, self_rows, k, allowed, chunk_size
+        ):
             writer.write(
                 pa.table(
                     {

@@ -85,7 +85,9 @@ class Rules:
     def __post_init__(self) -> None:
         lo, hi = self.min_year, self.max_year
         if lo is not None and hi is not None and lo > hi:
-            raise ConfigError(f"year range {lo}..{hi} is empty: the first year must not be after the last")
+            raise ConfigError(
+                f"year range {lo}..{hi} is empty: the first year must not be after the last"
+            )
 
     @classmethod
     def make(
@@ -99,7 +101,9 @@ class Rules:
         lo, hi = years if years is not None else (None, None)
         for name, year in (("first", lo), ("last", hi)):
             if year is not None and not isinstance(year, int | np.integer):
-                raise ConfigError(f"years: the {name} year must be a whole number or None, got {year!r}")
+                raise ConfigError(
+                    f"years: the {name} year must be a whole number or None, got {year!r}"
+                )
         return cls(
             deny=_ids(deny, "deny-list") or frozenset(),
             only=_ids(only, "only"),
@@ -115,7 +119,13 @@ class Rules:
 
     def __and__(self, other: Rules) -> Rules:
         """Both sets of rules at once: a movie must pass each."""
-        only = self.only if other.only is None else other.only if self.only is None else self.only & other.only
+        only = (
+            self.only
+            if other.only is None
+            else other.only
+            if self.only is None
+            else self.only & other.only
+        )
         genres = self.genres or other.genres
         if self.genres and other.genres:
             genres = tuple(g for g in self.genres if g in other.genres)
@@ -128,7 +138,9 @@ class Rules:
             only, lo, hi = frozenset(), None, None  # no year passes both: nothing is allowed
         return Rules(self.deny | other.deny, only, genres, lo, hi)
 
-    def allowed(self, catalog: pd.DataFrame, movie_ids: np.ndarray, genre_rows: np.ndarray | None = None) -> np.ndarray:
+    def allowed(
+        self, catalog: pd.DataFrame, movie_ids: np.ndarray, genre_rows: np.ndarray | None = None
+    ) -> np.ndarray:
         """Boolean mask over ``movie_ids`` (index row order): which movies the rules allow.
 
         ``catalog`` has ``movie_id``, ``genres`` and ``year`` for (at least) those movies; ``genre_rows``, if
@@ -173,7 +185,9 @@ class Rules:
         if doc is None:
             return cls()
         if doc.get("format") != FORMAT:
-            raise ConfigError(f"rules document has format {doc.get('format')!r}, this towerflow reads {FORMAT!r}")
+            raise ConfigError(
+                f"rules document has format {doc.get('format')!r}, this towerflow reads {FORMAT!r}"
+            )
         years = (doc.get("min_year"), doc.get("max_year"))
         return cls.make(doc.get("deny"), doc.get("only"), doc.get("genres"), years)
 
@@ -199,7 +213,9 @@ def parse_years(text: str) -> tuple[int | None, int | None]:
             raise ValueError
         return (int(lo) if lo.strip() else None, int(hi) if hi.strip() else None)
     except ValueError:
-        raise ConfigError(f"years {text!r}: write FIRST-LAST, FIRST- or -LAST, e.g. 1990-2005") from None
+        raise ConfigError(
+            f"years {text!r}: write FIRST-LAST, FIRST- or -LAST, e.g. 1990-2005"
+        ) from None
 
 
 def read_deny_list(path: str) -> frozenset[int]:
@@ -226,7 +242,9 @@ def read_deny_list(path: str) -> frozenset[int]:
         try:
             out.add(int(value))
         except ValueError:
-            raise ConfigError(f"deny-list {path}, line {line_no}: {value!r} is not a movie id") from None
+            raise ConfigError(
+                f"deny-list {path}, line {line_no}: {value!r} is not a movie id"
+            ) from None
     return frozenset(out)
 
 
@@ -236,7 +254,9 @@ class Restricted:
 
     index: Any  # faiss.Index over the allowed rows only
     rows: np.ndarray  # rows[i]: the original index row of row i
-    position: np.ndarray  # position[r]: row of original row r in ``index``, or -1 when r is not allowed
+    position: (
+        np.ndarray
+    )  # position[r]: row of original row r in ``index``, or -1 when r is not allowed
 
     def seen(self, indptr: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """A seen CSR over original rows, rewritten over this index's rows (disallowed rows dropped)."""

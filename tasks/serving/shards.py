@@ -32,7 +32,9 @@ from tasks.serving.popularity import ServingSpace
 from tasks.store import schemas
 from tasks.store.layout import MODEL_FILES
 
-SCORE_BINS = np.linspace(-1.0, 1.0, 81)  # histogram of published scores (inner products of unit vectors)
+SCORE_BINS = np.linspace(
+    -1.0, 1.0, 81
+)  # histogram of published scores (inner products of unit vectors)
 
 
 def shard_bounds(n: int, shard_size: int) -> list[tuple[int, int]]:
@@ -65,17 +67,23 @@ def load_served(model_dir: Path, with_users: bool = True) -> Served:
         raise FileNotFoundError(f"FAISS index not found: {index_path}")
     index = faiss.read_index(str(index_path))
     if index.metric_type != faiss.METRIC_INNER_PRODUCT:
-        raise DataError(f"{index_path}: index metric is {index.metric_type}, expected inner product")
+        raise DataError(
+            f"{index_path}: index metric is {index.metric_type}, expected inner product"
+        )
     movie_ids = pq.read_table(model_dir / MODEL_FILES["index_ids"]).column("movie_id").to_numpy()
     emb_ids, movie_emb = read_embeddings(model_dir / MODEL_FILES["movie_embeddings"], "movie")
     if not np.array_equal(movie_ids, emb_ids) or index.ntotal != len(movie_ids):
-        raise DataError(f"{model_dir}: index, id table and movie embeddings disagree on the movie rows")
+        raise DataError(
+            f"{model_dir}: index, id table and movie embeddings disagree on the movie rows"
+        )
     user_ids, user_emb = np.empty(0, np.int64), np.empty((0, movie_emb.shape[1]), np.float32)
     if with_users:
         user_ids, user_emb = read_embeddings(model_dir / MODEL_FILES["user_embeddings"], "user")
     space = ServingSpace.read(model_dir / MODEL_FILES["serving"])
     if space.dim != movie_emb.shape[1] or space.dim != user_emb.shape[1]:
-        raise DataError(f"{model_dir}: serving.json says {space.dim} dimensions, the embeddings have {movie_emb.shape[1]}")
+        raise DataError(
+            f"{model_dir}: serving.json says {space.dim} dimensions, the embeddings have {movie_emb.shape[1]}"
+        )
     return Served(index, movie_ids, movie_emb, user_ids, user_emb, space)
 
 
@@ -97,7 +105,9 @@ def _score_hist(path: Path) -> list[int]:
     return [int(c) for c in np.histogram(np.clip(scores, -1.0, 1.0), bins=SCORE_BINS)[0]]
 
 
-def allowed_movies(rules: dict[str, Any] | None, movies_path: Path | None, movie_ids: np.ndarray) -> np.ndarray | None:
+def allowed_movies(
+    rules: dict[str, Any] | None, movies_path: Path | None, movie_ids: np.ndarray
+) -> np.ndarray | None:
     """The mask over index rows that the night's business rules let through; None when there are none."""
     from tasks.serving.rules import Rules
 
@@ -134,12 +144,18 @@ def run_recommend_shard(
 
     served = load_served(Path(model_dir))
     user_ids = served.user_ids[start:stop]
-    indptr, rows = seen_csr(_shard_ratings(Path(ratings_path), user_ids), user_ids, served.movie_ids)
+    indptr, rows = seen_csr(
+        _shard_ratings(Path(ratings_path), user_ids), user_ids, served.movie_ids
+    )
     scalers = load_scalers(Path(model_dir) / MODEL_FILES["scalers"])
     user_emb = served.user_emb[start:stop]
 
-    def stars(queries: np.ndarray, items: np.ndarray) -> np.ndarray:  # the model's own dot product, in stars
-        return scalers.target_to_rating(served.space.tower_scores(user_emb[queries], served.movie_emb[items]))
+    def stars(
+        queries: np.ndarray, items: np.ndarray
+    ) -> np.ndarray:  # the model's own dot product, in stars
+        return scalers.target_to_rating(
+            served.space.tower_scores(user_emb[queries], served.movie_emb[items])
+        )
 
     allowed = allowed_movies(rules, movies_path, served.movie_ids)
     n = write_recommendations(
@@ -157,7 +173,12 @@ def run_recommend_shard(
         on_chunk,
         allowed,
     )
-    return {"path": str(out_path), "rows": n, "users": len(user_ids), "score_hist": _score_hist(Path(out_path))}
+    return {
+        "path": str(out_path),
+        "rows": n,
+        "users": len(user_ids),
+        "score_hist": _score_hist(Path(out_path)),
+    }
 
 
 def run_similar_shard(
@@ -177,9 +198,13 @@ def run_similar_shard(
     from tasks.serving.recommend import write_similar_movies
 
     served = load_served(Path(model_dir), with_users=False)
-    queries = served.space.content_queries(served.movie_emb)  # by the towers' similarity, not popularity
+    queries = served.space.content_queries(
+        served.movie_emb
+    )  # by the towers' similarity, not popularity
     allowed = allowed_movies(rules, movies_path, served.movie_ids)
-    n = write_similar_movies(Path(out_path), served.index, served.movie_ids, queries, k, chunk_size, start, stop, allowed)
+    n = write_similar_movies(
+        Path(out_path), served.index, served.movie_ids, queries, k, chunk_size, start, stop, allowed
+    )
     return {"path": str(out_path), "rows": n, "movies": stop - start}
 
 

@@ -37,7 +37,9 @@ class Exchange:
         try:
             return str(PurePosixPath(str(path)).relative_to(self.root))
         except ValueError:
-            raise ConfigError(f"{path} is not under the night's scratch {self.root}; it cannot reach a worker") from None
+            raise ConfigError(
+                f"{path} is not under the night's scratch {self.root}; it cannot reach a worker"
+            ) from None
 
     def offer(self, paths: Iterable[Path]) -> int:
         """Flow side: write each file to the store unless it holds the same bytes; return how many were sent."""

@@ -81,7 +81,9 @@ class Latest(BaseModel):
     ingest: dict[str, Any]
     training: TrainingDoc
     config: dict[str, Any]
-    rules: dict[str, Any] | None = None  # the night's business rules (tasks/serving/rules.py); older runs had none
+    rules: dict[str, Any] | None = (
+        None  # the night's business rules (tasks/serving/rules.py); older runs had none
+    )
     threads: int
     metrics: dict[str, Any] | None = None
     gate: dict[str, Any]
@@ -94,7 +96,9 @@ class Latest(BaseModel):
     @classmethod
     def _this_version(cls, value: str) -> str:
         if value != schemas.SCHEMA_VERSION:
-            raise ValueError(f"schema version {value}, this towerflow reads {schemas.SCHEMA_VERSION}")
+            raise ValueError(
+                f"schema version {value}, this towerflow reads {schemas.SCHEMA_VERSION}"
+            )
         return value
 
     @field_validator("run_date")
@@ -121,8 +125,13 @@ class Latest(BaseModel):
         try:
             return cls.model_validate(data)
         except ValidationError as exc:
-            problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'document'}: {e['msg']}" for e in exc.errors()[:3])
-            raise DataError(f"{where}: not a latest.json this towerflow reads ({problems})") from None
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc']) or 'document'}: {e['msg']}"
+                for e in exc.errors()[:3]
+            )
+            raise DataError(
+                f"{where}: not a latest.json this towerflow reads ({problems})"
+            ) from None
 
 
 def latest_path(data_dir: Path) -> Path:
@@ -133,7 +142,9 @@ def read_latest(data_dir: Path) -> Latest:
     """The validated ``outputs/latest.json`` of ``data_dir``; a clear error if nothing is published yet."""
     path = latest_path(data_dir)
     if not path.exists():
-        raise FileNotFoundError(f"no published run in {data_dir} ({path} does not exist); run `towerflow run --data-dir {data_dir}` first")
+        raise FileNotFoundError(
+            f"no published run in {data_dir} ({path} does not exist); run `towerflow run --data-dir {data_dir}` first"
+        )
     return Latest.parse(read_json(path), str(path))
 
 

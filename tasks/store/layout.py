@@ -116,5 +116,7 @@ def verified(data_dir: Path, entry: FileEntry) -> Path:
     if not path.exists():
         raise FileNotFoundError(f"published model file missing: {path}")
     if sha256_file(path) != entry.sha256:
-        raise DataError(f"{path}: sha256 does not match latest.json; the published model was modified")
+        raise DataError(
+            f"{path}: sha256 does not match latest.json; the published model was modified"
+        )
     return path

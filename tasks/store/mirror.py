@@ -55,7 +55,9 @@ class Target:
         if not is_uri(data_dir):
             return cls(Layout(Path(data_dir).resolve()))
         uri = StoreURI.parse(data_dir)
-        return cls(Layout(Path(scratch_dir).resolve() if scratch_dir else default_scratch(uri)), uri)
+        return cls(
+            Layout(Path(scratch_dir).resolve() if scratch_dir else default_scratch(uri)), uri
+        )
 
     @property
     def name(self) -> str:
@@ -72,7 +74,9 @@ def _named_files(latest: Latest) -> list[str]:
 def _ingested(latest: Latest) -> list[str]:
     """The ingested ratings and catalog the run served (``store/<input hash>/``): what the library's seen sets and
     fold-in read, beside the files latest.json names."""
-    return [f"store/{latest.inputs.sha256}/{name}" for name in ("ratings.parquet", "movies.parquet")]
+    return [
+        f"store/{latest.inputs.sha256}/{name}" for name in ("ratings.parquet", "movies.parquet")
+    ]
 
 
 def _referenced(body: bytes | None) -> set[str]:
@@ -86,7 +90,9 @@ def _referenced(body: bytes | None) -> set[str]:
     return {*_named_files(latest), *_ingested(latest)}
 
 
-def pull(store: ObjectStore, layout: Layout, history: bool = True, ingested: bool = False) -> str | None:
+def pull(
+    store: ObjectStore, layout: Layout, history: bool = True, ingested: bool = False
+) -> str | None:
     """Make the scratch's published run the store's; return the ETag of its latest.json (None: nothing published).
 
     Files already in the scratch with the right sha256 (model files) or present (table parts) are not fetched.
@@ -94,19 +100,26 @@ def pull(store: ObjectStore, layout: Layout, history: bool = True, ingested: boo
     """
     got = store.get(LATEST)
     if got is None:
-        layout.latest.unlink(missing_ok=True)  # the scratch mirrors the store: nothing is published there
+        layout.latest.unlink(
+            missing_ok=True
+        )  # the scratch mirrors the store: nothing is published there
         return None
     body, etag = got
     try:
         latest: Latest | None = Latest.parse(json.loads(body), f"{store.uri}/{LATEST}")
     except (DataError, ValueError):
-        latest = None  # another schema version: the night publishes over it, as on a local directory
+        latest = (
+            None  # another schema version: the night publishes over it, as on a local directory
+        )
     if latest is not None:
         for entry in latest.model.values():
             local = layout.data_dir / entry.path
             if not (local.is_file() and sha256_file(local) == entry.sha256):
                 store.download(entry.path, local)
-        for part in [*(f for info in latest.tables.values() for f in info.parts()), *(_ingested(latest) if ingested else [])]:
+        for part in [
+            *(f for info in latest.tables.values() for f in info.parts()),
+            *(_ingested(latest) if ingested else []),
+        ]:
             if not (layout.data_dir / part).is_file():
                 store.download(part, layout.data_dir / part)
     if not (layout.latest.is_file() and layout.latest.read_bytes() == body):
@@ -119,7 +132,9 @@ def pull(store: ObjectStore, layout: Layout, history: bool = True, ingested: boo
     return etag
 
 
-def push_publish(store: ObjectStore, layout: Layout, latest: Latest, expect_etag: str | None) -> str:
+def push_publish(
+    store: ObjectStore, layout: Layout, latest: Latest, expect_etag: str | None
+) -> str:
     """Write the run's files under their keys, then ``latest.json`` conditionally; return its new ETag.
 
     Raises :class:`PublishConflict` (having removed what this night wrote) when another night published first.
@@ -147,7 +162,9 @@ def push_publish(store: ObjectStore, layout: Layout, latest: Latest, expect_etag
     except PublishConflict:
         now = store.get(LATEST)
         keep = _referenced(now[0] if now else None)
-        store.delete([rel for rel in ours if rel not in keep])  # this night's, and its interrupted attempts'
+        store.delete(
+            [rel for rel in ours if rel not in keep]
+        )  # this night's, and its interrupted attempts'
         raise PublishConflict(
             f"{store.uri}/{LATEST}: another night published since this night started; this night published nothing "
             "(its files were removed again). Run it again to publish over that night's run."
@@ -161,14 +178,20 @@ def latest_bytes(latest: Latest) -> bytes:
     """The exact bytes of ``latest.json`` as :meth:`Latest.write` writes them."""
     from tasks.store.storage import json_safe
 
-    return (json.dumps(json_safe(latest.document()), indent=2, sort_keys=True, allow_nan=False) + "\n").encode()
+    return (
+        json.dumps(json_safe(latest.document()), indent=2, sort_keys=True, allow_nan=False) + "\n"
+    ).encode()
 
 
 def _drop_older_parts(store: ObjectStore, latest: Latest) -> None:
     """Parts of the same partitions that the new latest.json no longer names (as a local publish removes them)."""
     for info in latest.tables.values():
         keep = set(info.parts())
-        old = [rel for rel in store.keys(info.path) if rel not in keep and Path(rel).name.startswith("part-")]
+        old = [
+            rel
+            for rel in store.keys(info.path)
+            if rel not in keep and Path(rel).name.startswith("part-")
+        ]
         if old:
             store.delete(old)
 
@@ -181,7 +204,11 @@ def push_extras(store: ObjectStore, layout: Layout) -> int:
     every night, are compared by sha256.
     """
     sent = 0
-    for root, once in ((layout.history_dir, True), (layout.data_dir / "rejects", True), (layout.outputs / "reports", False)):
+    for root, once in (
+        (layout.history_dir, True),
+        (layout.data_dir / "rejects", True),
+        (layout.outputs / "reports", False),
+    ):
         if not root.is_dir():
             continue
         listed = set(store.keys(str(root.relative_to(layout.data_dir)))) if once else set()
@@ -205,7 +232,9 @@ def fetch_input(uri: str, dest_dir: Path) -> Path:
     head = store.head(name)
     if head is None:
         raise DataError(f"{uri}: no such object in the store")
-    dest = Path(dest_dir) / hashlib.sha256(f"{uri}\x1f{head['etag']}".encode()).hexdigest()[:16] / name
+    dest = (
+        Path(dest_dir) / hashlib.sha256(f"{uri}\x1f{head['etag']}".encode()).hexdigest()[:16] / name
+    )
     if not dest.is_file():
         store.download(name, dest)
     return dest
@@ -215,13 +244,24 @@ def pull_for_query(uri: str, cache_dir: str | Path | None = None) -> Path:
     """A local copy of the run published at ``uri`` (``cache_dir``, default beside the nights' scratch)."""
     store = ObjectStore(uri)
     store.check()
-    local = Path(cache_dir) if cache_dir else default_scratch(store.uri).with_name(default_scratch(store.uri).name + "-query")
+    local = (
+        Path(cache_dir)
+        if cache_dir
+        else default_scratch(store.uri).with_name(default_scratch(store.uri).name + "-query")
+    )
     if pull(store, Layout(local), history=False, ingested=True) is None:
-        raise FileNotFoundError(f"no published run in {uri} ({uri}/{LATEST} does not exist); run `towerflow run --data-dir {uri}` first")
+        raise FileNotFoundError(
+            f"no published run in {uri} ({uri}/{LATEST} does not exist); run `towerflow run --data-dir {uri}` first"
+        )
     return local
 
 
 def describe(store: ObjectStore) -> dict[str, Any]:
     """Requests and bytes of a store client, for logs and benchmarks (never credentials)."""
     t = store.traffic
-    return {"requests": t.requests, "bytes_sent": t.sent, "bytes_received": t.received, "by_operation": dict(t.by_operation)}
+    return {
+        "requests": t.requests,
+        "bytes_sent": t.sent,
+        "bytes_received": t.received,
+        "by_operation": dict(t.by_operation),
+    }

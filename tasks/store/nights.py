@@ -51,7 +51,12 @@ class Night:
 
 
 def night_from(
-    run_date: dt.date, outcome: str, seconds: float, latest_like: dict[str, Any], reason: str | None = None, version: str | None = None
+    run_date: dt.date,
+    outcome: str,
+    seconds: float,
+    latest_like: dict[str, Any],
+    reason: str | None = None,
+    version: str | None = None,
 ) -> Night:
     """A history row from what a night knows, in latest.json's shape (``metrics``, ``gate``, ``drift``, ``popularity_prior``)."""
     metrics = latest_like.get("metrics") or {}
@@ -86,14 +91,23 @@ def record(layout: Layout, night: Night) -> Path:
     stamp = night.finished_at.replace(":", "").replace("-", "").replace("+0000", "Z")
     path = layout.history_dir / f"night-{stamp}-{night.run_date}-{night.outcome}.parquet"
     row = asdict(night)
-    table = pa.table({f.name: pa.array([row[f.name]], schemas.NIGHTS.field(f.name).type) for f in fields(Night)}, schema=schemas.NIGHTS)
+    table = pa.table(
+        {f.name: pa.array([row[f.name]], schemas.NIGHTS.field(f.name).type) for f in fields(Night)},
+        schema=schemas.NIGHTS,
+    )
     return write_table(path, table, schemas.NIGHTS, "nights")
 
 
 def read_nights(layout: Layout, last: int | None = None) -> pd.DataFrame:
     """Every recorded night, oldest first (the ``last`` ones only, if given)."""
-    parts = sorted(layout.history_dir.glob("night-*.parquet")) if layout.history_dir.exists() else []
+    parts = (
+        sorted(layout.history_dir.glob("night-*.parquet")) if layout.history_dir.exists() else []
+    )
     frames = [read_table(p, schemas.NIGHTS, "nights").to_pandas() for p in parts]
-    table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=[f.name for f in fields(Night)])
+    table = (
+        pd.concat(frames, ignore_index=True)
+        if frames
+        else pd.DataFrame(columns=[f.name for f in fields(Night)])
+    )
     table = table.sort_values("finished_at", kind="stable").reset_index(drop=True)
     return table.tail(last).reset_index(drop=True) if last is not None else table

@@ -57,10 +57,14 @@ class StoreURI:
         text = str(uri)
         if not text.startswith(SCHEME):
             scheme = text.split("://", 1)[0]
-            raise ConfigError(f"{text}: {scheme}:// is not supported; use a local path or s3://bucket/prefix")
+            raise ConfigError(
+                f"{text}: {scheme}:// is not supported; use a local path or s3://bucket/prefix"
+            )
         bucket, _, prefix = text[len(SCHEME) :].partition("/")
         if not _BUCKET_RE.match(bucket):
-            raise ConfigError(f"{text}: {bucket!r} is not a valid bucket name (3-63 of a-z, 0-9, '.', '-')")
+            raise ConfigError(
+                f"{text}: {bucket!r} is not a valid bucket name (3-63 of a-z, 0-9, '.', '-')"
+            )
         parts = [p for p in prefix.split("/") if p]
         if any(p in (".", "..") for p in parts):
             raise ConfigError(f"{text}: '.' and '..' are not allowed in an object key")
@@ -119,7 +123,9 @@ class ObjectStore:
             s3={"addressing_style": "path"} if endpoint else {},
         )
         self.endpoint = endpoint
-        self._client = boto3.session.Session().client("s3", region_name=region, endpoint_url=endpoint, config=config)
+        self._client = boto3.session.Session().client(
+            "s3", region_name=region, endpoint_url=endpoint, config=config
+        )
         self._client.meta.events.register("before-send.s3.*", self._count_request)
 
     def _count_request(self, request: Any, event_name: str = "", **_: Any) -> None:
@@ -133,12 +139,18 @@ class ObjectStore:
 
         where = f"{self.uri}/{rel}" if rel else str(self.uri)
         if isinstance(exc, NoCredentialsError):
-            return StoreError(f"{where}: no credentials; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or a profile)")
+            return StoreError(
+                f"{where}: no credentials; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or a profile)"
+            )
         if isinstance(exc, EndpointConnectionError):
-            return StoreUnavailable(f"{where}: cannot reach the store at {self.endpoint or 'AWS'}; check AWS_ENDPOINT_URL")
+            return StoreUnavailable(
+                f"{where}: cannot reach the store at {self.endpoint or 'AWS'}; check AWS_ENDPOINT_URL"
+            )
         code, status = _error_code(exc)
         if status >= 500:
-            return StoreUnavailable(f"{where}: {what} failed: the store answered {status} ({code}); try again later")
+            return StoreUnavailable(
+                f"{where}: {what} failed: the store answered {status} ({code}); try again later"
+            )
         fix = _FIX.get(code) or _FIX.get(str(status)) or str(exc).splitlines()[0]
         return StoreError(f"{where}: {what} failed ({code}): {fix}")
 
@@ -180,7 +192,9 @@ class ObjectStore:
             tmp.write_bytes(got[0])
         return Path(dest)
 
-    def put(self, rel: str, body: bytes, *, if_match: str | None = None, if_none_match: bool = False) -> str:
+    def put(
+        self, rel: str, body: bytes, *, if_match: str | None = None, if_none_match: bool = False
+    ) -> str:
         """Write an object (conditionally); return its ETag. A failed condition raises :class:`PublishConflict`."""
         kwargs: dict[str, Any] = {"Metadata": {_SHA_META: hashlib.sha256(body).hexdigest()}}
         if if_match is not None:
@@ -188,11 +202,15 @@ class ObjectStore:
         if if_none_match:
             kwargs["IfNoneMatch"] = "*"
         try:
-            out = self._client.put_object(Bucket=self.uri.bucket, Key=self.uri.key(rel), Body=body, **kwargs)
+            out = self._client.put_object(
+                Bucket=self.uri.bucket, Key=self.uri.key(rel), Body=body, **kwargs
+            )
         except Exception as exc:
             code, status = _error_code(exc)
             if status == 412 or code in ("PreconditionFailed", "ConditionalRequestConflict"):
-                raise PublishConflict(f"{self.uri}/{rel} changed since this night started") from None
+                raise PublishConflict(
+                    f"{self.uri}/{rel} changed since this night started"
+                ) from None
             raise self._fail(exc, "writing", rel) from None
         return str(out["ETag"])
 
@@ -205,7 +223,9 @@ class ObjectStore:
         prefix = self.uri.key(rel_prefix) + "/"
         strip = len(self.uri.prefix) + 1 if self.uri.prefix else 0
         try:
-            for page in self._client.get_paginator("list_objects_v2").paginate(Bucket=self.uri.bucket, Prefix=prefix):
+            for page in self._client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.uri.bucket, Prefix=prefix
+            ):
                 for obj in page.get("Contents", []):
                     yield str(obj["Key"])[strip:]
         except Exception as exc:
@@ -215,7 +235,9 @@ class ObjectStore:
         for start in range(0, len(rels), 1000):
             batch = [{"Key": self.uri.key(r)} for r in rels[start : start + 1000]]
             try:
-                self._client.delete_objects(Bucket=self.uri.bucket, Delete={"Objects": batch, "Quiet": True})
+                self._client.delete_objects(
+                    Bucket=self.uri.bucket, Delete={"Objects": batch, "Quiet": True}
+                )
             except Exception as exc:
                 raise self._fail(exc, "deleting", rels[start]) from None
 

@@ -35,7 +35,14 @@ from tasks.store.layout import Layout
 from tasks.store.storage import read_json, sha256_file, write_json
 
 JOURNAL = "publish-journal.json"
-_MANAGED = ("outputs", "models", "work", "rejects", "store", "embedded")  # what towerflow writes under DIR
+_MANAGED = (
+    "outputs",
+    "models",
+    "work",
+    "rejects",
+    "store",
+    "embedded",
+)  # what towerflow writes under DIR
 _DEBRIS = re.compile(r"^\..+\.(tmp|keras|staged)$|^\..+\.old-[0-9]+$")
 
 
@@ -78,9 +85,14 @@ def published_intact(layout: Layout, latest: Latest) -> bool:
     return all(p.is_file() for p in table_files(layout, latest))
 
 
-def write_journal(work: Path, version: str, run_date: dt.date, parts: dict[str, int | None]) -> None:
+def write_journal(
+    work: Path, version: str, run_date: dt.date, parts: dict[str, int | None]
+) -> None:
     """Record, before the first move, what a publish is about to put in place (None: one file, else a part count)."""
-    write_json(Path(work) / JOURNAL, {"model_version": version, "run_date": run_date.isoformat(), "tables": parts})
+    write_json(
+        Path(work) / JOURNAL,
+        {"model_version": version, "run_date": run_date.isoformat(), "tables": parts},
+    )
 
 
 def clear_journal(work: Path) -> None:
@@ -92,7 +104,9 @@ def planned_paths(layout: Layout, journal: dict[str, Any]) -> tuple[Path, dict[s
     version = str(journal["model_version"])
     run_date = dt.date.fromisoformat(str(journal["run_date"]))
     finals = {
-        name: [layout.table(name, run_date, version)] if n is None else [layout.table(name, run_date, version, i) for i in range(int(n))]
+        name: [layout.table(name, run_date, version)]
+        if n is None
+        else [layout.table(name, run_date, version, i) for i in range(int(n))]
         for name, n in journal["tables"].items()
     }
     return layout.model(version), finals
@@ -113,11 +127,15 @@ def _finish_or_roll_back(layout: Layout, journal_path: Path, latest: Latest | No
     model_dir, finals = planned_paths(layout, journal)
     version = journal["model_version"]
     if latest is not None and latest.model_version == version:
-        for parts in finals.values():  # committed: only the removal of older parts of these partitions was left
+        for parts in (
+            finals.values()
+        ):  # committed: only the removal of older parts of these partitions was left
             for other in parts[0].parent.glob("part-*.parquet"):
                 if other not in parts:
                     other.unlink(missing_ok=True)
-        note = f"finished the publish of {version} that was interrupted after latest.json was written"
+        note = (
+            f"finished the publish of {version} that was interrupted after latest.json was written"
+        )
     else:
         keep = referenced(layout, latest)
         removed = 0
@@ -165,7 +183,9 @@ def prepare_work(layout: Layout, work: Path) -> list[str]:
     """Recover the data directory, then say whether the run resumes from an earlier run's ``work``."""
     notes = recover(layout)
     if Path(work).is_dir():
-        notes.append(f"resuming the interrupted run from {work}: stages whose stored results and outputs still verify are reused")
+        notes.append(
+            f"resuming the interrupted run from {work}: stages whose stored results and outputs still verify are reused"
+        )
     return notes
 
 

@@ -58,7 +58,13 @@ USER_FEATURES = pa.schema([("user_id", pa.int64()), ("features", pa.list_(pa.flo
 MOVIE_FEATURES = pa.schema([("movie_id", pa.int64()), ("features", pa.list_(pa.float32()))])
 # The user's most recent rated movies (newest first) and their rating minus the user's mean,
 # fed to the user tower's history vectors.
-USER_HISTORY = pa.schema([("user_id", pa.int64()), ("movie_ids", pa.list_(pa.int64())), ("deviations", pa.list_(pa.float32()))])
+USER_HISTORY = pa.schema(
+    [
+        ("user_id", pa.int64()),
+        ("movie_ids", pa.list_(pa.int64())),
+        ("deviations", pa.list_(pa.float32())),
+    ]
+)
 
 # Model artifacts referenced from latest.json.
 MOVIE_INDEX_IDS = pa.schema([("movie_id", pa.int64())])
@@ -143,14 +149,18 @@ def stamp(schema: pa.Schema, table: str, extra: dict[str, str] | None = None) ->
     return schema.with_metadata(meta)
 
 
-def check_schema(actual: pa.Schema, expected: pa.Schema, where: str, *, versioned: bool = True) -> None:
+def check_schema(
+    actual: pa.Schema, expected: pa.Schema, where: str, *, versioned: bool = True
+) -> None:
     """Raise :class:`SchemaError` naming ``where`` if ``actual`` differs from ``expected``."""
     if actual.names != expected.names:
         raise SchemaError(f"{where}: columns are {actual.names}, expected {expected.names}")
     for field in expected:
         got = actual.field(field.name).type
         if got != field.type:
-            raise SchemaError(f"{where}: column {field.name!r} has type {got}, expected {field.type}")
+            raise SchemaError(
+                f"{where}: column {field.name!r} has type {got}, expected {field.type}"
+            )
     if versioned:
         meta = actual.metadata or {}
         version = meta.get(VERSION_KEY, b"<none>").decode()

@@ -45,7 +45,9 @@ def atomic_path(final: Path) -> Iterator[Path]:
         yield tmp
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; published files must be readable like any other
+        os.chmod(
+            tmp, 0o666 & ~_UMASK
+        )  # mkstemp makes 0600; published files must be readable like any other
         os.replace(tmp, final)
     finally:
         if tmp.exists():
@@ -87,7 +89,9 @@ def read_json(path: Path) -> dict[str, Any]:
     return data
 
 
-def write_table(path: Path, table: pa.Table, schema: pa.Schema, name: str, extra: dict[str, str] | None = None) -> Path:
+def write_table(
+    path: Path, table: pa.Table, schema: pa.Schema, name: str, extra: dict[str, str] | None = None
+) -> Path:
     """Check ``table`` against ``schema``, stamp the version, write it atomically."""
     check_schema(table.schema, schema, f"writing {name} to {path}", versioned=False)
     table = table.replace_schema_metadata(stamp(schema, name, extra).metadata)
@@ -99,7 +103,14 @@ def write_table(path: Path, table: pa.Table, schema: pa.Schema, name: str, extra
 class TableWriter:
     """Stream record batches into one Parquet file, published atomically on close."""
 
-    def __init__(self, path: Path, schema: pa.Schema, name: str, extra: dict[str, str] | None = None, **parquet_options: Any):
+    def __init__(
+        self,
+        path: Path,
+        schema: pa.Schema,
+        name: str,
+        extra: dict[str, str] | None = None,
+        **parquet_options: Any,
+    ):
         """``parquet_options`` go to :class:`pyarrow.parquet.ParquetWriter` (e.g. ``column_encoding``)."""
         self.path = path
         self.name = name
@@ -107,10 +118,14 @@ class TableWriter:
         self.rows = 0
         self._ctx = atomic_path(path)
         tmp = self._ctx.__enter__()
-        self._writer = pq.ParquetWriter(tmp, self.schema, **{"compression": "zstd", **parquet_options})
+        self._writer = pq.ParquetWriter(
+            tmp, self.schema, **{"compression": "zstd", **parquet_options}
+        )
 
     def write(self, table: pa.Table) -> None:
-        check_schema(table.schema, self.schema, f"writing {self.name} to {self.path}", versioned=False)
+        check_schema(
+            table.schema, self.schema, f"writing {self.name} to {self.path}", versioned=False
+        )
         self._writer.write_table(table.replace_schema_metadata(self.schema.metadata))
         self.rows += table.num_rows
 
@@ -125,7 +140,9 @@ class TableWriter:
             self._ctx.__exit__(RuntimeError, RuntimeError("aborted"), None)
 
 
-def read_table(path: Path, schema: pa.Schema, name: str, columns: list[str] | None = None) -> pa.Table:
+def read_table(
+    path: Path, schema: pa.Schema, name: str, columns: list[str] | None = None
+) -> pa.Table:
     """Read a towerflow Parquet file and verify its schema and version."""
     path = Path(path)
     if not path.exists():
