@@ -1,4 +1,5 @@
-"""The run report's plots as PNG files: training loss curves and the distribution of published scores.
+"""The run report's plots as PNG files: training loss curves and the distribution of published
+scores.
 
 Plain functions taking data and a path; each PNG is written atomically. They use
 matplotlib's object API (``Figure``, no pyplot), so nothing touches a display or
@@ -27,7 +28,9 @@ def _save(fig: object, path: Path) -> Path:
 def loss_curves(
     histories: Mapping[str, Sequence[Mapping[str, float]]], path: Path, title: str
 ) -> Path:
-    """Loss and MSE per epoch of each phase (``validate``: train and holdout loss; ``refit``: train loss)."""
+    """Loss and MSE per epoch of each phase (``validate``: train and holdout loss; ``refit``: train
+    loss).
+    """
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
@@ -102,7 +105,9 @@ def score_histogram(bin_edges: np.ndarray, counts: Sequence[int], path: Path, ti
 
 
 def history_trend(nights: Any, path: Path) -> Path:
-    """NDCG@k with its interval and most-popular's per night (left), drift against the published run (right)."""
+    """NDCG@k with its interval and most-popular's per night (left), drift against the published run
+    (right).
+    """
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(9, 3.2), layout="constrained")

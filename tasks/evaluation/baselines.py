@@ -1,10 +1,11 @@
 """The peers the two-tower model is measured against: most-popular, ALS (implicit) and EASE^R.
 
-Each returns, for the users asked about, their top-k movie ids with the movies they rated in ``train``
-excluded. Most-popular is the nightly gate's baseline; ALS (an optional extra) and EASE^R are the
-stronger peers of ``towerflow evaluate``. EASE^R is written here because no installed library has it:
-it is one closed form (Steck, "Embarrassingly Shallow Autoencoders", WWW 2019) on the binary
-user x movie matrix X: P = (X^T X + lambda I)^-1, B = -P / diag(P) with diag(B) = 0, scores = X B.
+Each returns, for the users asked about, their top-k movie ids with the movies they rated in
+``train`` excluded. Most-popular is the nightly gate's baseline; ALS (an optional extra) and EASE^R
+are the stronger peers of ``towerflow evaluate``. EASE^R is written here because no installed
+library has it: it is one closed form (Steck, "Embarrassingly Shallow Autoencoders", WWW 2019) on
+the binary user x movie matrix X: P = (X^T X + lambda I)^-1, B = -P / diag(P) with diag(B) = 0,
+scores = X B.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from tasks.preparation.features import per_user_holdout
 from tasks.serving.recommend import seen_csr
 
 EASE_LAMBDAS: tuple[float, ...] = (100.0, 300.0, 1000.0, 3000.0, 10000.0, 30000.0)
-EASE_MAX_MOVIES = 8000  # the most-rated movies EASE^R covers: its inverse costs movies^3 (8,000: about 7 s on 2 cores)
+# the most-rated movies EASE^R covers: its inverse costs movies^3 (8,000: about 7 s on 2 cores)
+EASE_MAX_MOVIES = 8000
 EASE_INNER_HOLDOUT = 0.2  # lambda is chosen on each user's last 20% of the training ratings
 _SCORE_ROWS = 1024
 
@@ -31,8 +33,9 @@ def popularity_lists(
 ) -> dict[int, list[int]]:
     """Most-rated movies first (ties by smaller id), each user's rated movies excluded.
 
-    One global order: each user takes the first ``k`` of its top ``k + 64`` that they have not rated (a
-    users x (k + 64) mask); the few heavy raters who have rated most of those walk the whole order.
+    One global order: each user takes the first ``k`` of its top ``k + 64`` that they have not rated
+    (a users x (k + 64) mask); the few heavy raters who have rated most of those walk the whole
+    order.
     """
     movie_ids = np.asarray(movie_ids, dtype=np.int64)
     counts = train["movie_id"].value_counts().reindex(movie_ids, fill_value=0).to_numpy()
@@ -67,7 +70,9 @@ def popularity_lists(
 def als_lists(
     train: pd.DataFrame, users: np.ndarray, movie_ids: np.ndarray, k: int, seed: int
 ) -> dict[int, list[int]] | None:
-    """implicit's ALS (64 factors, binary interactions), or ``None`` if implicit is not installed."""
+    """implicit's ALS (64 factors, binary interactions), or ``None`` if implicit is not
+    installed.
+    """
     try:
         from implicit.als import AlternatingLeastSquares
     except ImportError:
@@ -91,7 +96,9 @@ def als_lists(
 
 
 class _Ease:
-    """EASE^R's inputs on one set of ratings: the binary matrix over the most-rated movies and its Gram matrix."""
+    """EASE^R's inputs on one set of ratings: the binary matrix over the most-rated movies and its
+    Gram matrix.
+    """
 
     def __init__(self, ratings: pd.DataFrame, max_movies: int) -> None:
         counts = ratings["movie_id"].value_counts()
@@ -107,7 +114,9 @@ class _Ease:
         self.gram = (self.x.T @ self.x).toarray().astype(np.float32)
 
     def weights(self, lam: float) -> np.ndarray:
-        """B = -P / diag(P), diag(B) = 0, with P = (X^T X + lam I)^-1 (a Cholesky inverse in float32)."""
+        """B = -P / diag(P), diag(B) = 0, with P = (X^T X + lam I)^-1 (a Cholesky inverse in
+        float32).
+        """
         g = self.gram.copy()
         g[np.diag_indices_from(g)] += np.float32(lam)
         factor, info = lapack.spotrf(g, lower=False, overwrite_a=True)
@@ -115,7 +124,8 @@ class _Ease:
             factor, info = lapack.spotri(factor, lower=False, overwrite_c=True)
         if info != 0:
             raise ValueError(
-                f"EASE^R: X^T X + {lam} I is not positive definite (LAPACK info {info}); use a larger lambda"
+                f"EASE^R: X^T X + {lam} I is not positive definite (LAPACK info {info}); use "
+                "a larger lambda"
             )
         p = np.triu(factor) + np.triu(factor, 1).T
         b = p / -np.diag(p)[np.newaxis, :]
@@ -154,7 +164,9 @@ def ease_lists(
     max_movies: int = EASE_MAX_MOVIES,
     log: Callable[[str], None] | None = None,
 ) -> tuple[dict[int, list[int]], float]:
-    """EASE^R's top-k for ``users`` and the lambda it used, chosen by NDCG@k on an inner per-user split of ``train``."""
+    """EASE^R's top-k for ``users`` and the lambda it used, chosen by NDCG@k on an inner per-user
+    split of ``train``.
+    """
     if not lambdas or min(lambdas) <= 0:
         raise ValueError(f"EASE^R needs positive lambdas, got {lambdas}")
     inner = per_user_holdout(train, EASE_INNER_HOLDOUT)

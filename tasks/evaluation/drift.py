@@ -1,11 +1,13 @@
-"""How far tonight's recommendations move from the published run's, and what they look like beyond accuracy.
+"""How far tonight's recommendations move from the published run's, and what they look like beyond
+accuracy.
 
-Against the run latest.json points to, over the users both have lists for: the mean Jaccard overlap of the
-top-k sets, the share of users whose list changed (other movies or another order), and how the score
-distribution shifted (mean, and the Kolmogorov-Smirnov statistic). Of each run's lists, the measures people
-ask recommender peers for: catalog coverage, novelty (mean popularity rank of what is recommended, 1 = the
-most rated movie), intra-list genre diversity (mean pairwise cosine distance of the genre vectors within a
-list) and personalization (1 - mean Jaccard overlap between different users' lists, on a seeded sample).
+Against the run latest.json points to, over the users both have lists for: the mean Jaccard overlap
+of the top-k sets, the share of users whose list changed (other movies or another order), and how
+the score distribution shifted (mean, and the Kolmogorov-Smirnov statistic). Of each run's lists,
+the measures people ask recommender peers for: catalog coverage, novelty (mean popularity rank of
+what is recommended, 1 = the most rated movie), intra-list genre diversity (mean pairwise cosine
+distance of the genre vectors within a list) and personalization (1 - mean Jaccard overlap between
+different users' lists, on a seeded sample).
 """
 
 from __future__ import annotations
@@ -45,7 +47,9 @@ def read_lists(parts: Sequence[Path]) -> pd.DataFrame:
 
 
 def _grid(lists: pd.DataFrame, catalog: pd.Index) -> np.ndarray:
-    """Each user's list as a row of catalog positions (users in sorted order, -1 pads and unknown movies)."""
+    """Each user's list as a row of catalog positions (users in sorted order, -1 pads and unknown
+    movies).
+    """
     users, row = np.unique(lists["user_id"].to_numpy(), return_inverse=True)
     col = lists.groupby("user_id").cumcount().to_numpy()
     grid = np.full((len(users), int(col.max()) + 1 if len(col) else 0), -1, dtype=np.int64)
@@ -153,7 +157,9 @@ def measure(
     movies: pd.DataFrame,
     old_version: str | None,
 ) -> dict[str, Any]:
-    """Tonight's lists against the published run's (``old_parts``; None when nothing is published)."""
+    """Tonight's lists against the published run's (``old_parts``; None when nothing is
+    published).
+    """
     new = read_lists(new_parts)
     ranks = popularity_rank(ratings, movies)
     out: dict[str, Any] = {"lists": beyond_accuracy(new, movies, ranks)}
@@ -183,7 +189,8 @@ def run_drift(
     metrics: dict[str, Any] | None,
     out_path: Path,
 ) -> dict[str, Any]:
-    """The drift stage: :func:`measure` against the run ``latest_path`` names; writes the metrics table with it.
+    """The drift stage: :func:`measure` against the run ``latest_path`` names; writes the metrics
+    table with it.
 
     The table (``out_path``) holds the holdout ``metrics`` (if any) and the drift, as rows of
     ``lists``, ``published lists`` and ``versus published``.

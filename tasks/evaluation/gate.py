@@ -1,19 +1,19 @@
 """The quality gate: publish unless the new model is worse with confidence.
 
-Why: a gate that compares two means with ``<`` lets a dozen users decide a night (NDCG@k per user is a
-heavy-tailed 0..1 variable; with a few dozen users its standard error is about the gap between two good
-models). Here every figure carries a 95% interval from a bootstrap over users, and the comparison with
-most-popular is paired: users are resampled, both methods' means are taken on the same draw, and the
-interval is that of their difference. The gate then says:
+Why: a gate that compares two means with ``<`` lets a dozen users decide a night (NDCG@k per user is
+a heavy-tailed 0..1 variable; with a few dozen users its standard error is about the gap between two
+good models). Here every figure carries a 95% interval from a bootstrap over users, and the
+comparison with most-popular is paired: users are resampled, both methods' means are taken on the
+same draw, and the interval is that of their difference. The gate then says:
 
 - ``refused``: most-popular is better with confidence (the whole interval of model - most-popular is
   below 0), or the model is below the published one by more than the margin with confidence;
-- ``passed``: the model is better than most-popular with confidence and not below the published model by
-  more than the margin;
+- ``passed``: the model is better than most-popular with confidence and not below the published
+  model by more than the margin;
 - ``undecided``: anything in between, e.g. too few users to tell; the night publishes and says so.
 
-The published model's figure comes from its own night (another holdout), so that comparison is unpaired:
-the two intervals' standard errors add.
+The published model's figure comes from its own night (another holdout), so that comparison is
+unpaired: the two intervals' standard errors add.
 """
 
 from __future__ import annotations
@@ -52,10 +52,12 @@ class Interval:
 
 
 def bootstrap(values: np.ndarray, seed: int = 0, resamples: int = RESAMPLES) -> Interval:
-    """Percentile interval of the mean of ``values`` (one per user), from ``resamples`` draws of users with replacement.
+    """Percentile interval of the mean of ``values`` (one per user), from ``resamples`` draws of
+    users with replacement.
 
-    Above :data:`NORMAL_ABOVE` users the mean is normal to within the bootstrap's own noise, and drawing
-    2,000 x users indices costs seconds per interval: the interval is then mean +- z x sd / sqrt(users).
+    Above :data:`NORMAL_ABOVE` users the mean is normal to within the bootstrap's own noise, and
+    drawing 2,000 x users indices costs seconds per interval: the interval is then mean +- z x sd /
+    sqrt(users).
     """
     x = np.asarray(values, dtype=np.float64)
     if x.ndim != 1 or len(x) == 0:
@@ -89,7 +91,9 @@ def paired_difference(model: np.ndarray, baseline: np.ndarray, seed: int = 0) ->
 
 @dataclass(frozen=True)
 class Comparison:
-    """One comparison the gate makes: the model's figure, the other's, their difference and its outcome."""
+    """One comparison the gate makes: the model's figure, the other's, their difference and its
+    outcome.
+    """
 
     against: str
     model: float
@@ -135,7 +139,9 @@ class Verdict:
 
 
 def _outcome(diff: Interval, floor: float) -> Outcome:
-    """``worse`` if the whole interval is below ``floor``, ``better`` if it is all above, else ``undecided``."""
+    """``worse`` if the whole interval is below ``floor``, ``better`` if it is all above, else
+    ``undecided``.
+    """
     if diff.high < floor:
         return "worse"
     return "better" if diff.low > floor else "undecided"
@@ -148,7 +154,9 @@ def _se(interval: Interval) -> float:
 def versus_published(
     model: Interval, previous: Latest | None, margin: float, k: int | None = None
 ) -> Comparison | None:
-    """Unpaired comparison with the published run's two-tower NDCG, ``worse`` below ``-margin`` (None: no figure with an interval)."""
+    """Unpaired comparison with the published run's two-tower NDCG, ``worse`` below ``-margin``
+    (None: no figure with an interval).
+    """
     prev = ((previous.metrics if previous is not None else None) or {}).get("two-tower") or {}
     if not all(isinstance(prev.get(key), int | float) for key in ("ndcg", "ndcg_low", "ndcg_high")):
         return None
@@ -175,24 +183,35 @@ def decide(
     margin: float,
     k: int = 10,
 ) -> Verdict:
-    """The verdict for a model with NDCG@k ``model`` against most-popular's ``baseline`` and the published run.
+    """The verdict for a model with NDCG@k ``model`` against most-popular's ``baseline`` and the
+    published run.
 
-    ``vs_baseline`` is the paired interval of model - most-popular; ``previous`` is the published run's
-    latest.json (or None); ``margin`` is how far below the published model's NDCG@k the new one may be.
+    ``vs_baseline`` is the paired interval of model - most-popular; ``previous`` is the published
+    run's latest.json (or None); ``margin`` is how far below the published model's NDCG@k the new
+    one may be.
     """
     if margin < 0:
         raise ConfigError(f"gate margin must be >= 0, got {margin}")
     if users < MIN_USERS:
-        reason = f"undecided: {users} users on the holdout, fewer than {MIN_USERS} to decide on; published without a verdict"
+        reason = (
+            f"undecided: {users} users on the holdout, fewer than {MIN_USERS} to decide on; "
+            "published without a verdict"
+        )
         return Verdict("undecided", reason, users)
     pop = Comparison("most-popular", model.mean, baseline, vs_baseline, _outcome(vs_baseline, 0.0))
     comparisons = [pop]
     published = versus_published(model, previous, margin, k)
     if published is not None:
         comparisons.append(published)
-    facts = f"NDCG@{k} {model.mean:.4f} vs most-popular {baseline:.4f}, difference {vs_baseline.text(signed=True)}"
+    facts = (
+        f"NDCG@{k} {model.mean:.4f} vs most-popular {baseline:.4f}, difference "
+        f"{vs_baseline.text(signed=True)}"
+    )
     if published is not None:
-        facts += f"; vs {published.against} {published.other:.4f}, difference {published.difference.text(signed=True)}"
+        facts += (
+            f"; vs {published.against} {published.other:.4f}, difference "
+            f"{published.difference.text(signed=True)}"
+        )
     facts += f"; {users:,} users"
     if pop.outcome == "worse":
         return Verdict(

@@ -19,7 +19,9 @@ RELEVANT_AT = 4.0  # a held-out rating at or above this is a relevant movie
 
 
 def relevant_sets(held_out: pd.DataFrame, threshold: float = RELEVANT_AT) -> dict[int, set[int]]:
-    """Each user's held-out movies rated at or above ``threshold`` (users without one are left out)."""
+    """Each user's held-out movies rated at or above ``threshold`` (users without one are left
+    out).
+    """
     liked = held_out[held_out["rating"] >= threshold]
     out: dict[int, set[int]] = {}
     for user, movie in zip(liked["user_id"].tolist(), liked["movie_id"].tolist(), strict=True):
@@ -28,7 +30,9 @@ def relevant_sets(held_out: pd.DataFrame, threshold: float = RELEVANT_AT) -> dic
 
 
 def user_metrics(recommended: Sequence[int], relevant: set[int], k: int) -> dict[str, float]:
-    """Precision, recall, NDCG, MAP and hit rate at ``k`` for one user (the readable form; :func:`per_user_metrics` is used)."""
+    """Precision, recall, NDCG, MAP and hit rate at ``k`` for one user (the readable form;
+    :func:`per_user_metrics` is used).
+    """
     if not relevant:
         raise ValueError("user has no relevant items; skip such users")
     top = list(recommended)[:k]
@@ -49,7 +53,8 @@ def user_metrics(recommended: Sequence[int], relevant: set[int], k: int) -> dict
 def per_user_metrics(
     recommended: Mapping[int, Sequence[int]], relevant: Mapping[int, set[int]], k: int
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """(users, {metric: one value per user}) over users with relevant items, users in ``relevant`` order.
+    """(users, {metric: one value per user}) over users with relevant items, users in ``relevant``
+    order.
 
     A user with no list scores 0. What the quality gate resamples (:mod:`tasks.evaluation.gate`).
     """
@@ -80,7 +85,9 @@ def per_user_metrics(
 def ranking_metrics(
     recommended: Mapping[int, Sequence[int]], relevant: Mapping[int, set[int]], k: int
 ) -> dict[str, float]:
-    """Mean of :func:`user_metrics` over users with relevant items, and ``users``, how many there are."""
+    """Mean of :func:`user_metrics` over users with relevant items, and ``users``, how many there
+    are.
+    """
     users, values = per_user_metrics(recommended, relevant, k)
     out = {name: float(np.mean(v)) for name, v in values.items()}
     out["users"] = float(len(users))

@@ -24,7 +24,9 @@ MAX_ID = (
 )  # int32 ids, as MovieLens, Spark ALS and implicit use; keeps (user, movie) in one int64
 INT_RE = r"^-?(?:[0-9]+|0[xX][0-9a-fA-F]+)$"
 FLOAT_RE = r"^[+-]?(?:(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?|(?i:inf|infinity|nan))$"
-INT_DIGITS = 18  # longer (sign included) may overflow int64; such values are out of range for ids and timestamps anyway
+# longer (sign included) may overflow int64; such values are out of range for ids and timestamps
+# anyway
+INT_DIGITS = 18
 
 
 class Catalog:
@@ -68,7 +70,9 @@ def _store_table(user: object, movie: object, rating: object, timestamp: object)
 
 
 def _parse(values: pa.Array, present: np.ndarray, integer: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Parse trimmed strings; return (values, well-formed mask). Overlong integers become +-int64 max."""
+    """Parse trimmed strings; return (values, well-formed mask). Overlong integers become +-int64
+    max.
+    """
     ok = present & pc.match_substring_regex(values, INT_RE if integer else FLOAT_RE).to_numpy(
         zero_copy_only=False
     )
@@ -97,7 +101,9 @@ def _parse(values: pa.Array, present: np.ndarray, integer: bool) -> tuple[np.nda
 
 
 class Checker:
-    """Checks rating rows of one source file against the catalog and the ingest time ``now`` (epoch seconds)."""
+    """Checks rating rows of one source file against the catalog and the ingest time ``now`` (epoch
+    seconds).
+    """
 
     def __init__(self, source: str, catalog: Catalog, now: int, movies_name: str):
         self.source = source
@@ -118,7 +124,9 @@ class Checker:
         }
 
     def clean(self, table: pa.Table) -> pa.Table | None:
-        """The block as a store table if every row passes every check, else ``None`` (zero-copy, per pyarrow chunk)."""
+        """The block as a store table if every row passes every check, else ``None`` (zero-copy, per
+        pyarrow chunk).
+        """
         if table.num_rows == 0 or any(col.null_count for col in table.columns):
             return None
         for name in ("userId", "movieId"):
@@ -229,7 +237,9 @@ class Checker:
 
 
 def _blank_lines(data: memoryview, offsets: np.ndarray) -> np.ndarray:
-    """Whether line ``offsets[i]`` (0-based within ``data``) is empty (or just a carriage return)."""
+    """Whether line ``offsets[i]`` (0-based within ``data``) is empty (or just a carriage
+    return).
+    """
     raw = np.frombuffer(data, dtype=np.uint8)
     newlines = np.flatnonzero(raw == 10)
     ends = np.append(newlines, len(raw))

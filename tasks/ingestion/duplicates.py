@@ -1,8 +1,10 @@
-"""The latest rating of each (user, movie) wins: duplicates found by sorting 8-byte keys, then one rewrite.
+"""The latest rating of each (user, movie) wins: duplicates found by sorting 8-byte keys, then one
+rewrite.
 
-Written here rather than with pyarrow's group-by or pandas' ``drop_duplicates``: both hold every row of the
-store in memory at once, while ingest streams. This keeps 8 bytes per accepted rating (the keys, sorted in
-place) plus the duplicated rows, and rewrites the store row group by row group only if a duplicate exists.
+Written here rather than with pyarrow's group-by or pandas' ``drop_duplicates``: both hold every row
+of the store in memory at once, while ingest streams. This keeps 8 bytes per accepted rating (the
+keys, sorted in place) plus the duplicated rows, and rewrites the store row group by row group only
+if a duplicate exists.
 """
 
 from __future__ import annotations
@@ -18,8 +20,8 @@ from tasks.store import schemas
 from tasks.store.storage import TableWriter
 
 # The store's Parquet layout: ids and times delta-encoded, the ten ratings as a dictionary, not the
-# dictionary-for-everything default: on 5M synthetic MovieLens-format rows 21 MiB in 0.28 s instead of
-# 33 MiB in 0.45 s (zstd both; a timestamp dictionary is wasted work).
+# dictionary-for-everything default: on 5M synthetic MovieLens-format rows 21 MiB in 0.28 s instead
+# of 33 MiB in 0.45 s (zstd both; a timestamp dictionary is wasted work).
 STORE_OPTIONS: dict[str, Any] = {
     "use_dictionary": ["rating"],
     "column_encoding": {
@@ -56,7 +58,9 @@ class KeyBuffer:
 
 
 def keys_of(table: pa.Table) -> np.ndarray:
-    """``user_id << 31 | movie_id``: one int64 per (user, movie), exact because ids are below 2**31."""
+    """``user_id << 31 | movie_id``: one int64 per (user, movie), exact because ids are below
+    2**31.
+    """
     return np.asarray(
         (table.column("user_id").to_numpy() << 31) | table.column("movie_id").to_numpy(),
         dtype=np.int64,

@@ -40,7 +40,9 @@ _SUMMED = (
 
 
 def is_incremental(ratings: str | list[str] | None) -> TypeGuard[str | list[str]]:
-    """Several ratings files, or a folder: the ledger applies. One file keeps the single-file ingest."""
+    """Several ratings files, or a folder: the ledger applies. One file keeps the single-file
+    ingest.
+    """
     if isinstance(ratings, list):
         return len(ratings) > 1 or (len(ratings) == 1 and Path(ratings[0]).is_dir())
     return ratings is not None and Path(ratings).is_dir()
@@ -92,7 +94,8 @@ def run_incremental_ingest(
     max_reject_share: float = 0.01,
     run_files: Callable[[list[dict[str, str]]], list[dict[str, Any]]] | None = None,
 ) -> dict[str, Any]:
-    """Ingest the files not in the ledger; return the cumulative store's paths, its hash and the stats.
+    """Ingest the files not in the ledger; return the cumulative store's paths, its hash and the
+    stats.
 
     ``run_files`` ingests the new files (a list of jobs: src, part, rejects)
     and returns their stats in the same order; the flow passes one that runs
@@ -164,7 +167,8 @@ def run_incremental_ingest(
     read = totals["rows_read"]
     stats = {
         **totals,
-        "duplicates_across_files": cross_dups,  # older ratings of a (user, movie) rated again in a later file, all parts
+        # older ratings of a (user, movie) rated again in a later file, all parts
+        "duplicates_across_files": cross_dups,
         "users": users,
         "movies": movies.movies,
         "rejected_by_reason": by_reason,
@@ -190,7 +194,8 @@ def run_incremental_ingest(
 
 
 def combine(parts: list[Path], dest: Path) -> tuple[int, int, int]:
-    """Write ``parts`` (in ingest order) to ``dest`` keeping the latest rating per (user, movie); (dropped, users, rows).
+    """Write ``parts`` (in ingest order) to ``dest`` keeping the latest rating per (user, movie);
+    (dropped, users, rows).
 
     Ties on the timestamp go to the later part. Each part is already free of duplicates.
     """

@@ -48,7 +48,9 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class IngestStats:
-    """What ingest read, kept and rejected; reaches ``latest.json`` under ``ingest`` and the run summary."""
+    """What ingest read, kept and rejected; reaches ``latest.json`` under ``ingest`` and the run
+    summary.
+    """
 
     rows_read: int
     rows_accepted: int
@@ -81,7 +83,8 @@ def ingest_ratings(
     now: int | None = None,
     movies_name: str = "the movies file",
 ) -> IngestStats:
-    """Stream ratings into the store; quarantine bad rows; keep the latest of duplicate (user, movie) rows.
+    """Stream ratings into the store; quarantine bad rows; keep the latest of duplicate (user,
+    movie) rows.
 
     ``now`` (epoch seconds, default: when the ingest starts) is the limit for
     timestamps. The rejects table (default ``rejects.parquet`` beside ``dest``)
@@ -141,7 +144,8 @@ def ingest_ratings(
         check_share(src, read, log, max_reject_share, stats.to_dict())
         if rejected == read:
             raise InputError(
-                f"{src}: no valid ratings: all {read:,} rows were rejected (first: {log.first}); see {rejects_path}"
+                f"{src}: no valid ratings: all {read:,} rows were rejected (first: "
+                f"{log.first}); see {rejects_path}"
             )
     except BaseException:
         writer.abort()
@@ -159,7 +163,8 @@ def ingest_ratings(
 
 
 def prefetch(items: Iterator[T], depth: int = 2) -> Iterator[T]:
-    """Run ``items`` in a background thread, ``depth`` items ahead, so parsing overlaps the Parquet writes.
+    """Run ``items`` in a background thread, ``depth`` items ahead, so parsing overlaps the Parquet
+    writes.
 
     An exception in the producer is raised in the consumer; closing the consumer stops the producer.
     """
@@ -233,7 +238,8 @@ def ingest(
     try:
         stats = ingest_ratings(
             Path(ratings_src), movies.path, store_dir / "ratings.parquet",
-            rejects_path=rejects_path, max_reject_share=max_reject_share, now=now, movies_name=Path(movies_src).name,
+            rejects_path=rejects_path, max_reject_share=max_reject_share, now=now,
+            movies_name=Path(movies_src).name,
         )  # fmt: skip
     except RejectThresholdError as exc:
         exc.stats.update(extra)
@@ -248,7 +254,9 @@ def run_ingest(
     rejects_path: Path | None = None,
     max_reject_share: float = 0.01,
 ) -> Ingested:
-    """Ingest both inputs into ``store_dir``; bad ratings rows go to ``rejects_path`` (see :mod:`tasks.ingestion.rejects`)."""
+    """Ingest both inputs into ``store_dir``; bad ratings rows go to ``rejects_path`` (see
+    :mod:`tasks.ingestion.rejects`).
+    """
     ratings, movies, stats = ingest(
         Path(ratings_src),
         Path(movies_src),

@@ -43,13 +43,18 @@ class MovieStats:
 
 
 def _not_utf8(path: Path) -> str | None:
-    """``<file>: line N: not UTF-8 text ...`` for the first line that does not decode, else ``None``."""
+    """``<file>: line N: not UTF-8 text ...`` for the first line that does not decode, else
+    ``None``.
+    """
     with contextlib.closing(open_bytes(path)) as raw:
         for number, line in enumerate(raw, start=1):
             try:
                 line.decode("utf-8")
             except UnicodeDecodeError as exc:
-                return f"{path}: line {number}, column {exc.start + 1}: not UTF-8 text (byte 0x{line[exc.start]:02x}); save the file as UTF-8"
+                return (
+                    f"{path}: line {number}, column {exc.start + 1}: not UTF-8 text (byte "
+                    f"0x{line[exc.start]:02x}); save the file as UTF-8"
+                )
     return None
 
 
@@ -75,7 +80,10 @@ def _locate(path: Path, record: int | None, expected: dict[str, pa.DataType]) ->
                     return f"{path}: line {line}"
                 continue
             if len(row) != len(header):
-                return f"{path}: line {line}: {len(row)} fields, expected {len(header)} ({','.join(header)})"
+                return (
+                    f"{path}: line {line}: {len(row)} fields, expected {len(header)} "
+                    f"({','.join(header)})"
+                )
             for name, col in cols.items():
                 if pa.types.is_integer(expected[name]):
                     try:

@@ -48,7 +48,9 @@ EMPTY_ACCEPTED = schemas.RATINGS.empty_table()
 
 @dataclass(frozen=True)
 class Chunk:
-    """One block's accepted rows (store schema), rejected rows (rejects schema) and skipped blank lines."""
+    """One block's accepted rows (store schema), rejected rows (rejects schema) and skipped blank
+    lines.
+    """
 
     accepted: pa.Table
     rejects: pa.Table
@@ -84,7 +86,8 @@ def read_header(
         raise InputError(f"{path}: empty file, expected a header line {','.join(required)}")
     if len(first) > max_line and not first.endswith(b"\n"):
         raise InputError(
-            f"{path}: line 1: header longer than {max_line:,} bytes (is this a CSV file with newline line ends?)"
+            f"{path}: line 1: header longer than {max_line:,} bytes (is this a CSV file with "
+            "newline line ends?)"
         )
     if first[:2] in (b"\xff\xfe", b"\xfe\xff"):
         raise InputError(f"{path}: line 1: the file is UTF-16 text; save it as UTF-8")
@@ -92,7 +95,8 @@ def read_header(
         text = first.removeprefix(b"\xef\xbb\xbf").decode("utf-8").rstrip("\r\n")
     except UnicodeDecodeError as exc:
         raise InputError(
-            f"{path}: line 1: not UTF-8 text (byte 0x{first[exc.start]:02x} at column {exc.start + 1})"
+            f"{path}: line 1: not UTF-8 text (byte 0x{first[exc.start]:02x} at column "
+            f"{exc.start + 1})"
         ) from exc
     names = [name.strip() for name in next(csv.reader([text]), [])]
     if not any(names):
@@ -226,7 +230,8 @@ class RatingsReader:
                 break
         else:
             raise InputError(
-                f"{self.path}: lines {start}-{start + n_lines - 1}: cannot match CSV records to lines (bare CR line ends?)"
+                f"{self.path}: lines {start}-{start + n_lines - 1}: cannot match CSV records "
+                "to lines (bare CR line ends?)"
             )
         lines = start + np.flatnonzero(keep)
         columns = {name: table.column(name).combine_chunks() for name in FIELDS}
@@ -241,8 +246,8 @@ class RatingsReader:
                 for b in bad
             ]
             wrong = reject_table(
-                str(self.path), pa.array(lines_bad), pa.array(["wrong_field_count"] * len(bad)), pa.array(details),
-                raw=pa.array([b[1][:RAW_LIMIT] for b in bad], pa.string()),
+                str(self.path), pa.array(lines_bad), pa.array(["wrong_field_count"] * len(bad)),
+                pa.array(details), raw=pa.array([b[1][:RAW_LIMIT] for b in bad], pa.string()),
             )  # fmt: skip
             rejects = pa.concat_tables([rejects, wrong]).sort_by("line")
         return Chunk(accepted, rejects, blank)
@@ -292,7 +297,8 @@ class RatingsReader:
                     except UnicodeDecodeError as exc:
                         where = f"{self.path}: line {start + i}, column {names[col]!r}"
                         return InputError(
-                            f"{where}: not UTF-8 text (byte 0x{fields[col][exc.start]:02x}); save the file as UTF-8"
+                            f"{where}: not UTF-8 text (byte 0x{fields[col][exc.start]:02x}); "
+                            "save the file as UTF-8"
                         )
         return InputError(
             f"{self.path}: lines from {start}: not UTF-8 text; save the file as UTF-8"
@@ -300,7 +306,10 @@ class RatingsReader:
 
     def _long_line(self, item: _LongLine) -> pa.Table:
         hint = " (bare CR line ends?)" if b"\r" in item.head else ""
-        detail = f"line of {item.size:,} bytes, longer than the {self.block_size:,}-byte read block{hint}"
+        detail = (
+            f"line of {item.size:,} bytes, longer than the {self.block_size:,}-byte read "
+            f"block{hint}"
+        )
         raw = item.head.decode("utf-8", errors="replace")[:RAW_LIMIT]
         return reject_table(
             str(self.path),
@@ -326,7 +335,8 @@ class RatingsReader:
                         columns[name] = pc.fill_null(col.cast(pa.string()), "")
                     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
                         raise InputError(
-                            f"{self.path}: column {name!r} has type {col.type}, expected {TYPES[name]}"
+                            f"{self.path}: column {name!r} has type {col.type}, expected "
+                            f"{TYPES[name]}"
                         ) from exc
                 lines = np.arange(offset + 1, offset + 1 + batch.num_rows, dtype=np.int64)
                 accepted, rejects, _ = self.checker.check(columns, lines, None, 0)

@@ -1,4 +1,5 @@
-"""Quarantine of malformed input rows: the rejects table, its reason codes and the reject-share limit.
+"""Quarantine of malformed input rows: the rejects table, its reason codes and the reject-share
+limit.
 
 A ratings row that cannot be used is not dropped silently and does not stop
 the run by itself: it is written, with its original fields as strings, the
@@ -24,8 +25,11 @@ from tasks.store.storage import TableWriter
 
 # Reason codes, in the order the checks run (a row gets the first that applies).
 REASONS: dict[str, str] = {
-    "wrong_field_count": "the line has more or fewer fields than the header (a truncated last line lands here)",
-    "line_too_long": "the line is longer than the read block (16 MiB); it is skipped unread, its start is in `raw`",
+    "wrong_field_count": "the line has more or fewer fields than the "
+    "header (a truncated last line lands here)",
+    "line_too_long": "the line is longer than the read block (16 "
+    "MiB); it is skipped unread, its start is in "
+    "`raw`",
     "missing_value": "a required field is empty",
     "not_an_integer": "userId, movieId or timestamp is not an integer",
     "not_a_number": "rating is not a number",
@@ -71,7 +75,9 @@ def reject_table(
     fields: dict[str, pa.Array] | None = None,
     raw: pa.Array | None = None,
 ) -> pa.Table:
-    """Assemble rejected rows in the :data:`~tasks.store.schemas.REJECTS` layout (absent fields are null)."""
+    """Assemble rejected rows in the :data:`~tasks.store.schemas.REJECTS` layout (absent fields are
+    null).
+    """
     n = len(lines)
     null = pa.nulls(n, pa.string())
     columns = {
@@ -86,7 +92,9 @@ def reject_table(
 
 
 class RejectLog:
-    """Streams rejected rows to the rejects table and keeps the counts by reason and the first reject."""
+    """Streams rejected rows to the rejects table and keeps the counts by reason and the first
+    reject.
+    """
 
     def __init__(self, path: Path):
         self.path = Path(path)
@@ -123,14 +131,17 @@ def _value_counts(column: pa.ChunkedArray) -> tuple[list[str], list[int]]:
 def check_share(
     source: Path, rows_read: int, log: RejectLog, max_share: float, stats: dict[str, object]
 ) -> None:
-    """Raise :class:`RejectThresholdError` if more than ``max_share`` of ``rows_read`` were rejected."""
+    """Raise :class:`RejectThresholdError` if more than ``max_share`` of ``rows_read`` were
+    rejected.
+    """
     rejected = log.rows
     share = rejected / rows_read if rows_read else 0.0
     if share <= max_share:
         return
     reasons = ", ".join(f"{reason} {count:,}" for reason, count in log.by_reason.most_common())
     raise RejectThresholdError(
-        f"{source}: {rejected:,} of {rows_read:,} rows rejected ({share:.2%}), more than max_reject_share {max_share:.2%} "
+        f"{source}: {rejected:,} of {rows_read:,} rows rejected ({share:.2%}), more than "
+        f"max_reject_share {max_share:.2%} "
         f"({reasons}); first: {log.first}; all rejected rows are in {log.path}",
         stats,
     )

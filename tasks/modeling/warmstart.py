@@ -30,7 +30,8 @@ def warm_epochs(max_epochs: int, override: int | None = None) -> int:
 def source(
     data_dir: Path, feature_dir: Path, config: dict[str, Any]
 ) -> tuple[dict[str, str] | None, str]:
-    """The published model to start from (sha256-checked against latest.json) and a note; ``None`` means a cold start.
+    """The published model to start from (sha256-checked against latest.json) and a note; ``None``
+    means a cold start.
 
     Cold when nothing is published, or when the published model had other feature columns
     (those of ``feature_dir``) or other layer sizes (``config``, the preset's settings).
@@ -67,7 +68,9 @@ def source(
 
 
 def _history_rows(old: np.ndarray, old_ids: np.ndarray, new_ids: np.ndarray) -> np.ndarray:
-    """A history table (row 0 pads, row i+1 is catalog movie i) re-indexed from ``old_ids`` to ``new_ids``."""
+    """A history table (row 0 pads, row i+1 is catalog movie i) re-indexed from ``old_ids`` to
+    ``new_ids``.
+    """
     out = np.zeros((len(new_ids) + 1, old.shape[1]), dtype=old.dtype)
     rows = pd.Index(old_ids).get_indexer(new_ids)
     known = rows >= 0
@@ -78,9 +81,11 @@ def _history_rows(old: np.ndarray, old_ids: np.ndarray, new_ids: np.ndarray) -> 
 def warm_start_weights(
     new_model: Any, old_model_path: Path, old_movie_ids: np.ndarray, new_movie_ids: np.ndarray
 ) -> str | None:
-    """Copy the old model's weights into ``new_model``; ``None`` on success, else why it stays a cold start.
+    """Copy the old model's weights into ``new_model``; ``None`` on success, else why it stays a
+    cold start.
 
-    Nothing is changed unless every layer with weights matches (by name and shape, history tables by width).
+    Nothing is changed unless every layer with weights matches (by name and shape, history tables by
+    width).
     """
     from tasks.modeling.model import (
         HistoryMean,
@@ -109,11 +114,17 @@ def warm_start_weights(
                 if [w.shape[1] for w in old_w] != [w.shape[1] for w in new_w] or old_w[0].shape[
                     0
                 ] != len(old_movie_ids) + 1:
-                    return f"history table {tower}/{layer.name} has another width or catalog than the published one"
+                    return (
+                        f"history table {tower}/{layer.name} has another width or catalog than "
+                        "the published one"
+                    )
                 old_w = [_history_rows(w, old_movie_ids, new_movie_ids) for w in old_w]
             elif [w.shape for w in old_w] != [w.shape for w in new_w]:
                 shapes = [tuple(w.shape) for w in old_w], [tuple(w.shape) for w in new_w]
-                return f"feature columns or layer sizes differ: {tower}/{layer.name} weights {shapes[0]} published, {shapes[1]} now"
+                return (
+                    f"feature columns or layer sizes differ: {tower}/{layer.name} weights "
+                    f"{shapes[0]} published, {shapes[1]} now"
+                )
             plan.append((layer, old_w))
     for layer, weights in plan:
         layer.set_weights(weights)
@@ -123,7 +134,9 @@ def warm_start_weights(
 def initializer(
     warm: dict[str, str] | None, new_movie_ids: np.ndarray, outcome: dict[str, Any]
 ) -> Callable[[Any], None] | None:
-    """The ``init`` hook of :func:`tasks.modeling.train.train_model` for ``warm`` (from :func:`source`); records the outcome."""
+    """The ``init`` hook of :func:`tasks.modeling.train.train_model` for ``warm`` (from
+    :func:`source`); records the outcome.
+    """
     if warm is None:
         return None
     from tasks.preparation.feature_tables import read_features

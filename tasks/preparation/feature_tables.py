@@ -1,7 +1,9 @@
-"""The user and movie feature tables on disk: ids, a list of floats per row, the feature names in the metadata.
+"""The user and movie feature tables on disk: ids, a list of floats per row, the feature names in
+the metadata.
 
-Written by the features stage and read by training, export and the warm start, which compares the feature
-names of the published model with tonight's; kept apart from the stage glue so both can import it.
+Written by the features stage and read by training, export and the warm start, which compares the
+feature names of the published model with tonight's; kept apart from the stage glue so both can
+import it.
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ from tasks.store.storage import read_table, table_meta, write_table
 
 
 def write_features(path: Path, ids: np.ndarray, x: np.ndarray, names: list[str], kind: str) -> None:
-    """Write a features table: one id and one list of floats per row, the column names in the file's metadata."""
+    """Write a features table: one id and one list of floats per row, the column names in the file's
+    metadata.
+    """
     schema = schemas.USER_FEATURES if kind == "user" else schemas.MOVIE_FEATURES
     values = pa.ListArray.from_arrays(
         pa.array(np.arange(0, x.size + 1, x.shape[1], dtype=np.int32)),

@@ -60,7 +60,9 @@ def genre_matrix(genres: pd.Series) -> np.ndarray:
 
 
 def unknown_genres(genres: pd.Series | pa.Array | pa.ChunkedArray) -> dict[str, int]:
-    """Count genre labels that are neither in :data:`GENRES` nor the no-genre marker (in order of first appearance)."""
+    """Count genre labels that are neither in :data:`GENRES` nor the no-genre marker (in order of
+    first appearance).
+    """
     if not isinstance(genres, pa.Array | pa.ChunkedArray):
         genres = pa.array(pd.Series(genres, dtype=object).fillna("").astype(str), pa.string())
     labels = pc.list_flatten(pc.split_pattern(pc.fill_null(genres, ""), "|"))
@@ -94,7 +96,9 @@ def confidence_user_columns(
 
 
 def confidence_movie_columns(xp: Any, cnt: Any, total: Any, mu: float, k: float) -> tuple[Any, Any]:
-    """The rating columns of a movie row, ``log_count`` and ``shrunk_mean`` (toward ``mu``, weight ``k``)."""
+    """The rating columns of a movie row, ``log_count`` and ``shrunk_mean`` (toward ``mu``, weight
+    ``k``).
+    """
     return xp.log1p(cnt), (total + k * mu) / (cnt + k)
 
 
@@ -217,7 +221,8 @@ def _factors(u: np.ndarray, m: np.ndarray, n_u: int, n_m: int, k: int, given: An
 
 
 def per_user_holdout(ratings: pd.DataFrame, fraction: float) -> np.ndarray:
-    """Mask of each user's most recent ``fraction`` of ratings: at least one for every user with two or more.
+    """Mask of each user's most recent ``fraction`` of ratings: at least one for every user with two
+    or more.
 
     The holdout of every evaluation, nightly and ``towerflow evaluate`` alike: it
     measures every user with some history, where a global time cut (the most
@@ -233,8 +238,9 @@ def per_user_holdout(ratings: pd.DataFrame, fraction: float) -> np.ndarray:
     users = ratings["user_id"].to_numpy()
     times = ratings["timestamp"].to_numpy()
     if users.min() >= 0 and users.max() < 2**31 and times.min() >= 0 and times.max() < 2**32:
-        # every stored rating (ids and timestamps as ingest allows them): one int64 key, one stable sort;
-        # 15-40x faster than the lexsort below on ratings that arrive grouped by user, and the same order
+        # every stored rating (ids and timestamps as ingest allows them): one int64 key, one stable
+        # sort; 15-40x faster than the lexsort below on ratings that arrive grouped by user, and the
+        # same order
         order = np.argsort((users.astype(np.int64) << 32) | times.astype(np.int64), kind="stable")
     else:
         order = np.lexsort((np.arange(len(users)), times, users))

@@ -20,7 +20,9 @@ from tasks.store.storage import read_table, table_meta, write_table
 
 @dataclass(frozen=True)
 class History:
-    """``ids``: catalog row + 1 (0 pads), int32; ``values``: rating minus the user's mean, float32."""
+    """``ids``: catalog row + 1 (0 pads), int32; ``values``: rating minus the user's mean,
+    float32.
+    """
 
     ids: np.ndarray
     values: np.ndarray
@@ -28,7 +30,8 @@ class History:
     def __post_init__(self) -> None:
         if self.ids.shape != self.values.shape or self.ids.ndim != 2:
             raise ValueError(
-                f"history ids {self.ids.shape} and values {self.values.shape} must be equal 2-d shapes"
+                f"history ids {self.ids.shape} and values {self.values.shape} must be equal "
+                "2-d shapes"
             )
 
     @property
@@ -84,7 +87,9 @@ def write_history(
 
 
 def read_history(path: Path, user_ids: np.ndarray, movie_ids: np.ndarray) -> History:
-    """The history of :func:`write_history` for these user rows; a movie not in ``movie_ids`` pads."""
+    """The history of :func:`write_history` for these user rows; a movie not in ``movie_ids``
+    pads.
+    """
     table = read_table(Path(path), schemas.USER_HISTORY, "user_history")
     length = int(table_meta(Path(path), "history_length") or 0)
     if not np.array_equal(table.column("user_id").to_numpy(), user_ids):

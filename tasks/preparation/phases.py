@@ -1,8 +1,9 @@
-"""The two phases of a night, ``train`` (the holdout left out) and ``full`` (every rating): the features and
-scalers stages, and the scaled model inputs (:class:`Prepared`) that training, evaluation and export read back.
+"""The two phases of a night, ``train`` (the holdout left out) and ``full`` (every rating): the
+features and scalers stages, and the scaled model inputs (:class:`Prepared`) that training,
+evaluation and export read back.
 
-Each stage reads files, writes files and returns their paths (:mod:`tasks.stage_results`), so the flow
-passes paths between tasks.
+Each stage reads files, writes files and returns their paths (:mod:`tasks.stage_results`), so the
+flow passes paths between tasks.
 """
 
 from __future__ import annotations
@@ -116,7 +117,9 @@ class Prepared:
         )
 
     def train_data(self, ratings: pd.DataFrame, config: ModelConfig) -> TrainData:
-        """Training triples of ``ratings`` (the ratings these features came from), with what ``config`` trains on."""
+        """Training triples of ``ratings`` (the ratings these features came from), with what
+        ``config`` trains on.
+        """
         from tasks.modeling.train import TrainData
         from tasks.preparation.loo import leave_one_out
 

@@ -64,7 +64,9 @@ def fit_scalers(
     movie_names: list[str],
     target_scale: TargetScale = "minmax",
 ) -> Scalers:
-    """Fit the scalers on training feature rows and training ratings (``target_scale``: see the module doc)."""
+    """Fit the scalers on training feature rows and training ratings (``target_scale``: see the
+    module doc).
+    """
     if len(ratings) == 0:
         raise DataError("cannot fit the target scaler: no training ratings")
     if target_scale not in get_args(TargetScale):
@@ -133,10 +135,10 @@ class QueryScalers:
     """What query time needs of a model's scalers, read from the same JSON without scikit-learn.
 
     Why not :func:`load_scalers`: importing scikit-learn takes over a second, more than the rest of
-    :func:`towerflow.load`, and answering needs only the fitted values: the user features' standardization
-    and the target's inverse. The formulas are scikit-learn's own (``StandardScaler.transform``,
-    ``MinMaxScaler.inverse_transform``) in the same float64 steps, so the results are identical
-    (tests/test_scalers.py).
+    :func:`towerflow.load`, and answering needs only the fitted values: the user features'
+    standardization and the target's inverse. The formulas are scikit-learn's own
+    (``StandardScaler.transform``, ``MinMaxScaler.inverse_transform``) in the same float64 steps, so
+    the results are identical (tests/test_scalers.py).
     """
 
     user_names: list[str]
@@ -185,7 +187,9 @@ class QueryScalers:
 def _read_scalers_json(
     path: Path,
 ) -> tuple[dict[str, Any], dict[str, Any], TargetScale, tuple[float, float]]:
-    """The JSON of :func:`save_scalers`, checked: (document, its target part, target scale, feature range)."""
+    """The JSON of :func:`save_scalers`, checked: (document, its target part, target scale, feature
+    range).
+    """
     data = read_json(Path(path))
     if data.get("format") != FORMAT:
         raise ValueError(f"{path}: format {data.get('format')!r}, expected {FORMAT!r}")

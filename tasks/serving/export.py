@@ -37,7 +37,8 @@ def embed(tower: keras.Model, x: TowerInput, batch: int = 65536) -> np.ndarray:
     bad = ~((np.abs(norms - 1.0) < NORM_TOLERANCE) | (norms == 0.0))
     if bad.any():
         raise ValueError(
-            f"tower {tower.name} produced a non-unit embedding at row {int(np.argmax(bad))} (norm {norms[bad][0]:.6f})"
+            f"tower {tower.name} produced a non-unit embedding at row {int(np.argmax(bad))} "
+            f"(norm {norms[bad][0]:.6f})"
         )
     return np.ascontiguousarray(out)
 

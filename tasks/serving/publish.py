@@ -1,4 +1,5 @@
-"""The serving half of the nightly job: export and publish (recommend and similar movies: :mod:`tasks.serving.shards`).
+"""The serving half of the nightly job: export and publish (recommend and similar movies:
+:mod:`tasks.serving.shards`).
 
 Everything is built in the run's staging directory; :func:`run_publish`
 moves the model directory and the tables into place and writes
@@ -43,10 +44,12 @@ def run_export(
     ratings_path: Path,
     prior_weight: float = 0.0,
 ) -> Exported:
-    """Embed every user and catalog movie with the final model; write the served vectors, index, ids and tables.
+    """Embed every user and catalog movie with the final model; write the served vectors, index, ids
+    and tables.
 
-    The served vectors carry the popularity prior with weight ``prior_weight`` (:mod:`tasks.serving.popularity`),
-    popularity counted on every rating; ``serving.json`` records how to read them back.
+    The served vectors carry the popularity prior with weight ``prior_weight``
+    (:mod:`tasks.serving.popularity`), popularity counted on every rating; ``serving.json`` records
+    how to read them back.
     """
     from tasks.modeling.model import load_model
 
@@ -105,21 +108,24 @@ def run_publish(
     store: ObjectStore | None = None,
     expect_etag: str | None = None,
 ) -> Latest:
-    """Move the model and tables into place, then write ``latest.json`` (:class:`Latest`) last, atomically.
+    """Move the model and tables into place, then write ``latest.json`` (:class:`Latest`) last,
+    atomically.
 
     A table staged as one file is published as ``part-<version>.parquet``; a table staged as a
     list of shard files as ``part-<version>-NNNNN.parquet``, in list order. ``latest.json`` names
     each table's partition directory (``path``), its part files (``files``) and its row count.
 
-    Crash safety (:mod:`tasks.store.resume`): a journal in the work directory names what is about to be
-    put in place; table parts wait under hidden names beside their partition and become visible by
-    renames just before ``latest.json``; a run killed before ``latest.json`` is rolled back by the
-    next run. A model version that is already published and intact is left as it is: the files
+    Crash safety (:mod:`tasks.store.resume`): a journal in the work directory names what is about to
+    be put in place; table parts wait under hidden names beside their partition and become visible
+    by renames just before ``latest.json``; a run killed before ``latest.json`` is rolled back by
+    the next run. A model version that is already published and intact is left as it is: the files
     ``latest.json`` points to are never rewritten.
 
-    With ``store`` (``s3://...``) the data directory is the night's local scratch: the files go to the
-    store under their keys and ``latest.json`` with a conditional PUT on ``expect_etag`` (the ETag
-    :func:`tasks.store.mirror.pull` read when the night started) before the scratch's own latest.json.
+    With ``store`` (``s3://...``) the data directory is the night's local scratch: the files go to
+    the store under their keys and ``latest.json`` with a conditional PUT on ``expect_etag`` (the
+    ETag
+    :func:`tasks.store.mirror.pull` read when the night started) before the scratch's own
+    latest.json.
     """
     live = resume.live_latest(layout)
     if (
@@ -127,7 +133,8 @@ def run_publish(
         and live.model_version == model_version
         and resume.published_intact(layout, live)
     ):
-        return live  # this very version is published and intact: never rewrite a file latest.json points to
+        # this very version is published and intact: never rewrite a file latest.json points to
+        return live
     core = {
         "run_date": run_date.isoformat(),
         "model_version": model_version,

@@ -1,8 +1,8 @@
 """Per-user top-k and similar movies from the FAISS index, streamed to Parquet in chunks.
 
-Equal scores are ordered by index row, which is movie_id order (the catalog is stored sorted), on every
-path: FAISS's search, the exact scan, any chunk or shard size. So a movie's place in a list never depends
-on which path or which machine scored it.
+Equal scores are ordered by index row, which is movie_id order (the catalog is stored sorted), on
+every path: FAISS's search, the exact scan, any chunk or shard size. So a movie's place in a list
+never depends on which path or which machine scored it.
 
 Seen movies are excluded by over-fetching: users are sorted by history length
 and processed in chunks; each chunk asks FAISS for a few more than ``k``
@@ -55,7 +55,8 @@ def _search_unseen(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """One FAISS search of ``fetch`` results per query; (valid mask, rank, items, scores).
 
-    Results are ordered by score, then by row (FAISS leaves the order of equal scores to its kernels).
+    Results are ordered by score, then by row (FAISS leaves the order of equal scores to its
+    kernels).
     """
     scores, items = index.search(np.ascontiguousarray(queries), fetch)
     order = np.lexsort((np.where(items < 0, np.iinfo(np.int64).max, items), -scores), axis=1)
@@ -79,7 +80,8 @@ def _search_unseen(
 def _scan_unseen(
     vectors: np.ndarray, queries: np.ndarray, seen: list[np.ndarray], k: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Exact top-k over the index's own vectors with seen items at -inf: (items, scores), best first, -1 pads.
+    """Exact top-k over the index's own vectors with seen items at -inf: (items, scores), best
+    first, -1 pads.
 
     For the queries FAISS serves badly: heavy raters (their seen movies crowd
     the top, so a search would need k + thousands of results) and batches too
@@ -113,11 +115,12 @@ def _scan_unseen(
 
 
 def _lowest_rows_of_ties(block: np.ndarray, top: np.ndarray, best: np.ndarray) -> None:
-    """Where equal scores straddle the cut of ``argpartition``, keep the lowest rows among them (in place).
+    """Where equal scores straddle the cut of ``argpartition``, keep the lowest rows among them (in
+    place).
 
     ``argpartition`` picks any of several items tied at the k-th score; the rows it picks would then
-    depend on the block's layout. Rare (identical vectors, such as movies with identical content rows),
-    so the rows concerned are fixed one by one.
+    depend on the block's layout. Rare (identical vectors, such as movies with identical content
+    rows), so the rows concerned are fixed one by one.
     """
     kth = best.min(axis=1)
     finite = np.isfinite(kth)
@@ -190,7 +193,8 @@ def topk_unseen(
             valid, rank, items, scores = _search_unseen(
                 index, queries[rows[pending]], [seen[i] for i in pending], k, fetch
             )
-            # complete: k unseen found, or all there are; and no item tied with the k-th was cut off by the fetch
+            # complete: k unseen found, or all there are; and no item tied with the k-th was cut off
+            # by the fetch
             kth = np.take_along_axis(scores, np.argmax(rank >= k, axis=1)[:, None], axis=1)[:, 0]
             tie_cut = (rank[:, -1] >= k) & (scores[:, -1] >= kth) & (fetch < n_items)
             complete = ((rank[:, -1] >= k) | (fetch >= needed[pending])) & ~tie_cut
@@ -220,7 +224,8 @@ def topk_allowed(
     allowed: np.ndarray | None = None,
     chunk_size: int = 4096,
 ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
-    """:func:`topk_unseen` among the ``allowed`` rows of a flat ``index`` only (every row when None).
+    """:func:`topk_unseen` among the ``allowed`` rows of a flat ``index`` only (every row when
+    None).
 
     Items are rows of ``index`` either way. The search runs on an index of the allowed rows
     (:func:`tasks.serving.rules.allowed_index`), so a query still gets ``k`` rows whenever ``k``
@@ -248,7 +253,9 @@ def topk_lists(
     seen: pd.DataFrame,
     k: int,
 ) -> dict[int, list[int]]:
-    """Each query id's top-k item ids (best first) from ``index``, excluding the items ``seen`` pairs it with."""
+    """Each query id's top-k item ids (best first) from ``index``, excluding the items ``seen``
+    pairs it with.
+    """
     indptr, rows = seen_csr(seen, query_ids, item_ids)
     out: dict[int, list[int]] = {}
     for q, _, items, _ in topk_unseen(index, queries, indptr, rows, k):
@@ -274,8 +281,8 @@ def write_recommendations(
 ) -> int:
     """Stream the recommendations table to ``path``; return its row count.
 
-    ``stars(query rows, index rows)`` gives the predicted ratings of those pairs; ``allowed`` (a mask over
-    index rows) is what the business rules let through (:mod:`tasks.serving.rules`).
+    ``stars(query rows, index rows)`` gives the predicted ratings of those pairs; ``allowed`` (a
+    mask over index rows) is what the business rules let through (:mod:`tasks.serving.rules`).
     """
     writer = TableWriter(
         path, schemas.RECOMMENDATIONS, "recommendations", {"model_version": model_version}
@@ -318,10 +325,11 @@ def write_similar_movies(
     stop: int | None = None,
     allowed: np.ndarray | None = None,
 ) -> int:
-    """Stream the k nearest other movies of movies ``start:stop`` (default: all) to ``path``; return the row count.
+    """Stream the k nearest other movies of movies ``start:stop`` (default: all) to ``path``; return
+    the row count.
 
-    ``queries`` has one row per index row: the vector to search with for that movie. Every movie gets its
-    list; only ``allowed`` movies (a mask over index rows, default all) appear in lists.
+    ``queries`` has one row per index row: the vector to search with for that movie. Every movie
+    gets its list; only ``allowed`` movies (a mask over index rows, default all) appear in lists.
     """
     stop = len(movie_ids) if stop is None else stop
     self_ptr = np.arange(stop - start + 1, dtype=np.int64)  # each movie "has seen" itself

@@ -1,12 +1,14 @@
-"""Business rules on what may be recommended: a deny-list, an allow-list, genres and a range of years.
+"""Business rules on what may be recommended: a deny-list, an allow-list, genres and a range of
+years.
 
 Why here: the nightly job's recommend and similar-movie shards and the query-time library
 (:mod:`towerflow`) must apply the same rules the same way, so the rules, their one JSON shape (the
 ``rules`` of ``latest.json``) and the top-k over the allowed movies live in one module.
 
 The rules never change the model or its vectors: they choose which index rows may appear in a list.
-Top-k over the allowed rows searches a flat index of those rows only (:func:`allowed_index`), so a list
-still has ``k`` rows whenever ``k`` allowed, unseen movies exist, however many the rules took away.
+Top-k over the allowed rows searches a flat index of those rows only (:func:`allowed_index`), so a
+list still has ``k`` rows whenever ``k`` allowed, unseen movies exist, however many the rules took
+away.
 """
 
 from __future__ import annotations
@@ -27,7 +29,9 @@ FORMAT = "towerflow-rules/1"
 
 
 def _ids(values: Iterable[Any] | None, what: str) -> frozenset[int] | None:
-    """Movie ids as a frozenset of ints; a value that is not a whole number is named in the error."""
+    """Movie ids as a frozenset of ints; a value that is not a whole number is named in the
+    error.
+    """
     if values is None:
         return None
     if isinstance(values, str | bytes | int):
@@ -45,7 +49,9 @@ def _ids(values: Iterable[Any] | None, what: str) -> frozenset[int] | None:
 
 
 def _genres(values: Iterable[str] | str | None) -> tuple[str, ...]:
-    """Genre names as the catalog spells them (matched ignoring case); an unknown name is an error."""
+    """Genre names as the catalog spells them (matched ignoring case); an unknown name is an
+    error.
+    """
     if values is None:
         return ()
     if isinstance(values, str):
@@ -68,12 +74,12 @@ def _genres(values: Iterable[str] | str | None) -> tuple[str, ...]:
 class Rules:
     """Which movies may be recommended. The default allows every movie.
 
-    - ``deny``: movie ids never recommended (ids not in the catalog are allowed: a list may name a movie
-      before it arrives);
+    - ``deny``: movie ids never recommended (ids not in the catalog are allowed: a list may name a
+      movie before it arrives);
     - ``only``: if given, nothing but these movie ids;
     - ``genres``: if given, only movies with at least one of these genres;
-    - ``min_year`` / ``max_year``: only movies released in that range, both ends included (a movie without
-      a year is left out once either bound is set).
+    - ``min_year`` / ``max_year``: only movies released in that range, both ends included (a movie
+      without a year is left out once either bound is set).
     """
 
     deny: frozenset[int] = frozenset()
@@ -97,7 +103,9 @@ class Rules:
         genres: Iterable[str] | str | None = None,
         years: tuple[int | None, int | None] | None = None,
     ) -> Rules:
-        """Rules from plain values (any iterable of ids, genre names in any case, ``(first, last)`` years)."""
+        """Rules from plain values (any iterable of ids, genre names in any case, ``(first, last)``
+        years).
+        """
         lo, hi = years if years is not None else (None, None)
         for name, year in (("first", lo), ("last", hi)):
             if year is not None and not isinstance(year, int | np.integer):
@@ -143,8 +151,9 @@ class Rules:
     ) -> np.ndarray:
         """Boolean mask over ``movie_ids`` (index row order): which movies the rules allow.
 
-        ``catalog`` has ``movie_id``, ``genres`` and ``year`` for (at least) those movies; ``genre_rows``, if
-        given, is :func:`~tasks.preparation.features.genre_matrix` of ``catalog`` already in that order.
+        ``catalog`` has ``movie_id``, ``genres`` and ``year`` for (at least) those movies;
+        ``genre_rows``, if given, is :func:`~tasks.preparation.features.genre_matrix` of ``catalog``
+        already in that order.
         """
         movie_ids = np.asarray(movie_ids, dtype=np.int64)
         mask = np.ones(len(movie_ids), dtype=bool)
@@ -181,7 +190,9 @@ class Rules:
 
     @classmethod
     def from_document(cls, doc: Mapping[str, Any] | None) -> Rules:
-        """Rules from :meth:`document`'s shape; ``None`` (a run published before rules existed) allows all."""
+        """Rules from :meth:`document`'s shape; ``None`` (a run published before rules existed)
+        allows all.
+        """
         if doc is None:
             return cls()
         if doc.get("format") != FORMAT:
@@ -206,7 +217,9 @@ class Rules:
 
 
 def parse_years(text: str) -> tuple[int | None, int | None]:
-    """``1990-2005``, ``1990-`` or ``-2005`` as (first, last) years; the error names the bad text."""
+    """``1990-2005``, ``1990-`` or ``-2005`` as (first, last) years; the error names the bad
+    text.
+    """
     lo, sep, hi = text.strip().partition("-")
     try:
         if not sep:
@@ -259,7 +272,9 @@ class Restricted:
     )  # position[r]: row of original row r in ``index``, or -1 when r is not allowed
 
     def seen(self, indptr: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """A seen CSR over original rows, rewritten over this index's rows (disallowed rows dropped)."""
+        """A seen CSR over original rows, rewritten over this index's rows (disallowed rows
+        dropped).
+        """
         mapped = self.position[rows]
         keep = mapped >= 0
         owner = np.repeat(np.arange(len(indptr) - 1), np.diff(indptr))

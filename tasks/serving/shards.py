@@ -38,7 +38,9 @@ SCORE_BINS = np.linspace(
 
 
 def shard_bounds(n: int, shard_size: int) -> list[tuple[int, int]]:
-    """``[start, stop)`` row ranges of at most ``shard_size`` rows covering ``0..n`` (one empty shard if n == 0)."""
+    """``[start, stop)`` row ranges of at most ``shard_size`` rows covering ``0..n`` (one empty
+    shard if n == 0).
+    """
     if shard_size < 1:
         raise ConfigError(f"shard_size must be >= 1, got {shard_size}")
     count = max(1, math.ceil(n / shard_size))
@@ -82,13 +84,16 @@ def load_served(model_dir: Path, with_users: bool = True) -> Served:
     space = ServingSpace.read(model_dir / MODEL_FILES["serving"])
     if space.dim != movie_emb.shape[1] or space.dim != user_emb.shape[1]:
         raise DataError(
-            f"{model_dir}: serving.json says {space.dim} dimensions, the embeddings have {movie_emb.shape[1]}"
+            f"{model_dir}: serving.json says {space.dim} dimensions, the embeddings have "
+            f"{movie_emb.shape[1]}"
         )
     return Served(index, movie_ids, movie_emb, user_ids, user_emb, space)
 
 
 def _shard_ratings(ratings_path: Path, user_ids: np.ndarray) -> Any:
-    """The (user_id, movie_id) pairs of the users ``user_ids`` (sorted), read with a range filter."""
+    """The (user_id, movie_id) pairs of the users ``user_ids`` (sorted), read with a range
+    filter.
+    """
     import pandas as pd
 
     path = Path(ratings_path)
@@ -108,7 +113,9 @@ def _score_hist(path: Path) -> list[int]:
 def allowed_movies(
     rules: dict[str, Any] | None, movies_path: Path | None, movie_ids: np.ndarray
 ) -> np.ndarray | None:
-    """The mask over index rows that the night's business rules let through; None when there are none."""
+    """The mask over index rows that the night's business rules let through; None when there are
+    none.
+    """
     from tasks.serving.rules import Rules
 
     parsed = Rules.from_document(rules)
@@ -133,10 +140,12 @@ def run_recommend_shard(
     rules: dict[str, Any] | None = None,
     movies_path: Path | None = None,
 ) -> dict[str, Any]:
-    """Top-k unseen movies of users ``start:stop`` (rows of ``user_embeddings``), written to ``out_path``.
+    """Top-k unseen movies of users ``start:stop`` (rows of ``user_embeddings``), written to
+    ``out_path``.
 
     ``rules`` (a :class:`tasks.serving.rules.Rules` document) limit which catalog movies
-    (``movies_path``) may appear. Returns the part's path, rows, users and a histogram of its scores over
+    (``movies_path``) may appear. Returns the part's path, rows, users and a histogram of its scores
+    over
     :data:`SCORE_BINS`.
     """
     from tasks.preparation.scalers import load_scalers
@@ -191,7 +200,8 @@ def run_similar_shard(
     rules: dict[str, Any] | None = None,
     movies_path: Path | None = None,
 ) -> dict[str, Any]:
-    """The k nearest other movies of movies ``start:stop`` (rows of the index), written to ``out_path``.
+    """The k nearest other movies of movies ``start:stop`` (rows of the index), written to
+    ``out_path``.
 
     Only movies the ``rules`` allow appear in the lists; every movie still gets its list.
     """

@@ -34,8 +34,9 @@ from tasks.errors import TowerflowError
 
 DEFAULT_BASE_URL = "https://files.grouplens.org/datasets/movielens"
 BASE_URL_ENV = "TOWERFLOW_DOWNLOAD_BASE_URL"
-# MD5s GroupLens publishes for its frozen releases (ml-latest-small has none recorded here: it is checked
-# against its .md5 file alone). A published .md5 that disagrees with these stops the download.
+# MD5s GroupLens publishes for its frozen releases (ml-latest-small has none recorded here: it is
+# checked against its .md5 file alone). A published .md5 that disagrees with these stops the
+# download.
 KNOWN_MD5 = {
     "ml-latest-small": None,
     "ml-25m": "6b51fb2759a8657d3bfcbfc42b592ada",
@@ -70,7 +71,10 @@ class Downloaded:
 
     def run_command(self) -> str:
         """The ``towerflow run`` command for this data set."""
-        return f"towerflow run --ratings {shlex.quote(str(self.ratings))} --movies {shlex.quote(str(self.movies))}"
+        return (
+            f"towerflow run --ratings {shlex.quote(str(self.ratings))} --movies "
+            f"{shlex.quote(str(self.movies))}"
+        )
 
 
 def _open(url: str, timeout: float) -> Any:
@@ -94,7 +98,9 @@ def published_md5(url: str, timeout: float = 30.0) -> str:
 
 
 def expected_md5(name: str, base_url: str, timeout: float = 30.0) -> tuple[str, str]:
-    """(md5, where it came from): the published ``.md5`` file, cross-checked with :data:`KNOWN_MD5`."""
+    """(md5, where it came from): the published ``.md5`` file, cross-checked with
+    :data:`KNOWN_MD5`.
+    """
     known = KNOWN_MD5[name]
     url = f"{base_url}/{name}.zip.md5"
     try:
@@ -105,7 +111,8 @@ def expected_md5(name: str, base_url: str, timeout: float = 30.0) -> tuple[str, 
         return known, f"MD5 recorded in towerflow; {url} unavailable"
     if known is not None and published != known:
         raise DownloadError(
-            f"{url} says {published}, but {name}.zip is known to have MD5 {known}; not downloading a changed file"
+            f"{url} says {published}, but {name}.zip is known to have MD5 {known}; not "
+            "downloading a changed file"
         )
     return published, url
 
@@ -126,7 +133,9 @@ def fetch(
     progress: IO[str] | None,
     timeout: float = 60.0,
 ) -> None:
-    """Stream ``url`` to a temporary file beside ``dest``; rename it to ``dest`` only if its MD5 is ``expected``."""
+    """Stream ``url`` to a temporary file beside ``dest``; rename it to ``dest`` only if its MD5 is
+    ``expected``.
+    """
     fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
     tmp = Path(tmp_name)
     digest = hashlib.md5(usedforsecurity=False)
@@ -148,7 +157,8 @@ def fetch(
         got = digest.hexdigest()
         if got != expected:
             raise DownloadError(
-                f"{url}: MD5 {got} does not match {expected} ({source}); nothing was kept or unpacked"
+                f"{url}: MD5 {got} does not match {expected} ({source}); nothing was kept or "
+                "unpacked"
             )
         tmp.chmod(0o644)  # mkstemp made it private; the data set is not secret
         os.replace(tmp, dest)
@@ -228,7 +238,8 @@ def _already_unpacked(folder: Path) -> str | None:
 def download(
     name: str, to: Path, base_url: str | None = None, progress: IO[str] | None = None
 ) -> Downloaded:
-    """Make ``to/name/{ratings,movies}.csv`` from the verified GroupLens zip, fetching only what is missing.
+    """Make ``to/name/{ratings,movies}.csv`` from the verified GroupLens zip, fetching only what is
+    missing.
 
     The verified zip is kept as ``to/name.zip``; a zip that fails its checksum or
     holds an unsafe member is deleted and nothing is unpacked.

@@ -57,7 +57,8 @@ WORDS_B = [
 
 @dataclass(frozen=True)
 class Law:
-    """What drives the movies a user picks: P(movie) ~ popularity x exp(taste_strength x genre affinity).
+    """What drives the movies a user picks: P(movie) ~ popularity x exp(taste_strength x genre
+    affinity).
 
     Popularity is Zipf-like (rank ** -popularity_exponent, ranks shuffled over the
     catalog) times exp(quality_pull x quality). Ratings follow the same formula
@@ -67,9 +68,9 @@ class Law:
     taste_strength: float = 3.0
     popularity_exponent: float = 0.9
     quality_pull: float = 0.6
-    # Hidden factors: every user and movie gets a random vector of latent_dim numbers that genres do not
-    # show; picks are weighted by exp(latent_strength x their dot product) (unit variance) and ratings
-    # move by latent_rating x it. 0 = none (the draws of the other laws are unchanged).
+    # Hidden factors: every user and movie gets a random vector of latent_dim numbers that genres do
+    # not show; picks are weighted by exp(latent_strength x their dot product) (unit variance) and
+    # ratings move by latent_rating x it. 0 = none (the draws of the other laws are unchanged).
     latent_strength: float = 0.0
     latent_rating: float = 0.0
     latent_dim: int = 8
@@ -94,9 +95,9 @@ LAWS: dict[str, Law] = {
     # Picks led by popularity: tastes weak, popular (and good) movies rated by most users, as on
     # catalogs where most-popular is hard to beat.
     "popularity": Law(taste_strength=0.5, popularity_exponent=0.9, quality_pull=1.0),
-    # Picks led by hidden factors: weak genre tastes, moderate popularity, and users who pick (and like)
-    # movies whose random latent vectors match theirs. Content features cannot see these factors; who
-    # watched what together (EASE^R's co-occurrence) can.
+    # Picks led by hidden factors: weak genre tastes, moderate popularity, and users who pick (and
+    # like) movies whose random latent vectors match theirs. Content features cannot see these
+    # factors; who watched what together (EASE^R's co-occurrence) can.
     "latent": Law(
         taste_strength=0.5,
         popularity_exponent=0.7,
@@ -212,7 +213,8 @@ def generate(
 
 
 class _Sampler:
-    """Draws movies with probability proportional to popularity x exp(taste_strength x genre affinity).
+    """Draws movies with probability proportional to popularity x exp(taste_strength x genre
+    affinity).
 
     Movies are grouped by their genre set (a few hundred groups), so a user's
     weights are computed per group, not per movie: pick a group by its total
@@ -259,10 +261,12 @@ class _Sampler:
 
 
 class _LatentSampler:
-    """Exact per-movie draws for the latent law: weight = popularity x exp(taste x genre affinity + latent match).
+    """Exact per-movie draws for the latent law: weight = popularity x exp(taste x genre affinity +
+    latent match).
 
-    The latent match differs per movie, so movies cannot be grouped by genre set as :class:`_Sampler`
-    does; the cost is one pass over the catalog per user (Gumbel top-k: sampling without replacement).
+    The latent match differs per movie, so movies cannot be grouped by genre set as
+    :class:`_Sampler` does; the cost is one pass over the catalog per user (Gumbel top-k: sampling
+    without replacement).
     """
 
     def __init__(
@@ -307,7 +311,9 @@ def _rate_block(
     counts: np.ndarray,
     start: np.ndarray,
 ) -> pd.DataFrame:
-    """Ratings of a block of users, with half-star ratings and times over each user's active period."""
+    """Ratings of a block of users, with half-star ratings and times over each user's active
+    period.
+    """
     parts = []
     for u in users:
         if isinstance(sampler, _LatentSampler):

@@ -1,21 +1,22 @@
 """A night on an object store: the run works on a local copy, the store receives what is published.
 
 Training, features and the resume cache want a local disk; readers want the store. So a night with
-``--data-dir s3://bucket/prefix`` runs on a local *scratch* directory laid out like any data directory
-(:class:`tasks.store.layout.Layout`), kept in step with the store:
+``--data-dir s3://bucket/prefix`` runs on a local *scratch* directory laid out like any data
+directory (:class:`tasks.store.layout.Layout`), kept in step with the store:
 
-- :func:`pull`, first thing under the lock: the store's ``latest.json`` (and its ETag) and every file it
-  names become the scratch's, so the gate, drift, warm start and crash recovery see the published run;
-- :func:`push_publish`, inside the publish stage: every model file and table part is written once under
-  its version-unique key (``If-None-Match: *``), then ``latest.json`` with a conditional PUT
-  (``If-None-Match: *`` when nothing was published at the start, else ``If-Match`` on the ETag the night
-  read). Nothing is renamed on the store: a part is invisible until ``latest.json`` names it. Another
-  night that published in between makes the PUT fail with 412: this night then removes what it wrote
-  and fails in one line;
+- :func:`pull`, first thing under the lock: the store's ``latest.json`` (and its ETag) and every
+  file it names become the scratch's, so the gate, drift, warm start and crash recovery see the
+  published run;
+- :func:`push_publish`, inside the publish stage: every model file and table part is written once
+  under its version-unique key (``If-None-Match: *``), then ``latest.json`` with a conditional PUT
+  (``If-None-Match: *`` when nothing was published at the start, else ``If-Match`` on the ETag the
+  night read). Nothing is renamed on the store: a part is invisible until ``latest.json`` names it.
+  Another night that published in between makes the PUT fail with 412: this night then removes what
+  it wrote and fails in one line;
 - :func:`push_extras`, after the report: history rows, the report and the rejected rows.
 
-A killed night leaves ``latest.json`` on the store as it was, with perhaps some unreferenced parts of
-its own version; the rerun resumes its stages from the scratch and writes those parts again.
+A killed night leaves ``latest.json`` on the store as it was, with perhaps some unreferenced parts
+of its own version; the rerun resumes its stages from the scratch and writes those parts again.
 """
 
 from __future__ import annotations
@@ -38,14 +39,18 @@ LATEST = "outputs/latest.json"
 
 
 def default_scratch(uri: StoreURI) -> Path:
-    """``$TOWERFLOW_SCRATCH/<bucket>-<hash>`` (default ``~/.cache/towerflow``): one local copy per store URI."""
+    """``$TOWERFLOW_SCRATCH/<bucket>-<hash>`` (default ``~/.cache/towerflow``): one local copy per
+    store URI.
+    """
     root = Path(os.environ.get("TOWERFLOW_SCRATCH") or Path.home() / ".cache" / "towerflow")
     return root / f"{uri.bucket}-{hashlib.sha256(str(uri).encode()).hexdigest()[:12]}"
 
 
 @dataclass(frozen=True)
 class Target:
-    """Where a night publishes: a local data directory, or a store with its local scratch (``layout``)."""
+    """Where a night publishes: a local data directory, or a store with its local scratch
+    (``layout``).
+    """
 
     layout: Layout
     uri: StoreURI | None = None
@@ -72,15 +77,17 @@ def _named_files(latest: Latest) -> list[str]:
 
 
 def _ingested(latest: Latest) -> list[str]:
-    """The ingested ratings and catalog the run served (``store/<input hash>/``): what the library's seen sets and
-    fold-in read, beside the files latest.json names."""
+    """The ingested ratings and catalog the run served (``store/<input hash>/``): what the library's
+    seen sets and fold-in read, beside the files latest.json names."""
     return [
         f"store/{latest.inputs.sha256}/{name}" for name in ("ratings.parquet", "movies.parquet")
     ]
 
 
 def _referenced(body: bytes | None) -> set[str]:
-    """The keys a store's latest.json names (nothing if there is none or it is not one this towerflow reads)."""
+    """The keys a store's latest.json names (nothing if there is none or it is not one this
+    towerflow reads).
+    """
     if body is None:
         return set()
     try:
@@ -93,10 +100,12 @@ def _referenced(body: bytes | None) -> set[str]:
 def pull(
     store: ObjectStore, layout: Layout, history: bool = True, ingested: bool = False
 ) -> str | None:
-    """Make the scratch's published run the store's; return the ETag of its latest.json (None: nothing published).
+    """Make the scratch's published run the store's; return the ETag of its latest.json (None:
+    nothing published).
 
-    Files already in the scratch with the right sha256 (model files) or present (table parts) are not fetched.
-    ``history``: the night records too; ``ingested``: the ratings the run served (for the library).
+    Files already in the scratch with the right sha256 (model files) or present (table parts) are
+    not fetched. ``history``: the night records too; ``ingested``: the ratings the run served (for
+    the library).
     """
     got = store.get(LATEST)
     if got is None:
@@ -135,9 +144,11 @@ def pull(
 def push_publish(
     store: ObjectStore, layout: Layout, latest: Latest, expect_etag: str | None
 ) -> str:
-    """Write the run's files under their keys, then ``latest.json`` conditionally; return its new ETag.
+    """Write the run's files under their keys, then ``latest.json`` conditionally; return its new
+    ETag.
 
-    Raises :class:`PublishConflict` (having removed what this night wrote) when another night published first.
+    Raises :class:`PublishConflict` (having removed what this night wrote) when another night
+    published first.
     """
     live = store.get(LATEST)
     protected = _referenced(live[0] if live else None)
@@ -149,10 +160,13 @@ def push_publish(
             store.upload(local, rel, if_none_match=True)
         except PublishConflict:
             if rel in inputs or same_file(store, rel, local):
-                continue  # an ingested input (its key is its content's hash), an interrupted attempt's, or the same bytes
+                # an ingested input (its key is its content's hash), an interrupted attempt's, or
+                # the same bytes
+                continue
             if rel in protected:
                 raise PublishConflict(
-                    f"{store.uri}/{rel} is published by another night with other contents; nothing of this night was published"
+                    f"{store.uri}/{rel} is published by another night with other contents; "
+                    "nothing of this night was published"
                 ) from None
             store.upload(local, rel)  # debris of an interrupted attempt: no latest.json names it
     faults.point("publish:uploaded")
@@ -166,7 +180,8 @@ def push_publish(
             [rel for rel in ours if rel not in keep]
         )  # this night's, and its interrupted attempts'
         raise PublishConflict(
-            f"{store.uri}/{LATEST}: another night published since this night started; this night published nothing "
+            f"{store.uri}/{LATEST}: another night published since this night started; this "
+            "night published nothing "
             "(its files were removed again). Run it again to publish over that night's run."
         ) from None
     faults.point("publish:store-committed")
@@ -184,7 +199,9 @@ def latest_bytes(latest: Latest) -> bytes:
 
 
 def _drop_older_parts(store: ObjectStore, latest: Latest) -> None:
-    """Parts of the same partitions that the new latest.json no longer names (as a local publish removes them)."""
+    """Parts of the same partitions that the new latest.json no longer names (as a local publish
+    removes them).
+    """
     for info in latest.tables.values():
         keep = set(info.parts())
         old = [
@@ -197,11 +214,12 @@ def _drop_older_parts(store: ObjectStore, latest: Latest) -> None:
 
 
 def push_extras(store: ObjectStore, layout: Layout) -> int:
-    """Copy the scratch's history rows, reports and rejects to the store where it lacks them; return how many.
+    """Copy the scratch's history rows, reports and rejects to the store where it lacks them; return
+    how many.
 
-    History rows and rejects are written once under unique names, so a key the store lists is not sent
-    again (one listing, not a request per file of every past night); reports, whose trend plot changes
-    every night, are compared by sha256.
+    History rows and rejects are written once under unique names, so a key the store lists is not
+    sent again (one listing, not a request per file of every past night); reports, whose trend plot
+    changes every night, are compared by sha256.
     """
     sent = 0
     for root, once in (
@@ -222,7 +240,9 @@ def push_extras(store: ObjectStore, layout: Layout) -> int:
 
 
 def fetch_input(uri: str, dest_dir: Path) -> Path:
-    """An input file on the store (``--ratings s3://...``), copied once into ``dest_dir`` (re-fetched if it changed)."""
+    """An input file on the store (``--ratings s3://...``), copied once into ``dest_dir``
+    (re-fetched if it changed).
+    """
     bucket_and_key = StoreURI.parse(uri)
     name = Path(bucket_and_key.prefix).name
     if not name:
@@ -241,7 +261,9 @@ def fetch_input(uri: str, dest_dir: Path) -> Path:
 
 
 def pull_for_query(uri: str, cache_dir: str | Path | None = None) -> Path:
-    """A local copy of the run published at ``uri`` (``cache_dir``, default beside the nights' scratch)."""
+    """A local copy of the run published at ``uri`` (``cache_dir``, default beside the nights'
+    scratch).
+    """
     store = ObjectStore(uri)
     store.check()
     local = (
@@ -251,7 +273,8 @@ def pull_for_query(uri: str, cache_dir: str | Path | None = None) -> Path:
     )
     if pull(store, Layout(local), history=False, ingested=True) is None:
         raise FileNotFoundError(
-            f"no published run in {uri} ({uri}/{LATEST} does not exist); run `towerflow run --data-dir {uri}` first"
+            f"no published run in {uri} ({uri}/{LATEST} does not exist); run `towerflow run "
+            f"--data-dir {uri}` first"
         )
     return local
 

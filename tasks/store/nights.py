@@ -1,9 +1,10 @@
 """The record of every night, published, refused, undecided or failed: ``outputs/history/``.
 
-Why its own table: latest.json only knows the night it points to, and a refused or failed night changes
-nothing there. Each night writes one small part file (``night-<finished>-<run date>-<outcome>.parquet``, atomically,
-schema :data:`tasks.store.schemas.NIGHTS`), never rewriting another night's, so a crash cannot lose history and
-two hosts cannot overwrite each other's row. Read as one table with :func:`read_nights`.
+Why its own table: latest.json only knows the night it points to, and a refused or failed night
+changes nothing there. Each night writes one small part file (``night-<finished>-<run
+date>-<outcome>.parquet``, atomically, schema :data:`tasks.store.schemas.NIGHTS`), never rewriting
+another night's, so a crash cannot lose history and two hosts cannot overwrite each other's row.
+Read as one table with :func:`read_nights`.
 """
 
 from __future__ import annotations
@@ -25,7 +26,9 @@ OUTCOMES = ("published", "refused", "failed")
 
 @dataclass(frozen=True)
 class Night:
-    """One row of the history: what a night did and what it measured (None where it got no further)."""
+    """One row of the history: what a night did and what it measured (None where it got no
+    further).
+    """
 
     run_date: str
     finished_at: str
@@ -58,7 +61,9 @@ def night_from(
     reason: str | None = None,
     version: str | None = None,
 ) -> Night:
-    """A history row from what a night knows, in latest.json's shape (``metrics``, ``gate``, ``drift``, ``popularity_prior``)."""
+    """A history row from what a night knows, in latest.json's shape (``metrics``, ``gate``,
+    ``drift``, ``popularity_prior``).
+    """
     metrics = latest_like.get("metrics") or {}
     model, popular = metrics.get("two-tower") or {}, metrics.get("most-popular") or {}
     gate = latest_like.get("gate") or {}

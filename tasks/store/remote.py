@@ -33,7 +33,9 @@ class StoreError(TowerflowError):
 
 
 class StoreUnavailable(StoreError, OSError):
-    """The store could not be reached or failed on its side (5xx): transient, so the I/O stages retry it."""
+    """The store could not be reached or failed on its side (5xx): transient, so the I/O stages
+    retry it.
+    """
 
 
 class PublishConflict(TowerflowError):
@@ -97,16 +99,22 @@ def _error_code(exc: Exception) -> tuple[str, int]:
 
 _FIX = {
     "NoSuchBucket": "the bucket does not exist: create it, or fix the URI",
-    "InvalidAccessKeyId": "the store does not know AWS_ACCESS_KEY_ID: fix the credentials in the environment",
-    "SignatureDoesNotMatch": "AWS_SECRET_ACCESS_KEY does not match the key id: fix the credentials in the environment",
-    "AccessDenied": "the credentials in the environment may not use it: fix them or the bucket's policy",
-    "403": "the store refused the credentials in the environment (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY): fix them",
+    "InvalidAccessKeyId": "the store does not know AWS_ACCESS_KEY_ID: "
+    "fix the credentials in the environment",
+    "SignatureDoesNotMatch": "AWS_SECRET_ACCESS_KEY does not match the key "
+    "id: fix the credentials in the environment",
+    "AccessDenied": "the credentials in the environment may "
+    "not use it: fix them or the bucket's policy",
+    "403": "the store refused the credentials in the environment (AWS_ACCESS_KEY_ID / "
+    "AWS_SECRET_ACCESS_KEY): fix them",
     "404": "the bucket does not exist: create it, or fix the URI",
 }
 
 
 class ObjectStore:
-    """Whole-file reads and writes under one ``s3://bucket/prefix``, every object stamped with its sha256."""
+    """Whole-file reads and writes under one ``s3://bucket/prefix``, every object stamped with its
+    sha256.
+    """
 
     def __init__(self, uri: str | StoreURI):
         import boto3
@@ -140,11 +148,13 @@ class ObjectStore:
         where = f"{self.uri}/{rel}" if rel else str(self.uri)
         if isinstance(exc, NoCredentialsError):
             return StoreError(
-                f"{where}: no credentials; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or a profile)"
+                f"{where}: no credentials; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
+                "(or a profile)"
             )
         if isinstance(exc, EndpointConnectionError):
             return StoreUnavailable(
-                f"{where}: cannot reach the store at {self.endpoint or 'AWS'}; check AWS_ENDPOINT_URL"
+                f"{where}: cannot reach the store at {self.endpoint or 'AWS'}; check "
+                "AWS_ENDPOINT_URL"
             )
         code, status = _error_code(exc)
         if status >= 500:
@@ -155,7 +165,9 @@ class ObjectStore:
         return StoreError(f"{where}: {what} failed ({code}): {fix}")
 
     def check(self) -> None:
-        """Fail in one line, before any work, if the bucket is missing or the credentials are refused."""
+        """Fail in one line, before any work, if the bucket is missing or the credentials are
+        refused.
+        """
         try:
             self._client.head_bucket(Bucket=self.uri.bucket)
         except Exception as exc:
@@ -195,7 +207,9 @@ class ObjectStore:
     def put(
         self, rel: str, body: bytes, *, if_match: str | None = None, if_none_match: bool = False
     ) -> str:
-        """Write an object (conditionally); return its ETag. A failed condition raises :class:`PublishConflict`."""
+        """Write an object (conditionally); return its ETag. A failed condition raises
+        :class:`PublishConflict`.
+        """
         kwargs: dict[str, Any] = {"Metadata": {_SHA_META: hashlib.sha256(body).hexdigest()}}
         if if_match is not None:
             kwargs["IfMatch"] = if_match
@@ -215,7 +229,9 @@ class ObjectStore:
         return str(out["ETag"])
 
     def upload(self, path: Path, rel: str, *, if_none_match: bool = False) -> str:
-        """Write a local file as an object (whole, one PUT: conditional writes need it); return its ETag."""
+        """Write a local file as an object (whole, one PUT: conditional writes need it); return its
+        ETag.
+        """
         return self.put(rel, Path(path).read_bytes(), if_none_match=if_none_match)
 
     def keys(self, rel_prefix: str) -> Iterator[str]:

@@ -13,7 +13,8 @@ import pyarrow as pa
 
 from tasks.errors import TowerflowError
 
-SCHEMA_VERSION = "2"  # 2: served embeddings carry the popularity prior (tasks/serving/popularity.py), serving.json
+# 2: served embeddings carry the popularity prior (tasks/serving/popularity.py), serving.json
+SCHEMA_VERSION = "2"
 VERSION_KEY = b"towerflow.schema_version"
 TABLE_KEY = b"towerflow.table"
 
@@ -103,7 +104,8 @@ METRICS = pa.schema(
         ("value", pa.float64()),
     ]
 )
-# The record of every night (outputs/history/, tasks/store/nights.py): one row per night, whatever its outcome.
+# The record of every night (outputs/history/, tasks/store/nights.py): one row per night, whatever
+# its outcome.
 NIGHTS = pa.schema(
     [
         ("run_date", pa.string()),
@@ -166,5 +168,6 @@ def check_schema(
         version = meta.get(VERSION_KEY, b"<none>").decode()
         if version != SCHEMA_VERSION:
             raise SchemaError(
-                f"{where}: schema version {version}, this towerflow reads version {SCHEMA_VERSION}; re-run `towerflow run` to rebuild it"
+                f"{where}: schema version {version}, this towerflow reads version "
+                f"{SCHEMA_VERSION}; re-run `towerflow run` to rebuild it"
             )

@@ -55,7 +55,9 @@ def atomic_path(final: Path) -> Iterator[Path]:
 
 
 def json_safe(value: Any) -> Any:
-    """``value`` with every NaN or infinite float replaced by None (JSON has no NaN; strict parsers refuse it)."""
+    """``value`` with every NaN or infinite float replaced by None (JSON has no NaN; strict parsers
+    refuse it).
+    """
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, dict):
@@ -111,7 +113,9 @@ class TableWriter:
         extra: dict[str, str] | None = None,
         **parquet_options: Any,
     ):
-        """``parquet_options`` go to :class:`pyarrow.parquet.ParquetWriter` (e.g. ``column_encoding``)."""
+        """``parquet_options`` go to :class:`pyarrow.parquet.ParquetWriter` (e.g.
+        ``column_encoding``).
+        """
         self.path = path
         self.name = name
         self.schema = stamp(schema, name, extra)
