@@ -1,4 +1,5 @@
-"""Cold start for a newcomer: user features from stated genre tastes, the user tower, the FAISS index.
+"""Cold start for a newcomer: user features from stated genre tastes, the user tower, the FAISS
+index.
 
 A newcomer says what they think of a few genres (``"Adventure=5,Fantasy=5"``).
 Their features are computed by the same function as every user's, from one
@@ -55,7 +56,8 @@ def parse_tastes(spec: str) -> dict[str, float]:
         tastes[genre] = stars
     if not tastes:
         raise QueryError(
-            f"--genres: say at least one GENRE=STARS, e.g. 'Adventure=5,Fantasy=4'; genres are {', '.join(GENRES)}"
+            "--genres: say at least one GENRE=STARS, e.g. 'Adventure=5,Fantasy=4'; genres "
+            f"are {', '.join(GENRES)}"
         )
     return tastes
 

@@ -54,7 +54,9 @@ def read_pairs(path: Path) -> pd.DataFrame:
 
 
 def predict_pairs(data_dir: str | Path, pairs_path: Path, output_path: Path) -> dict[str, Any]:
-    """Write predictions for every pair to ``output_path`` (:meth:`towerflow.Recommender.predict`); return counts."""
+    """Write predictions for every pair to ``output_path`` (:meth:`towerflow.Recommender.predict`);
+    return counts.
+    """
     from towerflow.recommender import load
 
     rec = load(data_dir)

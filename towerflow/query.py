@@ -64,7 +64,9 @@ class Published:
         return self.latest.k
 
     def table(self, name: str) -> list[str]:
-        """The part files of a published table named in latest.json (runs before sharding name one file)."""
+        """The part files of a published table named in latest.json (runs before sharding name one
+        file).
+        """
         info = self.latest.tables.get(name)
         if info is None:
             raise QueryError(f"the published run {self.version} has no {name} table")
@@ -92,13 +94,16 @@ class Published:
         path = Layout(self.data_dir).store(store_hash) / "movies.parquet"
         if not path.exists():
             raise QueryError(
-                f"the movie catalog of the published run {self.version} is missing: {path}; re-run `towerflow run`"
+                f"the movie catalog of the published run {self.version} is missing: {path}; "
+                "re-run `towerflow run`"
             )
         return path
 
 
 def load_published(data_dir: Path) -> Published:
-    """The latest published run under ``data_dir``, or a :class:`QueryError` saying to run ``towerflow run``."""
+    """The latest published run under ``data_dir``, or a :class:`QueryError` saying to run
+    ``towerflow run``.
+    """
     try:
         return Published(Path(data_dir), read_latest(Path(data_dir)))
     except (FileNotFoundError, ValueError) as exc:
@@ -115,7 +120,9 @@ def display_title(title: str) -> str:
 
 
 def _catalog(pub: Published, movie_ids: np.ndarray | None = None) -> pd.DataFrame:
-    """Catalog rows (movie_id, title, genres, year), only ``movie_ids`` if given; titles as people write them."""
+    """Catalog rows (movie_id, title, genres, year), only ``movie_ids`` if given; titles as people
+    write them.
+    """
     filters = (
         [("movie_id", "in", [int(x) for x in np.unique(movie_ids)])]
         if movie_ids is not None
@@ -130,7 +137,8 @@ def _catalog(pub: Published, movie_ids: np.ndarray | None = None) -> pd.DataFram
 
 
 def find_movie(pub: Published, query: str) -> int:
-    """A movie id from ``query``: an integer is an id; otherwise a title, matched case-insensitively.
+    """A movie id from ``query``: an integer is an id; otherwise a title, matched
+    case-insensitively.
 
     A title equal to one movie's (with or without its year; ``The Matrix`` finds
     ``Matrix, The (1999)``) picks it; otherwise every title containing the
@@ -156,7 +164,8 @@ def find_movie(pub: Published, query: str) -> int:
     found = exact if len(exact) else cat[titles.str.contains(needle, regex=False)]
     if found.empty:
         raise QueryError(
-            f"no movie title contains {text!r} in the catalog of the published run {pub.version} ({len(cat):,} movies)"
+            f"no movie title contains {text!r} in the catalog of the published run "
+            f"{pub.version} ({len(cat):,} movies)"
         )
     if len(found) > 1:
         found = found.sort_values(["year", "movie_id"], na_position="last")

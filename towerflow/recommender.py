@@ -1,15 +1,16 @@
 """The published model as a library: ``towerflow.load(data_dir)`` gives a :class:`Recommender`.
 
-Why: applications and notebooks want the nightly model without a server or a subprocess: a known user's
-top-k under business rules, a user whose ratings arrived after the night (folded in through the user
-tower, no retraining), similar movies, predicted ratings. Everything is answered from what
+Why: applications and notebooks want the nightly model without a server or a subprocess: a known
+user's top-k under business rules, a user whose ratings arrived after the night (folded in through
+the user tower, no retraining), similar movies, predicted ratings. Everything is answered from what
 ``latest.json`` lists (file hashes checked at load) with the nightly job's own functions: the same
 feature formulas and scalers for a folded-in user, the same served vectors and the same top-k
 (:func:`tasks.serving.recommend.topk_allowed`) as the published tables, the night's business rules
 (:mod:`tasks.serving.rules`) and a call's own on top.
 
-TensorFlow is imported only the first time a user tower must run (:meth:`Recommender.recommend_for_ratings`):
-loading the model and answering for known users needs numpy, pyarrow and FAISS only.
+TensorFlow is imported only the first time a user tower must run
+(:meth:`Recommender.recommend_for_ratings`): loading the model and answering for known users needs
+numpy, pyarrow and FAISS only.
 """
 
 from __future__ import annotations
@@ -38,8 +39,9 @@ SIMILAR_COLUMNS = ["movie_id", "rank", "similar_movie_id", "title", "genres", "s
 def load(data_dir: str | Path = "data", cache_dir: str | Path | None = None) -> Recommender:
     """The run published under ``data_dir`` (its ``outputs/latest.json``), ready to answer.
 
-    ``data_dir`` may be ``s3://bucket/prefix``: the published files are copied once into ``cache_dir``
-    (default: ``$TOWERFLOW_SCRATCH`` or ``~/.cache/towerflow``) and checked against their sha256.
+    ``data_dir`` may be ``s3://bucket/prefix``: the published files are copied once into
+    ``cache_dir`` (default: ``$TOWERFLOW_SCRATCH`` or ``~/.cache/towerflow``) and checked against
+    their sha256.
     """
     if "://" in str(data_dir):
         from tasks.errors import TowerflowError
@@ -53,11 +55,12 @@ def load(data_dir: str | Path = "data", cache_dir: str | Path | None = None) -> 
 
 
 class Recommender:
-    """Answers from one published run. Built by :func:`load`; every answer is a data frame with titles.
+    """Answers from one published run. Built by :func:`load`; every answer is a data frame with
+    titles.
 
-    Business rules of a call (keyword arguments of every recommending method) come on top of the night's
-    (``latest.json`` -> ``rules``): ``exclude`` movie ids, ``only`` these movie ids, ``genres`` (at least
-    one of), ``years`` ``(first, last)``, either end ``None``.
+    Business rules of a call (keyword arguments of every recommending method) come on top of the
+    night's (``latest.json`` -> ``rules``): ``exclude`` movie ids, ``only`` these movie ids,
+    ``genres`` (at least one of), ``years`` ``(first, last)``, either end ``None``.
     """
 
     def __init__(self, published: Published) -> None:
@@ -79,7 +82,8 @@ class Recommender:
         self.user_ids, self._user_vecs = read_embeddings(files["user_embeddings"], "user")
         if not np.array_equal(emb_ids, self.movie_ids) or self.index.ntotal != len(self.movie_ids):
             raise QueryError(
-                f"run {self.version}: the index, its ids and the movie embeddings disagree; re-run `towerflow run`"
+                f"run {self.version}: the index, its ids and the movie embeddings disagree; "
+                "re-run `towerflow run`"
             )
         self.space = ServingSpace.read(files["serving"])
         self.scalers = QueryScalers.read(files["scalers"])
@@ -107,7 +111,8 @@ class Recommender:
             bool
         )  # for genre rules, computed once
 
-    # -- what the run is ------------------------------------------------------------------------------
+    # -- what the run is
+    # ------------------------------------------------------------------------------
     @property
     def version(self) -> str:
         return self.published.version
@@ -118,7 +123,8 @@ class Recommender:
 
     def __repr__(self) -> str:
         return (
-            f"<towerflow.Recommender run {self.version} ({self.run_date}): {len(self.user_ids):,} users, "
+            f"<towerflow.Recommender run {self.version} ({self.run_date}): "
+            f"{len(self.user_ids):,} users, "
             f"{len(self.movie_ids):,} movies, rules: {self.night_rules.describe()}>"
         )
 
@@ -128,13 +134,16 @@ class Recommender:
         return self.published.k
 
     def _seen_csr(self) -> tuple[np.ndarray, np.ndarray, float]:
-        """Each user's rated movies (CSR over users, index rows) and the mean of every rating, read once."""
+        """Each user's rated movies (CSR over users, index rows) and the mean of every rating, read
+        once.
+        """
         if self._seen is None:
             from tasks.serving.recommend import seen_csr
 
             ratings = self._store_ratings()
             indptr, rows = seen_csr(ratings, self.user_ids, self.movie_ids)
-            # the prior every mean is shrunk toward: the mean of the ratings the night's full phase saw
+            # the prior every mean is shrunk toward: the mean of the ratings the night's full phase
+            # saw
             mu = float(ratings["rating"].to_numpy(dtype=np.float64).mean()) if len(ratings) else 3.5
             self._seen = (indptr, rows, mu)
         return self._seen
@@ -150,7 +159,8 @@ class Recommender:
             ) from None
         if not path.exists():
             raise QueryError(
-                f"the ratings of the published run {self.version} are missing: {path}; re-run `towerflow run`"
+                f"the ratings of the published run {self.version} are missing: {path}; "
+                "re-run `towerflow run`"
             )
         schemas.check_schema(pq.read_schema(path), schemas.RATINGS, f"reading ratings from {path}")
         frame: pd.DataFrame = pq.read_table(
@@ -158,7 +168,8 @@ class Recommender:
         ).to_pandas()
         return frame
 
-    # -- rules ------------------------------------------------------------------------------------------
+    # -- rules
+    # ------------------------------------------------------------------------------------------
     def _known_ids(self, ids: frozenset[int] | None, what: str) -> None:
         if not ids:
             return
@@ -166,8 +177,10 @@ class Recommender:
         missing = wanted[self._movie_row.get_indexer(wanted) < 0]
         if len(missing):
             raise QueryError(
-                f"{what}: movie {int(np.sort(missing)[0])} is not in the catalog of run {self.version} "
-                f"({len(self.movie_ids):,} movies; ids {self.movie_ids.min()}..{self.movie_ids.max()})"
+                f"{what}: movie {int(np.sort(missing)[0])} is not in the catalog of run "
+                f"{self.version} "
+                f"({len(self.movie_ids):,} movies; ids "
+                f"{self.movie_ids.min()}..{self.movie_ids.max()})"
             )
 
     def allowed(
@@ -190,15 +203,18 @@ class Recommender:
             self._night_allowed & call.allowed(self.catalog, self.movie_ids, self._genre_rows)
         )
 
-    # -- answers ------------------------------------------------------------------------------------------
+    # -- answers
+    # ------------------------------------------------------------------------------------------
     def _user_rows(self, user_ids: Iterable[int]) -> np.ndarray:
         ids = np.asarray(list(user_ids), dtype=np.int64)
         rows = self._user_row.get_indexer(ids)
         if (rows < 0).any():
             bad = int(ids[rows < 0][0])
             raise QueryError(
-                f"user {bad} is not in the published run {self.version} ({len(self.user_ids):,} users; "
-                f"ids {self.user_ids.min()}..{self.user_ids.max()}); for a user the night did not see, "
+                f"user {bad} is not in the published run {self.version} "
+                f"({len(self.user_ids):,} users; "
+                f"ids {self.user_ids.min()}..{self.user_ids.max()}); for a user the night "
+                "did not see, "
                 "use recommend_for_ratings"
             )
         return np.asarray(rows)
@@ -206,7 +222,9 @@ class Recommender:
     def _top(
         self, queries: np.ndarray, indptr: np.ndarray, seen: np.ndarray, k: int, allowed: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """(query rows, ranks, index rows, scores) of each query's top-k, as the nightly recommend stage."""
+        """(query rows, ranks, index rows, scores) of each query's top-k, as the nightly recommend
+        stage.
+        """
         from tasks.serving.recommend import topk_allowed
 
         _check_k(k)
@@ -258,9 +276,9 @@ class Recommender:
     ) -> pd.DataFrame:
         """A known user's top ``k`` unseen movies, best first (rules: see the class).
 
-        Columns: user_id, rank, movie_id, title, genres, score, predicted_rating. With no rules of its own
-        and ``k`` up to the published k, it is that user's rows of the published recommendations table;
-        otherwise it is searched in the published vectors the same way.
+        Columns: user_id, rank, movie_id, title, genres, score, predicted_rating. With no rules of
+        its own and ``k`` up to the published k, it is that user's rows of the published
+        recommendations table; otherwise it is searched in the published vectors the same way.
         """
         return self.recommend_many(
             [user_id], k, exclude=exclude, only=only, genres=genres, years=years
@@ -276,7 +294,9 @@ class Recommender:
         genres: Iterable[str] | str | None = None,
         years: tuple[int | None, int | None] | None = None,
     ) -> pd.DataFrame:
-        """:meth:`recommend` for many known users at once (one search), grouped by user in the given order."""
+        """:meth:`recommend` for many known users at once (one search), grouped by user in the given
+        order.
+        """
         _check_k(k)
         wanted = np.asarray(list(user_ids), dtype=np.int64)
         rows = self._user_rows(wanted)
@@ -333,10 +353,11 @@ class Recommender:
         genres: Iterable[str] | str | None = None,
         years: tuple[int | None, int | None] | None = None,
     ) -> pd.DataFrame:
-        """Top ``k`` for someone described by their ratings ``{movie_id: stars}``: a new user, or a known one
-        whose ratings changed after the night. Their features are computed from these ratings exactly as the
-        nightly job computes every user's, and folded in through the published user tower: no retraining.
-        The rated movies are excluded. Columns: rank, movie_id, title, genres, score, predicted_rating.
+        """Top ``k`` for someone described by their ratings ``{movie_id: stars}``: a new user, or a
+        known one whose ratings changed after the night. Their features are computed from these
+        ratings exactly as the nightly job computes every user's, and folded in through the
+        published user tower: no retraining. The rated movies are excluded. Columns: rank, movie_id,
+        title, genres, score, predicted_rating.
         """
         vec, rated = self.user_vector(ratings)
         indptr = np.array([0, len(rated)], dtype=np.int64)
@@ -356,14 +377,16 @@ class Recommender:
         years: tuple[int | None, int | None] | None = None,
     ) -> pd.DataFrame:
         """Cold start: top ``k`` for a newcomer who states genre tastes ``{"Adventure": 5, ...}``
-        (:mod:`towerflow.coldstart`). Columns: rank, movie_id, title, genres, score, predicted_rating.
+        (:mod:`towerflow.coldstart`). Columns: rank, movie_id, title, genres, score,
+        predicted_rating.
         """
         from towerflow.coldstart import newcomer_features
 
         row, names = newcomer_features(dict(tastes), self.config)
         if names != self.scalers.user_names:
             raise QueryError(
-                f"the published model {self.version} was trained on other user features than this towerflow computes"
+                f"the published model {self.version} was trained on other user features than "
+                "this towerflow computes"
             )
         x = self.scalers.user(row)
         vec = self._served(x, None)  # with the popularity prior, as every user's
@@ -374,7 +397,8 @@ class Recommender:
         return self._frame(vec, q, rank, items, scores)[RECOMMEND_COLUMNS[1:]]
 
     def user_vector(self, ratings: Mapping[int, float]) -> tuple[np.ndarray, np.ndarray]:
-        """The served vector (1, dim) of a user with these ratings, and the index rows of the rated movies.
+        """The served vector (1, dim) of a user with these ratings, and the index rows of the rated
+        movies.
 
         The mapping's order is taken as the order the ratings were made (oldest first), which only a
         preset with a history input reads.
@@ -396,7 +420,8 @@ class Recommender:
         feats = compute_features(frame, movies, np.array([0]), kind, shrinkage, mu, k, given)
         if feats.user_names != self.scalers.user_names:
             raise QueryError(
-                f"the published model {self.version} was trained on other user features than this towerflow computes"
+                f"the published model {self.version} was trained on other user features than "
+                "this towerflow computes"
             )
         x = self.scalers.user(feats.user_x)
         return self._served(x, frame), rows.astype(np.int64)
@@ -419,8 +444,9 @@ class Recommender:
         return self._factors
 
     def _served(self, x: np.ndarray, ratings: pd.DataFrame | None) -> np.ndarray:
-        """The served vector (1, dim) of one scaled user-feature row, through the published user tower; a
-        tower with a history input reads ``ratings`` (none: an empty history, as a newcomer's)."""
+        """The served vector (1, dim) of one scaled user-feature row, through the published user
+        tower; a tower with a history input reads ``ratings`` (none: an empty history, as a
+        newcomer's)."""
         from tasks.preparation.history import user_history
         from tasks.serving.export import embed
 
@@ -450,7 +476,8 @@ class Recommender:
                 ) from None
             if not (math.isfinite(rating) and RATING_RANGE[0] <= rating <= RATING_RANGE[1]):
                 raise QueryError(
-                    f"ratings: movie {movie_id} rated {value!r}, outside {RATING_RANGE[0]}-{RATING_RANGE[1]} stars"
+                    f"ratings: movie {movie_id} rated {value!r}, outside "
+                    f"{RATING_RANGE[0]}-{RATING_RANGE[1]} stars"
                 )
             ids.append(movie_id)
             stars.append(rating)
@@ -476,18 +503,20 @@ class Recommender:
         genres: Iterable[str] | str | None = None,
         years: tuple[int | None, int | None] | None = None,
     ) -> pd.DataFrame:
-        """The ``k`` movies nearest to ``movie_id`` by the towers' vectors, never itself (rules: see the class).
+        """The ``k`` movies nearest to ``movie_id`` by the towers' vectors, never itself (rules: see
+        the class).
 
-        Columns: movie_id, rank, similar_movie_id, title, genres, score. With no rules of its own and ``k``
-        up to the published k, it is the movie's rows of the published similar_movies table; otherwise it is
-        searched in the published index the same way.
+        Columns: movie_id, rank, similar_movie_id, title, genres, score. With no rules of its own
+        and ``k`` up to the published k, it is the movie's rows of the published similar_movies
+        table; otherwise it is searched in the published index the same way.
         """
         _check_k(k)
         row = self._movie_row.get_indexer([int(movie_id)])[0]
         if row < 0:
             raise QueryError(
                 f"movie {movie_id} is not in the catalog of the published run {self.version} "
-                f"({len(self.movie_ids):,} movies; ids {self.movie_ids.min()}..{self.movie_ids.max()})"
+                f"({len(self.movie_ids):,} movies; ids "
+                f"{self.movie_ids.min()}..{self.movie_ids.max()})"
             )
         if exclude is None and only is None and genres is None and years is None and k <= self.k:
             cols = ["movie_id", "rank", "similar_movie_id", "score"]
@@ -510,11 +539,12 @@ class Recommender:
         return out[SIMILAR_COLUMNS]
 
     def predict(self, pairs: pd.DataFrame | Iterable[tuple[int, int]]) -> pd.DataFrame:
-        """Predicted stars of (user_id, movie_id) pairs: the towers' own dot product, without the popularity prior.
+        """Predicted stars of (user_id, movie_id) pairs: the towers' own dot product, without the
+        popularity prior.
 
-        ``pairs`` is a frame with ``user_id`` and ``movie_id`` columns or an iterable of pairs. A user or movie
-        the run does not know gets a null prediction and an ``error`` saying why, never a made-up value.
-        Columns: user_id, movie_id, predicted_rating, error.
+        ``pairs`` is a frame with ``user_id`` and ``movie_id`` columns or an iterable of pairs. A
+        user or movie the run does not know gets a null prediction and an ``error`` saying why,
+        never a made-up value. Columns: user_id, movie_id, predicted_rating, error.
         """
         frame = (
             pairs
