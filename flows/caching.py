@@ -1,4 +1,5 @@
-"""Resume a crashed night: Prefect caching keyed on content, checked against the stage's outputs on every hit.
+"""Resume a crashed night: Prefect caching keyed on content, checked against the stage's outputs on
+every hit.
 
 A stage declared with :func:`stage_task` is a Prefect task whose cache key
 (:class:`ContentCache`) is the sha256 of
@@ -14,15 +15,13 @@ A stage declared with :func:`stage_task` is a Prefect task whose cache key
   ``outputs`` (where the stage writes) count by their text only.
 
 The task's result (a small dict of paths and facts) is persisted as plain JSON
-(never a serialized Python object: :data:`SERIALIZER` has no object decoder) in ``<work>/.results/``,
-so it lives and dies with the run's staging directory under the data
-directory. The result also carries the manifest of the stage's outputs (every
-file under a path it returned or under an output parameter, with its sha256).
-Before Prefect looks the key up, :meth:`ContentCache.compute_key` reads the
-stored record itself and deletes it unless it is a JSON record whose every
-output still exists with the recorded sha256: a deleted or modified output,
-a record cut short by a crash or written with another serializer is a miss,
-and the stage runs again.
+(never a serialized Python object: :data:`SERIALIZER` has no object decoder) in
+``<work>/.results/``, so it lives and dies with the run's staging directory under the data
+directory. The result also carries the manifest of the stage's outputs (every file under a path it
+returned or under an output parameter, with its sha256). Before Prefect looks the key up,
+:meth:`ContentCache.compute_key` reads the stored record itself and deletes it unless it is a JSON
+record whose every output still exists with the recorded sha256: a deleted or modified output, a
+record cut short by a crash or written with another serializer is a miss, and the stage runs again.
 """
 
 from __future__ import annotations
@@ -81,7 +80,9 @@ def _logger() -> Any:
 
 
 def json_default(obj: Any) -> Any:
-    """JSON for the few non-JSON types results hold (numpy scalars, paths, dates, a failure's exception); else an error."""
+    """JSON for the few non-JSON types results hold (numpy scalars, paths, dates, a failure's
+    exception); else an error.
+    """
     if isinstance(
         obj, BaseException
     ):  # what Prefect stores for a failed run: the message, never the object
@@ -95,7 +96,8 @@ def json_default(obj: Any) -> Any:
     raise TypeError(f"{type(obj).__name__} is not JSON serializable")
 
 
-# Plain json on the way back: no object hook, so a record can only ever load as dicts, lists and scalars.
+# Plain json on the way back: no object hook, so a record can only ever load as dicts, lists and
+# scalars.
 SERIALIZER = JSONSerializer(object_encoder=f"{__name__}.json_default", object_decoder=None)
 
 
@@ -108,7 +110,9 @@ def _module_file(name: str) -> Path | None:
 
 
 def _imported(path: Path) -> set[str]:
-    """Names of the ``flows``/``tasks`` modules a source file imports anywhere (lazy imports too)."""
+    """Names of the ``flows``/``tasks`` modules a source file imports anywhere (lazy imports
+    too).
+    """
     names: set[str] = set()
     for node in ast.walk(ast.parse(path.read_bytes(), str(path))):
         if isinstance(node, ast.Import):
@@ -145,7 +149,9 @@ def _library_versions() -> dict[str, str]:
 
 @functools.cache
 def code_version() -> str:
-    """sha256 of the pipeline's source files and the numeric libraries' versions (computed once per process)."""
+    """sha256 of the pipeline's source files and the numeric libraries' versions (computed once per
+    process).
+    """
     digest = hashlib.sha256()
     for path in code_files():
         digest.update(str(path.relative_to(_ROOT)).encode() + b"\0" + path.read_bytes() + b"\0")
@@ -157,7 +163,9 @@ _SHA_MEMO: dict[tuple[str, int, int, int], str] = {}
 
 
 def file_sha256(path: Path) -> str:
-    """sha256 of a file, remembered per (path, inode, size, mtime) so the large store is read once per process."""
+    """sha256 of a file, remembered per (path, inode, size, mtime) so the large store is read once
+    per process.
+    """
     st = path.stat()
     memo_key = (str(path), st.st_ino, st.st_size, st.st_mtime_ns)
     if memo_key not in _SHA_MEMO:
@@ -166,7 +174,9 @@ def file_sha256(path: Path) -> str:
 
 
 def _visible_files(path: Path) -> Iterator[Path]:
-    """``path`` itself, or the files under it, skipping hidden names (temporaries of atomic writes, result records)."""
+    """``path`` itself, or the files under it, skipping hidden names (temporaries of atomic writes,
+    result records).
+    """
     if path.is_file():
         yield path
     elif path.is_dir():
@@ -186,7 +196,9 @@ def _as_path(value: Any) -> Path | None:
 
 
 def fingerprint(value: Any) -> Any:
-    """What an input contributes to a key: a file or directory by its content, anything else by its value."""
+    """What an input contributes to a key: a file or directory by its content, anything else by its
+    value.
+    """
     path = _as_path(value)
     if path is not None:
         return {
@@ -217,7 +229,8 @@ def _paths_in(value: Any) -> Iterator[Path]:
 def output_manifest(result: Any, output_values: list[Any]) -> dict[str, str]:
     """sha256 of every file under a path the stage returned, and of the files it was told to write.
 
-    An output *directory* parameter is not walked: files a later stage adds there are not this stage's.
+    An output *directory* parameter is not walked: files a later stage adds there are not this
+    stage's.
     """
     manifest: dict[str, str] = {}
     for root in [*_paths_in(result), *(p for p in _paths_in(output_values) if p.is_file())]:
@@ -238,7 +251,10 @@ def stale_reason(record_path: Path) -> str | None:
             or serializer.get("jsonlib", "json") != "json"
             or serializer.get("object_decoder")
         ):
-            return f"the record was written with serializer {serializer.get('type')!r}, not towerflow's plain JSON"
+            return (
+                f"the record was written with serializer {serializer.get('type')!r}, not "
+                "towerflow's plain JSON"
+            )
         result = json.loads(record["result"])
         manifest = result[MANIFEST]
     except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -254,7 +270,9 @@ def stale_reason(record_path: Path) -> str | None:
 
 @dataclass
 class ContentCache(CachePolicy):
-    """Key on the code version and the content of the inputs; a stored result counts only while its outputs verify."""
+    """Key on the code version and the content of the inputs; a stored result counts only while its
+    outputs verify.
+    """
 
     outputs: tuple[str, ...] = ()
 
@@ -267,7 +285,8 @@ class ContentCache(CachePolicy):
     ) -> str | None:
         storage = task_ctx.result_store.result_storage
         if not isinstance(storage, LocalFileSystem) or not storage.basepath:
-            return None  # results outside a local directory cannot be checked: run the stage every time
+            # results outside a local directory cannot be checked: run the stage every time
+            return None
         parts = {
             "task": task_ctx.task.name,
             "code": code_version(),
@@ -298,11 +317,13 @@ class ContentCache(CachePolicy):
 def stage_task(
     name: str, outputs: tuple[str, ...] = (), **options: Any
 ) -> Callable[[Callable[P, R]], Task[P, R]]:
-    """``@task`` for a resumable stage returning a dict: content-keyed cache, JSON result with its output manifest.
+    """``@task`` for a resumable stage returning a dict: content-keyed cache, JSON result with its
+    output manifest.
 
     ``outputs`` names the parameters that say where the stage writes. The
     result storage is set per run by :func:`run_stage` (the run's work directory).
-    The task keeps the function's signature and result type, so mypy checks every call and every key read.
+    The task keeps the function's signature and result type, so mypy checks every call and every key
+    read.
     """
 
     def decorate(fn: Callable[P, R]) -> Task[P, R]:
@@ -333,7 +354,9 @@ def stage_task(
 def run_stage(
     fn: Callable[P, T], work: Path | None, /, *args: P.args, **kwargs: P.kwargs
 ) -> tuple[T, bool]:
-    """Call a stage; a resumable one stores its result in ``work/.results``. Returns (result, reused from cache)."""
+    """Call a stage; a resumable one stores its result in ``work/.results``. Returns (result, reused
+    from cache).
+    """
     if work is None or not isinstance(fn, Task) or not isinstance(fn.cache_policy, ContentCache):
         return fn(*args, **kwargs), False
     stage: Task[..., Any] = (

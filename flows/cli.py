@@ -1,4 +1,5 @@
-"""The ``towerflow`` command: run, predict, evaluate, generate; recommend, similar, download (``flows.query_cli``).
+"""The ``towerflow`` command: run, predict, evaluate, generate; recommend, similar, download
+(``flows.query_cli``).
 
 Exit status 0 on success; otherwise non-zero and one line on stderr naming
 the file, row or stage at fault.
@@ -27,14 +28,17 @@ def _quiet_env() -> None:
     set_thread_env(default_threads())
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "tasks")
-    # Prefect waits 20 s for its temporary server; a busy 2-core machine can need more (a night must not fail on it)
+    # Prefect waits 20 s for its temporary server; a busy 2-core machine can need more (a night must
+    # not fail on it)
     os.environ.setdefault(
         "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", str(EPHEMERAL_STARTUP_SECONDS)
     )
 
 
 def _runner_args(parser: argparse.ArgumentParser) -> None:
-    """Where the shard tasks run: options of the command, not flow parameters (a deployment's runner has its own)."""
+    """Where the shard tasks run: options of the command, not flow parameters (a deployment's runner
+    has its own).
+    """
     parser.add_argument(
         "--dask-address",
         metavar="tcp://HOST:PORT",
@@ -43,7 +47,8 @@ def _runner_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--workers",
         type=int,
-        help="without Dask: shard tasks at a time on local threads (default: $TOWERFLOW_WORKERS or 2)",
+        help="without Dask: shard tasks at a time on local threads (default: $TOWERFLOW_WORKERS "
+        "or 2)",
     )
 
 
@@ -123,7 +128,8 @@ def _parser() -> argparse.ArgumentParser:
         "--law",
         choices=sorted(LAWS),
         default="taste",
-        help="what drives the picks: genre taste (default), popularity (weak tastes) or latent (hidden factors genres do not show)",
+        help="what drives the picks: genre taste (default), popularity (weak tastes) or latent "
+        "(hidden factors genres do not show)",
     )
     gen.add_argument(
         "--taste-strength",
@@ -162,9 +168,11 @@ def _summary(s: dict[str, Any]) -> str:
     lines = [
         "",
         f"towerflow run {s['run_date']}  model {s['model_version']}  preset {s['preset']}",
-        f"  read      {ing['rows_read']:,} ratings -> {ing['rows_accepted']:,} accepted, {ing['rows_rejected']:,} rejected "
+        f"  read      {ing['rows_read']:,} ratings -> {ing['rows_accepted']:,} accepted, "
+        f"{ing['rows_rejected']:,} rejected "
         f"({ing['reject_share']:.2%}), {ing['duplicates_dropped']:,} older duplicates dropped; "
-        f"{s['users']:,} users, {s['movies']:,} movies ({ing['movies_without_year']} without a year)",
+        f"{s['users']:,} users, {s['movies']:,} movies ({ing['movies_without_year']} without "
+        "a year)",
         f"  rejects   {_under(s['data_dir'], ing['rejects_path'])}"
         + (
             " (" + ", ".join(f"{r} {n:,}" for r, n in ing["rejected_by_reason"].items()) + ")"
@@ -181,7 +189,8 @@ def _summary(s: dict[str, Any]) -> str:
     if "files_new" in ing:
         lines.insert(
             3,
-            f"  files     {ing['files_new']} new, {ing['files_skipped']} already ingested (skipped); {ing['rows_total']:,} ratings in all",
+            f"  files     {ing['files_new']} new, {ing['files_skipped']} already ingested "
+            f"(skipped); {ing['rows_total']:,} ratings in all",
         )
     if s["training"].get("warm_start"):
         lines.append(f"  warm      {s['training']['warm_start']}")
@@ -196,7 +205,8 @@ def _summary(s: dict[str, Any]) -> str:
             f"  holdout   NDCG@{s['k']} on {users:,} users (95% interval): " + ";  ".join(figures)
         )
         lines.append(
-            f"  prior     popularity weight {s['popularity_prior']['weight']:g}, chosen on the holdout"
+            f"  prior     popularity weight {s['popularity_prior']['weight']:g}, chosen on "
+            "the holdout"
         )
     gate = s.get("gate") or {}
     if gate:
@@ -259,11 +269,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     out = predict_pairs(args.data_dir, args.pairs, args.output)
     print(
-        f"predicted {out['scored']:,} of {out['rows']:,} pairs with model {out['model_version']} -> {out['output']}"
+        f"predicted {out['scored']:,} of {out['rows']:,} pairs with model "
+        f"{out['model_version']} -> {out['output']}"
     )
     if out["errors"]:
         print(
-            f"towerflow predict: {out['errors']:,} pairs have no prediction; see the 'error' column of {out['output']}",
+            f"towerflow predict: {out['errors']:,} pairs have no prediction; see the 'error' "
+            f"column of {out['output']}",
             file=sys.stderr,
         )
     return 0
@@ -288,7 +300,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     hold = per_user_holdout(ratings, args.holdout)
     train, test = ratings[~hold], ratings[hold]
     print(
-        f"per-user temporal split: {len(train):,} train / {len(test):,} held-out ratings, {stats.users:,} users, {len(movies):,} movies"
+        f"per-user temporal split: {len(train):,} train / {len(test):,} held-out ratings, "
+        f"{stats.users:,} users, {len(movies):,} movies"
     )
     tables = []
     for seed in args.seed or [42]:
@@ -297,7 +310,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             print(f"training preset {name} (seed {seed}) ...", flush=True)
             fitted = fit(train, movies, preset(name, max_epochs=args.max_epochs), seed, k=args.k)
             print(
-                f"  {fitted.best_epoch} epochs, popularity prior weight {fitted.prior_weight:g}, {fitted.seconds:.0f} s"
+                f"  {fitted.best_epoch} epochs, popularity prior weight "
+                f"{fitted.prior_weight:g}, {fitted.seconds:.0f} s"
             )
             models[f"two-tower ({name})"] = fitted
         table = compare(
@@ -330,8 +344,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         )
         tables.append(shown.assign(seed=seed))
     print(
-        f"relevant = held-out rating >= 4; every ranking figure rests on the {int(tables[0]['users'].iloc[0]):,} users with a relevant "
-        "held-out movie (ndcg_low..ndcg_high: 95% bootstrap interval over them); seen movies excluded"
+        "relevant = held-out rating >= 4; every ranking figure rests on the "
+        f"{int(tables[0]['users'].iloc[0]):,} users with a relevant "
+        "held-out movie (ndcg_low..ndcg_high: 95% bootstrap interval over them); seen movies "
+        "excluded"
     )
     both = pd.concat(tables, ignore_index=True)
     if len(tables) > 1:
@@ -373,7 +389,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         law=law,
     )
     print(
-        f"wrote {data.n_ratings:,} ratings by {data.n_users:,} users of {data.n_movies:,} movies to {args.out} ({law})"
+        f"wrote {data.n_ratings:,} ratings by {data.n_users:,} users of {data.n_movies:,} "
+        f"movies to {args.out} ({law})"
     )
     print(f"next: towerflow run --ratings {data.ratings_csv} --movies {data.movies_csv}")
     return 0

@@ -1,12 +1,14 @@
-"""Prefect events for what a night did, so the UI's Event Feed shows it and automations can act on it.
+"""Prefect events for what a night did, so the UI's Event Feed shows it and automations can act on
+it.
 
 Names (:data:`EVENTS`): ``towerflow.night.published``, ``towerflow.night.gate-undecided`` (published
 without a verdict), ``towerflow.night.gate-refused``, ``towerflow.night.failed`` and
 ``towerflow.night.drifted`` (tonight's lists moved from the published ones past
 :data:`tasks.evaluation.drift.DRIFT_ALERT`). The resource is the data directory
-(``towerflow.data-dir.<absolute path>``); the payload holds the run date, the model version, the holdout
-metrics with the users behind them, the gate's verdict, the drift and, on failure, the reason. A downstream
-deployment can be triggered on ``towerflow.night.published`` instead of polling latest.json.
+(``towerflow.data-dir.<absolute path>``); the payload holds the run date, the model version, the
+holdout metrics with the users behind them, the gate's verdict, the drift and, on failure, the
+reason. A downstream deployment can be triggered on ``towerflow.night.published`` instead of polling
+latest.json.
 
 Emitting is best effort: an event that cannot be sent is logged, never fails the night.
 """
@@ -38,7 +40,9 @@ def resource(data_dir: Path) -> dict[str, str]:
 
 
 def payload(latest_like: dict[str, Any], reason: str | None = None) -> dict[str, Any]:
-    """The facts an automation or a downstream job needs, from latest.json (or what a failed night knew)."""
+    """The facts an automation or a downstream job needs, from latest.json (or what a failed night
+    knew).
+    """
     metrics = latest_like.get("metrics") or {}
     gate = latest_like.get("gate") or {}
     out: dict[str, Any] = {

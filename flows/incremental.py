@@ -37,7 +37,9 @@ def single(ratings: str | list[str]) -> str:
 def ingest_file_task(
     src: str, movies: str, part: str, rejects: str, max_reject_share: float, name: str
 ) -> dict[str, Any]:
-    """One new ratings file into its own part of the store (one task per file, on the flow's task runner)."""
+    """One new ratings file into its own part of the store (one task per file, on the flow's task
+    runner).
+    """
     return incremental.ingest_part(
         Path(src), Path(movies), Path(part), Path(rejects), max_reject_share
     )
@@ -46,7 +48,9 @@ def ingest_file_task(
 def ingest_all(
     ratings: str | list[str], movies: str, data_dir: str, run_date: dt.date, max_reject_share: float
 ) -> LedgerIngested:
-    """Ledger ingest from the flow: the new files are ingested as parallel tasks, the ledger and store updated after."""
+    """Ledger ingest from the flow: the new files are ingested as parallel tasks, the ledger and
+    store updated after.
+    """
 
     def run_files(jobs: list[dict[str, str]]) -> list[dict[str, Any]]:
         futures = [

@@ -1,10 +1,12 @@
-"""What every night leaves behind, whatever its outcome: its history row, its events, the history artifact.
+"""What every night leaves behind, whatever its outcome: its history row, its events, the history
+artifact.
 
 A published night calls :func:`published`; a refused or failed one :func:`failed` (from the flow's
 exception path, before the exception goes on to fail the flow run). Both write the night's row
-(:mod:`tasks.store.nights`), emit its events (:mod:`flows.events`) and refresh the ``towerflow-history``
-artifact: the last nights side by side with a trend plot, so the Artifacts page of that key reads as the
-project's health over time. Each step is best effort: nothing here may hide the night's own outcome.
+(:mod:`tasks.store.nights`), emit its events (:mod:`flows.events`) and refresh the
+``towerflow-history`` artifact: the last nights side by side with a trend plot, so the Artifacts
+page of that key reads as the project's health over time. Each step is best effort: nothing here may
+hide the night's own outcome.
 """
 
 from __future__ import annotations
@@ -44,9 +46,11 @@ def published(layout: Layout, latest: dict[str, Any], seconds: float) -> None:
 def failed(
     layout: Layout, run_date: dt.date, exc: BaseException, known: dict[str, Any], seconds: float
 ) -> None:
-    """Record a refused or failed night (``known``: what it measured, in latest.json's shape) and emit its event.
+    """Record a refused or failed night (``known``: what it measured, in latest.json's shape) and
+    emit its event.
 
-    A run refused because another one holds the data directory records nothing: that night is the other run's.
+    A run refused because another one holds the data directory records nothing: that night is the
+    other run's.
     """
     from flows.lock import LockedError
     from tasks.evaluation.quality import QualityGateError
@@ -69,7 +73,9 @@ def failed(
 
 
 def push_quietly(store_uri: str, layout: Layout) -> None:
-    """After a failed night on a store: its history row (and rejects) to the store; a failure here is only logged."""
+    """After a failed night on a store: its history row (and rejects) to the store; a failure here
+    is only logged.
+    """
     from tasks.store import mirror
     from tasks.store.remote import ObjectStore
 
@@ -92,7 +98,8 @@ def history_markdown(nights: pd.DataFrame, plot: Path | None, embed: bool) -> st
     if nights.empty:
         return "\n".join([*lines, "No night recorded yet.", ""])
     lines += [
-        "| finished (UTC) | run date | outcome | gate | NDCG@k [95% interval] | most-popular | RMSE | coverage | users | drift | model |",
+        "| finished (UTC) | run date | outcome | gate | NDCG@k [95% interval] | most-popular "
+        "| RMSE | coverage | users | drift | model |",
         "|---|---|---|---|---|---:|---:|---:|---:|---:|---|",
     ]
 
@@ -109,9 +116,13 @@ def history_markdown(nights: pd.DataFrame, plot: Path | None, embed: bool) -> st
             else ""
         )
         lines.append(
-            f"| {row['finished_at']} | {row['run_date']} | {row['outcome']} | {text(row['verdict'])} | {ndcg} | "
-            f"{num(row['most_popular_ndcg'])} | {num(row['rmse'], '.3f')} | {num(row['coverage'], '.3f')} | {num(row['users'], ',.0f')} | "
-            f"{num(row['drift'], '.3f')} | {'`' + text(row['model_version']) + '`' if text(row['model_version']) else ''} |"
+            f"| {row['finished_at']} | {row['run_date']} | {row['outcome']} | "
+            f"{text(row['verdict'])} | {ndcg} | "
+            f"{num(row['most_popular_ndcg'])} | {num(row['rmse'], '.3f')} | "
+            f"{num(row['coverage'], '.3f')} | {num(row['users'], ',.0f')} | "
+            f"{num(row['drift'], '.3f')} | "
+            f"{'`' + text(row['model_version']) + '`' if text(row['model_version']) else ''} "
+            "|"
         )
     failures = nights[nights["outcome"] != "published"]
     if len(failures):

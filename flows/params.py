@@ -1,8 +1,9 @@
-"""The nightly flow's parameters: one pydantic model, shown in the Prefect UI and stored with deployments.
+"""The nightly flow's parameters: one pydantic model, shown in the Prefect UI and stored with
+deployments.
 
 It is also the one definition of the command line's run options: :func:`add_arguments` derives each
-``towerflow run`` / ``serve`` option (name, type, default, help) from a field, and :func:`from_arguments`
-maps them back, so a default or a description is written once.
+``towerflow run`` / ``serve`` option (name, type, default, help) from a field, and
+:func:`from_arguments` maps them back, so a default or a description is written once.
 """
 
 from __future__ import annotations
@@ -31,7 +32,9 @@ class NightlyParams(BaseModel):
 
     ratings: str | list[str] | None = Field(
         None,
-        description="ratings.csv (or .parquet); several files or a drop folder: incremental (ledger); default: embedded",
+        description="ratings.csv (or .parquet); several files "
+        "or a drop folder: incremental (ledger); "
+        "default: embedded",
     )
     movies: str | None = Field(
         None, description="movies.csv (or .parquet); default: the embedded data set"
@@ -42,7 +45,9 @@ class NightlyParams(BaseModel):
     )
     scratch_dir: str | None = Field(
         None,
-        description="with an s3:// data directory: the local working copy (staging, resume cache, the published run); "
+        description="with an s3:// data directory: the local "
+        "working copy (staging, resume cache, the "
+        "published run); "
         "default: $TOWERFLOW_SCRATCH or ~/.cache/towerflow, one per URI",
     )
     run_date: dt.date | None = Field(None, description="partition date; default: today")
@@ -61,7 +66,9 @@ class NightlyParams(BaseModel):
         0.2,
         ge=0.0,
         lt=0.5,
-        description="each user's most recent share of ratings held out to validate (0: no holdout, no gate)",
+        description="each user's most recent share of ratings "
+        "held out to validate (0: no holdout, no "
+        "gate)",
     )
     max_epochs: int | None = Field(None, ge=1, description="override the preset's epoch limit")
     warm_start: bool = Field(
@@ -75,7 +82,9 @@ class NightlyParams(BaseModel):
     )
     refit: Literal["full", "warm", "none"] | None = Field(
         None,
-        description="'full': train again on every rating to publish; 'warm': go on from the validation model for a fifth "
+        description="'full': train again on every rating to "
+        "publish; 'warm': go on from the validation "
+        "model for a fifth "
         "of its epochs; 'none': publish the validation model (default: the preset's)",
     )
     factors: int | None = Field(
@@ -95,7 +104,8 @@ class NightlyParams(BaseModel):
     )
     gate: bool = Field(
         True,
-        description="refuse to publish a model worse, with confidence, than most-popular or the published model",
+        description="refuse to publish a model worse, with confidence, than most-popular or the "
+        "published model",
     )
     gate_margin: float = Field(
         0.01,
@@ -106,15 +116,18 @@ class NightlyParams(BaseModel):
         0.01,
         ge=0.0,
         le=1.0,
-        description="fail the run if more than this share of the ratings rows is rejected (see rejects/)",
+        description="fail the run if more than this share of "
+        "the ratings rows is rejected (see rejects/)",
     )
     deny_list: str | None = Field(
         None,
-        description="file of movie ids never recommended: one per line, or a CSV with a movieId column",
+        description="file of movie ids never recommended: one "
+        "per line, or a CSV with a movieId column",
     )
     only_genres: str | None = Field(
         None,
-        description="recommend only movies of at least one of these genres, comma-separated (e.g. 'Comedy,Drama')",
+        description="recommend only movies of at least one of these genres, comma-separated (e.g. "
+        "'Comedy,Drama')",
     )
     years: str | None = Field(
         None,
@@ -137,7 +150,9 @@ class NightlyParams(BaseModel):
         return value
 
     def rules(self) -> Rules:
-        """The night's business rules (:class:`tasks.serving.rules.Rules`), the deny-list file read now."""
+        """The night's business rules (:class:`tasks.serving.rules.Rules`), the deny-list file read
+        now.
+        """
         from tasks.serving.rules import Rules, parse_years, read_deny_list
 
         deny = read_deny_list(self.deny_list) if self.deny_list else None
@@ -162,8 +177,9 @@ class NightlyParams(BaseModel):
         return value
 
 
-# The fields that are command-line options, with what argparse needs beyond the field itself (flag name when
-# it is not --<field-name>, a metavar, choices); the rest (holdout_fraction, chunk_size) are flow parameters only.
+# The fields that are command-line options, with what argparse needs beyond the field itself (flag
+# name when it is not --<field-name>, a metavar, choices); the rest (holdout_fraction, chunk_size)
+# are flow parameters only.
 _OPTIONS: dict[str, dict[str, Any]] = {
     "ratings": {"type": str, "action": "append", "metavar": "PATH"},
     "movies": {"type": str, "metavar": "PATH"},
@@ -211,7 +227,9 @@ def _scalar(annotation: Any) -> Any:
 
 
 def add_arguments(parser: argparse.ArgumentParser, *, run_date: bool = True) -> None:
-    """Add the run options to ``parser`` (``run_date``: False for ``serve``, whose runs take the day they run)."""
+    """Add the run options to ``parser`` (``run_date``: False for ``serve``, whose runs take the day
+    they run).
+    """
     for name, extra in _OPTIONS.items():
         if name == "run_date" and not run_date:
             continue
@@ -237,7 +255,9 @@ def add_arguments(parser: argparse.ArgumentParser, *, run_date: bool = True) -> 
 
 
 def from_arguments(args: argparse.Namespace) -> NightlyParams:
-    """The parameters of the options :func:`add_arguments` added (paths as text, one ratings file or several)."""
+    """The parameters of the options :func:`add_arguments` added (paths as text, one ratings file or
+    several).
+    """
     values = {name: getattr(args, name) for name in _OPTIONS if hasattr(args, name)}
     ratings = values.pop("ratings", None)
     if ratings:

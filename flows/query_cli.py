@@ -1,9 +1,10 @@
 """``towerflow recommend``, ``towerflow similar`` and ``towerflow download``.
 
-The query commands are thin wrappers over the library (:func:`towerflow.load`): they ask the published
-run (``outputs/latest.json``) and print a readable table, or ``--format json|csv`` for scripts; they never
-retrain, and only a newcomer's answer (``--genres``, ``--rated``) imports TensorFlow. Errors raise with a
-message naming the bad value; ``flows.cli.main`` turns that into one line on stderr and exit status 1.
+The query commands are thin wrappers over the library (:func:`towerflow.load`): they ask the
+published run (``outputs/latest.json``) and print a readable table, or ``--format json|csv`` for
+scripts; they never retrain, and only a newcomer's answer (``--genres``, ``--rated``) imports
+TensorFlow. Errors raise with a message naming the bad value; ``flows.cli.main`` turns that into one
+line on stderr and exit status 1.
 """
 
 from __future__ import annotations
@@ -89,7 +90,8 @@ def add_parsers(sub: Any) -> None:
     who.add_argument(
         "--rated",
         metavar="RATINGS",
-        help='someone the night did not see, by their ratings: "MOVIE=STARS,...", e.g. "1=5,260=4.5"',
+        help='someone the night did not see, by their ratings: "MOVIE=STARS,...", e.g. '
+        '"1=5,260=4.5"',
     )
     _common(rec)
     sim = sub.add_parser(
@@ -157,7 +159,9 @@ def _cell(value: Any, fmt: str, width: int, column: str) -> str:
 
 
 def format_table(frame: pd.DataFrame, columns: list[str]) -> str:
-    """An aligned plain-text table; long titles are cut before their year, long genre lists counted."""
+    """An aligned plain-text table; long titles are cut before their year, long genre lists
+    counted.
+    """
     import pandas as pd
 
     numeric = {c for c in columns if pd.api.types.is_numeric_dtype(frame[c])}
@@ -200,7 +204,9 @@ def emit(frame: pd.DataFrame, fmt: str, headline: str, table_columns: list[str])
 
 
 def _rules(args: argparse.Namespace) -> dict[str, Any]:
-    """The business rules of a query command's options, as keyword arguments of the library's calls."""
+    """The business rules of a query command's options, as keyword arguments of the library's
+    calls.
+    """
     from tasks.serving.rules import parse_years
 
     exclude = [x for x in (args.exclude or "").split(",") if x.strip()] if args.exclude else None
@@ -274,7 +280,10 @@ def cmd_similar(args: argparse.Namespace) -> int:
         return 1
     frame = rec.similar(movie_id, args.k or rec.k or 10, **_rules(args))
     title = movie_title(rec.published, movie_id)
-    headline = f"{len(frame)} movies like {title} [movie {movie_id}]  (model {rec.version}, published {rec.run_date})"
+    headline = (
+        f"{len(frame)} movies like {title} [movie {movie_id}]  (model {rec.version}, published "
+        f"{rec.run_date})"
+    )
     emit(frame, args.format, headline, ["rank", "similar_movie_id", "title", "genres", "score"])
     return 0
 
@@ -289,7 +298,8 @@ def cmd_download(args: argparse.Namespace) -> int:
         )
     else:
         print(
-            f"{args.dataset}: already in {got.folder} (MD5 {got.md5} verified when unpacked); nothing downloaded"
+            f"{args.dataset}: already in {got.folder} (MD5 {got.md5} verified when "
+            "unpacked); nothing downloaded"
         )
     print(f"next: {got.run_command()}")
     return 0

@@ -65,7 +65,9 @@ class Progress:
 
 
 class EpochProgress:
-    """``on_epoch(phase, record)`` for training: logs each epoch and moves the stage's progress artifact."""
+    """``on_epoch(phase, record)`` for training: logs each epoch and moves the stage's progress
+    artifact.
+    """
 
     def __init__(self, stage: str, max_epochs: int) -> None:
         self.logger = get_run_logger()
@@ -99,7 +101,9 @@ class EpochProgress:
         )
 
     def finish(self, result: R) -> R:
-        """Mark the stage done (early stopping ends before the budget); return ``result`` unchanged."""
+        """Mark the stage done (early stopping ends before the budget); return ``result``
+        unchanged.
+        """
         self.progress.update(
             1.0, f"{self.stage}: done after {self.epochs} of {self.max_epochs} epochs"
         )
@@ -107,7 +111,9 @@ class EpochProgress:
 
 
 def _image(path: Path | None, alt: str, embed: bool) -> str:
-    """The plot embedded as a data URI (the UI renders those, never file:// links), or linked by file name."""
+    """The plot embedded as a data URI (the UI renders those, never file:// links), or linked by
+    file name.
+    """
     if path is None:
         return f"({alt}: no plot, see the run's logs)"
     if not embed:
@@ -144,9 +150,12 @@ def _drift(latest: dict[str, Any]) -> list[str]:
     if versus and versus.get("users_compared"):
         lines += [
             "",
-            f"Against the published run, over {int(versus['users_compared']):,} users: mean top-k Jaccard {versus['mean_jaccard']:.3f} "
-            f"(drift {versus['drift']:.3f}{', past the alert threshold' if drift.get('drifted') else ''}), "
-            f"{versus['changed_share']:.1%} of the lists changed, score mean shift {versus['score_mean_shift']:+.4f}, "
+            f"Against the published run, over {int(versus['users_compared']):,} users: mean "
+            f"top-k Jaccard {versus['mean_jaccard']:.3f} "
+            f"(drift {versus['drift']:.3f}"
+            f"{', past the alert threshold' if drift.get('drifted') else ''}), "
+            f"{versus['changed_share']:.1%} of the lists changed, score mean shift "
+            f"{versus['score_mean_shift']:+.4f}, "
             f"KS {versus['score_ks']:.3f}.",
         ]
     elif "versus_published" not in drift:
@@ -169,7 +178,8 @@ def _report(
     lines = [
         f"# towerflow nightly {latest['run_date']}: model `{latest['model_version']}`",
         "",
-        f"Published {latest.get('published_at', '')}; preset `{latest.get('preset')}`, k={latest.get('k')}, "
+        f"Published {latest.get('published_at', '')}; preset `{latest.get('preset')}`, "
+        f"k={latest.get('k')}, "
         f"{latest.get('threads')} threads; shards ran on {runner}.",
         "",
         "## Input",
@@ -187,8 +197,10 @@ def _report(
         "",
         "## Training",
         "",
-        f"Best epoch {train.get('best_epoch')} of {train.get('epochs_run')} run; refit {train.get('refit_epochs')} epochs on every "
-        f"rating; validation RMSE {f'{rmse:.3f} stars' if rmse is not None else 'n/a (no holdout)'}.",
+        f"Best epoch {train.get('best_epoch')} of {train.get('epochs_run')} run; refit "
+        f"{train.get('refit_epochs')} epochs on every "
+        "rating; validation RMSE "
+        f"{f'{rmse:.3f} stars' if rmse is not None else 'n/a (no holdout)'}.",
         "",
         _image(plots.get("loss"), "training loss per epoch", embed),
         "",
@@ -224,22 +236,28 @@ def _report(
             cells = " | ".join("" if values.get(n) is None else f"{values[n]:.4f}" for n in names)
             lines.append(f"| {method} | {cells} | {int(values.get('users', 0)):,} |")
         prior = latest.get("popularity_prior") or {}
+        by_weight = ", ".join(
+            f"{w} {v:.4f}" for w, v in (prior.get("ndcg_by_weight") or {}).items()
+        )
         lines += [
             "",
-            f"Each user's most recent ratings held out; ndcg_low..ndcg_high is the 95% bootstrap interval over the users. "
+            "Each user's most recent ratings held out; ndcg_low..ndcg_high is the 95% "
+            "bootstrap interval over the users. "
             f"Popularity prior weight {prior.get('weight', 0):g}, chosen on this holdout "
-            f"(NDCG@k by weight: {', '.join(f'{w} {v:.4f}' for w, v in (prior.get('ndcg_by_weight') or {}).items())}).",
+            f"(NDCG@k by weight: {by_weight}).",
             "",
         ]
     lines += _drift(latest)
     lines += ["## Outputs", "", "| table | rows | files | path |", "|---|---:|---:|---|"]
     for name, info in latest.get("tables", {}).items():
         lines.append(
-            f"| {name} | {info['rows']:,} | {len(info.get('files', [info['path']]))} | `{data_dir / info['path']}` |"
+            f"| {name} | {info['rows']:,} | {len(info.get('files', [info['path']]))} | "
+            f"`{data_dir / info['path']}` |"
         )
     lines += [
         "",
-        f"`latest.json`: `{data_dir / 'outputs' / 'latest.json'}`; model files: `{data_dir / 'models' / latest['model_version']}`.",
+        f"`latest.json`: `{data_dir / 'outputs' / 'latest.json'}`; model files: "
+        f"`{data_dir / 'models' / latest['model_version']}`.",
         "",
         "## Scores",
         "",
@@ -258,10 +276,11 @@ def _report(
 
 @task(name="report", cache_policy=NO_CACHE, tags=["report"])
 def report_task(
-    data_dir: str, latest: dict[str, Any], timings: dict[str, float], histories: dict[str, list[dict[str, float]]],
-    score_hist: list[int], runner: str,
+    data_dir: str, latest: dict[str, Any], timings: dict[str, float],
+    histories: dict[str, list[dict[str, float]]], score_hist: list[int], runner: str,
 ) -> dict[str, str]:  # fmt: skip
-    """Plots (PNG) and the markdown report beside the outputs, and the ``towerflow-report`` artifact.
+    """Plots (PNG) and the markdown report beside the outputs, and the ``towerflow-report``
+    artifact.
 
     Runs after publish: a failure here is logged and never fails the published run.
     """
@@ -291,7 +310,8 @@ def report_task(
         from tasks.store.nights import read_nights
 
         nights = read_nights(layout, last=HISTORY_NIGHTS)
-        # outcome.published drew it from these same nights just before this task; draw it only if that failed
+        # outcome.published drew it from these same nights just before this task; draw it only if
+        # that failed
         trend = trend_path(layout) if trend_path(layout).exists() else history_plot(layout, nights)
         report_path = out_dir / f"report-{version}.md"
         with atomic_path(report_path) as tmp:  # beside its PNGs, linked by name

@@ -1,4 +1,5 @@
-"""``towerflow serve``: the nightly flow as a Prefect deployment on a cron schedule, run by this process.
+"""``towerflow serve``: the nightly flow as a Prefect deployment on a cron schedule, run by this
+process.
 
 It registers the deployment ``towerflow-nightly/<name>`` with the Prefect
 server at ``PREFECT_API_URL``, then polls for its scheduled and UI-triggered
@@ -77,7 +78,8 @@ def serve(
 
     if not PREFECT_API_URL.value():
         raise TowerflowError(
-            "serve needs a Prefect server: start `prefect server start` and set PREFECT_API_URL=http://127.0.0.1:4200/api "
+            "serve needs a Prefect server: start `prefect server start` and set "
+            "PREFECT_API_URL=http://127.0.0.1:4200/api "
             "(the ephemeral API of `towerflow run` cannot schedule)"
         )
     when = schedule(cron, timezone)
@@ -114,11 +116,16 @@ def serve(
         schedules=[when],
         parameters={"params": params.model_dump(mode="json")},
         tags=["towerflow", "nightly"],
-        description="Nightly two-tower recommendations: ingest, train, evaluate, publish (README, Operations).",
+        description=(
+            "Nightly two-tower recommendations: ingest, train, evaluate, publish (README, "
+            "Operations)."
+        ),
         concurrency_limit=1,
-        entrypoint_type=EntrypointType.MODULE_PATH,  # flows.nightly.nightly, importable from the installed package
+        # flows.nightly.nightly, importable from the installed package
+        entrypoint_type=EntrypointType.MODULE_PATH,
     )
     print(
-        f"towerflow serve: deployment towerflow-nightly/{name}, cron {cron!r} ({timezone}), shards on {runners.describe(runner)}"
+        f"towerflow serve: deployment towerflow-nightly/{name}, cron {cron!r} ({timezone}), "
+        f"shards on {runners.describe(runner)}"
     )
     serve_deployments(deployment, pause_on_shutdown=False, limit=1)

@@ -1,4 +1,5 @@
-"""The sharded stages: one Prefect task run per user shard (recommend) and per movie shard (similar movies).
+"""The sharded stages: one Prefect task run per user shard (recommend) and per movie shard (similar
+movies).
 
 The flow calls :func:`recommend_all` and :func:`similar_all`; they submit one
 task per shard to the flow's task runner (a local thread pool, or a Dask
@@ -33,7 +34,8 @@ from tasks.stage_results import Recommended, SimilarScored
 from tasks.store.exchange import Exchange
 from tasks.store.layout import MODEL_FILES
 
-# the model files each kind of shard reads (what travels to workers that share no disk with the flow)
+# the model files each kind of shard reads (what travels to workers that share no disk with the
+# flow)
 SIMILAR_FILES = tuple(MODEL_FILES[k] for k in ("index", "index_ids", "movie_embeddings", "serving"))
 RECOMMEND_FILES = (*SIMILAR_FILES, MODEL_FILES["user_embeddings"], MODEL_FILES["scalers"])
 
@@ -65,10 +67,11 @@ def recommend_shard_task(
     movies: str | None = None,
     exchange: tuple[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Top-k of users ``start:stop`` (shard ``shard`` of ``shards``, counted from 1), within the ``rules``.
+    """Top-k of users ``start:stop`` (shard ``shard`` of ``shards``, counted from 1), within the
+    ``rules``.
 
-    ``exchange`` (store URI, scratch root): the worker shares no disk with the flow; inputs and the part
-    travel through the store (:mod:`tasks.store.exchange`).
+    ``exchange`` (store URI, scratch root): the worker shares no disk with the flow; inputs and the
+    part travel through the store (:mod:`tasks.store.exchange`).
     """
     logger = get_run_logger()
 
@@ -113,7 +116,9 @@ def similar_shard_task(
     movies: str | None = None,
     exchange: tuple[str, str] | None = None,
 ) -> dict[str, Any]:
-    """The k nearest other movies of movies ``start:stop`` (shard ``shard`` of ``shards``, counted from 1)."""
+    """The k nearest other movies of movies ``start:stop`` (shard ``shard`` of ``shards``, counted
+    from 1).
+    """
     ex = Exchange(*exchange) if exchange else None
     movies_path = None if movies is None else ex.local(movies) if ex else Path(movies)
     local_model = ex.local_dir(model_dir, SIMILAR_FILES) if ex else Path(model_dir)
@@ -161,7 +166,9 @@ def _offer(
 def _gather(
     futures: list[PrefectFuture[dict[str, Any]]], progress: Progress, noun: str, total: int
 ) -> tuple[list[dict[str, Any]], int]:
-    """Results in submission (shard) order and how many came from the cache; progress moves as shards finish."""
+    """Results in submission (shard) order and how many came from the cache; progress moves as
+    shards finish.
+    """
     position = {future: i for i, future in enumerate(futures)}
     results: list[dict[str, Any] | None] = [None] * len(futures)
     done = reused = 0
@@ -197,10 +204,12 @@ def recommend_all(
     movies: str | None = None,
     exchange: tuple[str, str] | None = None,
 ) -> Recommended:
-    """Submit one recommend task per shard of ``shard_size`` users; the parts in shard order and their totals.
+    """Submit one recommend task per shard of ``shard_size`` users; the parts in shard order and
+    their totals.
 
-    ``rules`` (the night's business rules, a document) and the catalog ``movies`` travel to every shard.
-    Shard results are kept in ``work/.results``; ``shards_reused`` counts those a previous attempt had finished.
+    ``rules`` (the night's business rules, a document) and the catalog ``movies`` travel to every
+    shard. Shard results are kept in ``work/.results``; ``shards_reused`` counts those a previous
+    attempt had finished.
     """
     n = scoring.count_rows(Path(model_dir))["users"]
     bounds = scoring.shard_bounds(n, shard_size)
@@ -253,7 +262,9 @@ def similar_all(
     movies: str | None = None,
     exchange: tuple[str, str] | None = None,
 ) -> SimilarScored:
-    """Submit one similar-movies task per shard of ``shard_size`` movies; the parts in shard order (results in ``work``)."""
+    """Submit one similar-movies task per shard of ``shard_size`` movies; the parts in shard order
+    (results in ``work``).
+    """
     n = scoring.count_rows(Path(model_dir))["movies"]
     bounds = scoring.shard_bounds(n, shard_size)
     progress = Progress(

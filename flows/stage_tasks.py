@@ -1,8 +1,10 @@
-"""The nightly flow's stages as Prefect tasks: each wraps one plain function of ``tasks/`` and passes paths.
+"""The nightly flow's stages as Prefect tasks: each wraps one plain function of ``tasks/`` and
+passes paths.
 
-Resumable stages (:func:`flows.caching.stage_task`) are reused by a re-run after a crash when their inputs,
-code and outputs are unchanged; the stages that read or write files retry transient I/O errors
-(:data:`flows.runners.IO_RETRY`). Training is never retried. The flow (:mod:`flows.nightly`) only wires them.
+Resumable stages (:func:`flows.caching.stage_task`) are reused by a re-run after a crash when their
+inputs, code and outputs are unchanged; the stages that read or write files retry transient I/O
+errors (:data:`flows.runners.IO_RETRY`). Training is never retried. The flow (:mod:`flows.nightly`)
+only wires them.
 """
 
 from __future__ import annotations
@@ -209,8 +211,10 @@ def evaluate_task(
     create_table_artifact(
         rows,
         key="towerflow-metrics",
-        description=f"Holdout metrics at k={k}: each user's most recent {holdout:.0%} of ratings, {evaluation['users']:,} users; "
-        f"ndcg_low/ndcg_high: 95% bootstrap interval; popularity prior weight {evaluation['prior']['weight']:g}",
+        description=f"Holdout metrics at k={k}: each user's most recent {holdout:.0%} of ratings, "
+        f"{evaluation['users']:,} users; "
+        "ndcg_low/ndcg_high: 95% bootstrap interval; popularity prior weight "
+        f"{evaluation['prior']['weight']:g}",
     )
     get_run_logger().info("holdout metrics (%d users): %s", evaluation["users"], json.dumps(rows))
     return evaluation
@@ -220,7 +224,9 @@ def evaluate_task(
 def gate_task(
     evaluation: Evaluation | Skipped | None, latest_path: str, margin: float, k: int, enforce: bool
 ) -> GateResult:
-    """The gate's verdict; a refused model stops the run (unless ``enforce`` is off, as with --no-gate)."""
+    """The gate's verdict; a refused model stops the run (unless ``enforce`` is off, as with
+    --no-gate).
+    """
     previous = comparable_latest(Path(latest_path).parent.parent)
     verdict = quality.gate_verdict(evaluation, previous, margin, k)
     get_run_logger().info("quality gate %s", verdict.reason)
@@ -241,7 +247,9 @@ def drift_task(
     metrics: dict[str, Any] | None,
     out_path: str,
 ) -> dict[str, Any]:
-    """Tonight's lists against the published run's; the metrics table (holdout metrics and drift)."""
+    """Tonight's lists against the published run's; the metrics table (holdout metrics and
+    drift).
+    """
     out = drift.run_drift(
         parts, Path(latest_path), Path(ratings), Path(movies), metrics, Path(out_path)
     )
@@ -293,13 +301,17 @@ def publish_task(
 
 
 def _log_traffic(stage: str, store: ObjectStore) -> None:
-    """One line per stage that used the store: requests and bytes (benchmarks/objectstore.py adds them up)."""
+    """One line per stage that used the store: requests and bytes (benchmarks/objectstore.py adds
+    them up).
+    """
     get_run_logger().info("store traffic of %s: %s", stage, json.dumps(mirror.describe(store)))
 
 
 @task(name="pull-published", cache_policy=NO_CACHE, **IO_RETRY)
 def pull_task(store_uri: str, data_dir: str) -> str | None:
-    """The store's published run into the scratch (:func:`tasks.store.mirror.pull`); its latest.json's ETag."""
+    """The store's published run into the scratch (:func:`tasks.store.mirror.pull`); its
+    latest.json's ETag.
+    """
     store = ObjectStore(store_uri)
     store.check()
     etag = mirror.pull(store, Layout(Path(data_dir)))
@@ -318,7 +330,8 @@ def fetch_inputs_task(
     if isinstance(ratings, list):
         if len(ratings) != 1:
             raise ConfigError(
-                f"--ratings {ratings}: several files or a drop folder on an object store are not supported yet"
+                f"--ratings {ratings}: several files or a drop folder on an object store are "
+                "not supported yet"
             )
         ratings = ratings[0]
     dest = Path(data_dir) / "inputs"
@@ -330,9 +343,10 @@ def fetch_inputs_task(
 
 @task(name="push-extras", cache_policy=NO_CACHE, **IO_RETRY)
 def push_task(store_uri: str, data_dir: str, exchanged: str | None = None) -> int:
-    """History rows, reports and rejects from the scratch to the store (:func:`tasks.store.mirror.push_extras`);
-    what shards on workers without the flow's disk exchanged under ``exchanged`` (``work/<version>``, also by an
-    interrupted attempt of this version) is removed."""
+    """History rows, reports and rejects from the scratch to the store
+    (:func:`tasks.store.mirror.push_extras`); what shards on workers without the flow's disk
+    exchanged under ``exchanged`` (``work/<version>``, also by an interrupted attempt of this
+    version) is removed."""
     layout = Layout(Path(data_dir))
     store = ObjectStore(store_uri)
     sent = mirror.push_extras(store, layout)
