@@ -75,7 +75,9 @@ def test_stars_target_is_the_identity_and_round_trips(
 def test_normalized_model_with_stars_target_stays_at_or_below_one_star(
     rng: np.random.Generator,
 ) -> None:
-    """Targets of 1 and 4.5 stars: the unit-vector dot product cannot exceed 1, an unnormalized one can."""
+    """Targets of 1 and 4.5 stars: the unit-vector dot product cannot exceed 1, an unnormalized one
+    can.
+    """
     kind, genre = (np.arange(40) >= 20).astype(int), (np.arange(20) >= 10).astype(int)
     user_x, movie_x = (
         np.eye(2, dtype=np.float32)[kind] * 2 - 1,
@@ -138,7 +140,9 @@ def test_inner_product_neighbours_follow_norms_cosine_ones_direction() -> None:
 
 @pytest.mark.train
 def test_measure_end_to_end_on_tiny_data(tiny_data: tuple[Path, Path]) -> None:
-    """One short training per switch on generated data: FAISS agrees with the model up to ties, norms as set."""
+    """One short training per switch on generated data: FAISS agrees with the model up to ties,
+    norms as set.
+    """
     import pandas as pd
 
     from benchmarks.ablation_measures import measure, train_variant

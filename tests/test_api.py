@@ -205,8 +205,10 @@ def test_load_and_known_user_queries_do_not_import_tensorflow(published: dict[st
     code = (
         "import sys, towerflow; "
         f"rec = towerflow.load({str(published['dir'])!r}); "
-        "rec.recommend(int(rec.user_ids[0]), 12, genres='Drama'); rec.similar(int(rec.movie_ids[0]), 12); "
-        "assert 'tensorflow' not in sys.modules and 'prefect' not in sys.modules, sorted(sys.modules)"
+        "rec.recommend(int(rec.user_ids[0]), 12, genres='Drama'); "
+        "rec.similar(int(rec.movie_ids[0]), 12); "
+        "assert 'tensorflow' not in sys.modules and 'prefect' not in sys.modules, "
+        "sorted(sys.modules)"
     )
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, timeout=120)
 

@@ -1,4 +1,5 @@
-"""Every bad-input case of issue 5, one test each: the run stops naming file/line/column, or rows are quarantined.
+"""Every bad-input case of issue 5, one test each: the run stops naming file/line/column, or rows
+are quarantined.
 
 Plain function calls on tiny files; no Prefect. Quarantined rows land in the
 rejects table with their original fields, source file, line and reason, and
@@ -28,7 +29,10 @@ from tasks.ingestion.rejects import REASONS
 
 NOW = 1_800_000_000  # 2027-01-15T08:00:00Z, the ingest time of these tests
 HEADER = "userId,movieId,rating,timestamp\n"
-MOVIES = "movieId,title,genres\n1,Toy Story (1995),Adventure|Animation\n2,Jumanji (1995),Adventure\n3,Heat (1995),Action\n"
+MOVIES = (
+    "movieId,title,genres\n1,Toy Story (1995),Adventure|Animation\n2,Jumanji "
+    "(1995),Adventure\n3,Heat (1995),Action\n"
+)
 
 
 @dataclass
@@ -55,7 +59,8 @@ def _ingest(
     movies = ingest_movies(tmp_path / "movies.csv", tmp_path / "store" / "movies.parquet")
     stats = ingest_ratings(
         src, movies.path, tmp_path / "store" / "ratings.parquet", block_size,
-        rejects_path=tmp_path / "rejects.parquet", max_reject_share=share, now=NOW, movies_name="movies.csv",
+        rejects_path=tmp_path / "rejects.parquet", max_reject_share=share, now=NOW,
+        movies_name="movies.csv",
     )  # fmt: skip
     assert stats.rows_read == stats.rows_accepted + stats.rows_rejected + stats.duplicates_dropped
     assert stats.rows_rejected == sum(stats.rejected_by_reason.values())
@@ -161,7 +166,12 @@ def test_negative_and_zero_ids(tmp_path: Path) -> None:
 
 
 def test_overflowing_ids(tmp_path: Path) -> None:
-    rows = "2147483648,1,4.0,10\n1,99999999999999999999,4.0,10\n-99999999999999999999,1,4.0,10\n9999999999999999999,1,4.0,10\n"
+    rows = (
+        "2147483648,1,4.0,10\n"
+        "1,99999999999999999999,4.0,10\n"
+        "-99999999999999999999,1,4.0,10\n"
+        "9999999999999999999,1,4.0,10\n"
+    )
     out = _ingest(tmp_path, HEADER + rows + "2147483647,1,4.0,10\n")
     assert out.reasons() == [
         (2, "id_out_of_range"),
@@ -232,7 +242,10 @@ def test_titles_with_quotes_commas_unicode_and_no_year(tmp_path: Path) -> None:
 
 
 def test_unknown_genres_and_no_genres_listed(tmp_path: Path) -> None:
-    movies = "movieId,title,genres\n1,A (2000),Space Opera|Drama\n2,B (2001),(no genres listed)\n3,C (2002),\n"
+    movies = (
+        "movieId,title,genres\n1,A (2000),Space Opera|Drama\n2,B (2001),(no genres listed)\n3,C "
+        "(2002),\n"
+    )
     movies += "4,D (2003),Comedy|Space Opera\n"
     (tmp_path / "m.csv").write_text(movies, encoding="utf-8")
     out = ingest_movies(tmp_path / "m.csv", tmp_path / "movies.parquet")
@@ -304,7 +317,8 @@ def test_wrong_delimiter_stops(tmp_path: Path, sep: str, shown: str) -> None:
     _stops(
         tmp_path,
         body,
-        rf"line 1: missing column\(s\) .*is it comma-separated\? the header looks {shown}-separated",
+        r"line 1: missing column\(s\) .*is it comma-separated\? the header looks "
+        rf"{shown}-separated",
     )
 
 
@@ -411,7 +425,8 @@ def test_fast_and_row_checks_accept_the_same_spellings(tmp_path: Path) -> None:
 
 
 def test_spellings_pyarrow_refuses_are_rejected_one_by_one(tmp_path: Path) -> None:
-    # '-0x10' passes the integer pattern but not pyarrow's cast, which sends the block value by value
+    # '-0x10' passes the integer pattern but not pyarrow's cast, which sends the block value by
+    # value
     out = _ingest(tmp_path, HEADER + "-0x10,1,4.0,1\n0x10,1,4.0,1\n")
     assert out.reasons() == [(2, "not_an_integer")] and out.accepted == [(16, 1, 4.0, 1)]
 

@@ -1,4 +1,6 @@
-"""Cold start: a newcomer's stated genre tastes, and catalog movies nobody rated, reach the results."""
+"""Cold start: a newcomer's stated genre tastes, and catalog movies nobody rated, reach the
+results.
+"""
 
 from __future__ import annotations
 
@@ -77,7 +79,9 @@ def test_recommend_for_genres_through_the_cli(
 
 
 def test_movies_nobody_rated_appear_as_neighbours(published: dict[str, Any]) -> None:
-    """Cold movies are embedded from content and searched like any other: they show up in the tables."""
+    """Cold movies are embedded from content and searched like any other: they show up in the
+    tables.
+    """
     movies, ratings, d = published["movies"], published["ratings"], Path(published["dir"])
     cold = set(movies.movieId) - set(ratings.movieId)
     sim = ds.dataset(d / "outputs" / "similar_movies", partitioning="hive").to_table().to_pandas()

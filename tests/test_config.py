@@ -65,7 +65,9 @@ def test_bad_values_are_refused_by_name(override: dict[str, float], message: str
 
 
 def test_run_options_come_from_the_flow_parameters() -> None:
-    """One definition: the options' defaults are the parameters' defaults, and every option reaches its parameter."""
+    """One definition: the options' defaults are the parameters' defaults, and every option reaches
+    its parameter.
+    """
     import argparse
 
     from flows.params import NightlyParams, add_arguments, from_arguments
@@ -111,9 +113,9 @@ def test_run_options_come_from_the_flow_parameters() -> None:
     ]
     got = from_arguments(parser.parse_args([*argv, "--shard-size", "9", "--factors", "0"]))
     assert got.model_dump() == {
-        **NightlyParams().model_dump(),
-        "ratings": ["a.csv", "b.csv"], "movies": "m.csv", "data_dir": "d", "run_date": dt.date(2026, 3, 4), "k": 7,
-        "preset": "lab", "seed": 3, "max_epochs": 2, "warm_start": True, "warm_epochs": 1, "patience": 4, "threads": 1,
+        **NightlyParams().model_dump(), "ratings": ["a.csv", "b.csv"], "movies": "m.csv",
+        "data_dir": "d", "run_date": dt.date(2026, 3, 4), "k": 7, "preset": "lab", "seed": 3,
+        "max_epochs": 2, "warm_start": True, "warm_epochs": 1, "patience": 4, "threads": 1,
         "gate": False, "gate_margin": 0.02, "max_reject_share": 0.5, "shard_size": 9, "factors": 0,
     }  # fmt: skip
     with pytest.raises(ValueError, match="unknown preset 'fancy'"):

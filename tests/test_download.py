@@ -1,4 +1,6 @@
-"""towerflow download, offline: a zip the test builds, served by a local HTTP server on 127.0.0.1."""
+"""towerflow download, offline: a zip the test builds, served by a local HTTP server on
+127.0.0.1.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +17,8 @@ import pytest
 from flows.cli import main
 from tasks.sources.download import BASE_URL_ENV, KNOWN_MD5
 
-# The release these tests download: one with no recorded MD5, checked against the .md5 the test serves.
+# The release these tests download: one with no recorded MD5, checked against the .md5 the test
+# serves.
 UNPINNED = next(name for name, md5 in KNOWN_MD5.items() if md5 is None)
 RATINGS = (
     "userId,movieId,rating,timestamp\n1,1,4.0,964982703\n1,2,3.5,964981247\n2,1,5.0,964982224\n"
@@ -30,7 +33,9 @@ class _Quiet(http.server.SimpleHTTPRequestHandler):
 
 @pytest.fixture
 def served(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """A directory served over HTTP on 127.0.0.1 (random port), with the base-URL variable pointing at it."""
+    """A directory served over HTTP on 127.0.0.1 (random port), with the base-URL variable pointing
+    at it.
+    """
     root = tmp_path / "served"
     root.mkdir()
     server = http.server.ThreadingHTTPServer(
@@ -49,7 +54,9 @@ def served(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
 
 
 def _publish(root: Path, name: str, members: dict[str, str], md5: str | None = None) -> str:
-    """Write ``name.zip`` with ``members`` and its ``.md5`` file (the real MD5 unless given); return the real MD5."""
+    """Write ``name.zip`` with ``members`` and its ``.md5`` file (the real MD5 unless given); return
+    the real MD5.
+    """
     path = root / f"{name}.zip"
     with zipfile.ZipFile(path, "w") as archive:
         for member, text in members.items():
@@ -82,11 +89,12 @@ def test_download_verifies_unpacks_and_prints_the_run_command(
     assert (folder / "README.txt").is_file() and (dest / f"{UNPINNED}.zip").is_file()
     assert f"MD5 {md5} verified" in out and f"downloading {UNPINNED}.zip" in err
     assert (
-        out.splitlines()[-1]
-        == f"next: towerflow run --ratings {folder / 'ratings.csv'} --movies {folder / 'movies.csv'}"
+        out.splitlines()[-1] == f"next: towerflow run --ratings {folder / 'ratings.csv'} --movies "
+        f"{folder / 'movies.csv'}"
     )
     assert not [p for p in dest.iterdir() if p.name.startswith(".")]  # no temporary files left
-    # A second call finds the verified folder and fetches nothing, even with the server's files gone.
+    # A second call finds the verified folder and fetches nothing, even with the server's files
+    # gone.
     for served_file in served.iterdir():
         served_file.unlink()
     assert main(["download", UNPINNED, "--to", str(dest)]) == 0

@@ -1,4 +1,6 @@
-"""Drift against the published lists and beyond-accuracy measures, checked on lists small enough to count by hand."""
+"""Drift against the published lists and beyond-accuracy measures, checked on lists small enough to
+count by hand.
+"""
 
 from __future__ import annotations
 

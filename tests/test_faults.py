@@ -1,4 +1,5 @@
-"""Crashes, resume and concurrency: `towerflow run` in subprocesses, killed with SIGKILL at several points, then re-run.
+"""Crashes, resume and concurrency: `towerflow run` in subprocesses, killed with SIGKILL at several
+points, then re-run.
 
 Each subprocess reports to the session's Prefect test server (``PREFECT_API_URL``; its own temporary
 ``PREFECT_HOME``), which also exercises the Prefect concurrency limit of the data directory. The
@@ -61,10 +62,12 @@ def hostile_inputs(
 
 @pytest.fixture(scope="module")
 def sub_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    """Environment of the subprocess runs: the session's Prefect server, a temporary PREFECT_HOME, no fault.
+    """Environment of the subprocess runs: the session's Prefect server, a temporary PREFECT_HOME,
+    no fault.
 
-    The runs import a copy of ``flows/``, ``tasks/`` and ``towerflow/`` taken once (``PYTHONPATH``): the code version is part of
-    the model version, and the code must not change between a crash and its re-run while people edit the tree.
+    The runs import a copy of ``flows/``, ``tasks/`` and ``towerflow/`` taken once (``PYTHONPATH``):
+    the code version is part of the model version, and the code must not change between a crash and
+    its re-run while people edit the tree.
     """
     from prefect.settings import PREFECT_API_URL
 
@@ -134,7 +137,8 @@ def _wait_for(
     while not check():
         if proc.poll() is not None:
             pytest.fail(
-                f"the run ended (status {proc.returncode}) before {what}:\n{log.read_text(errors='replace')[-3000:]}"
+                f"the run ended (status {proc.returncode}) before "
+                f"{what}:\n{log.read_text(errors='replace')[-3000:]}"
             )
         if time.monotonic() > deadline:
             os.killpg(proc.pid, signal.SIGKILL)
@@ -153,7 +157,9 @@ def _sha(path: Path) -> str:
 
 
 def published_state(d: Path) -> dict[str, str]:
-    """sha256 of latest.json, of every file it names and of every visible file under outputs/: what readers see."""
+    """sha256 of latest.json, of every file it names and of every visible file under outputs/: what
+    readers see.
+    """
     latest_path = d / "outputs" / "latest.json"
     latest = json.loads(latest_path.read_text())
     named = [d / e["path"] for e in latest["model"].values()]
@@ -164,7 +170,9 @@ def published_state(d: Path) -> dict[str, str]:
 
 
 def assert_no_pickle(root: Path) -> int:
-    """No pickle anywhere under ``root``: no pickle file, no pickle stream in a file or a zip member; Prefect records are JSON."""
+    """No pickle anywhere under ``root``: no pickle file, no pickle stream in a file or a zip
+    member; Prefect records are JSON.
+    """
     records = 0
     for f in (p for p in root.rglob("*") if p.is_file()):
         assert f.suffix.lower() not in {".pkl", ".pickle", ".joblib", ".cloudpickle"}, f
@@ -197,7 +205,9 @@ def assert_no_pickle(root: Path) -> int:
 def _clean_reference(
     inputs: tuple[Path, Path], sub_env: dict[str, str], base: Path
 ) -> dict[str, Any]:
-    """A clean run of RUN_DATE; while it holds its data directory (paused before train) a second run is started on it."""
+    """A clean run of RUN_DATE; while it holds its data directory (paused before train) a second run
+    is started on it.
+    """
     d, release = base / "data", base / "release"
     started = time.perf_counter()
     env = sub_env | {"TOWERFLOW_FAULT_RELEASE": str(release)}
@@ -227,7 +237,9 @@ def _clean_reference(
 
 
 def _timeout_env(home: Path) -> dict[str, str]:
-    """No PREFECT_API_URL (so Prefect starts its temporary server) and one second for it to start (it needs several)."""
+    """No PREFECT_API_URL (so Prefect starts its temporary server) and one second for it to start
+    (it needs several).
+    """
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "TOWERFLOW_FAULT"))}
     return env | {
         "PREFECT_HOME": str(home),
@@ -243,11 +255,12 @@ def background(
     sub_env: dict[str, str],
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[dict[str, Future[Any]]]:
-    """The runs that need no other run's outcome, started at once in the background, each in its own directory:
-    the clean reference (:func:`_clean_reference`), a run with a bug, a run whose temporary server does not start.
+    """The runs that need no other run's outcome, started at once in the background, each in its own
+    directory: the clean reference (:func:`_clean_reference`), a run with a bug, a run whose
+    temporary server does not start.
 
-    They are subprocesses that mostly wait (start-up, the server, a pause), so they overlap the crash test's own
-    runs on 2 cores; each test checks its run's outcome.
+    They are subprocesses that mostly wait (start-up, the server, a pause), so they overlap the
+    crash test's own runs on 2 cores; each test checks its run's outcome.
     """
     clean, bug, timeout = (tmp_path_factory.mktemp(name) for name in ("clean", "bug", "timeout"))
     with ThreadPoolExecutor(3, thread_name_prefix="towerflow-fault-runs") as pool:
@@ -334,8 +347,9 @@ def test_killed_runs_keep_published_outputs_and_resume(
     ), log[-3000:]
     killed.append(json.loads((d / ".towerflow.lock").read_text())["flow_run_id"])
 
-    # 3. Killed in the middle of writing latest.json: train is reused, the killed refit runs again; the half-written
-    #    file never has the published name. (Every other publish step: tests/test_resume.py, in process.)
+    # 3. Killed in the middle of writing latest.json: train is reused, the killed refit runs again;
+    #    the half-written file never has the published name. (Every other publish step:
+    #    tests/test_resume.py, in process.)
     started = time.perf_counter()
     code, log = _run(args, sub_env, logs / "3.log", cwd, fault="write:latest.json")
     seconds["killed writing latest.json"] = time.perf_counter() - started
@@ -346,7 +360,8 @@ def test_killed_runs_keep_published_outputs_and_resume(
     assert re.search(r"refit epoch 3/3", log)
     version = next(p.name for p in (d / "work").iterdir() if p.name.startswith(RUN_DATE))
     after = published_state(d)
-    # latest.json and every file it names are untouched; the new parts were shown by the renames just before it
+    # latest.json and every file it names are untouched; the new parts were shown by the renames
+    # just before it
     assert {k: v for k, v in after.items() if f"run_date={RUN_DATE}" not in k} == before
     assert {k for k in after if k not in before} == {
         f"outputs/{t}/run_date={RUN_DATE}/{p}"
@@ -432,8 +447,8 @@ def test_second_run_on_the_same_data_dir_refuses_and_outputs_do_not_interleave(
         f"towerflow run failed: another towerflow run (pid {clean['first_pid']} on "
     ), last
     assert (
-        f"is using the data directory {d} (lock {d / '.towerflow.lock'}); wait for it to finish, then run again"
-        in last
+        f"is using the data directory {d} (lock {d / '.towerflow.lock'}); wait for it to "
+        "finish, then run again" in last
     )
     first_code, first_log = clean["first"]
     assert first_code == 0, first_log[-3000:]
@@ -462,7 +477,9 @@ def test_a_bug_keeps_its_traceback_and_the_reason_comes_last(
 def test_a_temporary_server_that_does_not_start_says_what_to_do(
     background: dict[str, Future[Any]],
 ) -> None:
-    """No PREFECT_API_URL and one second to start Prefect's temporary server (it needs several): one line that says what to do."""
+    """No PREFECT_API_URL and one second to start Prefect's temporary server (it needs several): one
+    line that says what to do.
+    """
     code, log = background["timeout"].result()
     last = log.strip().splitlines()[-1]
     assert code == 1 and "Traceback" not in log, log[-3000:]

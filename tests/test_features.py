@@ -41,7 +41,8 @@ def test_lab_features_by_hand() -> None:
     assert f.user_x[0, action] == 4.0 and f.user_x[0, comedy] == 3.0
     assert f.user_x[1, action] == 5.0 and f.user_x[1, comedy] == 5.0
     assert not f.user_x[2].any()
-    # movies: year, mean rating (unrated -> global mean 11/3), genre one-hot; missing year -> median 1995
+    # movies: year, mean rating (unrated -> global mean 11/3), genre one-hot; missing year -> median
+    # 1995
     assert f.movie_names[:2] == ["year", "mean_rating"]
     np.testing.assert_allclose(f.movie_x[:, 0], [1990, 2000, 1995])
     np.testing.assert_allclose(f.movie_x[:, 1], [4.5, 2.0, 11 / 3], rtol=1e-6)

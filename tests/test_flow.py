@@ -1,4 +1,6 @@
-"""End to end: the nightly flow under a Prefect test server publishes tables that keep the contract."""
+"""End to end: the nightly flow under a Prefect test server publishes tables that keep the
+contract.
+"""
 
 from __future__ import annotations
 
@@ -44,7 +46,8 @@ def test_latest_json_names_everything(published: dict[str, Any]) -> None:
         assert sorted(p.name for p in (d / info["path"]).glob("*.parquet")) == sorted(
             Path(f).name for f in info["files"]
         )
-    # the published run is sharded (conftest: --shard-size 40): one part per user shard and per movie shard
+    # the published run is sharded (conftest: --shard-size 40): one part per user shard and per
+    # movie shard
     assert (
         len(latest["tables"]["recommendations"]["files"]) == 3
         and len(latest["tables"]["similar_movies"]["files"]) == 5
@@ -244,7 +247,9 @@ def popularity_led(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path
 def test_quality_gate_refuses_and_keeps_latest(
     published: dict[str, Any], popularity_led: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """The course recipe (no popularity prior, one epoch) on popularity-led picks: most-popular is better with confidence."""
+    """The course recipe (no popularity prior, one epoch) on popularity-led picks: most-popular is
+    better with confidence.
+    """
     d = published["dir"]
     before = (d / "outputs" / "latest.json").read_bytes()
     assert (
@@ -278,9 +283,11 @@ def test_tiny_holdout_is_undecided_and_publishes(
 def test_default_passes_on_popularity_led_data(
     popularity_led: tuple[Path, Path], tmp_path: Path
 ) -> None:
-    """Where picks follow popularity, the default (its prior weight chosen on the holdout) beats most-popular with confidence.
+    """Where picks follow popularity, the default (its prior weight chosen on the holdout) beats
+    most-popular with confidence.
 
-    8 of the default's 20 epochs: there the gate passes with the interval's low end at +0.014 (NDCG@5 0.149 vs 0.120).
+    8 of the default's 20 epochs: there the gate passes with the interval's low end at +0.014
+    (NDCG@5 0.149 vs 0.120).
     """
     assert _run(popularity_led, tmp_path / "run", "--max-epochs", "8") == 0
     latest = json.loads((tmp_path / "run" / "outputs" / "latest.json").read_text())

@@ -1,4 +1,6 @@
-"""The quality gate decides on evidence: intervals from a bootstrap over users, and how many users stand behind them."""
+"""The quality gate decides on evidence: intervals from a bootstrap over users, and how many users
+stand behind them.
+"""
 
 from __future__ import annotations
 
@@ -169,7 +171,8 @@ def test_a_holdout_with_nothing_to_measure_is_undecided() -> None:
 
     verdict = gate_verdict(
         {
-            "skipped": "no held-out rating of 4 or more among 12 held-out ratings: nothing to rank against"
+            "skipped": "no held-out rating of 4 or more among 12 held-out ratings: nothing to rank "
+            "against"
         },
         None,
         0.01,

@@ -1,4 +1,6 @@
-"""Incremental nights: the ingest ledger (by content hash), drop folders, cross-file duplicates, warm start."""
+"""Incremental nights: the ingest ledger (by content hash), drop folders, cross-file duplicates,
+warm start.
+"""
 
 from __future__ import annotations
 
@@ -29,7 +31,8 @@ def _split(tiny_data: tuple[Path, Path], out: Path, share: float = 0.8) -> tuple
     return out / "a.csv", out / "b.csv"
 
 
-# first in the file: the Prefect test server should start before this file builds Keras models in-process
+# first in the file: the Prefect test server should start before this file builds Keras models
+# in-process
 @pytest.mark.flow
 @pytest.mark.usefixtures("prefect_harness")
 def test_two_nights_ingest_only_new_file_and_warm_start(
@@ -118,7 +121,9 @@ def test_drop_folder_takes_ratings_files_by_name(tmp_path: Path) -> None:
 def _ingest_two(
     tiny_data: tuple[Path, Path], tmp_path: Path, first: str, second: str
 ) -> dict[str, Any]:
-    """Ingest two ratings files of (user, rating, timestamp) rows, all for the catalog's first movie, in this order."""
+    """Ingest two ratings files of (user, rating, timestamp) rows, all for the catalog's first
+    movie, in this order.
+    """
     movie = int(pd.read_csv(tiny_data[1]).movieId.iloc[0])
     for name, rows in (("1.csv", first), ("2.csv", second)):
         lines = [f"{u},{movie},{r},{t}" for u, r, t in (row.split(",") for row in rows.split())]

@@ -16,7 +16,8 @@ from tasks.ingestion.ingest import InputError, RejectThresholdError, ingest
 
 MOVIES = (
     "movieId,title,genres\n1,Toy Story (1995),Adventure|Animation\n"
-    '2,"Kid, The (1921)",Comedy\n3,No Year Here,(no genres listed)\n4,Serie (2006\u20132007),Drama\n'
+    '2,"Kid, The (1921)",Comedy\n3,No Year Here,(no genres listed)\n4,Serie '
+    "(2006\u20132007),Drama\n"
 )
 
 
@@ -89,7 +90,9 @@ def test_gzip_bom_and_crlf(tmp_path: Path) -> None:
 def test_bad_rows_over_the_threshold_name_file_line_and_column(
     tmp_path: Path, ratings: str, message: str
 ) -> None:
-    """A bad row is quarantined; with most of a tiny file bad, the run stops naming the first one."""
+    """A bad row is quarantined; with most of a tiny file bad, the run stops naming the first
+    one.
+    """
     r, m = _write(tmp_path, ratings)
     with pytest.raises(RejectThresholdError, match=message) as info:
         ingest(r, m, tmp_path / "store")

@@ -1,4 +1,6 @@
-"""One run per data directory: the file lock, and the Prefect concurrency limit where a server is used."""
+"""One run per data directory: the file lock, and the Prefect concurrency limit where a server is
+used.
+"""
 
 from __future__ import annotations
 
@@ -31,8 +33,8 @@ def test_second_holder_is_refused_naming_the_first(tmp_path: Path) -> None:
             in message
         )
         assert (
-            f"is using the data directory {path.parent} (lock {path}); wait for it to finish, then run again"
-            in message
+            f"is using the data directory {path.parent} (lock {path}); wait for it to "
+            "finish, then run again" in message
         )
     with data_dir_lock(path, server=False):  # free again once released
         pass
@@ -42,7 +44,8 @@ def test_a_killed_holder_leaves_no_stale_lock(tmp_path: Path) -> None:
     path = tmp_path / ".towerflow.lock"
     code = (
         "import sys, time; from pathlib import Path; from flows.lock import data_dir_lock\n"
-        "with data_dir_lock(Path(sys.argv[1]), server=False):\n    print('held', flush=True); time.sleep(60)\n"
+        "with data_dir_lock(Path(sys.argv[1]), server=False):\n    print('held', "
+        "flush=True); time.sleep(60)\n"
     )
     child = subprocess.Popen(
         [sys.executable, "-c", code, str(path)], stdout=subprocess.PIPE, text=True
@@ -68,7 +71,9 @@ def test_a_killed_holder_leaves_no_stale_lock(tmp_path: Path) -> None:
 def test_prefect_limit_guards_the_directory_beyond_the_file_lock(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """As a run on another machine would: another lock file (its own flock), the same directory, the same limit."""
+    """As a run on another machine would: another lock file (its own flock), the same directory, the
+    same limit.
+    """
     monkeypatch.setattr(lock, "SLOT_WAIT_SECONDS", 1.0)
     here, elsewhere = tmp_path / ".towerflow.lock", tmp_path / ".towerflow-other-host.lock"
     with data_dir_lock(here, server=True):
@@ -89,7 +94,9 @@ def test_prefect_limit_guards_the_directory_beyond_the_file_lock(
 def test_the_lease_recorded_for_the_next_run_is_the_one_holding_the_slot(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Read from Prefect's ConcurrencyContext, in a flow run (the engine's context) and outside one (our own)."""
+    """Read from Prefect's ConcurrencyContext, in a flow run (the engine's context) and outside one
+    (our own).
+    """
     from prefect import flow
     from prefect.client.orchestration import get_client
 
@@ -120,7 +127,9 @@ def test_the_lease_recorded_for_the_next_run_is_the_one_holding_the_slot(
 def test_the_next_run_releases_the_lease_a_killed_run_left(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A run SIGKILLed on this host keeps its slot until the lease lapses (>= 60 s); the next run frees it at once."""
+    """A run SIGKILLed on this host keeps its slot until the lease lapses (>= 60 s); the next run
+    frees it at once.
+    """
     from prefect.client.orchestration import get_client
 
     monkeypatch.setattr(lock, "SLOT_WAIT_SECONDS", 1.0)
@@ -161,7 +170,9 @@ def test_the_next_run_releases_the_lease_a_killed_run_left(
 @pytest.mark.flow
 @pytest.mark.usefixtures("prefect_harness")
 def test_a_run_that_died_holding_the_lock_is_marked_crashed_and_no_other(tmp_path: Path) -> None:
-    """Only an unfinished run recorded by a holder on this host (provably gone: we hold its lock) is crashed."""
+    """Only an unfinished run recorded by a holder on this host (provably gone: we hold its lock) is
+    crashed.
+    """
     from prefect import flow
     from prefect.client.orchestration import get_client
     from prefect.states import Completed, Running

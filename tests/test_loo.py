@@ -64,7 +64,8 @@ def test_rows_equal_features_computed_without_the_rating() -> None:
         want_movie = full.scalers.movie.transform(without.movie_x[m[i] : m[i] + 1])[0]
         np.testing.assert_allclose(np.asarray(user_rows)[i], want_user, rtol=1e-4, atol=1e-4)
         np.testing.assert_allclose(np.asarray(movie_rows)[i], want_movie, rtol=1e-4, atol=1e-4)
-    # user 3 and movie 30 have one rating each: without it they look like a newcomer and an unrated movie
+    # user 3 and movie 30 have one rating each: without it they look like a newcomer and an unrated
+    # movie
     newcomer = RATINGS.index[RATINGS.user_id == 3][0]
     assert np.asarray(user_rows)[newcomer][0] == pytest.approx(
         (0.0 - full.scalers.user.mean_[0]) / full.scalers.user.scale_[0], abs=1e-5

@@ -71,10 +71,11 @@ def test_history_tower_round_trip_and_empty_history(
 def test_a_seed_builds_the_same_model_whatever_the_global_generators_did(
     rng: np.random.Generator,
 ) -> None:
-    """Initial weights and dropout masks follow the seed alone, not Python's, NumPy's or TensorFlow's global state.
+    """Initial weights and dropout masks follow the seed alone, not Python's, NumPy's or
+    TensorFlow's global state.
 
-    Another thread (Prefect's client backing off with jitter) may draw from ``random`` while a night builds its
-    model; the resumed night must still reproduce the clean one.
+    Another thread (Prefect's client backing off with jitter) may draw from ``random`` while a night
+    builds its model; the resumed night must still reproduce the clean one.
     """
     import random
 

@@ -1,4 +1,6 @@
-"""Every night keeps its row in outputs/history/, whatever its outcome; the history reads back oldest first."""
+"""Every night keeps its row in outputs/history/, whatever its outcome; the history reads back
+oldest first.
+"""
 
 from __future__ import annotations
 

@@ -1,13 +1,13 @@
-"""``--data-dir s3://...`` against a real S3 protocol server (moto's, in this process, one per session), with
-the shards on a Dask cluster whose workers share no disk with the flow.
+"""``--data-dir s3://...`` against a real S3 protocol server (moto's, in this process, one per
+session), with the shards on a Dask cluster whose workers share no disk with the flow.
 
-The session's ``published`` night is repeated with the store as its data directory: the store must hold the
-same tables, row for row; a crash before the conditional PUT of ``latest.json`` leaves the store's
-``latest.json`` as it was and the rerun resumes; a night that loses the race to another publisher fails in
-one line and leaves nothing of its own behind; ``towerflow.load`` and the documented readers answer from
-the store. The scheduler and two workers are started from the command line; each worker runs in its own
-mount namespace with an empty tmpfs over the session's temporary directory, so the shards' inputs and
-parts must travel through the store (tasks/store/exchange.py).
+The session's ``published`` night is repeated with the store as its data directory: the store must
+hold the same tables, row for row; a crash before the conditional PUT of ``latest.json`` leaves the
+store's ``latest.json`` as it was and the rerun resumes; a night that loses the race to another
+publisher fails in one line and leaves nothing of its own behind; ``towerflow.load`` and the
+documented readers answer from the store. The scheduler and two workers are started from the command
+line; each worker runs in its own mount namespace with an empty tmpfs over the session's temporary
+directory, so the shards' inputs and parts must travel through the store (tasks/store/exchange.py).
 """
 
 from __future__ import annotations
@@ -102,15 +102,18 @@ def _run(published: dict[str, Any], tiny_data: tuple[Path, Path], uri: str, *ext
 
 
 STORE_NIGHT = "s3://nights/team/towerflow"
-OTHER = b'{"schema_version": "1", "written_by": "another night"}'  # what a racing publisher puts meanwhile
+# what a racing publisher puts meanwhile
+OTHER = b'{"schema_version": "1", "written_by": "another night"}'
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory, s3: str) -> Iterator[Any]:
-    """A scheduler and two workers started from the command line, each worker in its own mount namespace with an
-    empty tmpfs over the test session's directory: the flow's scratch, data and inputs are not on their disk.
+    """A scheduler and two workers started from the command line, each worker in its own mount
+    namespace with an empty tmpfs over the test session's directory: the flow's scratch, data and
+    inputs are not on their disk.
 
-    The workers get the store's endpoint and credentials from their environment (the s3 fixture's), nothing else.
+    The workers get the store's endpoint and credentials from their environment (the s3 fixture's),
+    nothing else.
     """
     distributed = pytest.importorskip("distributed")
     hidden = tmp_path_factory.getbasetemp()
@@ -119,8 +122,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, s3: str) -> Iterator[Any]:
     )  # outside what is hidden: the cluster's own files
     dask = str(Path(sys.executable).parent / "dask")
     sched_file = own / "scheduler.json"
-    procs = [subprocess.Popen([dask, "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
-                               "--scheduler-file", str(sched_file)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]  # fmt: skip
+    procs = [subprocess.Popen([dask, "scheduler", "--host", "127.0.0.1", "--port", "0",
+                               "--no-dashboard", "--scheduler-file", str(sched_file)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]  # fmt: skip
     try:
         deadline = time.monotonic() + 60
         while not sched_file.exists() and time.monotonic() < deadline:
@@ -129,7 +133,10 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, s3: str) -> Iterator[Any]:
         for i in range(2):
             tmp = own / f"worker-{i}"
             tmp.mkdir()
-            script = f'mount -t tmpfs tmpfs "{hidden}" && exec "{dask}" worker {address} --nthreads 1 --no-dashboard --name w{i}'
+            script = (
+                f'mount -t tmpfs tmpfs "{hidden}" && exec "{dask}" worker {address} --nthreads 1 '
+                f"--no-dashboard --name w{i}"
+            )
             env = {**os.environ, "TMPDIR": str(tmp), "OMP_NUM_THREADS": "1"}
             procs.append(
                 subprocess.Popen(
@@ -155,15 +162,17 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, s3: str) -> Iterator[Any]:
 def store_night(
     s3: str, published: dict[str, Any], tiny_data: tuple[Path, Path], cluster: Any
 ) -> dict[str, Any]:
-    """The session's published night, repeated with ``--data-dir s3://...``, in four attempts that train once;
-    the third, which publishes, runs its shards on ``cluster``, whose workers cannot see the flow's files:
+    """The session's published night, repeated with ``--data-dir s3://...``, in four attempts that
+    train once; the third, which publishes, runs its shards on ``cluster``, whose workers cannot see
+    the flow's files:
 
     1. a bug after every part was written, before the PUT of latest.json;
     2. another publisher writes latest.json while this night uploads: it loses the race;
     3. a bug just after the PUT, before the scratch's own latest.json: the store has published;
     4. the plain command again: the scratch catches up with the store, nothing is published twice.
 
-    Returns the URI, the store's latest.json after each attempt, and each attempt's exit code and output.
+    Returns the URI, the store's latest.json after each attempt, and each attempt's exit code and
+    output.
     """
     store = ObjectStore(STORE_NIGHT)
     facts: dict[str, Any] = {"uri": STORE_NIGHT}

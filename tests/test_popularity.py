@@ -1,4 +1,6 @@
-"""The popularity prior: served vectors stay unit, the score is (u.m + w p) / (1 + w), the towers' dot product reads back."""
+"""The popularity prior: served vectors stay unit, the score is (u.m + w p) / (1 + w), the towers'
+dot product reads back.
+"""
 
 from __future__ import annotations
 
@@ -30,7 +32,8 @@ def test_served_vectors_are_unit_and_score_the_prior(
         np.testing.assert_allclose(np.linalg.norm(sm, axis=1), 1.0, atol=1e-6)
         expected = (users @ movies.T + weight * pop[None, :]) / (1 + weight)
         np.testing.assert_allclose(su @ sm.T, expected, atol=1e-6)
-        # the towers' own dot product (predicted rating) and content similarity read back from the served vectors
+        # the towers' own dot product (predicted rating) and content similarity read back from the
+        # served vectors
         pairs = np.repeat(np.arange(5), 7), np.tile(np.arange(7), 5)
         np.testing.assert_allclose(
             space.tower_scores(su[pairs[0]], sm[pairs[1]]), (users @ movies.T).ravel(), atol=1e-6
@@ -81,7 +84,8 @@ def test_select_weight_cross_fits_and_prefers_the_smaller_weight_on_ties(
     assert choice.mean_by_weight[WEIGHTS[4]] == pytest.approx(0.14 + 0.5)
     flat = select_weight(np.zeros((10, len(WEIGHTS))), WEIGHTS)
     assert flat.weight == 0.0
-    # cross-fitting: a weight that only one half of the users likes is not chosen for that half by itself
+    # cross-fitting: a weight that only one half of the users likes is not chosen for that half by
+    # itself
     split = np.zeros((200, 2))
     half = np.random.default_rng(7).permutation(200) % 2 == 0
     split[half, 1] = 1.0

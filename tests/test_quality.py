@@ -1,4 +1,6 @@
-"""Evaluation helpers and baselines: per-user holdout, most-popular, EASE^R, the evaluate command over seeds."""
+"""Evaluation helpers and baselines: per-user holdout, most-popular, EASE^R, the evaluate command
+over seeds.
+"""
 
 from __future__ import annotations
 
@@ -26,7 +28,9 @@ def test_split_per_user_holds_out_each_users_latest() -> None:
 
 
 def test_ease_learns_planted_co_occurrence(rng: np.random.Generator) -> None:
-    """Users who rated movie 1 also rated 2 (and 3 with 4); a user with only 1 gets 2 first, never what they rated."""
+    """Users who rated movie 1 also rated 2 (and 3 with 4); a user with only 1 gets 2 first, never
+    what they rated.
+    """
     rows = []
     for user in range(1, 61):
         pair = (1, 2) if user <= 30 else (3, 4)
@@ -72,7 +76,9 @@ def test_over_seeds_by_hand() -> None:
 def test_evaluate_command_over_two_seeds(
     tiny_data: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """On planted genre tastes the default beats most-popular and the course recipe with every seed."""
+    """On planted genre tastes the default beats most-popular and the course recipe with every
+    seed.
+    """
     from flows.cli import main
 
     ratings, movies = tiny_data
@@ -152,8 +158,9 @@ def test_popularity_lists_equal_a_plain_walk_heavy_raters_included(
 def test_a_large_holdout_is_judged_on_a_bounded_sample(
     published: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Past twice the sweep's users the prior is chosen on a sample and the figures rest on other users, at most
-    JUDGED_USERS of them, seeded; every figure says how many users stand behind it."""
+    """Past twice the sweep's users the prior is chosen on a sample and the figures rest on other
+    users, at most JUDGED_USERS of them, seeded; every figure says how many users stand behind
+    it."""
     import tasks.evaluation.quality as quality
     import tasks.serving.popularity as popularity
     from tasks.store.latest import read_latest

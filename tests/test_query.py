@@ -105,8 +105,8 @@ def test_recommend_errors_name_the_bad_value(
     code, out, err = _run(capsys, "recommend", "--user", "999999", "--data-dir", d)
     assert code == 1 and out == "" and len(err.strip().splitlines()) == 1
     assert (
-        f"user 999999 is not in the published run {version} ({users.nunique()} users; ids {users.min()}..{users.max()})"
-        in err
+        f"user 999999 is not in the published run {version} ({users.nunique()} users; ids "
+        f"{users.min()}..{users.max()})" in err
     )
     code, out, err = _run(
         capsys,
@@ -228,7 +228,8 @@ def test_a_modified_index_is_refused(
 def test_similar_by_title(published: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
     movies, d = published["movies"], str(published["dir"])
     bare = movies.title.str.rsplit(" (", n=1).str[0]
-    # a title (without its year) that is part of another title, e.g. "Red River 2" and "Red River 21": the exact one wins
+    # a title (without its year) that is part of another title, e.g. "Red River 2" and "Red River
+    # 21": the exact one wins
     shared = [i for i, b in enumerate(bare) if movies.title.str.contains(b, regex=False).sum() > 1]
     assert shared, "the generated catalog has a title contained in another one"
     movie_id, title = int(movies.movieId.iloc[shared[0]]), str(movies.title.iloc[shared[0]])
@@ -250,8 +251,8 @@ def test_ambiguous_title_lists_the_matches(
     lines = err.strip().splitlines()
     assert code == 1 and out == ""
     assert (
-        lines[0]
-        == f"towerflow similar: {word!r} matches {len(matches)} movies; give one id with --movie ID:"
+        lines[0] == f"towerflow similar: {word!r} matches {len(matches)} movies; give one id with "
+        "--movie ID:"
     )
     listed = {int(line.split()[0]): line.split(None, 1)[1] for line in lines[1:]}
     assert listed == {
@@ -282,9 +283,12 @@ def test_queries_do_not_load_tensorflow(published: dict[str, Any]) -> None:
     user = int(published["ratings"].userId.iloc[0])
     code = (
         "import sys; from flows.cli import main; "
-        f"assert main(['recommend', '--user', '{user}', '--data-dir', {str(published['dir'])!r}]) == 0; "
-        f"assert main(['similar', '--movie', '1', '--k', '{K + 1}', '--data-dir', {str(published['dir'])!r}]) == 0; "
-        "assert 'tensorflow' not in sys.modules and 'prefect' not in sys.modules, 'queries must stay light'"
+        f"assert main(['recommend', '--user', '{user}', '--data-dir', "
+        f"{str(published['dir'])!r}]) == 0; "
+        f"assert main(['similar', '--movie', '1', '--k', '{K + 1}', '--data-dir', "
+        f"{str(published['dir'])!r}]) == 0; "
+        "assert 'tensorflow' not in sys.modules and 'prefect' not in sys.modules, 'queries "
+        "must stay light'"
     )
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, timeout=120)
 

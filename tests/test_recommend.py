@@ -38,7 +38,9 @@ def test_topk_unseen_matches_brute_force(
     path: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Small chunks are scanned exactly; big ones go to FAISS first (forced here); non-flat indexes re-ask FAISS."""
+    """Small chunks are scanned exactly; big ones go to FAISS first (forced here); non-flat indexes
+    re-ask FAISS.
+    """
     import tasks.serving.recommend as rec
 
     if path != "scan":
@@ -90,8 +92,8 @@ def test_similar_movies_never_self(tmp_path: Path, rng: np.random.Generator) -> 
 def test_equal_scores_are_ordered_by_row_on_every_path(
     rng: np.random.Generator, chunk_size: int, path: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Movies with identical vectors (identical content rows) tie exactly; the lower row (movie_id) comes first,
-    whatever the path, the chunk or where the tie falls against the cut at k."""
+    """Movies with identical vectors (identical content rows) tie exactly; the lower row (movie_id)
+    comes first, whatever the path, the chunk or where the tie falls against the cut at k."""
     import tasks.serving.recommend as rec
 
     if path != "scan":

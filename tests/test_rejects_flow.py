@@ -1,4 +1,6 @@
-"""Bad input through the nightly flow: the reject threshold fails the run, the rejects table stays for people to read."""
+"""Bad input through the nightly flow: the reject threshold fails the run, the rejects table stays
+for people to read.
+"""
 
 from __future__ import annotations
 
@@ -12,8 +14,8 @@ import pytest
 from flows.cli import main
 
 pytestmark = [pytest.mark.flow, pytest.mark.usefixtures("prefect_harness")]
-# The first flow run of a session must not be under capsys (Prefect keeps the stream it first saw), so the
-# test on the shared `published` run comes first.
+# The first flow run of a session must not be under capsys (Prefect keeps the stream it first saw),
+# so the test on the shared `published` run comes first.
 
 
 def test_latest_json_reports_ingest_counts(published: dict[str, Any]) -> None:
@@ -61,7 +63,8 @@ def test_too_many_rejects_fail_the_run_and_keep_the_rejects(
     err = capsys.readouterr().err.strip().splitlines()[-1]
     share = len(bad_lines) / (len(lines) - 1)
     assert err.startswith(
-        f"towerflow run failed: stage ingest failed: {bad}: {len(bad_lines):,} of {len(lines) - 1:,} rows rejected"
+        f"towerflow run failed: stage ingest failed: {bad}: {len(bad_lines):,} of "
+        f"{len(lines) - 1:,} rows rejected"
     )
     assert f"({share:.2%}), more than max_reject_share 2.00% (not_a_number {len(bad_lines)})" in err
     assert f"first: {bad}: line {bad_lines[0] + 1}, column 'rating': 'oops' is not a number" in err

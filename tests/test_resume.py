@@ -1,4 +1,6 @@
-"""Crash safety in process: a publish cut at every step, the cache records a resume may reuse, paths input cannot steer."""
+"""Crash safety in process: a publish cut at every step, the cache records a resume may reuse, paths
+input cannot steer.
+"""
 
 from __future__ import annotations
 
@@ -44,7 +46,9 @@ def _version(run_date: dt.date, tag: str) -> str:
 
 
 def _stage(layout: Layout, version: str, marker: str) -> tuple[Path, dict[str, str | list[str]]]:
-    """A work directory as the stages leave it: a model directory, two sharded tables and a metrics file."""
+    """A work directory as the stages leave it: a model directory, two sharded tables and a metrics
+    file.
+    """
     work = layout.work(version)
     model = work / "model"
     model.mkdir(parents=True)
@@ -281,7 +285,8 @@ def test_a_failed_stage_says_how_to_resume_unless_input_or_gate_is_at_fault(tmp_
 
     work = tmp_path / "work" / _version(D1, "x")
     assert resume.hint(OSError("No space left on device"), work) == (
-        f" (finished stages are kept in {work}: fix the cause and run the same command again to resume)"
+        f" (finished stages are kept in {work}: fix the cause and run the same command again "
+        "to resume)"
     )
     assert resume.hint(InputError("ratings.csv: line 3 ..."), work) == ""
     assert resume.hint(QualityGateError("quality gate: ..."), work) == ""

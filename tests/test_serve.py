@@ -1,9 +1,11 @@
-"""Against a real Prefect server on 127.0.0.1: ``towerflow serve`` creates the cron deployment, a run
-triggered as the UI does ends Completed with its artifacts, and stopping the service keeps the schedule;
-nights leave their events, history and drift behind, and ``towerflow alerts install`` creates automations.
+"""Against a real Prefect server on 127.0.0.1: ``towerflow serve`` creates the cron deployment, a
+run triggered as the UI does ends Completed with its artifacts, and stopping the service keeps the
+schedule; nights leave their events, history and drift behind, and ``towerflow alerts install``
+creates automations.
 
-The server is the session's test server (a subprocess with its own SQLite database); ``towerflow serve`` and
-the nights are subprocesses with their own environment (their own PREFECT_HOME, PREFECT_API_URL pointing at it).
+The server is the session's test server (a subprocess with its own SQLite database); ``towerflow
+serve`` and the nights are subprocesses with their own environment (their own PREFECT_HOME,
+PREFECT_API_URL pointing at it).
 """
 
 from __future__ import annotations
@@ -54,7 +56,9 @@ def _env(home: Path, **extra: str) -> dict[str, str]:
 
 
 def _wait(what: str, timeout: float, probe: Callable[[], Any]) -> Any:
-    """Poll ``probe`` until it returns something truthy; errors while polling (server busy) are retried."""
+    """Poll ``probe`` until it returns something truthy; errors while polling (server busy) are
+    retried.
+    """
     deadline, error = time.monotonic() + timeout, None
     while time.monotonic() < deadline:
         try:
@@ -82,14 +86,18 @@ def _stop(proc: subprocess.Popen[bytes], timeout: float = 20) -> None:
 
 @pytest.fixture(scope="module")
 def server(prefect_harness: None) -> str:
-    """The API URL of the session's Prefect test server (a real server on 127.0.0.1, its own SQLite database)."""
+    """The API URL of the session's Prefect test server (a real server on 127.0.0.1, its own SQLite
+    database).
+    """
     from prefect.settings import PREFECT_API_URL
 
     return str(PREFECT_API_URL.value())
 
 
 def _post(api: str, path: str, body: dict[str, Any]) -> Any:
-    """POST to the API; a busy server's 503 (SQLite under load) is retried, as Prefect's own client does."""
+    """POST to the API; a busy server's 503 (SQLite under load) is retried, as Prefect's own client
+    does.
+    """
     for attempt in range(6):
         response = httpx.post(f"{api}{path}", json=body, timeout=10)
         if response.status_code not in (429, 503) or attempt == 5:
@@ -108,8 +116,9 @@ def test_serve_schedules_and_a_triggered_run_completes_with_artifacts(
     log = open(tmp_path / "serve.log", "wb")  # noqa: SIM115
     serve = subprocess.Popen(
         [
-            str(BIN / "towerflow"), "serve", "--ratings", str(ratings), "--movies", str(movies), "--data-dir", str(data_dir),
-            "--k", "5", "--max-epochs", "2", "--no-gate", "--shard-size", "50", "--timezone", "Europe/Berlin",
+            str(BIN / "towerflow"), "serve", "--ratings", str(ratings), "--movies", str(movies),
+            "--data-dir", str(data_dir), "--k", "5", "--max-epochs", "2", "--no-gate",
+            "--shard-size", "50", "--timezone", "Europe/Berlin",
         ],
         env=_env(tmp_path / "home", PREFECT_API_URL=server, PREFECT_RUNNER_POLL_FREQUENCY="1"),
         stdout=log,
@@ -129,7 +138,8 @@ def test_serve_schedules_and_a_triggered_run_completes_with_artifacts(
         assert deployment["global_concurrency_limit"]["limit"] == 1
         assert deployment["parameters"]["params"]["data_dir"] == str(data_dir)
 
-        # what the UI's "Quick run" does: a flow run of the deployment, picked up by the serve process
+        # what the UI's "Quick run" does: a flow run of the deployment, picked up by the serve
+        # process
         body = {
             "state": {"type": "SCHEDULED"},
             "idempotency_key": f"test-{deployment['id']}",
@@ -156,7 +166,8 @@ def test_serve_schedules_and_a_triggered_run_completes_with_artifacts(
             report.count("](data:image/png;base64,") == 3 and "| recommendations | 600 |" in report
         )  # loss, scores, history
 
-        # the run's task runs as its event feed shows them (the session's server records no task-run rows)
+        # the run's task runs as its event feed shows them (the session's server records no task-run
+        # rows)
         of_run = {
             "related": {"id": [f"prefect.flow-run.{run['id']}"]},
             "event": {"name": ["prefect.task-run.Completed"]},
@@ -198,10 +209,11 @@ def test_serve_schedules_and_a_triggered_run_completes_with_artifacts(
 def test_nights_leave_events_history_drift_and_alerts_install(
     server: str, tiny_data: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Two nights and a failed one: their events with payloads, the history artifact, the drift; then alerts, twice.
+    """Two nights and a failed one: their events with payloads, the history artifact, the drift;
+    then alerts, twice.
 
-    The nights run in this process (their events go to the session's server like a subprocess's would;
-    tests/test_faults.py runs the command as a subprocess).
+    The nights run in this process (their events go to the session's server like a subprocess's
+    would; tests/test_faults.py runs the command as a subprocess).
     """
     from flows.cli import main
 

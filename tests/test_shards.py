@@ -1,4 +1,6 @@
-"""Scoring in shards gives exactly the rows of one unsharded pass; the report's plots are PNG files."""
+"""Scoring in shards gives exactly the rows of one unsharded pass; the report's plots are PNG
+files.
+"""
 
 from __future__ import annotations
 
@@ -34,7 +36,9 @@ def _unit(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
 
 @pytest.fixture
 def model_dir(tmp_path: Path, rng: np.random.Generator) -> tuple[Path, Path]:
-    """A model directory (index, ids, served embeddings with a popularity prior, scalers) and a ratings store, 53 users x 37 movies."""
+    """A model directory (index, ids, served embeddings with a popularity prior, scalers) and a
+    ratings store, 53 users x 37 movies.
+    """
     d = tmp_path / "model"
     d.mkdir()
     user_ids = np.sort(rng.choice(np.arange(1, 500), size=53, replace=False)).astype(np.int64)
@@ -151,7 +155,9 @@ def test_plots_are_png_files(tmp_path: Path) -> None:
 def test_a_rerun_reuses_finished_shards_and_redoes_a_missing_one(
     model_dir: tuple[Path, Path], tmp_path: Path
 ) -> None:
-    """Shards are resumable stages: a re-run with the same inputs reruns only the shard whose part file is gone."""
+    """Shards are resumable stages: a re-run with the same inputs reruns only the shard whose part
+    file is gone.
+    """
     from prefect import flow
 
     from flows.shards import recommend_all, similar_all
