@@ -1,4 +1,5 @@
-"""Ablation: what L2 normalization and the [-1, 1] rating target buy (README "Why normalize and scale").
+"""Ablation: what L2 normalization and the [-1, 1] rating target buy (README "Why normalize and
+scale").
 
 Trains the lab preset (a), without L2 normalization (b), with the target left in
 stars (c), with neither (d), and the default preset for reference, on the
@@ -29,7 +30,9 @@ DEFAULT_DATA = (
 
 
 def load(data: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Ratings and movies as ``towerflow evaluate`` reads them (through ingest), else straight from the CSVs."""
+    """Ratings and movies as ``towerflow evaluate`` reads them (through ingest), else straight from
+    the CSVs.
+    """
     try:
         from tasks.ingestion.ingest import ingest
         from tasks.store.tables import load_movies, load_ratings
@@ -193,8 +196,10 @@ def plot(histories: dict[str, list[dict[str, float]]], path: Path) -> Path:
         )[0]
         if any(h["train_rmse_stars"] > top for h in hist):
             flat = hist[-1]["train_rmse_stars"]
-            left.annotate(f"{name}: {flat:.2f} stars, off the scale", (epochs[len(epochs) // 2], top), xytext=(0, -12),
-                          textcoords="offset points", ha="center", fontsize=8, color=line.get_color())  # fmt: skip
+            left.annotate(f"{name}: {flat:.2f} stars, off the scale",
+                          (epochs[len(epochs) // 2], top), xytext=(0, -12),
+                          textcoords="offset points", ha="center", fontsize=8,
+                          color=line.get_color())  # fmt: skip
         right.plot(epochs, [h["grad_norm_mean"] for h in hist], style, label=name)
     left.set(
         xlabel="epoch",
@@ -258,7 +263,8 @@ def run() -> int:
     args = parser.parse_args()
     if not (args.data / "ratings.csv").exists():
         print(
-            f"no ratings.csv in {args.data}; download ml-latest-small from GroupLens and pass --data",
+            f"no ratings.csv in {args.data}; download ml-latest-small from GroupLens and "
+            "pass --data",
             file=sys.stderr,
         )
         return 2
@@ -270,7 +276,8 @@ def run() -> int:
 
     threads = default_threads()
     print(
-        f"machine: {platform.machine()}, {platform.processor() or 'cpu'}, Python {platform.python_version()}, {threads} threads"
+        f"machine: {platform.machine()}, {platform.processor() or 'cpu'}, Python "
+        f"{platform.python_version()}, {threads} threads"
     )
     pin_threads(threads)
     started = time.perf_counter()
@@ -278,7 +285,8 @@ def run() -> int:
     hold = per_user_holdout(ratings, args.holdout)
     train, test = ratings[~hold], ratings[hold]
     print(
-        f"per-user temporal split: {len(train):,} train / {len(test):,} held-out ratings, {len(movies):,} movies, seed {args.seed}"
+        f"per-user temporal split: {len(train):,} train / {len(test):,} held-out ratings, "
+        f"{len(movies):,} movies, seed {args.seed}"
     )
     rows, histories = ablation.run(
         train, test, movies, args.seed, args.k, args.max_epochs, args.only, log=print

@@ -58,7 +58,9 @@ def out_of_range_share(
 
 
 def overlap_at_k(a: Mapping[int, Sequence[int]], b: Mapping[int, Sequence[int]], k: int) -> float:
-    """Mean over the keys of ``a`` of |top-k of a ∩ top-k of b| / k (1.0: the same k items, order aside)."""
+    """Mean over the keys of ``a`` of |top-k of a ∩ top-k of b| / k (1.0: the same k items, order
+    aside).
+    """
     if k < 1 or not a:
         raise ValueError(
             f"overlap needs k >= 1 and at least one list, got k={k} and {len(a)} lists"
@@ -106,7 +108,8 @@ def ranking_agreement(
     k: int,
     chunk: int = 128,
 ) -> dict[str, float]:
-    """Does the FAISS top-k agree with the model's own ranking by predicted stars? Seen movies excluded.
+    """Does the FAISS top-k agree with the model's own ranking by predicted stars? Seen movies
+    excluded.
 
     Predicted stars come from :func:`~tasks.modeling.train.predict_scores` (the model's
     output) for every user and catalog movie. Returns ``overlap`` (overlap@k of the
@@ -164,7 +167,9 @@ def ranking_agreement(
 
 
 def similar_lists(movie_emb: np.ndarray, k: int, cosine: bool) -> dict[int, list[int]]:
-    """Each movie row's k nearest other rows by inner product (or by cosine), via a FAISS flat index."""
+    """Each movie row's k nearest other rows by inner product (or by cosine), via a FAISS flat
+    index.
+    """
     x = (
         np.asarray(l2_normalize(movie_emb), dtype=np.float32)
         if cosine
@@ -175,7 +180,9 @@ def similar_lists(movie_emb: np.ndarray, k: int, cosine: bool) -> dict[int, list
 
 
 def distinct_share(lists: Mapping[int, Sequence[int]], n_items: int) -> float:
-    """Share of the catalog that is someone's neighbour (low: a few hub items are everyone's neighbours)."""
+    """Share of the catalog that is someone's neighbour (low: a few hub items are everyone's
+    neighbours).
+    """
     return len({i for items in lists.values() for i in items}) / n_items
 
 
@@ -187,7 +194,8 @@ def _spearman(a: np.ndarray, b: np.ndarray) -> float:
 def train_variant(
     train: pd.DataFrame, movies: pd.DataFrame, config: ModelConfig, seed: int
 ) -> tuple[Fitted, list[dict[str, float]]]:
-    """What :func:`tasks.evaluation.evaluate.fit` does for a fixed epoch count, keeping the epoch records.
+    """What :func:`tasks.evaluation.evaluate.fit` does for a fixed epoch count, keeping the epoch
+    records.
 
     Each record gains ``train_rmse_stars``: its training MSE as RMSE in stars.
     """
@@ -283,7 +291,9 @@ def run(
     only: Sequence[str] | None = None,
     log: Callable[[str], None] | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, list[dict[str, float]]]]:
-    """Train and measure every variant on one split and seed; (table rows, epoch histories by variant)."""
+    """Train and measure every variant on one split and seed; (table rows, epoch histories by
+    variant).
+    """
     rows, histories = [], {}
     for name, config in variants(max_epochs).items():
         if only and not any(name.startswith(o) or o in name for o in only):
@@ -295,6 +305,7 @@ def run(
         if log:
             r = rows[-1]
             log(
-                f"  {r['seconds']:.0f} s: RMSE {r['rmse']:.3f}, NDCG@{k} {r['ndcg']:.4f}, outside range {r['outside_test']:.1%}"
+                f"  {r['seconds']:.0f} s: RMSE {r['rmse']:.3f}, NDCG@{k} {r['ndcg']:.4f}, "
+                f"outside range {r['outside_test']:.1%}"
             )
     return rows, histories

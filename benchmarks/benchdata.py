@@ -27,13 +27,16 @@ class DataSet:
 def movielens(directory: Path = SHARED / "ml-latest-small") -> DataSet:
     if not (directory / "ratings.csv").exists():
         raise SystemExit(
-            f"no ratings.csv in {directory}; download ml-latest-small from GroupLens and pass its directory"
+            f"no ratings.csv in {directory}; download ml-latest-small from GroupLens and "
+            "pass its directory"
         )
     return DataSet(directory.name, directory / "ratings.csv", directory / "movies.csv")
 
 
 def half_users(data: DataSet, half: str, work: Path) -> DataSet:
-    """The users of ``data`` with an odd (``half="odd"``) or even id: a disjoint half, written once under ``work``."""
+    """The users of ``data`` with an odd (``half="odd"``) or even id: a disjoint half, written once
+    under ``work``.
+    """
     import pandas as pd
 
     if half not in ("odd", "even"):

@@ -97,7 +97,9 @@ def check(data_dir: Path, ratings_csv: Path) -> list[tuple[str, bool]]:
 
 
 def _parts_listed(data_dir: Path, latest: dict) -> bool:
-    """Each table's ``files`` are all the Parquet files under its ``path``, and their rows add up to ``rows``."""
+    """Each table's ``files`` are all the Parquet files under its ``path``, and their rows add up to
+    ``rows``.
+    """
     import pyarrow.parquet as pq
 
     for info in latest["tables"].values():

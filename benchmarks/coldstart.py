@@ -1,12 +1,14 @@
-"""Cold start as issue 19 measures it: movies whose every rating is hidden, ranked by the published vectors.
+"""Cold start as issue 19 measures it: movies whose every rating is hidden, ranked by the published
+vectors.
 
 Hides every rating of ``--hidden`` movies of ml-latest-small with 10-100 ratings each (seeded), runs
-``towerflow run`` on the rest once per ``--variant`` (side by side, same inputs and seed), and scores how
-the published user and movie vectors (the towers' own dot product, no popularity prior) rank the hidden
-movies for each user who rated one of them >= 4: NDCG@10 within the hidden set, with its bootstrap
-interval and the users behind it, beside random order.
+``towerflow run`` on the rest once per ``--variant`` (side by side, same inputs and seed), and
+scores how the published user and movie vectors (the towers' own dot product, no popularity prior)
+rank the hidden movies for each user who rated one of them >= 4: NDCG@10 within the hidden set, with
+its bootstrap interval and the users behind it, beside random order.
 
-    .venv/bin/python benchmarks/coldstart.py [--hidden 300] [--seed 42] [--variant NAME="OPTIONS"]...
+    .venv/bin/python benchmarks/coldstart.py [--hidden 300] [--seed 42]
+        [--variant NAME="OPTIONS"]...
 """
 
 from __future__ import annotations
@@ -77,7 +79,8 @@ def run() -> int:
             subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
         )
     print(
-        f"{len(hidden)} hidden movies ({len(held):,} ratings); {len(liked):,} users rated one of them >= 4"
+        f"{len(hidden)} hidden movies ({len(held):,} ratings); {len(liked):,} users rated "
+        "one of them >= 4"
     )
     for name, (d, proc) in procs.items():
         if proc.wait() != 0:
@@ -101,7 +104,8 @@ def run() -> int:
             chance.append(ndcg_within(rng.random(len(rows)), relevant))
         m, c = bootstrap(np.array(model)), bootstrap(np.array(chance))
         print(
-            f"{name}: NDCG@10 within the hidden set {m.mean:.4f} ({m.low:.4f} .. {m.high:.4f}); random {c.mean:.4f}; {len(model):,} users"
+            f"{name}: NDCG@10 within the hidden set {m.mean:.4f} ({m.low:.4f} .. "
+            f"{m.high:.4f}); random {c.mean:.4f}; {len(model):,} users"
         )
     return 0
 

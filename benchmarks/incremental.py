@@ -1,4 +1,5 @@
-"""Incremental nights: a warm start from the published model against a full retrain on the same data (README "Incremental nights").
+"""Incremental nights: a warm start from the published model against a full retrain on the same data
+(README "Incremental nights").
 
 Splits ml-latest-small's ratings by time (the first 90% and the rest, two CSV files in a
 temporary drop folder), runs night 1 on the first file, then night 2 with both files
@@ -57,13 +58,14 @@ def row(name: str, latest: dict[str, Any], wall: float) -> str:
     t, m, tr = latest["timings"], latest["metrics"]["two-tower"], latest["training"]
     epochs = f"{tr['epochs_run']} + {tr['refit_epochs']}"
     return (
-        f"| {name} | {t['train']:.1f} | {t['refit']:.1f} | {t['train'] + t['refit']:.1f} | {wall:.0f} | {epochs} "
+        f"| {name} | {t['train']:.1f} | {t['refit']:.1f} | {t['train'] + t['refit']:.1f} | "
+        f"{wall:.0f} | {epochs} "
         f"| {m['ndcg']:.4f} | {m['rmse']:.4f} | {tr.get('warm_start') or 'cold'} |"
     )
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", type=Path, default=DEFAULT_DATA)
     p.add_argument("--preset", default="default")
     p.add_argument(
@@ -81,7 +83,8 @@ def main() -> int:
         before = ratings.iloc[:cut]
         print(
             f"night 1: {cut:,} ratings; night 2 adds {len(new):,} ratings, "
-            f"{len(set(new.userId) - set(before.userId))} new users, {len(set(new.movieId) - set(before.movieId))} new rated movies"
+            f"{len(set(new.userId) - set(before.userId))} new users, "
+            f"{len(set(new.movieId) - set(before.movieId))} new rated movies"
         )
         full, warm = tmp / "full", tmp / "warm"
         first, wall1 = night(drop, args.data / "movies.csv", full, "2026-01-01", args.preset)
@@ -92,10 +95,12 @@ def main() -> int:
             drop, args.data / "movies.csv", warm, "2026-01-02", args.preset, "--warm-start"
         )
     print(
-        f"preset {args.preset}; night 2 ingest: {b['ingest']['files_new']} new file, {b['ingest']['files_skipped']} skipped"
+        f"preset {args.preset}; night 2 ingest: {b['ingest']['files_new']} new file, "
+        f"{b['ingest']['files_skipped']} skipped"
     )
     print(
-        "| night | train s | refit s | train+refit s | run s | epochs (train + refit) | NDCG@10 | RMSE | start |"
+        "| night | train s | refit s | train+refit s | run s | epochs (train + refit) | "
+        "NDCG@10 | RMSE | start |"
     )
     print("|---|---:|---:|---:|---:|---|---:|---:|---|")
     print(row("1 (first 90%)", first, wall1))

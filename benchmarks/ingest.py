@@ -1,12 +1,15 @@
-"""Ingest throughput benchmark (issue 4): towerflow's CSV -> Parquet against pyarrow's own, same file, same run.
+"""Ingest throughput benchmark (issue 4): towerflow's CSV -> Parquet against pyarrow's own, same
+file, same run.
 
-(a) ``pyarrow.csv.read_csv`` + ``pyarrow.parquet.write_table`` of the ratings and movies files, and (b)
-``tasks.ingestion.ingest.ingest`` of the same two files (streamed, checked, quarantine, duplicate check, zstd
-Parquet), each in a fresh subprocess, alternating, best of ``--repeat``. Prints rows/s of both,
-the ratio (target >= 0.7), the peak RSS of each child, and the machine. The peak RSS of (b) is
-also measured on a file a fifth the size, to show what grows with the file and what does not.
+(a) ``pyarrow.csv.read_csv`` + ``pyarrow.parquet.write_table`` of the ratings and movies files, and
+(b) ``tasks.ingestion.ingest.ingest`` of the same two files (streamed, checked, quarantine,
+duplicate check, zstd Parquet), each in a fresh subprocess, alternating, best of ``--repeat``.
+Prints rows/s of both, the ratio (target >= 0.7), the peak RSS of each child, and the machine. The
+peak RSS of (b) is also measured on a file a fifth the size, to show what grows with the file and
+what does not.
 
-    .venv/bin/python benchmarks/ingest.py [--ratings ratings.csv --movies movies.csv] [--rows 5000000]
+    .venv/bin/python benchmarks/ingest.py [--ratings ratings.csv --movies movies.csv]
+        [--rows 5000000]
 
 Without ``--ratings`` it writes a synthetic MovieLens-format file (unique user/movie pairs,
 half-star ratings) to a temporary directory that is removed afterwards. Not part of ``make test``.
@@ -35,7 +38,9 @@ TARGET = 0.7
 def write_synthetic(
     out_dir: Path, rows: int, n_movies: int = 60_000, seed: int = 4
 ) -> tuple[Path, Path]:
-    """A ratings.csv as GroupLens writes it (sorted by user, then movie; unique pairs) and its movies.csv."""
+    """A ratings.csv as GroupLens writes it (sorted by user, then movie; unique pairs) and its
+    movies.csv.
+    """
     rng = np.random.default_rng(seed)
     per_user = np.clip(rng.lognormal(4.2, 0.9, rows // 40 + 10).astype(np.int64), 20, 2000)
     per_user = per_user[: int(np.searchsorted(np.cumsum(per_user), rows)) + 1]
@@ -141,7 +146,8 @@ def machine() -> str:
                 break
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     return (
-        f"{model}, {os.cpu_count()} cores, {platform.system()} {platform.release()}, Python {platform.python_version()}, "
+        f"{model}, {os.cpu_count()} cores, {platform.system()} {platform.release()}, Python "
+        f"{platform.python_version()}, "
         f"pyarrow {pa.__version__}, numpy {np.__version__}; load average at start {load}"
     )
 
@@ -189,17 +195,20 @@ def main() -> int:
                 rate = r["rows"] / r["seconds"] / 1e6
                 cpu = f"CPU {r['cpu_seconds']:5.2f} s"
                 print(
-                    f"  run {i + 1} {kind:<9} {r['seconds']:6.2f} s  {rate:5.2f} M rows/s  {cpu}  peak RSS {r['rss_mib']:,.0f} MiB"
+                    f"  run {i + 1} {kind:<9} {r['seconds']:6.2f} s  {rate:5.2f} M rows/s  "
+                    f"{cpu}  peak RSS {r['rss_mib']:,.0f} MiB"
                 )
                 if kind not in best or r["seconds"] < best[kind]["seconds"]:
                     best[kind] = r
         rates = {kind: r["rows"] / r["seconds"] for kind, r in best.items()}
         ratio = rates["towerflow"] / rates["pyarrow"]
         print(
-            f"pyarrow read_csv + write_table: {rates['pyarrow'] / 1e6:.2f} M rows/s (best of {args.repeat})"
+            f"pyarrow read_csv + write_table: {rates['pyarrow'] / 1e6:.2f} M rows/s (best of "
+            f"{args.repeat})"
         )
         print(
-            f"towerflow ingest:               {rates['towerflow'] / 1e6:.2f} M rows/s (best of {args.repeat})"
+            f"towerflow ingest:               {rates['towerflow'] / 1e6:.2f} M rows/s (best "
+            f"of {args.repeat})"
         )
         print(f"ratio {ratio:.2f} (target >= {TARGET}): {'met' if ratio >= TARGET else 'NOT met'}")
         if args.ratings is None:
@@ -210,7 +219,8 @@ def main() -> int:
             p = measure("pyarrow", small, small_movies, tmp_dir / "pyarrow-small")
             tf, pa_ = best["towerflow"]["rss_mib"], best["pyarrow"]["rss_mib"]
             print(
-                f"peak RSS, {args.rows // 5:,} -> {args.rows:,} rows: towerflow {s['rss_mib']:,.0f} -> {tf:,.0f} MiB, ",
+                f"peak RSS, {args.rows // 5:,} -> {args.rows:,} rows: towerflow "
+                f"{s['rss_mib']:,.0f} -> {tf:,.0f} MiB, ",
                 end="",
             )
             print(f"pyarrow {p['rss_mib']:,.0f} -> {pa_:,.0f} MiB")

@@ -10,8 +10,8 @@ installed) and EASE^R are fitted on the same 80% and scored on the same users. P
 set and seed: whether the night published and the gate's verdict, and the table.
 
     .venv/bin/python benchmarks/nightly_quality.py [--seeds 42 1 2] [--popularity-size 2.5m|600k]
-        [--only movielens|popularity|latent]... [--latent-size 600k|2.5m] [--movielens-half odd|even]
-        [--variant NAME="--option value ..."]...
+        [--only movielens|popularity|latent]... [--latent-size 600k|2.5m]
+        [--movielens-half odd|even] [--variant NAME="--option value ..."]...
 
 Each ``--variant`` is a night run with those extra options, side by side with the others on the same
 inputs and seeds (default: one variant, ``default``, with no extra options).
@@ -43,7 +43,9 @@ K = 10
 
 
 def split_input(data: DataSet, out: Path) -> tuple[Path, pd.DataFrame, pd.DataFrame]:
-    """Write each user's first 80% of ratings as ``out/ratings.csv``; return it, the input and the held-out rows."""
+    """Write each user's first 80% of ratings as ``out/ratings.csv``; return it, the input and the
+    held-out rows.
+    """
     raw = pd.read_csv(data.ratings)
     ratings = raw.rename(columns={"userId": "user_id", "movieId": "movie_id"})
     hold = per_user_holdout(ratings, 0.2)
@@ -56,7 +58,9 @@ def split_input(data: DataSet, out: Path) -> tuple[Path, pd.DataFrame, pd.DataFr
 def night(
     towerflow: Path, inputs: Path, movies: Path, run_dir: Path, seed: int, extra: list[str]
 ) -> dict[str, float | int | str]:
-    """``towerflow run`` as a subprocess (output in ``run_dir``.log): exit status, wall seconds, peak RSS of the process tree (GiB)."""
+    """``towerflow run`` as a subprocess (output in ``run_dir``.log): exit status, wall seconds,
+    peak RSS of the process tree (GiB).
+    """
     cmd = [
         str(towerflow),
         "run",
@@ -178,7 +182,8 @@ def run() -> int:
         n_movies = pd.read_csv(data.movies).shape[0]
         movie_ids = pd.read_csv(data.movies)["movieId"].to_numpy(np.int64)
         print(
-            f"\n=== {data.name}: {len(train):,} input ratings, {len(test):,} held out, {len(users):,} users with a relevant one ==="
+            f"\n=== {data.name}: {len(train):,} input ratings, {len(test):,} held out, "
+            f"{len(users):,} users with a relevant one ==="
         )
         peers = {"most-popular": popularity_lists(train, users, movie_ids, K)}
         als = als_lists(train, np.sort(train["user_id"].unique()), movie_ids, K, 42)
@@ -201,14 +206,16 @@ def run() -> int:
             method = f"towerflow run ({variant})"
             if result["status"] != 0:
                 print(
-                    f"seed {seed} {variant}: towerflow run FAILED ({result['seconds']:.0f} s): {result['reason']}"
+                    f"seed {seed} {variant}: towerflow run FAILED ({result['seconds']:.0f} "
+                    f"s): {result['reason']}"
                 )
                 rows.append({"data": data.name, "seed": seed, "method": method, "published": False})
                 continue
             latest = json.loads((run_dir / "outputs" / "latest.json").read_text())
             gate = latest["gate"]
             print(
-                f"seed {seed} {variant}: published in {result['seconds']:.0f} s, peak {result['peak_gib']:.2f} GiB; "
+                f"seed {seed} {variant}: published in {result['seconds']:.0f} s, peak "
+                f"{result['peak_gib']:.2f} GiB; "
                 f"prior weight {latest['popularity_prior']['weight']:g}; gate {gate['reason']}"
             )
             row = method_row(method, published_lists(run_dir), relevant, K, n_movies, seed)

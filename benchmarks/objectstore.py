@@ -1,9 +1,11 @@
-"""A night on a real S3 server (SeaweedFS's ``weed mini``, started here) against the same night on local disk.
+"""A night on a real S3 server (SeaweedFS's ``weed mini``, started here) against the same night on
+local disk.
 
-Prints both wall times and their ratio (target: the store night within 1.3x), the store's requests and bytes
-per stage (from the night's ``store traffic`` log lines), and whether the published tables are the same row
-for row. ``--race`` then starts two nights on the same prefix at once (different seeds, so different
-versions): exactly one must publish and the other fail in one line, leaving nothing of its own on the store.
+Prints both wall times and their ratio (target: the store night within 1.3x), the store's requests
+and bytes per stage (from the night's ``store traffic`` log lines), and whether the published tables
+are the same row for row. ``--race`` then starts two nights on the same prefix at once (different
+seeds, so different versions): exactly one must publish and the other fail in one line, leaving
+nothing of its own on the store.
 
     .venv/bin/python benchmarks/objectstore.py [--data DIR] [--race] [--work DIR]
 """
@@ -101,7 +103,9 @@ def traffic(text: str) -> dict[str, dict[str, Any]]:
 
 
 def seconds(text: str) -> dict[str, float]:
-    """The stage seconds the command's summary prints last (``seconds   pull 0.4, ingest 0.2, ...``)."""
+    """The stage seconds the command's summary prints last
+    (``seconds   pull 0.4, ingest 0.2, ...``).
+    """
     line = re.findall(r"^  seconds   (.*)$", text, flags=re.M)[-1]
     return {
         name: float(value) for name, value in (item.rsplit(" ", 1) for item in line.split(", "))
@@ -116,7 +120,7 @@ def frames(files: list[str], read: Any) -> pd.DataFrame:
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", type=Path, default=ML)
     p.add_argument("--work", type=Path, default=Path("/tmp/towerflow-bench/objectstore"))
     p.add_argument("--race", action="store_true", help="also two concurrent nights on one prefix")
@@ -147,7 +151,8 @@ def main() -> int:
             json.loads((local_dir / "outputs" / "latest.json").read_text()),
         )
         print(
-            f"ml-latest-small night: local {local_s:.1f} s, store {store_s:.1f} s: {store_s / local_s:.2f}x (target <= 1.3x)"
+            f"ml-latest-small night: local {local_s:.1f} s, store {store_s:.1f} s: "
+            f"{store_s / local_s:.2f}x (target <= 1.3x)"
         )
         print(f"same model version: {on_store['model_version'] == on_disk['model_version']}")
         local_t, store_t = seconds(local_text), seconds(text)
@@ -162,7 +167,8 @@ def main() -> int:
             - local_t.get("publish", 0)
         )
         print(
-            f"  the store's own seconds (pull, fetch-inputs, push, and publish beyond the local one): {extra:.1f} s"
+            "  the store's own seconds (pull, fetch-inputs, push, and publish beyond the "
+            f"local one): {extra:.1f} s"
         )
         for name in ("recommendations", "similar_movies", "metrics"):
             a = frames(on_store["tables"][name]["files"], lambda rel: io.BytesIO(store.get(rel)[0]))  # type: ignore[index]
@@ -177,18 +183,22 @@ def main() -> int:
                 )
             same = a.shape == b.shape and a.equals(b)
             print(
-                f"  {name:<16} {len(a):>8,} rows on the store, {len(b):>8,} on disk: {'identical' if same else 'DIFFERENT'}"
+                f"  {name:<16} {len(a):>8,} rows on the store, {len(b):>8,} on disk: "
+                f"{'identical' if same else 'DIFFERENT'}"
             )
         total = {"requests": 0, "bytes_sent": 0, "bytes_received": 0}
         for stage, t in traffic(text).items():
-            print(f"  store traffic of {stage:<8} {t['requests']:>5} requests, {t['bytes_sent'] / 1e6:8.2f} MB sent, "
+            print(f"  store traffic of {stage:<8} {t['requests']:>5} requests, "
+                  f"{t['bytes_sent'] / 1e6:8.2f} MB sent, "
                   f"{t['bytes_received'] / 1e6:8.2f} MB received  {t['by_operation']}")  # fmt: skip
             for k in total:
                 total[k] += t[k]
-        print(f"  store traffic in all: {total['requests']} requests, {total['bytes_sent'] / 1e6:.2f} MB sent, "
+        print(f"  store traffic in all: {total['requests']} requests, "
+              f"{total['bytes_sent'] / 1e6:.2f} MB sent, "
               f"{total['bytes_received'] / 1e6:.2f} MB received")  # fmt: skip
         print(
-            f"  credentials in latest.json or the log: {SECRET in got[0].decode() or SECRET in text}"
+            "  credentials in latest.json or the log: "
+            f"{SECRET in got[0].decode() or SECRET in text}"
         )
         if args.race:
             race(args.data, work)
@@ -238,12 +248,14 @@ def race(data: Path, work: Path) -> None:
     keys = list(store.keys("models"))
     versions = sorted({k.split("/")[1] for k in keys})
     print(
-        f"race: exit codes {codes}; latest.json names {winner}; model versions on the store {versions}"
+        f"race: exit codes {codes}; latest.json names {winner}; model versions on the store "
+        f"{versions}"
     )
     for seed, code in codes.items():
         if code:
             print(
-                f"  loser (seed {seed}): {(work / f'race-{seed}.log').read_text().strip().splitlines()[-1]}"
+                f"  loser (seed {seed}): "
+                f"{(work / f'race-{seed}.log').read_text().strip().splitlines()[-1]}"
             )
 
 

@@ -7,7 +7,8 @@ Prints every table, then one side-by-side summary: per data set and method, NDCG
 over the seeds, RMSE, and how many users each figure rests on. Needs the ALS extra:
 ``.venv/bin/pip install -e '.[als]'``.
 
-    .venv/bin/python benchmarks/quality.py [--seeds 1 2 3] [--presets default lab] [--popularity-size 600k|2.5m]
+    .venv/bin/python benchmarks/quality.py [--seeds 1 2 3] [--presets default lab]
+        [--popularity-size 600k|2.5m]
 """
 
 from __future__ import annotations
@@ -72,7 +73,8 @@ def run() -> int:
     args = parser.parse_args()
     sets = [movielens(args.movielens), generated("popularity", args.popularity_size, args.work)]
     print(
-        f"machine: {platform.machine()}, {platform.processor() or 'cpu'}, Python {platform.python_version()}"
+        f"machine: {platform.machine()}, {platform.processor() or 'cpu'}, Python "
+        f"{platform.python_version()}"
     )
     started = time.perf_counter()
     tables = []

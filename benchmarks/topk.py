@@ -4,7 +4,8 @@ Both run in the same process on the same embeddings and the same seen sets:
 
 - ``matmul only``: blocked ``users @ movies.T`` scores, nothing else (the physical floor);
 - ``numpy reference``: the same blocks + seen movies set to -inf + ``argpartition`` top-k + sort;
-- ``towerflow``: :func:`tasks.serving.recommend.topk_unseen` over the exact inner-product FAISS index.
+- ``towerflow``: :func:`tasks.serving.recommend.topk_unseen` over the exact inner-product FAISS
+  index.
 
 Seen sets come from a ratings file (default: the project's generator at 2.5M ratings,
 written once to --work); embeddings are random unit vectors of dimension 32 (the cost of
@@ -173,7 +174,8 @@ def main() -> int:
     print(f"numpy reference (mask + top-k): {t_ref:7.3f} s")
     print(f"towerflow FAISS top-k:          {t_tf:7.3f} s")
     print(
-        f"ratio towerflow / reference = {t_tf / t_ref:.2f} (target <= 1.5); towerflow / matmul floor = {t_tf / t_mm:.2f}"
+        f"ratio towerflow / reference = {t_tf / t_ref:.2f} (target <= 1.5); towerflow / "
+        f"matmul floor = {t_tf / t_mm:.2f}"
     )
     print(f"same movies as the reference: {same:.4f}")
     return 0 if t_tf / t_ref <= 1.5 and same > 0.999 else 1
