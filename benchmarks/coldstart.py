@@ -92,11 +92,8 @@ def run() -> int:
         space = ServingSpace.read(d / latest.model["serving"].path)
         rows = pd.Index(mid).get_indexer(hidden)
         users = pd.Index(uid).get_indexer(liked.index.to_numpy())
-        model, chance, rng = (
-            [],
-            [],
-            np.random.default_rng(0),
-        )  # the same random orders for every variant
+        # the same random orders for every variant
+        model, chance, rng = [], [], np.random.default_rng(0)
         for u, wanted in zip(users, liked, strict=True):
             relevant = np.isin(hidden, list(wanted)).astype(float)
             scores = space.tower_scores(np.repeat(uvec[u : u + 1], len(rows), 0), mvec[rows])

@@ -50,9 +50,8 @@ def write_synthetic(
     movies = (
         np.repeat(rng.integers(0, n_movies, len(per_user)), per_user) + k * 7919
     ) % n_movies + 1  # 7919 is prime
-    movies = movies[
-        np.lexsort((movies, users))
-    ]  # users are already in order; movies ascending within each
+    # users are already in order; movies ascending within each
+    movies = movies[np.lexsort((movies, users))]
     stars = np.array([f"{s / 2:.1f}" for s in range(1, 11)])
     start = np.repeat(rng.integers(946_684_800, 1_600_000_000, len(per_user)), per_user)
     times = start + rng.integers(0, 3 * 365 * 86_400, rows)
@@ -102,9 +101,8 @@ def child(kind: str, ratings: Path, movies: Path, work: Path) -> None:
     if kind == "pyarrow":
         table = pacsv.read_csv(ratings)
         pq.write_table(table, work / "ratings.parquet")
-        pq.write_table(
-            pacsv.read_csv(movies), work / "movies.parquet"
-        )  # towerflow converts the catalog too
+        # towerflow converts the catalog too
+        pq.write_table(pacsv.read_csv(movies), work / "movies.parquet")
         rows = table.num_rows
     else:
         _, _, stats = ingest(ratings, movies, work, max_reject_share=1.0)

@@ -173,9 +173,8 @@ def main() -> int:
         for name in ("recommendations", "similar_movies", "metrics"):
             a = frames(on_store["tables"][name]["files"], lambda rel: io.BytesIO(store.get(rel)[0]))  # type: ignore[index]
             b = frames(on_disk["tables"][name]["files"], lambda rel: local_dir / rel)
-            if (
-                name == "metrics"
-            ):  # measured seconds differ between the two nights; everything else must not
+            # measured seconds differ between the two nights; everything else must not
+            if name == "metrics":
                 a, b = (
                     (f[~f["metric"].astype(str).str.contains("seconds")] for f in (a, b))
                     if "metric" in a

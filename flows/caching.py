@@ -83,9 +83,8 @@ def json_default(obj: Any) -> Any:
     """JSON for the few non-JSON types results hold (numpy scalars, paths, dates, a failure's
     exception); else an error.
     """
-    if isinstance(
-        obj, BaseException
-    ):  # what Prefect stores for a failed run: the message, never the object
+    # what Prefect stores for a failed run: the message, never the object
+    if isinstance(obj, BaseException):
         return {"exception": type(obj).__name__, "message": str(obj)}
     if hasattr(obj, "item") and callable(obj.item) and getattr(obj, "ndim", None) == 0:
         return obj.item()

@@ -47,15 +47,16 @@ def _runner_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--workers",
         type=int,
-        help="without Dask: shard tasks at a time on local threads (default: $TOWERFLOW_WORKERS "
-        "or 2)",
+        help=(
+            "without Dask: shard tasks at a time on local threads (default: "
+            "$TOWERFLOW_WORKERS or 2)"
+        ),
     )
 
 
 def _parser() -> argparse.ArgumentParser:
-    from tasks.sources.generate import (
-        LAWS,
-    )  # numpy and friends: imported after _quiet_env has pinned their threads
+    # numpy and friends: imported after _quiet_env has pinned their threads
+    from tasks.sources.generate import LAWS
 
     p = argparse.ArgumentParser(
         prog="towerflow",
@@ -128,8 +129,10 @@ def _parser() -> argparse.ArgumentParser:
         "--law",
         choices=sorted(LAWS),
         default="taste",
-        help="what drives the picks: genre taste (default), popularity (weak tastes) or latent "
-        "(hidden factors genres do not show)",
+        help=(
+            "what drives the picks: genre taste (default), popularity (weak tastes) or "
+            "latent (hidden factors genres do not show)"
+        ),
     )
     gen.add_argument(
         "--taste-strength",
@@ -415,9 +418,8 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except Exception as exc:  # the last line on stderr is the reason; a traceback only for a bug
         expected = is_expected(exc)
-        if not expected and not isinstance(
-            exc, failures.RunFailed
-        ):  # a failed flow run's traceback is in Prefect's log above
+        # a failed flow run's traceback is in Prefect's log above
+        if not expected and not isinstance(exc, failures.RunFailed):
             traceback.print_exception(exc)
         failures.close_prefect()
         bug = "" if expected else " [unexpected error: a bug in towerflow; the traceback is above]"

@@ -72,9 +72,8 @@ def close_prefect() -> None:
         from prefect.server.api.server import SubprocessASGIServer
         from prefect.settings import PREFECT_API_URL
 
-        if (
-            not PREFECT_API_URL.value()
-        ):  # only a server this process started for itself, never a configured one
+        # only a server this process started for itself, never a configured one
+        if not PREFECT_API_URL.value():
             SubprocessASGIServer().stop()
     except Exception as exc:  # closing is best effort: the reason still goes out
         logging.getLogger("towerflow").debug("closing Prefect: %s", exc)

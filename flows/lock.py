@@ -46,9 +46,8 @@ from uuid import UUID
 from tasks.errors import TowerflowError
 
 LEASE_SECONDS = 60.0  # the server's minimum lease
-SLOT_WAIT_SECONDS = (
-    LEASE_SECONDS + 30.0
-)  # long enough for the lease of a run that died elsewhere to lapse
+# long enough for the lease of a run that died elsewhere to lapse
+SLOT_WAIT_SECONDS = LEASE_SECONDS + 30.0
 
 
 class LockedError(TowerflowError, RuntimeError):
@@ -208,9 +207,8 @@ def _server_slot(
             )
     try:
         with contextlib.ExitStack() as stack:
-            context = ConcurrencyContext.get() or stack.enter_context(
-                ConcurrencyContext()
-            )  # a flow run has one
+            # a flow run has one
+            context = ConcurrencyContext.get() or stack.enter_context(ConcurrencyContext())
             before = set(context.cleanup_lease_ids)
             if not _take_slot(stack, name):
                 raise LockedError(

@@ -116,9 +116,8 @@ def _ingest(
         ingested, _, input_hash = _ingest(run, params.model_copy(update=local), layout, run_date)
         return ingested, Inputs(ratings=str(params.ratings), movies=str(params.movies)), input_hash
     movies = str(Path(params.movies or "").resolve())
-    if incremental.is_incremental(
-        params.ratings
-    ):  # several files or a drop folder: only new files, a task each
+    # several files or a drop folder: only new files, a task each
+    if incremental.is_incremental(params.ratings):
         ledger = run(
             "ingest", incremental.ingest_all, ratings=params.ratings, movies=movies,
             data_dir=str(layout.data_dir), run_date=run_date,
@@ -224,9 +223,8 @@ def _published_facts(
         "popularity_prior": known["popularity_prior"],
         "drift": known["drift"],
         "timings": dict(run.timings),
-        "reused_stages": list(
-            run.cached
-        ),  # finished by an interrupted run of this version, not recomputed
+        # finished by an interrupted run of this version, not recomputed
+        "reused_stages": list(run.cached),
     }
 
 
@@ -246,9 +244,8 @@ def nightly(params: NightlyParams = NightlyParams()) -> dict[str, Any]:  # noqa:
     failures.hide_expected_tracebacks()
     started = time.perf_counter()
     run_date = params.run_date or dt.date.today()
-    target = Target.of(
-        params.data_dir, params.scratch_dir
-    )  # a local directory, or s3:// and its local scratch
+    # a local directory, or s3:// and its local scratch
+    target = Target.of(params.data_dir, params.scratch_dir)
     known: dict[
         str, Any
     ] = {}  # what the night has measured so far, in latest.json's shape (for its history row)
@@ -272,9 +269,8 @@ def _night(
     pin_threads(threads)
     overrides = {"max_epochs": params.max_epochs, "patience": params.patience}
     config = preset(params.preset, **overrides, refit=params.refit, factors=params.factors)
-    rules = (
-        params.rules()
-    )  # business rules: which movies may be recommended (tasks/serving/rules.py)
+    # business rules: which movies may be recommended (tasks/serving/rules.py)
+    rules = params.rules()
     rules_doc = None if rules.empty else rules.document()
     run = _Stages()
     with data_dir_lock(layout.lock):
@@ -386,9 +382,8 @@ def _night(
             version=version, model_dir=exported["model_dir"], tables=tables, extra=extra,
             store_uri=store, expect_etag=etag,
         )  # fmt: skip
-        outcome.published(
-            layout, latest.document(), time.perf_counter() - started
-        )  # history row, events, artifact
+        # history row, events, artifact
+        outcome.published(layout, latest.document(), time.perf_counter() - started)
         histories = {"validate": trained.get("history", []), "refit": refit.get("history", [])}
         run(
             "report", report.report_task, data_dir=str(layout.data_dir), latest=latest.document(),

@@ -19,9 +19,8 @@ from pydantic import BaseModel, Field, JsonValue, ValidationError, field_validat
 from tasks.errors import ConfigError
 from tasks.modeling.config import PRESETS
 
-if (
-    TYPE_CHECKING
-):  # the rules module loads pandas: imported where rules are used, keeping `towerflow --help` fast
+# the rules module loads pandas: imported where rules are used, keeping `towerflow --help` fast
+if TYPE_CHECKING:
     from pydantic import ValidationInfo
 
     from tasks.serving.rules import Rules
@@ -32,9 +31,10 @@ class NightlyParams(BaseModel):
 
     ratings: str | list[str] | None = Field(
         None,
-        description="ratings.csv (or .parquet); several files "
-        "or a drop folder: incremental (ledger); "
-        "default: embedded",
+        description=(
+            "ratings.csv (or .parquet); several files or a drop folder: incremental "
+            "(ledger); default: embedded"
+        ),
     )
     movies: str | None = Field(
         None, description="movies.csv (or .parquet); default: the embedded data set"
@@ -45,10 +45,11 @@ class NightlyParams(BaseModel):
     )
     scratch_dir: str | None = Field(
         None,
-        description="with an s3:// data directory: the local "
-        "working copy (staging, resume cache, the "
-        "published run); "
-        "default: $TOWERFLOW_SCRATCH or ~/.cache/towerflow, one per URI",
+        description=(
+            "with an s3:// data directory: the local working copy (staging, resume cache, "
+            "the published run); default: $TOWERFLOW_SCRATCH or ~/.cache/towerflow, one per "
+            "URI"
+        ),
     )
     run_date: dt.date | None = Field(None, description="partition date; default: today")
     k: int = Field(
@@ -57,18 +58,17 @@ class NightlyParams(BaseModel):
     preset: str = Field(
         "default",
         description="model preset; 'lab' reproduces the course, 'balanced' trades ranking for RMSE",
-        json_schema_extra={
-            "enum": list[JsonValue](sorted(PRESETS))
-        },  # a drop-down in the UI; tasks.modeling.config.PRESETS is the one list
+        # a drop-down in the UI; tasks.modeling.config.PRESETS is the one list
+        json_schema_extra={"enum": list[JsonValue](sorted(PRESETS))},
     )
     seed: int = Field(42, description="seed of every random choice in training")
     holdout_fraction: float = Field(
         0.2,
         ge=0.0,
         lt=0.5,
-        description="each user's most recent share of ratings "
-        "held out to validate (0: no holdout, no "
-        "gate)",
+        description=(
+            "each user's most recent share of ratings held out to validate (0: no holdout, no gate)"
+        ),
     )
     max_epochs: int | None = Field(None, ge=1, description="override the preset's epoch limit")
     warm_start: bool = Field(
@@ -82,10 +82,11 @@ class NightlyParams(BaseModel):
     )
     refit: Literal["full", "warm", "none"] | None = Field(
         None,
-        description="'full': train again on every rating to "
-        "publish; 'warm': go on from the validation "
-        "model for a fifth "
-        "of its epochs; 'none': publish the validation model (default: the preset's)",
+        description=(
+            "'full': train again on every rating to publish; 'warm': go on from the "
+            "validation model for a fifth of its epochs; 'none': publish the validation "
+            "model (default: the preset's)"
+        ),
     )
     factors: int | None = Field(
         None,
@@ -104,8 +105,10 @@ class NightlyParams(BaseModel):
     )
     gate: bool = Field(
         True,
-        description="refuse to publish a model worse, with confidence, than most-popular or the "
-        "published model",
+        description=(
+            "refuse to publish a model worse, with confidence, than most-popular or the "
+            "published model"
+        ),
     )
     gate_margin: float = Field(
         0.01,
@@ -116,18 +119,22 @@ class NightlyParams(BaseModel):
         0.01,
         ge=0.0,
         le=1.0,
-        description="fail the run if more than this share of "
-        "the ratings rows is rejected (see rejects/)",
+        description=(
+            "fail the run if more than this share of the ratings rows is rejected (see rejects/)"
+        ),
     )
     deny_list: str | None = Field(
         None,
-        description="file of movie ids never recommended: one "
-        "per line, or a CSV with a movieId column",
+        description=(
+            "file of movie ids never recommended: one per line, or a CSV with a movieId column"
+        ),
     )
     only_genres: str | None = Field(
         None,
-        description="recommend only movies of at least one of these genres, comma-separated (e.g. "
-        "'Comedy,Drama')",
+        description=(
+            "recommend only movies of at least one of these genres, comma-separated (e.g. "
+            "'Comedy,Drama')"
+        ),
     )
     years: str | None = Field(
         None,

@@ -17,9 +17,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-if (
-    TYPE_CHECKING
-):  # pandas is imported only by the commands that print tables, keeping `towerflow --help` fast
+# pandas is imported only by the commands that print tables, keeping `towerflow --help` fast
+if TYPE_CHECKING:
     import pandas as pd
 
 MAX_AMBIGUOUS = 25
@@ -76,9 +75,8 @@ def add_parsers(sub: Any) -> None:
     rec = sub.add_parser(
         "recommend", help="a user's published top-k with titles, genres, score and predicted rating"
     )
-    who = rec.add_mutually_exclusive_group(
-        required=True
-    )  # one way to say who is asking; cold start by genres can join here
+    # one way to say who is asking; cold start by genres can join here
+    who = rec.add_mutually_exclusive_group(required=True)
     who.add_argument(
         "--user", type=int, metavar="ID", help="a MovieLens userId from the published run"
     )
@@ -90,8 +88,9 @@ def add_parsers(sub: Any) -> None:
     who.add_argument(
         "--rated",
         metavar="RATINGS",
-        help='someone the night did not see, by their ratings: "MOVIE=STARS,...", e.g. '
-        '"1=5,260=4.5"',
+        help=(
+            'someone the night did not see, by their ratings: "MOVIE=STARS,...", e.g. "1=5,260=4.5"'
+        ),
     )
     _common(rec)
     sim = sub.add_parser(

@@ -209,9 +209,8 @@ def _report(
     if gate:
         enforced = "" if gate.get("enforced", True) else " (not enforced: `--no-gate`)"
         verdict, reason = gate.get("verdict", "?"), gate.get("reason", "")
-        reason = (
-            reason.split(": ", 1)[1] if reason.startswith(f"{verdict}: ") else reason
-        )  # the reason starts with the verdict
+        # the reason starts with the verdict
+        reason = reason.split(": ", 1)[1] if reason.startswith(f"{verdict}: ") else reason
         lines += ["## Quality gate", "", f"**{verdict}**{enforced}: {reason}", ""]
     metrics = latest.get("metrics") or {}
     if metrics:

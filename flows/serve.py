@@ -105,9 +105,8 @@ def serve(
     params = params.model_copy(update={"data_dir": os.path.abspath(params.data_dir)})
     if params.ratings is not None and params.movies is not None:
         r = params.ratings
-        ratings = (
-            [os.path.abspath(x) for x in r] if isinstance(r, list) else os.path.abspath(r)
-        )  # a drop folder stays a folder
+        # a drop folder stays a folder
+        ratings = [os.path.abspath(x) for x in r] if isinstance(r, list) else os.path.abspath(r)
         params = params.model_copy(
             update={"ratings": ratings, "movies": os.path.abspath(params.movies)}
         )

@@ -83,9 +83,8 @@ def ingest_task(
     except rejects.RejectThresholdError as exc:
         report(exc.stats, f"FAILED, too many rows rejected; rejected rows in {rejects_path}")
         raise
-    out["stats"]["rejects_path"] = str(
-        Path(rejects_path).relative_to(data_dir)
-    )  # relative, like the tables in latest.json
+    # relative, like the tables in latest.json
+    out["stats"]["rejects_path"] = str(Path(rejects_path).relative_to(data_dir))
     report(out["stats"], f"{out['stats']['rows_rejected']:,} rows rejected, see {rejects_path}")
     get_run_logger().info("ingested %s", json.dumps(out["stats"]))
     return out
@@ -124,9 +123,8 @@ def train_task(
     factors: int | None = None,
 ) -> Trained:
     config = preset(preset_name, max_epochs=max_epochs, patience=patience, factors=factors)
-    on_epoch = report.EpochProgress(
-        "train", config.max_epochs
-    )  # epoch logs and the towerflow-train-progress artifact
+    # epoch logs and the towerflow-train-progress artifact
+    on_epoch = report.EpochProgress("train", config.max_epochs)
     return on_epoch.finish(
         run_train(
             Path(ratings),
@@ -158,9 +156,8 @@ def refit_task(
     factors: int | None = None,
 ) -> Refit:
     config = preset(preset_name, refit=refit, factors=factors)
-    on_epoch = report.EpochProgress(
-        "refit", epochs
-    )  # epoch logs and the towerflow-refit-progress artifact
+    # epoch logs and the towerflow-refit-progress artifact
+    on_epoch = report.EpochProgress("refit", epochs)
     return on_epoch.finish(
         run_refit(
             Path(ratings),
@@ -211,10 +208,11 @@ def evaluate_task(
     create_table_artifact(
         rows,
         key="towerflow-metrics",
-        description=f"Holdout metrics at k={k}: each user's most recent {holdout:.0%} of ratings, "
-        f"{evaluation['users']:,} users; "
-        "ndcg_low/ndcg_high: 95% bootstrap interval; popularity prior weight "
-        f"{evaluation['prior']['weight']:g}",
+        description=(
+            f"Holdout metrics at k={k}: each user's most recent {holdout:.0%} of ratings, "
+            f"{evaluation['users']:,} users; ndcg_low/ndcg_high: 95% bootstrap interval; "
+            f"popularity prior weight {evaluation['prior']['weight']:g}"
+        ),
     )
     get_run_logger().info("holdout metrics (%d users): %s", evaluation["users"], json.dumps(rows))
     return evaluation

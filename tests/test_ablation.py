@@ -119,20 +119,16 @@ def test_overlap_at_k_on_a_hand_made_example() -> None:
     b = {1: [30, 20, 99], 2: [60, 50, 40]}  # user 3 missing: no overlap
     assert overlap_at_k(a, b, 3) == pytest.approx((2 / 3 + 1 + 0) / 3)
     assert overlap_at_k(a, a, 2) == 1.0
-    assert (
-        overlap_at_k({1: [10, 20, 30]}, {1: [30, 20, 10]}, 1) == 0.0
-    )  # only the first item counts at k=1
+    # only the first item counts at k=1
+    assert overlap_at_k({1: [10, 20, 30]}, {1: [30, 20, 10]}, 1) == 0.0
 
 
 def test_inner_product_neighbours_follow_norms_cosine_ones_direction() -> None:
     emb = np.array([[20.0, 0.0], [0.0, 1.0], [0.1, 1.0], [1.0, 0.2], [1.0, 0.1]], dtype=np.float32)
     ip, cos = similar_lists(emb, 1, cosine=False), similar_lists(emb, 1, cosine=True)
     assert all(i not in items for i, items in ip.items())  # never the movie itself
-    assert [ip[i][0] for i in (2, 3, 4)] == [
-        0,
-        0,
-        0,
-    ]  # the long vector is everyone's nearest by inner product
+    # the long vector is everyone's nearest by inner product
+    assert [ip[i][0] for i in (2, 3, 4)] == [0, 0, 0]
     assert (cos[1][0], cos[2][0], cos[3][0]) == (2, 1, 4)
     assert distinct_share(ip, 5) < distinct_share(cos, 5)
     assert overlap_at_k(ip, cos, 1) < 1.0

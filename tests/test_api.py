@@ -54,13 +54,11 @@ def test_recommend_is_the_published_table_and_the_search_agrees(
         "predicted_rating",
     ]
     assert one.movie_id.tolist() == table[table.user_id == users[3]].movie_id.tolist()[:3]
-    searched = rec.recommend_many(
-        users, K, exclude=[]
-    )  # a rule of its own (an empty one): searched in the vectors
+    # a rule of its own (an empty one): searched in the vectors
+    searched = rec.recommend_many(users, K, exclude=[])
     assert len(searched) == len(table)
-    np.testing.assert_allclose(
-        searched.score, table.score, atol=1e-5
-    )  # rank by rank, whatever the order of ties
+    # rank by rank, whatever the order of ties
+    np.testing.assert_allclose(searched.score, table.score, atol=1e-5)
     pairs = zip(searched.groupby("user_id"), table.groupby("user_id"), strict=True)
     same = [np.array_equal(a.movie_id, b.movie_id) for (_, a), (_, b) in pairs]
     assert np.mean(same) >= 0.95
@@ -131,9 +129,8 @@ def test_business_rules_hold_and_lists_stay_full(
     assert not set(without.movie_id) & set(top[:2]) and without.movie_id.iloc[0] == top[2]
     allow = movies.index[:40].tolist()
     assert set(rec.recommend(user, 5, only=allow).movie_id) <= set(allow)
-    assert not set(published["denied"]) & set(
-        rec.recommend(user, 50).movie_id
-    )  # the night's deny-list holds in every answer
+    # the night's deny-list holds in every answer
+    assert not set(published["denied"]) & set(rec.recommend(user, 50).movie_id)
     assert not set(published["denied"]) & set(
         rec.similar(int(movies.index[0]), 30).similar_movie_id
     )
@@ -224,12 +221,13 @@ def test_rules_parse_combine_and_read_a_deny_list(tmp_path: Path) -> None:
     ids = catalog.movie_id.to_numpy()
     assert Rules().allowed(catalog, ids).all() and Rules().empty
     assert Rules.make(genres="comedy").allowed(catalog, ids).tolist() == [True, True, False, False]
+    # no year: left out
     assert Rules.make(years=(1995, None)).allowed(catalog, ids).tolist() == [
         False,
         True,
         False,
         True,
-    ]  # no year: left out
+    ]
     both = Rules.make(deny=[2]) & Rules.make(genres=["Comedy", "Horror"], years=(None, 2005))
     assert both.allowed(catalog, ids).tolist() == [True, False, False, False]
     assert (

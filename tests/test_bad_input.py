@@ -186,11 +186,8 @@ def test_duplicates_latest_wins_and_are_counted(tmp_path: Path) -> None:
     rows = "1,1,2.0,50\n1,1,4.5,90\n1,1,3.0,70\n2,2,1.0,5\n2,2,1.5,5\n3,3,3.0,1\n"
     out = _ingest(tmp_path, HEADER + rows)
     assert out.stats.duplicates_dropped == 3 and out.stats.rows_accepted == 3 and not out.rejects
-    assert out.accepted == [
-        (1, 1, 4.5, 90),
-        (2, 2, 1.5, 5),
-        (3, 3, 3.0, 1),
-    ]  # equal times: the later line wins
+    # equal times: the later line wins
+    assert out.accepted == [(1, 1, 4.5, 90), (2, 2, 1.5, 5), (3, 3, 3.0, 1)]
     assert out.stats.users == 3
 
 
@@ -340,9 +337,8 @@ def test_gzip_compressed_csv(tmp_path: Path) -> None:
     body = gzip.compress((HEADER + "1,1,4.0,10\n1,2,4.0,11\n1,3,x,12\n").encode())
     out = _ingest(tmp_path, body, name="ratings.csv.gz")
     assert len(out.accepted) == 2 and out.reasons() == [(4, "not_a_number")]
-    out = _ingest(
-        tmp_path, body, name="ratings_no_suffix.csv"
-    )  # recognised by its magic bytes, not its name
+    # recognised by its magic bytes, not its name
+    out = _ingest(tmp_path, body, name="ratings_no_suffix.csv")
     assert len(out.accepted) == 2
 
 
@@ -414,9 +410,8 @@ def test_line_numbers_are_exact_across_blocks(tmp_path: Path) -> None:
 def test_fast_and_row_checks_accept_the_same_spellings(tmp_path: Path) -> None:
     good = HEADER + '05,0x2, 4.5 ,10\n1,1,+4.,0\n"2","3","3.5","7"\n3,1,4.5e0,7\n'
     clean = _ingest(tmp_path, good)  # every block clean: the typed, multi-threaded path
-    mixed = _ingest(
-        tmp_path, good + "1,1,bad,1\n"
-    )  # the same block with one bad row: the string path
+    # the same block with one bad row: the string path
+    mixed = _ingest(tmp_path, good + "1,1,bad,1\n")
     assert (
         clean.accepted
         == mixed.accepted
@@ -451,9 +446,8 @@ def test_reject_share_above_threshold_fails_and_keeps_the_rejects(tmp_path: Path
     assert str(tmp_path / "rejects.parquet") in message and info.value.stats["rows_rejected"] == 2
     assert pq.read_table(tmp_path / "rejects.parquet").num_rows == 2
     assert not (tmp_path / "store" / "ratings.parquet").exists()
-    assert (
-        _ingest(tmp_path, body, share=0.02).stats.rows_accepted == 98
-    )  # at the threshold it passes
+    # at the threshold it passes
+    assert _ingest(tmp_path, body, share=0.02).stats.rows_accepted == 98
 
 
 def test_all_rows_rejected_stops(tmp_path: Path) -> None:
@@ -489,6 +483,5 @@ def test_ingest_reports_movie_counts_with_the_ratings(tmp_path: Path) -> None:
         {"Space Opera": 1},
     )
     assert stats.rejects_path == str(tmp_path / "store" / "rejects.parquet")
-    assert (
-        pq.read_table(stats.rejects_path).num_rows == 0
-    )  # always published, empty when nothing was rejected
+    # always published, empty when nothing was rejected
+    assert pq.read_table(stats.rejects_path).num_rows == 0

@@ -36,15 +36,13 @@ def test_unstated_genres_are_unknown_in_default_and_zero_in_lab() -> None:
     x, names = newcomer_features(tastes, {"features": "confidence", "shrinkage": 10.0})
     row = dict(zip(names, x[0], strict=True))
     assert row["share_Adventure"] == pytest.approx(0.5) and row["share_Drama"] == 0.0
-    assert row["shrunk_mean_Drama"] == pytest.approx(
-        3.0
-    )  # the newcomer's own mean: no opinion, not a bad one
+    # the newcomer's own mean: no opinion, not a bad one
+    assert row["shrunk_mean_Drama"] == pytest.approx(3.0)
     assert row["shrunk_mean_Adventure"] > 3.0 > row["shrunk_mean_Horror"]
     lab, lab_names = newcomer_features(tastes, {"features": "lab"})
     lab_row = dict(zip(lab_names, lab[0], strict=True))
-    assert (
-        lab_row["mean_Adventure"] == 5.0 and lab_row["mean_Drama"] == 0.0
-    )  # the course's 0 for "not rated"
+    # the course's 0 for "not rated"
+    assert lab_row["mean_Adventure"] == 5.0 and lab_row["mean_Drama"] == 0.0
     assert len(lab_names) == len(GENRES)
 
 

@@ -40,9 +40,8 @@ def test_default_keeps_the_architecture_and_changes_the_recipe() -> None:
 
 def test_overrides_and_round_trip() -> None:
     config = preset("default", mse_weight=45.0, max_epochs=None)
-    assert (
-        config.mse_weight == 45.0 and config.max_epochs == preset("default").max_epochs
-    )  # None is ignored
+    # None is ignored
+    assert config.mse_weight == 45.0 and config.max_epochs == preset("default").max_epochs
     assert ModelConfig.from_dict(config.to_dict()) == config
     with pytest.raises(ValueError, match="unknown preset 'course'"):
         preset("course")

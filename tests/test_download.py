@@ -152,9 +152,8 @@ def test_missing_checksum_file_refuses(
 def test_published_md5_must_agree_with_the_recorded_one(
     served: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    real = _publish(
-        served, "ml-25m", _release("ml-25m")
-    )  # consistent zip + .md5, but not the real ml-25m
+    # consistent zip + .md5, but not the real ml-25m
+    real = _publish(served, "ml-25m", _release("ml-25m"))
     assert main(["download", "ml-25m", "--to", str(tmp_path / "d")]) == 1
     err = capsys.readouterr().err
     assert f"says {real}, but ml-25m.zip is known to have MD5 {KNOWN_MD5['ml-25m']}" in err

@@ -25,9 +25,8 @@ from tests.documents import a_latest
 MOVIES = pd.DataFrame(
     {"movie_id": [1, 2, 3, 4], "genres": ["Action", "Action", "Comedy", "Action|Comedy"]}
 )
-RATINGS = pd.DataFrame(
-    {"movie_id": [1, 1, 1, 2, 2, 3]}
-)  # popularity ranks: 1 -> 1, 2 -> 2, 3 -> 3, 4 -> 4
+# popularity ranks: 1 -> 1, 2 -> 2, 3 -> 3, 4 -> 4
+RATINGS = pd.DataFrame({"movie_id": [1, 1, 1, 2, 2, 3]})
 
 
 def _lists(rows: dict[int, list[int]], score: float = 0.5) -> pd.DataFrame:
@@ -49,9 +48,8 @@ def test_versus_counts_overlap_and_changed_lists() -> None:
             "score_ks": 0.0,
         }
     )
-    new = _lists(
-        {1: [2, 1], 2: [1, 2], 4: [1, 2]}, score=0.7
-    )  # user 1 reordered, user 2 all new, user 4 not published before
+    # user 1 reordered, user 2 all new, user 4 not published before
+    new = _lists({1: [2, 1], 2: [1, 2], 4: [1, 2]}, score=0.7)
     out = versus(new, old)
     assert (
         out["users_compared"] == 2
@@ -69,13 +67,11 @@ def test_beyond_accuracy_by_hand() -> None:
     out = beyond_accuracy(lists, MOVIES, ranks)
     assert out["coverage"] == pytest.approx(3 / 4)
     assert out["novelty"] == pytest.approx((1 + 2 + 1 + 3) / 4)
-    assert out["diversity"] == pytest.approx(
-        (0.0 + 1.0) / 2
-    )  # Action/Action: distance 0; Action/Comedy: 1
+    # Action/Action: distance 0; Action/Comedy: 1
+    assert out["diversity"] == pytest.approx((0.0 + 1.0) / 2)
     assert out["personalization"] == pytest.approx(1 - 1 / 3)  # the two lists share 1 of 3 movies
-    single = beyond_accuracy(
-        _lists({1: [4]}), MOVIES, ranks
-    )  # no pair in a list, no second user: unknown, not NaN
+    # no pair in a list, no second user: unknown, not NaN
+    single = beyond_accuracy(_lists({1: [4]}), MOVIES, ranks)
     assert (
         single["diversity"] is None
         and single["personalization"] is None
@@ -104,9 +100,8 @@ def test_measure_and_published_parts(tmp_path: Path) -> None:
     first = measure([new], None, RATINGS, MOVIES, None)
     assert set(first) == {"lists"}  # nothing published: nothing to compare with
     out = measure([new], [old], RATINGS, MOVIES, "v1")
-    assert (
-        out["versus_published"]["drift"] == 1.0 and out["drifted"] is True
-    )  # every list changed: past DRIFT_ALERT
+    # every list changed: past DRIFT_ALERT
+    assert out["versus_published"]["drift"] == 1.0 and out["drifted"] is True
     assert out["published"]["model_version"] == "v1" and out["lists"]["coverage"] == 1.0
     latest = a_latest(
         tables={"recommendations": {"path": "outputs/r", "files": ["old.parquet"], "rows": 4}}

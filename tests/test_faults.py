@@ -184,9 +184,8 @@ def assert_no_pickle(root: Path) -> int:
                     assert not name.endswith((".pkl", ".pickle")) and not z.read(name).startswith(
                         PICKLE_MAGIC
                     ), f"{f}:{name}"
-        if (
-            f.parent.name == ".results"
-        ):  # Prefect's persisted stage results: JSON records of plain JSON
+        # Prefect's persisted stage results: JSON records of plain JSON
+        if f.parent.name == ".results":
             record = json.loads(data)
             assert (
                 record["metadata"]["serializer"]["type"] == "json"
@@ -194,9 +193,8 @@ def assert_no_pickle(root: Path) -> int:
             )
             assert isinstance(json.loads(record["result"]), dict)
             records += 1
-        elif (
-            f.parent.name == "storage"
-        ):  # what Prefect keeps of a failed run: its exception's name and message, as JSON
+        elif f.parent.name == "storage":
+            # what Prefect keeps of a failed run: its exception's name and message, as JSON
             assert set(json.loads(data)) == {"exception", "message"}, f
             records += 1
     return records
@@ -327,9 +325,8 @@ def test_killed_runs_keep_published_outputs_and_resume(
     assert proc.wait(timeout=60) == -signal.SIGKILL
     seconds["killed during train"] = time.perf_counter() - started
     assert published_state(d) == before
-    killed = [
-        json.loads((d / ".towerflow.lock").read_text())["flow_run_id"]
-    ]  # what the next run finds
+    # what the next run finds
+    killed = [json.loads((d / ".towerflow.lock").read_text())["flow_run_id"]]
 
     # 2. Killed after the second refit epoch: features and scalers come back from the first run.
     started = time.perf_counter()
@@ -382,9 +379,8 @@ def test_killed_runs_keep_published_outputs_and_resume(
     seconds["resumed to the end"] = time.perf_counter() - started
     assert code == 0, log[-3000:]
     assert f"rolled back the interrupted publish of {version}" in log
-    assert "flow_run_id" not in json.loads(
-        (d / ".towerflow.lock").read_text()
-    )  # a run that ends clears its id
+    # a run that ends clears its id
+    assert "flow_run_id" not in json.loads((d / ".towerflow.lock").read_text())
     # the killed runs, which could not report their end, are Crashed in the UI, not Running forever
     from prefect.client.orchestration import get_client
 
@@ -412,12 +408,10 @@ def test_killed_runs_keep_published_outputs_and_resume(
     assert not list((d / "outputs").rglob(".*")) and not list((d / "models").glob(".*"))
     assert not (d / "work" / version).exists()
     assert_no_pickle(d)
-    wait(
-        background.values()
-    )  # the background runs that share PREFECT_HOME have written what they keep
-    assert (
-        assert_no_pickle(Path(sub_env["PREFECT_HOME"])) >= 1
-    )  # the refused run's failure, stored as JSON
+    # the background runs that share PREFECT_HOME have written what they keep
+    wait(background.values())
+    # the refused run's failure, stored as JSON
+    assert assert_no_pickle(Path(sub_env["PREFECT_HOME"])) >= 1
     # path-like titles and genres reached the published catalog as data, never as paths
     catalog = pd.read_parquet(d / latest["model"]["movies"]["path"])
     assert set(HOSTILE_TITLES) <= set(catalog["title"])
@@ -439,9 +433,8 @@ def test_second_run_on_the_same_data_dir_refuses_and_outputs_do_not_interleave(
     d = clean["dir"]
     code, log = clean["second"]
     assert code == 1, log[-3000:]
-    last = log.strip().splitlines()[
-        -1
-    ]  # the CLI's one-line reason comes last, after anything Prefect prints
+    # the CLI's one-line reason comes last, after anything Prefect prints
+    last = log.strip().splitlines()[-1]
     assert "Traceback" not in log, log[-3000:]
     assert last.startswith(
         f"towerflow run failed: another towerflow run (pid {clean['first_pid']} on "

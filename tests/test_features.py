@@ -63,16 +63,14 @@ def test_confidence_features_by_hand() -> None:
     assert f.user_x[0, names.index("share_Action")] == pytest.approx(0.5)
     m = f.movie_names
     assert f.movie_x[0, m.index("shrunk_mean")] == pytest.approx((9.0 + k * mu) / (2 + k), rel=1e-6)
-    assert f.movie_x[2, m.index("shrunk_mean")] == pytest.approx(
-        mu, rel=1e-6
-    )  # cold movie: the prior
+    # cold movie: the prior
+    assert f.movie_x[2, m.index("shrunk_mean")] == pytest.approx(mu, rel=1e-6)
     assert f.movie_x[2, m.index("year_missing")] == 1.0
 
 
 def test_features_see_only_training_ratings() -> None:
-    hold = np.array(
-        [False, False, True]
-    )  # user 2's only rating held out, as no per-user split would do
+    # user 2's only rating held out, as no per-user split would do
+    hold = np.array([False, False, True])
     f = compute_features(RATINGS[~hold], MOVIES, np.array([1, 2]), "lab")
     assert not f.user_x[1].any()  # user 2's only rating is held out
     assert f.movie_x[0, 1] == 4.0  # movie 10's mean ignores the held-out 5.0
@@ -106,7 +104,6 @@ def test_the_holdout_is_the_same_on_the_fast_path_and_the_general_one(
     fast = per_user_holdout(ratings, 0.2)
     shifted = ratings.assign(user_id=ratings.user_id - 10**6)  # negative ids take the general path
     assert fast.tolist() == per_user_holdout(shifted, 0.2).tolist()
-    late = ratings.assign(
-        timestamp=ratings.timestamp + 2**33
-    )  # beyond 32 bits: the general path too
+    # beyond 32 bits: the general path too
+    late = ratings.assign(timestamp=ratings.timestamp + 2**33)
     assert fast.tolist() == per_user_holdout(late, 0.2).tolist() and 0 < fast.sum() < n

@@ -198,9 +198,8 @@ def test_metrics_published_beside_tables(published: dict[str, Any]) -> None:
         0.0 <= model["ndcg_low"] <= model["ndcg"] <= model["ndcg_high"] <= 1.0 and model["rmse"] > 0
     )
     users = published["ratings"].groupby("userId").size()
-    assert (
-        30 < model["users"] <= len(users) and model["rmse_ratings"] > model["users"]
-    )  # figures say how many stand behind them
+    # figures say how many stand behind them
+    assert 30 < model["users"] <= len(users) and model["rmse_ratings"] > model["users"]
     assert model["prior_weight"] == latest["popularity_prior"]["weight"]
     table = pq.read_table(d / latest["tables"]["metrics"]["path"]).to_pandas()
     value = table[(table.model == "two-tower") & (table.metric == "ndcg")].value.iloc[0]

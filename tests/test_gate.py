@@ -45,9 +45,8 @@ def _verdict(
     previous: dict[str, Any] | None = None,
     margin: float = 0.01,
 ) -> Verdict:
-    published = (
-        a_latest(**{"k": 10, **previous}) if previous is not None else None
-    )  # decide() measures at k=10
+    # decide() measures at k=10
+    published = a_latest(**{"k": 10, **previous}) if previous is not None else None
     return decide(
         bootstrap(model),
         float(base.mean()),
@@ -96,20 +95,16 @@ def test_published_model_compared_with_its_own_interval(rng: np.random.Generator
             },
         }
 
-    assert (
-        _verdict(model, base, previous(own.mean)).verdict == "passed"
-    )  # the same as published: within the margin
+    # the same as published: within the margin
+    assert _verdict(model, base, previous(own.mean)).verdict == "passed"
     worse = _verdict(model, base, previous(own.mean + 0.2))
     assert worse.verdict == "refused" and "more than 0.01 below the published model" in worse.reason
     assert "published 2026-01-01-abc" in worse.reason
-    near = _verdict(
-        model, base, previous(own.mean + 0.015)
-    )  # 0.015 below, intervals too wide to say it is 0.01 below
+    # 0.015 below, intervals too wide to say it is 0.01 below
+    near = _verdict(model, base, previous(own.mean + 0.015))
     assert near.verdict == "undecided"
-    no_interval = {
-        "model_version": "old",
-        "metrics": {"two-tower": {"ndcg": 0.9}},
-    }  # an older latest.json: not compared
+    # an older latest.json: not compared
+    no_interval = {"model_version": "old", "metrics": {"two-tower": {"ndcg": 0.9}}}
     assert _verdict(model, base, no_interval).verdict == "passed"
     with pytest.raises(ValueError, match="margin must be >= 0"):
         _verdict(model, base, None, margin=-1)
@@ -123,9 +118,8 @@ def test_verdict_is_json_ready() -> None:
         and data["users"] == 100
         and data["comparisons"][0]["difference"]["low"] == 0.08
     )
-    document = verdict.document(
-        enforced=False
-    )  # the typed stage result: the same JSON, keys in the same order
+    # the typed stage result: the same JSON, keys in the same order
+    document = verdict.document(enforced=False)
     assert json.dumps(document) == json.dumps({**data, "enforced": False})
 
 
@@ -138,9 +132,8 @@ def test_large_holdouts_use_the_normal_interval(rng: np.random.Generator) -> Non
     assert (normal.high - normal.low) / 2 == pytest.approx(
         1.959964 * values.std(ddof=1) / np.sqrt(len(values))
     )
-    drawn = bootstrap(
-        values[:NORMAL_ABOVE]
-    )  # the percentile bootstrap just below agrees to within its noise
+    # the percentile bootstrap just below agrees to within its noise
+    drawn = bootstrap(values[:NORMAL_ABOVE])
     assert abs((drawn.high - drawn.low) - (normal.high - normal.low)) < 0.1 * (
         normal.high - normal.low
     )
@@ -171,8 +164,9 @@ def test_a_holdout_with_nothing_to_measure_is_undecided() -> None:
 
     verdict = gate_verdict(
         {
-            "skipped": "no held-out rating of 4 or more among 12 held-out ratings: nothing to rank "
-            "against"
+            "skipped": (
+                "no held-out rating of 4 or more among 12 held-out ratings: nothing to rank against"
+            )
         },
         None,
         0.01,

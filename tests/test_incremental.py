@@ -80,9 +80,8 @@ def test_two_nights_ingest_only_new_file_and_warm_start(
         .to_table()
         .to_pandas()
     )
-    assert set(recs.user_id) == set(
-        pd.read_csv(tiny_data[0]).userId
-    )  # users new since night 1 included
+    # users new since night 1 included
+    assert set(recs.user_id) == set(pd.read_csv(tiny_data[0]).userId)
 
 
 def test_ledger_skips_files_by_content_hash(tiny_data: tuple[Path, Path], tmp_path: Path) -> None:

@@ -184,30 +184,20 @@ def test_a_run_that_died_holding_the_lock_is_marked_crashed_and_no_other(tmp_pat
     path, host = tmp_path / ".towerflow.lock", socket.gethostname()
     with get_client(sync_client=True) as client:
         cases = [
-            (
-                client.create_flow_run(nothing, state=Running()),
-                "another-host",
-                "RUNNING",
-            ),  # may be alive elsewhere
-            (
-                client.create_flow_run(nothing, state=Completed()),
-                host,
-                "COMPLETED",
-            ),  # ended: left alone
-            (
-                client.create_flow_run(nothing, state=Running()),
-                host,
-                "CRASHED",
-            ),  # died holding the lock here
+            # may be alive elsewhere
+            (client.create_flow_run(nothing, state=Running()), "another-host", "RUNNING"),
+            # ended: left alone
+            (client.create_flow_run(nothing, state=Completed()), host, "COMPLETED"),
+            # died holding the lock here
+            (client.create_flow_run(nothing, state=Running()), host, "CRASHED"),
         ]
         for run, holder_host, expected in cases:
             path.write_text(
                 json.dumps({"pid": 999999, "host": holder_host, "flow_run_id": str(run.id)})
             )
             with data_dir_lock(path, server=True):
-                assert "flow_run_id" not in json.loads(
-                    path.read_text()
-                )  # no flow run context: nothing to record
+                # no flow run context: nothing to record
+                assert "flow_run_id" not in json.loads(path.read_text())
             state = client.read_flow_run(run.id).state
             assert state is not None and state.type.value == expected, (holder_host, state)
         assert state is not None and "pid 999999 on " + host in str(state.message)

@@ -49,9 +49,8 @@ def _frame(store: ObjectStore, files: list[str], keys: list[str]) -> pd.DataFram
 
 
 def _local(data_dir: Path, files: list[str], keys: list[str]) -> pd.DataFrame:
-    frame = pd.concat(
-        [pq.ParquetFile(data_dir / f).read().to_pandas() for f in files]
-    )  # no hive column from the path
+    # no hive column from the path
+    frame = pd.concat([pq.ParquetFile(data_dir / f).read().to_pandas() for f in files])
     out: pd.DataFrame = frame.sort_values(keys).reset_index(drop=True)
     return out
 
@@ -117,9 +116,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, s3: str) -> Iterator[Any]:
     """
     distributed = pytest.importorskip("distributed")
     hidden = tmp_path_factory.getbasetemp()
-    own = Path(
-        tempfile.mkdtemp(prefix="towerflow-dask-")
-    )  # outside what is hidden: the cluster's own files
+    # outside what is hidden: the cluster's own files
+    own = Path(tempfile.mkdtemp(prefix="towerflow-dask-"))
     dask = str(Path(sys.executable).parent / "dask")
     sched_file = own / "scheduler.json"
     procs = [subprocess.Popen([dask, "scheduler", "--host", "127.0.0.1", "--port", "0",

@@ -120,9 +120,8 @@ def test_recommend_errors_name_the_bad_value(
         "--data-dir",
         d,
     )
-    more = pd.read_csv(
-        io.StringIO(out)
-    )  # beyond the published k: searched in the published vectors
+    # beyond the published k: searched in the published vectors
+    more = pd.read_csv(io.StringIO(out))
     assert code == 0 and more["rank"].tolist() == list(range(1, K + 3))
     published_scores = _published(published, "recommendations", "user_id", int(users.iloc[0])).score
     np.testing.assert_allclose(more.score[:K], published_scores, atol=1e-5)
@@ -195,13 +194,13 @@ def test_similar_beyond_published_k_searches_the_index(
     mid, memb = read_embeddings(d / latest["model"]["movie_embeddings"]["path"], "movie")
     row = pd.Index(mid).get_indexer([movie])[0]
     others = pd.Index(mid).get_indexer(rows.similar_movie_id)
+    # the towers' similarity
     query = ServingSpace.read(d / latest["model"]["serving"]["path"]).content_queries(memb[[row]])[
         0
-    ]  # the towers' similarity
+    ]
     np.testing.assert_allclose(memb[others] @ query, rows.score, atol=1e-5)
-    allowed = ~np.isin(
-        mid, published["denied"]
-    )  # the night's deny-list holds beyond the published k too
+    # the night's deny-list holds beyond the published k too
+    allowed = ~np.isin(mid, published["denied"])
     allowed[row] = False
     best_other = np.sort((memb @ query)[allowed])[::-1][: K + 4]
     np.testing.assert_allclose(rows.score, best_other, atol=1e-5)
@@ -219,9 +218,8 @@ def test_a_modified_index_is_refused(
         capsys, "similar", "--movie", movie, "--k", str(K + 1), "--data-dir", str(d)
     )
     assert code == 1 and f"{index}: sha256 does not match latest.json" in err
-    code, _, err = _run(
-        capsys, "similar", "--movie", movie, "--data-dir", str(d)
-    )  # a modified model answers nothing
+    # a modified model answers nothing
+    code, _, err = _run(capsys, "similar", "--movie", movie, "--data-dir", str(d))
     assert code == 1 and f"{index}: sha256 does not match latest.json" in err
 
 

@@ -50,10 +50,8 @@ def test_topk_unseen_matches_brute_force(
     users, items, k = _unit(rng, 40, 8), _unit(rng, 60, 8), 5
     seen = [rng.choice(60, size=int(rng.integers(0, 30)), replace=False) for _ in range(40)]
     seen[3] = np.arange(57)  # only 3 unseen items left: fewer than k rows
-    for u in (
-        5,
-        6,
-    ):  # heavy raters whose seen movies are exactly their best-scoring ones: forces re-queries
+    # heavy raters whose seen movies are exactly their best-scoring ones: forces re-queries
+    for u in (5, 6):
         seen[u] = np.argsort(-(users[u] @ items.T))[:40]
     indptr = np.concatenate([[0], np.cumsum([len(s) for s in seen])])
     rows = np.concatenate(seen).astype(np.int64)
@@ -104,9 +102,8 @@ def test_equal_scores_are_ordered_by_row_on_every_path(
     items[[7, 19, 33, 41, 58]] = items[50]  # five copies of one vector, row 50 among them
     items[[2, 12]] = items[30]
     users, k = _unit(rng, 30, 8), 4
-    users[:10] = items[50] + 0.01 * _unit(
-        rng, 10, 8
-    )  # the tied group leads, and straddles the cut at k
+    # the tied group leads, and straddles the cut at k
+    users[:10] = items[50] + 0.01 * _unit(rng, 10, 8)
     seen = [
         rng.choice([0, 1, 3, 5], size=int(rng.integers(0, 3)), replace=False) for _ in range(30)
     ]

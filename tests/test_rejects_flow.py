@@ -75,9 +75,8 @@ def test_too_many_rejects_fail_the_run_and_keep_the_rejects(
         r["rating"] for r in rejects
     } == {"oops"}
     assert not (data / "outputs" / "latest.json").exists()
-    shown = {
-        row["count"]: row["value"] for row in _latest_ingest_artifact()
-    }  # the counts reach the Prefect UI
+    # the counts reach the Prefect UI
+    shown = {row["count"]: row["value"] for row in _latest_ingest_artifact()}
     assert shown["rows rejected"] == len(bad_lines) and shown["rows read"] == len(lines) - 1
 
 

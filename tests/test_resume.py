@@ -130,9 +130,8 @@ def test_publish_cut_at_any_step_keeps_or_completes_what_latest_points_to(
         assert {k: v for k, v in _view(layout).items() if k in before} == before
     notes = resume.recover(layout)
     assert not list((layout.data_dir / "work").glob(f"*/{resume.JOURNAL}"))
-    assert not [
-        p for p in layout.data_dir.rglob(".*") if p.name != ".results"
-    ]  # no temporaries, no staged parts
+    # no temporaries, no staged parts
+    assert not [p for p in layout.data_dir.rglob(".*") if p.name != ".results"]
     if point == "publish:committed":
         assert "finished the publish" in notes[0]
         for info in live["tables"].values():  # the older parts of the same partitions are gone

@@ -37,9 +37,8 @@ def test_query_scalers_give_scikit_learns_numbers_without_it(
         s = fit_scalers(ux, mx, y, list("abcd"), list("xyz"), target_scale=mode)
         q = QueryScalers.read(save_scalers(s, tmp_path / f"{mode}.json"))
         np.testing.assert_array_equal(q.user(ux), s.user.transform(ux).astype(np.float32))
-        rows32 = ux.astype(
-            np.float32
-        )  # the pipeline's feature rows are float32: computed in float32 by both
+        # the pipeline's feature rows are float32: computed in float32 by both
+        rows32 = ux.astype(np.float32)
         np.testing.assert_array_equal(q.user(rows32), s.user.transform(rows32))
         scores = rng.uniform(-1, 1, 300)
         np.testing.assert_array_equal(q.target_to_rating(scores), s.target_to_rating(scores))

@@ -140,10 +140,8 @@ def test_serve_schedules_and_a_triggered_run_completes_with_artifacts(
 
         # what the UI's "Quick run" does: a flow run of the deployment, picked up by the serve
         # process
-        body = {
-            "state": {"type": "SCHEDULED"},
-            "idempotency_key": f"test-{deployment['id']}",
-        }  # a retried POST makes one run
+        # a retried POST makes one run
+        body = {"state": {"type": "SCHEDULED"}, "idempotency_key": f"test-{deployment['id']}"}
         run = _post(server, f"/deployments/{deployment['id']}/create_flow_run", body)
 
         def finished() -> Any:
@@ -162,9 +160,10 @@ def test_serve_schedules_and_a_triggered_run_completes_with_artifacts(
         assert set(by_key) >= ARTIFACT_KEYS
         assert all(by_key[k]["data"] == 100 for k in ARTIFACT_KEYS if k.endswith("-progress"))
         report = by_key["towerflow-report"]["data"]
+        # loss, scores, history
         assert (
             report.count("](data:image/png;base64,") == 3 and "| recommendations | 600 |" in report
-        )  # loss, scores, history
+        )
 
         # the run's task runs as its event feed shows them (the session's server records no task-run
         # rows)
@@ -174,9 +173,8 @@ def test_serve_schedules_and_a_triggered_run_completes_with_artifacts(
         }
         shards = {"recommend-shard-1-of-3", "recommend-shard-3-of-3", "similar-shard-4-of-4"}
 
-        def completed_tasks() -> (
-            set[str] | None
-        ):  # events are persisted in batches: wait for the shards'
+        # events are persisted in batches: wait for the shards'
+        def completed_tasks() -> set[str] | None:
             events = _post(server, "/events/filter", {"filter": of_run, "limit": 50})["events"]
             names = {e["resource"]["prefect.resource.name"] for e in events}
             return names if shards <= names else None
@@ -188,9 +186,8 @@ def test_serve_schedules_and_a_triggered_run_completes_with_artifacts(
         logs = _post(
             server, "/logs/filter", {"logs": {"flow_run_id": {"any_": [run["id"]]}}, "limit": 200}
         )
-        assert any(
-            "validate epoch 2/2" in entry["message"] for entry in logs
-        )  # TF epochs reach the run's logs
+        # TF epochs reach the run's logs
+        assert any("validate epoch 2/2" in entry["message"] for entry in logs)
 
         latest = json.loads((data_dir / "outputs" / "latest.json").read_text())
         reports = data_dir / "outputs" / "reports" / f"run_date={latest['run_date']}"
@@ -198,9 +195,8 @@ def test_serve_schedules_and_a_triggered_run_completes_with_artifacts(
     finally:
         _stop(serve)
         log.close()
-        print(
-            (tmp_path / "serve.log").read_text(errors="replace")[-4000:]
-        )  # shown if the test failed
+        # shown if the test failed
+        print((tmp_path / "serve.log").read_text(errors="replace")[-4000:])
     # pause_on_shutdown=False: the schedule survives the service stopping
     after = httpx.get(f"{server}/deployments/{deployment['id']}", timeout=5).json()
     assert after["paused"] is False and after["schedules"][0]["active"] is True
@@ -232,10 +228,8 @@ def test_nights_leave_events_history_drift_and_alerts_install(
         "--max-epochs",
         "1",
     ]
-    for night, seed in (
-        ("2026-02-01", "1"),
-        ("2026-02-02", "2"),
-    ):  # another seed: another model, lists that moved
+    # another seed: another model, lists that moved
+    for night, seed in (("2026-02-01", "1"), ("2026-02-02", "2")):
         assert main([*run, "--run-date", night, "--seed", seed]) == 0, capsys.readouterr().err[
             -3000:
         ]
@@ -278,9 +272,8 @@ def test_nights_leave_events_history_drift_and_alerts_install(
             "resource": {"id": [f"towerflow.data-dir.{data_dir.resolve()}"]},
         }
         found = _post(server, "/events/filter", {"filter": ours, "limit": 50})["events"]
-        names = [
-            e["event"] for e in found
-        ]  # the events client sends in the background: wait for the last night's
+        # the events client sends in the background: wait for the last night's
+        names = [e["event"] for e in found]
         return (
             found
             if names.count("towerflow.night.published") >= 2 and "towerflow.night.failed" in names
@@ -311,9 +304,8 @@ def test_nights_leave_events_history_drift_and_alerts_install(
         "/artifacts/filter",
         {"artifacts": {"key": {"any_": ["towerflow-history"]}}, "sort": "CREATED_DESC"},
     )
-    history = [
-        a for a in reversed(history) if str(data_dir.resolve()) in a["description"]
-    ]  # oldest first
+    # oldest first
+    history = [a for a in reversed(history) if str(data_dir.resolve()) in a["description"]]
     assert len(history) == 3  # one version per night
     assert (
         "| 2026-02-01 | published |" in history[1]["data"]

@@ -144,10 +144,8 @@ def test_plots_are_png_files(tmp_path: Path) -> None:
         score_histogram(SCORE_BINS, counts.tolist(), tmp_path / "r" / "s.png", "t"),
     ):
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert sorted(p.name for p in (tmp_path / "r").iterdir()) == [
-        "loss.png",
-        "s.png",
-    ]  # no temporary file left behind
+    # no temporary file left behind
+    assert sorted(p.name for p in (tmp_path / "r").iterdir()) == ["loss.png", "s.png"]
 
 
 @pytest.mark.flow

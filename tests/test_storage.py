@@ -93,10 +93,8 @@ def test_every_io_task_has_the_one_retry_policy() -> None:
             0.5,
             io_retry,
         ), task.name
-        delays, policy = (
-            task.retry_delay_seconds,
-            IO_RETRY["retry_delay_seconds"],
-        )  # settings, not measured times
+        # settings, not measured times
+        delays, policy = task.retry_delay_seconds, IO_RETRY["retry_delay_seconds"]
         assert delays == policy, task.name
     assert nightly.train_task.retries == 0 and nightly.refit_task.retries == 0
 

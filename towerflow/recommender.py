@@ -107,9 +107,8 @@ class Recommender:
         self._published_recs: dict[str, np.ndarray] | None = None
         self._titles = self.catalog["title"].to_numpy(dtype=object)
         self._genre_names = self.catalog["genres"].to_numpy(dtype=object)
-        self._genre_rows = genre_matrix(self.catalog["genres"]).astype(
-            bool
-        )  # for genre rules, computed once
+        # for genre rules, computed once
+        self._genre_rows = genre_matrix(self.catalog["genres"]).astype(bool)
 
     # -- what the run is
     # ------------------------------------------------------------------------------
@@ -246,9 +245,8 @@ class Recommender:
         items: np.ndarray,
         scores: np.ndarray,
     ) -> pd.DataFrame:
-        stars = np.empty(
-            0, np.float32
-        )  # an empty answer (the rules let nothing through) has no stars to map
+        # an empty answer (the rules let nothing through) has no stars to map
+        stars = np.empty(0, np.float32)
         if len(q):
             stars = self.scalers.target_to_rating(
                 self.space.tower_scores(user_vecs[q], self._movie_vecs[items])
@@ -320,9 +318,8 @@ class Recommender:
 
     def _from_table(self, user_ids: np.ndarray, k: int) -> pd.DataFrame:
         """The published recommendations of ``user_ids`` (in that order), their first ``k`` each."""
-        if (
-            self._published_recs is None
-        ):  # read once, sorted by (user, rank): a user's rows are one slice
+        # read once, sorted by (user, rank): a user's rows are one slice
+        if self._published_recs is None:
             cols = ["user_id", "rank", "movie_id", "score", "predicted_rating"]
             table = pq.read_table(self.published.table("recommendations"), columns=cols).to_pandas()
             table = table.sort_values(["user_id", "rank"], kind="stable")

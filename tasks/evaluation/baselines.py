@@ -84,9 +84,8 @@ def als_lists(
     )
     from threadpoolctl import threadpool_limits  # a scikit-learn dependency
 
-    with threadpool_limits(
-        1, "blas"
-    ):  # implicit parallelizes itself and warns when BLAS threads too
+    # implicit parallelizes itself and warns when BLAS threads too
+    with threadpool_limits(1, "blas"):
         model = AlternatingLeastSquares(factors=64, iterations=15, random_state=seed)
         model.fit(matrix, show_progress=False)
         ids, _ = model.recommend(

@@ -79,9 +79,8 @@ def beyond_accuracy(
     unit = np.divide(genres, norms, out=np.zeros_like(genres), where=norms > 0)
     grid = _grid(lists, catalog)  # users x k catalog rows, -1 pads
     parts: list[np.ndarray] = []
-    for lo in range(
-        0, len(grid), _DIVERSITY_ROWS
-    ):  # in chunks: memory of rows x k x genres, never x k
+    # in chunks: memory of rows x k x genres, never x k
+    for lo in range(0, len(grid), _DIVERSITY_ROWS):
         rows = grid[lo : lo + _DIVERSITY_ROWS]
         vectors = np.where(rows[..., None] >= 0, unit[np.maximum(rows, 0)], 0.0)
         total = vectors.sum(axis=1)

@@ -160,9 +160,8 @@ def versus_published(
     prev = ((previous.metrics if previous is not None else None) or {}).get("two-tower") or {}
     if not all(isinstance(prev.get(key), int | float) for key in ("ndcg", "ndcg_low", "ndcg_high")):
         return None
-    if (
-        k is not None and previous is not None and previous.k != k
-    ):  # NDCG at another k: not the same measure
+    # NDCG at another k: not the same measure
+    if k is not None and previous is not None and previous.k != k:
         return None
     theirs = Interval(float(prev["ndcg"]), float(prev["ndcg_low"]), float(prev["ndcg_high"]))
     diff = model.mean - theirs.mean

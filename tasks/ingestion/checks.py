@@ -19,9 +19,8 @@ import pyarrow.compute as pc
 from tasks.ingestion.rejects import FIELDS, reject_table
 from tasks.store import schemas
 
-MAX_ID = (
-    2**31 - 1
-)  # int32 ids, as MovieLens, Spark ALS and implicit use; keeps (user, movie) in one int64
+# int32 ids, as MovieLens, Spark ALS and implicit use; keeps (user, movie) in one int64
+MAX_ID = 2**31 - 1
 INT_RE = r"^-?(?:[0-9]+|0[xX][0-9a-fA-F]+)$"
 FLOAT_RE = r"^[+-]?(?:(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?|(?i:inf|infinity|nan))$"
 # longer (sign included) may overflow int64; such values are out of range for ids and timestamps
@@ -88,10 +87,8 @@ def _parse(values: pa.Array, present: np.ndarray, integer: bool) -> tuple[np.nda
         target = pa.int64() if integer else pa.float64()
         try:
             out[idx] = pc.cast(values.take(pa.array(idx)), target).to_numpy(zero_copy_only=False)
-        except (
-            pa.ArrowInvalid,
-            OverflowError,
-        ):  # the regex let through something pyarrow refuses: go value by value
+        except (pa.ArrowInvalid, OverflowError):
+            # the regex let through something pyarrow refuses: go value by value
             for i in idx:
                 try:
                     out[i] = pc.cast(values.slice(int(i), 1), target)[0].as_py()

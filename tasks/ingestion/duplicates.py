@@ -77,9 +77,8 @@ def drop_duplicates(path: Path, keys: np.ndarray) -> tuple[int, int]:
     keys.sort()  # in place
     users = int(len(keys) > 0)
     step = 1 << 20
-    for i in range(
-        1, len(keys), step
-    ):  # users change where the high bits change; in slices to bound temporaries
+    # users change where the high bits change; in slices to bound temporaries
+    for i in range(1, len(keys), step):
         j = min(i + step, len(keys))
         users += int(np.count_nonzero((keys[i:j] >> 31) != (keys[i - 1 : j - 1] >> 31)))
     repeated = keys[1:] == keys[:-1]

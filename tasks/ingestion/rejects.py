@@ -25,11 +25,13 @@ from tasks.store.storage import TableWriter
 
 # Reason codes, in the order the checks run (a row gets the first that applies).
 REASONS: dict[str, str] = {
-    "wrong_field_count": "the line has more or fewer fields than the "
-    "header (a truncated last line lands here)",
-    "line_too_long": "the line is longer than the read block (16 "
-    "MiB); it is skipped unread, its start is in "
-    "`raw`",
+    "wrong_field_count": (
+        "the line has more or fewer fields than the header (a truncated last line lands here)"
+    ),
+    "line_too_long": (
+        "the line is longer than the read block (16 MiB); it is skipped unread, its start is in "
+        "`raw`"
+    ),
     "missing_value": "a required field is empty",
     "not_an_integer": "userId, movieId or timestamp is not an integer",
     "not_a_number": "rating is not a number",

@@ -87,10 +87,8 @@ def warm_start_weights(
     Nothing is changed unless every layer with weights matches (by name and shape, history tables by
     width).
     """
-    from tasks.modeling.model import (
-        HistoryMean,
-        load_model,
-    )  # Keras only where a model is trained (not on Dask shard workers)
+    # Keras only where a model is trained (not on Dask shard workers)
+    from tasks.modeling.model import HistoryMean, load_model
 
     old_model = load_model(Path(old_model_path))
     plan: list[tuple[Any, list[np.ndarray]]] = []

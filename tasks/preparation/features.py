@@ -102,10 +102,8 @@ def confidence_movie_columns(xp: Any, cnt: Any, total: Any, mu: float, k: float)
     return xp.log1p(cnt), (total + k * mu) / (cnt + k)
 
 
-MOVIE_RATING_COLUMNS = (
-    "log_count",
-    "shrunk_mean",
-)  # the movie columns confidence_movie_columns gives
+# the movie columns confidence_movie_columns gives
+MOVIE_RATING_COLUMNS = ("log_count", "shrunk_mean")
 
 
 def _fill_year(years: pd.Series) -> tuple[np.ndarray, np.ndarray]:

@@ -22,9 +22,8 @@ from tasks.store.storage import read_json, write_json
 FORMAT = "towerflow-scalers/1"
 
 
-if (
-    TYPE_CHECKING
-):  # scikit-learn takes over a second to import: loaded where a scaler is fitted or rebuilt
+# scikit-learn takes over a second to import: loaded where a scaler is fitted or rebuilt
+if TYPE_CHECKING:
     from sklearn.preprocessing import MinMaxScaler, StandardScaler
 
 
@@ -165,12 +164,10 @@ class QueryScalers:
     def user(self, x: np.ndarray) -> np.ndarray:
         """Standardized user feature rows (``StandardScaler.transform``), float32."""
         x = np.asarray(x)
-        out = np.array(
-            x, dtype=x.dtype if np.issubdtype(x.dtype, np.floating) else np.float64
-        )  # as scikit-learn
-        out -= self.user_mean.astype(
-            out.dtype
-        )  # scikit-learn casts the fitted values to the rows' dtype first
+        # as scikit-learn
+        out = np.array(x, dtype=x.dtype if np.issubdtype(x.dtype, np.floating) else np.float64)
+        # scikit-learn casts the fitted values to the rows' dtype first
+        out -= self.user_mean.astype(out.dtype)
         out /= self.user_scale.astype(out.dtype)
         return out.astype(np.float32)
 

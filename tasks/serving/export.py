@@ -18,9 +18,8 @@ from tasks.errors import DataError
 from tasks.store import schemas
 from tasks.store.storage import atomic_path, read_table, write_table
 
-if (
-    TYPE_CHECKING
-):  # Keras is imported where a tower runs, so reading an index or embeddings never loads TensorFlow
+# Keras is imported where a tower runs, so reading an index or embeddings never loads TensorFlow
+if TYPE_CHECKING:
     import keras
 
     from tasks.modeling.model import TowerInput

@@ -141,9 +141,10 @@ def run_publish(
         "schema_version": schemas.SCHEMA_VERSION,
     }
     core |= {"published_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
+    # before anything moves
     Latest.parse(
         {**core, "tables": {}, "model": {}, **extra}, f"the latest.json of {model_version}"
-    )  # before anything moves
+    )
     model_dir = layout.model(model_version)
     work = Path(staged_model_dir).parent
     shutil.copyfile(

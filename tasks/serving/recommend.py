@@ -45,9 +45,8 @@ def seen_csr(
 FAISS_BLAS_QUERIES = (
     4096  # flat search switches to BLAS at queries x dim >= 128,000 (4,000 queries at d = 32)
 )
-SCAN_BLOCK_CELLS = (
-    1 << 24
-)  # exact scans score at most this many (query, movie) cells at a time (64 MB)
+# exact scans score at most this many (query, movie) cells at a time (64 MB)
+SCAN_BLOCK_CELLS = 1 << 24
 
 
 def _search_unseen(

@@ -267,9 +267,8 @@ class Restricted:
 
     index: Any  # faiss.Index over the allowed rows only
     rows: np.ndarray  # rows[i]: the original index row of row i
-    position: (
-        np.ndarray
-    )  # position[r]: row of original row r in ``index``, or -1 when r is not allowed
+    # position[r]: row of original row r in ``index``, or -1 when r is not allowed
+    position: np.ndarray
 
     def seen(self, indptr: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """A seen CSR over original rows, rewritten over this index's rows (disallowed rows

@@ -32,9 +32,8 @@ from tasks.serving.popularity import ServingSpace
 from tasks.store import schemas
 from tasks.store.layout import MODEL_FILES
 
-SCORE_BINS = np.linspace(
-    -1.0, 1.0, 81
-)  # histogram of published scores (inner products of unit vectors)
+# histogram of published scores (inner products of unit vectors)
+SCORE_BINS = np.linspace(-1.0, 1.0, 81)
 
 
 def shard_bounds(n: int, shard_size: int) -> list[tuple[int, int]]:
@@ -208,9 +207,8 @@ def run_similar_shard(
     from tasks.serving.recommend import write_similar_movies
 
     served = load_served(Path(model_dir), with_users=False)
-    queries = served.space.content_queries(
-        served.movie_emb
-    )  # by the towers' similarity, not popularity
+    # by the towers' similarity, not popularity
+    queries = served.space.content_queries(served.movie_emb)
     allowed = allowed_movies(rules, movies_path, served.movie_ids)
     n = write_similar_movies(
         Path(out_path), served.index, served.movie_ids, queries, k, chunk_size, start, stop, allowed

@@ -194,9 +194,8 @@ def generate(
     start = rng.integers(946_684_800, 1_420_070_400, n_users)  # 2000-01-01 .. 2015-01-01
     n_rows = 0
     sampler: _Sampler | _LatentSampler = _Sampler(movie_genres, popularity, law.taste_strength)
-    if (
-        law.latent_strength > 0 or law.latent_rating != 0
-    ):  # drawn only here, so the other laws' bytes stay the same
+    # drawn only here, so the other laws' bytes stay the same
+    if law.latent_strength > 0 or law.latent_rating != 0:
         user_f = rng.normal(0.0, 1.0, (n_users, law.latent_dim))
         movie_f = rng.normal(0.0, 1.0 / np.sqrt(law.latent_dim), (n_movies, law.latent_dim))
         sampler = _LatentSampler(affinity_all, popularity, law, user_f, movie_f)
@@ -237,9 +236,8 @@ class _Sampler:
         within = np.cumsum(pop) - np.repeat(
             np.cumsum(self.group_pop) - self.group_pop, np.bincount(grp, minlength=len(groups))
         )
-        self.key = grp + within / np.maximum(
-            self.group_pop[grp], 1e-300
-        )  # increasing: group g spans (g, g + 1]
+        # increasing: group g spans (g, g + 1]
+        self.key = grp + within / np.maximum(self.group_pop[grp], 1e-300)
 
     def draw(self, rng: np.random.Generator, taste: np.ndarray, count: int) -> np.ndarray:
         weight = self.group_pop * np.exp(self.taste_strength * (self.group_affinity @ taste))
@@ -324,9 +322,8 @@ def _rate_block(
             hidden = np.zeros(len(picks))
         aff = affinity_all[picks] @ taste[u]
         raw = 3.5 + bias[u] + quality[picks] + 0.9 * aff + hidden + rng.normal(0, 0.55, len(picks))
-        span = rng.integers(
-            30 * 86_400, 8 * 365 * 86_400
-        )  # active periods overlap, as in MovieLens
+        # active periods overlap, as in MovieLens
+        span = rng.integers(30 * 86_400, 8 * 365 * 86_400)
         times = np.sort(start[u] + rng.integers(0, span, len(picks)))
         parts.append(
             (np.full(len(picks), u + 1), picks + 1, np.clip(np.round(raw * 2) / 2, 0.5, 5.0), times)

@@ -109,9 +109,8 @@ def pull(
     """
     got = store.get(LATEST)
     if got is None:
-        layout.latest.unlink(
-            missing_ok=True
-        )  # the scratch mirrors the store: nothing is published there
+        # the scratch mirrors the store: nothing is published there
+        layout.latest.unlink(missing_ok=True)
         return None
     body, etag = got
     try:
@@ -176,9 +175,8 @@ def push_publish(
     except PublishConflict:
         now = store.get(LATEST)
         keep = _referenced(now[0] if now else None)
-        store.delete(
-            [rel for rel in ours if rel not in keep]
-        )  # this night's, and its interrupted attempts'
+        # this night's, and its interrupted attempts'
+        store.delete([rel for rel in ours if rel not in keep])
         raise PublishConflict(
             f"{store.uri}/{LATEST}: another night published since this night started; this "
             "night published nothing "

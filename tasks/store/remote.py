@@ -99,14 +99,19 @@ def _error_code(exc: Exception) -> tuple[str, int]:
 
 _FIX = {
     "NoSuchBucket": "the bucket does not exist: create it, or fix the URI",
-    "InvalidAccessKeyId": "the store does not know AWS_ACCESS_KEY_ID: "
-    "fix the credentials in the environment",
-    "SignatureDoesNotMatch": "AWS_SECRET_ACCESS_KEY does not match the key "
-    "id: fix the credentials in the environment",
-    "AccessDenied": "the credentials in the environment may "
-    "not use it: fix them or the bucket's policy",
-    "403": "the store refused the credentials in the environment (AWS_ACCESS_KEY_ID / "
-    "AWS_SECRET_ACCESS_KEY): fix them",
+    "InvalidAccessKeyId": (
+        "the store does not know AWS_ACCESS_KEY_ID: fix the credentials in the environment"
+    ),
+    "SignatureDoesNotMatch": (
+        "AWS_SECRET_ACCESS_KEY does not match the key id: fix the credentials in the environment"
+    ),
+    "AccessDenied": (
+        "the credentials in the environment may not use it: fix them or the bucket's policy"
+    ),
+    "403": (
+        "the store refused the credentials in the environment (AWS_ACCESS_KEY_ID / "
+        "AWS_SECRET_ACCESS_KEY): fix them"
+    ),
     "404": "the bucket does not exist: create it, or fix the URI",
 }
 

@@ -36,14 +36,8 @@ from tasks.store.layout import Layout
 from tasks.store.storage import read_json, sha256_file, write_json
 
 JOURNAL = "publish-journal.json"
-_MANAGED = (
-    "outputs",
-    "models",
-    "work",
-    "rejects",
-    "store",
-    "embedded",
-)  # what towerflow writes under DIR
+# what towerflow writes under DIR
+_MANAGED = ("outputs", "models", "work", "rejects", "store", "embedded")
 _DEBRIS = re.compile(r"^\..+\.(tmp|keras|staged)$|^\..+\.old-[0-9]+$")
 
 
@@ -138,9 +132,8 @@ def _finish_or_roll_back(layout: Layout, journal_path: Path, latest: Latest | No
     model_dir, finals = planned_paths(layout, journal)
     version = journal["model_version"]
     if latest is not None and latest.model_version == version:
-        for parts in (
-            finals.values()
-        ):  # committed: only the removal of older parts of these partitions was left
+        # committed: only the removal of older parts of these partitions was left
+        for parts in finals.values():
             for other in parts[0].parent.glob("part-*.parquet"):
                 if other not in parts:
                     other.unlink(missing_ok=True)

@@ -45,9 +45,8 @@ def atomic_path(final: Path) -> Iterator[Path]:
         yield tmp
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
-        os.chmod(
-            tmp, 0o666 & ~_UMASK
-        )  # mkstemp makes 0600; published files must be readable like any other
+        # mkstemp makes 0600; published files must be readable like any other
+        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, final)
     finally:
         if tmp.exists():
