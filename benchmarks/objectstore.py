@@ -171,7 +171,10 @@ def main() -> int:
             f"local one): {extra:.1f} s"
         )
         for name in ("recommendations", "similar_movies", "metrics"):
-            a = frames(on_store["tables"][name]["files"], lambda rel: io.BytesIO(store.get(rel)[0]))  # type: ignore[index]
+            a = frames(
+                on_store["tables"][name]["files"],
+                lambda rel: io.BytesIO(store.get(rel)[0]),  # type: ignore[index]
+            )
             b = frames(on_disk["tables"][name]["files"], lambda rel: local_dir / rel)
             # measured seconds differ between the two nights; everything else must not
             if name == "metrics":

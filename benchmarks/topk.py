@@ -169,7 +169,8 @@ def main() -> int:
     t_mm, _ = best_of(args.repeat, matmul_only, q, m)
     t_ref, ref = best_of(args.repeat, numpy_reference, q, m, indptr, rows, args.k)
     t_tf, got = best_of(args.repeat, towerflow_topk, index, q, indptr, rows, args.k)
-    same = np.mean([len(set(a) & set(b)) / args.k for a, b in zip(ref, got, strict=True)])  # type: ignore[arg-type]
+    pairs = zip(ref, got, strict=True)  # type: ignore[arg-type]
+    same = np.mean([len(set(a) & set(b)) / args.k for a, b in pairs])
     print(f"matmul only (floor):            {t_mm:7.3f} s")
     print(f"numpy reference (mask + top-k): {t_ref:7.3f} s")
     print(f"towerflow FAISS top-k:          {t_tf:7.3f} s")

@@ -68,7 +68,14 @@ def test_stars_target_is_the_identity_and_round_trips(
     assert legacy.target_scale == "minmax"
     np.testing.assert_allclose(legacy.rating_to_target(np.array([0.5, 5.0])), [-1.0, 1.0])
     with pytest.raises(ValueError, match="unknown target scale"):
-        fit_scalers(ux, mx, y, list("abc"), list("xy"), target_scale="percent")  # type: ignore[arg-type]
+        fit_scalers(
+            ux,
+            mx,
+            y,
+            list("abc"),
+            list("xy"),
+            target_scale="percent",  # type: ignore[arg-type]
+        )
 
 
 @pytest.mark.train

@@ -120,7 +120,8 @@ def test_bad_files_stop_naming_file_and_line(tmp_path: Path, ratings: str, messa
 def test_duplicates_keep_latest_and_unknown_movies_dropped(tmp_path: Path) -> None:
     r, m = _write(
         tmp_path,
-        "userId,movieId,rating,timestamp\n1,1,2.0,50\n1,1,4.5,90\n1,1,3.0,70\n1,99,4.0,5\n2,2,1.0,1\n",
+        "userId,movieId,rating,timestamp\n"
+        "1,1,2.0,50\n1,1,4.5,90\n1,1,3.0,70\n1,99,4.0,5\n2,2,1.0,1\n",
     )
     ratings, _, stats = ingest(r, m, tmp_path / "store", max_reject_share=0.5)
     rows = pq.read_table(ratings).to_pylist()

@@ -65,7 +65,8 @@ def open_bytes(path: Path) -> BinaryIO:
     """Open ``path`` for binary reading, decompressing gzip (recognised by its magic bytes)."""
     with open(path, "rb") as fh:
         magic = fh.read(2)
-    return gzip.open(path, "rb") if magic == b"\x1f\x8b" else open(path, "rb")  # type: ignore[return-value]
+    gzipped = magic == b"\x1f\x8b"
+    return gzip.open(path, "rb") if gzipped else open(path, "rb")  # type: ignore[return-value]
 
 
 def _read(fh: BinaryIO, path: Path, n: int, line: int, *, readline: bool = False) -> bytes:
