@@ -1,4 +1,5 @@
-"""Ablation: what L2 normalization and the [-1, 1] rating target buy (README "Why normalize and scale").
+"""Ablation: what L2 normalization and the [-1, 1] rating target buy (README "Why normalize and
+scale").
 
 Trains the lab preset (a), without L2 normalization (b), with the target left in
 stars (c), with neither (d), and the default preset for reference, on the
@@ -23,16 +24,26 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "movielens" / "ml-latest-small"
+DEFAULT_DATA = (
+    Path(__file__).resolve().parents[2] / "shared" / "data" / "movielens" / "ml-latest-small"
+)
 
 
 def load(data: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Ratings and movies as ``towerflow evaluate`` reads them (through ingest), else straight from the CSVs."""
+    """Ratings and movies as ``towerflow evaluate`` reads them (through ingest), else straight from
+    the CSVs.
+    """
     try:
         from tasks.ingestion.ingest import ingest
         from tasks.store.tables import load_movies, load_ratings
-    except (ImportError, SyntaxError) as exc:  # ingest is being rewritten; the clean MovieLens CSVs need no checks
-        print(f"tasks.ingestion.ingest unavailable ({exc}); reading the CSVs with pandas", file=sys.stderr)
+    except (
+        ImportError,
+        SyntaxError,
+    ) as exc:  # ingest is being rewritten; the clean MovieLens CSVs need no checks
+        print(
+            f"tasks.ingestion.ingest unavailable ({exc}); reading the CSVs with pandas",
+            file=sys.stderr,
+        )
         return _read_csvs(data)
     with tempfile.TemporaryDirectory(prefix="towerflow-ablation-") as tmp:
         r, m, _ = ingest(data / "ratings.csv", data / "movies.csv", Path(tmp))
@@ -40,11 +51,19 @@ def load(data: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 def _read_csvs(data: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    ratings = pd.read_csv(data / "ratings.csv").rename(columns={"userId": "user_id", "movieId": "movie_id"})
-    ratings = ratings.astype({"user_id": "int64", "movie_id": "int64", "rating": "float32", "timestamp": "int64"})
+    ratings = pd.read_csv(data / "ratings.csv").rename(
+        columns={"userId": "user_id", "movieId": "movie_id"}
+    )
+    ratings = ratings.astype(
+        {"user_id": "int64", "movie_id": "int64", "rating": "float32", "timestamp": "int64"}
+    )
     movies = pd.read_csv(data / "movies.csv").rename(columns={"movieId": "movie_id"})
-    movies["year"] = movies["title"].str.strip().str.extract(r"\((\d{4})\)$", expand=False).astype("Int32")
-    return ratings[ratings["movie_id"].isin(movies["movie_id"])], movies[["movie_id", "title", "genres", "year"]]
+    movies["year"] = (
+        movies["title"].str.strip().str.extract(r"\((\d{4})\)$", expand=False).astype("Int32")
+    )
+    return ratings[ratings["movie_id"].isin(movies["movie_id"])], movies[
+        ["movie_id", "title", "genres", "year"]
+    ]
 
 
 def _md(header: list[str], rows: list[list[str]]) -> str:
@@ -109,7 +128,17 @@ def tables(rows: list[dict[str, Any]], popular: dict[str, float], k: int) -> str
             ]
             for r in rows
         ]
-        + [["most-popular (reference)", f"{popular['ndcg']:.4f}", f"{popular['coverage']:.3f}", "", "", "", ""]],
+        + [
+            [
+                "most-popular (reference)",
+                f"{popular['ndcg']:.4f}",
+                f"{popular['coverage']:.3f}",
+                "",
+                "",
+                "",
+                "",
+            ]
+        ],
     )
     geometry = _md(
         [
@@ -138,7 +167,9 @@ def tables(rows: list[dict[str, Any]], popular: dict[str, float], k: int) -> str
                 f"{r['user_norm']['distinct']:.0%} / {r['movie_norm']['distinct']:.0%}",
                 f"{r['similar_ip_vs_cos']:.3f}",
                 f"{r['similar_distinct_ip']:.3f} / {r['similar_distinct_cos']:.3f}",
-                f"{_opt(r['norm_vs_count'], '+.2f')} / {_opt(r['norm_vs_mean'], '+.2f')}" if not r["normalize"] else "",
+                f"{_opt(r['norm_vs_count'], '+.2f')} / {_opt(r['norm_vs_mean'], '+.2f')}"
+                if not r["normalize"]
+                else "",
                 f"{r['epochs']}, {r['seconds']:.0f} s",
             ]
             for r in rows
@@ -160,17 +191,35 @@ def plot(histories: dict[str, list[dict[str, float]]], path: Path) -> Path:
     for name, hist in histories.items():
         epochs = [h["epoch"] for h in hist]
         style = "--" if name.startswith("default") else "-"
-        line = left.plot(epochs, [min(h["train_rmse_stars"], top) for h in hist], style, label=name)[0]
+        line = left.plot(
+            epochs, [min(h["train_rmse_stars"], top) for h in hist], style, label=name
+        )[0]
         if any(h["train_rmse_stars"] > top for h in hist):
             flat = hist[-1]["train_rmse_stars"]
-            left.annotate(f"{name}: {flat:.2f} stars, off the scale", (epochs[len(epochs) // 2], top), xytext=(0, -12),
-                          textcoords="offset points", ha="center", fontsize=8, color=line.get_color())  # fmt: skip
+            left.annotate(f"{name}: {flat:.2f} stars, off the scale",
+                          (epochs[len(epochs) // 2], top), xytext=(0, -12),
+                          textcoords="offset points", ha="center", fontsize=8,
+                          color=line.get_color())  # fmt: skip
         right.plot(epochs, [h["grad_norm_mean"] for h in hist], style, label=name)
     left.set(
-        xlabel="epoch", ylabel="training RMSE (stars)", ylim=(low - 0.02, top + 0.005), title="training loss (MSE, shown as RMSE in stars)"
+        xlabel="epoch",
+        ylabel="training RMSE (stars)",
+        ylim=(low - 0.02, top + 0.005),
+        title="training loss (MSE, shown as RMSE in stars)",
     )
-    right.set(xlabel="epoch", ylabel="global gradient norm (epoch mean)", yscale="log", title="gradient norm of the training loss")
-    fig.legend(*left.get_legend_handles_labels(), loc="lower center", ncol=len(histories), fontsize=8, frameon=False)
+    right.set(
+        xlabel="epoch",
+        ylabel="global gradient norm (epoch mean)",
+        yscale="log",
+        title="gradient norm of the training loss",
+    )
+    fig.legend(
+        *left.get_legend_handles_labels(),
+        loc="lower center",
+        ncol=len(histories),
+        fontsize=8,
+        frameon=False,
+    )
     for ax in (left, right):
         ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout(rect=(0, 0.07, 1, 1))
@@ -181,17 +230,43 @@ def plot(histories: dict[str, list[dict[str, float]]], path: Path) -> Path:
 
 
 def run() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="directory with ratings.csv and movies.csv")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--data", type=Path, default=DEFAULT_DATA, help="directory with ratings.csv and movies.csv"
+    )
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--k", type=int, default=10)
-    parser.add_argument("--holdout", type=float, default=0.2, help="share of each user's most recent ratings held out")
-    parser.add_argument("--max-epochs", type=int, help="cap every variant's epochs (default: the presets' own, 30 for the lab)")
-    parser.add_argument("--only", action="append", help="run only variants whose name contains this (repeatable), e.g. '(a)'")
-    parser.add_argument("--out", type=Path, default=Path("ablation-out"), help="directory for the plot, tables and numbers")
+    parser.add_argument(
+        "--holdout",
+        type=float,
+        default=0.2,
+        help="share of each user's most recent ratings held out",
+    )
+    parser.add_argument(
+        "--max-epochs",
+        type=int,
+        help="cap every variant's epochs (default: the presets' own, 30 for the lab)",
+    )
+    parser.add_argument(
+        "--only",
+        action="append",
+        help="run only variants whose name contains this (repeatable), e.g. '(a)'",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("ablation-out"),
+        help="directory for the plot, tables and numbers",
+    )
     args = parser.parse_args()
     if not (args.data / "ratings.csv").exists():
-        print(f"no ratings.csv in {args.data}; download ml-latest-small from GroupLens and pass --data", file=sys.stderr)
+        print(
+            f"no ratings.csv in {args.data}; download ml-latest-small from GroupLens and "
+            "pass --data",
+            file=sys.stderr,
+        )
         return 2
     import ablation_measures as ablation  # beside this script
 
@@ -200,22 +275,36 @@ def run() -> int:
     from tasks.runtime import default_threads, pin_threads
 
     threads = default_threads()
-    print(f"machine: {platform.machine()}, {platform.processor() or 'cpu'}, Python {platform.python_version()}, {threads} threads")
+    print(
+        f"machine: {platform.machine()}, {platform.processor() or 'cpu'}, Python "
+        f"{platform.python_version()}, {threads} threads"
+    )
     pin_threads(threads)
     started = time.perf_counter()
     ratings, movies = load(args.data)
     hold = per_user_holdout(ratings, args.holdout)
     train, test = ratings[~hold], ratings[hold]
-    print(f"per-user temporal split: {len(train):,} train / {len(test):,} held-out ratings, {len(movies):,} movies, seed {args.seed}")
-    rows, histories = ablation.run(train, test, movies, args.seed, args.k, args.max_epochs, args.only, log=print)
-    popular = compare(train, test, movies, {}, k=args.k, seed=args.seed, with_als=False).iloc[0].to_dict()
+    print(
+        f"per-user temporal split: {len(train):,} train / {len(test):,} held-out ratings, "
+        f"{len(movies):,} movies, seed {args.seed}"
+    )
+    rows, histories = ablation.run(
+        train, test, movies, args.seed, args.k, args.max_epochs, args.only, log=print
+    )
+    popular = (
+        compare(train, test, movies, {}, k=args.k, seed=args.seed, with_als=False).iloc[0].to_dict()
+    )
     text = tables(rows, popular, args.k)
     print()
     print(text)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "ablation.md").write_text(text + "\n")
-    (args.out / "ablation.json").write_text(json.dumps({"rows": rows, "histories": histories}, indent=1, default=float) + "\n")
-    print(f"\nplot: {plot(histories, args.out / 'ablation-loss.png')}; tables and numbers: {args.out}")
+    (args.out / "ablation.json").write_text(
+        json.dumps({"rows": rows, "histories": histories}, indent=1, default=float) + "\n"
+    )
+    print(
+        f"\nplot: {plot(histories, args.out / 'ablation-loss.png')}; tables and numbers: {args.out}"
+    )
     print(f"total {time.perf_counter() - started:.0f} s")
     return 0
 

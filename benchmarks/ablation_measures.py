@@ -44,7 +44,12 @@ def variants(max_epochs: int | None = None) -> dict[str, ModelConfig]:
     }
 
 
-def out_of_range_share(stars: np.ndarray, low: float = RATING_RANGE[0], high: float = RATING_RANGE[1], tol: float = 1e-4) -> float:
+def out_of_range_share(
+    stars: np.ndarray,
+    low: float = RATING_RANGE[0],
+    high: float = RATING_RANGE[1],
+    tol: float = 1e-4,
+) -> float:
     """Share of predictions below ``low`` or above ``high`` (beyond float round-off ``tol``)."""
     stars = np.asarray(stars, dtype=np.float64)
     if stars.size == 0:
@@ -53,10 +58,21 @@ def out_of_range_share(stars: np.ndarray, low: float = RATING_RANGE[0], high: fl
 
 
 def overlap_at_k(a: Mapping[int, Sequence[int]], b: Mapping[int, Sequence[int]], k: int) -> float:
-    """Mean over the keys of ``a`` of |top-k of a ∩ top-k of b| / k (1.0: the same k items, order aside)."""
+    """Mean over the keys of ``a`` of |top-k of a ∩ top-k of b| / k (1.0: the same k items, order
+    aside).
+    """
     if k < 1 or not a:
-        raise ValueError(f"overlap needs k >= 1 and at least one list, got k={k} and {len(a)} lists")
-    return float(np.mean([len(set(list(items)[:k]) & set(list(b.get(key, []))[:k])) / k for key, items in a.items()]))
+        raise ValueError(
+            f"overlap needs k >= 1 and at least one list, got k={k} and {len(a)} lists"
+        )
+    return float(
+        np.mean(
+            [
+                len(set(list(items)[:k]) & set(list(b.get(key, []))[:k])) / k
+                for key, items in a.items()
+            ]
+        )
+    )
 
 
 def norm_summary(emb: np.ndarray) -> dict[str, float]:
@@ -69,7 +85,12 @@ def norm_summary(emb: np.ndarray) -> dict[str, float]:
     x = np.asarray(emb, dtype=np.float64)
     norms = np.linalg.norm(x, axis=1)
     unit = x / np.maximum(norms, 1e-12)[:, None]
-    stats = {"mean": norms.mean(), "min": norms.min(), "max": norms.max(), "concentration": np.linalg.norm(unit.mean(axis=0))}
+    stats = {
+        "mean": norms.mean(),
+        "min": norms.min(),
+        "max": norms.max(),
+        "concentration": np.linalg.norm(unit.mean(axis=0)),
+    }
     stats["distinct"] = len(np.unique(np.round(x, 4), axis=0)) / max(len(x), 1)
     return {key: float(v) for key, v in stats.items()}
 
@@ -81,9 +102,14 @@ def stars_per_unit(fitted: Fitted) -> float:
 
 
 def ranking_agreement(
-    fitted: Fitted, train: pd.DataFrame, faiss_lists: Mapping[int, Sequence[int]], k: int, chunk: int = 128
+    fitted: Fitted,
+    train: pd.DataFrame,
+    faiss_lists: Mapping[int, Sequence[int]],
+    k: int,
+    chunk: int = 128,
 ) -> dict[str, float]:
-    """Does the FAISS top-k agree with the model's own ranking by predicted stars? Seen movies excluded.
+    """Does the FAISS top-k agree with the model's own ranking by predicted stars? Seen movies
+    excluded.
 
     Predicted stars come from :func:`~tasks.modeling.train.predict_scores` (the model's
     output) for every user and catalog movie. Returns ``overlap`` (overlap@k of the
@@ -107,11 +133,15 @@ def ranking_agreement(
     for start in range(0, n_users, chunk):
         rows = np.arange(start, min(start + chunk, n_users))
         pairs_u, pairs_m = np.repeat(rows, n_movies), np.tile(np.arange(n_movies), len(rows))
-        stars = p.scalers.target_to_rating(predict_scores(fitted.model, p.user_input, p.movie_x, pairs_u, pairs_m)).reshape(len(rows), -1)
+        stars = p.scalers.target_to_rating(
+            predict_scores(fitted.model, p.user_input, p.movie_x, pairs_u, pairs_m)
+        ).reshape(len(rows), -1)
         mask = np.zeros(stars.shape, dtype=bool)
         for i, r in enumerate(rows):
             mask[i, seen[indptr[r] : indptr[r + 1]]] = True
-        outside += int(((stars < RATING_RANGE[0] - 1e-4) | (stars > RATING_RANGE[1] + 1e-4))[~mask].sum())
+        outside += int(
+            ((stars < RATING_RANGE[0] - 1e-4) | (stars > RATING_RANGE[1] + 1e-4))[~mask].sum()
+        )
         unseen += int((~mask).sum())
         values = np.where(mask, -np.inf, stars)
         ranked = np.argsort(-values, axis=1, kind="stable")[:, :k]
@@ -137,14 +167,22 @@ def ranking_agreement(
 
 
 def similar_lists(movie_emb: np.ndarray, k: int, cosine: bool) -> dict[int, list[int]]:
-    """Each movie row's k nearest other rows by inner product (or by cosine), via a FAISS flat index."""
-    x = np.asarray(l2_normalize(movie_emb), dtype=np.float32) if cosine else np.ascontiguousarray(movie_emb, dtype=np.float32)
+    """Each movie row's k nearest other rows by inner product (or by cosine), via a FAISS flat
+    index.
+    """
+    x = (
+        np.asarray(l2_normalize(movie_emb), dtype=np.float32)
+        if cosine
+        else np.ascontiguousarray(movie_emb, dtype=np.float32)
+    )
     _, items = build_index(x).search(x, k + 1)
     return {i: [int(j) for j in row if j != i and j >= 0][:k] for i, row in enumerate(items)}
 
 
 def distinct_share(lists: Mapping[int, Sequence[int]], n_items: int) -> float:
-    """Share of the catalog that is someone's neighbour (low: a few hub items are everyone's neighbours)."""
+    """Share of the catalog that is someone's neighbour (low: a few hub items are everyone's
+    neighbours).
+    """
     return len({i for items in lists.values() for i in items}) / n_items
 
 
@@ -153,20 +191,33 @@ def _spearman(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(ra, rb)[0, 1]) if ra.std() > 0 and rb.std() > 0 else float("nan")
 
 
-def train_variant(train: pd.DataFrame, movies: pd.DataFrame, config: ModelConfig, seed: int) -> tuple[Fitted, list[dict[str, float]]]:
-    """What :func:`tasks.evaluation.evaluate.fit` does for a fixed epoch count, keeping the epoch records.
+def train_variant(
+    train: pd.DataFrame, movies: pd.DataFrame, config: ModelConfig, seed: int
+) -> tuple[Fitted, list[dict[str, float]]]:
+    """What :func:`tasks.evaluation.evaluate.fit` does for a fixed epoch count, keeping the epoch
+    records.
 
     Each record gains ``train_rmse_stars``: its training MSE as RMSE in stars.
     """
     started = time.perf_counter()
-    result, scaled = _fit_once(train, None, movies, np.sort(train["user_id"].unique()), config, seed, None)
+    result, scaled = _fit_once(
+        train, None, movies, np.sort(train["user_id"].unique()), config, seed, None
+    )
     fitted = Fitted(result.model, scaled, result.best_epoch, time.perf_counter() - started)
     unit = stars_per_unit(fitted)
-    return fitted, [{**h, "train_rmse_stars": float(np.sqrt(h["mse"])) * unit} for h in result.history]
+    return fitted, [
+        {**h, "train_rmse_stars": float(np.sqrt(h["mse"])) * unit} for h in result.history
+    ]
 
 
 def measure(
-    name: str, config: ModelConfig, fitted: Fitted, history: list[dict[str, float]], train: pd.DataFrame, test: pd.DataFrame, k: int = 10
+    name: str,
+    config: ModelConfig,
+    fitted: Fitted,
+    history: list[dict[str, float]],
+    train: pd.DataFrame,
+    test: pd.DataFrame,
+    k: int = 10,
 ) -> dict[str, Any]:
     """Every number of the ablation table for one trained variant (see the module doc)."""
     from tasks.modeling.train import predict_scores
@@ -174,12 +225,16 @@ def measure(
     p = fitted.prepared
     user_tower, movie_tower = towers(fitted.model)
     user_emb, movie_emb = run_tower(user_tower, p.user_input), run_tower(movie_tower, p.movie_x)
-    faiss_lists = topk_lists(build_index(movie_emb), user_emb, p.feats.user_ids, p.feats.movie_ids, train, k)
+    faiss_lists = topk_lists(
+        build_index(movie_emb), user_emb, p.feats.user_ids, p.feats.movie_ids, train, k
+    )
     relevant = relevant_sets(test)
     u, m, _ = p.triples(test)
     known = (u >= 0) & (m >= 0)
     actual = test["rating"].to_numpy()[known]
-    stars = p.scalers.target_to_rating(predict_scores(fitted.model, p.user_input, p.movie_x, u[known], m[known]))
+    stars = p.scalers.target_to_rating(
+        predict_scores(fitted.model, p.user_input, p.movie_x, u[known], m[known])
+    )
     agree = ranking_agreement(fitted, train, faiss_lists, k)
     similar_ip, similar_cos = similar_lists(movie_emb, k, False), similar_lists(movie_emb, k, True)
     counts = train["movie_id"].value_counts().reindex(p.feats.movie_ids, fill_value=0).to_numpy()
@@ -199,7 +254,9 @@ def measure(
         "outside_test": out_of_range_share(stars),
         "outside_all": agree["outside"],
         "ndcg": ranking_metrics(faiss_lists, relevant, k)["ndcg"],
-        "coverage": coverage({user: faiss_lists.get(user, []) for user in relevant}, len(p.feats.movie_ids)),
+        "coverage": coverage(
+            {user: faiss_lists.get(user, []) for user in relevant}, len(p.feats.movie_ids)
+        ),
         "faiss_overlap": agree["overlap"],
         "faiss_valid": agree["valid"],
         "at_cut": agree["at_cut"],
@@ -208,8 +265,12 @@ def measure(
         "similar_ip_vs_cos": overlap_at_k(similar_ip, similar_cos, k),
         "similar_distinct_ip": distinct_share(similar_ip, len(movie_emb)),
         "similar_distinct_cos": distinct_share(similar_cos, len(movie_emb)),
-        "norm_vs_count": _spearman(movie_norms[rated], np.log1p(counts[rated])) if not config.normalize else float("nan"),
-        "norm_vs_mean": _spearman(movie_norms[rated], means[rated]) if not config.normalize else float("nan"),
+        "norm_vs_count": _spearman(movie_norms[rated], np.log1p(counts[rated]))
+        if not config.normalize
+        else float("nan"),
+        "norm_vs_mean": _spearman(movie_norms[rated], means[rated])
+        if not config.normalize
+        else float("nan"),
         "user_norm": norm_summary(user_emb),
         "movie_norm": norm_summary(movie_emb),
         "train_rmse_first": history[0]["train_rmse_stars"],
@@ -230,7 +291,9 @@ def run(
     only: Sequence[str] | None = None,
     log: Callable[[str], None] | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, list[dict[str, float]]]]:
-    """Train and measure every variant on one split and seed; (table rows, epoch histories by variant)."""
+    """Train and measure every variant on one split and seed; (table rows, epoch histories by
+    variant).
+    """
     rows, histories = [], {}
     for name, config in variants(max_epochs).items():
         if only and not any(name.startswith(o) or o in name for o in only):
@@ -241,5 +304,8 @@ def run(
         rows.append(measure(name, config, fitted, histories[name], train, test, k))
         if log:
             r = rows[-1]
-            log(f"  {r['seconds']:.0f} s: RMSE {r['rmse']:.3f}, NDCG@{k} {r['ndcg']:.4f}, outside range {r['outside_test']:.1%}")
+            log(
+                f"  {r['seconds']:.0f} s: RMSE {r['rmse']:.3f}, NDCG@{k} {r['ndcg']:.4f}, "
+                f"outside range {r['outside_test']:.1%}"
+            )
     return rows, histories

@@ -26,12 +26,17 @@ class DataSet:
 
 def movielens(directory: Path = SHARED / "ml-latest-small") -> DataSet:
     if not (directory / "ratings.csv").exists():
-        raise SystemExit(f"no ratings.csv in {directory}; download ml-latest-small from GroupLens and pass its directory")
+        raise SystemExit(
+            f"no ratings.csv in {directory}; download ml-latest-small from GroupLens and "
+            "pass its directory"
+        )
     return DataSet(directory.name, directory / "ratings.csv", directory / "movies.csv")
 
 
 def half_users(data: DataSet, half: str, work: Path) -> DataSet:
-    """The users of ``data`` with an odd (``half="odd"``) or even id: a disjoint half, written once under ``work``."""
+    """The users of ``data`` with an odd (``half="odd"``) or even id: a disjoint half, written once
+    under ``work``.
+    """
     import pandas as pd
 
     if half not in ("odd", "even"):
@@ -40,7 +45,9 @@ def half_users(data: DataSet, half: str, work: Path) -> DataSet:
     if not (out / "ratings.csv").exists():
         out.mkdir(parents=True, exist_ok=True)
         raw = pd.read_csv(data.ratings)
-        raw[raw["userId"] % 2 == (1 if half == "odd" else 0)].to_csv(out / "ratings.csv", index=False)
+        raw[raw["userId"] % 2 == (1 if half == "odd" else 0)].to_csv(
+            out / "ratings.csv", index=False
+        )
     return DataSet(f"{data.name} {half} users", out / "ratings.csv", data.movies)
 
 
@@ -51,5 +58,7 @@ def generated(law: str, size: str, work: Path, seed: int = 7) -> DataSet:
     users, movies, per_user = GENERATED_SIZES[size]
     out = work / f"{law}-{size}-seed{seed}"
     if not (out / "ratings.csv").exists():
-        generate(out, n_users=users, n_movies=movies, mean_ratings_per_user=per_user, seed=seed, law=law)
+        generate(
+            out, n_users=users, n_movies=movies, mean_ratings_per_user=per_user, seed=seed, law=law
+        )
     return DataSet(f"generated {law}-led {size}", out / "ratings.csv", out / "movies.csv")

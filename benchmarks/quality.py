@@ -7,7 +7,8 @@ Prints every table, then one side-by-side summary: per data set and method, NDCG
 over the seeds, RMSE, and how many users each figure rests on. Needs the ALS extra:
 ``.venv/bin/pip install -e '.[als]'``.
 
-    .venv/bin/python benchmarks/quality.py [--seeds 1 2 3] [--presets default lab] [--popularity-size 600k|2.5m]
+    .venv/bin/python benchmarks/quality.py [--seeds 1 2 3] [--presets default lab]
+        [--popularity-size 600k|2.5m]
 """
 
 from __future__ import annotations
@@ -40,23 +41,58 @@ def summarize(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def run() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--movielens", type=Path, default=SHARED / "ml-latest-small", help="directory with ratings.csv and movies.csv")
-    parser.add_argument("--popularity-size", choices=("600k", "2.5m"), default="600k", help="size of the popularity-led set")
-    parser.add_argument("--work", type=Path, default=Path("/tmp/towerflow-bench"), help="where generated data sets are kept")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--movielens",
+        type=Path,
+        default=SHARED / "ml-latest-small",
+        help="directory with ratings.csv and movies.csv",
+    )
+    parser.add_argument(
+        "--popularity-size",
+        choices=("600k", "2.5m"),
+        default="600k",
+        help="size of the popularity-led set",
+    )
+    parser.add_argument(
+        "--work",
+        type=Path,
+        default=Path("/tmp/towerflow-bench"),
+        help="where generated data sets are kept",
+    )
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--presets", nargs="+", default=["default"])
-    parser.add_argument("--output", type=Path, default=Path("quality.csv"), help="every row, with data set and seed columns")
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=Path("quality.csv"),
+        help="every row, with data set and seed columns",
+    )
     args = parser.parse_args()
     sets = [movielens(args.movielens), generated("popularity", args.popularity_size, args.work)]
-    print(f"machine: {platform.machine()}, {platform.processor() or 'cpu'}, Python {platform.python_version()}")
+    print(
+        f"machine: {platform.machine()}, {platform.processor() or 'cpu'}, Python "
+        f"{platform.python_version()}"
+    )
     started = time.perf_counter()
     tables = []
     for data in sets:
         print(f"\n=== {data.name} ===", flush=True)
         out = args.output.with_suffix(f".{len(tables)}.csv")
-        argv = ["evaluate", "--ratings", str(data.ratings), "--movies", str(data.movies), "--output", str(out)]
-        argv += [x for name in args.presets for x in ("--preset", name)] + [x for seed in args.seeds for x in ("--seed", str(seed))]
+        argv = [
+            "evaluate",
+            "--ratings",
+            str(data.ratings),
+            "--movies",
+            str(data.movies),
+            "--output",
+            str(out),
+        ]
+        argv += [x for name in args.presets for x in ("--preset", name)] + [
+            x for seed in args.seeds for x in ("--seed", str(seed))
+        ]
         if main(argv):
             return 1
         tables.append(pd.read_csv(out).assign(data=data.name))
@@ -69,8 +105,15 @@ def run() -> int:
     for peer in ("most-popular", "als (implicit, 64 factors)", "ease^r"):
         other = table[table["method"] == peer].set_index(["data", "seed"])["ndcg@10"]
         if len(other):
-            wins = (default >= other.reindex(default.index)).groupby(level="data").agg(["sum", "size"])
-            print(f"default >= {peer}: " + "; ".join(f"{d} {int(r['sum'])} of {int(r['size'])} seeds" for d, r in wins.iterrows()))
+            wins = (
+                (default >= other.reindex(default.index)).groupby(level="data").agg(["sum", "size"])
+            )
+            print(
+                f"default >= {peer}: "
+                + "; ".join(
+                    f"{d} {int(r['sum'])} of {int(r['size'])} seeds" for d, r in wins.iterrows()
+                )
+            )
     print(f"total {time.perf_counter() - started:.0f} s, table: {args.output}")
     return 0
 

@@ -4,7 +4,8 @@ Both run in the same process on the same embeddings and the same seen sets:
 
 - ``matmul only``: blocked ``users @ movies.T`` scores, nothing else (the physical floor);
 - ``numpy reference``: the same blocks + seen movies set to -inf + ``argpartition`` top-k + sort;
-- ``towerflow``: :func:`tasks.serving.recommend.topk_unseen` over the exact inner-product FAISS index.
+- ``towerflow``: :func:`tasks.serving.recommend.topk_unseen` over the exact inner-product FAISS
+  index.
 
 Seen sets come from a ratings file (default: the project's generator at 2.5M ratings,
 written once to --work); embeddings are random unit vectors of dimension 32 (the cost of
@@ -38,13 +39,24 @@ BLOCK = 2048
 
 
 def machine() -> str:
-    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("model name")), "?")
-    versions = f"Python {platform.python_version()}; numpy {np.__version__}; faiss {faiss.__version__}"
+    cpu = next(
+        (
+            ln.split(":", 1)[1].strip()
+            for ln in Path("/proc/cpuinfo").read_text().splitlines()
+            if ln.startswith("model name")
+        ),
+        "?",
+    )
+    versions = (
+        f"Python {platform.python_version()}; numpy {np.__version__}; faiss {faiss.__version__}"
+    )
     return f"{cpu}; {len(os.sched_getaffinity(0))} cores; {versions}"
 
 
 def load_seen(path: Path) -> tuple[int, int, np.ndarray, np.ndarray]:
-    table = pacsv.read_csv(path, convert_options=pacsv.ConvertOptions(include_columns=["userId", "movieId"]))
+    table = pacsv.read_csv(
+        path, convert_options=pacsv.ConvertOptions(include_columns=["userId", "movieId"])
+    )
     users = np.unique(table.column("userId").to_numpy(), return_inverse=True)[1]
     movies = np.unique(table.column("movieId").to_numpy(), return_inverse=True)[1]
     order = np.lexsort((movies, users))
@@ -75,7 +87,9 @@ def matmul_only(q: np.ndarray, m: np.ndarray) -> float:
     return total
 
 
-def numpy_reference(q: np.ndarray, m: np.ndarray, indptr: np.ndarray, rows: np.ndarray, k: int) -> np.ndarray:
+def numpy_reference(
+    q: np.ndarray, m: np.ndarray, indptr: np.ndarray, rows: np.ndarray, k: int
+) -> np.ndarray:
     out = np.empty((len(q), k), dtype=np.int64)
     for s in range(0, len(q), BLOCK):
         e = min(s + BLOCK, len(q))
@@ -89,7 +103,9 @@ def numpy_reference(q: np.ndarray, m: np.ndarray, indptr: np.ndarray, rows: np.n
     return out
 
 
-def towerflow_topk(index: faiss.Index, q: np.ndarray, indptr: np.ndarray, rows: np.ndarray, k: int) -> np.ndarray:
+def towerflow_topk(
+    index: faiss.Index, q: np.ndarray, indptr: np.ndarray, rows: np.ndarray, k: int
+) -> np.ndarray:
     out = np.empty((len(q), k), dtype=np.int64)
     for users, rank, items, _ in topk_unseen(index, q, indptr, rows, k):
         out[users, rank - 1] = items
@@ -106,10 +122,23 @@ def best_of(repeat: int, fn: object, *args: object) -> tuple[float, object]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--ratings", type=Path, help="ratings.csv whose users' histories are the seen sets")
-    parser.add_argument("--data-dir", type=Path, help="a published run: use its trained embeddings and its ingested ratings")
-    parser.add_argument("--work", type=Path, default=Path("/tmp/towerflow-bench"), help="where generated data is kept")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--ratings", type=Path, help="ratings.csv whose users' histories are the seen sets"
+    )
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        help="a published run: use its trained embeddings and its ingested ratings",
+    )
+    parser.add_argument(
+        "--work",
+        type=Path,
+        default=Path("/tmp/towerflow-bench"),
+        help="where generated data is kept",
+    )
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--dim", type=int, default=32)
     parser.add_argument("--repeat", type=int, default=3)
@@ -140,11 +169,15 @@ def main() -> int:
     t_mm, _ = best_of(args.repeat, matmul_only, q, m)
     t_ref, ref = best_of(args.repeat, numpy_reference, q, m, indptr, rows, args.k)
     t_tf, got = best_of(args.repeat, towerflow_topk, index, q, indptr, rows, args.k)
-    same = np.mean([len(set(a) & set(b)) / args.k for a, b in zip(ref, got, strict=True)])  # type: ignore[arg-type]
+    pairs = zip(ref, got, strict=True)  # type: ignore[arg-type]
+    same = np.mean([len(set(a) & set(b)) / args.k for a, b in pairs])
     print(f"matmul only (floor):            {t_mm:7.3f} s")
     print(f"numpy reference (mask + top-k): {t_ref:7.3f} s")
     print(f"towerflow FAISS top-k:          {t_tf:7.3f} s")
-    print(f"ratio towerflow / reference = {t_tf / t_ref:.2f} (target <= 1.5); towerflow / matmul floor = {t_tf / t_mm:.2f}")
+    print(
+        f"ratio towerflow / reference = {t_tf / t_ref:.2f} (target <= 1.5); towerflow / "
+        f"matmul floor = {t_tf / t_mm:.2f}"
+    )
     print(f"same movies as the reference: {same:.4f}")
     return 0 if t_tf / t_ref <= 1.5 and same > 0.999 else 1
 

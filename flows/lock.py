@@ -1,4 +1,5 @@
-"""Two runs never write one data directory at once: a file lock always, a Prefect concurrency limit with a server.
+"""Two runs never write one data directory at once: a file lock always, a Prefect concurrency limit
+with a server.
 
 The file lock is an exclusive, non-blocking ``flock`` on ``DIR/.towerflow.lock``:
 a second run on the same machine refuses at once, naming the run that holds
@@ -45,7 +46,8 @@ from uuid import UUID
 from tasks.errors import TowerflowError
 
 LEASE_SECONDS = 60.0  # the server's minimum lease
-SLOT_WAIT_SECONDS = LEASE_SECONDS + 30.0  # long enough for the lease of a run that died elsewhere to lapse
+# long enough for the lease of a run that died elsewhere to lapse
+SLOT_WAIT_SECONDS = LEASE_SECONDS + 30.0
 
 
 class LockedError(TowerflowError, RuntimeError):
@@ -54,7 +56,9 @@ class LockedError(TowerflowError, RuntimeError):
 
 def limit_name(data_dir: Path) -> str:
     """The Prefect global concurrency limit guarding ``data_dir``."""
-    return "towerflow-data-" + hashlib.sha256(str(Path(data_dir).resolve()).encode()).hexdigest()[:16]
+    return (
+        "towerflow-data-" + hashlib.sha256(str(Path(data_dir).resolve()).encode()).hexdigest()[:16]
+    )
 
 
 def _read_holder(fd: int) -> dict[str, Any]:
@@ -81,7 +85,8 @@ def _describe(holder: dict[str, Any]) -> str:
 
 @contextlib.contextmanager
 def data_dir_lock(path: Path, *, server: bool | None = None) -> Iterator[None]:
-    """Hold the data directory of lock file ``path`` or raise :class:`LockedError` saying who holds it.
+    """Hold the data directory of lock file ``path`` or raise :class:`LockedError` saying who holds
+    it.
 
     ``server``: also take the Prefect concurrency slot (default: when ``PREFECT_API_URL`` is set).
     """
@@ -93,7 +98,8 @@ def data_dir_lock(path: Path, *, server: bool | None = None) -> Iterator[None]:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise LockedError(
-                f"another towerflow run ({_describe(_read_holder(fd))}) is using the data directory {path.parent} "
+                f"another towerflow run ({_describe(_read_holder(fd))}) is using the data "
+                f"directory {path.parent} "
                 f"(lock {path}); wait for it to finish, then run again"
             ) from None
         previous = _read_holder(fd)
@@ -104,7 +110,9 @@ def data_dir_lock(path: Path, *, server: bool | None = None) -> Iterator[None]:
         }
         _write_holder(fd, me)
         use_server = _server_in_use() if server is None else server
-        with _server_slot(path.parent, previous, me, fd) if use_server else contextlib.nullcontext():
+        with (
+            _server_slot(path.parent, previous, me, fd) if use_server else contextlib.nullcontext()
+        ):
             yield
     finally:
         os.close(fd)
@@ -143,7 +151,8 @@ def _flow_run_holder() -> Any:
 
 
 def crash_orphan(client: Any, previous: dict[str, Any], me: dict[str, Any]) -> str | None:
-    """Mark ``previous``'s flow run Crashed if the server still shows it unfinished; the run's name, or ``None``.
+    """Mark ``previous``'s flow run Crashed if the server still shows it unfinished; the run's name,
+    or ``None``.
 
     ``previous`` is what the lock file said about its last holder, which died
     holding the lock (a holder that exits normally clears its run id): the
@@ -161,7 +170,8 @@ def crash_orphan(client: Any, previous: dict[str, Any], me: dict[str, Any]) -> s
             return None
         message = (
             f"the process running it ({_describe(previous)}) ended without reporting a final state "
-            f"(killed, or its machine stopped); found by the next run on {me['host']} when it took the data-directory lock"
+            f"(killed, or its machine stopped); found by the next run on {me['host']} when "
+            "it took the data-directory lock"
         )
         client.set_flow_run_state(run.id, Crashed(message=message), force=True)
     except Exception as exc:
@@ -171,7 +181,9 @@ def crash_orphan(client: Any, previous: dict[str, Any], me: dict[str, Any]) -> s
 
 
 @contextlib.contextmanager
-def _server_slot(data_dir: Path, previous: dict[str, Any], me: dict[str, Any], fd: int) -> Iterator[None]:
+def _server_slot(
+    data_dir: Path, previous: dict[str, Any], me: dict[str, Any], fd: int
+) -> Iterator[None]:
     from prefect.client.orchestration import get_client
     from prefect.concurrency.context import ConcurrencyContext
     from prefect.exceptions import ObjectAlreadyExists
@@ -182,30 +194,41 @@ def _server_slot(data_dir: Path, previous: dict[str, Any], me: dict[str, Any], f
             client.upsert_global_concurrency_limit_by_name(name, 1)
         stale = previous.get("lease_id")
         if stale and previous.get("host") == me["host"]:
-            # Its run held the file lock, which is ours now: that process is gone, its lease is garbage.
+            # Its run held the file lock, which is ours now: that process is gone, its lease is
+            # garbage.
             with contextlib.suppress(Exception):
                 client.release_concurrency_slots_with_lease(UUID(str(stale)))
         orphan = crash_orphan(client, previous, me)
         if orphan:
-            _logger().warning("marked flow run %r Crashed: it died holding the data directory %s", orphan, data_dir)
+            _logger().warning(
+                "marked flow run %r Crashed: it died holding the data directory %s",
+                orphan,
+                data_dir,
+            )
     try:
         with contextlib.ExitStack() as stack:
-            context = ConcurrencyContext.get() or stack.enter_context(ConcurrencyContext())  # a flow run has one
+            # a flow run has one
+            context = ConcurrencyContext.get() or stack.enter_context(ConcurrencyContext())
             before = set(context.cleanup_lease_ids)
             if not _take_slot(stack, name):
                 raise LockedError(
-                    f"the Prefect concurrency limit {name!r} of the data directory {data_dir} is held by another run "
-                    f"(on another machine, or one that died less than {LEASE_SECONDS:.0f} s ago); waited {SLOT_WAIT_SECONDS:.0f} s. "
+                    f"the Prefect concurrency limit {name!r} of the data directory "
+                    f"{data_dir} is held by another run "
+                    f"(on another machine, or one that died less than {LEASE_SECONDS:.0f} s "
+                    f"ago); waited {SLOT_WAIT_SECONDS:.0f} s. "
                     "Wait for it to finish, then run again"
                 )
-            _record_lease(fd, me, name, [lease for lease in context.cleanup_lease_ids if lease not in before])
+            _record_lease(
+                fd, me, name, [lease for lease in context.cleanup_lease_ids if lease not in before]
+            )
             yield
     finally:
         _write_holder(fd, me)  # released (or never taken): nothing for the next run to clean up
 
 
 def _take_slot(stack: contextlib.ExitStack, name: str) -> bool:
-    """Enter ``concurrency(name)`` on ``stack`` within :data:`SLOT_WAIT_SECONDS`; ``False`` if refused.
+    """Enter ``concurrency(name)`` on ``stack`` within :data:`SLOT_WAIT_SECONDS`; ``False`` if
+    refused.
 
     Why not ``concurrency(timeout_seconds=...)``: Prefect's timeout cancels the
     acquisition's HTTP request client-side, wherever it is. A request already sent
@@ -253,11 +276,20 @@ def _take_slot(stack: contextlib.ExitStack, name: str) -> bool:
 
 
 def _record_lease(fd: int, me: dict[str, Any], name: str, granted: list[UUID]) -> None:
-    """Write the lease ``concurrency()`` was granted into the lock file, for the next run to free if this one dies."""
+    """Write the lease ``concurrency()`` was granted into the lock file, for the next run to free if
+    this one dies.
+    """
     run_id = _flow_run_id()
     holder = {**me, "limit": name, **({"flow_run_id": str(run_id)} if run_id else {})}
     if len(granted) == 1:
         holder["lease_id"] = str(granted[0])
-    else:  # Prefect did not record it where expected: a crash here frees the slot when the lease lapses
-        _logger().warning("could not tell the lease of %s (%d new leases); a crash would hold it %.0f s", name, len(granted), LEASE_SECONDS)
+    else:
+        # Prefect did not record it where expected: a crash here frees the slot when the lease
+        # lapses
+        _logger().warning(
+            "could not tell the lease of %s (%d new leases); a crash would hold it %.0f s",
+            name,
+            len(granted),
+            LEASE_SECONDS,
+        )
     _write_holder(fd, holder)

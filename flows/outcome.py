@@ -1,10 +1,12 @@
-"""What every night leaves behind, whatever its outcome: its history row, its events, the history artifact.
+"""What every night leaves behind, whatever its outcome: its history row, its events, the history
+artifact.
 
 A published night calls :func:`published`; a refused or failed one :func:`failed` (from the flow's
 exception path, before the exception goes on to fail the flow run). Both write the night's row
-(:mod:`tasks.store.nights`), emit its events (:mod:`flows.events`) and refresh the ``towerflow-history``
-artifact: the last nights side by side with a trend plot, so the Artifacts page of that key reads as the
-project's health over time. Each step is best effort: nothing here may hide the night's own outcome.
+(:mod:`tasks.store.nights`), emit its events (:mod:`flows.events`) and refresh the
+``towerflow-history`` artifact: the last nights side by side with a trend plot, so the Artifacts
+page of that key reads as the project's health over time. Each step is best effort: nothing here may
+hide the night's own outcome.
 """
 
 from __future__ import annotations
@@ -41,10 +43,14 @@ def published(layout: Layout, latest: dict[str, Any], seconds: float) -> None:
     history_artifact(layout)
 
 
-def failed(layout: Layout, run_date: dt.date, exc: BaseException, known: dict[str, Any], seconds: float) -> None:
-    """Record a refused or failed night (``known``: what it measured, in latest.json's shape) and emit its event.
+def failed(
+    layout: Layout, run_date: dt.date, exc: BaseException, known: dict[str, Any], seconds: float
+) -> None:
+    """Record a refused or failed night (``known``: what it measured, in latest.json's shape) and
+    emit its event.
 
-    A run refused because another one holds the data directory records nothing: that night is the other run's.
+    A run refused because another one holds the data directory records nothing: that night is the
+    other run's.
     """
     from flows.lock import LockedError
     from tasks.evaluation.quality import QualityGateError
@@ -58,12 +64,18 @@ def failed(layout: Layout, run_date: dt.date, exc: BaseException, known: dict[st
     reason = " ".join(str(exc).split()) or type(exc).__name__
     outcome = "refused" if refused else "failed"
     _record(layout, lambda: night_from(run_date, outcome, seconds, known, reason=reason))
-    events.emit(outcome, layout.data_dir, events.payload({"run_date": run_date.isoformat(), **known}, reason=reason))
+    events.emit(
+        outcome,
+        layout.data_dir,
+        events.payload({"run_date": run_date.isoformat(), **known}, reason=reason),
+    )
     history_artifact(layout)
 
 
 def push_quietly(store_uri: str, layout: Layout) -> None:
-    """After a failed night on a store: its history row (and rejects) to the store; a failure here is only logged."""
+    """After a failed night on a store: its history row (and rejects) to the store; a failure here
+    is only logged.
+    """
     from tasks.store import mirror
     from tasks.store.remote import ObjectStore
 
@@ -86,7 +98,8 @@ def history_markdown(nights: pd.DataFrame, plot: Path | None, embed: bool) -> st
     if nights.empty:
         return "\n".join([*lines, "No night recorded yet.", ""])
     lines += [
-        "| finished (UTC) | run date | outcome | gate | NDCG@k [95% interval] | most-popular | RMSE | coverage | users | drift | model |",
+        "| finished (UTC) | run date | outcome | gate | NDCG@k [95% interval] | most-popular "
+        "| RMSE | coverage | users | drift | model |",
         "|---|---|---|---|---|---:|---:|---:|---:|---:|---|",
     ]
 
@@ -97,18 +110,33 @@ def history_markdown(nights: pd.DataFrame, plot: Path | None, embed: bool) -> st
         return "" if value is None or (isinstance(value, float) and pd.isna(value)) else str(value)
 
     for row in nights.iloc[::-1].to_dict("records"):
-        ndcg = f"{num(row['ndcg'])} [{num(row['ndcg_low'])}, {num(row['ndcg_high'])}]" if not pd.isna(row["ndcg"]) else ""
+        ndcg = (
+            f"{num(row['ndcg'])} [{num(row['ndcg_low'])}, {num(row['ndcg_high'])}]"
+            if not pd.isna(row["ndcg"])
+            else ""
+        )
         lines.append(
-            f"| {row['finished_at']} | {row['run_date']} | {row['outcome']} | {text(row['verdict'])} | {ndcg} | "
-            f"{num(row['most_popular_ndcg'])} | {num(row['rmse'], '.3f')} | {num(row['coverage'], '.3f')} | {num(row['users'], ',.0f')} | "
-            f"{num(row['drift'], '.3f')} | {'`' + text(row['model_version']) + '`' if text(row['model_version']) else ''} |"
+            f"| {row['finished_at']} | {row['run_date']} | {row['outcome']} | "
+            f"{text(row['verdict'])} | {ndcg} | "
+            f"{num(row['most_popular_ndcg'])} | {num(row['rmse'], '.3f')} | "
+            f"{num(row['coverage'], '.3f')} | {num(row['users'], ',.0f')} | "
+            f"{num(row['drift'], '.3f')} | "
+            f"{'`' + text(row['model_version']) + '`' if text(row['model_version']) else ''} "
+            "|"
         )
     failures = nights[nights["outcome"] != "published"]
     if len(failures):
         last = failures.iloc[-1]
-        lines += ["", f"Last night not published ({last['run_date']}, {last['outcome']}): {last['reason']}"]
+        lines += [
+            "",
+            f"Last night not published ({last['run_date']}, {last['outcome']}): {last['reason']}",
+        ]
     if plot is not None:
-        image = f"data:image/png;base64,{base64.b64encode(plot.read_bytes()).decode('ascii')}" if embed else plot.name
+        image = (
+            f"data:image/png;base64,{base64.b64encode(plot.read_bytes()).decode('ascii')}"
+            if embed
+            else plot.name
+        )
         lines += ["", f"![NDCG@k, most-popular and drift over the last nights]({image})"]
     return "\n".join([*lines, ""])
 
@@ -138,6 +166,10 @@ def history_artifact(layout: Layout) -> None:
 
         nights = read_nights(layout, last=HISTORY_NIGHTS)
         text = history_markdown(nights, history_plot(layout, nights), embed=True)
-        create_markdown_artifact(text, key=HISTORY_KEY, description=f"towerflow nights in {layout.data_dir}: the last {len(nights)}")
+        create_markdown_artifact(
+            text,
+            key=HISTORY_KEY,
+            description=f"towerflow nights in {layout.data_dir}: the last {len(nights)}",
+        )
     except Exception as exc:
         _log.warning("history artifact not updated: %s", exc)

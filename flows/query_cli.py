@@ -1,9 +1,10 @@
 """``towerflow recommend``, ``towerflow similar`` and ``towerflow download``.
 
-The query commands are thin wrappers over the library (:func:`towerflow.load`): they ask the published
-run (``outputs/latest.json``) and print a readable table, or ``--format json|csv`` for scripts; they never
-retrain, and only a newcomer's answer (``--genres``, ``--rated``) imports TensorFlow. Errors raise with a
-message naming the bad value; ``flows.cli.main`` turns that into one line on stderr and exit status 1.
+The query commands are thin wrappers over the library (:func:`towerflow.load`): they ask the
+published run (``outputs/latest.json``) and print a readable table, or ``--format json|csv`` for
+scripts; they never retrain, and only a newcomer's answer (``--genres``, ``--rated``) imports
+TensorFlow. Errors raise with a message naming the bad value; ``flows.cli.main`` turns that into one
+line on stderr and exit status 1.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:  # pandas is imported only by the commands that print tables, keeping `towerflow --help` fast
+# pandas is imported only by the commands that print tables, keeping `towerflow --help` fast
+if TYPE_CHECKING:
     import pandas as pd
 
 MAX_AMBIGUOUS = 25
@@ -45,37 +47,89 @@ def _positive(value: str) -> int:
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--k", type=_positive, help="how many (default: as many as the run published)")
     p.add_argument("--exclude", metavar="IDS", help="movie ids never to show, comma-separated")
-    p.add_argument("--only-genres", metavar="GENRES", help="only movies of at least one of these genres, comma-separated")
-    p.add_argument("--years", metavar="FIRST-LAST", help="only movies released in these years: FIRST-LAST, FIRST- or -LAST")
-    p.add_argument("--data-dir", default="data", help="where `towerflow run` published: a directory or s3://bucket/prefix")
     p.add_argument(
-        "--format", choices=["table", "json", "csv"], default="table", help="table (default) for people; json or csv for scripts"
+        "--only-genres",
+        metavar="GENRES",
+        help="only movies of at least one of these genres, comma-separated",
+    )
+    p.add_argument(
+        "--years",
+        metavar="FIRST-LAST",
+        help="only movies released in these years: FIRST-LAST, FIRST- or -LAST",
+    )
+    p.add_argument(
+        "--data-dir",
+        default="data",
+        help="where `towerflow run` published: a directory or s3://bucket/prefix",
+    )
+    p.add_argument(
+        "--format",
+        choices=["table", "json", "csv"],
+        default="table",
+        help="table (default) for people; json or csv for scripts",
     )
 
 
 def add_parsers(sub: Any) -> None:
     """Register the query and download subcommands on ``towerflow``'s subparsers."""
-    rec = sub.add_parser("recommend", help="a user's published top-k with titles, genres, score and predicted rating")
-    who = rec.add_mutually_exclusive_group(required=True)  # one way to say who is asking; cold start by genres can join here
-    who.add_argument("--user", type=int, metavar="ID", help="a MovieLens userId from the published run")
-    who.add_argument("--genres", metavar="TASTES", help='cold start for a newcomer: stated tastes, e.g. "Adventure=5,Fantasy=4"')
+    rec = sub.add_parser(
+        "recommend", help="a user's published top-k with titles, genres, score and predicted rating"
+    )
+    # one way to say who is asking; cold start by genres can join here
+    who = rec.add_mutually_exclusive_group(required=True)
     who.add_argument(
-        "--rated", metavar="RATINGS", help='someone the night did not see, by their ratings: "MOVIE=STARS,...", e.g. "1=5,260=4.5"'
+        "--user", type=int, metavar="ID", help="a MovieLens userId from the published run"
+    )
+    who.add_argument(
+        "--genres",
+        metavar="TASTES",
+        help='cold start for a newcomer: stated tastes, e.g. "Adventure=5,Fantasy=4"',
+    )
+    who.add_argument(
+        "--rated",
+        metavar="RATINGS",
+        help=(
+            'someone the night did not see, by their ratings: "MOVIE=STARS,...", e.g. "1=5,260=4.5"'
+        ),
     )
     _common(rec)
-    sim = sub.add_parser("similar", help="the movies nearest to a movie in the published embedding space")
-    sim.add_argument("--movie", required=True, metavar="ID_OR_TITLE", help="a movieId, or part of a title (case-insensitive)")
+    sim = sub.add_parser(
+        "similar", help="the movies nearest to a movie in the published embedding space"
+    )
+    sim.add_argument(
+        "--movie",
+        required=True,
+        metavar="ID_OR_TITLE",
+        help="a movieId, or part of a title (case-insensitive)",
+    )
     _common(sim)
-    dl = sub.add_parser("download", help="fetch a MovieLens data set from GroupLens, verify its checksum and unpack it")
-    dl.add_argument("dataset", choices=["ml-latest-small", "ml-25m", "ml-32m"], help="which MovieLens release")
-    dl.add_argument("--to", type=Path, default=Path("."), help="directory to unpack into (default: the current directory)")
+    dl = sub.add_parser(
+        "download",
+        help="fetch a MovieLens data set from GroupLens, verify its checksum and unpack it",
+    )
+    dl.add_argument(
+        "dataset", choices=["ml-latest-small", "ml-25m", "ml-32m"], help="which MovieLens release"
+    )
+    dl.add_argument(
+        "--to",
+        type=Path,
+        default=Path("."),
+        help="directory to unpack into (default: the current directory)",
+    )
 
 
 def _fit_title(title: str, width: int) -> str:
     """Cut a long title in the middle so its year stays: ``The Good, the Bad and… (1966)``."""
     if len(title) <= width:
         return title
-    year = title[-7:] if len(title) > 7 and title[-7:-5] == " (" and title[-5:-1].isdigit() and title.endswith(")") else ""
+    year = (
+        title[-7:]
+        if len(title) > 7
+        and title[-7:-5] == " ("
+        and title[-5:-1].isdigit()
+        and title.endswith(")")
+        else ""
+    )
     return title[: width - len(year) - 1].rstrip(" ,:(") + "…" + year
 
 
@@ -104,16 +158,23 @@ def _cell(value: Any, fmt: str, width: int, column: str) -> str:
 
 
 def format_table(frame: pd.DataFrame, columns: list[str]) -> str:
-    """An aligned plain-text table; long titles are cut before their year, long genre lists counted."""
+    """An aligned plain-text table; long titles are cut before their year, long genre lists
+    counted.
+    """
     import pandas as pd
 
     numeric = {c for c in columns if pd.api.types.is_numeric_dtype(frame[c])}
-    cells = [[_cell(v, _COLUMNS[c][1], _COLUMNS[c][2], c) for v in frame[c].tolist()] for c in columns]
+    cells = [
+        [_cell(v, _COLUMNS[c][1], _COLUMNS[c][2], c) for v in frame[c].tolist()] for c in columns
+    ]
     headers = [_COLUMNS[c][0] for c in columns]
     widths = [max([len(h), *map(len, col)]) for h, col in zip(headers, cells, strict=True)]
 
     def line(values: list[str]) -> str:
-        parts = [v.rjust(w) if c in numeric else v.ljust(w) for v, w, c in zip(values, widths, columns, strict=True)]
+        parts = [
+            v.rjust(w) if c in numeric else v.ljust(w)
+            for v, w, c in zip(values, widths, columns, strict=True)
+        ]
         return "  ".join(parts).rstrip()
 
     rows = [line(headers)] + [line([col[i] for col in cells]) for i in range(len(frame))]
@@ -142,7 +203,9 @@ def emit(frame: pd.DataFrame, fmt: str, headline: str, table_columns: list[str])
 
 
 def _rules(args: argparse.Namespace) -> dict[str, Any]:
-    """The business rules of a query command's options, as keyword arguments of the library's calls."""
+    """The business rules of a query command's options, as keyword arguments of the library's
+    calls.
+    """
     from tasks.serving.rules import parse_years
 
     exclude = [x for x in (args.exclude or "").split(",") if x.strip()] if args.exclude else None
@@ -190,7 +253,12 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     else:
         frame = rec.recommend(args.user, k, **_rules(args))
         headline = f"Top {len(frame)} for user {args.user}  {about}"
-    emit(frame, args.format, headline, ["rank", "movie_id", "title", "genres", "score", "predicted_rating"])
+    emit(
+        frame,
+        args.format,
+        headline,
+        ["rank", "movie_id", "title", "genres", "score", "predicted_rating"],
+    )
     return 0
 
 
@@ -211,7 +279,10 @@ def cmd_similar(args: argparse.Namespace) -> int:
         return 1
     frame = rec.similar(movie_id, args.k or rec.k or 10, **_rules(args))
     title = movie_title(rec.published, movie_id)
-    headline = f"{len(frame)} movies like {title} [movie {movie_id}]  (model {rec.version}, published {rec.run_date})"
+    headline = (
+        f"{len(frame)} movies like {title} [movie {movie_id}]  (model {rec.version}, published "
+        f"{rec.run_date})"
+    )
     emit(frame, args.format, headline, ["rank", "similar_movie_id", "title", "genres", "score"])
     return 0
 
@@ -221,9 +292,14 @@ def cmd_download(args: argparse.Namespace) -> int:
 
     got = download(args.dataset, args.to, progress=sys.stderr)
     if got.downloaded or got.unpacked:
-        print(f"{args.dataset}: MD5 {got.md5} verified ({got.verified_by}); unpacked to {got.folder}")
+        print(
+            f"{args.dataset}: MD5 {got.md5} verified ({got.verified_by}); unpacked to {got.folder}"
+        )
     else:
-        print(f"{args.dataset}: already in {got.folder} (MD5 {got.md5} verified when unpacked); nothing downloaded")
+        print(
+            f"{args.dataset}: already in {got.folder} (MD5 {got.md5} verified when "
+            "unpacked); nothing downloaded"
+        )
     print(f"next: {got.run_command()}")
     return 0
 

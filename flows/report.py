@@ -57,23 +57,33 @@ class Progress:
         try:
             from prefect.artifacts import update_progress_artifact
 
-            update_progress_artifact(self._id, round(100.0 * min(1.0, max(0.0, fraction)), 1), description=description)
+            update_progress_artifact(
+                self._id, round(100.0 * min(1.0, max(0.0, fraction)), 1), description=description
+            )
         except Exception as exc:
             self._warn(exc)
 
 
 class EpochProgress:
-    """``on_epoch(phase, record)`` for training: logs each epoch and moves the stage's progress artifact."""
+    """``on_epoch(phase, record)`` for training: logs each epoch and moves the stage's progress
+    artifact.
+    """
 
     def __init__(self, stage: str, max_epochs: int) -> None:
         self.logger = get_run_logger()
         self.max_epochs = max(1, max_epochs)
         self.epochs = 0
-        self.progress = Progress(EPOCH_PROGRESS_KEYS[stage], f"{stage}: 0 of {self.max_epochs} epochs")
+        self.progress = Progress(
+            EPOCH_PROGRESS_KEYS[stage], f"{stage}: 0 of {self.max_epochs} epochs"
+        )
         self.stage = stage
 
     def __call__(self, phase: str, rec: dict[str, float]) -> None:
-        val = f" val_loss {rec['val_loss']:.4f} val_mse {rec['val_mse']:.4f}" if "val_loss" in rec else ""
+        val = (
+            f" val_loss {rec['val_loss']:.4f} val_mse {rec['val_mse']:.4f}"
+            if "val_loss" in rec
+            else ""
+        )
         self.logger.info(
             "%s epoch %d/%d: loss %.4f mse %.4f%s (%.1fs)",
             phase,
@@ -86,17 +96,24 @@ class EpochProgress:
         )
         self.epochs = int(rec["epoch"])
         self.progress.update(
-            self.epochs / self.max_epochs, f"{self.stage}: epoch {self.epochs} of {self.max_epochs}, loss {rec['loss']:.4f}"
+            self.epochs / self.max_epochs,
+            f"{self.stage}: epoch {self.epochs} of {self.max_epochs}, loss {rec['loss']:.4f}",
         )
 
     def finish(self, result: R) -> R:
-        """Mark the stage done (early stopping ends before the budget); return ``result`` unchanged."""
-        self.progress.update(1.0, f"{self.stage}: done after {self.epochs} of {self.max_epochs} epochs")
+        """Mark the stage done (early stopping ends before the budget); return ``result``
+        unchanged.
+        """
+        self.progress.update(
+            1.0, f"{self.stage}: done after {self.epochs} of {self.max_epochs} epochs"
+        )
         return result
 
 
 def _image(path: Path | None, alt: str, embed: bool) -> str:
-    """The plot embedded as a data URI (the UI renders those, never file:// links), or linked by file name."""
+    """The plot embedded as a data URI (the UI renders those, never file:// links), or linked by
+    file name.
+    """
     if path is None:
         return f"({alt}: no plot, see the run's logs)"
     if not embed:
@@ -110,20 +127,35 @@ def _drift(latest: dict[str, Any]) -> list[str]:
     if not drift:
         return []
     names = ("coverage", "novelty", "diversity", "personalization")
-    lines = ["## Tonight's lists and the published run's", "", f"| lists | {' | '.join(names)} |", "|---|" + "---:|" * len(names)]
+    lines = [
+        "## Tonight's lists and the published run's",
+        "",
+        f"| lists | {' | '.join(names)} |",
+        "|---|" + "---:|" * len(names),
+    ]
     for label, values in (
         ("tonight", drift.get("lists")),
-        (f"published {(drift.get('published') or {}).get('model_version', '')}", drift.get("published")),
+        (
+            f"published {(drift.get('published') or {}).get('model_version', '')}",
+            drift.get("published"),
+        ),
     ):
         if values:
-            lines.append(f"| {label} | " + " | ".join(f"{values.get(n, float('nan')):.4f}" for n in names) + " |")
+            lines.append(
+                f"| {label} | "
+                + " | ".join(f"{values.get(n, float('nan')):.4f}" for n in names)
+                + " |"
+            )
     versus = drift.get("versus_published")
     if versus and versus.get("users_compared"):
         lines += [
             "",
-            f"Against the published run, over {int(versus['users_compared']):,} users: mean top-k Jaccard {versus['mean_jaccard']:.3f} "
-            f"(drift {versus['drift']:.3f}{', past the alert threshold' if drift.get('drifted') else ''}), "
-            f"{versus['changed_share']:.1%} of the lists changed, score mean shift {versus['score_mean_shift']:+.4f}, "
+            f"Against the published run, over {int(versus['users_compared']):,} users: mean "
+            f"top-k Jaccard {versus['mean_jaccard']:.3f} "
+            f"(drift {versus['drift']:.3f}"
+            f"{', past the alert threshold' if drift.get('drifted') else ''}), "
+            f"{versus['changed_share']:.1%} of the lists changed, score mean shift "
+            f"{versus['score_mean_shift']:+.4f}, "
             f"KS {versus['score_ks']:.3f}.",
         ]
     elif "versus_published" not in drift:
@@ -146,7 +178,8 @@ def _report(
     lines = [
         f"# towerflow nightly {latest['run_date']}: model `{latest['model_version']}`",
         "",
-        f"Published {latest.get('published_at', '')}; preset `{latest.get('preset')}`, k={latest.get('k')}, "
+        f"Published {latest.get('published_at', '')}; preset `{latest.get('preset')}`, "
+        f"k={latest.get('k')}, "
         f"{latest.get('threads')} threads; shards ran on {runner}.",
         "",
         "## Input",
@@ -164,8 +197,10 @@ def _report(
         "",
         "## Training",
         "",
-        f"Best epoch {train.get('best_epoch')} of {train.get('epochs_run')} run; refit {train.get('refit_epochs')} epochs on every "
-        f"rating; validation RMSE {f'{rmse:.3f} stars' if rmse is not None else 'n/a (no holdout)'}.",
+        f"Best epoch {train.get('best_epoch')} of {train.get('epochs_run')} run; refit "
+        f"{train.get('refit_epochs')} epochs on every "
+        "rating; validation RMSE "
+        f"{f'{rmse:.3f} stars' if rmse is not None else 'n/a (no holdout)'}.",
         "",
         _image(plots.get("loss"), "training loss per epoch", embed),
         "",
@@ -174,32 +209,54 @@ def _report(
     if gate:
         enforced = "" if gate.get("enforced", True) else " (not enforced: `--no-gate`)"
         verdict, reason = gate.get("verdict", "?"), gate.get("reason", "")
-        reason = reason.split(": ", 1)[1] if reason.startswith(f"{verdict}: ") else reason  # the reason starts with the verdict
+        # the reason starts with the verdict
+        reason = reason.split(": ", 1)[1] if reason.startswith(f"{verdict}: ") else reason
         lines += ["## Quality gate", "", f"**{verdict}**{enforced}: {reason}", ""]
     metrics = latest.get("metrics") or {}
     if metrics:
-        names = ["ndcg", "ndcg_low", "ndcg_high", "precision", "recall", "map", "hit_rate", "coverage", "rmse"]
-        heads = [f"{n}@k" if n in ("ndcg", "precision", "recall", "map", "hit_rate") else n for n in names]
+        names = [
+            "ndcg",
+            "ndcg_low",
+            "ndcg_high",
+            "precision",
+            "recall",
+            "map",
+            "hit_rate",
+            "coverage",
+            "rmse",
+        ]
+        heads = [
+            f"{n}@k" if n in ("ndcg", "precision", "recall", "map", "hit_rate") else n
+            for n in names
+        ]
         lines += ["## Holdout metrics", "", f"| method | {' | '.join(heads)} | users |"]
         lines.append("|---|" + "---:|" * (len(names) + 1))
         for method, values in metrics.items():
             cells = " | ".join("" if values.get(n) is None else f"{values[n]:.4f}" for n in names)
             lines.append(f"| {method} | {cells} | {int(values.get('users', 0)):,} |")
         prior = latest.get("popularity_prior") or {}
+        by_weight = ", ".join(
+            f"{w} {v:.4f}" for w, v in (prior.get("ndcg_by_weight") or {}).items()
+        )
         lines += [
             "",
-            f"Each user's most recent ratings held out; ndcg_low..ndcg_high is the 95% bootstrap interval over the users. "
+            "Each user's most recent ratings held out; ndcg_low..ndcg_high is the 95% "
+            "bootstrap interval over the users. "
             f"Popularity prior weight {prior.get('weight', 0):g}, chosen on this holdout "
-            f"(NDCG@k by weight: {', '.join(f'{w} {v:.4f}' for w, v in (prior.get('ndcg_by_weight') or {}).items())}).",
+            f"(NDCG@k by weight: {by_weight}).",
             "",
         ]
     lines += _drift(latest)
     lines += ["## Outputs", "", "| table | rows | files | path |", "|---|---:|---:|---|"]
     for name, info in latest.get("tables", {}).items():
-        lines.append(f"| {name} | {info['rows']:,} | {len(info.get('files', [info['path']]))} | `{data_dir / info['path']}` |")
+        lines.append(
+            f"| {name} | {info['rows']:,} | {len(info.get('files', [info['path']]))} | "
+            f"`{data_dir / info['path']}` |"
+        )
     lines += [
         "",
-        f"`latest.json`: `{data_dir / 'outputs' / 'latest.json'}`; model files: `{data_dir / 'models' / latest['model_version']}`.",
+        f"`latest.json`: `{data_dir / 'outputs' / 'latest.json'}`; model files: "
+        f"`{data_dir / 'models' / latest['model_version']}`.",
         "",
         "## Scores",
         "",
@@ -218,10 +275,11 @@ def _report(
 
 @task(name="report", cache_policy=NO_CACHE, tags=["report"])
 def report_task(
-    data_dir: str, latest: dict[str, Any], timings: dict[str, float], histories: dict[str, list[dict[str, float]]],
-    score_hist: list[int], runner: str,
+    data_dir: str, latest: dict[str, Any], timings: dict[str, float],
+    histories: dict[str, list[dict[str, float]]], score_hist: list[int], runner: str,
 ) -> dict[str, str]:  # fmt: skip
-    """Plots (PNG) and the markdown report beside the outputs, and the ``towerflow-report`` artifact.
+    """Plots (PNG) and the markdown report beside the outputs, and the ``towerflow-report``
+    artifact.
 
     Runs after publish: a failure here is logged and never fails the published run.
     """
@@ -238,8 +296,12 @@ def report_task(
         from tasks.serving.shards import SCORE_BINS
 
         title = f"{run_date} model {version}"
-        plots["loss"] = plotting.loss_curves(histories, out_dir / f"loss-{version}.png", f"training, {title}")
-        plots["scores"] = plotting.score_histogram(SCORE_BINS, score_hist, out_dir / f"scores-{version}.png", f"published scores, {title}")
+        plots["loss"] = plotting.loss_curves(
+            histories, out_dir / f"loss-{version}.png", f"training, {title}"
+        )
+        plots["scores"] = plotting.score_histogram(
+            SCORE_BINS, score_hist, out_dir / f"scores-{version}.png", f"published scores, {title}"
+        )
     except Exception as exc:  # e.g. matplotlib missing; the report goes out without pictures
         logger.warning("plots not written: %s", exc)
     try:
@@ -247,15 +309,32 @@ def report_task(
         from tasks.store.nights import read_nights
 
         nights = read_nights(layout, last=HISTORY_NIGHTS)
-        # outcome.published drew it from these same nights just before this task; draw it only if that failed
+        # outcome.published drew it from these same nights just before this task; draw it only if
+        # that failed
         trend = trend_path(layout) if trend_path(layout).exists() else history_plot(layout, nights)
         report_path = out_dir / f"report-{version}.md"
         with atomic_path(report_path) as tmp:  # beside its PNGs, linked by name
             history = history_markdown(nights, None, embed=False)
-            tmp.write_text(_report(latest, timings, runner, layout.data_dir, plots, False, history), encoding="utf-8")
-        written = {"report": str(report_path), **{name: str(path) for name, path in plots.items() if path is not None}}
-        text = _report(latest, timings, runner, layout.data_dir, plots, True, history_markdown(nights, trend, embed=True))
-        create_markdown_artifact(text, key=REPORT_KEY, description=f"towerflow nightly {run_date}: model {version}")
+            tmp.write_text(
+                _report(latest, timings, runner, layout.data_dir, plots, False, history),
+                encoding="utf-8",
+            )
+        written = {
+            "report": str(report_path),
+            **{name: str(path) for name, path in plots.items() if path is not None},
+        }
+        text = _report(
+            latest,
+            timings,
+            runner,
+            layout.data_dir,
+            plots,
+            True,
+            history_markdown(nights, trend, embed=True),
+        )
+        create_markdown_artifact(
+            text, key=REPORT_KEY, description=f"towerflow nightly {run_date}: model {version}"
+        )
     except Exception as exc:
         logger.warning("run report not complete: %s", exc)
     logger.info("report: %s", json.dumps(written))

@@ -35,7 +35,9 @@ def _workers_from_env() -> int:
 
 
 def task_runner(dask_address: str | None = None, workers: int | None = None) -> Any:
-    """``DaskTaskRunner(address=...)`` if an address is given (or in the environment), else a thread pool of ``workers``."""
+    """``DaskTaskRunner(address=...)`` if an address is given (or in the environment), else a thread
+    pool of ``workers``.
+    """
     address = dask_address or os.environ.get(DASK_ADDRESS_ENV) or None
     if address:
         if "://" not in address and ":" not in address:
@@ -43,7 +45,9 @@ def task_runner(dask_address: str | None = None, workers: int | None = None) -> 
         try:
             from prefect_dask.task_runners import DaskTaskRunner
         except ImportError:
-            raise TowerflowError("--dask-address needs prefect-dask: pip install -c constraints.txt -e '.[dask]'") from None
+            raise TowerflowError(
+                "--dask-address needs prefect-dask: pip install -c constraints.txt -e '.[dask]'"
+            ) from None
         return DaskTaskRunner(address=address)
     from prefect.task_runners import ThreadPoolTaskRunner
 
@@ -70,7 +74,9 @@ def current() -> str:
 
 
 def on_dask() -> bool:
-    """True when the running flow's tasks go to a Dask cluster (whose workers may share no disk with it)."""
+    """True when the running flow's tasks go to a Dask cluster (whose workers may share no disk with
+    it).
+    """
     from prefect.context import FlowRunContext
 
     ctx = FlowRunContext.get()
@@ -78,7 +84,9 @@ def on_dask() -> bool:
 
 
 def io_retry(task: Any, task_run: Any, state: Any) -> bool:
-    """Prefect retry condition: retry only transient I/O errors (a shared file system hiccup), never bad input or bugs."""
+    """Prefect retry condition: retry only transient I/O errors (a shared file system hiccup), never
+    bad input or bugs.
+    """
     try:
         state.result()
     except (FileNotFoundError, IsADirectoryError, PermissionError):
@@ -90,5 +98,11 @@ def io_retry(task: Any, task_run: Any, state: Any) -> bool:
     return False
 
 
-# The one retry policy of towerflow's tasks: twice, after 2 then 10 s (jittered), and only on a transient I/O error.
-IO_RETRY: dict[str, Any] = {"retries": 2, "retry_delay_seconds": [2, 10], "retry_jitter_factor": 0.5, "retry_condition_fn": io_retry}
+# The one retry policy of towerflow's tasks: twice, after 2 then 10 s (jittered), and only on a
+# transient I/O error.
+IO_RETRY: dict[str, Any] = {
+    "retries": 2,
+    "retry_delay_seconds": [2, 10],
+    "retry_jitter_factor": 0.5,
+    "retry_condition_fn": io_retry,
+}

@@ -1,4 +1,5 @@
-"""``towerflow serve``: the nightly flow as a Prefect deployment on a cron schedule, run by this process.
+"""``towerflow serve``: the nightly flow as a Prefect deployment on a cron schedule, run by this
+process.
 
 It registers the deployment ``towerflow-nightly/<name>`` with the Prefect
 server at ``PREFECT_API_URL``, then polls for its scheduled and UI-triggered
@@ -33,11 +34,21 @@ TIMEZONE_ENV = "TOWERFLOW_TIMEZONE"
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The serve-only options (the flow parameters come from the ``run`` options)."""
-    p.add_argument("--cron", default=DEFAULT_CRON, help=f"when to run, a cron expression (default: {DEFAULT_CRON!r}, 02:00)")
     p.add_argument(
-        "--timezone", default=os.environ.get(TIMEZONE_ENV, "UTC"), help=f"IANA time zone of --cron (default: ${TIMEZONE_ENV} or UTC)"
+        "--cron",
+        default=DEFAULT_CRON,
+        help=f"when to run, a cron expression (default: {DEFAULT_CRON!r}, 02:00)",
     )
-    p.add_argument("--name", default="nightly", help="deployment name (default: nightly; the flow is towerflow-nightly)")
+    p.add_argument(
+        "--timezone",
+        default=os.environ.get(TIMEZONE_ENV, "UTC"),
+        help=f"IANA time zone of --cron (default: ${TIMEZONE_ENV} or UTC)",
+    )
+    p.add_argument(
+        "--name",
+        default="nightly",
+        help="deployment name (default: nightly; the flow is towerflow-nightly)",
+    )
 
 
 def schedule(cron: str, timezone: str) -> Any:
@@ -47,14 +58,18 @@ def schedule(cron: str, timezone: str) -> Any:
     try:
         zoneinfo.ZoneInfo(timezone)
     except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-        raise ConfigError(f"--timezone {timezone!r} is not an IANA time zone (e.g. UTC, Europe/Berlin)") from None
+        raise ConfigError(
+            f"--timezone {timezone!r} is not an IANA time zone (e.g. UTC, Europe/Berlin)"
+        ) from None
     try:
         return Cron(cron, timezone=timezone)
     except ValueError as exc:
         raise ConfigError(f"--cron {cron!r}: {exc}") from None
 
 
-def serve(params: Any, cron: str, timezone: str, name: str, dask_address: str | None, workers: int | None) -> None:
+def serve(
+    params: Any, cron: str, timezone: str, name: str, dask_address: str | None, workers: int | None
+) -> None:
     """Serve the nightly flow until interrupted (SIGINT/SIGTERM); needs a Prefect server."""
     import httpx
     from prefect.settings import PREFECT_API_URL
@@ -63,7 +78,8 @@ def serve(params: Any, cron: str, timezone: str, name: str, dask_address: str | 
 
     if not PREFECT_API_URL.value():
         raise TowerflowError(
-            "serve needs a Prefect server: start `prefect server start` and set PREFECT_API_URL=http://127.0.0.1:4200/api "
+            "serve needs a Prefect server: start `prefect server start` and set "
+            "PREFECT_API_URL=http://127.0.0.1:4200/api "
             "(the ephemeral API of `towerflow run` cannot schedule)"
         )
     when = schedule(cron, timezone)
@@ -71,7 +87,9 @@ def serve(params: Any, cron: str, timezone: str, name: str, dask_address: str | 
     try:
         httpx.get(f"{api}/health", timeout=10).raise_for_status()
     except httpx.HTTPError as exc:
-        raise TowerflowError(f"cannot reach the Prefect API at {api} ({exc}); is `prefect server start` running?") from None
+        raise TowerflowError(
+            f"cannot reach the Prefect API at {api} ({exc}); is `prefect server start` running?"
+        ) from None
     # Each run starts in a fresh `python -m prefect.engine` that imports flows.nightly, whose task
     # runner is read from the environment when it is imported (flows/runners.py).
     if dask_address:
@@ -87,16 +105,26 @@ def serve(params: Any, cron: str, timezone: str, name: str, dask_address: str | 
     params = params.model_copy(update={"data_dir": os.path.abspath(params.data_dir)})
     if params.ratings is not None and params.movies is not None:
         r = params.ratings
-        ratings = [os.path.abspath(x) for x in r] if isinstance(r, list) else os.path.abspath(r)  # a drop folder stays a folder
-        params = params.model_copy(update={"ratings": ratings, "movies": os.path.abspath(params.movies)})
+        # a drop folder stays a folder
+        ratings = [os.path.abspath(x) for x in r] if isinstance(r, list) else os.path.abspath(r)
+        params = params.model_copy(
+            update={"ratings": ratings, "movies": os.path.abspath(params.movies)}
+        )
     deployment: Any = nightly.to_deployment(  # sync call: a RunnerDeployment
         name=name,
         schedules=[when],
         parameters={"params": params.model_dump(mode="json")},
         tags=["towerflow", "nightly"],
-        description="Nightly two-tower recommendations: ingest, train, evaluate, publish (README, Operations).",
+        description=(
+            "Nightly two-tower recommendations: ingest, train, evaluate, publish (README, "
+            "Operations)."
+        ),
         concurrency_limit=1,
-        entrypoint_type=EntrypointType.MODULE_PATH,  # flows.nightly.nightly, importable from the installed package
+        # flows.nightly.nightly, importable from the installed package
+        entrypoint_type=EntrypointType.MODULE_PATH,
     )
-    print(f"towerflow serve: deployment towerflow-nightly/{name}, cron {cron!r} ({timezone}), shards on {runners.describe(runner)}")
+    print(
+        f"towerflow serve: deployment towerflow-nightly/{name}, cron {cron!r} ({timezone}), "
+        f"shards on {runners.describe(runner)}"
+    )
     serve_deployments(deployment, pause_on_shutdown=False, limit=1)

@@ -1,4 +1,5 @@
-"""The sharded stages: one Prefect task run per user shard (recommend) and per movie shard (similar movies).
+"""The sharded stages: one Prefect task run per user shard (recommend) and per movie shard (similar
+movies).
 
 The flow calls :func:`recommend_all` and :func:`similar_all`; they submit one
 task per shard to the flow's task runner (a local thread pool, or a Dask
@@ -33,7 +34,8 @@ from tasks.stage_results import Recommended, SimilarScored
 from tasks.store.exchange import Exchange
 from tasks.store.layout import MODEL_FILES
 
-# the model files each kind of shard reads (what travels to workers that share no disk with the flow)
+# the model files each kind of shard reads (what travels to workers that share no disk with the
+# flow)
 SIMILAR_FILES = tuple(MODEL_FILES[k] for k in ("index", "index_ids", "movie_embeddings", "serving"))
 RECOMMEND_FILES = (*SIMILAR_FILES, MODEL_FILES["user_embeddings"], MODEL_FILES["scalers"])
 
@@ -65,10 +67,11 @@ def recommend_shard_task(
     movies: str | None = None,
     exchange: tuple[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Top-k of users ``start:stop`` (shard ``shard`` of ``shards``, counted from 1), within the ``rules``.
+    """Top-k of users ``start:stop`` (shard ``shard`` of ``shards``, counted from 1), within the
+    ``rules``.
 
-    ``exchange`` (store URI, scratch root): the worker shares no disk with the flow; inputs and the part
-    travel through the store (:mod:`tasks.store.exchange`).
+    ``exchange`` (store URI, scratch root): the worker shares no disk with the flow; inputs and the
+    part travel through the store (:mod:`tasks.store.exchange`).
     """
     logger = get_run_logger()
 
@@ -81,7 +84,17 @@ def recommend_shard_task(
     local_movies = None if movies is None else ex.local(movies) if ex else Path(movies)
     local_out = ex.output(out_path) if ex else Path(out_path)
     out = scoring.run_recommend_shard(
-        local_ratings, local_model, local_out, k, version, chunk_size, start, stop, on_chunk, rules, local_movies
+        local_ratings,
+        local_model,
+        local_out,
+        k,
+        version,
+        chunk_size,
+        start,
+        stop,
+        on_chunk,
+        rules,
+        local_movies,
     )
     if ex:
         ex.deliver(out_path)
@@ -103,16 +116,26 @@ def similar_shard_task(
     movies: str | None = None,
     exchange: tuple[str, str] | None = None,
 ) -> dict[str, Any]:
-    """The k nearest other movies of movies ``start:stop`` (shard ``shard`` of ``shards``, counted from 1)."""
+    """The k nearest other movies of movies ``start:stop`` (shard ``shard`` of ``shards``, counted
+    from 1).
+    """
     ex = Exchange(*exchange) if exchange else None
     movies_path = None if movies is None else ex.local(movies) if ex else Path(movies)
     local_model = ex.local_dir(model_dir, SIMILAR_FILES) if ex else Path(model_dir)
     local_out = ex.output(out_path) if ex else Path(out_path)
-    out = scoring.run_similar_shard(local_model, local_out, k, chunk_size, start, stop, rules, movies_path)
+    out = scoring.run_similar_shard(
+        local_model, local_out, k, chunk_size, start, stop, rules, movies_path
+    )
     if ex:
         ex.deliver(out_path)
         out["path"] = out_path
-    get_run_logger().info("shard %d/%d: %d similar-movie rows for %d movies", shard, shards, out["rows"], out["movies"])
+    get_run_logger().info(
+        "shard %d/%d: %d similar-movie rows for %d movies",
+        shard,
+        shards,
+        out["rows"],
+        out["movies"],
+    )
     return out
 
 
@@ -126,18 +149,26 @@ def _in(task: Any, work: str, exchange: tuple[str, str] | None = None) -> Any:
     return task.with_options(result_storage=Path(work) / RESULTS_DIR)
 
 
-def _offer(exchange: tuple[str, str] | None, model_dir: str, names: tuple[str, ...], *inputs: str | None) -> Exchange | None:
+def _offer(
+    exchange: tuple[str, str] | None, model_dir: str, names: tuple[str, ...], *inputs: str | None
+) -> Exchange | None:
     """Flow side: what the shards read, to the store for workers without the flow's disk."""
     if exchange is None:
         return None
     ex = Exchange(*exchange)
-    sent = ex.offer([*(Path(model_dir) / n for n in names), *(Path(p) for p in inputs if p is not None)])
+    sent = ex.offer(
+        [*(Path(model_dir) / n for n in names), *(Path(p) for p in inputs if p is not None)]
+    )
     get_run_logger().info("offered %d files to the workers through %s", sent, exchange[0])
     return ex
 
 
-def _gather(futures: list[PrefectFuture[dict[str, Any]]], progress: Progress, noun: str, total: int) -> tuple[list[dict[str, Any]], int]:
-    """Results in submission (shard) order and how many came from the cache; progress moves as shards finish."""
+def _gather(
+    futures: list[PrefectFuture[dict[str, Any]]], progress: Progress, noun: str, total: int
+) -> tuple[list[dict[str, Any]], int]:
+    """Results in submission (shard) order and how many came from the cache; progress moves as
+    shards finish.
+    """
     position = {future: i for i, future in enumerate(futures)}
     results: list[dict[str, Any] | None] = [None] * len(futures)
     done = reused = 0
@@ -147,9 +178,16 @@ def _gather(futures: list[PrefectFuture[dict[str, Any]]], progress: Progress, no
         reused += future.state.name == "Cached"
         done += int(out.get(noun, 0))
         finished = sum(r is not None for r in results)
-        progress.update(done / max(1, total), f"{finished} of {len(futures)} shards, {done:,} of {total:,} {noun}")
+        progress.update(
+            done / max(1, total),
+            f"{finished} of {len(futures)} shards, {done:,} of {total:,} {noun}",
+        )
     if reused:
-        get_run_logger().info("%d of %d shards reused from an interrupted run (their part files verified)", reused, len(futures))
+        get_run_logger().info(
+            "%d of %d shards reused from an interrupted run (their part files verified)",
+            reused,
+            len(futures),
+        )
     return [r for r in results if r is not None], reused
 
 
@@ -166,14 +204,19 @@ def recommend_all(
     movies: str | None = None,
     exchange: tuple[str, str] | None = None,
 ) -> Recommended:
-    """Submit one recommend task per shard of ``shard_size`` users; the parts in shard order and their totals.
+    """Submit one recommend task per shard of ``shard_size`` users; the parts in shard order and
+    their totals.
 
-    ``rules`` (the night's business rules, a document) and the catalog ``movies`` travel to every shard.
-    Shard results are kept in ``work/.results``; ``shards_reused`` counts those a previous attempt had finished.
+    ``rules`` (the night's business rules, a document) and the catalog ``movies`` travel to every
+    shard. Shard results are kept in ``work/.results``; ``shards_reused`` counts those a previous
+    attempt had finished.
     """
     n = scoring.count_rows(Path(model_dir))["users"]
     bounds = scoring.shard_bounds(n, shard_size)
-    progress = Progress("towerflow-recommend-progress", f"recommend: {len(bounds)} shards of up to {shard_size:,} users")
+    progress = Progress(
+        "towerflow-recommend-progress",
+        f"recommend: {len(bounds)} shards of up to {shard_size:,} users",
+    )
     ex = _offer(exchange, model_dir, RECOMMEND_FILES, ratings, movies)
     futures = [
         _in(recommend_shard_task, work, exchange).submit(
@@ -219,10 +262,15 @@ def similar_all(
     movies: str | None = None,
     exchange: tuple[str, str] | None = None,
 ) -> SimilarScored:
-    """Submit one similar-movies task per shard of ``shard_size`` movies; the parts in shard order (results in ``work``)."""
+    """Submit one similar-movies task per shard of ``shard_size`` movies; the parts in shard order
+    (results in ``work``).
+    """
     n = scoring.count_rows(Path(model_dir))["movies"]
     bounds = scoring.shard_bounds(n, shard_size)
-    progress = Progress("towerflow-similar-progress", f"similar movies: {len(bounds)} shards of up to {shard_size:,} movies")
+    progress = Progress(
+        "towerflow-similar-progress",
+        f"similar movies: {len(bounds)} shards of up to {shard_size:,} movies",
+    )
     ex = _offer(exchange, model_dir, SIMILAR_FILES, movies)
     shard = _in(similar_shard_task, work, exchange)
     futures = [
@@ -246,4 +294,10 @@ def similar_all(
         for r in results:
             ex.collect(r["path"])
     parts = [r["path"] for r in results]
-    return SimilarScored(parts=parts, shards=len(results), shards_reused=reused, rows=sum(r["rows"] for r in results), movies=n)
+    return SimilarScored(
+        parts=parts,
+        shards=len(results),
+        shards_reused=reused,
+        rows=sum(r["rows"] for r in results),
+        movies=n,
+    )

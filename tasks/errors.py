@@ -1,8 +1,9 @@
 """The root of towerflow's own errors, and which failures are expected.
 
-An expected failure is one whose message tells the user what to fix: a towerflow error (bad input, a refused
-model, a locked data directory, a bad setting), or the machine (a missing file, a full disk: ``OSError``).
-The command line prints those as one line. Anything else is a bug and keeps its traceback.
+An expected failure is one whose message tells the user what to fix: a towerflow error (bad input, a
+refused model, a locked data directory, a bad setting), or the machine (a missing file, a full disk:
+``OSError``). The command line prints those as one line. Anything else is a bug and keeps its
+traceback.
 """
 
 from __future__ import annotations
@@ -13,11 +14,15 @@ class TowerflowError(Exception):
 
 
 class ConfigError(TowerflowError, ValueError):
-    """A setting has a value towerflow cannot run with; the message names the setting and the value."""
+    """A setting has a value towerflow cannot run with; the message names the setting and the
+    value.
+    """
 
 
 class DataError(TowerflowError, ValueError):
-    """The data cannot support what was asked (too few ratings, a damaged file); the message says which."""
+    """The data cannot support what was asked (too few ratings, a damaged file); the message says
+    which.
+    """
 
 
 def root_cause(exc: BaseException) -> BaseException:
@@ -30,5 +35,7 @@ def root_cause(exc: BaseException) -> BaseException:
 
 
 def is_expected(exc: BaseException) -> bool:
-    """True if ``exc`` (or what it wraps) is a towerflow error or an error of the machine, not a bug."""
+    """True if ``exc`` (or what it wraps) is a towerflow error or an error of the machine, not a
+    bug.
+    """
     return isinstance(root_cause(exc), TowerflowError | OSError)

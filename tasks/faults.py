@@ -1,4 +1,5 @@
-"""Deterministic fault injection for the crash tests: ``TOWERFLOW_FAULT=<point>`` kills the run there.
+"""Deterministic fault injection for the crash tests: ``TOWERFLOW_FAULT=<point>`` kills the run
+there.
 
 A point is a name such as ``before:train``, ``after:refit``, ``validate:epoch-2``,
 ``publish:model-moved`` or ``write:latest.json``. When the variable names the
@@ -10,8 +11,8 @@ creates the file ``$TOWERFLOW_FAULT_RELEASE.waiting`` and waits (at most
 :data:`PAUSE_SECONDS`) until ``$TOWERFLOW_FAULT_RELEASE`` exists, so a test can
 act while a run is known to hold the data directory.
 
-``TOWERFLOW_FAULT=bug:<point>`` raises :class:`InjectedBug` there: an error towerflow did not expect,
-which must keep its traceback.
+``TOWERFLOW_FAULT=bug:<point>`` raises :class:`InjectedBug` there: an error towerflow did not
+expect, which must keep its traceback.
 
 Unset (always, outside the tests), :func:`point` is one dictionary lookup.
 """

@@ -31,7 +31,9 @@ def default_threads() -> int:
         if value < 1:
             raise ConfigError(f"TOWERFLOW_THREADS must be a positive integer, got {raw!r}")
         return value
-    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    return max(
+        1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    )
 
 
 def set_thread_env(threads: int) -> None:
@@ -44,7 +46,8 @@ def set_thread_env(threads: int) -> None:
         os.environ[var] = str(threads)
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")  # oneDNN kernels: about 1.3x faster training on CPU
+    # oneDNN kernels: about 1.3x faster training on CPU
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
 
 def pin_threads(threads: int) -> dict[str, int]:

@@ -1,10 +1,10 @@
 """What the nightly stages hand each other: file paths and small facts, one typed shape per stage.
 
-They are ``TypedDict`` rather than dataclasses because a resumable stage's result is stored as plain JSON
-(:mod:`flows.caching`) and comes back from a re-run as the same dict, with no decoding step that could drift
-from the class; mypy still checks every key the flow reads. The gate's verdict is typed here too
-(:class:`GateResult`, latest.json's ``gate``); the drift figures stay documents. ``latest.json`` itself is
-a pydantic model with one reader, :class:`tasks.store.latest.Latest`.
+They are ``TypedDict`` rather than dataclasses because a resumable stage's result is stored as plain
+JSON (:mod:`flows.caching`) and comes back from a re-run as the same dict, with no decoding step
+that could drift from the class; mypy still checks every key the flow reads. The gate's verdict is
+typed here too (:class:`GateResult`, latest.json's ``gate``); the drift figures stay documents.
+``latest.json`` itself is a pydantic model with one reader, :class:`tasks.store.latest.Latest`.
 """
 
 from __future__ import annotations
@@ -28,7 +28,9 @@ class Ingested(TypedDict):
 
 
 class LedgerIngested(Ingested):
-    """An incremental ingest also names the files it read and the hash the night's version rests on."""
+    """An incremental ingest also names the files it read and the hash the night's version rests
+    on.
+    """
 
     input_hash: str
     inputs: Inputs
@@ -61,8 +63,9 @@ class Trained(TypedDict):
 
 
 class Refit(TypedDict):
-    """The model to publish and the scalers it reads its features with: trained again on every rating for
-    the validation run's best number of epochs (``refit="full"``), or the validation model itself."""
+    """The model to publish and the scalers it reads its features with: trained again on every
+    rating for the validation run's best number of epochs (``refit="full"``), or the validation
+    model itself."""
 
     model: str
     scalers: str
@@ -81,7 +84,9 @@ class PriorChoice(TypedDict):
 
 @final
 class Evaluation(TypedDict):
-    """Holdout metrics per method, the paired interval against most-popular, the users behind them, the prior."""
+    """Holdout metrics per method, the paired interval against most-popular, the users behind them,
+    the prior.
+    """
 
     metrics: dict[str, dict[str, float]]
     vs_baseline: dict[str, Any]
@@ -91,7 +96,9 @@ class Evaluation(TypedDict):
 
 @final
 class Skipped(TypedDict):
-    """Why the holdout could not be measured (the gate is then undecided and the night publishes)."""
+    """Why the holdout could not be measured (the gate is then undecided and the night
+    publishes).
+    """
 
     skipped: str
 
@@ -147,7 +154,9 @@ class ComparisonDoc(TypedDict):
 
 
 class GateResult(TypedDict):
-    """The quality-gate stage's result and latest.json's ``gate``: the verdict, and whether it was enforced."""
+    """The quality-gate stage's result and latest.json's ``gate``: the verdict, and whether it was
+    enforced.
+    """
 
     verdict: Literal["passed", "undecided", "refused"]
     reason: str

@@ -1,4 +1,6 @@
-"""Shared fixtures: seeded data the tests generate themselves, one Prefect test harness and one published run per session."""
+"""Shared fixtures: seeded data the tests generate themselves, one Prefect test harness and one
+published run per session.
+"""
 
 from __future__ import annotations
 
@@ -18,10 +20,11 @@ from tests import documents
 
 set_thread_env(2)
 
-# Prefect configures logging when first imported (logging.config.dictConfig), which closes every handler
-# that exists by then. Imported after TensorFlow had run under pytest's capture, that closed absl's handler
-# and with it pytest's captured stderr ("I/O operation on closed file" in the next test: e.g.
-# `pytest tests/test_train.py tests/test_incremental.py`). Configure Prefect's logging first, here.
+# Prefect configures logging when first imported (logging.config.dictConfig), which closes every
+# handler that exists by then. Imported after TensorFlow had run under pytest's capture, that closed
+# absl's handler and with it pytest's captured stderr ("I/O operation on closed file" in the next
+# test: e.g. `pytest tests/test_train.py tests/test_incremental.py`). Configure Prefect's logging
+# first, here.
 import prefect.main  # noqa: E402, F401
 
 # The fixtures that run flows, and the markers of every test that needs one (even indirectly).
@@ -55,19 +58,21 @@ def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """A small generated MovieLens-like data set: (ratings.csv, movies.csv)."""
     from tasks.sources.generate import generate
 
-    data = generate(tmp_path_factory.mktemp("tiny"), n_users=120, n_movies=200, mean_ratings_per_user=30, seed=3)
+    data = generate(
+        tmp_path_factory.mktemp("tiny"), n_users=120, n_movies=200, mean_ratings_per_user=30, seed=3
+    )
     return data.ratings_csv, data.movies_csv
 
 
 @pytest.fixture(scope="session")
 def prefect_harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """One Prefect test server for the whole session: heartbeats, triggers, the task-run recorder and block
-    registration off.
+    """One Prefect test server for the whole session: heartbeats, triggers, the task-run recorder
+    and block registration off.
 
-    The event persister stays on: tests/test_serve.py reads the towerflow.night.* events and a served run's
-    task-run events back from this server. The task-run recorder, which writes those events into task-run rows,
-    costs every flow run about 4 s of SQLite contention here; block types register on first save instead
-    (about 10 s less start-up).
+    The event persister stays on: tests/test_serve.py reads the towerflow.night.* events and a
+    served run's task-run events back from this server. The task-run recorder, which writes those
+    events into task-run rows, costs every flow run about 4 s of SQLite contention here; block types
+    register on first save instead (about 10 s less start-up).
     """
     from prefect.settings import (
         PREFECT_API_BLOCKS_REGISTER_ON_START,
@@ -96,18 +101,32 @@ def prefect_harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
 
 
 PUBLISHED_K = 5  # the k of the ``published`` run (tests/test_flow.py's K)
-# The ``published`` run's options; tests/test_objectstore.py reruns it on the store and on Dask and compares the tables.
-PUBLISHED_ARGS = ["--run-date", "2026-01-02", "--k", str(PUBLISHED_K), "--max-epochs", "3", "--no-gate", "--shard-size", "40"]
+# The ``published`` run's options; tests/test_objectstore.py reruns it on the store and on Dask and
+# compares the tables.
+PUBLISHED_ARGS = [
+    "--run-date",
+    "2026-01-02",
+    "--k",
+    str(PUBLISHED_K),
+    "--max-epochs",
+    "3",
+    "--no-gate",
+    "--shard-size",
+    "40",
+]
 
 
 @pytest.fixture(scope="session")
-def published(tiny_data: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory, prefect_harness: None) -> dict[str, Any]:
-    """One nightly flow run on ``tiny_data`` (k=5, 3 epochs, gate off, shards of 40, a deny-list of the two
-    most rated movies), shared by the flow and query tests.
+def published(
+    tiny_data: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory, prefect_harness: None
+) -> dict[str, Any]:
+    """One nightly flow run on ``tiny_data`` (k=5, 3 epochs, gate off, shards of 40, a deny-list of
+    the two most rated movies), shared by the flow and query tests.
 
-    Returns the data directory, the parsed latest.json, the input ratings and movies as data frames, the
-    options the run was given besides its inputs and data directory (``args``) and the denied movie ids.
-    Tests may add failed runs to the directory but must leave what latest.json points to untouched.
+    Returns the data directory, the parsed latest.json, the input ratings and movies as data frames,
+    the options the run was given besides its inputs and data directory (``args``) and the denied
+    movie ids. Tests may add failed runs to the directory but must leave what latest.json points to
+    untouched.
     """
     import pandas as pd
 
@@ -135,15 +154,24 @@ def published(tiny_data: tuple[Path, Path], tmp_path_factory: pytest.TempPathFac
 
 @pytest.fixture(scope="session")
 def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A moto S3 server on 127.0.0.1 with the bucket ``nights``, the AWS variables pointing at it and a scratch
-    root for s3:// nights (``TOWERFLOW_SCRATCH``); yields its endpoint. Restores the environment after."""
+    """A moto S3 server on 127.0.0.1 with the bucket ``nights``, the AWS variables pointing at it
+    and a scratch root for s3:// nights (``TOWERFLOW_SCRATCH``); yields its endpoint. Restores the
+    environment after."""
     from moto.server import ThreadedMotoServer
 
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
     endpoint = f"http://{host}:{port}"
-    saved = {k: os.environ.get(k) for k in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "TOWERFLOW_SCRATCH")}
+    saved = {
+        k: os.environ.get(k)
+        for k in (
+            "AWS_ENDPOINT_URL",
+            "AWS_ACCESS_KEY_ID",
+            "AWS_SECRET_ACCESS_KEY",
+            "TOWERFLOW_SCRATCH",
+        )
+    }
     os.environ.update(
         AWS_ENDPOINT_URL=endpoint,
         AWS_ACCESS_KEY_ID="towerflow-test",
@@ -152,7 +180,9 @@ def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     )
     import boto3
 
-    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket="nights")
+    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(
+        Bucket="nights"
+    )
     try:
         yield endpoint
     finally:

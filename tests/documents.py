@@ -7,9 +7,11 @@ from typing import Any
 from tasks.store import schemas
 from tasks.store.latest import Latest
 
-S3_SECRET = "towerflow-test-secret-key"  # the secret key of the s3 fixture (conftest.py): never written anywhere
+# the secret key of the s3 fixture (conftest.py): never written anywhere
+S3_SECRET = "towerflow-test-secret-key"
 
-# What the nightly flow adds to latest.json besides the tables and model files (tasks.store.latest.Latest).
+# What the nightly flow adds to latest.json besides the tables and model files
+# (tasks.store.latest.Latest).
 NIGHT_FIELDS: dict[str, Any] = {
     "inputs": {"ratings": "ratings.csv", "movies": "movies.csv", "sha256": "0" * 64},
     "k": 5,

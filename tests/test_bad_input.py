@@ -1,4 +1,5 @@
-"""Every bad-input case of issue 5, one test each: the run stops naming file/line/column, or rows are quarantined.
+"""Every bad-input case of issue 5, one test each: the run stops naming file/line/column, or rows
+are quarantined.
 
 Plain function calls on tiny files; no Prefect. Quarantined rows land in the
 rejects table with their original fields, source file, line and reason, and
@@ -16,12 +17,22 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tasks.ingestion.ingest import IngestStats, InputError, RejectThresholdError, ingest, ingest_movies, ingest_ratings
+from tasks.ingestion.ingest import (
+    IngestStats,
+    InputError,
+    RejectThresholdError,
+    ingest,
+    ingest_movies,
+    ingest_ratings,
+)
 from tasks.ingestion.rejects import REASONS
 
 NOW = 1_800_000_000  # 2027-01-15T08:00:00Z, the ingest time of these tests
 HEADER = "userId,movieId,rating,timestamp\n"
-MOVIES = "movieId,title,genres\n1,Toy Story (1995),Adventure|Animation\n2,Jumanji (1995),Adventure\n3,Heat (1995),Action\n"
+MOVIES = (
+    "movieId,title,genres\n1,Toy Story (1995),Adventure|Animation\n2,Jumanji "
+    "(1995),Adventure\n3,Heat (1995),Action\n"
+)
 
 
 @dataclass
@@ -34,14 +45,22 @@ class Result:
         return [(r["line"], r["reason"]) for r in self.rejects]
 
 
-def _ingest(tmp_path: Path, ratings: str | bytes, *, name: str = "ratings.csv", share: float = 1.0, block_size: int = 1 << 24) -> Result:
+def _ingest(
+    tmp_path: Path,
+    ratings: str | bytes,
+    *,
+    name: str = "ratings.csv",
+    share: float = 1.0,
+    block_size: int = 1 << 24,
+) -> Result:
     src = tmp_path / name
     src.write_bytes(ratings.encode("utf-8") if isinstance(ratings, str) else ratings)
     (tmp_path / "movies.csv").write_text(MOVIES, encoding="utf-8")
     movies = ingest_movies(tmp_path / "movies.csv", tmp_path / "store" / "movies.parquet")
     stats = ingest_ratings(
         src, movies.path, tmp_path / "store" / "ratings.parquet", block_size,
-        rejects_path=tmp_path / "rejects.parquet", max_reject_share=share, now=NOW, movies_name="movies.csv",
+        rejects_path=tmp_path / "rejects.parquet", max_reject_share=share, now=NOW,
+        movies_name="movies.csv",
     )  # fmt: skip
     assert stats.rows_read == stats.rows_accepted + stats.rows_rejected + stats.duplicates_dropped
     assert stats.rows_rejected == sum(stats.rejected_by_reason.values())
@@ -50,7 +69,9 @@ def _ingest(tmp_path: Path, ratings: str | bytes, *, name: str = "ratings.csv", 
     rejects = pq.read_table(tmp_path / "rejects.parquet").to_pylist()
     assert len(rejects) == stats.rows_rejected and all(r["reason"] in REASONS for r in rejects)
     assert all(r["source_file"] == str(src) for r in rejects)
-    return Result(stats, [(r["user_id"], r["movie_id"], r["rating"], r["timestamp"]) for r in store], rejects)
+    return Result(
+        stats, [(r["user_id"], r["movie_id"], r["rating"], r["timestamp"]) for r in store], rejects
+    )
 
 
 def _stops(tmp_path: Path, ratings: str | bytes, match: str, name: str = "ratings.csv") -> None:
@@ -64,11 +85,16 @@ def _stops(tmp_path: Path, ratings: str | bytes, match: str, name: str = "rating
 
 
 def test_missing_column_stops(tmp_path: Path) -> None:
-    _stops(tmp_path, "userId,movieId,timestamp\n1,1,5\n", r"line 1: missing column\(s\) \['rating'\]")
+    _stops(
+        tmp_path, "userId,movieId,timestamp\n1,1,5\n", r"line 1: missing column\(s\) \['rating'\]"
+    )
 
 
 def test_extra_columns_are_ignored(tmp_path: Path) -> None:
-    out = _ingest(tmp_path, 'userId,movieId,rating,timestamp,comment\n1,1,4.0,10,"great, really"\n2,2,3.5,11,\n')
+    out = _ingest(
+        tmp_path,
+        'userId,movieId,rating,timestamp,comment\n1,1,4.0,10,"great, really"\n2,2,3.5,11,\n',
+    )
     assert out.accepted == [(1, 1, 4.0, 10), (2, 2, 3.5, 11)] and not out.rejects
 
 
@@ -80,7 +106,10 @@ def test_reordered_columns_are_read_by_name(tmp_path: Path) -> None:
 def test_row_with_extra_field_is_quarantined(tmp_path: Path) -> None:
     out = _ingest(tmp_path, HEADER + "1,1,4.0,10\n1,2,4.0,11,oops\n")
     assert out.reasons() == [(3, "wrong_field_count")]
-    assert out.rejects[0]["detail"] == "5 fields, expected 4" and out.rejects[0]["raw"] == "1,2,4.0,11,oops"
+    assert (
+        out.rejects[0]["detail"] == "5 fields, expected 4"
+        and out.rejects[0]["raw"] == "1,2,4.0,11,oops"
+    )
 
 
 # Values
@@ -137,9 +166,19 @@ def test_negative_and_zero_ids(tmp_path: Path) -> None:
 
 
 def test_overflowing_ids(tmp_path: Path) -> None:
-    rows = "2147483648,1,4.0,10\n1,99999999999999999999,4.0,10\n-99999999999999999999,1,4.0,10\n9999999999999999999,1,4.0,10\n"
+    rows = (
+        "2147483648,1,4.0,10\n"
+        "1,99999999999999999999,4.0,10\n"
+        "-99999999999999999999,1,4.0,10\n"
+        "9999999999999999999,1,4.0,10\n"
+    )
     out = _ingest(tmp_path, HEADER + rows + "2147483647,1,4.0,10\n")
-    assert out.reasons() == [(2, "id_out_of_range"), (3, "id_out_of_range"), (4, "id_out_of_range"), (5, "id_out_of_range")]
+    assert out.reasons() == [
+        (2, "id_out_of_range"),
+        (3, "id_out_of_range"),
+        (4, "id_out_of_range"),
+        (5, "id_out_of_range"),
+    ]
     assert out.accepted == [(2147483647, 1, 4.0, 10)]
 
 
@@ -147,15 +186,24 @@ def test_duplicates_latest_wins_and_are_counted(tmp_path: Path) -> None:
     rows = "1,1,2.0,50\n1,1,4.5,90\n1,1,3.0,70\n2,2,1.0,5\n2,2,1.5,5\n3,3,3.0,1\n"
     out = _ingest(tmp_path, HEADER + rows)
     assert out.stats.duplicates_dropped == 3 and out.stats.rows_accepted == 3 and not out.rejects
-    assert out.accepted == [(1, 1, 4.5, 90), (2, 2, 1.5, 5), (3, 3, 3.0, 1)]  # equal times: the later line wins
+    # equal times: the later line wins
+    assert out.accepted == [(1, 1, 4.5, 90), (2, 2, 1.5, 5), (3, 3, 3.0, 1)]
     assert out.stats.users == 3
 
 
 def test_timestamps_in_the_future_or_negative(tmp_path: Path) -> None:
-    rows = f"1,1,4.0,{NOW + 1}\n1,2,4.0,-5\n1,3,4.0,99999999999999999999\n2,1,4.0,{NOW}\n2,2,4.0,0\n"
+    rows = (
+        f"1,1,4.0,{NOW + 1}\n1,2,4.0,-5\n1,3,4.0,99999999999999999999\n2,1,4.0,{NOW}\n2,2,4.0,0\n"
+    )
     out = _ingest(tmp_path, HEADER + rows)
-    assert out.reasons() == [(2, "timestamp_in_future"), (3, "timestamp_negative"), (4, "timestamp_in_future")]
-    assert out.rejects[0]["detail"].startswith(f"column 'timestamp': '{NOW + 1}' is after the ingest time 2027-01-15T08:00:00")
+    assert out.reasons() == [
+        (2, "timestamp_in_future"),
+        (3, "timestamp_negative"),
+        (4, "timestamp_in_future"),
+    ]
+    assert out.rejects[0]["detail"].startswith(
+        f"column 'timestamp': '{NOW + 1}' is after the ingest time 2027-01-15T08:00:00"
+    )
     assert [r[3] for r in out.accepted] == [NOW, 0]
 
 
@@ -181,13 +229,20 @@ def test_titles_with_quotes_commas_unicode_and_no_year(tmp_path: Path) -> None:
     (tmp_path / "m.csv").write_text(movies, encoding="utf-8")
     out = ingest_movies(tmp_path / "m.csv", tmp_path / "movies.parquet")
     table = pq.read_table(out.path).to_pydict()
-    assert table["title"][:3] == ["Kid, The (1921)", 'Dr. "Quoted" Title (2001)', "Amélie – 日本語 🎬 (2001)"]
+    assert table["title"][:3] == [
+        "Kid, The (1921)",
+        'Dr. "Quoted" Title (2001)',
+        "Amélie – 日本語 🎬 (2001)",
+    ]
     assert table["year"] == [1921, 2001, 2001, None, 2006, 1999]
     assert out.without_year == 1
 
 
 def test_unknown_genres_and_no_genres_listed(tmp_path: Path) -> None:
-    movies = "movieId,title,genres\n1,A (2000),Space Opera|Drama\n2,B (2001),(no genres listed)\n3,C (2002),\n"
+    movies = (
+        "movieId,title,genres\n1,A (2000),Space Opera|Drama\n2,B (2001),(no genres listed)\n3,C "
+        "(2002),\n"
+    )
     movies += "4,D (2003),Comedy|Space Opera\n"
     (tmp_path / "m.csv").write_text(movies, encoding="utf-8")
     out = ingest_movies(tmp_path / "m.csv", tmp_path / "movies.parquet")
@@ -196,7 +251,9 @@ def test_unknown_genres_and_no_genres_listed(tmp_path: Path) -> None:
 
 
 def test_bad_movie_row_stops(tmp_path: Path) -> None:
-    (tmp_path / "m.csv").write_text("movieId,title,genres\n1,A (2000),Drama\nx,B,Drama\n", encoding="utf-8")
+    (tmp_path / "m.csv").write_text(
+        "movieId,title,genres\n1,A (2000),Drama\nx,B,Drama\n", encoding="utf-8"
+    )
     with pytest.raises(InputError, match=r"m.csv: line 3, column 'movieId': 'x' is not an integer"):
         ingest_movies(tmp_path / "m.csv", tmp_path / "movies.parquet")
 
@@ -204,8 +261,14 @@ def test_bad_movie_row_stops(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("body", "message"),
     [
-        (b"movieId,title,genres\n1,A (2000),Drama\n2,Kid, The (1921),Comedy\n", r"line 3: 4 fields, expected 3"),
-        (b"movieId,title,genres\n1,A (2000),Drama\n2,Caf\xe9 (1999),Drama\n", r"line 3, column 6: not UTF-8 text \(byte 0xe9\)"),
+        (
+            b"movieId,title,genres\n1,A (2000),Drama\n2,Kid, The (1921),Comedy\n",
+            r"line 3: 4 fields, expected 3",
+        ),
+        (
+            b"movieId,title,genres\n1,A (2000),Drama\n2,Caf\xe9 (1999),Drama\n",
+            r"line 3, column 6: not UTF-8 text \(byte 0xe9\)",
+        ),
         (b"movieId,title\n1,A (2000)\n", r"line 1: missing column\(s\) \['genres'\]"),
         (b"movieId,title,genres\n", r"no movies \(header only\?\)"),
         (b"", r"empty file"),
@@ -233,14 +296,27 @@ def test_header_only_stops(tmp_path: Path, body: str) -> None:
 def test_truncated_last_line_is_quarantined(tmp_path: Path) -> None:
     out = _ingest(tmp_path, HEADER + "1,1,4.0,10\n1,2,4.0,11\n1,3,4")
     assert out.reasons() == [(4, "wrong_field_count")]
-    assert out.rejects[0]["detail"] == "3 fields, expected 4 (truncated line?)" and out.rejects[0]["raw"] == "1,3,4"
+    assert (
+        out.rejects[0]["detail"] == "3 fields, expected 4 (truncated line?)"
+        and out.rejects[0]["raw"] == "1,3,4"
+    )
     assert len(out.accepted) == 2
 
 
 @pytest.mark.parametrize(("sep", "shown"), [(";", "';'"), ("\t", "'\\\\t'"), ("|", "'\\|'")])
 def test_wrong_delimiter_stops(tmp_path: Path, sep: str, shown: str) -> None:
-    body = sep.join(["userId", "movieId", "rating", "timestamp"]) + "\n" + sep.join(["1", "1", "4.0", "5"]) + "\n"
-    _stops(tmp_path, body, rf"line 1: missing column\(s\) .*is it comma-separated\? the header looks {shown}-separated")
+    body = (
+        sep.join(["userId", "movieId", "rating", "timestamp"])
+        + "\n"
+        + sep.join(["1", "1", "4.0", "5"])
+        + "\n"
+    )
+    _stops(
+        tmp_path,
+        body,
+        r"line 1: missing column\(s\) .*is it comma-separated\? the header looks "
+        rf"{shown}-separated",
+    )
 
 
 def test_bom_is_skipped(tmp_path: Path) -> None:
@@ -249,7 +325,9 @@ def test_bom_is_skipped(tmp_path: Path) -> None:
 
 
 def test_crlf_line_ends(tmp_path: Path) -> None:
-    out = _ingest(tmp_path, HEADER.replace("\n", "\r\n") + "1,1,4.0,10\r\n\r\n1,2,9,11\r\n1,3,2.5,12\r\n")
+    out = _ingest(
+        tmp_path, HEADER.replace("\n", "\r\n") + "1,1,4.0,10\r\n\r\n1,2,9,11\r\n1,3,2.5,12\r\n"
+    )
     assert out.accepted == [(1, 1, 4.0, 10), (1, 3, 2.5, 12)]
     assert out.reasons() == [(4, "rating_out_of_range")] and out.rejects[0]["rating"] == "9"
     assert out.stats.blank_lines == 1
@@ -259,13 +337,19 @@ def test_gzip_compressed_csv(tmp_path: Path) -> None:
     body = gzip.compress((HEADER + "1,1,4.0,10\n1,2,4.0,11\n1,3,x,12\n").encode())
     out = _ingest(tmp_path, body, name="ratings.csv.gz")
     assert len(out.accepted) == 2 and out.reasons() == [(4, "not_a_number")]
-    out = _ingest(tmp_path, body, name="ratings_no_suffix.csv")  # recognised by its magic bytes, not its name
+    # recognised by its magic bytes, not its name
+    out = _ingest(tmp_path, body, name="ratings_no_suffix.csv")
     assert len(out.accepted) == 2
 
 
 def test_truncated_gzip_stops(tmp_path: Path) -> None:
     body = gzip.compress((HEADER + "".join(f"{u},1,4.0,{u}\n" for u in range(1, 20000))).encode())
-    _stops(tmp_path, body[: len(body) // 2], r"compressed data is corrupt or cut short", name="ratings.csv.gz")
+    _stops(
+        tmp_path,
+        body[: len(body) // 2],
+        r"compressed data is corrupt or cut short",
+        name="ratings.csv.gz",
+    )
 
 
 def test_huge_single_line(tmp_path: Path) -> None:
@@ -279,18 +363,32 @@ def test_line_longer_than_a_block_is_skipped_unread(tmp_path: Path) -> None:
     huge = "x" * 200_000
     out = _ingest(tmp_path, HEADER + f"1,1,4.0,10\n{huge}\n1,2,4.0,11\n{huge}", block_size=1 << 14)
     assert out.reasons() == [(3, "line_too_long"), (5, "line_too_long")]
-    assert out.rejects[0]["detail"] == "line of 200,000 bytes, longer than the 16,384-byte read block"
+    assert (
+        out.rejects[0]["detail"] == "line of 200,000 bytes, longer than the 16,384-byte read block"
+    )
     assert out.rejects[0]["raw"] == "x" * 4096 and len(out.accepted) == 2
 
 
 def test_not_utf8_stops_naming_line_and_column(tmp_path: Path) -> None:
-    _stops(tmp_path, HEADER.encode() + b"1,1,4.0,10\n2\xe9,1,4.0,11\n", r"line 3, column 'userId': not UTF-8 text \(byte 0xe9\)")
-    _stops(tmp_path, "userId,movieId,rating,timestamp\n".encode("utf-16"), r"line 1: the file is UTF-16 text")
+    _stops(
+        tmp_path,
+        HEADER.encode() + b"1,1,4.0,10\n2\xe9,1,4.0,11\n",
+        r"line 3, column 'userId': not UTF-8 text \(byte 0xe9\)",
+    )
+    _stops(
+        tmp_path,
+        "userId,movieId,rating,timestamp\n".encode("utf-16"),
+        r"line 1: the file is UTF-16 text",
+    )
 
 
 def test_blank_lines_are_skipped_and_counted(tmp_path: Path) -> None:
     out = _ingest(tmp_path, HEADER + "1,1,4.0,10\n\n1,2,abc,11\n\n")
-    assert out.stats.blank_lines == 2 and out.stats.rows_read == 2 and out.reasons() == [(4, "not_a_number")]
+    assert (
+        out.stats.blank_lines == 2
+        and out.stats.rows_read == 2
+        and out.reasons() == [(4, "not_a_number")]
+    )
 
 
 # Line numbers, the two parse paths, the threshold, Parquet
@@ -298,7 +396,9 @@ def test_blank_lines_are_skipped_and_counted(tmp_path: Path) -> None:
 
 def test_line_numbers_are_exact_across_blocks(tmp_path: Path) -> None:
     bad = {17: "1,2,x,5", 400: "1,99,4.0,5", 2501: "1,2", 4999: "-4,2,3.0,5"}
-    lines = [HEADER.strip()] + [bad.get(i, f"{i},{1 + i % 3},{0.5 * (1 + i % 10)},{i}") for i in range(2, 5001)]
+    lines = [HEADER.strip()] + [
+        bad.get(i, f"{i},{1 + i % 3},{0.5 * (1 + i % 10)},{i}") for i in range(2, 5001)
+    ]
     body = "\n".join(lines) + "\n"
     small = _ingest(tmp_path, body, block_size=4096)
     assert [line for line, _ in small.reasons()] == sorted(bad)
@@ -310,12 +410,18 @@ def test_line_numbers_are_exact_across_blocks(tmp_path: Path) -> None:
 def test_fast_and_row_checks_accept_the_same_spellings(tmp_path: Path) -> None:
     good = HEADER + '05,0x2, 4.5 ,10\n1,1,+4.,0\n"2","3","3.5","7"\n3,1,4.5e0,7\n'
     clean = _ingest(tmp_path, good)  # every block clean: the typed, multi-threaded path
-    mixed = _ingest(tmp_path, good + "1,1,bad,1\n")  # the same block with one bad row: the string path
-    assert clean.accepted == mixed.accepted == [(5, 2, 4.5, 10), (1, 1, 4.0, 0), (2, 3, 3.5, 7), (3, 1, 4.5, 7)]
+    # the same block with one bad row: the string path
+    mixed = _ingest(tmp_path, good + "1,1,bad,1\n")
+    assert (
+        clean.accepted
+        == mixed.accepted
+        == [(5, 2, 4.5, 10), (1, 1, 4.0, 0), (2, 3, 3.5, 7), (3, 1, 4.5, 7)]
+    )
 
 
 def test_spellings_pyarrow_refuses_are_rejected_one_by_one(tmp_path: Path) -> None:
-    # '-0x10' passes the integer pattern but not pyarrow's cast, which sends the block value by value
+    # '-0x10' passes the integer pattern but not pyarrow's cast, which sends the block value by
+    # value
     out = _ingest(tmp_path, HEADER + "-0x10,1,4.0,1\n0x10,1,4.0,1\n")
     assert out.reasons() == [(2, "not_an_integer")] and out.accepted == [(16, 1, 4.0, 1)]
 
@@ -331,11 +437,17 @@ def test_reject_share_above_threshold_fails_and_keeps_the_rejects(tmp_path: Path
         _ingest(tmp_path, body, share=0.01)
     message = str(info.value)
     assert "2 of 100 rows rejected (2.00%), more than max_reject_share 1.00%" in message
-    assert "first: " + str(tmp_path / "ratings.csv") + ": line 100, column 'rating': 'x' is not a number" in message
+    assert (
+        "first: "
+        + str(tmp_path / "ratings.csv")
+        + ": line 100, column 'rating': 'x' is not a number"
+        in message
+    )
     assert str(tmp_path / "rejects.parquet") in message and info.value.stats["rows_rejected"] == 2
     assert pq.read_table(tmp_path / "rejects.parquet").num_rows == 2
     assert not (tmp_path / "store" / "ratings.parquet").exists()
-    assert _ingest(tmp_path, body, share=0.02).stats.rows_accepted == 98  # at the threshold it passes
+    # at the threshold it passes
+    assert _ingest(tmp_path, body, share=0.02).stats.rows_accepted == 98
 
 
 def test_all_rows_rejected_stops(tmp_path: Path) -> None:
@@ -344,16 +456,32 @@ def test_all_rows_rejected_stops(tmp_path: Path) -> None:
 
 
 def test_parquet_input_quarantines_by_row_number(tmp_path: Path) -> None:
-    table = pa.table({"userId": [1, 2, -3], "movieId": [1, 99, 1], "rating": [4.0, 4.0, 4.0], "timestamp": [1, 2, 3]})
+    table = pa.table(
+        {
+            "userId": [1, 2, -3],
+            "movieId": [1, 99, 1],
+            "rating": [4.0, 4.0, 4.0],
+            "timestamp": [1, 2, 3],
+        }
+    )
     pq.write_table(table, tmp_path / "r.parquet")
     out = _ingest(tmp_path, (tmp_path / "r.parquet").read_bytes(), name="ratings.parquet")
-    assert out.reasons() == [(2, "unknown_movie"), (3, "id_out_of_range")] and out.accepted == [(1, 1, 4.0, 1)]
+    assert out.reasons() == [(2, "unknown_movie"), (3, "id_out_of_range")] and out.accepted == [
+        (1, 1, 4.0, 1)
+    ]
 
 
 def test_ingest_reports_movie_counts_with_the_ratings(tmp_path: Path) -> None:
     (tmp_path / "r.csv").write_text(HEADER + "1,1,4.0,10\n")
-    (tmp_path / "m.csv").write_text("movieId,title,genres\n1,A,Space Opera\n2,B (2000),(no genres listed)\n")
+    (tmp_path / "m.csv").write_text(
+        "movieId,title,genres\n1,A,Space Opera\n2,B (2000),(no genres listed)\n"
+    )
     _, _, stats = ingest(tmp_path / "r.csv", tmp_path / "m.csv", tmp_path / "store", now=NOW)
-    assert (stats.movies_without_year, stats.movies_without_genres, stats.unknown_genres) == (1, 1, {"Space Opera": 1})
+    assert (stats.movies_without_year, stats.movies_without_genres, stats.unknown_genres) == (
+        1,
+        1,
+        {"Space Opera": 1},
+    )
     assert stats.rejects_path == str(tmp_path / "store" / "rejects.parquet")
-    assert pq.read_table(stats.rejects_path).num_rows == 0  # always published, empty when nothing was rejected
+    # always published, empty when nothing was rejected
+    assert pq.read_table(stats.rejects_path).num_rows == 0

@@ -1,4 +1,6 @@
-"""Cold start: a newcomer's stated genre tastes, and catalog movies nobody rated, reach the results."""
+"""Cold start: a newcomer's stated genre tastes, and catalog movies nobody rated, reach the
+results.
+"""
 
 from __future__ import annotations
 
@@ -34,18 +36,37 @@ def test_unstated_genres_are_unknown_in_default_and_zero_in_lab() -> None:
     x, names = newcomer_features(tastes, {"features": "confidence", "shrinkage": 10.0})
     row = dict(zip(names, x[0], strict=True))
     assert row["share_Adventure"] == pytest.approx(0.5) and row["share_Drama"] == 0.0
-    assert row["shrunk_mean_Drama"] == pytest.approx(3.0)  # the newcomer's own mean: no opinion, not a bad one
+    # the newcomer's own mean: no opinion, not a bad one
+    assert row["shrunk_mean_Drama"] == pytest.approx(3.0)
     assert row["shrunk_mean_Adventure"] > 3.0 > row["shrunk_mean_Horror"]
     lab, lab_names = newcomer_features(tastes, {"features": "lab"})
     lab_row = dict(zip(lab_names, lab[0], strict=True))
-    assert lab_row["mean_Adventure"] == 5.0 and lab_row["mean_Drama"] == 0.0  # the course's 0 for "not rated"
+    # the course's 0 for "not rated"
+    assert lab_row["mean_Adventure"] == 5.0 and lab_row["mean_Drama"] == 0.0
     assert len(lab_names) == len(GENRES)
 
 
-def test_recommend_for_genres_through_the_cli(published: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
+def test_recommend_for_genres_through_the_cli(
+    published: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
     d = str(published["dir"])
     capsys.readouterr()
-    assert main(["recommend", "--genres", "Comedy=5,Drama=4", "--data-dir", d, "--k", "4", "--format", "json"]) == 0
+    assert (
+        main(
+            [
+                "recommend",
+                "--genres",
+                "Comedy=5,Drama=4",
+                "--data-dir",
+                d,
+                "--k",
+                "4",
+                "--format",
+                "json",
+            ]
+        )
+        == 0
+    )
     rows = json.loads(capsys.readouterr().out)
     assert [r["rank"] for r in rows] == [1, 2, 3, 4]
     scores = [r["score"] for r in rows]
@@ -56,7 +77,9 @@ def test_recommend_for_genres_through_the_cli(published: dict[str, Any], capsys:
 
 
 def test_movies_nobody_rated_appear_as_neighbours(published: dict[str, Any]) -> None:
-    """Cold movies are embedded from content and searched like any other: they show up in the tables."""
+    """Cold movies are embedded from content and searched like any other: they show up in the
+    tables.
+    """
     movies, ratings, d = published["movies"], published["ratings"], Path(published["dir"])
     cold = set(movies.movieId) - set(ratings.movieId)
     sim = ds.dataset(d / "outputs" / "similar_movies", partitioning="hive").to_table().to_pandas()

@@ -1,4 +1,5 @@
-"""Crashes, resume and concurrency: `towerflow run` in subprocesses, killed with SIGKILL at several points, then re-run.
+"""Crashes, resume and concurrency: `towerflow run` in subprocesses, killed with SIGKILL at several
+points, then re-run.
 
 Each subprocess reports to the session's Prefect test server (``PREFECT_API_URL``; its own temporary
 ``PREFECT_HOME``), which also exercises the Prefect concurrency limit of the data directory. The
@@ -30,14 +31,21 @@ import pytest
 pytestmark = [pytest.mark.faults, pytest.mark.flow, pytest.mark.usefixtures("prefect_harness")]
 
 RUN_DATE = "2026-01-09"  # the `published` run it starts from is 2026-01-02
-HOSTILE_TITLES = ["../../../../escape (1999)", "/etc/passwd (2000)", "..\\..\\evil (2001)", "run_date=2026-01-02/../x (2002)"]
+HOSTILE_TITLES = [
+    "../../../../escape (1999)",
+    "/etc/passwd (2000)",
+    "..\\..\\evil (2001)",
+    "run_date=2026-01-02/../x (2002)",
+]
 HOSTILE_GENRE = "../../genre|Comedy"
 PICKLE_MAGIC = (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05")
 CACHED = "Finished in state Cached"
 
 
 @pytest.fixture(scope="module")
-def hostile_inputs(tiny_data: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+def hostile_inputs(
+    tiny_data: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, Path]:
     """``tiny_data`` with path-like titles and a path-like genre."""
     ratings, movies = tiny_data
     out = tmp_path_factory.mktemp("hostile-inputs")
@@ -54,10 +62,12 @@ def hostile_inputs(tiny_data: tuple[Path, Path], tmp_path_factory: pytest.TempPa
 
 @pytest.fixture(scope="module")
 def sub_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    """Environment of the subprocess runs: the session's Prefect server, a temporary PREFECT_HOME, no fault.
+    """Environment of the subprocess runs: the session's Prefect server, a temporary PREFECT_HOME,
+    no fault.
 
-    The runs import a copy of ``flows/``, ``tasks/`` and ``towerflow/`` taken once (``PYTHONPATH``): the code version is part of
-    the model version, and the code must not change between a crash and its re-run while people edit the tree.
+    The runs import a copy of ``flows/``, ``tasks/`` and ``towerflow/`` taken once (``PYTHONPATH``):
+    the code version is part of the model version, and the code must not change between a crash and
+    its re-run while people edit the tree.
     """
     from prefect.settings import PREFECT_API_URL
 
@@ -70,8 +80,16 @@ def sub_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
         root = Path(str(package.__file__)).parent
         shutil.copytree(root, source / root.name, ignore=shutil.ignore_patterns("__pycache__"))
     home = tmp_path_factory.mktemp("prefect-home")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "TOWERFLOW_FAULT", "PYTHONPATH"))}
-    env |= {"PREFECT_API_URL": str(PREFECT_API_URL.value()), "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("PREFECT_", "TOWERFLOW_FAULT", "PYTHONPATH"))
+    }
+    env |= {
+        "PREFECT_API_URL": str(PREFECT_API_URL.value()),
+        "PREFECT_HOME": str(home),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    }
     return env | {"TOWERFLOW_THREADS": "2", "PYTHONPATH": str(source)}
 
 
@@ -84,16 +102,25 @@ def _args(data_dir: Path, inputs: tuple[Path, Path]) -> list[str]:
     ]  # fmt: skip
 
 
-def _start(args: list[str], env: dict[str, str], log: Path, cwd: Path, fault: str | None = None) -> subprocess.Popen[bytes]:
+def _start(
+    args: list[str], env: dict[str, str], log: Path, cwd: Path, fault: str | None = None
+) -> subprocess.Popen[bytes]:
     env = env | ({"TOWERFLOW_FAULT": fault} if fault else {})
     cwd.mkdir(parents=True, exist_ok=True)
     with open(log, "wb") as out:  # the child keeps its own copy of the descriptor
         return subprocess.Popen(
-            [sys.executable, "-m", "flows.cli", *args], env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            [sys.executable, "-m", "flows.cli", *args],
+            env=env,
+            cwd=cwd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
 
 
-def _run(args: list[str], env: dict[str, str], log: Path, cwd: Path, fault: str | None = None) -> tuple[int, str]:
+def _run(
+    args: list[str], env: dict[str, str], log: Path, cwd: Path, fault: str | None = None
+) -> tuple[int, str]:
     proc = _start(args, env, log, cwd, fault)
     try:
         code = proc.wait(timeout=600)
@@ -103,11 +130,16 @@ def _run(args: list[str], env: dict[str, str], log: Path, cwd: Path, fault: str 
     return code, log.read_text(errors="replace")
 
 
-def _wait_for(what: str, check: Any, proc: subprocess.Popen[bytes], log: Path, timeout: float = 600) -> None:
+def _wait_for(
+    what: str, check: Any, proc: subprocess.Popen[bytes], log: Path, timeout: float = 600
+) -> None:
     deadline = time.monotonic() + timeout
     while not check():
         if proc.poll() is not None:
-            pytest.fail(f"the run ended (status {proc.returncode}) before {what}:\n{log.read_text(errors='replace')[-3000:]}")
+            pytest.fail(
+                f"the run ended (status {proc.returncode}) before "
+                f"{what}:\n{log.read_text(errors='replace')[-3000:]}"
+            )
         if time.monotonic() > deadline:
             os.killpg(proc.pid, signal.SIGKILL)
             pytest.fail(f"timed out waiting for {what}")
@@ -125,7 +157,9 @@ def _sha(path: Path) -> str:
 
 
 def published_state(d: Path) -> dict[str, str]:
-    """sha256 of latest.json, of every file it names and of every visible file under outputs/: what readers see."""
+    """sha256 of latest.json, of every file it names and of every visible file under outputs/: what
+    readers see.
+    """
     latest_path = d / "outputs" / "latest.json"
     latest = json.loads(latest_path.read_text())
     named = [d / e["path"] for e in latest["model"].values()]
@@ -136,7 +170,9 @@ def published_state(d: Path) -> dict[str, str]:
 
 
 def assert_no_pickle(root: Path) -> int:
-    """No pickle anywhere under ``root``: no pickle file, no pickle stream in a file or a zip member; Prefect records are JSON."""
+    """No pickle anywhere under ``root``: no pickle file, no pickle stream in a file or a zip
+    member; Prefect records are JSON.
+    """
     records = 0
     for f in (p for p in root.rglob("*") if p.is_file()):
         assert f.suffix.lower() not in {".pkl", ".pickle", ".joblib", ".cloudpickle"}, f
@@ -145,26 +181,44 @@ def assert_no_pickle(root: Path) -> int:
         if f.suffix == ".keras":
             with zipfile.ZipFile(f) as z:
                 for name in z.namelist():
-                    assert not name.endswith((".pkl", ".pickle")) and not z.read(name).startswith(PICKLE_MAGIC), f"{f}:{name}"
-        if f.parent.name == ".results":  # Prefect's persisted stage results: JSON records of plain JSON
+                    assert not name.endswith((".pkl", ".pickle")) and not z.read(name).startswith(
+                        PICKLE_MAGIC
+                    ), f"{f}:{name}"
+        # Prefect's persisted stage results: JSON records of plain JSON
+        if f.parent.name == ".results":
             record = json.loads(data)
-            assert record["metadata"]["serializer"]["type"] == "json" and record["metadata"]["serializer"]["object_decoder"] is None
+            assert (
+                record["metadata"]["serializer"]["type"] == "json"
+                and record["metadata"]["serializer"]["object_decoder"] is None
+            )
             assert isinstance(json.loads(record["result"]), dict)
             records += 1
-        elif f.parent.name == "storage":  # what Prefect keeps of a failed run: its exception's name and message, as JSON
+        elif f.parent.name == "storage":
+            # what Prefect keeps of a failed run: its exception's name and message, as JSON
             assert set(json.loads(data)) == {"exception", "message"}, f
             records += 1
     return records
 
 
-def _clean_reference(inputs: tuple[Path, Path], sub_env: dict[str, str], base: Path) -> dict[str, Any]:
-    """A clean run of RUN_DATE; while it holds its data directory (paused before train) a second run is started on it."""
+def _clean_reference(
+    inputs: tuple[Path, Path], sub_env: dict[str, str], base: Path
+) -> dict[str, Any]:
+    """A clean run of RUN_DATE; while it holds its data directory (paused before train) a second run
+    is started on it.
+    """
     d, release = base / "data", base / "release"
     started = time.perf_counter()
     env = sub_env | {"TOWERFLOW_FAULT_RELEASE": str(release)}
-    first = _start(_args(d, inputs), env, base / "first.log", base / "cwd", fault="pause:before:train")
+    first = _start(
+        _args(d, inputs), env, base / "first.log", base / "cwd", fault="pause:before:train"
+    )
     try:
-        _wait_for("the first run to hold the data directory", release.with_name("release.waiting").exists, first, base / "first.log")
+        _wait_for(
+            "the first run to hold the data directory",
+            release.with_name("release.waiting").exists,
+            first,
+            base / "first.log",
+        )
         second = _run(_args(d, inputs), sub_env, base / "second.log", base / "cwd")
         release.touch()
         first_code = first.wait(timeout=600)
@@ -181,36 +235,64 @@ def _clean_reference(inputs: tuple[Path, Path], sub_env: dict[str, str], base: P
 
 
 def _timeout_env(home: Path) -> dict[str, str]:
-    """No PREFECT_API_URL (so Prefect starts its temporary server) and one second for it to start (it needs several)."""
+    """No PREFECT_API_URL (so Prefect starts its temporary server) and one second for it to start
+    (it needs several).
+    """
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "TOWERFLOW_FAULT"))}
-    return env | {"PREFECT_HOME": str(home), "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "1", "TOWERFLOW_THREADS": "2"}
+    return env | {
+        "PREFECT_HOME": str(home),
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "1",
+        "TOWERFLOW_THREADS": "2",
+    }
 
 
 @pytest.fixture(scope="module")
 def background(
-    hostile_inputs: tuple[Path, Path], tiny_data: tuple[Path, Path], sub_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+    hostile_inputs: tuple[Path, Path],
+    tiny_data: tuple[Path, Path],
+    sub_env: dict[str, str],
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[dict[str, Future[Any]]]:
-    """The runs that need no other run's outcome, started at once in the background, each in its own directory:
-    the clean reference (:func:`_clean_reference`), a run with a bug, a run whose temporary server does not start.
+    """The runs that need no other run's outcome, started at once in the background, each in its own
+    directory: the clean reference (:func:`_clean_reference`), a run with a bug, a run whose
+    temporary server does not start.
 
-    They are subprocesses that mostly wait (start-up, the server, a pause), so they overlap the crash test's own
-    runs on 2 cores; each test checks its run's outcome.
+    They are subprocesses that mostly wait (start-up, the server, a pause), so they overlap the
+    crash test's own runs on 2 cores; each test checks its run's outcome.
     """
     clean, bug, timeout = (tmp_path_factory.mktemp(name) for name in ("clean", "bug", "timeout"))
     with ThreadPoolExecutor(3, thread_name_prefix="towerflow-fault-runs") as pool:
         yield {
             "clean": pool.submit(_clean_reference, hostile_inputs, sub_env, clean),
-            "bug": pool.submit(_run, _args(bug / "data", tiny_data), sub_env, bug / "bug.log", bug, "bug:before:scalers"),
+            "bug": pool.submit(
+                _run,
+                _args(bug / "data", tiny_data),
+                sub_env,
+                bug / "bug.log",
+                bug,
+                "bug:before:scalers",
+            ),
             "timeout": pool.submit(
-                _run, _args(timeout / "data", tiny_data), _timeout_env(timeout / "home"), timeout / "timeout.log", timeout
+                _run,
+                _args(timeout / "data", tiny_data),
+                _timeout_env(timeout / "home"),
+                timeout / "timeout.log",
+                timeout,
             ),
         }
 
 
 def _published_tables(d: Path) -> dict[str, pd.DataFrame]:
     out = {}
-    for name, keys in (("recommendations", ["user_id", "rank"]), ("similar_movies", ["movie_id", "rank"])):
-        table = ds.dataset(d / "outputs" / name / f"run_date={RUN_DATE}", format="parquet").to_table().to_pandas()
+    for name, keys in (
+        ("recommendations", ["user_id", "rank"]),
+        ("similar_movies", ["movie_id", "rank"]),
+    ):
+        table = (
+            ds.dataset(d / "outputs" / name / f"run_date={RUN_DATE}", format="parquet")
+            .to_table()
+            .to_pandas()
+        )
         out[name] = table.sort_values(keys).reset_index(drop=True)
     return out
 
@@ -232,13 +314,19 @@ def test_killed_runs_keep_published_outputs_and_resume(
     # 1. Timing-based: SIGKILL the whole process group a moment after training started.
     started = time.perf_counter()
     proc = _start(args, sub_env, logs / "1.log", cwd)
-    _wait_for("training to start", lambda: any((d / "work").glob(f"{RUN_DATE}-*/scalers/full/scalers.json")), proc, logs / "1.log")
+    _wait_for(
+        "training to start",
+        lambda: any((d / "work").glob(f"{RUN_DATE}-*/scalers/full/scalers.json")),
+        proc,
+        logs / "1.log",
+    )
     time.sleep(0.5)
     os.killpg(proc.pid, signal.SIGKILL)
     assert proc.wait(timeout=60) == -signal.SIGKILL
     seconds["killed during train"] = time.perf_counter() - started
     assert published_state(d) == before
-    killed = [json.loads((d / ".towerflow.lock").read_text())["flow_run_id"]]  # what the next run finds
+    # what the next run finds
+    killed = [json.loads((d / ".towerflow.lock").read_text())["flow_run_id"]]
 
     # 2. Killed after the second refit epoch: features and scalers come back from the first run.
     started = time.perf_counter()
@@ -246,29 +334,42 @@ def test_killed_runs_keep_published_outputs_and_resume(
     seconds["killed during refit"] = time.perf_counter() - started
     assert code == -signal.SIGKILL, log[-3000:]
     assert "resuming the interrupted run from" in log
-    assert re.search(rf"Task run 'features-\w+' - {CACHED}", log) and re.search(rf"Task run 'scalers-\w+' - {CACHED}", log)
+    assert re.search(rf"Task run 'features-\w+' - {CACHED}", log) and re.search(
+        rf"Task run 'scalers-\w+' - {CACHED}", log
+    )
     assert re.search(r"refit epoch 2/3", log)
     assert published_state(d) == before
-    assert re.search(r"marked flow run '[\w-]+' Crashed: it died holding the data directory", log), log[-3000:]
+    assert re.search(
+        r"marked flow run '[\w-]+' Crashed: it died holding the data directory", log
+    ), log[-3000:]
     killed.append(json.loads((d / ".towerflow.lock").read_text())["flow_run_id"])
 
-    # 3. Killed in the middle of writing latest.json: train is reused, the killed refit runs again; the half-written
-    #    file never has the published name. (Every other publish step: tests/test_resume.py, in process.)
+    # 3. Killed in the middle of writing latest.json: train is reused, the killed refit runs again;
+    #    the half-written file never has the published name. (Every other publish step:
+    #    tests/test_resume.py, in process.)
     started = time.perf_counter()
     code, log = _run(args, sub_env, logs / "3.log", cwd, fault="write:latest.json")
     seconds["killed writing latest.json"] = time.perf_counter() - started
     assert code == -signal.SIGKILL, log[-3000:]
-    assert re.search(rf"Task run 'train-\w+' - {CACHED}", log) and not re.search(r"validate epoch \d+/", log)
+    assert re.search(rf"Task run 'train-\w+' - {CACHED}", log) and not re.search(
+        r"validate epoch \d+/", log
+    )
     assert re.search(r"refit epoch 3/3", log)
     version = next(p.name for p in (d / "work").iterdir() if p.name.startswith(RUN_DATE))
     after = published_state(d)
-    # latest.json and every file it names are untouched; the new parts were shown by the renames just before it
+    # latest.json and every file it names are untouched; the new parts were shown by the renames
+    # just before it
     assert {k: v for k, v in after.items() if f"run_date={RUN_DATE}" not in k} == before
     assert {k for k in after if k not in before} == {
         f"outputs/{t}/run_date={RUN_DATE}/{p}"
-        for t, p in (("recommendations", f"part-{version}-00000.parquet"), ("similar_movies", f"part-{version}-00000.parquet"))
+        for t, p in (
+            ("recommendations", f"part-{version}-00000.parquet"),
+            ("similar_movies", f"part-{version}-00000.parquet"),
+        )
     } | {f"outputs/metrics/run_date={RUN_DATE}/part-{version}.parquet"}
-    assert [p.name for p in (d / "outputs").glob(".latest.json.*.tmp")], "the half-written latest.json temporary"
+    assert [p.name for p in (d / "outputs").glob(".latest.json.*.tmp")], (
+        "the half-written latest.json temporary"
+    )
     assert assert_no_pickle(d) >= 4  # the stage results stored so far: JSON
     killed.append(json.loads((d / ".towerflow.lock").read_text())["flow_run_id"])
 
@@ -278,16 +379,23 @@ def test_killed_runs_keep_published_outputs_and_resume(
     seconds["resumed to the end"] = time.perf_counter() - started
     assert code == 0, log[-3000:]
     assert f"rolled back the interrupted publish of {version}" in log
-    assert "flow_run_id" not in json.loads((d / ".towerflow.lock").read_text())  # a run that ends clears its id
+    # a run that ends clears its id
+    assert "flow_run_id" not in json.loads((d / ".towerflow.lock").read_text())
     # the killed runs, which could not report their end, are Crashed in the UI, not Running forever
     from prefect.client.orchestration import get_client
 
     with get_client(sync_client=True) as client:
         for run_id in killed:
             state = client.read_flow_run(UUID(run_id)).state
-            assert state is not None and state.is_crashed() and "ended without reporting" in str(state.message), state
+            assert (
+                state is not None
+                and state.is_crashed()
+                and "ended without reporting" in str(state.message)
+            ), state
     reused = re.search(r"resumed   reused from the interrupted run: (.*)", log)
-    assert reused and {"features", "scalers", "train", "refit"} <= set(reused.group(1).split(", ")), log[-3000:]
+    assert reused and {"features", "scalers", "train", "refit"} <= set(
+        reused.group(1).split(", ")
+    ), log[-3000:]
     assert not re.search(r"(validate|refit) epoch \d+/", log)
     latest = json.loads((d / "outputs" / "latest.json").read_text())
     reference = background["clean"].result()["dir"]
@@ -300,26 +408,41 @@ def test_killed_runs_keep_published_outputs_and_resume(
     assert not list((d / "outputs").rglob(".*")) and not list((d / "models").glob(".*"))
     assert not (d / "work" / version).exists()
     assert_no_pickle(d)
-    wait(background.values())  # the background runs that share PREFECT_HOME have written what they keep
-    assert assert_no_pickle(Path(sub_env["PREFECT_HOME"])) >= 1  # the refused run's failure, stored as JSON
+    # the background runs that share PREFECT_HOME have written what they keep
+    wait(background.values())
+    # the refused run's failure, stored as JSON
+    assert assert_no_pickle(Path(sub_env["PREFECT_HOME"])) >= 1
     # path-like titles and genres reached the published catalog as data, never as paths
     catalog = pd.read_parquet(d / latest["model"]["movies"]["path"])
     assert set(HOSTILE_TITLES) <= set(catalog["title"])
     names = [p.name for p in tmp_path.rglob("*")]
     assert not [n for n in names if re.search(r"escape|passwd|evil|genre", n)]
     assert not list(cwd.iterdir()), "nothing written relative to the working directory"
-    print("fault case seconds:", {k: round(v, 1) for k, v in seconds.items()}, "clean + refused:", background["clean"].result()["seconds"])
+    print(
+        "fault case seconds:",
+        {k: round(v, 1) for k, v in seconds.items()},
+        "clean + refused:",
+        background["clean"].result()["seconds"],
+    )
 
 
-def test_second_run_on_the_same_data_dir_refuses_and_outputs_do_not_interleave(background: dict[str, Future[Any]]) -> None:
+def test_second_run_on_the_same_data_dir_refuses_and_outputs_do_not_interleave(
+    background: dict[str, Future[Any]],
+) -> None:
     clean = background["clean"].result()
     d = clean["dir"]
     code, log = clean["second"]
     assert code == 1, log[-3000:]
-    last = log.strip().splitlines()[-1]  # the CLI's one-line reason comes last, after anything Prefect prints
+    # the CLI's one-line reason comes last, after anything Prefect prints
+    last = log.strip().splitlines()[-1]
     assert "Traceback" not in log, log[-3000:]
-    assert last.startswith(f"towerflow run failed: another towerflow run (pid {clean['first_pid']} on "), last
-    assert f"is using the data directory {d} (lock {d / '.towerflow.lock'}); wait for it to finish, then run again" in last
+    assert last.startswith(
+        f"towerflow run failed: another towerflow run (pid {clean['first_pid']} on "
+    ), last
+    assert (
+        f"is using the data directory {d} (lock {d / '.towerflow.lock'}); wait for it to "
+        "finish, then run again" in last
+    )
     first_code, first_log = clean["first"]
     assert first_code == 0, first_log[-3000:]
     latest = json.loads((d / "outputs" / "latest.json").read_text())
@@ -330,18 +453,30 @@ def test_second_run_on_the_same_data_dir_refuses_and_outputs_do_not_interleave(b
     assert not (d / "work").exists() or not any((d / "work").iterdir())
 
 
-def test_a_bug_keeps_its_traceback_and_the_reason_comes_last(background: dict[str, Future[Any]]) -> None:
+def test_a_bug_keeps_its_traceback_and_the_reason_comes_last(
+    background: dict[str, Future[Any]],
+) -> None:
     code, log = background["bug"].result()
     last = log.strip().splitlines()[-1]
-    assert code == 1 and "Traceback" in log and "InjectedBug: injected bug at before:scalers" in log, log[-3000:]
-    assert last.startswith("towerflow run failed: stage scalers failed: injected bug at before:scalers"), last
+    assert (
+        code == 1 and "Traceback" in log and "InjectedBug: injected bug at before:scalers" in log
+    ), log[-3000:]
+    assert last.startswith(
+        "towerflow run failed: stage scalers failed: injected bug at before:scalers"
+    ), last
     assert last.endswith("[unexpected error: a bug in towerflow; the traceback is above]"), last
 
 
-def test_a_temporary_server_that_does_not_start_says_what_to_do(background: dict[str, Future[Any]]) -> None:
-    """No PREFECT_API_URL and one second to start Prefect's temporary server (it needs several): one line that says what to do."""
+def test_a_temporary_server_that_does_not_start_says_what_to_do(
+    background: dict[str, Future[Any]],
+) -> None:
+    """No PREFECT_API_URL and one second to start Prefect's temporary server (it needs several): one
+    line that says what to do.
+    """
     code, log = background["timeout"].result()
     last = log.strip().splitlines()[-1]
     assert code == 1 and "Traceback" not in log, log[-3000:]
-    assert last.startswith("towerflow run failed: the temporary Prefect server did not start within 1 s"), last
+    assert last.startswith(
+        "towerflow run failed: the temporary Prefect server did not start within 1 s"
+    ), last
     assert "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS" in last and "PREFECT_API_URL" in last

@@ -1,4 +1,6 @@
-"""End to end: the nightly flow under a Prefect test server publishes tables that keep the contract."""
+"""End to end: the nightly flow under a Prefect test server publishes tables that keep the
+contract.
+"""
 
 from __future__ import annotations
 
@@ -23,25 +25,46 @@ def test_latest_json_names_everything(published: dict[str, Any]) -> None:
     latest, d = published["latest"], published["dir"]
     assert latest["run_date"] == "2026-01-02" and latest["schema_version"] == "2"
     assert latest["model_version"].startswith("2026-01-02-")
-    for key in ("index", "index_ids", "movie_embeddings", "user_embeddings", "keras", "scalers", "serving"):
+    for key in (
+        "index",
+        "index_ids",
+        "movie_embeddings",
+        "user_embeddings",
+        "keras",
+        "scalers",
+        "serving",
+    ):
         assert (d / latest["model"][key]["path"]).is_file()
     for name in ("recommendations", "similar_movies", "metrics"):
         info = latest["tables"][name]
         assert info["path"] == f"outputs/{name}/run_date=2026-01-02"
-        assert all(Path(f).parent == Path(info["path"]) and Path(f).name.startswith("part-") for f in info["files"])
+        assert all(
+            Path(f).parent == Path(info["path"]) and Path(f).name.startswith("part-")
+            for f in info["files"]
+        )
         assert sum(pq.ParquetFile(d / f).metadata.num_rows for f in info["files"]) == info["rows"]
-        assert sorted(p.name for p in (d / info["path"]).glob("*.parquet")) == sorted(Path(f).name for f in info["files"])
-    # the published run is sharded (conftest: --shard-size 40): one part per user shard and per movie shard
-    assert len(latest["tables"]["recommendations"]["files"]) == 3 and len(latest["tables"]["similar_movies"]["files"]) == 5
+        assert sorted(p.name for p in (d / info["path"]).glob("*.parquet")) == sorted(
+            Path(f).name for f in info["files"]
+        )
+    # the published run is sharded (conftest: --shard-size 40): one part per user shard and per
+    # movie shard
+    assert (
+        len(latest["tables"]["recommendations"]["files"]) == 3
+        and len(latest["tables"]["similar_movies"]["files"]) == 5
+    )
     assert {"train", "recommend", "ingest"} <= set(latest["timings"])
     assert not (d / "work" / latest["model_version"]).exists()
 
 
 def test_recommendations_keep_the_contract(published: dict[str, Any]) -> None:
     d, ratings = published["dir"], published["ratings"]
-    table = ds.dataset(d / "outputs" / "recommendations", format="parquet", partitioning="hive").to_table()
+    table = ds.dataset(
+        d / "outputs" / "recommendations", format="parquet", partitioning="hive"
+    ).to_table()
     recs = table.to_pandas()
-    assert table.schema.field("rank").type == "int32" and table.schema.field("score").type == "float"
+    assert (
+        table.schema.field("rank").type == "int32" and table.schema.field("score").type == "float"
+    )
     assert set(recs.user_id) == set(ratings.userId)
     assert (recs.groupby("user_id").size() == K).all()
     assert (recs.model_version == published["latest"]["model_version"]).all()
@@ -49,7 +72,9 @@ def test_recommendations_keep_the_contract(published: dict[str, Any]) -> None:
     assert not any((u, m) in seen for u, m in zip(recs.user_id, recs.movie_id, strict=True))
     recs = recs.sort_values(["user_id", "rank"])
     assert (recs.groupby("user_id").score.diff().dropna() <= 1e-7).all()
-    assert recs.groupby("user_id")["rank"].apply(list).map(lambda r: r == list(range(1, K + 1))).all()
+    assert (
+        recs.groupby("user_id")["rank"].apply(list).map(lambda r: r == list(range(1, K + 1))).all()
+    )
     assert recs.predicted_rating.between(0.5, 5.0).all()
     # score = inner product of the published, L2-normalized embeddings
     latest = published["latest"]
@@ -63,7 +88,11 @@ def test_recommendations_keep_the_contract(published: dict[str, Any]) -> None:
 
 def test_similar_movies_cover_catalog_including_cold(published: dict[str, Any]) -> None:
     d, movies, ratings = published["dir"], published["movies"], published["ratings"]
-    sim = ds.dataset(d / "outputs" / "similar_movies", format="parquet", partitioning="hive").to_table().to_pandas()
+    sim = (
+        ds.dataset(d / "outputs" / "similar_movies", format="parquet", partitioning="hive")
+        .to_table()
+        .to_pandas()
+    )
     assert set(sim.movie_id) == set(movies.movieId)
     assert (sim.groupby("movie_id").size() == K).all()
     assert not (sim.movie_id == sim.similar_movie_id).any()
@@ -71,12 +100,29 @@ def test_similar_movies_cover_catalog_including_cold(published: dict[str, Any]) 
     assert cold and cold <= set(sim.movie_id)
 
 
-def test_predict_scores_pairs_with_cold_start(published: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_predict_scores_pairs_with_cold_start(
+    published: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     d, movies, ratings = published["dir"], published["movies"], published["ratings"]
     cold = sorted(set(movies.movieId) - set(ratings.movieId))[0]
-    pairs = pd.DataFrame({"userId": [1, 1, 999999, 2], "movieId": [int(ratings.movieId.iloc[0]), cold, 1, 424242]})
+    pairs = pd.DataFrame(
+        {"userId": [1, 1, 999999, 2], "movieId": [int(ratings.movieId.iloc[0]), cold, 1, 424242]}
+    )
     pairs.to_csv(tmp_path / "pairs.csv", index=False)
-    assert main(["predict", "--data-dir", str(d), "--pairs", str(tmp_path / "pairs.csv"), "--output", str(tmp_path / "p.parquet")]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                "--data-dir",
+                str(d),
+                "--pairs",
+                str(tmp_path / "pairs.csv"),
+                "--output",
+                str(tmp_path / "p.parquet"),
+            ]
+        )
+        == 0
+    )
     out = pq.read_table(tmp_path / "p.parquet").to_pandas()
     assert out.predicted_rating[:2].between(0.5, 5.0).all() and out.error[:2].isna().all()
     assert out.predicted_rating[2:].isna().all()
@@ -84,23 +130,57 @@ def test_predict_scores_pairs_with_cold_start(published: dict[str, Any], tmp_pat
     assert "2 pairs have no prediction" in capsys.readouterr().err
 
 
-def test_predict_agrees_with_published_recommendations(published: dict[str, Any], tmp_path: Path) -> None:
+def test_predict_agrees_with_published_recommendations(
+    published: dict[str, Any], tmp_path: Path
+) -> None:
     d = published["dir"]
-    recs = ds.dataset(d / "outputs" / "recommendations", partitioning="hive").to_table().to_pandas().head(20)
+    recs = (
+        ds.dataset(d / "outputs" / "recommendations", partitioning="hive")
+        .to_table()
+        .to_pandas()
+        .head(20)
+    )
     recs[["user_id", "movie_id"]].to_csv(tmp_path / "pairs.csv", index=False)
-    assert main(["predict", "--data-dir", str(d), "--pairs", str(tmp_path / "pairs.csv"), "--output", str(tmp_path / "p.parquet")]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                "--data-dir",
+                str(d),
+                "--pairs",
+                str(tmp_path / "pairs.csv"),
+                "--output",
+                str(tmp_path / "p.parquet"),
+            ]
+        )
+        == 0
+    )
     out = pq.read_table(tmp_path / "p.parquet").to_pandas()
     np.testing.assert_allclose(out.predicted_rating, recs.predicted_rating, atol=1e-4)
 
 
-def test_bad_input_fails_cleanly_and_keeps_latest(published: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_input_fails_cleanly_and_keeps_latest(
+    published: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     d = published["dir"]
     before = (d / "outputs" / "latest.json").read_bytes()
     bad = tmp_path / "ratings.csv"
     bad.write_text("userId,movieId,rating,timestamp\n1,1,4.0,10\n1,2,four,11\n")
     movies = tmp_path / "movies.csv"
     published["movies"].to_csv(movies, index=False)
-    code = main(["run", "--ratings", str(bad), "--movies", str(movies), "--data-dir", str(d), "--run-date", "2026-01-03"])
+    code = main(
+        [
+            "run",
+            "--ratings",
+            str(bad),
+            "--movies",
+            str(movies),
+            "--data-dir",
+            str(d),
+            "--run-date",
+            "2026-01-03",
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1
     assert err[-1].startswith("towerflow run failed: stage ingest failed:")
@@ -114,9 +194,12 @@ def test_metrics_published_beside_tables(published: dict[str, Any]) -> None:
     metrics = latest["metrics"]
     assert set(metrics) == {"two-tower", "most-popular", "two-tower without popularity prior"}
     model = metrics["two-tower"]
-    assert 0.0 <= model["ndcg_low"] <= model["ndcg"] <= model["ndcg_high"] <= 1.0 and model["rmse"] > 0
+    assert (
+        0.0 <= model["ndcg_low"] <= model["ndcg"] <= model["ndcg_high"] <= 1.0 and model["rmse"] > 0
+    )
     users = published["ratings"].groupby("userId").size()
-    assert 30 < model["users"] <= len(users) and model["rmse_ratings"] > model["users"]  # figures say how many stand behind them
+    # figures say how many stand behind them
+    assert 30 < model["users"] <= len(users) and model["rmse_ratings"] > model["users"]
     assert model["prior_weight"] == latest["popularity_prior"]["weight"]
     table = pq.read_table(d / latest["tables"]["metrics"]["path"]).to_pandas()
     value = table[(table.model == "two-tower") & (table.metric == "ndcg")].value.iloc[0]
@@ -128,7 +211,20 @@ def test_metrics_published_beside_tables(published: dict[str, Any]) -> None:
 
 def _run(data: tuple[Path, Path], data_dir: Path, *extra: str) -> int:
     ratings, movies = data
-    return main(["run", "--ratings", str(ratings), "--movies", str(movies), "--data-dir", str(data_dir), "--k", str(K), *extra])
+    return main(
+        [
+            "run",
+            "--ratings",
+            str(ratings),
+            "--movies",
+            str(movies),
+            "--data-dir",
+            str(data_dir),
+            "--k",
+            str(K),
+            *extra,
+        ]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -136,25 +232,42 @@ def popularity_led(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path
     """A small data set whose picks follow popularity (weak genre tastes): 400 users, 300 movies."""
     from tasks.sources.generate import generate
 
-    data = generate(tmp_path_factory.mktemp("popular"), n_users=400, n_movies=300, mean_ratings_per_user=40, seed=9, law="popularity")
+    data = generate(
+        tmp_path_factory.mktemp("popular"),
+        n_users=400,
+        n_movies=300,
+        mean_ratings_per_user=40,
+        seed=9,
+        law="popularity",
+    )
     return data.ratings_csv, data.movies_csv
 
 
 def test_quality_gate_refuses_and_keeps_latest(
     published: dict[str, Any], popularity_led: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """The course recipe (no popularity prior, one epoch) on popularity-led picks: most-popular is better with confidence."""
+    """The course recipe (no popularity prior, one epoch) on popularity-led picks: most-popular is
+    better with confidence.
+    """
     d = published["dir"]
     before = (d / "outputs" / "latest.json").read_bytes()
-    assert _run(popularity_led, d, "--run-date", "2026-01-04", "--preset", "lab", "--max-epochs", "1") == 1
+    assert (
+        _run(popularity_led, d, "--run-date", "2026-01-04", "--preset", "lab", "--max-epochs", "1")
+        == 1
+    )
     err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert "stage quality-gate failed: quality gate refused: most-popular is better with confidence" in err
+    assert (
+        "stage quality-gate failed: quality gate refused: most-popular is better with confidence"
+        in err
+    )
     assert "users" in err and "not published" in err
     assert (d / "outputs" / "latest.json").read_bytes() == before
     assert not (d / "outputs" / "recommendations" / "run_date=2026-01-04").exists()
 
 
-def test_tiny_holdout_is_undecided_and_publishes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_tiny_holdout_is_undecided_and_publishes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from tasks.evaluation.gate import MIN_USERS
     from tasks.sources.generate import generate
 
@@ -166,10 +279,14 @@ def test_tiny_holdout_is_undecided_and_publishes(tmp_path: Path, capsys: pytest.
     assert "gate      undecided:" in capsys.readouterr().out  # the summary says so
 
 
-def test_default_passes_on_popularity_led_data(popularity_led: tuple[Path, Path], tmp_path: Path) -> None:
-    """Where picks follow popularity, the default (its prior weight chosen on the holdout) beats most-popular with confidence.
+def test_default_passes_on_popularity_led_data(
+    popularity_led: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """Where picks follow popularity, the default (its prior weight chosen on the holdout) beats
+    most-popular with confidence.
 
-    8 of the default's 20 epochs: there the gate passes with the interval's low end at +0.014 (NDCG@5 0.149 vs 0.120).
+    8 of the default's 20 epochs: there the gate passes with the interval's low end at +0.014
+    (NDCG@5 0.149 vs 0.120).
     """
     assert _run(popularity_led, tmp_path / "run", "--max-epochs", "8") == 0
     latest = json.loads((tmp_path / "run" / "outputs" / "latest.json").read_text())

@@ -23,8 +23,10 @@ def _ratings() -> pd.DataFrame:
 
 def test_newest_first_capped_and_centred() -> None:
     hist = user_history(_ratings(), np.array([7, 8, 9]), np.array([10, 20, 30]), length=2)
-    np.testing.assert_array_equal(hist.ids, [[3, 2], [0, 0], [1, 0]])  # catalog row + 1; user 8 has none
-    np.testing.assert_allclose(hist.values, [[1.0, 0.0], [0.0, 0.0], [0.0, 0.0]])  # user 7's mean is 3
+    # catalog row + 1; user 8 has none
+    np.testing.assert_array_equal(hist.ids, [[3, 2], [0, 0], [1, 0]])
+    # user 7's mean is 3
+    np.testing.assert_allclose(hist.values, [[1.0, 0.0], [0.0, 0.0], [0.0, 0.0]])
 
 
 def test_round_trip_by_movie_id_and_unknown_movies_pad(tmp_path: Path) -> None:

@@ -1,4 +1,6 @@
-"""Incremental nights: the ingest ledger (by content hash), drop folders, cross-file duplicates, warm start."""
+"""Incremental nights: the ingest ledger (by content hash), drop folders, cross-file duplicates,
+warm start.
+"""
 
 from __future__ import annotations
 
@@ -29,7 +31,8 @@ def _split(tiny_data: tuple[Path, Path], out: Path, share: float = 0.8) -> tuple
     return out / "a.csv", out / "b.csv"
 
 
-# first in the file: the Prefect test server should start before this file builds Keras models in-process
+# first in the file: the Prefect test server should start before this file builds Keras models
+# in-process
 @pytest.mark.flow
 @pytest.mark.usefixtures("prefect_harness")
 def test_two_nights_ingest_only_new_file_and_warm_start(
@@ -43,21 +46,42 @@ def test_two_nights_ingest_only_new_file_and_warm_start(
     drop, data = tmp_path / "drop", tmp_path / "data"
     drop.mkdir()
     shutil.copyfile(a, drop / "2026-03-01.csv")
-    common = ["--movies", str(tiny_data[1]), "--data-dir", str(data), "--k", "5", "--max-epochs", "4", "--no-gate"]
+    common = [
+        "--movies",
+        str(tiny_data[1]),
+        "--data-dir",
+        str(data),
+        "--k",
+        "5",
+        "--max-epochs",
+        "4",
+        "--no-gate",
+    ]
     assert main(["run", "--ratings", str(drop), "--run-date", "2026-03-01", *common]) == 0
     first = json.loads((data / "outputs" / "latest.json").read_text())
     assert (first["ingest"]["files_new"], first["ingest"]["files_skipped"]) == (1, 0)
     shutil.copyfile(b, drop / "2026-03-02.csv")
-    assert main(["run", "--ratings", str(drop), "--run-date", "2026-03-02", "--warm-start", *common]) == 0
+    assert (
+        main(["run", "--ratings", str(drop), "--run-date", "2026-03-02", "--warm-start", *common])
+        == 0
+    )
     out = capsys.readouterr().out
     latest = json.loads((data / "outputs" / "latest.json").read_text())
     assert (latest["ingest"]["files_new"], latest["ingest"]["files_skipped"]) == (1, 1)
     assert latest["ingest"]["rows_total"] == len(pd.read_csv(tiny_data[0]))
     assert latest["training"]["warm_start"] == f"from {first['model_version']}"
     assert latest["training"]["epochs_run"] == 1  # a quarter of --max-epochs 4
-    assert "1 new, 1 already ingested (skipped)" in out and f"warm      from {first['model_version']}" in out
-    recs = pds.dataset(data / latest["tables"]["recommendations"]["path"], format="parquet").to_table().to_pandas()
-    assert set(recs.user_id) == set(pd.read_csv(tiny_data[0]).userId)  # users new since night 1 included
+    assert (
+        "1 new, 1 already ingested (skipped)" in out
+        and f"warm      from {first['model_version']}" in out
+    )
+    recs = (
+        pds.dataset(data / latest["tables"]["recommendations"]["path"], format="parquet")
+        .to_table()
+        .to_pandas()
+    )
+    # users new since night 1 included
+    assert set(recs.user_id) == set(pd.read_csv(tiny_data[0]).userId)
 
 
 def test_ledger_skips_files_by_content_hash(tiny_data: tuple[Path, Path], tmp_path: Path) -> None:
@@ -93,13 +117,19 @@ def test_drop_folder_takes_ratings_files_by_name(tmp_path: Path) -> None:
         expand(str(folder / "sub"))
 
 
-def _ingest_two(tiny_data: tuple[Path, Path], tmp_path: Path, first: str, second: str) -> dict[str, Any]:
-    """Ingest two ratings files of (user, rating, timestamp) rows, all for the catalog's first movie, in this order."""
+def _ingest_two(
+    tiny_data: tuple[Path, Path], tmp_path: Path, first: str, second: str
+) -> dict[str, Any]:
+    """Ingest two ratings files of (user, rating, timestamp) rows, all for the catalog's first
+    movie, in this order.
+    """
     movie = int(pd.read_csv(tiny_data[1]).movieId.iloc[0])
     for name, rows in (("1.csv", first), ("2.csv", second)):
         lines = [f"{u},{movie},{r},{t}" for u, r, t in (row.split(",") for row in rows.split())]
         (tmp_path / name).write_text("userId,movieId,rating,timestamp\n" + "\n".join(lines) + "\n")
-    return run_incremental_ingest([str(tmp_path / "1.csv"), str(tmp_path / "2.csv")], tiny_data[1], tmp_path / "data", DAY)
+    return run_incremental_ingest(
+        [str(tmp_path / "1.csv"), str(tmp_path / "2.csv")], tiny_data[1], tmp_path / "data", DAY
+    )
 
 
 def test_cross_file_duplicate_latest_wins(tiny_data: tuple[Path, Path], tmp_path: Path) -> None:
@@ -109,7 +139,9 @@ def test_cross_file_duplicate_latest_wins(tiny_data: tuple[Path, Path], tmp_path
     assert out["stats"]["duplicates_across_files"] == 2 and out["stats"]["users"] == 3
 
 
-def test_combine_breaks_timestamp_ties_by_later_file(tiny_data: tuple[Path, Path], tmp_path: Path) -> None:
+def test_combine_breaks_timestamp_ties_by_later_file(
+    tiny_data: tuple[Path, Path], tmp_path: Path
+) -> None:
     out = _ingest_two(tiny_data, tmp_path, "1,2.0,100", "1,4.5,100")
     assert pd.read_parquet(out["ratings"]).rating.tolist() == [4.5]
     assert combine([Path(out["ratings"])], tmp_path / "again.parquet") == (0, 1, 1)
@@ -151,7 +183,9 @@ def test_warm_start_copies_weights_and_maps_history(tmp_path: Path) -> None:
 
 
 @pytest.mark.train
-def test_warm_start_other_features_stays_cold(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_warm_start_other_features_stays_cold(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     from tasks.modeling.model import build_model, save_model
     from tasks.modeling.warmstart import initializer
     from tasks.preparation.feature_tables import write_features
@@ -161,13 +195,29 @@ def test_warm_start_other_features_stays_cold(tmp_path: Path, caplog: pytest.Log
     new = build_model(7, 6, config)  # two more user feature columns
     before = [w.copy() for w in new.get_weights()]
     ids = np.array([1, 2])
-    write_features(tmp_path / "movie_features.parquet", ids, np.zeros((2, 6), np.float32), [f"f{i}" for i in range(6)], "movie")
+    write_features(
+        tmp_path / "movie_features.parquet",
+        ids,
+        np.zeros((2, 6), np.float32),
+        [f"f{i}" for i in range(6)],
+        "movie",
+    )
     outcome: dict[str, Any] = {}
-    init = initializer({"model": str(path), "movie_features": str(tmp_path / "movie_features.parquet"), "version": "v1"}, ids, outcome)
+    init = initializer(
+        {
+            "model": str(path),
+            "movie_features": str(tmp_path / "movie_features.parquet"),
+            "version": "v1",
+        },
+        ids,
+        outcome,
+    )
     assert init is not None
     with caplog.at_level(logging.WARNING, logger="tasks.modeling.warmstart"):
         init(new)
-    assert outcome["warm_start"].startswith("cold: feature columns or layer sizes differ: user_tower/user_tower_dense_0")
+    assert outcome["warm_start"].startswith(
+        "cold: feature columns or layer sizes differ: user_tower/user_tower_dense_0"
+    )
     assert "training from scratch" in caplog.text
     for got, want in zip(new.get_weights(), before, strict=True):
         np.testing.assert_array_equal(got, want)

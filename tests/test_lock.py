@@ -1,4 +1,6 @@
-"""One run per data directory: the file lock, and the Prefect concurrency limit where a server is used."""
+"""One run per data directory: the file lock, and the Prefect concurrency limit where a server is
+used.
+"""
 
 from __future__ import annotations
 
@@ -26,8 +28,14 @@ def test_second_holder_is_refused_naming_the_first(tmp_path: Path) -> None:
         with pytest.raises(LockedError) as refused, data_dir_lock(path, server=False):
             pass
         message = str(refused.value)
-        assert f"another towerflow run (pid {os.getpid()} on {socket.gethostname()}, started " in message
-        assert f"is using the data directory {path.parent} (lock {path}); wait for it to finish, then run again" in message
+        assert (
+            f"another towerflow run (pid {os.getpid()} on {socket.gethostname()}, started "
+            in message
+        )
+        assert (
+            f"is using the data directory {path.parent} (lock {path}); wait for it to "
+            "finish, then run again" in message
+        )
     with data_dir_lock(path, server=False):  # free again once released
         pass
 
@@ -36,12 +44,18 @@ def test_a_killed_holder_leaves_no_stale_lock(tmp_path: Path) -> None:
     path = tmp_path / ".towerflow.lock"
     code = (
         "import sys, time; from pathlib import Path; from flows.lock import data_dir_lock\n"
-        "with data_dir_lock(Path(sys.argv[1]), server=False):\n    print('held', flush=True); time.sleep(60)\n"
+        "with data_dir_lock(Path(sys.argv[1]), server=False):\n    print('held', "
+        "flush=True); time.sleep(60)\n"
     )
-    child = subprocess.Popen([sys.executable, "-c", code, str(path)], stdout=subprocess.PIPE, text=True)
+    child = subprocess.Popen(
+        [sys.executable, "-c", code, str(path)], stdout=subprocess.PIPE, text=True
+    )
     try:
         assert child.stdout is not None and child.stdout.readline().strip() == "held"
-        with pytest.raises(LockedError, match=f"pid {child.pid} "), data_dir_lock(path, server=False):
+        with (
+            pytest.raises(LockedError, match=f"pid {child.pid} "),
+            data_dir_lock(path, server=False),
+        ):
             pass
         os.kill(child.pid, signal.SIGKILL)
         child.wait(timeout=30)
@@ -54,14 +68,20 @@ def test_a_killed_holder_leaves_no_stale_lock(tmp_path: Path) -> None:
 
 @pytest.mark.flow
 @pytest.mark.usefixtures("prefect_harness")
-def test_prefect_limit_guards_the_directory_beyond_the_file_lock(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """As a run on another machine would: another lock file (its own flock), the same directory, the same limit."""
+def test_prefect_limit_guards_the_directory_beyond_the_file_lock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As a run on another machine would: another lock file (its own flock), the same directory, the
+    same limit.
+    """
     monkeypatch.setattr(lock, "SLOT_WAIT_SECONDS", 1.0)
     here, elsewhere = tmp_path / ".towerflow.lock", tmp_path / ".towerflow-other-host.lock"
     with data_dir_lock(here, server=True):
         assert json.loads(here.read_text())["limit"] == lock.limit_name(tmp_path)
         started = time.monotonic()
-        expected = f"the Prefect concurrency limit '{lock.limit_name(tmp_path)}' of the data directory"
+        expected = (
+            f"the Prefect concurrency limit '{lock.limit_name(tmp_path)}' of the data directory"
+        )
         with pytest.raises(LockedError, match=expected), data_dir_lock(elsewhere, server=True):
             pass
         assert time.monotonic() - started < 30
@@ -71,8 +91,12 @@ def test_prefect_limit_guards_the_directory_beyond_the_file_lock(tmp_path: Path,
 
 @pytest.mark.flow
 @pytest.mark.usefixtures("prefect_harness")
-def test_the_lease_recorded_for_the_next_run_is_the_one_holding_the_slot(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Read from Prefect's ConcurrencyContext, in a flow run (the engine's context) and outside one (our own)."""
+def test_the_lease_recorded_for_the_next_run_is_the_one_holding_the_slot(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Read from Prefect's ConcurrencyContext, in a flow run (the engine's context) and outside one
+    (our own).
+    """
     from prefect import flow
     from prefect.client.orchestration import get_client
 
@@ -82,7 +106,10 @@ def test_the_lease_recorded_for_the_next_run_is_the_one_holding_the_slot(tmp_pat
     def free_the_recorded_lease_then_take_the_slot_elsewhere() -> str:
         with data_dir_lock(here, server=True):
             recorded = json.loads(here.read_text())
-            with pytest.raises(LockedError, match="held by another run"), data_dir_lock(elsewhere, server=True):
+            with (
+                pytest.raises(LockedError, match="held by another run"),
+                data_dir_lock(elsewhere, server=True),
+            ):
                 pass
             with get_client(sync_client=True) as client:
                 client.release_concurrency_slots_with_lease(UUID(recorded["lease_id"]))
@@ -97,26 +124,45 @@ def test_the_lease_recorded_for_the_next_run_is_the_one_holding_the_slot(tmp_pat
 
 @pytest.mark.flow
 @pytest.mark.usefixtures("prefect_harness")
-def test_the_next_run_releases_the_lease_a_killed_run_left(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A run SIGKILLed on this host keeps its slot until the lease lapses (>= 60 s); the next run frees it at once."""
+def test_the_next_run_releases_the_lease_a_killed_run_left(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run SIGKILLed on this host keeps its slot until the lease lapses (>= 60 s); the next run
+    frees it at once.
+    """
     from prefect.client.orchestration import get_client
 
     monkeypatch.setattr(lock, "SLOT_WAIT_SECONDS", 1.0)
     path, name = tmp_path / ".towerflow.lock", lock.limit_name(tmp_path)
     with get_client(sync_client=True) as client:
         client.upsert_global_concurrency_limit_by_name(name, 1)
-        response = client.increment_concurrency_slots_with_lease(names=[name], slots=1, mode="concurrency", lease_duration=300)
+        response = client.increment_concurrency_slots_with_lease(
+            names=[name], slots=1, mode="concurrency", lease_duration=300
+        )
         lease = UUID(response.json()["lease_id"])
     # what the killed run left in the lock file
-    path.write_text(json.dumps({"pid": 999999, "host": socket.gethostname(), "lease_id": str(lease), "limit": name}))
+    path.write_text(
+        json.dumps(
+            {"pid": 999999, "host": socket.gethostname(), "lease_id": str(lease), "limit": name}
+        )
+    )
     with data_dir_lock(path, server=True):
         assert json.loads(path.read_text())["lease_id"] != str(lease)
     # a lease recorded by another host is never released: that run may be alive
     with get_client(sync_client=True) as client:
-        response = client.increment_concurrency_slots_with_lease(names=[name], slots=1, mode="concurrency", lease_duration=300)
+        response = client.increment_concurrency_slots_with_lease(
+            names=[name], slots=1, mode="concurrency", lease_duration=300
+        )
         lease = UUID(response.json()["lease_id"])
-        path.write_text(json.dumps({"pid": 999999, "host": "another-host", "lease_id": str(lease), "limit": name}))
-        with pytest.raises(LockedError, match="held by another run"), data_dir_lock(path, server=True):
+        path.write_text(
+            json.dumps(
+                {"pid": 999999, "host": "another-host", "lease_id": str(lease), "limit": name}
+            )
+        )
+        with (
+            pytest.raises(LockedError, match="held by another run"),
+            data_dir_lock(path, server=True),
+        ):
             pass
         client.release_concurrency_slots_with_lease(lease)
 
@@ -124,7 +170,9 @@ def test_the_next_run_releases_the_lease_a_killed_run_left(tmp_path: Path, monke
 @pytest.mark.flow
 @pytest.mark.usefixtures("prefect_harness")
 def test_a_run_that_died_holding_the_lock_is_marked_crashed_and_no_other(tmp_path: Path) -> None:
-    """Only an unfinished run recorded by a holder on this host (provably gone: we hold its lock) is crashed."""
+    """Only an unfinished run recorded by a holder on this host (provably gone: we hold its lock) is
+    crashed.
+    """
     from prefect import flow
     from prefect.client.orchestration import get_client
     from prefect.states import Completed, Running
@@ -136,14 +184,20 @@ def test_a_run_that_died_holding_the_lock_is_marked_crashed_and_no_other(tmp_pat
     path, host = tmp_path / ".towerflow.lock", socket.gethostname()
     with get_client(sync_client=True) as client:
         cases = [
-            (client.create_flow_run(nothing, state=Running()), "another-host", "RUNNING"),  # may be alive elsewhere
-            (client.create_flow_run(nothing, state=Completed()), host, "COMPLETED"),  # ended: left alone
-            (client.create_flow_run(nothing, state=Running()), host, "CRASHED"),  # died holding the lock here
+            # may be alive elsewhere
+            (client.create_flow_run(nothing, state=Running()), "another-host", "RUNNING"),
+            # ended: left alone
+            (client.create_flow_run(nothing, state=Completed()), host, "COMPLETED"),
+            # died holding the lock here
+            (client.create_flow_run(nothing, state=Running()), host, "CRASHED"),
         ]
         for run, holder_host, expected in cases:
-            path.write_text(json.dumps({"pid": 999999, "host": holder_host, "flow_run_id": str(run.id)}))
+            path.write_text(
+                json.dumps({"pid": 999999, "host": holder_host, "flow_run_id": str(run.id)})
+            )
             with data_dir_lock(path, server=True):
-                assert "flow_run_id" not in json.loads(path.read_text())  # no flow run context: nothing to record
+                # no flow run context: nothing to record
+                assert "flow_run_id" not in json.loads(path.read_text())
             state = client.read_flow_run(run.id).state
             assert state is not None and state.type.value == expected, (holder_host, state)
         assert state is not None and "pid 999999 on " + host in str(state.message)

@@ -36,29 +36,47 @@ USERS = np.array([1, 2, 3])
 
 def _prepared(ratings: pd.DataFrame) -> Prepared:
     feats = compute_features(ratings, MOVIES, USERS, "confidence", shrinkage=3.0)
-    return prepared(feats, fit_scalers(feats.user_x, feats.movie_x, ratings["rating"].to_numpy(), feats.user_names, feats.movie_names))
+    return prepared(
+        feats,
+        fit_scalers(
+            feats.user_x,
+            feats.movie_x,
+            ratings["rating"].to_numpy(),
+            feats.user_names,
+            feats.movie_names,
+        ),
+    )
 
 
 def test_rows_equal_features_computed_without_the_rating() -> None:
     full = _prepared(RATINGS)
     loo = leave_one_out(RATINGS, full.feats, full.scalers, shrinkage=3.0)
     u, m, y = full.triples(RATINGS)
-    user_rows, movie_rows = example_rows(loo, loo.tensors(), full.movie_x[m], u, m, y.astype(np.float32))
+    user_rows, movie_rows = example_rows(
+        loo, loo.tensors(), full.movie_x[m], u, m, y.astype(np.float32)
+    )
     for i in range(len(RATINGS)):
         # features from the other five ratings, shrunk toward the same global mean, scaled as before
-        without = compute_features(RATINGS.drop(index=i), MOVIES, USERS, "confidence", shrinkage=3.0, mu=loo.mu)
+        without = compute_features(
+            RATINGS.drop(index=i), MOVIES, USERS, "confidence", shrinkage=3.0, mu=loo.mu
+        )
         want_user = full.scalers.user.transform(without.user_x[u[i] : u[i] + 1])[0]
         want_movie = full.scalers.movie.transform(without.movie_x[m[i] : m[i] + 1])[0]
         np.testing.assert_allclose(np.asarray(user_rows)[i], want_user, rtol=1e-4, atol=1e-4)
         np.testing.assert_allclose(np.asarray(movie_rows)[i], want_movie, rtol=1e-4, atol=1e-4)
-    # user 3 and movie 30 have one rating each: without it they look like a newcomer and an unrated movie
+    # user 3 and movie 30 have one rating each: without it they look like a newcomer and an unrated
+    # movie
     newcomer = RATINGS.index[RATINGS.user_id == 3][0]
-    assert np.asarray(user_rows)[newcomer][0] == pytest.approx((0.0 - full.scalers.user.mean_[0]) / full.scalers.user.scale_[0], abs=1e-5)
+    assert np.asarray(user_rows)[newcomer][0] == pytest.approx(
+        (0.0 - full.scalers.user.mean_[0]) / full.scalers.user.scale_[0], abs=1e-5
+    )
 
 
 def test_refuses_lab_features_and_other_ratings() -> None:
     lab = compute_features(RATINGS, MOVIES, USERS, "lab")
-    scalers = fit_scalers(lab.user_x, lab.movie_x, RATINGS["rating"].to_numpy(), lab.user_names, lab.movie_names)
+    scalers = fit_scalers(
+        lab.user_x, lab.movie_x, RATINGS["rating"].to_numpy(), lab.user_names, lab.movie_names
+    )
     with pytest.raises(ValueError, match="needs the confidence features"):
         leave_one_out(RATINGS, lab, scalers, 3.0)
     full = _prepared(RATINGS)
@@ -70,7 +88,9 @@ def test_train_model_needs_the_sums_when_the_config_asks_for_them() -> None:
     full = _prepared(RATINGS)
     config = dataclasses.replace(preset("default"), hidden=(4,), embedding_dim=2, max_epochs=1)
     plain = TrainData(full.user_x, full.movie_x, *full.triples(RATINGS))
-    with pytest.raises(ValueError, match="leave_one_out=True but the data's leave-one-out sums missing"):
+    with pytest.raises(
+        ValueError, match="leave_one_out=True but the data's leave-one-out sums missing"
+    ):
         train_model(plain, config, seed=0)
     result = train_model(full.train_data(RATINGS, config), config, seed=0)
     assert np.isfinite(result.history[0]["loss"])

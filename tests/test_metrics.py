@@ -23,7 +23,13 @@ def test_user_metrics_by_hand() -> None:
 
 
 def test_no_hits_and_perfect() -> None:
-    assert user_metrics([1, 2], {3}, k=2) == {"precision": 0.0, "recall": 0.0, "ndcg": 0.0, "map": 0.0, "hit_rate": 0.0}
+    assert user_metrics([1, 2], {3}, k=2) == {
+        "precision": 0.0,
+        "recall": 0.0,
+        "ndcg": 0.0,
+        "map": 0.0,
+        "hit_rate": 0.0,
+    }
     perfect = user_metrics([5, 6], {5, 6}, k=2)
     assert perfect["ndcg"] == pytest.approx(1.0) and perfect["map"] == pytest.approx(1.0)
 
@@ -42,8 +48,13 @@ def test_rmse_and_coverage() -> None:
 
 
 def test_per_user_metrics_equal_user_metrics_for_every_user(rng: np.random.Generator) -> None:
-    recommended = {u: rng.choice(30, size=int(rng.integers(0, 8)), replace=False).tolist() for u in range(50)}
-    relevant = {u: set(rng.choice(30, size=int(rng.integers(1, 12)), replace=False).tolist()) for u in range(60)}
+    recommended = {
+        u: rng.choice(30, size=int(rng.integers(0, 8)), replace=False).tolist() for u in range(50)
+    }
+    relevant = {
+        u: set(rng.choice(30, size=int(rng.integers(1, 12)), replace=False).tolist())
+        for u in range(60)
+    }
     users, values = per_user_metrics(recommended, relevant, k=6)
     assert users.tolist() == list(range(60))  # users without a list score 0
     for i, user in enumerate(users.tolist()):

@@ -42,7 +42,9 @@ def test_model_path_must_be_keras(tmp_path: Path) -> None:
         save_model(build_model(2, 2, preset("lab")), tmp_path / "model.h5")
 
 
-def test_history_tower_round_trip_and_empty_history(tmp_path: Path, rng: np.random.Generator) -> None:
+def test_history_tower_round_trip_and_empty_history(
+    tmp_path: Path, rng: np.random.Generator
+) -> None:
     from tasks.modeling.model import build_model, load_model, run_tower, save_model, towers
 
     config = preset("default", history_length=4)
@@ -55,7 +57,8 @@ def test_history_tower_round_trip_and_empty_history(tmp_path: Path, rng: np.rand
     ids = np.array([[1, 2, 0, 0], [0, 0, 0, 0], [2, 1, 0, 0]], dtype=np.int32)
     values = np.array([[1.0, -0.5, 0, 0], [0, 0, 0, 0], [-0.5, 1.0, 0, 0]], dtype=np.float32)
     pooled = np.asarray(hist_layer([ids, values]))
-    np.testing.assert_allclose(pooled[0], pooled[2], rtol=1e-6)  # order inside the history does not matter
+    # order inside the history does not matter
+    np.testing.assert_allclose(pooled[0], pooled[2], rtol=1e-6)
     np.testing.assert_array_equal(pooled[1], 0.0)  # an empty history pools to zero
     before = run_tower(user_tower, (ux, ids, values))
     again = towers(load_model(save_model(model, tmp_path / "h.keras")))[0]
@@ -64,11 +67,14 @@ def test_history_tower_round_trip_and_empty_history(tmp_path: Path, rng: np.rand
         run_tower(again, ux)
 
 
-def test_a_seed_builds_the_same_model_whatever_the_global_generators_did(rng: np.random.Generator) -> None:
-    """Initial weights and dropout masks follow the seed alone, not Python's, NumPy's or TensorFlow's global state.
+def test_a_seed_builds_the_same_model_whatever_the_global_generators_did(
+    rng: np.random.Generator,
+) -> None:
+    """Initial weights and dropout masks follow the seed alone, not Python's, NumPy's or
+    TensorFlow's global state.
 
-    Another thread (Prefect's client backing off with jitter) may draw from ``random`` while a night builds its
-    model; the resumed night must still reproduce the clean one.
+    Another thread (Prefect's client backing off with jitter) may draw from ``random`` while a night
+    builds its model; the resumed night must still reproduce the clean one.
     """
     import random
 
@@ -84,7 +90,8 @@ def test_a_seed_builds_the_same_model_whatever_the_global_generators_did(rng: np
         keras.utils.set_random_seed(global_seed)
         random.random()
         model = build_model(5, 7, config, seed=seed)
-        return model.get_weights(), np.asarray(model(x, training=True))  # training: dropout masks drawn
+        # training: dropout masks drawn
+        return model.get_weights(), np.asarray(model(x, training=True))
 
     weights, out = built(1, seed=7)
     same_weights, same_out = built(2, seed=7)

@@ -1,4 +1,6 @@
-"""Every night keeps its row in outputs/history/, whatever its outcome; the history reads back oldest first."""
+"""Every night keeps its row in outputs/history/, whatever its outcome; the history reads back
+oldest first.
+"""
 
 from __future__ import annotations
 
@@ -15,12 +17,21 @@ from tasks.store.nights import Night, night_from, read_nights, record
 LATEST = {
     "model_version": "2026-02-01-abcdefabcdef",
     "metrics": {
-        "two-tower": {"ndcg": 0.2, "ndcg_low": 0.18, "ndcg_high": 0.22, "rmse": 0.9, "users": 120.0},
+        "two-tower": {
+            "ndcg": 0.2,
+            "ndcg_low": 0.18,
+            "ndcg_high": 0.22,
+            "rmse": 0.9,
+            "users": 120.0,
+        },
         "most-popular": {"ndcg": 0.1, "users": 120.0},
     },
     "gate": {"verdict": "passed", "reason": "passed: ..."},
     "popularity_prior": {"weight": 0.3},
-    "drift": {"lists": {"coverage": 0.25}, "versus_published": {"drift": 0.4, "changed_share": 0.9}},
+    "drift": {
+        "lists": {"coverage": 0.25},
+        "versus_published": {"drift": 0.4, "changed_share": 0.9},
+    },
 }
 
 
@@ -28,9 +39,23 @@ def test_rows_round_trip_oldest_first(tmp_path: Path) -> None:
     layout = Layout(tmp_path)
     assert read_nights(layout).empty
     first = night_from(dt.date(2026, 2, 1), "published", 12.3, LATEST)
-    assert (first.ndcg, first.users, first.prior_weight, first.drift, first.coverage) == (0.2, 120, 0.3, 0.4, 0.25)
+    assert (first.ndcg, first.users, first.prior_weight, first.drift, first.coverage) == (
+        0.2,
+        120,
+        0.3,
+        0.4,
+        0.25,
+    )
     record(layout, first)
-    record(layout, Night("2026-02-02", "2099-02-02T03:00:00+00:00", "failed", reason="stage ingest failed: bad row"))
+    record(
+        layout,
+        Night(
+            "2026-02-02",
+            "2099-02-02T03:00:00+00:00",
+            "failed",
+            reason="stage ingest failed: bad row",
+        ),
+    )
     nights = read_nights(layout)
     assert list(nights["outcome"]) == ["published", "failed"] and nights["users"].iloc[0] == 120
     assert pd.isna(nights["ndcg"].iloc[1])

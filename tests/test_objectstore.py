@@ -1,13 +1,13 @@
-"""``--data-dir s3://...`` against a real S3 protocol server (moto's, in this process, one per session), with
-the shards on a Dask cluster whose workers share no disk with the flow.
+"""``--data-dir s3://...`` against a real S3 protocol server (moto's, in this process, one per
+session), with the shards on a Dask cluster whose workers share no disk with the flow.
 
-The session's ``published`` night is repeated with the store as its data directory: the store must hold the
-same tables, row for row; a crash before the conditional PUT of ``latest.json`` leaves the store's
-``latest.json`` as it was and the rerun resumes; a night that loses the race to another publisher fails in
-one line and leaves nothing of its own behind; ``towerflow.load`` and the documented readers answer from
-the store. The scheduler and two workers are started from the command line; each worker runs in its own
-mount namespace with an empty tmpfs over the session's temporary directory, so the shards' inputs and
-parts must travel through the store (tasks/store/exchange.py).
+The session's ``published`` night is repeated with the store as its data directory: the store must
+hold the same tables, row for row; a crash before the conditional PUT of ``latest.json`` leaves the
+store's ``latest.json`` as it was and the rerun resumes; a night that loses the race to another
+publisher fails in one line and leaves nothing of its own behind; ``towerflow.load`` and the
+documented readers answer from the store. The scheduler and two workers are started from the command
+line; each worker runs in its own mount namespace with an empty tmpfs over the session's temporary
+directory, so the shards' inputs and parts must travel through the store (tasks/store/exchange.py).
 """
 
 from __future__ import annotations
@@ -49,7 +49,8 @@ def _frame(store: ObjectStore, files: list[str], keys: list[str]) -> pd.DataFram
 
 
 def _local(data_dir: Path, files: list[str], keys: list[str]) -> pd.DataFrame:
-    frame = pd.concat([pq.ParquetFile(data_dir / f).read().to_pandas() for f in files])  # no hive column from the path
+    # no hive column from the path
+    frame = pd.concat([pq.ParquetFile(data_dir / f).read().to_pandas() for f in files])
     out: pd.DataFrame = frame.sort_values(keys).reset_index(drop=True)
     return out
 
@@ -57,13 +58,22 @@ def _local(data_dir: Path, files: list[str], keys: list[str]) -> pd.DataFrame:
 def test_store_uris_are_checked_before_anything_runs() -> None:
     assert StoreURI.parse("s3://bucket/a//b/") == StoreURI("bucket", "a/b")
     assert StoreURI.parse("s3://bucket").key("outputs/latest.json") == "outputs/latest.json"
-    for bad, says in (("gs://b/x", "gs:// is not supported"), ("s3://B_ad/x", "not a valid bucket"), ("s3://bkt/../x", "'..'")):
+    for bad, says in (
+        ("gs://b/x", "gs:// is not supported"),
+        ("s3://B_ad/x", "not a valid bucket"),
+        ("s3://bkt/../x", "'..'"),
+    ):
         with pytest.raises(ConfigError, match=says):
             StoreURI.parse(bad)
 
 
-def test_a_missing_bucket_or_an_unreachable_store_is_one_line(s3: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    with pytest.raises(StoreError, match=r"s3://no-such-bucket/x: opening the bucket failed .*the bucket does not exist"):
+def test_a_missing_bucket_or_an_unreachable_store_is_one_line(
+    s3: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with pytest.raises(
+        StoreError,
+        match=r"s3://no-such-bucket/x: opening the bucket failed .*the bucket does not exist",
+    ):
         ObjectStore("s3://no-such-bucket/x").check()
     with socket.socket() as sock:  # a port nothing listens on
         sock.bind(("127.0.0.1", 0))
@@ -91,23 +101,28 @@ def _run(published: dict[str, Any], tiny_data: tuple[Path, Path], uri: str, *ext
 
 
 STORE_NIGHT = "s3://nights/team/towerflow"
-OTHER = b'{"schema_version": "1", "written_by": "another night"}'  # what a racing publisher puts meanwhile
+# what a racing publisher puts meanwhile
+OTHER = b'{"schema_version": "1", "written_by": "another night"}'
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory, s3: str) -> Iterator[Any]:
-    """A scheduler and two workers started from the command line, each worker in its own mount namespace with an
-    empty tmpfs over the test session's directory: the flow's scratch, data and inputs are not on their disk.
+    """A scheduler and two workers started from the command line, each worker in its own mount
+    namespace with an empty tmpfs over the test session's directory: the flow's scratch, data and
+    inputs are not on their disk.
 
-    The workers get the store's endpoint and credentials from their environment (the s3 fixture's), nothing else.
+    The workers get the store's endpoint and credentials from their environment (the s3 fixture's),
+    nothing else.
     """
     distributed = pytest.importorskip("distributed")
     hidden = tmp_path_factory.getbasetemp()
-    own = Path(tempfile.mkdtemp(prefix="towerflow-dask-"))  # outside what is hidden: the cluster's own files
+    # outside what is hidden: the cluster's own files
+    own = Path(tempfile.mkdtemp(prefix="towerflow-dask-"))
     dask = str(Path(sys.executable).parent / "dask")
     sched_file = own / "scheduler.json"
-    procs = [subprocess.Popen([dask, "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
-                               "--scheduler-file", str(sched_file)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]  # fmt: skip
+    procs = [subprocess.Popen([dask, "scheduler", "--host", "127.0.0.1", "--port", "0",
+                               "--no-dashboard", "--scheduler-file", str(sched_file)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]  # fmt: skip
     try:
         deadline = time.monotonic() + 60
         while not sched_file.exists() and time.monotonic() < deadline:
@@ -116,32 +131,46 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, s3: str) -> Iterator[Any]:
         for i in range(2):
             tmp = own / f"worker-{i}"
             tmp.mkdir()
-            script = f'mount -t tmpfs tmpfs "{hidden}" && exec "{dask}" worker {address} --nthreads 1 --no-dashboard --name w{i}'
+            script = (
+                f'mount -t tmpfs tmpfs "{hidden}" && exec "{dask}" worker {address} --nthreads 1 '
+                f"--no-dashboard --name w{i}"
+            )
             env = {**os.environ, "TMPDIR": str(tmp), "OMP_NUM_THREADS": "1"}
             procs.append(
-                subprocess.Popen(["unshare", "-m", "sh", "-c", script], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                subprocess.Popen(
+                    ["unshare", "-m", "sh", "-c", script],
+                    env=env,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
             )
         with distributed.Client(address, timeout=60) as client:
             client.wait_for_workers(2, timeout=90)
             yield client
     finally:
-        for proc in procs:  # nothing of the cluster needs keeping: no graceful shutdown (it takes seconds)
+        for (
+            proc
+        ) in procs:  # nothing of the cluster needs keeping: no graceful shutdown (it takes seconds)
             proc.kill()
             proc.wait(timeout=30)
         shutil.rmtree(own, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
-def store_night(s3: str, published: dict[str, Any], tiny_data: tuple[Path, Path], cluster: Any) -> dict[str, Any]:
-    """The session's published night, repeated with ``--data-dir s3://...``, in four attempts that train once;
-    the third, which publishes, runs its shards on ``cluster``, whose workers cannot see the flow's files:
+def store_night(
+    s3: str, published: dict[str, Any], tiny_data: tuple[Path, Path], cluster: Any
+) -> dict[str, Any]:
+    """The session's published night, repeated with ``--data-dir s3://...``, in four attempts that
+    train once; the third, which publishes, runs its shards on ``cluster``, whose workers cannot see
+    the flow's files:
 
     1. a bug after every part was written, before the PUT of latest.json;
     2. another publisher writes latest.json while this night uploads: it loses the race;
     3. a bug just after the PUT, before the scratch's own latest.json: the store has published;
     4. the plain command again: the scratch catches up with the store, nothing is published twice.
 
-    Returns the URI, the store's latest.json after each attempt, and each attempt's exit code and output.
+    Returns the URI, the store's latest.json after each attempt, and each attempt's exit code and
+    output.
     """
     store = ObjectStore(STORE_NIGHT)
     facts: dict[str, Any] = {"uri": STORE_NIGHT}
@@ -154,7 +183,11 @@ def store_night(s3: str, published: dict[str, Any], tiny_data: tuple[Path, Path]
 
     for attempt in ("crash", "race", "committed", "rerun"):
         out, err = io.StringIO(), io.StringIO()
-        with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        with (
+            pytest.MonkeyPatch.context() as mp,
+            contextlib.redirect_stdout(out),
+            contextlib.redirect_stderr(err),
+        ):
             if attempt == "crash":
                 mp.setenv(faults.ENV, "bug:publish:uploaded")
             if attempt == "race":
@@ -165,44 +198,73 @@ def store_night(s3: str, published: dict[str, Any], tiny_data: tuple[Path, Path]
             code = _run(published, tiny_data, STORE_NIGHT, *dask)
         got = store.get(LATEST)
         keys = [*store.keys("models"), *store.keys("outputs/recommendations")]
-        facts[attempt] = {"code": code, "out": out.getvalue(), "err": err.getvalue(), "latest": got and got[0], "keys": keys}
+        facts[attempt] = {
+            "code": code,
+            "out": out.getvalue(),
+            "err": err.getvalue(),
+            "latest": got and got[0],
+            "keys": keys,
+        }
     return facts
 
 
-def test_a_crash_before_the_put_publishes_nothing_and_a_lost_race_leaves_nothing(store_night: dict[str, Any]) -> None:
+def test_a_crash_before_the_put_publishes_nothing_and_a_lost_race_leaves_nothing(
+    store_night: dict[str, Any],
+) -> None:
     crash, race = store_night["crash"], store_night["race"]
-    assert crash["code"] == 1 and crash["latest"] is None, "the store's latest.json is untouched by a crash"
+    assert crash["code"] == 1 and crash["latest"] is None, (
+        "the store's latest.json is untouched by a crash"
+    )
     assert race["code"] == 1 and race["latest"] == OTHER, "the other night's latest.json stays"
     said = race["err"].strip().splitlines()[-1]
-    assert "another night published since this night started; this night published nothing" in said, said
+    assert (
+        "another night published since this night started; this night published nothing" in said
+    ), said
     assert race["keys"] == [], "the loser removed every file it and its crashed attempt had written"
 
 
-def test_a_crash_after_the_put_is_published_and_the_rerun_catches_up(store_night: dict[str, Any]) -> None:
+def test_a_crash_after_the_put_is_published_and_the_rerun_catches_up(
+    store_night: dict[str, Any],
+) -> None:
     committed, rerun = store_night["committed"], store_night["rerun"]
-    assert committed["code"] == 1 and committed["latest"] not in (None, OTHER), "the store published at the PUT"
-    assert rerun["code"] == 0 and rerun["latest"] == committed["latest"], "the rerun leaves the published latest.json as it is"
+    assert committed["code"] == 1 and committed["latest"] not in (None, OTHER), (
+        "the store published at the PUT"
+    )
+    assert rerun["code"] == 0 and rerun["latest"] == committed["latest"], (
+        "the rerun leaves the published latest.json as it is"
+    )
     assert "resumed   reused from the interrupted run: " in rerun["out"] and "train" in rerun["out"]
 
 
-def test_a_night_on_the_store_publishes_the_local_tables(store_night: dict[str, Any], published: dict[str, Any]) -> None:
+def test_a_night_on_the_store_publishes_the_local_tables(
+    store_night: dict[str, Any], published: dict[str, Any]
+) -> None:
     uri = store_night["uri"]
     store = ObjectStore(uri)
     got = store.get(LATEST)
     assert got is not None
     latest, local = json.loads(got[0]), published["latest"]
     assert latest["model_version"] == local["model_version"]
-    for name, keys in (("recommendations", ["user_id", "rank"]), ("similar_movies", ["movie_id", "rank"])):
+    for name, keys in (
+        ("recommendations", ["user_id", "rank"]),
+        ("similar_movies", ["movie_id", "rank"]),
+    ):
         assert latest["tables"][name]["files"] == local["tables"][name]["files"]
         on_store = _frame(store, latest["tables"][name]["files"], keys)
-        pd.testing.assert_frame_equal(on_store, _local(published["dir"], local["tables"][name]["files"], keys))
-    for entry in latest["model"].values():  # every model file on the store, with the sha256 latest.json names
+        pd.testing.assert_frame_equal(
+            on_store, _local(published["dir"], local["tables"][name]["files"], keys)
+        )
+    for entry in latest[
+        "model"
+    ].values():  # every model file on the store, with the sha256 latest.json names
         assert store.head(entry["path"])["sha256"] == entry["sha256"]  # type: ignore[index]
     assert list(store.keys("outputs/history")), "the nights' history rows are on the store"
     assert not list(store.keys("work")), "what the shards exchanged is removed after the publish"
     assert SECRET not in got[0].decode()
     scratch = [p for p in Path(os.environ["TOWERFLOW_SCRATCH"]).rglob("*") if p.is_file()]
-    assert scratch and not [p for p in scratch if SECRET.encode() in p.read_bytes()], "credentials written to the scratch"
+    assert scratch and not [p for p in scratch if SECRET.encode() in p.read_bytes()], (
+        "credentials written to the scratch"
+    )
 
     import towerflow
 
@@ -216,7 +278,9 @@ def test_the_documented_readers_read_the_store(
 ) -> None:
     """docs/operations.md's pyarrow, pandas, polars and DuckDB example, run as written."""
     text = (Path(__file__).parents[1] / "docs" / "operations.md").read_text()
-    code = text.split("<!-- run by tests/test_objectstore.py -->\n```python\n", 1)[1].split("```", 1)[0]
+    code = text.split("<!-- run by tests/test_objectstore.py -->\n```python\n", 1)[1].split(
+        "```", 1
+    )[0]
     monkeypatch.setenv("TOWERFLOW_URI", store_night["uri"])
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
@@ -228,18 +292,41 @@ def test_the_documented_readers_read_the_store(
 
 
 def test_the_shards_ran_on_workers_that_cannot_see_the_flows_files(
-    store_night: dict[str, Any], published: dict[str, Any], tiny_data: tuple[Path, Path], cluster: Any
+    store_night: dict[str, Any],
+    published: dict[str, Any],
+    tiny_data: tuple[Path, Path],
+    cluster: Any,
 ) -> None:
     for path in (tiny_data[0], published["dir"], Path(os.environ["TOWERFLOW_SCRATCH"])):
         assert set(cluster.run(os.path.exists, str(path)).values()) == {False}, path
-    loaded = [set(cluster.run(lambda m=m: m in sys.modules).values()) for m in ("tasks.serving.shards", "tensorflow")]
-    assert loaded == [{True}, {False}], "the shards ran on the workers, which never loaded TensorFlow"
+    loaded = [
+        set(cluster.run(lambda m=m: m in sys.modules).values())
+        for m in ("tasks.serving.shards", "tensorflow")
+    ]
+    assert loaded == [{True}, {False}], (
+        "the shards ran on the workers, which never loaded TensorFlow"
+    )
 
 
-def test_bad_dask_address_fails_with_one_line(tiny_data: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_dask_address_fails_with_one_line(
+    tiny_data: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     ratings, movies = tiny_data
-    args = ["run", "--ratings", str(ratings), "--movies", str(movies), "--data-dir", str(tmp_path), "--dask-address", "nonsense"]
+    args = [
+        "run",
+        "--ratings",
+        str(ratings),
+        "--movies",
+        str(movies),
+        "--data-dir",
+        str(tmp_path),
+        "--dask-address",
+        "nonsense",
+    ]
     assert main(args) == 1
     assert (
-        capsys.readouterr().err.strip().splitlines()[-1].startswith("towerflow run failed: --dask-address must look like tcp://HOST:PORT")
+        capsys.readouterr()
+        .err.strip()
+        .splitlines()[-1]
+        .startswith("towerflow run failed: --dask-address must look like tcp://HOST:PORT")
     )

@@ -32,9 +32,15 @@ def _brute(users: np.ndarray, items: np.ndarray, seen: list[np.ndarray], k: int)
 @pytest.mark.parametrize("path", ["scan", "faiss+scan", "faiss only"])
 @pytest.mark.parametrize(("chunk_size", "first_extra"), [(1, 32), (7, 0), (1000, 2), (1000, 32)])
 def test_topk_unseen_matches_brute_force(
-    rng: np.random.Generator, chunk_size: int, first_extra: int, path: str, monkeypatch: pytest.MonkeyPatch
+    rng: np.random.Generator,
+    chunk_size: int,
+    first_extra: int,
+    path: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Small chunks are scanned exactly; big ones go to FAISS first (forced here); non-flat indexes re-ask FAISS."""
+    """Small chunks are scanned exactly; big ones go to FAISS first (forced here); non-flat indexes
+    re-ask FAISS.
+    """
     import tasks.serving.recommend as rec
 
     if path != "scan":
@@ -44,12 +50,15 @@ def test_topk_unseen_matches_brute_force(
     users, items, k = _unit(rng, 40, 8), _unit(rng, 60, 8), 5
     seen = [rng.choice(60, size=int(rng.integers(0, 30)), replace=False) for _ in range(40)]
     seen[3] = np.arange(57)  # only 3 unseen items left: fewer than k rows
-    for u in (5, 6):  # heavy raters whose seen movies are exactly their best-scoring ones: forces re-queries
+    # heavy raters whose seen movies are exactly their best-scoring ones: forces re-queries
+    for u in (5, 6):
         seen[u] = np.argsort(-(users[u] @ items.T))[:40]
     indptr = np.concatenate([[0], np.cumsum([len(s) for s in seen])])
     rows = np.concatenate(seen).astype(np.int64)
     got: dict[int, list[tuple[int, int, float]]] = {}
-    for q, rank, item, score in topk_unseen(build_index(items), users, indptr, rows, k, chunk_size, first_extra):
+    for q, rank, item, score in topk_unseen(
+        build_index(items), users, indptr, rows, k, chunk_size, first_extra
+    ):
         for a, b, c, d in zip(q, rank, item, score, strict=True):
             got.setdefault(int(a), []).append((int(b), int(c), float(d)))
     expected = _brute(users, items, seen, k)
@@ -67,7 +76,9 @@ def test_similar_movies_never_self(tmp_path: Path, rng: np.random.Generator) -> 
     emb = _unit(rng, 30, 4)
     emb[5] = emb[4]  # an exact duplicate must not displace or duplicate self-exclusion
     ids = np.arange(100, 130, dtype=np.int64)
-    n = write_similar_movies(tmp_path / "sim.parquet", build_index(emb), ids, emb, k=4, chunk_size=8)
+    n = write_similar_movies(
+        tmp_path / "sim.parquet", build_index(emb), ids, emb, k=4, chunk_size=8
+    )
     table = pq.read_table(tmp_path / "sim.parquet").to_pandas()
     assert n == 120 and (table.groupby("movie_id").size() == 4).all()
     assert not (table["movie_id"] == table["similar_movie_id"]).any()
@@ -79,8 +90,8 @@ def test_similar_movies_never_self(tmp_path: Path, rng: np.random.Generator) -> 
 def test_equal_scores_are_ordered_by_row_on_every_path(
     rng: np.random.Generator, chunk_size: int, path: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Movies with identical vectors (identical content rows) tie exactly; the lower row (movie_id) comes first,
-    whatever the path, the chunk or where the tie falls against the cut at k."""
+    """Movies with identical vectors (identical content rows) tie exactly; the lower row (movie_id)
+    comes first, whatever the path, the chunk or where the tie falls against the cut at k."""
     import tasks.serving.recommend as rec
 
     if path != "scan":
@@ -91,16 +102,19 @@ def test_equal_scores_are_ordered_by_row_on_every_path(
     items[[7, 19, 33, 41, 58]] = items[50]  # five copies of one vector, row 50 among them
     items[[2, 12]] = items[30]
     users, k = _unit(rng, 30, 8), 4
-    users[:10] = items[50] + 0.01 * _unit(rng, 10, 8)  # the tied group leads, and straddles the cut at k
-    seen = [rng.choice([0, 1, 3, 5], size=int(rng.integers(0, 3)), replace=False) for _ in range(30)]
+    # the tied group leads, and straddles the cut at k
+    users[:10] = items[50] + 0.01 * _unit(rng, 10, 8)
+    seen = [
+        rng.choice([0, 1, 3, 5], size=int(rng.integers(0, 3)), replace=False) for _ in range(30)
+    ]
     indptr = np.concatenate([[0], np.cumsum([len(s) for s in seen])])
     rows = np.concatenate(seen).astype(np.int64)
     got: dict[int, list[int]] = {}
     for q, _, item, _ in topk_unseen(build_index(items), users, indptr, rows, k, chunk_size, 2):
         for a, c in zip(q, item, strict=True):
             got.setdefault(int(a), []).append(int(c))
-    # einsum's own loop, not BLAS: a blocked GEMM may round two identical columns differently (seen with
-    # AVX-512 kernels), and the reference must tie exactly where the vectors do
+    # einsum's own loop, not BLAS: a blocked GEMM may round two identical columns differently
+    # (seen with AVX-512 kernels), and the reference must tie exactly where the vectors do
     scores = np.einsum("ij,kj->ik", users, items)
     for u in range(30):
         s = scores[u].copy()

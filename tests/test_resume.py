@@ -1,4 +1,6 @@
-"""Crash safety in process: a publish cut at every step, the cache records a resume may reuse, paths input cannot steer."""
+"""Crash safety in process: a publish cut at every step, the cache records a resume may reuse, paths
+input cannot steer.
+"""
 
 from __future__ import annotations
 
@@ -22,7 +24,13 @@ from tests.documents import NIGHT_FIELDS
 
 D1, D2 = dt.date(2026, 1, 2), dt.date(2026, 1, 3)
 INPUT_HASH = "ab" * 32
-POINTS = ["publish:model-moved", "publish:tables-staged", "publish:tables-visible", "write:latest.json", "publish:committed"]
+POINTS = [
+    "publish:model-moved",
+    "publish:tables-staged",
+    "publish:tables-visible",
+    "write:latest.json",
+    "publish:committed",
+]
 
 
 class SimulatedCrash(BaseException):
@@ -38,7 +46,9 @@ def _version(run_date: dt.date, tag: str) -> str:
 
 
 def _stage(layout: Layout, version: str, marker: str) -> tuple[Path, dict[str, str | list[str]]]:
-    """A work directory as the stages leave it: a model directory, two sharded tables and a metrics file."""
+    """A work directory as the stages leave it: a model directory, two sharded tables and a metrics
+    file.
+    """
     work = layout.work(version)
     model = work / "model"
     model.mkdir(parents=True)
@@ -59,7 +69,10 @@ def _stage(layout: Layout, version: str, marker: str) -> tuple[Path, dict[str, s
     return model, tables
 
 
-EXTRA: dict[str, Any] = {**NIGHT_FIELDS, "inputs": {"ratings": "ratings.csv", "movies": "movies.csv", "sha256": INPUT_HASH}}
+EXTRA: dict[str, Any] = {
+    **NIGHT_FIELDS,
+    "inputs": {"ratings": "ratings.csv", "movies": "movies.csv", "sha256": INPUT_HASH},
+}
 
 
 def _publish(layout: Layout, run_date: dt.date, version: str, marker: str) -> dict[str, Any]:
@@ -72,8 +85,12 @@ def _view(layout: Layout) -> dict[str, str]:
     out = {}
     for root in (layout.outputs, layout.data_dir / "models"):
         for f in sorted(root.rglob("*")):
-            if f.is_file() and not any(p.startswith(".") for p in f.relative_to(layout.data_dir).parts):
-                out[str(f.relative_to(layout.data_dir))] = hashlib.sha256(f.read_bytes()).hexdigest()
+            if f.is_file() and not any(
+                p.startswith(".") for p in f.relative_to(layout.data_dir).parts
+            ):
+                out[str(f.relative_to(layout.data_dir))] = hashlib.sha256(
+                    f.read_bytes()
+                ).hexdigest()
     return out
 
 
@@ -113,16 +130,21 @@ def test_publish_cut_at_any_step_keeps_or_completes_what_latest_points_to(
         assert {k: v for k, v in _view(layout).items() if k in before} == before
     notes = resume.recover(layout)
     assert not list((layout.data_dir / "work").glob(f"*/{resume.JOURNAL}"))
-    assert not [p for p in layout.data_dir.rglob(".*") if p.name != ".results"]  # no temporaries, no staged parts
+    # no temporaries, no staged parts
+    assert not [p for p in layout.data_dir.rglob(".*") if p.name != ".results"]
     if point == "publish:committed":
         assert "finished the publish" in notes[0]
         for info in live["tables"].values():  # the older parts of the same partitions are gone
             partition = layout.data_dir / info["path"]
-            assert sorted(str(p.relative_to(layout.data_dir)) for p in partition.iterdir()) == sorted(info["files"])
+            assert sorted(
+                str(p.relative_to(layout.data_dir)) for p in partition.iterdir()
+            ) == sorted(info["files"])
     else:
         assert "rolled back the interrupted publish" in notes[0]
         assert _view(layout) == before and layout.latest.read_bytes() == latest_before
-        assert not (layout.outputs / "recommendations" / f"run_date={D2}").exists()  # no empty partition left
+        assert not (
+            layout.outputs / "recommendations" / f"run_date={D2}"
+        ).exists()  # no empty partition left
 
 
 def test_republishing_the_live_version_touches_nothing(layout: Layout) -> None:
@@ -133,7 +155,9 @@ def test_republishing_the_live_version_touches_nothing(layout: Layout) -> None:
     assert _view(layout) == before
     work = layout.work(version)
     assert (work / "model").is_dir()  # left staged; the flow removes its work directory itself
-    (layout.data_dir / live["model"]["index"]["path"]).unlink()  # not intact any more: published again
+    (
+        layout.data_dir / live["model"]["index"]["path"]
+    ).unlink()  # not intact any more: published again
     (work / "model").rename(work / "model-unused")
     again = _publish(layout, D1, version, "fixed")
     assert again["model_version"] == version and again["published_at"] >= live["published_at"]
@@ -144,7 +168,10 @@ def test_republishing_the_live_version_touches_nothing(layout: Layout) -> None:
 
 
 def _record(path: Path, result: dict[str, Any], serializer: str = "json") -> Path:
-    body = {"metadata": {"serializer": {"type": serializer, "jsonlib": "json", "object_decoder": None}}, "result": json.dumps(result)}
+    body = {
+        "metadata": {"serializer": {"type": serializer, "jsonlib": "json", "object_decoder": None}},
+        "result": json.dumps(result),
+    }
     path.write_text(json.dumps(body))
     return path
 
@@ -160,10 +187,14 @@ def test_a_stored_stage_result_counts_only_while_its_outputs_verify(tmp_path: Pa
     assert "changed since the stage wrote it" in (caching.stale_reason(record) or "")
     out.unlink()
     assert "no longer exists" in (caching.stale_reason(record) or "")
-    assert "not towerflow's plain JSON" in (caching.stale_reason(_record(tmp_path / "stage-2", {}, "pickle")) or "")
+    assert "not towerflow's plain JSON" in (
+        caching.stale_reason(_record(tmp_path / "stage-2", {}, "pickle")) or ""
+    )
     (tmp_path / "stage-3").write_text('{"metadata": {"serial')  # cut short by a crash
     assert "unreadable" in (caching.stale_reason(tmp_path / "stage-3") or "")
-    assert "unreadable" in (caching.stale_reason(_record(tmp_path / "stage-4", {"no": "manifest"})) or "")
+    assert "unreadable" in (
+        caching.stale_reason(_record(tmp_path / "stage-4", {"no": "manifest"})) or ""
+    )
 
 
 def test_inputs_count_by_content_and_hidden_temporaries_do_not(tmp_path: Path) -> None:
@@ -179,7 +210,10 @@ def test_inputs_count_by_content_and_hidden_temporaries_do_not(tmp_path: Path) -
 
 
 def test_code_version_covers_lazily_imported_modules() -> None:
-    names = {str(p.relative_to(Path(caching.__file__).resolve().parent.parent)) for p in caching.code_files()}
+    names = {
+        str(p.relative_to(Path(caching.__file__).resolve().parent.parent))
+        for p in caching.code_files()
+    }
     assert {
         "flows/nightly.py",
         "tasks/modeling/fitting.py",
@@ -194,13 +228,22 @@ def test_code_version_covers_lazily_imported_modules() -> None:
 def test_json_results_refuse_objects_they_cannot_write_plainly() -> None:
     import numpy as np
 
-    assert json.loads(caching.SERIALIZER.dumps({"x": np.float32(0.5), "p": Path("/a")})) == {"x": 0.5, "p": "/a"}
-    assert json.loads(caching.SERIALIZER.dumps(ValueError("bad"))) == {"exception": "ValueError", "message": "bad"}
+    assert json.loads(caching.SERIALIZER.dumps({"x": np.float32(0.5), "p": Path("/a")})) == {
+        "x": 0.5,
+        "p": "/a",
+    }
+    assert json.loads(caching.SERIALIZER.dumps(ValueError("bad"))) == {
+        "exception": "ValueError",
+        "message": "bad",
+    }
     with pytest.raises(TypeError):
         caching.SERIALIZER.dumps({"f": object()})
 
 
-@pytest.mark.parametrize("version", ["../x", "2026-01-02-../../etc", "2026-01-02-ABCDEF012345", "", "2026-01-02-0123456789ab/x"])
+@pytest.mark.parametrize(
+    "version",
+    ["../x", "2026-01-02-../../etc", "2026-01-02-ABCDEF012345", "", "2026-01-02-0123456789ab/x"],
+)
 def test_layout_refuses_versions_that_are_not_hashes(tmp_path: Path, version: str) -> None:
     layout = Layout(tmp_path)
     for build in (layout.work, layout.model, lambda v: layout.table("recommendations", D1, v)):
@@ -219,7 +262,9 @@ def test_layout_refuses_dates_and_parts_that_are_not_what_they_say(tmp_path: Pat
 
 
 @pytest.mark.parametrize("run_date", ["../../x", "2026-13-01", "2026-01-02/../../x", "tomorrow"])
-def test_a_bad_run_date_stops_before_anything_is_written(tmp_path: Path, run_date: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_bad_run_date_stops_before_anything_is_written(
+    tmp_path: Path, run_date: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     from pydantic import ValidationError
 
     from flows.cli import main
@@ -239,7 +284,8 @@ def test_a_failed_stage_says_how_to_resume_unless_input_or_gate_is_at_fault(tmp_
 
     work = tmp_path / "work" / _version(D1, "x")
     assert resume.hint(OSError("No space left on device"), work) == (
-        f" (finished stages are kept in {work}: fix the cause and run the same command again to resume)"
+        f" (finished stages are kept in {work}: fix the cause and run the same command again "
+        "to resume)"
     )
     assert resume.hint(InputError("ratings.csv: line 3 ..."), work) == ""
     assert resume.hint(QualityGateError("quality gate: ..."), work) == ""

@@ -25,7 +25,9 @@ def test_json_round_trip_is_exact(tmp_path: Path, rng: np.random.Generator) -> N
     assert t.user_names == list("abcd") and t.movie_names == list("xyz")
 
 
-def test_query_scalers_give_scikit_learns_numbers_without_it(tmp_path: Path, rng: np.random.Generator) -> None:
+def test_query_scalers_give_scikit_learns_numbers_without_it(
+    tmp_path: Path, rng: np.random.Generator
+) -> None:
     from tasks.preparation.scalers import QueryScalers
 
     ux, mx = rng.normal(3, 2, (50, 4)), rng.normal(-1, 5, (80, 3))
@@ -35,7 +37,8 @@ def test_query_scalers_give_scikit_learns_numbers_without_it(tmp_path: Path, rng
         s = fit_scalers(ux, mx, y, list("abcd"), list("xyz"), target_scale=mode)
         q = QueryScalers.read(save_scalers(s, tmp_path / f"{mode}.json"))
         np.testing.assert_array_equal(q.user(ux), s.user.transform(ux).astype(np.float32))
-        rows32 = ux.astype(np.float32)  # the pipeline's feature rows are float32: computed in float32 by both
+        # the pipeline's feature rows are float32: computed in float32 by both
+        rows32 = ux.astype(np.float32)
         np.testing.assert_array_equal(q.user(rows32), s.user.transform(rows32))
         scores = rng.uniform(-1, 1, 300)
         np.testing.assert_array_equal(q.target_to_rating(scores), s.target_to_rating(scores))

@@ -1,9 +1,11 @@
-"""Against a real Prefect server on 127.0.0.1: ``towerflow serve`` creates the cron deployment, a run
-triggered as the UI does ends Completed with its artifacts, and stopping the service keeps the schedule;
-nights leave their events, history and drift behind, and ``towerflow alerts install`` creates automations.
+"""Against a real Prefect server on 127.0.0.1: ``towerflow serve`` creates the cron deployment, a
+run triggered as the UI does ends Completed with its artifacts, and stopping the service keeps the
+schedule; nights leave their events, history and drift behind, and ``towerflow alerts install``
+creates automations.
 
-The server is the session's test server (a subprocess with its own SQLite database); ``towerflow serve`` and
-the nights are subprocesses with their own environment (their own PREFECT_HOME, PREFECT_API_URL pointing at it).
+The server is the session's test server (a subprocess with its own SQLite database); ``towerflow
+serve`` and the nights are subprocesses with their own environment (their own PREFECT_HOME,
+PREFECT_API_URL pointing at it).
 """
 
 from __future__ import annotations
@@ -44,12 +46,19 @@ def _free_port() -> int:
 
 def _env(home: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env.update(PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false", TOWERFLOW_THREADS="2", **extra)
+    env.update(
+        PREFECT_HOME=str(home),
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        TOWERFLOW_THREADS="2",
+        **extra,
+    )
     return env
 
 
 def _wait(what: str, timeout: float, probe: Callable[[], Any]) -> Any:
-    """Poll ``probe`` until it returns something truthy; errors while polling (server busy) are retried."""
+    """Poll ``probe`` until it returns something truthy; errors while polling (server busy) are
+    retried.
+    """
     deadline, error = time.monotonic() + timeout, None
     while time.monotonic() < deadline:
         try:
@@ -59,7 +68,9 @@ def _wait(what: str, timeout: float, probe: Callable[[], Any]) -> Any:
         if value:
             return value
         time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what} (last error: {error})")
+    raise AssertionError(
+        f"timed out after {timeout:.0f} s waiting for {what} (last error: {error})"
+    )
 
 
 def _stop(proc: subprocess.Popen[bytes], timeout: float = 20) -> None:
@@ -75,14 +86,18 @@ def _stop(proc: subprocess.Popen[bytes], timeout: float = 20) -> None:
 
 @pytest.fixture(scope="module")
 def server(prefect_harness: None) -> str:
-    """The API URL of the session's Prefect test server (a real server on 127.0.0.1, its own SQLite database)."""
+    """The API URL of the session's Prefect test server (a real server on 127.0.0.1, its own SQLite
+    database).
+    """
     from prefect.settings import PREFECT_API_URL
 
     return str(PREFECT_API_URL.value())
 
 
 def _post(api: str, path: str, body: dict[str, Any]) -> Any:
-    """POST to the API; a busy server's 503 (SQLite under load) is retried, as Prefect's own client does."""
+    """POST to the API; a busy server's 503 (SQLite under load) is retried, as Prefect's own client
+    does.
+    """
     for attempt in range(6):
         response = httpx.post(f"{api}{path}", json=body, timeout=10)
         if response.status_code not in (429, 503) or attempt == 5:
@@ -93,14 +108,17 @@ def _post(api: str, path: str, body: dict[str, Any]) -> Any:
     return response.json()
 
 
-def test_serve_schedules_and_a_triggered_run_completes_with_artifacts(server: str, tiny_data: tuple[Path, Path], tmp_path: Path) -> None:
+def test_serve_schedules_and_a_triggered_run_completes_with_artifacts(
+    server: str, tiny_data: tuple[Path, Path], tmp_path: Path
+) -> None:
     ratings, movies = tiny_data
     data_dir = tmp_path / "data"
     log = open(tmp_path / "serve.log", "wb")  # noqa: SIM115
     serve = subprocess.Popen(
         [
-            str(BIN / "towerflow"), "serve", "--ratings", str(ratings), "--movies", str(movies), "--data-dir", str(data_dir),
-            "--k", "5", "--max-epochs", "2", "--no-gate", "--shard-size", "50", "--timezone", "Europe/Berlin",
+            str(BIN / "towerflow"), "serve", "--ratings", str(ratings), "--movies", str(movies),
+            "--data-dir", str(data_dir), "--k", "5", "--max-epochs", "2", "--no-gate",
+            "--shard-size", "50", "--timezone", "Europe/Berlin",
         ],
         env=_env(tmp_path / "home", PREFECT_API_URL=server, PREFECT_RUNNER_POLL_FREQUENCY="1"),
         stdout=log,
@@ -108,43 +126,68 @@ def test_serve_schedules_and_a_triggered_run_completes_with_artifacts(server: st
         start_new_session=True,
     )  # fmt: skip
     try:
-        deployment = _wait("the served deployment", 90, lambda: _post(server, "/deployments/filter", {}))[0]
+        deployment = _wait(
+            "the served deployment", 90, lambda: _post(server, "/deployments/filter", {})
+        )[0]
         assert (deployment["name"], deployment["paused"]) == ("nightly", False)
         assert [s["schedule"]["cron"] for s in deployment["schedules"]] == ["0 2 * * *"]
-        assert deployment["schedules"][0]["schedule"]["timezone"] == "Europe/Berlin" and deployment["schedules"][0]["active"]
+        assert (
+            deployment["schedules"][0]["schedule"]["timezone"] == "Europe/Berlin"
+            and deployment["schedules"][0]["active"]
+        )
         assert deployment["global_concurrency_limit"]["limit"] == 1
         assert deployment["parameters"]["params"]["data_dir"] == str(data_dir)
 
-        # what the UI's "Quick run" does: a flow run of the deployment, picked up by the serve process
-        body = {"state": {"type": "SCHEDULED"}, "idempotency_key": f"test-{deployment['id']}"}  # a retried POST makes one run
+        # what the UI's "Quick run" does: a flow run of the deployment, picked up by the serve
+        # process
+        # a retried POST makes one run
+        body = {"state": {"type": "SCHEDULED"}, "idempotency_key": f"test-{deployment['id']}"}
         run = _post(server, f"/deployments/{deployment['id']}/create_flow_run", body)
 
         def finished() -> Any:
             state = httpx.get(f"{server}/flow_runs/{run['id']}", timeout=5).json()["state"]
-            return state if state["type"] in {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"} else None
+            return (
+                state if state["type"] in {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"} else None
+            )
 
         state = _wait("the triggered flow run", 240, finished)
         assert state["type"] == "COMPLETED", state
 
-        artifacts = _post(server, "/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [run["id"]]}}})
+        artifacts = _post(
+            server, "/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [run["id"]]}}}
+        )
         by_key = {a["key"]: a for a in artifacts}
         assert set(by_key) >= ARTIFACT_KEYS
         assert all(by_key[k]["data"] == 100 for k in ARTIFACT_KEYS if k.endswith("-progress"))
         report = by_key["towerflow-report"]["data"]
-        assert report.count("](data:image/png;base64,") == 3 and "| recommendations | 600 |" in report  # loss, scores, history
+        # loss, scores, history
+        assert (
+            report.count("](data:image/png;base64,") == 3 and "| recommendations | 600 |" in report
+        )
 
-        # the run's task runs as its event feed shows them (the session's server records no task-run rows)
-        of_run = {"related": {"id": [f"prefect.flow-run.{run['id']}"]}, "event": {"name": ["prefect.task-run.Completed"]}}
+        # the run's task runs as its event feed shows them (the session's server records no task-run
+        # rows)
+        of_run = {
+            "related": {"id": [f"prefect.flow-run.{run['id']}"]},
+            "event": {"name": ["prefect.task-run.Completed"]},
+        }
         shards = {"recommend-shard-1-of-3", "recommend-shard-3-of-3", "similar-shard-4-of-4"}
 
-        def completed_tasks() -> set[str] | None:  # events are persisted in batches: wait for the shards'
+        # events are persisted in batches: wait for the shards'
+        def completed_tasks() -> set[str] | None:
             events = _post(server, "/events/filter", {"filter": of_run, "limit": 50})["events"]
             names = {e["resource"]["prefect.resource.name"] for e in events}
             return names if shards <= names else None
 
-        assert "train" in {name.rsplit("-", 1)[0] for name in _wait("the shards' task-run events", 60, completed_tasks)}
-        logs = _post(server, "/logs/filter", {"logs": {"flow_run_id": {"any_": [run["id"]]}}, "limit": 200})
-        assert any("validate epoch 2/2" in entry["message"] for entry in logs)  # TF epochs reach the run's logs
+        assert "train" in {
+            name.rsplit("-", 1)[0]
+            for name in _wait("the shards' task-run events", 60, completed_tasks)
+        }
+        logs = _post(
+            server, "/logs/filter", {"logs": {"flow_run_id": {"any_": [run["id"]]}}, "limit": 200}
+        )
+        # TF epochs reach the run's logs
+        assert any("validate epoch 2/2" in entry["message"] for entry in logs)
 
         latest = json.loads((data_dir / "outputs" / "latest.json").read_text())
         reports = data_dir / "outputs" / "reports" / f"run_date={latest['run_date']}"
@@ -152,7 +195,8 @@ def test_serve_schedules_and_a_triggered_run_completes_with_artifacts(server: st
     finally:
         _stop(serve)
         log.close()
-        print((tmp_path / "serve.log").read_text(errors="replace")[-4000:])  # shown if the test failed
+        # shown if the test failed
+        print((tmp_path / "serve.log").read_text(errors="replace")[-4000:])
     # pause_on_shutdown=False: the schedule survives the service stopping
     after = httpx.get(f"{server}/deployments/{deployment['id']}", timeout=5).json()
     assert after["paused"] is False and after["schedules"][0]["active"] is True
@@ -161,52 +205,112 @@ def test_serve_schedules_and_a_triggered_run_completes_with_artifacts(server: st
 def test_nights_leave_events_history_drift_and_alerts_install(
     server: str, tiny_data: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Two nights and a failed one: their events with payloads, the history artifact, the drift; then alerts, twice.
+    """Two nights and a failed one: their events with payloads, the history artifact, the drift;
+    then alerts, twice.
 
-    The nights run in this process (their events go to the session's server like a subprocess's would;
-    tests/test_faults.py runs the command as a subprocess).
+    The nights run in this process (their events go to the session's server like a subprocess's
+    would; tests/test_faults.py runs the command as a subprocess).
     """
     from flows.cli import main
 
     ratings, movies = tiny_data
     data_dir = tmp_path / "data"
-    run = ["run", "--ratings", str(ratings), "--movies", str(movies), "--data-dir", str(data_dir), "--k", "5", "--max-epochs", "1"]
-    for night, seed in (("2026-02-01", "1"), ("2026-02-02", "2")):  # another seed: another model, lists that moved
-        assert main([*run, "--run-date", night, "--seed", seed]) == 0, capsys.readouterr().err[-3000:]
+    run = [
+        "run",
+        "--ratings",
+        str(ratings),
+        "--movies",
+        str(movies),
+        "--data-dir",
+        str(data_dir),
+        "--k",
+        "5",
+        "--max-epochs",
+        "1",
+    ]
+    # another seed: another model, lists that moved
+    for night, seed in (("2026-02-01", "1"), ("2026-02-02", "2")):
+        assert main([*run, "--run-date", night, "--seed", seed]) == 0, capsys.readouterr().err[
+            -3000:
+        ]
     latest = json.loads((data_dir / "outputs" / "latest.json").read_text())
     versus = latest["drift"]["versus_published"]
-    assert versus["users_compared"] == 120 and 0.0 < versus["drift"] <= 1.0 and 0.0 < versus["changed_share"] <= 1.0
+    assert (
+        versus["users_compared"] == 120
+        and 0.0 < versus["drift"] <= 1.0
+        and 0.0 < versus["changed_share"] <= 1.0
+    )
     assert {"coverage", "novelty", "diversity", "personalization"} <= set(latest["drift"]["lists"])
     bad = tmp_path / "bad.csv"
     bad.write_text("userId,movieId,rating,timestamp\n1,1,4.0,10\n1,2,four,11\n")
     capsys.readouterr()
-    code = main(["run", "--ratings", str(bad), "--movies", str(movies), "--data-dir", str(data_dir), "--run-date", "2026-02-03"])
+    code = main(
+        [
+            "run",
+            "--ratings",
+            str(bad),
+            "--movies",
+            str(movies),
+            "--data-dir",
+            str(data_dir),
+            "--run-date",
+            "2026-02-03",
+        ]
+    )
     stderr = capsys.readouterr().err
     err = stderr.strip().splitlines()
-    assert code == 1 and err[-1].startswith("towerflow run failed: stage ingest failed:") and "'four'" in err[-1]
+    assert (
+        code == 1
+        and err[-1].startswith("towerflow run failed: stage ingest failed:")
+        and "'four'" in err[-1]
+    )
     assert "Traceback" not in stderr  # an expected failure: one line, no traceback
 
     def towerflow_events() -> Any:
-        ours = {"event": {"prefix": ["towerflow."]}, "resource": {"id": [f"towerflow.data-dir.{data_dir.resolve()}"]}}
+        ours = {
+            "event": {"prefix": ["towerflow."]},
+            "resource": {"id": [f"towerflow.data-dir.{data_dir.resolve()}"]},
+        }
         found = _post(server, "/events/filter", {"filter": ours, "limit": 50})["events"]
-        names = [e["event"] for e in found]  # the events client sends in the background: wait for the last night's
-        return found if names.count("towerflow.night.published") >= 2 and "towerflow.night.failed" in names else None
+        # the events client sends in the background: wait for the last night's
+        names = [e["event"] for e in found]
+        return (
+            found
+            if names.count("towerflow.night.published") >= 2 and "towerflow.night.failed" in names
+            else None
+        )
 
     found = _wait("the nights' events", 60, towerflow_events)
     by_name: dict[str, list[dict[str, Any]]] = {}
     for event in found:
         by_name.setdefault(event["event"], []).append(event)
-    assert len(by_name["towerflow.night.published"]) == 2 and len(by_name["towerflow.night.failed"]) == 1
+    assert (
+        len(by_name["towerflow.night.published"]) == 2
+        and len(by_name["towerflow.night.failed"]) == 1
+    )
     published = max(by_name["towerflow.night.published"], key=lambda e: e["payload"]["run_date"])
-    assert published["resource"]["prefect.resource.id"] == f"towerflow.data-dir.{data_dir.resolve()}"
+    assert (
+        published["resource"]["prefect.resource.id"] == f"towerflow.data-dir.{data_dir.resolve()}"
+    )
     assert published["payload"]["model_version"] == latest["model_version"]
-    assert published["payload"]["metrics"]["two-tower"]["users"] == latest["metrics"]["two-tower"]["users"]
+    assert (
+        published["payload"]["metrics"]["two-tower"]["users"]
+        == latest["metrics"]["two-tower"]["users"]
+    )
     assert "stage ingest failed" in by_name["towerflow.night.failed"][0]["payload"]["reason"]
 
-    history = _post(server, "/artifacts/filter", {"artifacts": {"key": {"any_": ["towerflow-history"]}}, "sort": "CREATED_DESC"})
-    history = [a for a in reversed(history) if str(data_dir.resolve()) in a["description"]]  # oldest first
+    history = _post(
+        server,
+        "/artifacts/filter",
+        {"artifacts": {"key": {"any_": ["towerflow-history"]}}, "sort": "CREATED_DESC"},
+    )
+    # oldest first
+    history = [a for a in reversed(history) if str(data_dir.resolve()) in a["description"]]
     assert len(history) == 3  # one version per night
-    assert "| 2026-02-01 | published |" in history[1]["data"] and "| 2026-02-02 | published |" in history[1]["data"]
+    assert (
+        "| 2026-02-01 | published |" in history[1]["data"]
+        and "| 2026-02-02 | published |" in history[1]["data"]
+    )
     assert "Last night not published (2026-02-03, failed)" in history[2]["data"]
 
     from prefect.blocks.notifications import CustomWebhookNotificationBlock
@@ -218,11 +322,17 @@ def test_nights_leave_events_history_drift_and_alerts_install(
         assert main(["alerts", "install", "--block", "towerflow-test"]) == 0
         assert capsys.readouterr().out.count(expected) == 4
     automations = _post(server, "/automations/filter", {})
-    triggers = {a["name"]: a["trigger"]["expect"] for a in automations if a["name"].startswith("towerflow:")}
+    triggers = {
+        a["name"]: a["trigger"]["expect"] for a in automations if a["name"].startswith("towerflow:")
+    }
     assert triggers == {
         "towerflow: night failed": ["towerflow.night.failed"],
         "towerflow: night refused by the quality gate": ["towerflow.night.gate-refused"],
         "towerflow: recommendations drifted": ["towerflow.night.drifted"],
         "towerflow: night crashed": ["prefect.flow-run.Crashed"],
     }
-    assert all(a["actions"][0]["type"] == "send-notification" for a in automations if a["name"].startswith("towerflow:"))
+    assert all(
+        a["actions"][0]["type"] == "send-notification"
+        for a in automations
+        if a["name"].startswith("towerflow:")
+    )

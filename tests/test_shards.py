@@ -1,4 +1,6 @@
-"""Scoring in shards gives exactly the rows of one unsharded pass; the report's plots are PNG files."""
+"""Scoring in shards gives exactly the rows of one unsharded pass; the report's plots are PNG
+files.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +15,13 @@ import pytest
 from tasks.preparation.scalers import fit_scalers, save_scalers
 from tasks.serving.export import build_index, write_embeddings, write_id_table, write_index
 from tasks.serving.popularity import ServingSpace
-from tasks.serving.shards import SCORE_BINS, count_rows, run_recommend_shard, run_similar_shard, shard_bounds
+from tasks.serving.shards import (
+    SCORE_BINS,
+    count_rows,
+    run_recommend_shard,
+    run_similar_shard,
+    shard_bounds,
+)
 from tasks.store import schemas
 from tasks.store.layout import MODEL_FILES
 from tasks.store.storage import write_table
@@ -28,7 +36,9 @@ def _unit(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
 
 @pytest.fixture
 def model_dir(tmp_path: Path, rng: np.random.Generator) -> tuple[Path, Path]:
-    """A model directory (index, ids, served embeddings with a popularity prior, scalers) and a ratings store, 53 users x 37 movies."""
+    """A model directory (index, ids, served embeddings with a popularity prior, scalers) and a
+    ratings store, 53 users x 37 movies.
+    """
     d = tmp_path / "model"
     d.mkdir()
     user_ids = np.sort(rng.choice(np.arange(1, 500), size=53, replace=False)).astype(np.int64)
@@ -42,9 +52,16 @@ def model_dir(tmp_path: Path, rng: np.random.Generator) -> tuple[Path, Path]:
     write_embeddings(d / MODEL_FILES["movie_embeddings"], movie_ids, movie_emb, "movie")
     write_embeddings(d / MODEL_FILES["user_embeddings"], user_ids, user_emb, "user")
     stars = rng.choice(np.arange(1, 11) / 2, size=200)
-    save_scalers(fit_scalers(rng.normal(size=(9, 2)), rng.normal(size=(9, 2)), stars, ["a", "b"], ["c", "d"]), d / MODEL_FILES["scalers"])
+    save_scalers(
+        fit_scalers(
+            rng.normal(size=(9, 2)), rng.normal(size=(9, 2)), stars, ["a", "b"], ["c", "d"]
+        ),
+        d / MODEL_FILES["scalers"],
+    )
     n = 600  # heavy and light raters, some users with none
-    ratings = pd.DataFrame({"user_id": rng.choice(user_ids[:-5], size=n), "movie_id": rng.choice(movie_ids, size=n)}).drop_duplicates()
+    ratings = pd.DataFrame(
+        {"user_id": rng.choice(user_ids[:-5], size=n), "movie_id": rng.choice(movie_ids, size=n)}
+    ).drop_duplicates()
     table = pa.table(
         {
             "user_id": pa.array(ratings.user_id, pa.int64()),
@@ -71,7 +88,9 @@ def _read(paths: list[Path], keys: list[str]) -> pd.DataFrame:
 
 
 @pytest.mark.parametrize("shard_size", [1, 7, 20])
-def test_recommend_shards_equal_one_pass(model_dir: tuple[Path, Path], tmp_path: Path, shard_size: int) -> None:
+def test_recommend_shards_equal_one_pass(
+    model_dir: tuple[Path, Path], tmp_path: Path, shard_size: int
+) -> None:
     d, store = model_dir
     n = count_rows(d)["users"]
     whole = run_recommend_shard(store, d, tmp_path / "whole.parquet", K, "v1", 16, 0, n)
@@ -82,9 +101,14 @@ def test_recommend_shards_equal_one_pass(model_dir: tuple[Path, Path], tmp_path:
     assert sum(p["users"] for p in parts) == whole["users"] == n
     assert sum(p["rows"] for p in parts) == whole["rows"] == n * K
     assert np.array_equal(np.sum([p["score_hist"] for p in parts], axis=0), whole["score_hist"])
-    assert sum(whole["score_hist"]) == whole["rows"] and len(whole["score_hist"]) == len(SCORE_BINS) - 1
+    assert (
+        sum(whole["score_hist"]) == whole["rows"]
+        and len(whole["score_hist"]) == len(SCORE_BINS) - 1
+    )
     keys = ["user_id", "rank"]
-    pd.testing.assert_frame_equal(_read([Path(p["path"]) for p in parts], keys), _read([Path(whole["path"])], keys))
+    pd.testing.assert_frame_equal(
+        _read([Path(p["path"]) for p in parts], keys), _read([Path(whole["path"])], keys)
+    )
     # seen movies stay excluded within a shard (each shard reads only its own users' ratings)
     recs, seen = _read([Path(p["path"]) for p in parts], keys), pq.read_table(store).to_pandas()
     assert not recs.merge(seen, on=["user_id", "movie_id"]).shape[0]
@@ -94,7 +118,10 @@ def test_similar_shards_equal_one_pass(model_dir: tuple[Path, Path], tmp_path: P
     d, _ = model_dir
     n = count_rows(d)["movies"]
     whole = run_similar_shard(d, tmp_path / "whole.parquet", K, 16, 0, n)
-    parts = [run_similar_shard(d, tmp_path / f"s-{i}.parquet", K, 16, a, b) for i, (a, b) in enumerate(shard_bounds(n, 10))]
+    parts = [
+        run_similar_shard(d, tmp_path / f"s-{i}.parquet", K, 16, a, b)
+        for i, (a, b) in enumerate(shard_bounds(n, 10))
+    ]
     keys = ["movie_id", "rank"]
     sharded = _read([Path(p["path"]) for p in parts], keys)
     pd.testing.assert_frame_equal(sharded, _read([Path(whole["path"])], keys))
@@ -117,13 +144,18 @@ def test_plots_are_png_files(tmp_path: Path) -> None:
         score_histogram(SCORE_BINS, counts.tolist(), tmp_path / "r" / "s.png", "t"),
     ):
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert sorted(p.name for p in (tmp_path / "r").iterdir()) == ["loss.png", "s.png"]  # no temporary file left behind
+    # no temporary file left behind
+    assert sorted(p.name for p in (tmp_path / "r").iterdir()) == ["loss.png", "s.png"]
 
 
 @pytest.mark.flow
 @pytest.mark.usefixtures("prefect_harness")
-def test_a_rerun_reuses_finished_shards_and_redoes_a_missing_one(model_dir: tuple[Path, Path], tmp_path: Path) -> None:
-    """Shards are resumable stages: a re-run with the same inputs reruns only the shard whose part file is gone."""
+def test_a_rerun_reuses_finished_shards_and_redoes_a_missing_one(
+    model_dir: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """Shards are resumable stages: a re-run with the same inputs reruns only the shard whose part
+    file is gone.
+    """
     from prefect import flow
 
     from flows.shards import recommend_all, similar_all
@@ -134,11 +166,18 @@ def test_a_rerun_reuses_finished_shards_and_redoes_a_missing_one(model_dir: tupl
 
     @flow(name="towerflow-shards-test")
     def score() -> tuple[Recommended, SimilarScored]:
-        recs = recommend_all(str(store), str(d), str(work / "recommendations"), K, "v1", 16, 20, str(work))
+        recs = recommend_all(
+            str(store), str(d), str(work / "recommendations"), K, "v1", 16, 20, str(work)
+        )
         return recs, similar_all(str(d), str(work / "similar_movies"), K, 16, 15, str(work))
 
     recs, similar = score()
-    assert (recs["shards"], recs["shards_reused"], similar["shards"], similar["shards_reused"]) == (3, 0, 3, 0)
+    assert (recs["shards"], recs["shards_reused"], similar["shards"], similar["shards_reused"]) == (
+        3,
+        0,
+        3,
+        0,
+    )
     tables = {p: pq.read_table(p) for p in recs["parts"] + similar["parts"]}
     recs, similar = score()
     assert (recs["shards_reused"], similar["shards_reused"]) == (3, 3)

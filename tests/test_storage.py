@@ -58,7 +58,9 @@ def test_atomic_path_leaves_nothing_on_error(tmp_path: Path) -> None:
 
 
 def test_atomic_files_get_normal_permissions(tmp_path: Path) -> None:
-    """mkstemp creates 0600 files; what downstream readers get must follow the umask like any file."""
+    """mkstemp creates 0600 files; what downstream readers get must follow the umask like any
+    file.
+    """
     import os
     import stat
 
@@ -71,7 +73,9 @@ def test_atomic_files_get_normal_permissions(tmp_path: Path) -> None:
 
 
 def test_every_io_task_has_the_one_retry_policy() -> None:
-    """Tasks that read or write files retry twice on a transient I/O error only; training stages are not retried."""
+    """Tasks that read or write files retry twice on a transient I/O error only; training stages are
+    not retried.
+    """
     from prefect import Task
 
     from flows import incremental, shards
@@ -79,12 +83,18 @@ def test_every_io_task_has_the_one_retry_policy() -> None:
     from flows.runners import IO_RETRY, io_retry
 
     io_tasks: list[Task[Any, Any]] = [
-        nightly.ingest_task, nightly.features_task, nightly.scalers_task, nightly.evaluate_task, nightly.drift_task,
-        nightly.export_task, nightly.publish_task, shards.recommend_shard_task, shards.similar_shard_task, incremental.ingest_file_task,
+        nightly.ingest_task, nightly.features_task, nightly.scalers_task, nightly.evaluate_task,
+        nightly.drift_task, nightly.export_task, nightly.publish_task, shards.recommend_shard_task,
+        shards.similar_shard_task, incremental.ingest_file_task,
     ]  # fmt: skip
     for task in io_tasks:
-        assert (task.retries, task.retry_jitter_factor, task.retry_condition_fn) == (2, 0.5, io_retry), task.name
-        delays, policy = task.retry_delay_seconds, IO_RETRY["retry_delay_seconds"]  # settings, not measured times
+        assert (task.retries, task.retry_jitter_factor, task.retry_condition_fn) == (
+            2,
+            0.5,
+            io_retry,
+        ), task.name
+        # settings, not measured times
+        delays, policy = task.retry_delay_seconds, IO_RETRY["retry_delay_seconds"]
         assert delays == policy, task.name
     assert nightly.train_task.retries == 0 and nightly.refit_task.retries == 0
 
@@ -94,8 +104,12 @@ def test_json_written_is_strict_json_with_nan_as_null(tmp_path: Path) -> None:
 
     from tasks.store.storage import write_json
 
-    path = write_json(tmp_path / "x.json", {"a": float("nan"), "b": [1.0, float("inf")], "c": {"d": 2.5}})
-    assert json.loads(path.read_text(), parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}")) == {
+    path = write_json(
+        tmp_path / "x.json", {"a": float("nan"), "b": [1.0, float("inf")], "c": {"d": 2.5}}
+    )
+    assert json.loads(
+        path.read_text(), parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}")
+    ) == {
         "a": None,
         "b": [1.0, None],
         "c": {"d": 2.5},

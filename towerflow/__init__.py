@@ -9,8 +9,8 @@
     rec.predict([(1, 50), (2, 318)])                   # predicted stars
 
 The nightly job lives in ``tasks/`` and ``flows/``; this package is the query-time side, and the
-``towerflow recommend / similar / predict`` commands are thin wrappers over it. Every answer is a pandas
-data frame; an error names the bad id, rating or rule (:class:`QueryError`).
+``towerflow recommend / similar / predict`` commands are thin wrappers over it. Every answer is a
+pandas data frame; an error names the bad id, rating or rule (:class:`QueryError`).
 """
 
 from tasks.serving.rules import Rules

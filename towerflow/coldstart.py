@@ -1,4 +1,5 @@
-"""Cold start for a newcomer: user features from stated genre tastes, the user tower, the FAISS index.
+"""Cold start for a newcomer: user features from stated genre tastes, the user tower, the FAISS
+index.
 
 A newcomer says what they think of a few genres (``"Adventure=5,Fantasy=5"``).
 Their features are computed by the same function as every user's, from one
@@ -45,20 +46,41 @@ def parse_tastes(spec: str) -> dict[str, float]:
         try:
             stars = float(value)
         except ValueError:
-            raise QueryError(f"--genres: {genre}={value.strip()!r} is not a number of stars") from None
+            raise QueryError(
+                f"--genres: {genre}={value.strip()!r} is not a number of stars"
+            ) from None
         if not RATING_RANGE[0] <= stars <= RATING_RANGE[1]:
-            raise QueryError(f"--genres: {genre}={stars:g} is outside {RATING_RANGE[0]}-{RATING_RANGE[1]} stars")
+            raise QueryError(
+                f"--genres: {genre}={stars:g} is outside {RATING_RANGE[0]}-{RATING_RANGE[1]} stars"
+            )
         tastes[genre] = stars
     if not tastes:
-        raise QueryError(f"--genres: say at least one GENRE=STARS, e.g. 'Adventure=5,Fantasy=4'; genres are {', '.join(GENRES)}")
+        raise QueryError(
+            "--genres: say at least one GENRE=STARS, e.g. 'Adventure=5,Fantasy=4'; genres "
+            f"are {', '.join(GENRES)}"
+        )
     return tastes
 
 
-def newcomer_features(tastes: dict[str, float], config: dict[str, Any]) -> tuple[np.ndarray, list[str]]:
+def newcomer_features(
+    tastes: dict[str, float], config: dict[str, Any]
+) -> tuple[np.ndarray, list[str]]:
     """One unscaled user-feature row (and its column names) for the stated tastes."""
     genres = list(tastes)
-    movies = pd.DataFrame({"movie_id": np.arange(len(genres), dtype=np.int64), "genres": genres, "year": pd.array([2000] * len(genres))})
-    ratings = pd.DataFrame({"user_id": np.zeros(len(genres), np.int64), "movie_id": movies["movie_id"], "rating": list(tastes.values())})
+    movies = pd.DataFrame(
+        {
+            "movie_id": np.arange(len(genres), dtype=np.int64),
+            "genres": genres,
+            "year": pd.array([2000] * len(genres)),
+        }
+    )
+    ratings = pd.DataFrame(
+        {
+            "user_id": np.zeros(len(genres), np.int64),
+            "movie_id": movies["movie_id"],
+            "rating": list(tastes.values()),
+        }
+    )
     k = int(config.get("factors", 0))  # a newcomer has no collaborative signal: zero factors
     shrinkage = float(config.get("shrinkage", 10.0))
     none = np.zeros((len(genres), k))

@@ -31,7 +31,11 @@ def read_pairs(path: Path) -> pd.DataFrame:
     if not path.exists():
         raise InputError(f"{path}: pairs file not found")
     try:
-        table = pq.read_table(path) if path.suffix.lower() in {".parquet", ".pq"} else pacsv.read_csv(path)
+        table = (
+            pq.read_table(path)
+            if path.suffix.lower() in {".parquet", ".pq"}
+            else pacsv.read_csv(path)
+        )
     except pa.ArrowInvalid as exc:
         raise InputError(f"{path}: cannot read pairs ({exc})") from exc
     for user_col, movie_col in PAIR_COLUMNS:
@@ -40,13 +44,19 @@ def read_pairs(path: Path) -> pd.DataFrame:
                 users = table.column(user_col).cast(pa.int64()).to_numpy()
                 movies = table.column(movie_col).cast(pa.int64()).to_numpy()
             except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
-                raise InputError(f"{path}: columns {user_col},{movie_col} must be integer ids ({exc})") from exc
+                raise InputError(
+                    f"{path}: columns {user_col},{movie_col} must be integer ids ({exc})"
+                ) from exc
             return pd.DataFrame({"user_id": users, "movie_id": movies})
-    raise InputError(f"{path}: expected columns userId,movieId (or user_id,movie_id), found {table.column_names}")
+    raise InputError(
+        f"{path}: expected columns userId,movieId (or user_id,movie_id), found {table.column_names}"
+    )
 
 
 def predict_pairs(data_dir: str | Path, pairs_path: Path, output_path: Path) -> dict[str, Any]:
-    """Write predictions for every pair to ``output_path`` (:meth:`towerflow.Recommender.predict`); return counts."""
+    """Write predictions for every pair to ``output_path`` (:meth:`towerflow.Recommender.predict`);
+    return counts.
+    """
     from towerflow.recommender import load
 
     rec = load(data_dir)
@@ -57,10 +67,14 @@ def predict_pairs(data_dir: str | Path, pairs_path: Path, output_path: Path) -> 
         {
             "user_id": pa.array(out["user_id"].to_numpy(), pa.int64()),
             "movie_id": pa.array(out["movie_id"].to_numpy(), pa.int64()),
-            "predicted_rating": pa.array(out["predicted_rating"].to_numpy(), pa.float32(), mask=~ok),
+            "predicted_rating": pa.array(
+                out["predicted_rating"].to_numpy(), pa.float32(), mask=~ok
+            ),
             "error": pa.array(out["error"].tolist(), pa.string(), from_pandas=True),
         }
     )
-    write_table(Path(output_path), table, schemas.PREDICTIONS, "predictions", {"model_version": rec.version})
+    write_table(
+        Path(output_path), table, schemas.PREDICTIONS, "predictions", {"model_version": rec.version}
+    )
     counts = {"rows": len(out), "scored": int(ok.sum()), "errors": int((~ok).sum())}
     return {**counts, "model_version": rec.version, "output": str(output_path)}

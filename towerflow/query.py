@@ -25,7 +25,9 @@ from tasks.errors import TowerflowError
 from tasks.store.latest import Latest, read_latest
 from tasks.store.layout import Layout, verified
 
-_ARTICLE = re.compile(r"^(?P<name>.*), (?P<article>The|A|An|L'|Le|La|Les|Il|Der|Die|Das|El|Los|Las)(?P<rest> \(.*)?$")
+_ARTICLE = re.compile(
+    r"^(?P<name>.*), (?P<article>The|A|An|L'|Le|La|Les|Il|Der|Die|Das|El|Los|Las)(?P<rest> \(.*)?$"
+)
 
 
 class QueryError(TowerflowError, ValueError):
@@ -62,7 +64,9 @@ class Published:
         return self.latest.k
 
     def table(self, name: str) -> list[str]:
-        """The part files of a published table named in latest.json (runs before sharding name one file)."""
+        """The part files of a published table named in latest.json (runs before sharding name one
+        file).
+        """
         info = self.latest.tables.get(name)
         if info is None:
             raise QueryError(f"the published run {self.version} has no {name} table")
@@ -89,12 +93,17 @@ class Published:
         store_hash = self.latest.inputs.sha256  # runs published before model.movies existed
         path = Layout(self.data_dir).store(store_hash) / "movies.parquet"
         if not path.exists():
-            raise QueryError(f"the movie catalog of the published run {self.version} is missing: {path}; re-run `towerflow run`")
+            raise QueryError(
+                f"the movie catalog of the published run {self.version} is missing: {path}; "
+                "re-run `towerflow run`"
+            )
         return path
 
 
 def load_published(data_dir: Path) -> Published:
-    """The latest published run under ``data_dir``, or a :class:`QueryError` saying to run ``towerflow run``."""
+    """The latest published run under ``data_dir``, or a :class:`QueryError` saying to run
+    ``towerflow run``.
+    """
     try:
         return Published(Path(data_dir), read_latest(Path(data_dir)))
     except (FileNotFoundError, ValueError) as exc:
@@ -111,16 +120,25 @@ def display_title(title: str) -> str:
 
 
 def _catalog(pub: Published, movie_ids: np.ndarray | None = None) -> pd.DataFrame:
-    """Catalog rows (movie_id, title, genres, year), only ``movie_ids`` if given; titles as people write them."""
-    filters = [("movie_id", "in", [int(x) for x in np.unique(movie_ids)])] if movie_ids is not None else None
-    table = pq.read_table(pub.catalog_path(), columns=["movie_id", "title", "genres", "year"], filters=filters)
+    """Catalog rows (movie_id, title, genres, year), only ``movie_ids`` if given; titles as people
+    write them.
+    """
+    filters = (
+        [("movie_id", "in", [int(x) for x in np.unique(movie_ids)])]
+        if movie_ids is not None
+        else None
+    )
+    table = pq.read_table(
+        pub.catalog_path(), columns=["movie_id", "title", "genres", "year"], filters=filters
+    )
     frame: pd.DataFrame = table.to_pandas()
     frame["title"] = frame["title"].map(display_title)
     return frame
 
 
 def find_movie(pub: Published, query: str) -> int:
-    """A movie id from ``query``: an integer is an id; otherwise a title, matched case-insensitively.
+    """A movie id from ``query``: an integer is an id; otherwise a title, matched
+    case-insensitively.
 
     A title equal to one movie's (with or without its year; ``The Matrix`` finds
     ``Matrix, The (1999)``) picks it; otherwise every title containing the
@@ -145,10 +163,15 @@ def find_movie(pub: Published, query: str) -> int:
     exact = cat[(titles == needle) | (no_year == needle)]
     found = exact if len(exact) else cat[titles.str.contains(needle, regex=False)]
     if found.empty:
-        raise QueryError(f"no movie title contains {text!r} in the catalog of the published run {pub.version} ({len(cat):,} movies)")
+        raise QueryError(
+            f"no movie title contains {text!r} in the catalog of the published run "
+            f"{pub.version} ({len(cat):,} movies)"
+        )
     if len(found) > 1:
         found = found.sort_values(["year", "movie_id"], na_position="last")
-        raise AmbiguousMovie(text, [(int(i), str(t)) for i, t in zip(found["movie_id"], found["title"], strict=True)])
+        raise AmbiguousMovie(
+            text, [(int(i), str(t)) for i, t in zip(found["movie_id"], found["title"], strict=True)]
+        )
     return int(found["movie_id"].iloc[0])
 
 

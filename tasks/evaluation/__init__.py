@@ -1,1 +1,3 @@
-"""How good a model is: ranking metrics, baselines, the holdout evaluation, the quality gate, drift."""
+"""How good a model is: ranking metrics, baselines, the holdout evaluation, the quality gate,
+drift.
+"""

@@ -1,10 +1,11 @@
 """The peers the two-tower model is measured against: most-popular, ALS (implicit) and EASE^R.
 
-Each returns, for the users asked about, their top-k movie ids with the movies they rated in ``train``
-excluded. Most-popular is the nightly gate's baseline; ALS (an optional extra) and EASE^R are the
-stronger peers of ``towerflow evaluate``. EASE^R is written here because no installed library has it:
-it is one closed form (Steck, "Embarrassingly Shallow Autoencoders", WWW 2019) on the binary
-user x movie matrix X: P = (X^T X + lambda I)^-1, B = -P / diag(P) with diag(B) = 0, scores = X B.
+Each returns, for the users asked about, their top-k movie ids with the movies they rated in
+``train`` excluded. Most-popular is the nightly gate's baseline; ALS (an optional extra) and EASE^R
+are the stronger peers of ``towerflow evaluate``. EASE^R is written here because no installed
+library has it: it is one closed form (Steck, "Embarrassingly Shallow Autoencoders", WWW 2019) on
+the binary user x movie matrix X: P = (X^T X + lambda I)^-1, B = -P / diag(P) with diag(B) = 0,
+scores = X B.
 """
 
 from __future__ import annotations
@@ -21,16 +22,20 @@ from tasks.preparation.features import per_user_holdout
 from tasks.serving.recommend import seen_csr
 
 EASE_LAMBDAS: tuple[float, ...] = (100.0, 300.0, 1000.0, 3000.0, 10000.0, 30000.0)
-EASE_MAX_MOVIES = 8000  # the most-rated movies EASE^R covers: its inverse costs movies^3 (8,000: about 7 s on 2 cores)
+# the most-rated movies EASE^R covers: its inverse costs movies^3 (8,000: about 7 s on 2 cores)
+EASE_MAX_MOVIES = 8000
 EASE_INNER_HOLDOUT = 0.2  # lambda is chosen on each user's last 20% of the training ratings
 _SCORE_ROWS = 1024
 
 
-def popularity_lists(train: pd.DataFrame, users: np.ndarray, movie_ids: np.ndarray, k: int) -> dict[int, list[int]]:
+def popularity_lists(
+    train: pd.DataFrame, users: np.ndarray, movie_ids: np.ndarray, k: int
+) -> dict[int, list[int]]:
     """Most-rated movies first (ties by smaller id), each user's rated movies excluded.
 
-    One global order: each user takes the first ``k`` of its top ``k + 64`` that they have not rated (a
-    users x (k + 64) mask); the few heavy raters who have rated most of those walk the whole order.
+    One global order: each user takes the first ``k`` of its top ``k + 64`` that they have not rated
+    (a users x (k + 64) mask); the few heavy raters who have rated most of those walk the whole
+    order.
     """
     movie_ids = np.asarray(movie_ids, dtype=np.int64)
     counts = train["movie_id"].value_counts().reindex(movie_ids, fill_value=0).to_numpy()
@@ -46,7 +51,11 @@ def popularity_lists(train: pd.DataFrame, users: np.ndarray, movie_ids: np.ndarr
     free = np.ones((len(users), top), dtype=bool)
     free[owner[near], seen_at[near]] = False
     take = free & (np.cumsum(free, axis=1) <= k)
-    enough = free.sum(axis=1) >= np.minimum(k, len(order) - lengths) if top < len(order) else np.ones(len(users), dtype=bool)
+    enough = (
+        free.sum(axis=1) >= np.minimum(k, len(order) - lengths)
+        if top < len(order)
+        else np.ones(len(users), dtype=bool)
+    )
     head = movie_ids[order[:top]]
     out: dict[int, list[int]] = {}
     for i, user in enumerate(np.asarray(users).tolist()):
@@ -58,26 +67,37 @@ def popularity_lists(train: pd.DataFrame, users: np.ndarray, movie_ids: np.ndarr
     return out
 
 
-def als_lists(train: pd.DataFrame, users: np.ndarray, movie_ids: np.ndarray, k: int, seed: int) -> dict[int, list[int]] | None:
-    """implicit's ALS (64 factors, binary interactions), or ``None`` if implicit is not installed."""
+def als_lists(
+    train: pd.DataFrame, users: np.ndarray, movie_ids: np.ndarray, k: int, seed: int
+) -> dict[int, list[int]] | None:
+    """implicit's ALS (64 factors, binary interactions), or ``None`` if implicit is not
+    installed.
+    """
     try:
         from implicit.als import AlternatingLeastSquares
     except ImportError:
         return None
     u = pd.Index(users).get_indexer(train["user_id"])
     m = pd.Index(movie_ids).get_indexer(train["movie_id"])
-    matrix = sp.csr_matrix((np.ones(len(u), np.float32), (u, m)), shape=(len(users), len(movie_ids)))
+    matrix = sp.csr_matrix(
+        (np.ones(len(u), np.float32), (u, m)), shape=(len(users), len(movie_ids))
+    )
     from threadpoolctl import threadpool_limits  # a scikit-learn dependency
 
-    with threadpool_limits(1, "blas"):  # implicit parallelizes itself and warns when BLAS threads too
+    # implicit parallelizes itself and warns when BLAS threads too
+    with threadpool_limits(1, "blas"):
         model = AlternatingLeastSquares(factors=64, iterations=15, random_state=seed)
         model.fit(matrix, show_progress=False)
-        ids, _ = model.recommend(np.arange(len(users)), matrix, N=k, filter_already_liked_items=True)
+        ids, _ = model.recommend(
+            np.arange(len(users)), matrix, N=k, filter_already_liked_items=True
+        )
     return {int(users[i]): [int(movie_ids[j]) for j in row if j >= 0] for i, row in enumerate(ids)}
 
 
 class _Ease:
-    """EASE^R's inputs on one set of ratings: the binary matrix over the most-rated movies and its Gram matrix."""
+    """EASE^R's inputs on one set of ratings: the binary matrix over the most-rated movies and its
+    Gram matrix.
+    """
 
     def __init__(self, ratings: pd.DataFrame, max_movies: int) -> None:
         counts = ratings["movie_id"].value_counts()
@@ -87,18 +107,25 @@ class _Ease:
         m = pd.Index(self.movies).get_indexer(pd.Index(ratings["movie_id"]))
         keep = m >= 0
         shape = (len(self.users), len(self.movies))
-        self.x = sp.csr_matrix((np.ones(int(keep.sum()), np.float32), (u[keep], m[keep])), shape=shape)
+        self.x = sp.csr_matrix(
+            (np.ones(int(keep.sum()), np.float32), (u[keep], m[keep])), shape=shape
+        )
         self.gram = (self.x.T @ self.x).toarray().astype(np.float32)
 
     def weights(self, lam: float) -> np.ndarray:
-        """B = -P / diag(P), diag(B) = 0, with P = (X^T X + lam I)^-1 (a Cholesky inverse in float32)."""
+        """B = -P / diag(P), diag(B) = 0, with P = (X^T X + lam I)^-1 (a Cholesky inverse in
+        float32).
+        """
         g = self.gram.copy()
         g[np.diag_indices_from(g)] += np.float32(lam)
         factor, info = lapack.spotrf(g, lower=False, overwrite_a=True)
         if info == 0:
             factor, info = lapack.spotri(factor, lower=False, overwrite_c=True)
         if info != 0:
-            raise ValueError(f"EASE^R: X^T X + {lam} I is not positive definite (LAPACK info {info}); use a larger lambda")
+            raise ValueError(
+                f"EASE^R: X^T X + {lam} I is not positive definite (LAPACK info {info}); use "
+                "a larger lambda"
+            )
         p = np.triu(factor) + np.triu(factor, 1).T
         b = p / -np.diag(p)[np.newaxis, :]
         np.fill_diagonal(b, 0.0)
@@ -118,7 +145,12 @@ class _Ease:
             top = np.argpartition(-scores, kk - 1, axis=1)[:, :kk]
             order = np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1, kind="stable")
             top = np.take_along_axis(top, order, axis=1)
-            for user, row, best in zip(asked[lo : lo + _SCORE_ROWS].tolist(), top, np.take_along_axis(scores, top, axis=1), strict=True):
+            for user, row, best in zip(
+                asked[lo : lo + _SCORE_ROWS].tolist(),
+                top,
+                np.take_along_axis(scores, top, axis=1),
+                strict=True,
+            ):
                 out[int(user)] = self.movies[row[np.isfinite(best)]].tolist()
         return out
 
@@ -131,7 +163,9 @@ def ease_lists(
     max_movies: int = EASE_MAX_MOVIES,
     log: Callable[[str], None] | None = None,
 ) -> tuple[dict[int, list[int]], float]:
-    """EASE^R's top-k for ``users`` and the lambda it used, chosen by NDCG@k on an inner per-user split of ``train``."""
+    """EASE^R's top-k for ``users`` and the lambda it used, chosen by NDCG@k on an inner per-user
+    split of ``train``.
+    """
     if not lambdas or min(lambdas) <= 0:
         raise ValueError(f"EASE^R needs positive lambdas, got {lambdas}")
     inner = per_user_holdout(train, EASE_INNER_HOLDOUT)
@@ -140,9 +174,16 @@ def ease_lists(
     if len(lambdas) > 1 and relevant:
         fit = _Ease(train[~inner], max_movies)
         asked = np.array(sorted(relevant), dtype=np.int64)
-        ndcg = {lam: ranking_metrics(fit.lists(fit.weights(lam), asked, k), relevant, k)["ndcg"] for lam in lambdas}
+        ndcg = {
+            lam: ranking_metrics(fit.lists(fit.weights(lam), asked, k), relevant, k)["ndcg"]
+            for lam in lambdas
+        }
         best = max(ndcg, key=lambda lam: ndcg[lam])
         if log is not None:
-            log("EASE^R lambda on the inner split: " + ", ".join(f"{lam:g} {v:.4f}" for lam, v in ndcg.items()) + f" -> {best:g}")
+            log(
+                "EASE^R lambda on the inner split: "
+                + ", ".join(f"{lam:g} {v:.4f}" for lam, v in ndcg.items())
+                + f" -> {best:g}"
+            )
     full = _Ease(train, max_movies)
     return full.lists(full.weights(best), users, k), best

@@ -1,11 +1,13 @@
-"""How far tonight's recommendations move from the published run's, and what they look like beyond accuracy.
+"""How far tonight's recommendations move from the published run's, and what they look like beyond
+accuracy.
 
-Against the run latest.json points to, over the users both have lists for: the mean Jaccard overlap of the
-top-k sets, the share of users whose list changed (other movies or another order), and how the score
-distribution shifted (mean, and the Kolmogorov-Smirnov statistic). Of each run's lists, the measures people
-ask recommender peers for: catalog coverage, novelty (mean popularity rank of what is recommended, 1 = the
-most rated movie), intra-list genre diversity (mean pairwise cosine distance of the genre vectors within a
-list) and personalization (1 - mean Jaccard overlap between different users' lists, on a seeded sample).
+Against the run latest.json points to, over the users both have lists for: the mean Jaccard overlap
+of the top-k sets, the share of users whose list changed (other movies or another order), and how
+the score distribution shifted (mean, and the Kolmogorov-Smirnov statistic). Of each run's lists,
+the measures people ask recommender peers for: catalog coverage, novelty (mean popularity rank of
+what is recommended, 1 = the most rated movie), intra-list genre diversity (mean pairwise cosine
+distance of the genre vectors within a list) and personalization (1 - mean Jaccard overlap between
+different users' lists, on a seeded sample).
 """
 
 from __future__ import annotations
@@ -32,13 +34,22 @@ DRIFT_ALERT = 0.5  # 1 - mean Jaccard at or above this: the night "drifted" (an 
 
 def read_lists(parts: Sequence[Path]) -> pd.DataFrame:
     """user_id, rank, movie_id, score of recommendation part files, sorted by user and rank."""
-    frames = [pq.read_table(p, columns=["user_id", "rank", "movie_id", "score"]).to_pandas() for p in parts]
-    out = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["user_id", "rank", "movie_id", "score"])
+    frames = [
+        pq.read_table(p, columns=["user_id", "rank", "movie_id", "score"]).to_pandas()
+        for p in parts
+    ]
+    out = (
+        pd.concat(frames, ignore_index=True)
+        if frames
+        else pd.DataFrame(columns=["user_id", "rank", "movie_id", "score"])
+    )
     return out.sort_values(["user_id", "rank"], kind="stable").reset_index(drop=True)
 
 
 def _grid(lists: pd.DataFrame, catalog: pd.Index) -> np.ndarray:
-    """Each user's list as a row of catalog positions (users in sorted order, -1 pads and unknown movies)."""
+    """Each user's list as a row of catalog positions (users in sorted order, -1 pads and unknown
+    movies).
+    """
     users, row = np.unique(lists["user_id"].to_numpy(), return_inverse=True)
     col = lists.groupby("user_id").cumcount().to_numpy()
     grid = np.full((len(users), int(col.max()) + 1 if len(col) else 0), -1, dtype=np.int64)
@@ -50,10 +61,15 @@ def _matrix(lists: pd.DataFrame, users: np.ndarray, movies: pd.Index) -> sp.csr_
     rows = pd.Index(users).get_indexer(pd.Index(lists["user_id"]))
     cols = movies.get_indexer(pd.Index(lists["movie_id"]))
     keep = (rows >= 0) & (cols >= 0)
-    return sp.csr_matrix((np.ones(int(keep.sum()), np.float32), (rows[keep], cols[keep])), shape=(len(users), len(movies)))
+    return sp.csr_matrix(
+        (np.ones(int(keep.sum()), np.float32), (rows[keep], cols[keep])),
+        shape=(len(users), len(movies)),
+    )
 
 
-def beyond_accuracy(lists: pd.DataFrame, movies: pd.DataFrame, popularity_rank: pd.Series, seed: int = 0) -> dict[str, float | None]:
+def beyond_accuracy(
+    lists: pd.DataFrame, movies: pd.DataFrame, popularity_rank: pd.Series, seed: int = 0
+) -> dict[str, float | None]:
     """Coverage, novelty, intra-list diversity and personalization of one run's lists."""
     catalog = pd.Index(movies["movie_id"].to_numpy(np.int64))
     if lists.empty:
@@ -63,7 +79,8 @@ def beyond_accuracy(lists: pd.DataFrame, movies: pd.DataFrame, popularity_rank: 
     unit = np.divide(genres, norms, out=np.zeros_like(genres), where=norms > 0)
     grid = _grid(lists, catalog)  # users x k catalog rows, -1 pads
     parts: list[np.ndarray] = []
-    for lo in range(0, len(grid), _DIVERSITY_ROWS):  # in chunks: memory of rows x k x genres, never x k
+    # in chunks: memory of rows x k x genres, never x k
+    for lo in range(0, len(grid), _DIVERSITY_ROWS):
         rows = grid[lo : lo + _DIVERSITY_ROWS]
         vectors = np.where(rows[..., None] >= 0, unit[np.maximum(rows, 0)], 0.0)
         total = vectors.sum(axis=1)
@@ -74,7 +91,11 @@ def beyond_accuracy(lists: pd.DataFrame, movies: pd.DataFrame, popularity_rank: 
         parts.append(1.0 - off_diagonal[pairs > 0] / pairs[pairs > 0])
     diversity = np.concatenate(parts) if parts else np.zeros(0)
     users = np.unique(lists["user_id"].to_numpy())
-    sample = np.sort(np.random.default_rng(seed).choice(users, min(len(users), PERSONALIZATION_SAMPLE), replace=False))
+    sample = np.sort(
+        np.random.default_rng(seed).choice(
+            users, min(len(users), PERSONALIZATION_SAMPLE), replace=False
+        )
+    )
     x = _matrix(lists[lists["user_id"].isin(sample)], sample, catalog)
     overlap = (x @ x.T).toarray()
     sizes = np.asarray(x.sum(axis=1)).ravel()
@@ -84,14 +105,20 @@ def beyond_accuracy(lists: pd.DataFrame, movies: pd.DataFrame, popularity_rank: 
     return {
         "coverage": float(lists["movie_id"].nunique() / len(catalog)),
         "novelty": float(popularity_rank.reindex(lists["movie_id"].to_numpy()).mean()),
-        "diversity": float(np.mean(diversity)) if len(diversity) else None,  # None: no list of two or more
+        "diversity": float(np.mean(diversity))
+        if len(diversity)
+        else None,  # None: no list of two or more
         "personalization": float(1.0 - jaccard[off].mean()) if len(sample) > 1 else None,
     }
 
 
 def popularity_rank(ratings: pd.DataFrame, movies: pd.DataFrame) -> pd.Series:
     """Each catalog movie's rank by number of ratings (1 = most rated; ties share the best rank)."""
-    counts = ratings["movie_id"].value_counts().reindex(movies["movie_id"].to_numpy(np.int64), fill_value=0)
+    counts = (
+        ratings["movie_id"]
+        .value_counts()
+        .reindex(movies["movie_id"].to_numpy(np.int64), fill_value=0)
+    )
     return counts.rank(ascending=False, method="min")
 
 
@@ -123,9 +150,15 @@ def versus(new: pd.DataFrame, old: pd.DataFrame) -> dict[str, float]:
 
 
 def measure(
-    new_parts: Sequence[Path], old_parts: Sequence[Path] | None, ratings: pd.DataFrame, movies: pd.DataFrame, old_version: str | None
+    new_parts: Sequence[Path],
+    old_parts: Sequence[Path] | None,
+    ratings: pd.DataFrame,
+    movies: pd.DataFrame,
+    old_version: str | None,
 ) -> dict[str, Any]:
-    """Tonight's lists against the published run's (``old_parts``; None when nothing is published)."""
+    """Tonight's lists against the published run's (``old_parts``; None when nothing is
+    published).
+    """
     new = read_lists(new_parts)
     ranks = popularity_rank(ratings, movies)
     out: dict[str, Any] = {"lists": beyond_accuracy(new, movies, ranks)}
@@ -148,9 +181,15 @@ def read_published_parts(data_dir: Path, latest: Latest | None) -> list[Path] | 
 
 
 def run_drift(
-    new_parts: Sequence[str], latest_path: Path, ratings_path: Path, movies_path: Path, metrics: dict[str, Any] | None, out_path: Path
+    new_parts: Sequence[str],
+    latest_path: Path,
+    ratings_path: Path,
+    movies_path: Path,
+    metrics: dict[str, Any] | None,
+    out_path: Path,
 ) -> dict[str, Any]:
-    """The drift stage: :func:`measure` against the run ``latest_path`` names; writes the metrics table with it.
+    """The drift stage: :func:`measure` against the run ``latest_path`` names; writes the metrics
+    table with it.
 
     The table (``out_path``) holds the holdout ``metrics`` (if any) and the drift, as rows of
     ``lists``, ``published lists`` and ``versus published``.
@@ -171,8 +210,13 @@ def run_drift(
     rows = dict(metrics or {})
     rows["lists"] = drift["lists"]
     if "versus_published" in drift:
-        rows["published lists"] = {k: v for k, v in drift["published"].items() if k != "model_version"}
+        rows["published lists"] = {
+            k: v for k, v in drift["published"].items() if k != "model_version"
+        }
         rows["versus published"] = drift["versus_published"]
-    tables = {name: {k: float(v) for k, v in values.items() if v is not None} for name, values in rows.items()}
+    tables = {
+        name: {k: float(v) for k, v in values.items() if v is not None}
+        for name, values in rows.items()
+    }
     write_metrics(Path(out_path), tables)
     return drift

@@ -19,7 +19,9 @@ RELEVANT_AT = 4.0  # a held-out rating at or above this is a relevant movie
 
 
 def relevant_sets(held_out: pd.DataFrame, threshold: float = RELEVANT_AT) -> dict[int, set[int]]:
-    """Each user's held-out movies rated at or above ``threshold`` (users without one are left out)."""
+    """Each user's held-out movies rated at or above ``threshold`` (users without one are left
+    out).
+    """
     liked = held_out[held_out["rating"] >= threshold]
     out: dict[int, set[int]] = {}
     for user, movie in zip(liked["user_id"].tolist(), liked["movie_id"].tolist(), strict=True):
@@ -28,7 +30,9 @@ def relevant_sets(held_out: pd.DataFrame, threshold: float = RELEVANT_AT) -> dic
 
 
 def user_metrics(recommended: Sequence[int], relevant: set[int], k: int) -> dict[str, float]:
-    """Precision, recall, NDCG, MAP and hit rate at ``k`` for one user (the readable form; :func:`per_user_metrics` is used)."""
+    """Precision, recall, NDCG, MAP and hit rate at ``k`` for one user (the readable form;
+    :func:`per_user_metrics` is used).
+    """
     if not relevant:
         raise ValueError("user has no relevant items; skip such users")
     top = list(recommended)[:k]
@@ -49,13 +53,16 @@ def user_metrics(recommended: Sequence[int], relevant: set[int], k: int) -> dict
 def per_user_metrics(
     recommended: Mapping[int, Sequence[int]], relevant: Mapping[int, set[int]], k: int
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """(users, {metric: one value per user}) over users with relevant items, users in ``relevant`` order.
+    """(users, {metric: one value per user}) over users with relevant items, users in ``relevant``
+    order.
 
     A user with no list scores 0. What the quality gate resamples (:mod:`tasks.evaluation.gate`).
     """
     users = [u for u, rel in relevant.items() if rel]
     if not users:
-        raise DataError("no user has a relevant held-out item; lower the threshold or hold out more")
+        raise DataError(
+            "no user has a relevant held-out item; lower the threshold or hold out more"
+        )
     hits = np.zeros((len(users), k))  # the formulas of user_metrics, for every user at once
     for i, user in enumerate(users):
         top = list(recommended.get(user, []))[:k]
@@ -75,8 +82,12 @@ def per_user_metrics(
     return np.array(users, dtype=np.int64), values
 
 
-def ranking_metrics(recommended: Mapping[int, Sequence[int]], relevant: Mapping[int, set[int]], k: int) -> dict[str, float]:
-    """Mean of :func:`user_metrics` over users with relevant items, and ``users``, how many there are."""
+def ranking_metrics(
+    recommended: Mapping[int, Sequence[int]], relevant: Mapping[int, set[int]], k: int
+) -> dict[str, float]:
+    """Mean of :func:`user_metrics` over users with relevant items, and ``users``, how many there
+    are.
+    """
     users, values = per_user_metrics(recommended, relevant, k)
     out = {name: float(np.mean(v)) for name, v in values.items()}
     out["users"] = float(len(users))
@@ -85,9 +96,14 @@ def ranking_metrics(recommended: Mapping[int, Sequence[int]], relevant: Mapping[
 
 def rmse(predicted: np.ndarray, actual: np.ndarray) -> float:
     """Root mean squared error (in the units of the inputs)."""
-    predicted, actual = np.asarray(predicted, dtype=np.float64), np.asarray(actual, dtype=np.float64)
+    predicted, actual = (
+        np.asarray(predicted, dtype=np.float64),
+        np.asarray(actual, dtype=np.float64),
+    )
     if predicted.shape != actual.shape or predicted.size == 0:
-        raise ValueError(f"rmse needs two equal, non-empty shapes, got {predicted.shape} and {actual.shape}")
+        raise ValueError(
+            f"rmse needs two equal, non-empty shapes, got {predicted.shape} and {actual.shape}"
+        )
     return float(np.sqrt(np.mean((predicted - actual) ** 2)))
 
 

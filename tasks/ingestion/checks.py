@@ -19,10 +19,13 @@ import pyarrow.compute as pc
 from tasks.ingestion.rejects import FIELDS, reject_table
 from tasks.store import schemas
 
-MAX_ID = 2**31 - 1  # int32 ids, as MovieLens, Spark ALS and implicit use; keeps (user, movie) in one int64
+# int32 ids, as MovieLens, Spark ALS and implicit use; keeps (user, movie) in one int64
+MAX_ID = 2**31 - 1
 INT_RE = r"^-?(?:[0-9]+|0[xX][0-9a-fA-F]+)$"
 FLOAT_RE = r"^[+-]?(?:(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?|(?i:inf|infinity|nan))$"
-INT_DIGITS = 18  # longer (sign included) may overflow int64; such values are out of range for ids and timestamps anyway
+# longer (sign included) may overflow int64; such values are out of range for ids and timestamps
+# anyway
+INT_DIGITS = 18
 
 
 class Catalog:
@@ -42,7 +45,11 @@ class Catalog:
         if self._dense is not None:
             return np.asarray(self._dense[np.clip(movie_ids, 0, len(self._dense) - 1)], dtype=bool)
         pos = np.minimum(np.searchsorted(self._sorted, movie_ids), max(len(self._sorted) - 1, 0))
-        return self._sorted[pos] == movie_ids if len(self._sorted) else np.zeros(len(movie_ids), dtype=bool)
+        return (
+            self._sorted[pos] == movie_ids
+            if len(self._sorted)
+            else np.zeros(len(movie_ids), dtype=bool)
+        )
 
 
 def _store_table(user: object, movie: object, rating: object, timestamp: object) -> pa.Table:
@@ -50,16 +57,24 @@ def _store_table(user: object, movie: object, rating: object, timestamp: object)
         {
             "user_id": pa.array(user, pa.int64()) if isinstance(user, np.ndarray) else user,
             "movie_id": pa.array(movie, pa.int64()) if isinstance(movie, np.ndarray) else movie,
-            "rating": pa.array(rating, pa.float32()) if isinstance(rating, np.ndarray) else pc.cast(rating, pa.float32()),
-            "timestamp": pa.array(timestamp, pa.int64()) if isinstance(timestamp, np.ndarray) else timestamp,
+            "rating": pa.array(rating, pa.float32())
+            if isinstance(rating, np.ndarray)
+            else pc.cast(rating, pa.float32()),
+            "timestamp": pa.array(timestamp, pa.int64())
+            if isinstance(timestamp, np.ndarray)
+            else timestamp,
         },
         schema=schemas.RATINGS,
     )
 
 
 def _parse(values: pa.Array, present: np.ndarray, integer: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Parse trimmed strings; return (values, well-formed mask). Overlong integers become +-int64 max."""
-    ok = present & pc.match_substring_regex(values, INT_RE if integer else FLOAT_RE).to_numpy(zero_copy_only=False)
+    """Parse trimmed strings; return (values, well-formed mask). Overlong integers become +-int64
+    max.
+    """
+    ok = present & pc.match_substring_regex(values, INT_RE if integer else FLOAT_RE).to_numpy(
+        zero_copy_only=False
+    )
     out = np.zeros(len(values), dtype=np.int64 if integer else np.float64)
     take = ok.copy()
     if integer:
@@ -72,7 +87,8 @@ def _parse(values: pa.Array, present: np.ndarray, integer: bool) -> tuple[np.nda
         target = pa.int64() if integer else pa.float64()
         try:
             out[idx] = pc.cast(values.take(pa.array(idx)), target).to_numpy(zero_copy_only=False)
-        except (pa.ArrowInvalid, OverflowError):  # the regex let through something pyarrow refuses: go value by value
+        except (pa.ArrowInvalid, OverflowError):
+            # the regex let through something pyarrow refuses: go value by value
             for i in idx:
                 try:
                     out[i] = pc.cast(values.slice(int(i), 1), target)[0].as_py()
@@ -82,7 +98,9 @@ def _parse(values: pa.Array, present: np.ndarray, integer: bool) -> tuple[np.nda
 
 
 class Checker:
-    """Checks rating rows of one source file against the catalog and the ingest time ``now`` (epoch seconds)."""
+    """Checks rating rows of one source file against the catalog and the ingest time ``now`` (epoch
+    seconds).
+    """
 
     def __init__(self, source: str, catalog: Catalog, now: int, movies_name: str):
         self.source = source
@@ -103,7 +121,9 @@ class Checker:
         }
 
     def clean(self, table: pa.Table) -> pa.Table | None:
-        """The block as a store table if every row passes every check, else ``None`` (zero-copy, per pyarrow chunk)."""
+        """The block as a store table if every row passes every check, else ``None`` (zero-copy, per
+        pyarrow chunk).
+        """
         if table.num_rows == 0 or any(col.null_count for col in table.columns):
             return None
         for name in ("userId", "movieId"):
@@ -118,14 +138,25 @@ class Checker:
             twice = r * 2.0
             if not (r.min() >= 0.5 and r.max() <= 5.0 and np.array_equal(np.rint(twice), twice)):
                 return None
-        if not all(self.catalog.known(chunk.to_numpy()).all() for chunk in table.column("movieId").chunks):
+        if not all(
+            self.catalog.known(chunk.to_numpy()).all() for chunk in table.column("movieId").chunks
+        ):
             return None
-        return _store_table(table.column("userId"), table.column("movieId"), table.column("rating"), table.column("timestamp"))
+        return _store_table(
+            table.column("userId"),
+            table.column("movieId"),
+            table.column("rating"),
+            table.column("timestamp"),
+        )
 
-    def check(self, columns: dict[str, pa.Array], lines: np.ndarray, data: memoryview | None, start: int) -> tuple[pa.Table, pa.Table, int]:
+    def check(
+        self, columns: dict[str, pa.Array], lines: np.ndarray, data: memoryview | None, start: int
+    ) -> tuple[pa.Table, pa.Table, int]:
         """Split string rows into (accepted store table, rejects table, blank lines skipped)."""
         trimmed = {name: pc.utf8_trim(col, characters=" \t") for name, col in columns.items()}
-        empty = {name: pc.equal(col, "").to_numpy(zero_copy_only=False) for name, col in trimmed.items()}
+        empty = {
+            name: pc.equal(col, "").to_numpy(zero_copy_only=False) for name, col in trimmed.items()
+        }
         blank = np.logical_and.reduce([empty[name] for name in FIELDS])
         if data is not None and blank.any():
             blank &= _blank_lines(data, lines - start)
@@ -169,7 +200,12 @@ class Checker:
         accepted = _store_table(*(values[name][good] for name in FIELDS))
         return accepted, self._rejects(columns, lines, groups), n_blank
 
-    def _rejects(self, columns: dict[str, pa.Array], lines: np.ndarray, groups: list[tuple[str, str, np.ndarray]]) -> pa.Table:
+    def _rejects(
+        self,
+        columns: dict[str, pa.Array],
+        lines: np.ndarray,
+        groups: list[tuple[str, str, np.ndarray]],
+    ) -> pa.Table:
         if not groups:
             return self.no_rejects
         rows, reasons, details = [], [], []
@@ -181,7 +217,11 @@ class Checker:
                 details.append(pa.array([f"column {column!r} is empty"] * len(idx), pa.string()))
             else:
                 value = columns[column].take(pa.array(idx))
-                details.append(pc.binary_join_element_wise(f"column {column!r}: '", value, f"' {self.why[reason]}", ""))
+                details.append(
+                    pc.binary_join_element_wise(
+                        f"column {column!r}: '", value, f"' {self.why[reason]}", ""
+                    )
+                )
         order = np.argsort(np.concatenate(rows), kind="stable")
         idx = pa.array(np.concatenate(rows)[order])
         return reject_table(
@@ -194,7 +234,9 @@ class Checker:
 
 
 def _blank_lines(data: memoryview, offsets: np.ndarray) -> np.ndarray:
-    """Whether line ``offsets[i]`` (0-based within ``data``) is empty (or just a carriage return)."""
+    """Whether line ``offsets[i]`` (0-based within ``data``) is empty (or just a carriage
+    return).
+    """
     raw = np.frombuffer(data, dtype=np.uint8)
     newlines = np.flatnonzero(raw == 10)
     ends = np.append(newlines, len(raw))

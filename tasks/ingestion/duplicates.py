@@ -1,8 +1,10 @@
-"""The latest rating of each (user, movie) wins: duplicates found by sorting 8-byte keys, then one rewrite.
+"""The latest rating of each (user, movie) wins: duplicates found by sorting 8-byte keys, then one
+rewrite.
 
-Written here rather than with pyarrow's group-by or pandas' ``drop_duplicates``: both hold every row of the
-store in memory at once, while ingest streams. This keeps 8 bytes per accepted rating (the keys, sorted in
-place) plus the duplicated rows, and rewrites the store row group by row group only if a duplicate exists.
+Written here rather than with pyarrow's group-by or pandas' ``drop_duplicates``: both hold every row
+of the store in memory at once, while ingest streams. This keeps 8 bytes per accepted rating (the
+keys, sorted in place) plus the duplicated rows, and rewrites the store row group by row group only
+if a duplicate exists.
 """
 
 from __future__ import annotations
@@ -18,11 +20,15 @@ from tasks.store import schemas
 from tasks.store.storage import TableWriter
 
 # The store's Parquet layout: ids and times delta-encoded, the ten ratings as a dictionary, not the
-# dictionary-for-everything default: on 5M synthetic MovieLens-format rows 21 MiB in 0.28 s instead of
-# 33 MiB in 0.45 s (zstd both; a timestamp dictionary is wasted work).
+# dictionary-for-everything default: on 5M synthetic MovieLens-format rows 21 MiB in 0.28 s instead
+# of 33 MiB in 0.45 s (zstd both; a timestamp dictionary is wasted work).
 STORE_OPTIONS: dict[str, Any] = {
     "use_dictionary": ["rating"],
-    "column_encoding": {"user_id": "DELTA_BINARY_PACKED", "movie_id": "DELTA_BINARY_PACKED", "timestamp": "DELTA_BINARY_PACKED"},
+    "column_encoding": {
+        "user_id": "DELTA_BINARY_PACKED",
+        "movie_id": "DELTA_BINARY_PACKED",
+        "timestamp": "DELTA_BINARY_PACKED",
+    },
 }
 
 
@@ -52,8 +58,13 @@ class KeyBuffer:
 
 
 def keys_of(table: pa.Table) -> np.ndarray:
-    """``user_id << 31 | movie_id``: one int64 per (user, movie), exact because ids are below 2**31."""
-    return np.asarray((table.column("user_id").to_numpy() << 31) | table.column("movie_id").to_numpy(), dtype=np.int64)
+    """``user_id << 31 | movie_id``: one int64 per (user, movie), exact because ids are below
+    2**31.
+    """
+    return np.asarray(
+        (table.column("user_id").to_numpy() << 31) | table.column("movie_id").to_numpy(),
+        dtype=np.int64,
+    )
 
 
 def drop_duplicates(path: Path, keys: np.ndarray) -> tuple[int, int]:
@@ -66,7 +77,8 @@ def drop_duplicates(path: Path, keys: np.ndarray) -> tuple[int, int]:
     keys.sort()  # in place
     users = int(len(keys) > 0)
     step = 1 << 20
-    for i in range(1, len(keys), step):  # users change where the high bits change; in slices to bound temporaries
+    # users change where the high bits change; in slices to bound temporaries
+    for i in range(1, len(keys), step):
         j = min(i + step, len(keys))
         users += int(np.count_nonzero((keys[i:j] >> 31) != (keys[i - 1 : j - 1] >> 31)))
     repeated = keys[1:] == keys[:-1]
@@ -79,7 +91,9 @@ def drop_duplicates(path: Path, keys: np.ndarray) -> tuple[int, int]:
     with pq.ParquetFile(path) as pf:
         for batch in pf.iter_batches(columns=["user_id", "movie_id", "timestamp"]):
             k = keys_of(pa.Table.from_batches([batch]))
-            hit = np.flatnonzero(dup_keys[np.minimum(np.searchsorted(dup_keys, k), len(dup_keys) - 1)] == k)
+            hit = np.flatnonzero(
+                dup_keys[np.minimum(np.searchsorted(dup_keys, k), len(dup_keys) - 1)] == k
+            )
             found.append((k[hit], batch.column("timestamp").to_numpy()[hit], hit + offset))
             offset += batch.num_rows
     key, ts, row = (np.concatenate(x) for x in zip(*found, strict=True))

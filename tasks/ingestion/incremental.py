@@ -29,11 +29,20 @@ from tasks.store import schemas
 from tasks.store.storage import TableWriter, read_json, sha256_file, sha256_text, write_json
 
 SUFFIXES = (".csv", ".csv.gz", ".parquet")
-_SUMMED = ("rows_read", "rows_accepted", "rows_rejected", "duplicates_dropped", "unknown_movie_dropped", "blank_lines")
+_SUMMED = (
+    "rows_read",
+    "rows_accepted",
+    "rows_rejected",
+    "duplicates_dropped",
+    "unknown_movie_dropped",
+    "blank_lines",
+)
 
 
 def is_incremental(ratings: str | list[str] | None) -> TypeGuard[str | list[str]]:
-    """Several ratings files, or a folder: the ledger applies. One file keeps the single-file ingest."""
+    """Several ratings files, or a folder: the ledger applies. One file keeps the single-file
+    ingest.
+    """
     if isinstance(ratings, list):
         return len(ratings) > 1 or (len(ratings) == 1 and Path(ratings[0]).is_dir())
     return ratings is not None and Path(ratings).is_dir()
@@ -45,9 +54,13 @@ def expand(ratings: str | list[str]) -> list[Path]:
     for item in [ratings] if isinstance(ratings, str) else ratings:
         path = Path(item).resolve()
         if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.is_file() and p.name.lower().endswith(SUFFIXES))
+            found = sorted(
+                p for p in path.iterdir() if p.is_file() and p.name.lower().endswith(SUFFIXES)
+            )
             if not found:
-                raise InputError(f"{path}: no ratings files (*.csv, *.csv.gz, *.parquet) in the drop folder")
+                raise InputError(
+                    f"{path}: no ratings files (*.csv, *.csv.gz, *.parquet) in the drop folder"
+                )
             out.extend(found)
         elif not path.exists():
             raise InputError(f"{path}: ratings file not found")
@@ -60,9 +73,17 @@ def ledger_path(data_dir: Path) -> Path:
     return Path(data_dir) / "store" / "ingested.json"
 
 
-def ingest_part(src: Path, movies_src: Path, part: Path, rejects: Path, max_reject_share: float) -> dict[str, Any]:
+def ingest_part(
+    src: Path, movies_src: Path, part: Path, rejects: Path, max_reject_share: float
+) -> dict[str, Any]:
     """Ingest one new ratings file into its own part of the store; its ingest stats."""
-    return ingest(Path(src), Path(movies_src), Path(part), rejects_path=Path(rejects), max_reject_share=max_reject_share)[2].to_dict()
+    return ingest(
+        Path(src),
+        Path(movies_src),
+        Path(part),
+        rejects_path=Path(rejects),
+        max_reject_share=max_reject_share,
+    )[2].to_dict()
 
 
 def run_incremental_ingest(
@@ -73,7 +94,8 @@ def run_incremental_ingest(
     max_reject_share: float = 0.01,
     run_files: Callable[[list[dict[str, str]]], list[dict[str, Any]]] | None = None,
 ) -> dict[str, Any]:
-    """Ingest the files not in the ledger; return the cumulative store's paths, its hash and the stats.
+    """Ingest the files not in the ledger; return the cumulative store's paths, its hash and the
+    stats.
 
     ``run_files`` ingests the new files (a list of jobs: src, part, rejects)
     and returns their stats in the same order; the flow passes one that runs
@@ -93,9 +115,25 @@ def run_incremental_ingest(
             skipped += 1
             continue
         part = data_dir / "store" / "parts" / digest[:32]
-        jobs.append({"src": str(src), "digest": digest, "part": str(part), "rejects": str(rejects_path(data_dir, run_date, digest))})
+        jobs.append(
+            {
+                "src": str(src),
+                "digest": digest,
+                "part": str(part),
+                "rejects": str(rejects_path(data_dir, run_date, digest)),
+            }
+        )
     if run_files is None:
-        results = [ingest_part(Path(j["src"]), Path(movies_src), Path(j["part"]), Path(j["rejects"]), max_reject_share) for j in jobs]
+        results = [
+            ingest_part(
+                Path(j["src"]),
+                Path(movies_src),
+                Path(j["part"]),
+                Path(j["rejects"]),
+                max_reject_share,
+            )
+            for j in jobs
+        ]
     else:
         results = run_files(jobs)
     first_rejects: Path | None = None
@@ -123,17 +161,22 @@ def run_incremental_ingest(
     input_hash = sha256_text(*order, movies_hash)
     store = data_dir / "store" / input_hash
     movies = ingest_movies(Path(movies_src), store / "movies.parquet")
-    cross_dups, users, total = combine([data_dir / ledger[d]["part"] for d in order], store / "ratings.parquet")
+    cross_dups, users, total = combine(
+        [data_dir / ledger[d]["part"] for d in order], store / "ratings.parquet"
+    )
     read = totals["rows_read"]
     stats = {
         **totals,
-        "duplicates_across_files": cross_dups,  # older ratings of a (user, movie) rated again in a later file, all parts
+        # older ratings of a (user, movie) rated again in a later file, all parts
+        "duplicates_across_files": cross_dups,
         "users": users,
         "movies": movies.movies,
         "rejected_by_reason": by_reason,
         "reject_share": round(totals["rows_rejected"] / read, 6) if read else 0.0,
         "max_reject_share": max_reject_share,
-        "rejects_path": str((first_rejects or rejects_path(data_dir, run_date, input_hash)).relative_to(data_dir)),
+        "rejects_path": str(
+            (first_rejects or rejects_path(data_dir, run_date, input_hash)).relative_to(data_dir)
+        ),
         "movies_without_year": movies.without_year,
         "movies_without_genres": movies.without_genres,
         "unknown_genres": movies.unknown_genres,
@@ -142,11 +185,17 @@ def run_incremental_ingest(
         "files_total": len(ledger),
         "rows_total": total,
     }
-    return {"ratings": str(store / "ratings.parquet"), "movies": str(movies.path), "input_hash": input_hash, "stats": stats}
+    return {
+        "ratings": str(store / "ratings.parquet"),
+        "movies": str(movies.path),
+        "input_hash": input_hash,
+        "stats": stats,
+    }
 
 
 def combine(parts: list[Path], dest: Path) -> tuple[int, int, int]:
-    """Write ``parts`` (in ingest order) to ``dest`` keeping the latest rating per (user, movie); (dropped, users, rows).
+    """Write ``parts`` (in ingest order) to ``dest`` keeping the latest rating per (user, movie);
+    (dropped, users, rows).
 
     Ties on the timestamp go to the later part. Each part is already free of duplicates.
     """

@@ -32,7 +32,15 @@ from tasks.stage_results import Ingested
 from tasks.store import schemas
 from tasks.store.storage import TableWriter, read_table
 
-__all__ = ["IngestStats", "InputError", "MovieStats", "RejectThresholdError", "ingest", "ingest_movies", "ingest_ratings"]
+__all__ = [
+    "IngestStats",
+    "InputError",
+    "MovieStats",
+    "RejectThresholdError",
+    "ingest",
+    "ingest_movies",
+    "ingest_ratings",
+]
 
 DEFAULT_MAX_REJECT_SHARE = 0.01
 T = TypeVar("T")
@@ -40,7 +48,9 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class IngestStats:
-    """What ingest read, kept and rejected; reaches ``latest.json`` under ``ingest`` and the run summary."""
+    """What ingest read, kept and rejected; reaches ``latest.json`` under ``ingest`` and the run
+    summary.
+    """
 
     rows_read: int
     rows_accepted: int
@@ -73,7 +83,8 @@ def ingest_ratings(
     now: int | None = None,
     movies_name: str = "the movies file",
 ) -> IngestStats:
-    """Stream ratings into the store; quarantine bad rows; keep the latest of duplicate (user, movie) rows.
+    """Stream ratings into the store; quarantine bad rows; keep the latest of duplicate (user,
+    movie) rows.
 
     ``now`` (epoch seconds, default: when the ingest starts) is the limit for
     timestamps. The rejects table (default ``rejects.parquet`` beside ``dest``)
@@ -82,15 +93,25 @@ def ingest_ratings(
     src, dest = Path(src), Path(dest)
     if not src.exists():
         raise InputError(f"{src}: ratings file not found")
-    rejects_path = Path(rejects_path) if rejects_path is not None else dest.with_name("rejects.parquet")
-    catalog = read_table(movies_path, schemas.MOVIES, "movies", columns=["movie_id"]).column("movie_id").to_numpy()
-    reader = RatingsReader(src, Catalog(catalog), int(time.time()) if now is None else now, movies_name, block_size)
+    rejects_path = (
+        Path(rejects_path) if rejects_path is not None else dest.with_name("rejects.parquet")
+    )
+    catalog = (
+        read_table(movies_path, schemas.MOVIES, "movies", columns=["movie_id"])
+        .column("movie_id")
+        .to_numpy()
+    )
+    reader = RatingsReader(
+        src, Catalog(catalog), int(time.time()) if now is None else now, movies_name, block_size
+    )
     writer = TableWriter(dest, schemas.RATINGS, "ratings", **STORE_OPTIONS)
     log = RejectLog(rejects_path)
     keys = KeyBuffer(_row_bound(src))
     read = blank = 0
     try:
-        for chunk, chunk_keys in prefetch((chunk, keys_of(chunk.accepted)) for chunk in reader.chunks()):
+        for chunk, chunk_keys in prefetch(
+            (chunk, keys_of(chunk.accepted)) for chunk in reader.chunks()
+        ):
             read += chunk.rows
             blank += chunk.blank_lines
             if chunk.accepted.num_rows:
@@ -122,19 +143,28 @@ def ingest_ratings(
     try:
         check_share(src, read, log, max_reject_share, stats.to_dict())
         if rejected == read:
-            raise InputError(f"{src}: no valid ratings: all {read:,} rows were rejected (first: {log.first}); see {rejects_path}")
+            raise InputError(
+                f"{src}: no valid ratings: all {read:,} rows were rejected (first: "
+                f"{log.first}); see {rejects_path}"
+            )
     except BaseException:
         writer.abort()
         raise
     writer.close()
     duplicates, users = drop_duplicates(dest, keys.take())
     return IngestStats(
-        **{**stats.to_dict(), "rows_accepted": read - rejected - duplicates, "duplicates_dropped": duplicates, "users": users}
+        **{
+            **stats.to_dict(),
+            "rows_accepted": read - rejected - duplicates,
+            "duplicates_dropped": duplicates,
+            "users": users,
+        }
     )
 
 
 def prefetch(items: Iterator[T], depth: int = 2) -> Iterator[T]:
-    """Run ``items`` in a background thread, ``depth`` items ahead, so parsing overlaps the Parquet writes.
+    """Run ``items`` in a background thread, ``depth`` items ahead, so parsing overlaps the Parquet
+    writes.
 
     An exception in the producer is raised in the consumer; closing the consumer stops the producer.
     """
@@ -208,7 +238,8 @@ def ingest(
     try:
         stats = ingest_ratings(
             Path(ratings_src), movies.path, store_dir / "ratings.parquet",
-            rejects_path=rejects_path, max_reject_share=max_reject_share, now=now, movies_name=Path(movies_src).name,
+            rejects_path=rejects_path, max_reject_share=max_reject_share, now=now,
+            movies_name=Path(movies_src).name,
         )  # fmt: skip
     except RejectThresholdError as exc:
         exc.stats.update(extra)
@@ -217,10 +248,20 @@ def ingest(
 
 
 def run_ingest(
-    ratings_src: Path, movies_src: Path, store_dir: Path, rejects_path: Path | None = None, max_reject_share: float = 0.01
+    ratings_src: Path,
+    movies_src: Path,
+    store_dir: Path,
+    rejects_path: Path | None = None,
+    max_reject_share: float = 0.01,
 ) -> Ingested:
-    """Ingest both inputs into ``store_dir``; bad ratings rows go to ``rejects_path`` (see :mod:`tasks.ingestion.rejects`)."""
+    """Ingest both inputs into ``store_dir``; bad ratings rows go to ``rejects_path`` (see
+    :mod:`tasks.ingestion.rejects`).
+    """
     ratings, movies, stats = ingest(
-        Path(ratings_src), Path(movies_src), Path(store_dir), rejects_path=rejects_path, max_reject_share=max_reject_share
+        Path(ratings_src),
+        Path(movies_src),
+        Path(store_dir),
+        rejects_path=rejects_path,
+        max_reject_share=max_reject_share,
     )
     return Ingested(ratings=str(ratings), movies=str(movies), stats=stats.to_dict())

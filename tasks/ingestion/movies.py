@@ -43,14 +43,17 @@ class MovieStats:
 
 
 def _not_utf8(path: Path) -> str | None:
-    """``<file>: line N: not UTF-8 text ...`` for the first line that does not decode, else ``None``."""
+    """``<file>: line N: not UTF-8 text ...`` for the first line that does not decode, else
+    ``None``.
+    """
     with contextlib.closing(open_bytes(path)) as raw:
         for number, line in enumerate(raw, start=1):
             try:
                 line.decode("utf-8")
             except UnicodeDecodeError as exc:
                 return (
-                    f"{path}: line {number}, column {exc.start + 1}: not UTF-8 text (byte 0x{line[exc.start]:02x}); save the file as UTF-8"
+                    f"{path}: line {number}, column {exc.start + 1}: not UTF-8 text (byte "
+                    f"0x{line[exc.start]:02x}); save the file as UTF-8"
                 )
     return None
 
@@ -59,7 +62,10 @@ def _locate(path: Path, record: int | None, expected: dict[str, pa.DataType]) ->
     """Find the first bad field (or the line of data record ``record``) by a plain csv scan."""
     if record is None and (bad := _not_utf8(path)):
         return bad
-    with contextlib.closing(open_bytes(path)) as raw, io.TextIOWrapper(raw, encoding="utf-8-sig", errors="replace", newline="") as fh:
+    with (
+        contextlib.closing(open_bytes(path)) as raw,
+        io.TextIOWrapper(raw, encoding="utf-8-sig", errors="replace", newline="") as fh,
+    ):
         reader = csv.reader(fh)
         header = [h.strip() for h in next(reader)]
         cols = {name: header.index(name) for name in expected}
@@ -74,13 +80,18 @@ def _locate(path: Path, record: int | None, expected: dict[str, pa.DataType]) ->
                     return f"{path}: line {line}"
                 continue
             if len(row) != len(header):
-                return f"{path}: line {line}: {len(row)} fields, expected {len(header)} ({','.join(header)})"
+                return (
+                    f"{path}: line {line}: {len(row)} fields, expected {len(header)} "
+                    f"({','.join(header)})"
+                )
             for name, col in cols.items():
                 if pa.types.is_integer(expected[name]):
                     try:
                         int(row[col])
                     except ValueError:
-                        return f"{path}: line {line}, column {name!r}: {row[col]!r} is not an integer"
+                        return (
+                            f"{path}: line {line}, column {name!r}: {row[col]!r} is not an integer"
+                        )
     return f"{path}: unreadable CSV"
 
 
@@ -94,7 +105,9 @@ def _read_movies(src: Path) -> pa.Table:
         try:
             return table.cast(pa.schema(list(MOVIE_COLUMNS.items())))
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-            raise InputError(f"{src}: cannot read the movie columns as {list(MOVIE_COLUMNS.items())} ({exc})") from exc
+            raise InputError(
+                f"{src}: cannot read the movie columns as {list(MOVIE_COLUMNS.items())} ({exc})"
+            ) from exc
     with contextlib.closing(open_bytes(src)) as fh:
         header = read_header(fh, src, tuple(MOVIE_COLUMNS))
         names = [name if name in MOVIE_COLUMNS else f"_extra{i}" for i, name in enumerate(header)]
@@ -103,7 +116,9 @@ def _read_movies(src: Path) -> pa.Table:
                 fh,
                 read_options=pacsv.ReadOptions(column_names=names, block_size=BLOCK),
                 convert_options=pacsv.ConvertOptions(
-                    column_types=MOVIE_COLUMNS, include_columns=list(MOVIE_COLUMNS), strings_can_be_null=False
+                    column_types=MOVIE_COLUMNS,
+                    include_columns=list(MOVIE_COLUMNS),
+                    strings_can_be_null=False,
                 ),
             )
         except pa.ArrowInvalid as exc:
@@ -147,11 +162,19 @@ def ingest_movies(src: Path, dest: Path) -> MovieStats:
         raise _bad_movie(src, idx, "movieId", int(values[idx]), "appears twice in the movie list")
     titles = table.column("title").fill_null("")
     genres = table.column("genres").fill_null("")
-    years = pc.cast(pc.struct_field(pc.extract_regex(pc.utf8_trim_whitespace(titles), YEAR_RE), "year"), pa.int32())
+    years = pc.cast(
+        pc.struct_field(pc.extract_regex(pc.utf8_trim_whitespace(titles), YEAR_RE), "year"),
+        pa.int32(),
+    )
     out = pa.table({"movie_id": ids, "title": titles, "genres": genres, "year": years})
     # by movie_id: the catalog's rows become the index's rows, and equal scores are ordered by row
     out = out.sort_by("movie_id")
     write_table(dest, out, schemas.MOVIES, "movies")
-    no_genres = int(pc.sum(pc.is_in(pc.utf8_trim_whitespace(genres), value_set=pa.array(["", NO_GENRES]))).as_py() or 0)
+    no_genres = int(
+        pc.sum(
+            pc.is_in(pc.utf8_trim_whitespace(genres), value_set=pa.array(["", NO_GENRES]))
+        ).as_py()
+        or 0
+    )
     odd = unknown_genres(genres)
     return MovieStats(dest, out.num_rows, years.null_count, no_genres, odd)

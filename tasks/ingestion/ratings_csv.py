@@ -37,13 +37,20 @@ from tasks.store import schemas
 
 BLOCK = 1 << 24  # bytes read per block; also the longest line that is parsed
 PARSE_BLOCK = 1 << 20  # pyarrow's block inside one of ours (lets it parse on every core)
-TYPES = {"userId": pa.int64(), "movieId": pa.int64(), "rating": pa.float64(), "timestamp": pa.int64()}
+TYPES = {
+    "userId": pa.int64(),
+    "movieId": pa.int64(),
+    "rating": pa.float64(),
+    "timestamp": pa.int64(),
+}
 EMPTY_ACCEPTED = schemas.RATINGS.empty_table()
 
 
 @dataclass(frozen=True)
 class Chunk:
-    """One block's accepted rows (store schema), rejected rows (rejects schema) and skipped blank lines."""
+    """One block's accepted rows (store schema), rejected rows (rejects schema) and skipped blank
+    lines.
+    """
 
     accepted: pa.Table
     rejects: pa.Table
@@ -58,29 +65,40 @@ def open_bytes(path: Path) -> BinaryIO:
     """Open ``path`` for binary reading, decompressing gzip (recognised by its magic bytes)."""
     with open(path, "rb") as fh:
         magic = fh.read(2)
-    return gzip.open(path, "rb") if magic == b"\x1f\x8b" else open(path, "rb")  # type: ignore[return-value]
+    gzipped = magic == b"\x1f\x8b"
+    return gzip.open(path, "rb") if gzipped else open(path, "rb")  # type: ignore[return-value]
 
 
 def _read(fh: BinaryIO, path: Path, n: int, line: int, *, readline: bool = False) -> bytes:
     try:
         return fh.readline(n) if readline else fh.read(n)
     except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
-        raise InputError(f"{path}: line {line}: compressed data is corrupt or cut short ({exc})") from exc
+        raise InputError(
+            f"{path}: line {line}: compressed data is corrupt or cut short ({exc})"
+        ) from exc
 
 
-def read_header(fh: BinaryIO, path: Path, required: tuple[str, ...], max_line: int = BLOCK) -> list[str]:
+def read_header(
+    fh: BinaryIO, path: Path, required: tuple[str, ...], max_line: int = BLOCK
+) -> list[str]:
     """Read and check the header line; return the column names (BOM and line end removed)."""
     first = _read(fh, path, max_line + 1, 1, readline=True)
     if not first:
         raise InputError(f"{path}: empty file, expected a header line {','.join(required)}")
     if len(first) > max_line and not first.endswith(b"\n"):
-        raise InputError(f"{path}: line 1: header longer than {max_line:,} bytes (is this a CSV file with newline line ends?)")
+        raise InputError(
+            f"{path}: line 1: header longer than {max_line:,} bytes (is this a CSV file with "
+            "newline line ends?)"
+        )
     if first[:2] in (b"\xff\xfe", b"\xfe\xff"):
         raise InputError(f"{path}: line 1: the file is UTF-16 text; save it as UTF-8")
     try:
         text = first.removeprefix(b"\xef\xbb\xbf").decode("utf-8").rstrip("\r\n")
     except UnicodeDecodeError as exc:
-        raise InputError(f"{path}: line 1: not UTF-8 text (byte 0x{first[exc.start]:02x} at column {exc.start + 1})") from exc
+        raise InputError(
+            f"{path}: line 1: not UTF-8 text (byte 0x{first[exc.start]:02x} at column "
+            f"{exc.start + 1})"
+        ) from exc
     names = [name.strip() for name in next(csv.reader([text]), [])]
     if not any(names):
         raise InputError(f"{path}: line 1 is empty, expected a header line {','.join(required)}")
@@ -91,7 +109,9 @@ def read_header(fh: BinaryIO, path: Path, required: tuple[str, ...], max_line: i
         raise InputError(f"{path}: line 1: missing column(s) {missing}; header is {names}{hint}")
     for name in required:
         if names.count(name) > 1:
-            raise InputError(f"{path}: line 1: column {name!r} appears {names.count(name)} times in the header")
+            raise InputError(
+                f"{path}: line 1: column {name!r} appears {names.count(name)} times in the header"
+            )
     return names
 
 
@@ -102,7 +122,9 @@ class _LongLine:
     head: bytes
 
 
-def _blocks(fh: BinaryIO, path: Path, line: int, block: int) -> Iterator[tuple[int, memoryview] | _LongLine]:
+def _blocks(
+    fh: BinaryIO, path: Path, line: int, block: int
+) -> Iterator[tuple[int, memoryview] | _LongLine]:
     """Yield (first line number, whole lines) per block.
 
     A line still unfinished after more than ``block`` bytes of it is skipped, read
@@ -139,7 +161,9 @@ def _blocks(fh: BinaryIO, path: Path, line: int, block: int) -> Iterator[tuple[i
 class RatingsReader:
     """Iterate a ratings file as :class:`Chunk` s; file-level problems raise :class:`InputError`."""
 
-    def __init__(self, path: Path, catalog: Catalog, now: int, movies_name: str, block_size: int = BLOCK):
+    def __init__(
+        self, path: Path, catalog: Catalog, now: int, movies_name: str, block_size: int = BLOCK
+    ):
         self.path = Path(path)
         self.block_size = block_size
         self.checker = Checker(str(self.path), catalog, now, movies_name)
@@ -157,7 +181,11 @@ class RatingsReader:
                     continue
                 start, data = item
                 fast = self._fast(data, names)
-                yield Chunk(fast, self.checker.no_rejects) if fast is not None else self._slow(start, data, names)
+                yield (
+                    Chunk(fast, self.checker.no_rejects)
+                    if fast is not None
+                    else self._slow(start, data, names)
+                )
 
     def _fast(self, data: memoryview, names: list[str]) -> pa.Table | None:
         """Typed, multi-threaded parse; ``None`` unless every row of the block is valid."""
@@ -171,9 +199,15 @@ class RatingsReader:
         try:
             table = pacsv.read_csv(
                 pa.py_buffer(data),
-                read_options=pacsv.ReadOptions(column_names=names, block_size=PARSE_BLOCK, use_threads=True),
-                parse_options=pacsv.ParseOptions(ignore_empty_lines=False, invalid_row_handler=on_invalid),
-                convert_options=pacsv.ConvertOptions(column_types=TYPES, include_columns=list(FIELDS), null_values=[""]),
+                read_options=pacsv.ReadOptions(
+                    column_names=names, block_size=PARSE_BLOCK, use_threads=True
+                ),
+                parse_options=pacsv.ParseOptions(
+                    ignore_empty_lines=False, invalid_row_handler=on_invalid
+                ),
+                convert_options=pacsv.ConvertOptions(
+                    column_types=TYPES, include_columns=list(FIELDS), null_values=[""]
+                ),
             )
         except pa.ArrowInvalid:
             return None
@@ -196,7 +230,10 @@ class RatingsReader:
             if int(keep.sum()) == table.num_rows:  # one record per physical line
                 break
         else:
-            raise InputError(f"{self.path}: lines {start}-{start + n_lines - 1}: cannot match CSV records to lines (bare CR line ends?)")
+            raise InputError(
+                f"{self.path}: lines {start}-{start + n_lines - 1}: cannot match CSV records "
+                "to lines (bare CR line ends?)"
+            )
         lines = start + np.flatnonzero(keep)
         columns = {name: table.column(name).combine_chunks() for name in FIELDS}
         if not quoting:
@@ -204,16 +241,25 @@ class RatingsReader:
         accepted, rejects, blank = self.checker.check(columns, lines, data, start)
         if bad:
             lines_bad = start + numbers - 1
-            details = [f"{b[2]} fields, expected {len(names)}" + (" (truncated line?)" if b[2] < len(names) else "") for b in bad]
+            details = [
+                f"{b[2]} fields, expected {len(names)}"
+                + (" (truncated line?)" if b[2] < len(names) else "")
+                for b in bad
+            ]
             wrong = reject_table(
-                str(self.path), pa.array(lines_bad), pa.array(["wrong_field_count"] * len(bad)), pa.array(details),
-                raw=pa.array([b[1][:RAW_LIMIT] for b in bad], pa.string()),
+                str(self.path), pa.array(lines_bad), pa.array(["wrong_field_count"] * len(bad)),
+                pa.array(details), raw=pa.array([b[1][:RAW_LIMIT] for b in bad], pa.string()),
             )  # fmt: skip
             rejects = pa.concat_tables([rejects, wrong]).sort_by("line")
         return Chunk(accepted, rejects, blank)
 
     def _parse_strings(
-        self, start: int, data: memoryview, names: list[str], quoting: bool, bad: list[tuple[int | None, str, int]]
+        self,
+        start: int,
+        data: memoryview,
+        names: list[str],
+        quoting: bool,
+        bad: list[tuple[int | None, str, int]],
     ) -> pa.Table:
         def on_invalid(row: pacsv.InvalidRow) -> str:
             bad.append((row.number, row.text, row.actual_columns))
@@ -222,12 +268,18 @@ class RatingsReader:
         try:
             return pacsv.read_csv(
                 pa.py_buffer(data),
-                read_options=pacsv.ReadOptions(column_names=names, block_size=data.nbytes + 1, use_threads=False),
+                read_options=pacsv.ReadOptions(
+                    column_names=names, block_size=data.nbytes + 1, use_threads=False
+                ),
                 parse_options=pacsv.ParseOptions(
-                    ignore_empty_lines=False, invalid_row_handler=on_invalid, quote_char='"' if quoting else False
+                    ignore_empty_lines=False,
+                    invalid_row_handler=on_invalid,
+                    quote_char='"' if quoting else False,
                 ),
                 convert_options=pacsv.ConvertOptions(
-                    column_types={name: pa.string() for name in FIELDS}, include_columns=list(FIELDS), strings_can_be_null=False
+                    column_types={name: pa.string() for name in FIELDS},
+                    include_columns=list(FIELDS),
+                    strings_can_be_null=False,
                 ),
             )
         except pa.ArrowInvalid as exc:
@@ -245,14 +297,28 @@ class RatingsReader:
                         fields[col].decode("utf-8")
                     except UnicodeDecodeError as exc:
                         where = f"{self.path}: line {start + i}, column {names[col]!r}"
-                        return InputError(f"{where}: not UTF-8 text (byte 0x{fields[col][exc.start]:02x}); save the file as UTF-8")
-        return InputError(f"{self.path}: lines from {start}: not UTF-8 text; save the file as UTF-8")
+                        return InputError(
+                            f"{where}: not UTF-8 text (byte 0x{fields[col][exc.start]:02x}); "
+                            "save the file as UTF-8"
+                        )
+        return InputError(
+            f"{self.path}: lines from {start}: not UTF-8 text; save the file as UTF-8"
+        )
 
     def _long_line(self, item: _LongLine) -> pa.Table:
         hint = " (bare CR line ends?)" if b"\r" in item.head else ""
-        detail = f"line of {item.size:,} bytes, longer than the {self.block_size:,}-byte read block{hint}"
+        detail = (
+            f"line of {item.size:,} bytes, longer than the {self.block_size:,}-byte read "
+            f"block{hint}"
+        )
         raw = item.head.decode("utf-8", errors="replace")[:RAW_LIMIT]
-        return reject_table(str(self.path), pa.array([item.line]), pa.array(["line_too_long"]), pa.array([detail]), raw=pa.array([raw]))
+        return reject_table(
+            str(self.path),
+            pa.array([item.line]),
+            pa.array(["line_too_long"]),
+            pa.array([detail]),
+            raw=pa.array([raw]),
+        )
 
     def _parquet_chunks(self) -> Iterator[Chunk]:
         """Parquet input: the same checks; ``line`` is the 1-based row number."""
@@ -269,7 +335,10 @@ class RatingsReader:
                     try:
                         columns[name] = pc.fill_null(col.cast(pa.string()), "")
                     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-                        raise InputError(f"{self.path}: column {name!r} has type {col.type}, expected {TYPES[name]}") from exc
+                        raise InputError(
+                            f"{self.path}: column {name!r} has type {col.type}, expected "
+                            f"{TYPES[name]}"
+                        ) from exc
                 lines = np.arange(offset + 1, offset + 1 + batch.num_rows, dtype=np.int64)
                 accepted, rejects, _ = self.checker.check(columns, lines, None, 0)
                 offset += batch.num_rows

@@ -1,4 +1,5 @@
-"""Quarantine of malformed input rows: the rejects table, its reason codes and the reject-share limit.
+"""Quarantine of malformed input rows: the rejects table, its reason codes and the reject-share
+limit.
 
 A ratings row that cannot be used is not dropped silently and does not stop
 the run by itself: it is written, with its original fields as strings, the
@@ -24,8 +25,13 @@ from tasks.store.storage import TableWriter
 
 # Reason codes, in the order the checks run (a row gets the first that applies).
 REASONS: dict[str, str] = {
-    "wrong_field_count": "the line has more or fewer fields than the header (a truncated last line lands here)",
-    "line_too_long": "the line is longer than the read block (16 MiB); it is skipped unread, its start is in `raw`",
+    "wrong_field_count": (
+        "the line has more or fewer fields than the header (a truncated last line lands here)"
+    ),
+    "line_too_long": (
+        "the line is longer than the read block (16 MiB); it is skipped unread, its start is in "
+        "`raw`"
+    ),
     "missing_value": "a required field is empty",
     "not_an_integer": "userId, movieId or timestamp is not an integer",
     "not_a_number": "rating is not a number",
@@ -55,7 +61,12 @@ class RejectThresholdError(InputError):
 
 def rejects_path(data_dir: Path, run_date: dt.date, input_hash: str) -> Path:
     """``DIR/rejects/run_date=YYYY-MM-DD/part-<first 16 hex of the input hash>.parquet``."""
-    return Path(data_dir) / "rejects" / f"run_date={run_date.isoformat()}" / f"part-{input_hash[:16]}.parquet"
+    return (
+        Path(data_dir)
+        / "rejects"
+        / f"run_date={run_date.isoformat()}"
+        / f"part-{input_hash[:16]}.parquet"
+    )
 
 
 def reject_table(
@@ -66,7 +77,9 @@ def reject_table(
     fields: dict[str, pa.Array] | None = None,
     raw: pa.Array | None = None,
 ) -> pa.Table:
-    """Assemble rejected rows in the :data:`~tasks.store.schemas.REJECTS` layout (absent fields are null)."""
+    """Assemble rejected rows in the :data:`~tasks.store.schemas.REJECTS` layout (absent fields are
+    null).
+    """
     n = len(lines)
     null = pa.nulls(n, pa.string())
     columns = {
@@ -81,7 +94,9 @@ def reject_table(
 
 
 class RejectLog:
-    """Streams rejected rows to the rejects table and keeps the counts by reason and the first reject."""
+    """Streams rejected rows to the rejects table and keeps the counts by reason and the first
+    reject.
+    """
 
     def __init__(self, path: Path):
         self.path = Path(path)
@@ -115,15 +130,20 @@ def _value_counts(column: pa.ChunkedArray) -> tuple[list[str], list[int]]:
     return counts.field("values").to_pylist(), counts.field("counts").to_pylist()
 
 
-def check_share(source: Path, rows_read: int, log: RejectLog, max_share: float, stats: dict[str, object]) -> None:
-    """Raise :class:`RejectThresholdError` if more than ``max_share`` of ``rows_read`` were rejected."""
+def check_share(
+    source: Path, rows_read: int, log: RejectLog, max_share: float, stats: dict[str, object]
+) -> None:
+    """Raise :class:`RejectThresholdError` if more than ``max_share`` of ``rows_read`` were
+    rejected.
+    """
     rejected = log.rows
     share = rejected / rows_read if rows_read else 0.0
     if share <= max_share:
         return
     reasons = ", ".join(f"{reason} {count:,}" for reason, count in log.by_reason.most_common())
     raise RejectThresholdError(
-        f"{source}: {rejected:,} of {rows_read:,} rows rejected ({share:.2%}), more than max_reject_share {max_share:.2%} "
+        f"{source}: {rejected:,} of {rows_read:,} rows rejected ({share:.2%}), more than "
+        f"max_reject_share {max_share:.2%} "
         f"({reasons}); first: {log.first}; all rejected rows are in {log.path}",
         stats,
     )
@@ -135,15 +155,27 @@ def report_rows(stats: dict[str, Any]) -> list[dict[str, Any]]:
         {"count": "rows read", "value": stats["rows_read"]},
         {"count": "rows accepted", "value": stats["rows_accepted"]},
         {"count": "rows rejected", "value": stats["rows_rejected"]},
-        *({"count": f"  rejected: {reason}", "value": n} for reason, n in stats.get("rejected_by_reason", {}).items()),
-        {"count": "duplicates dropped (older rating of a user and movie)", "value": stats["duplicates_dropped"]},
-        {"count": "reject share", "value": f"{stats['reject_share']:.4%} (limit {stats['max_reject_share']:.2%})"},
+        *(
+            {"count": f"  rejected: {reason}", "value": n}
+            for reason, n in stats.get("rejected_by_reason", {}).items()
+        ),
+        {
+            "count": "duplicates dropped (older rating of a user and movie)",
+            "value": stats["duplicates_dropped"],
+        },
+        {
+            "count": "reject share",
+            "value": f"{stats['reject_share']:.4%} (limit {stats['max_reject_share']:.2%})",
+        },
         {"count": "rejects table", "value": stats.get("rejects_path")},
         {"count": "blank lines skipped", "value": stats.get("blank_lines", 0)},
         {"count": "users", "value": stats["users"]},
         {"count": "movies", "value": stats["movies"]},
         {"count": "movies without a year", "value": stats.get("movies_without_year", 0)},
         {"count": "movies without genres", "value": stats.get("movies_without_genres", 0)},
-        *({"count": f"  unknown genre: {genre}", "value": n} for genre, n in stats.get("unknown_genres", {}).items()),
+        *(
+            {"count": f"  unknown genre: {genre}", "value": n}
+            for genre, n in stats.get("unknown_genres", {}).items()
+        ),
     ]
     return rows

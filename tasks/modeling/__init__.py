@@ -1,1 +1,3 @@
-"""The two-tower model: its settings (presets), architecture, training loop, warm and cold starts."""
+"""The two-tower model: its settings (presets), architecture, training loop, warm and cold
+starts.
+"""

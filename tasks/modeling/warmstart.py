@@ -27,8 +27,11 @@ def warm_epochs(max_epochs: int, override: int | None = None) -> int:
     return max(1, override if override is not None else max_epochs // 4)
 
 
-def source(data_dir: Path, feature_dir: Path, config: dict[str, Any]) -> tuple[dict[str, str] | None, str]:
-    """The published model to start from (sha256-checked against latest.json) and a note; ``None`` means a cold start.
+def source(
+    data_dir: Path, feature_dir: Path, config: dict[str, Any]
+) -> tuple[dict[str, str] | None, str]:
+    """The published model to start from (sha256-checked against latest.json) and a note; ``None``
+    means a cold start.
 
     Cold when nothing is published, or when the published model had other feature columns
     (those of ``feature_dir``) or other layer sizes (``config``, the preset's settings).
@@ -45,12 +48,18 @@ def source(data_dir: Path, feature_dir: Path, config: dict[str, Any]) -> tuple[d
     try:
         latest = read_latest(Path(data_dir))
     except DataError:
-        return None, f"cold: the published run has another schema version than {schemas.SCHEMA_VERSION}"
+        return (
+            None,
+            f"cold: the published run has another schema version than {schemas.SCHEMA_VERSION}",
+        )
     model = verified(Path(data_dir), latest.model["keras"])
     warm = {"model": str(model), "version": latest.model_version}
     for kind in ("user", "movie"):
         warm[f"{kind}_features"] = str(verified(Path(data_dir), latest.model[f"{kind}_features"]))
-        if read_features(Path(warm[f"{kind}_features"]), kind)[2] != read_features(Path(feature_dir) / f"{kind}_features.parquet", kind)[2]:
+        if (
+            read_features(Path(warm[f"{kind}_features"]), kind)[2]
+            != read_features(Path(feature_dir) / f"{kind}_features.parquet", kind)[2]
+        ):
             return None, f"cold: the {kind} feature columns differ from the published model's"
     shape = ("hidden", "embedding_dim", "history_length")
     if any(latest.config.get(key) != config.get(key) for key in shape):
@@ -59,7 +68,9 @@ def source(data_dir: Path, feature_dir: Path, config: dict[str, Any]) -> tuple[d
 
 
 def _history_rows(old: np.ndarray, old_ids: np.ndarray, new_ids: np.ndarray) -> np.ndarray:
-    """A history table (row 0 pads, row i+1 is catalog movie i) re-indexed from ``old_ids`` to ``new_ids``."""
+    """A history table (row 0 pads, row i+1 is catalog movie i) re-indexed from ``old_ids`` to
+    ``new_ids``.
+    """
     out = np.zeros((len(new_ids) + 1, old.shape[1]), dtype=old.dtype)
     rows = pd.Index(old_ids).get_indexer(new_ids)
     known = rows >= 0
@@ -67,18 +78,26 @@ def _history_rows(old: np.ndarray, old_ids: np.ndarray, new_ids: np.ndarray) -> 
     return out
 
 
-def warm_start_weights(new_model: Any, old_model_path: Path, old_movie_ids: np.ndarray, new_movie_ids: np.ndarray) -> str | None:
-    """Copy the old model's weights into ``new_model``; ``None`` on success, else why it stays a cold start.
+def warm_start_weights(
+    new_model: Any, old_model_path: Path, old_movie_ids: np.ndarray, new_movie_ids: np.ndarray
+) -> str | None:
+    """Copy the old model's weights into ``new_model``; ``None`` on success, else why it stays a
+    cold start.
 
-    Nothing is changed unless every layer with weights matches (by name and shape, history tables by width).
+    Nothing is changed unless every layer with weights matches (by name and shape, history tables by
+    width).
     """
-    from tasks.modeling.model import HistoryMean, load_model  # Keras only where a model is trained (not on Dask shard workers)
+    # Keras only where a model is trained (not on Dask shard workers)
+    from tasks.modeling.model import HistoryMean, load_model
 
     old_model = load_model(Path(old_model_path))
     plan: list[tuple[Any, list[np.ndarray]]] = []
     for tower in ("user_tower", "movie_tower"):
         try:
-            new_layers, old_layers = new_model.get_layer(tower).layers, {lay.name: lay for lay in old_model.get_layer(tower).layers}
+            new_layers, old_layers = (
+                new_model.get_layer(tower).layers,
+                {lay.name: lay for lay in old_model.get_layer(tower).layers},
+            )
         except ValueError as exc:
             return f"no {tower} in one of the models ({exc})"
         for layer in new_layers:
@@ -90,20 +109,32 @@ def warm_start_weights(new_model: Any, old_model_path: Path, old_movie_ids: np.n
                 return f"layer {tower}/{layer.name} is not in the published model"
             old_w = old.get_weights()
             if isinstance(layer, HistoryMean):
-                if [w.shape[1] for w in old_w] != [w.shape[1] for w in new_w] or old_w[0].shape[0] != len(old_movie_ids) + 1:
-                    return f"history table {tower}/{layer.name} has another width or catalog than the published one"
+                if [w.shape[1] for w in old_w] != [w.shape[1] for w in new_w] or old_w[0].shape[
+                    0
+                ] != len(old_movie_ids) + 1:
+                    return (
+                        f"history table {tower}/{layer.name} has another width or catalog than "
+                        "the published one"
+                    )
                 old_w = [_history_rows(w, old_movie_ids, new_movie_ids) for w in old_w]
             elif [w.shape for w in old_w] != [w.shape for w in new_w]:
                 shapes = [tuple(w.shape) for w in old_w], [tuple(w.shape) for w in new_w]
-                return f"feature columns or layer sizes differ: {tower}/{layer.name} weights {shapes[0]} published, {shapes[1]} now"
+                return (
+                    f"feature columns or layer sizes differ: {tower}/{layer.name} weights "
+                    f"{shapes[0]} published, {shapes[1]} now"
+                )
             plan.append((layer, old_w))
     for layer, weights in plan:
         layer.set_weights(weights)
     return None
 
 
-def initializer(warm: dict[str, str] | None, new_movie_ids: np.ndarray, outcome: dict[str, Any]) -> Callable[[Any], None] | None:
-    """The ``init`` hook of :func:`tasks.modeling.train.train_model` for ``warm`` (from :func:`source`); records the outcome."""
+def initializer(
+    warm: dict[str, str] | None, new_movie_ids: np.ndarray, outcome: dict[str, Any]
+) -> Callable[[Any], None] | None:
+    """The ``init`` hook of :func:`tasks.modeling.train.train_model` for ``warm`` (from
+    :func:`source`); records the outcome.
+    """
     if warm is None:
         return None
     from tasks.preparation.feature_tables import read_features
@@ -115,7 +146,11 @@ def initializer(warm: dict[str, str] | None, new_movie_ids: np.ndarray, outcome:
             log.info("warm start from model %s", warm["version"])
             outcome["warm_start"] = f"from {warm['version']}"
         else:
-            log.warning("warm start from model %s impossible, training from scratch: %s", warm["version"], reason)
+            log.warning(
+                "warm start from model %s impossible, training from scratch: %s",
+                warm["version"],
+                reason,
+            )
             outcome["warm_start"] = f"cold: {reason}"
 
     return init

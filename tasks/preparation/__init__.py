@@ -1,1 +1,3 @@
-"""From stored ratings to model inputs: the holdout split, feature tables, scalers, user histories."""
+"""From stored ratings to model inputs: the holdout split, feature tables, scalers, user
+histories.
+"""

@@ -60,7 +60,9 @@ def genre_matrix(genres: pd.Series) -> np.ndarray:
 
 
 def unknown_genres(genres: pd.Series | pa.Array | pa.ChunkedArray) -> dict[str, int]:
-    """Count genre labels that are neither in :data:`GENRES` nor the no-genre marker (in order of first appearance)."""
+    """Count genre labels that are neither in :data:`GENRES` nor the no-genre marker (in order of
+    first appearance).
+    """
     if not isinstance(genres, pa.Array | pa.ChunkedArray):
         genres = pa.array(pd.Series(genres, dtype=object).fillna("").astype(str), pa.string())
     labels = pc.list_flatten(pc.split_pattern(pc.fill_null(genres, ""), "|"))
@@ -68,12 +70,16 @@ def unknown_genres(genres: pd.Series | pa.Array | pa.ChunkedArray) -> dict[str, 
     known = set(GENRES) | {NO_GENRES, "Children's", ""}
     return {
         str(label): int(n)
-        for label, n in zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist(), strict=True)
+        for label, n in zip(
+            counts.field("values").to_pylist(), counts.field("counts").to_pylist(), strict=True
+        )
         if label not in known
     }
 
 
-def confidence_user_columns(xp: Any, cnt: Any, total: Any, g_cnt: Any, g_sum: Any, mu: float, k: float) -> Any:
+def confidence_user_columns(
+    xp: Any, cnt: Any, total: Any, g_cnt: Any, g_sum: Any, mu: float, k: float
+) -> Any:
     """User columns ``log_count, shrunk_mean, shrunk_mean_<genre>..., share_<genre>...``.
 
     ``cnt``/``total``: each user's number and sum of ratings, shape (n,);
@@ -84,15 +90,20 @@ def confidence_user_columns(xp: Any, cnt: Any, total: Any, g_cnt: Any, g_sum: An
     mean = (total + k * mu) / (cnt + k)
     g_mean = (g_sum + k * xp.expand_dims(mean, -1)) / (g_cnt + k)
     share = g_cnt / xp.expand_dims(xp.maximum(cnt, 1.0), -1)
-    return xp.concatenate([xp.expand_dims(xp.log1p(cnt), -1), xp.expand_dims(mean, -1), g_mean, share], axis=-1)
+    return xp.concatenate(
+        [xp.expand_dims(xp.log1p(cnt), -1), xp.expand_dims(mean, -1), g_mean, share], axis=-1
+    )
 
 
 def confidence_movie_columns(xp: Any, cnt: Any, total: Any, mu: float, k: float) -> tuple[Any, Any]:
-    """The rating columns of a movie row, ``log_count`` and ``shrunk_mean`` (toward ``mu``, weight ``k``)."""
+    """The rating columns of a movie row, ``log_count`` and ``shrunk_mean`` (toward ``mu``, weight
+    ``k``).
+    """
     return xp.log1p(cnt), (total + k * mu) / (cnt + k)
 
 
-MOVIE_RATING_COLUMNS = ("log_count", "shrunk_mean")  # the movie columns confidence_movie_columns gives
+# the movie columns confidence_movie_columns gives
+MOVIE_RATING_COLUMNS = ("log_count", "shrunk_mean")
 
 
 def _fill_year(years: pd.Series) -> tuple[np.ndarray, np.ndarray]:
@@ -172,7 +183,12 @@ def compute_features(
             ]  # fmt: skip
             log_count, m_mean = confidence_movie_columns(np, m_cnt, m_sum, mu, shrinkage)
             movie_x = np.column_stack([year, year_missing, log_count, m_mean, genres])
-            movie_names = ["year", "year_missing", *MOVIE_RATING_COLUMNS, *[f"is_{g}" for g in GENRES]]
+            movie_names = [
+                "year",
+                "year_missing",
+                *MOVIE_RATING_COLUMNS,
+                *[f"is_{g}" for g in GENRES],
+            ]
             if factors > 0:
                 v = _factors(u, m, n_u, n_m, factors, movie_factors)
                 seen_sum, rated_sum = collab.user_sums(ratings, u, m, n_u, v)
@@ -203,7 +219,8 @@ def _factors(u: np.ndarray, m: np.ndarray, n_u: int, n_m: int, k: int, given: An
 
 
 def per_user_holdout(ratings: pd.DataFrame, fraction: float) -> np.ndarray:
-    """Mask of each user's most recent ``fraction`` of ratings: at least one for every user with two or more.
+    """Mask of each user's most recent ``fraction`` of ratings: at least one for every user with two
+    or more.
 
     The holdout of every evaluation, nightly and ``towerflow evaluate`` alike: it
     measures every user with some history, where a global time cut (the most
@@ -219,8 +236,9 @@ def per_user_holdout(ratings: pd.DataFrame, fraction: float) -> np.ndarray:
     users = ratings["user_id"].to_numpy()
     times = ratings["timestamp"].to_numpy()
     if users.min() >= 0 and users.max() < 2**31 and times.min() >= 0 and times.max() < 2**32:
-        # every stored rating (ids and timestamps as ingest allows them): one int64 key, one stable sort;
-        # 15-40x faster than the lexsort below on ratings that arrive grouped by user, and the same order
+        # every stored rating (ids and timestamps as ingest allows them): one int64 key, one stable
+        # sort; 15-40x faster than the lexsort below on ratings that arrive grouped by user, and the
+        # same order
         order = np.argsort((users.astype(np.int64) << 32) | times.astype(np.int64), kind="stable")
     else:
         order = np.lexsort((np.arange(len(users)), times, users))

@@ -1,8 +1,9 @@
-"""The two phases of a night, ``train`` (the holdout left out) and ``full`` (every rating): the features and
-scalers stages, and the scaled model inputs (:class:`Prepared`) that training, evaluation and export read back.
+"""The two phases of a night, ``train`` (the holdout left out) and ``full`` (every rating): the
+features and scalers stages, and the scaled model inputs (:class:`Prepared`) that training,
+evaluation and export read back.
 
-Each stage reads files, writes files and returns their paths (:mod:`tasks.stage_results`), so the flow
-passes paths between tasks.
+Each stage reads files, writes files and returns their paths (:mod:`tasks.stage_results`), so the
+flow passes paths between tasks.
 """
 
 from __future__ import annotations
@@ -29,7 +30,13 @@ if TYPE_CHECKING:
 PHASES: tuple[Literal["train"], Literal["full"]] = ("train", "full")
 
 
-def run_features(ratings_path: Path, movies_path: Path, out_dir: Path, config: ModelConfig, holdout_fraction: float) -> FeatureDirs:
+def run_features(
+    ratings_path: Path,
+    movies_path: Path,
+    out_dir: Path,
+    config: ModelConfig,
+    holdout_fraction: float,
+) -> FeatureDirs:
     """Features of the train phase (holdout excluded) and of the full phase (every rating)."""
     ratings, movies = load_ratings(ratings_path), load_movies(movies_path)
     users = np.sort(ratings["user_id"].unique())
@@ -39,13 +46,22 @@ def run_features(ratings_path: Path, movies_path: Path, out_dir: Path, config: M
         kind, k = config.features, config.factors
         feats = compute_features(subset, movies, users, kind, config.shrinkage, factors=k)
         d = Path(out_dir) / phase
-        write_features(d / "user_features.parquet", feats.user_ids, feats.user_x, feats.user_names, "user")
-        write_features(d / "movie_features.parquet", feats.movie_ids, feats.movie_x, feats.movie_names, "movie")
+        write_features(
+            d / "user_features.parquet", feats.user_ids, feats.user_x, feats.user_names, "user"
+        )
+        write_features(
+            d / "movie_features.parquet", feats.movie_ids, feats.movie_x, feats.movie_names, "movie"
+        )
         if config.history_length > 0:
             hist = user_history(subset, feats.user_ids, feats.movie_ids, config.history_length)
             write_history(d / "user_history.parquet", feats.user_ids, feats.movie_ids, hist)
         dirs[phase] = str(d)
-    return FeatureDirs(train=dirs["train"], full=dirs["full"], holdout_ratings=int(hold.sum()), train_ratings=int((~hold).sum()))
+    return FeatureDirs(
+        train=dirs["train"],
+        full=dirs["full"],
+        holdout_ratings=int(hold.sum()),
+        train_ratings=int((~hold).sum()),
+    )
 
 
 def load_phase(feature_dir: Path) -> Features:
@@ -54,7 +70,9 @@ def load_phase(feature_dir: Path) -> Features:
     return Features(uid, ux, un, mid, mx, mn)
 
 
-def run_scalers(ratings_path: Path, feature_dirs: Phases, holdout_fraction: float, out_dir: Path | None = None) -> Phases:
+def run_scalers(
+    ratings_path: Path, feature_dirs: Phases, holdout_fraction: float, out_dir: Path | None = None
+) -> Phases:
     """Fit scalers per phase on that phase's features and ratings; write them as JSON.
 
     To ``out_dir/<phase>/scalers.json`` (default: into the phase's feature directory).
@@ -64,9 +82,17 @@ def run_scalers(ratings_path: Path, feature_dirs: Phases, holdout_fraction: floa
     out: dict[str, str] = {}
     for phase in PHASES:
         feats = load_phase(Path(feature_dirs[phase]))
-        y = ratings["rating"].to_numpy()[~hold] if phase == "train" else ratings["rating"].to_numpy()
-        path = (Path(out_dir) / phase if out_dir is not None else Path(feature_dirs[phase])) / "scalers.json"
-        save_scalers(fit_scalers(feats.user_x, feats.movie_x, y, feats.user_names, feats.movie_names), path)
+        y = (
+            ratings["rating"].to_numpy()[~hold]
+            if phase == "train"
+            else ratings["rating"].to_numpy()
+        )
+        path = (
+            Path(out_dir) / phase if out_dir is not None else Path(feature_dirs[phase])
+        ) / "scalers.json"
+        save_scalers(
+            fit_scalers(feats.user_x, feats.movie_x, y, feats.user_names, feats.movie_names), path
+        )
         out[phase] = str(path)
     return Phases(train=out["train"], full=out["full"])
 
@@ -84,15 +110,27 @@ class Prepared:
     @property
     def user_input(self) -> TowerInput:
         """What the user tower takes: the scaled features, and the history if it has one."""
-        return self.user_x if self.user_hist is None else (self.user_x, self.user_hist.ids, self.user_hist.values)
+        return (
+            self.user_x
+            if self.user_hist is None
+            else (self.user_x, self.user_hist.ids, self.user_hist.values)
+        )
 
     def train_data(self, ratings: pd.DataFrame, config: ModelConfig) -> TrainData:
-        """Training triples of ``ratings`` (the ratings these features came from), with what ``config`` trains on."""
+        """Training triples of ``ratings`` (the ratings these features came from), with what
+        ``config`` trains on.
+        """
         from tasks.modeling.train import TrainData
         from tasks.preparation.loo import leave_one_out
 
-        loo = leave_one_out(ratings, self.feats, self.scalers, config.shrinkage) if config.leave_one_out else None
-        return TrainData(self.user_x, self.movie_x, *self.triples(ratings), user_hist=self.user_hist, loo=loo)
+        loo = (
+            leave_one_out(ratings, self.feats, self.scalers, config.shrinkage)
+            if config.leave_one_out
+            else None
+        )
+        return TrainData(
+            self.user_x, self.movie_x, *self.triples(ratings), user_hist=self.user_hist, loo=loo
+        )
 
     def triples(self, ratings: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         u = pd.Index(self.feats.user_ids).get_indexer(ratings["user_id"].to_numpy())
@@ -114,7 +152,9 @@ def prepare(feature_dir: Path, scalers_path: Path) -> Prepared:
     try:
         feats = load_phase(feature_dir)
         hist_path = Path(feature_dir) / "user_history.parquet"
-        hist = read_history(hist_path, feats.user_ids, feats.movie_ids) if hist_path.exists() else None
+        hist = (
+            read_history(hist_path, feats.user_ids, feats.movie_ids) if hist_path.exists() else None
+        )
         return prepared(feats, load_scalers(scalers_path), hist)
     except ValueError as exc:
         raise ValueError(f"{scalers_path} and {feature_dir}: {exc}") from exc

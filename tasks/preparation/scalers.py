@@ -22,7 +22,8 @@ from tasks.store.storage import read_json, write_json
 FORMAT = "towerflow-scalers/1"
 
 
-if TYPE_CHECKING:  # scikit-learn takes over a second to import: loaded where a scaler is fitted or rebuilt
+# scikit-learn takes over a second to import: loaded where a scaler is fitted or rebuilt
+if TYPE_CHECKING:
     from sklearn.preprocessing import MinMaxScaler, StandardScaler
 
 
@@ -40,12 +41,18 @@ class Scalers:
     def rating_to_target(self, stars: np.ndarray) -> np.ndarray:
         if self.target_scale == "stars":
             return np.asarray(stars, dtype=np.float32).ravel()
-        return np.asarray(self.target.transform(np.asarray(stars, dtype=np.float64).reshape(-1, 1)), dtype=np.float32).ravel()
+        return np.asarray(
+            self.target.transform(np.asarray(stars, dtype=np.float64).reshape(-1, 1)),
+            dtype=np.float32,
+        ).ravel()
 
     def target_to_rating(self, score: np.ndarray) -> np.ndarray:
         if self.target_scale == "stars":
             return np.asarray(score, dtype=np.float32).ravel()
-        return np.asarray(self.target.inverse_transform(np.asarray(score, dtype=np.float64).reshape(-1, 1)), dtype=np.float32).ravel()
+        return np.asarray(
+            self.target.inverse_transform(np.asarray(score, dtype=np.float64).reshape(-1, 1)),
+            dtype=np.float32,
+        ).ravel()
 
 
 def fit_scalers(
@@ -56,14 +63,20 @@ def fit_scalers(
     movie_names: list[str],
     target_scale: TargetScale = "minmax",
 ) -> Scalers:
-    """Fit the scalers on training feature rows and training ratings (``target_scale``: see the module doc)."""
+    """Fit the scalers on training feature rows and training ratings (``target_scale``: see the
+    module doc).
+    """
     if len(ratings) == 0:
         raise DataError("cannot fit the target scaler: no training ratings")
     if target_scale not in get_args(TargetScale):
-        raise ValueError(f"unknown target scale {target_scale!r}; choose one of {list(get_args(TargetScale))}")
+        raise ValueError(
+            f"unknown target scale {target_scale!r}; choose one of {list(get_args(TargetScale))}"
+        )
     from sklearn.preprocessing import MinMaxScaler, StandardScaler
 
-    target = MinMaxScaler(feature_range=(-1, 1)).fit(np.asarray(ratings, dtype=np.float64).reshape(-1, 1))
+    target = MinMaxScaler(feature_range=(-1, 1)).fit(
+        np.asarray(ratings, dtype=np.float64).reshape(-1, 1)
+    )
     return Scalers(
         user=StandardScaler().fit(user_x),
         movie=StandardScaler().fit(movie_x),
@@ -121,10 +134,10 @@ class QueryScalers:
     """What query time needs of a model's scalers, read from the same JSON without scikit-learn.
 
     Why not :func:`load_scalers`: importing scikit-learn takes over a second, more than the rest of
-    :func:`towerflow.load`, and answering needs only the fitted values: the user features' standardization
-    and the target's inverse. The formulas are scikit-learn's own (``StandardScaler.transform``,
-    ``MinMaxScaler.inverse_transform``) in the same float64 steps, so the results are identical
-    (tests/test_scalers.py).
+    :func:`towerflow.load`, and answering needs only the fitted values: the user features'
+    standardization and the target's inverse. The formulas are scikit-learn's own
+    (``StandardScaler.transform``, ``MinMaxScaler.inverse_transform``) in the same float64 steps, so
+    the results are identical (tests/test_scalers.py).
     """
 
     user_names: list[str]
@@ -140,14 +153,21 @@ class QueryScalers:
         span = float(t["data_max"]) - float(t["data_min"])
         step = (hi - lo) / (span if span != 0 else 1.0)
         user = data["user"]
-        mean, std = np.asarray(user["mean"], dtype=np.float64), np.asarray(user["scale"], dtype=np.float64)
-        return cls(list(user["feature_names"]), mean, std, lo - float(t["data_min"]) * step, step, scale)
+        mean, std = (
+            np.asarray(user["mean"], dtype=np.float64),
+            np.asarray(user["scale"], dtype=np.float64),
+        )
+        return cls(
+            list(user["feature_names"]), mean, std, lo - float(t["data_min"]) * step, step, scale
+        )
 
     def user(self, x: np.ndarray) -> np.ndarray:
         """Standardized user feature rows (``StandardScaler.transform``), float32."""
         x = np.asarray(x)
-        out = np.array(x, dtype=x.dtype if np.issubdtype(x.dtype, np.floating) else np.float64)  # as scikit-learn
-        out -= self.user_mean.astype(out.dtype)  # scikit-learn casts the fitted values to the rows' dtype first
+        # as scikit-learn
+        out = np.array(x, dtype=x.dtype if np.issubdtype(x.dtype, np.floating) else np.float64)
+        # scikit-learn casts the fitted values to the rows' dtype first
+        out -= self.user_mean.astype(out.dtype)
         out /= self.user_scale.astype(out.dtype)
         return out.astype(np.float32)
 
@@ -161,8 +181,12 @@ class QueryScalers:
         return out.astype(np.float32).ravel()
 
 
-def _read_scalers_json(path: Path) -> tuple[dict[str, Any], dict[str, Any], TargetScale, tuple[float, float]]:
-    """The JSON of :func:`save_scalers`, checked: (document, its target part, target scale, feature range)."""
+def _read_scalers_json(
+    path: Path,
+) -> tuple[dict[str, Any], dict[str, Any], TargetScale, tuple[float, float]]:
+    """The JSON of :func:`save_scalers`, checked: (document, its target part, target scale, feature
+    range).
+    """
     data = read_json(Path(path))
     if data.get("format") != FORMAT:
         raise ValueError(f"{path}: format {data.get('format')!r}, expected {FORMAT!r}")

@@ -1,1 +1,3 @@
-"""What the nightly job publishes from a model: embeddings and the FAISS index, top-k tables, queries."""
+"""What the nightly job publishes from a model: embeddings and the FAISS index, top-k tables,
+queries.
+"""

@@ -18,7 +18,8 @@ from tasks.errors import DataError
 from tasks.store import schemas
 from tasks.store.storage import atomic_path, read_table, write_table
 
-if TYPE_CHECKING:  # Keras is imported where a tower runs, so reading an index or embeddings never loads TensorFlow
+# Keras is imported where a tower runs, so reading an index or embeddings never loads TensorFlow
+if TYPE_CHECKING:
     import keras
 
     from tasks.modeling.model import TowerInput
@@ -34,11 +35,16 @@ def embed(tower: keras.Model, x: TowerInput, batch: int = 65536) -> np.ndarray:
     norms = np.linalg.norm(out, axis=1)
     bad = ~((np.abs(norms - 1.0) < NORM_TOLERANCE) | (norms == 0.0))
     if bad.any():
-        raise ValueError(f"tower {tower.name} produced a non-unit embedding at row {int(np.argmax(bad))} (norm {norms[bad][0]:.6f})")
+        raise ValueError(
+            f"tower {tower.name} produced a non-unit embedding at row {int(np.argmax(bad))} "
+            f"(norm {norms[bad][0]:.6f})"
+        )
     return np.ascontiguousarray(out)
 
 
-def embed_all(model: keras.Model, user_x: TowerInput, movie_x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def embed_all(
+    model: keras.Model, user_x: TowerInput, movie_x: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """(user embeddings, movie embeddings) for scaled feature rows."""
     from tasks.modeling.model import towers
 
@@ -72,9 +78,15 @@ def read_index(path: Path) -> faiss.Index:
 def write_embeddings(path: Path, ids: np.ndarray, emb: np.ndarray, kind: str) -> Path:
     """Write ``movie_embeddings`` or ``user_embeddings`` (id int64, fixed-size list of float32)."""
     dim = emb.shape[1]
-    schema = schemas.movie_embeddings_schema(dim) if kind == "movie" else schemas.user_embeddings_schema(dim)
+    schema = (
+        schemas.movie_embeddings_schema(dim)
+        if kind == "movie"
+        else schemas.user_embeddings_schema(dim)
+    )
     values = pa.FixedSizeListArray.from_arrays(pa.array(emb.reshape(-1), type=pa.float32()), dim)
-    table = pa.table({f"{kind}_id": pa.array(ids, type=pa.int64()), "embedding": values}, schema=schema)
+    table = pa.table(
+        {f"{kind}_id": pa.array(ids, type=pa.int64()), "embedding": values}, schema=schema
+    )
     return write_table(path, table, schema, f"{kind}_embeddings")
 
 
@@ -83,11 +95,20 @@ def read_embeddings(path: Path, kind: str) -> tuple[np.ndarray, np.ndarray]:
     import pyarrow.parquet as pq
 
     dim = pq.read_schema(path).field("embedding").type.list_size
-    schema = schemas.movie_embeddings_schema(dim) if kind == "movie" else schemas.user_embeddings_schema(dim)
+    schema = (
+        schemas.movie_embeddings_schema(dim)
+        if kind == "movie"
+        else schemas.user_embeddings_schema(dim)
+    )
     table = read_table(path, schema, f"{kind}_embeddings")
     flat = table.column("embedding").combine_chunks().flatten().to_numpy()
     return table.column(f"{kind}_id").to_numpy(), flat.reshape(-1, dim).astype(np.float32)
 
 
 def write_id_table(path: Path, movie_ids: np.ndarray) -> Path:
-    return write_table(path, pa.table({"movie_id": pa.array(movie_ids, type=pa.int64())}), schemas.MOVIE_INDEX_IDS, "movie_index_ids")
+    return write_table(
+        path,
+        pa.table({"movie_id": pa.array(movie_ids, type=pa.int64())}),
+        schemas.MOVIE_INDEX_IDS,
+        "movie_index_ids",
+    )

@@ -1,13 +1,13 @@
 """Per-user top-k and similar movies from the FAISS index, streamed to Parquet in chunks.
 
-Equal scores are ordered by index row, which is movie_id order (the catalog is stored sorted), on every
-path: FAISS's search, the exact scan, any chunk or shard size. So a movie's place in a list never depends
-on which path or which machine scored it. Identical vectors (movies with identical content rows and no
-ratings) must then score exactly alike, and a blocked matrix product does not promise that: with AVX-512
-kernels two identical columns came out a rounding apart. So where the index holds duplicates
-(:class:`Twins`), the scan scores each distinct vector once and copies the score to its twins, and the
-candidates FAISS returns are re-scored one dot product at a time (``einsum``'s loop, the same for every
-column).
+Equal scores are ordered by index row, which is movie_id order (the catalog is stored sorted), on
+every path: FAISS's search, the exact scan, any chunk or shard size. So a movie's place in a list
+never depends on which path or which machine scored it. Identical vectors (movies with identical
+content rows and no ratings) must then score exactly alike, and a blocked matrix product does not
+promise that: with AVX-512 kernels two identical columns came out a rounding apart. So where the
+index holds duplicates (:class:`Twins`), the scan scores each distinct vector once and copies the
+score to its twins, and the candidates FAISS returns are re-scored one dot product at a time
+(``einsum``'s loop, the same for every column).
 
 Seen movies are excluded by over-fetching: users are sorted by history length
 and processed in chunks; each chunk asks FAISS for a few more than ``k``
@@ -33,7 +33,9 @@ from tasks.store import schemas
 from tasks.store.storage import TableWriter
 
 
-def seen_csr(ratings: pd.DataFrame, user_ids: np.ndarray, movie_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def seen_csr(
+    ratings: pd.DataFrame, user_ids: np.ndarray, movie_ids: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """CSR (indptr, index rows) of the movies each user has rated, over ``user_ids`` order."""
     u = pd.Index(user_ids).get_indexer(ratings["user_id"].to_numpy())
     m = pd.Index(movie_ids).get_indexer(ratings["movie_id"].to_numpy())
@@ -45,21 +47,24 @@ def seen_csr(ratings: pd.DataFrame, user_ids: np.ndarray, movie_ids: np.ndarray)
     return indptr, m[order].astype(np.int64)
 
 
-FAISS_BLAS_QUERIES = 4096  # flat search switches to BLAS at queries x dim >= 128,000 (4,000 queries at d = 32)
-SCAN_BLOCK_CELLS = 1 << 24  # exact scans score at most this many (query, movie) cells at a time (64 MB)
+FAISS_BLAS_QUERIES = (
+    4096  # flat search switches to BLAS at queries x dim >= 128,000 (4,000 queries at d = 32)
+)
+# exact scans score at most this many (query, movie) cells at a time (64 MB)
+SCAN_BLOCK_CELLS = 1 << 24
 
 
 class Twins:
-    """The distinct vectors of an index and each row's one among them, when some rows repeat a vector."""
+    """The distinct vectors of an index and each row's one among them, when some rows repeat one."""
 
     def __init__(self, vectors: np.ndarray) -> None:
         self.vectors = vectors
-        self.distinct, self.of_row = np.unique(vectors, axis=0, return_inverse=True)
-        self.of_row = self.of_row.reshape(-1)
+        self.distinct, of_row = np.unique(vectors, axis=0, return_inverse=True)
+        self.of_row = of_row.reshape(-1)
 
     @staticmethod
     def of(vectors: np.ndarray | None) -> Twins | None:
-        """The twins of ``vectors``; None when every row is distinct (or the vectors are unknown)."""
+        """The twins of ``vectors``; None when every row is distinct or the vectors are unknown."""
         if vectors is None or len(vectors) < 2:
             return None
         twins = Twins(vectors)
@@ -70,28 +75,39 @@ class Twins:
         return np.asarray(queries @ self.distinct.T)[:, self.of_row]
 
     def rescore(self, queries: np.ndarray, items: np.ndarray, scores: np.ndarray) -> np.ndarray:
-        """The scores of the (query, item) candidates, one dot product each; -1 items keep theirs."""
+        """The scores of (query, item) candidates, one dot product each; -1 items keep theirs."""
         exact = np.einsum("ij,ikj->ik", queries, self.vectors[np.maximum(items, 0)])
         return np.where(items >= 0, exact, scores).astype(np.float32)
 
 
 def _search_unseen(
-    index: faiss.Index, queries: np.ndarray, seen: list[np.ndarray], k: int, fetch: int, twins: Twins | None = None
+    index: faiss.Index,
+    queries: np.ndarray,
+    seen: list[np.ndarray],
+    k: int,
+    fetch: int,
+    twins: Twins | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """One FAISS search of ``fetch`` results per query; (valid mask, rank, items, scores).
 
-    Results are ordered by score, then by row (FAISS leaves the order of equal scores to its kernels).
+    Results are ordered by score, then by row (FAISS leaves the order of equal scores to its
+    kernels).
     """
     queries = np.ascontiguousarray(queries)
     scores, items = index.search(queries, fetch)
     if twins is not None:
         scores = twins.rescore(queries, items, scores)
     order = np.lexsort((np.where(items < 0, np.iinfo(np.int64).max, items), -scores), axis=1)
-    scores, items = np.take_along_axis(scores, order, axis=1), np.take_along_axis(items, order, axis=1)
+    scores, items = (
+        np.take_along_axis(scores, order, axis=1),
+        np.take_along_axis(items, order, axis=1),
+    )
     n_items = index.ntotal
     lengths = np.fromiter((len(s) for s in seen), dtype=np.int64, count=len(seen))
     if lengths.sum():
-        seen_keys = np.repeat(np.arange(len(seen), dtype=np.int64), lengths) * n_items + np.concatenate(seen)
+        seen_keys = np.repeat(
+            np.arange(len(seen), dtype=np.int64), lengths
+        ) * n_items + np.concatenate(seen)
         keys = np.arange(len(seen), dtype=np.int64)[:, None] * n_items + items
         valid = (items >= 0) & ~np.isin(keys, seen_keys)
     else:
@@ -100,9 +116,14 @@ def _search_unseen(
 
 
 def _scan_unseen(
-    vectors: np.ndarray, queries: np.ndarray, seen: list[np.ndarray], k: int, twins: Twins | None = None
+    vectors: np.ndarray,
+    queries: np.ndarray,
+    seen: list[np.ndarray],
+    k: int,
+    twins: Twins | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Exact top-k over the index's own vectors with seen items at -inf: (items, scores), best first, -1 pads.
+    """Exact top-k over the index's own vectors with seen items at -inf: (items, scores), best
+    first, -1 pads.
 
     For the queries FAISS serves badly: heavy raters (their seen movies crowd
     the top, so a search would need k + thousands of results) and batches too
@@ -120,7 +141,11 @@ def _scan_unseen(
         local = np.repeat(np.arange(len(block)), [len(s) for s in seen[lo : lo + step]])
         if len(local):
             block[local, np.concatenate(seen[lo : lo + step])] = -np.inf
-        top = np.argpartition(-block, kk - 1, axis=1)[:, :kk] if kk < n_items else np.tile(np.arange(n_items), (len(block), 1))
+        top = (
+            np.argpartition(-block, kk - 1, axis=1)[:, :kk]
+            if kk < n_items
+            else np.tile(np.arange(n_items), (len(block), 1))
+        )
         best = np.take_along_axis(block, top, axis=1)
         if kk < n_items:
             _lowest_rows_of_ties(block, top, best)
@@ -133,11 +158,12 @@ def _scan_unseen(
 
 
 def _lowest_rows_of_ties(block: np.ndarray, top: np.ndarray, best: np.ndarray) -> None:
-    """Where equal scores straddle the cut of ``argpartition``, keep the lowest rows among them (in place).
+    """Where equal scores straddle the cut of ``argpartition``, keep the lowest rows among them (in
+    place).
 
     ``argpartition`` picks any of several items tied at the k-th score; the rows it picks would then
-    depend on the block's layout. Rare (identical vectors, such as movies with identical content rows),
-    so the rows concerned are fixed one by one.
+    depend on the block's layout. Rare (identical vectors, such as movies with identical content
+    rows), so the rows concerned are fixed one by one.
     """
     kth = best.min(axis=1)
     finite = np.isfinite(kth)
@@ -198,14 +224,21 @@ def topk_unseen(
         pending = np.arange(len(rows))
         fetch = int(min(n_items, k + min(first_extra, int(counts[rows].max()))))
         while len(pending):
-            if vectors is not None and (len(pending) < FAISS_BLAS_QUERIES or fetch > k + first_extra):
-                items, scores = _scan_unseen(vectors, queries[rows[pending]], [seen[i] for i in pending], k, twins)
+            if vectors is not None and (
+                len(pending) < FAISS_BLAS_QUERIES or fetch > k + first_extra
+            ):
+                items, scores = _scan_unseen(
+                    vectors, queries[rows[pending]], [seen[i] for i in pending], k, twins
+                )
                 kk = items.shape[1]
                 done_item[pending, :kk], done_score[pending, :kk] = items, scores
                 done_rank[pending, :kk] = np.arange(1, kk + 1, dtype=np.int32)
                 break
-            valid, rank, items, scores = _search_unseen(index, queries[rows[pending]], [seen[i] for i in pending], k, fetch, twins)
-            # complete: k unseen found, or all there are; and no item tied with the k-th was cut off by the fetch
+            valid, rank, items, scores = _search_unseen(
+                index, queries[rows[pending]], [seen[i] for i in pending], k, fetch, twins
+            )
+            # complete: k unseen found, or all there are; and no item tied with the k-th was cut off
+            # by the fetch
             kth = np.take_along_axis(scores, np.argmax(rank >= k, axis=1)[:, None], axis=1)[:, 0]
             tie_cut = (rank[:, -1] >= k) & (scores[:, -1] >= kth) & (fetch < n_items)
             complete = ((rank[:, -1] >= k) | (fetch >= needed[pending])) & ~tie_cut
@@ -216,7 +249,9 @@ def topk_unseen(
             done_item[pending[q_local], slot] = items[q_local, col]
             done_score[pending[q_local], slot] = scores[q_local, col]
             still = pending[~complete]
-            grow = n_items if tie_cut[~complete].any() or not len(still) else int(needed[still].max())
+            grow = (
+                n_items if tie_cut[~complete].any() or not len(still) else int(needed[still].max())
+            )
             pending = still
             fetch = int(min(n_items, max(2 * fetch, k + 1), grow))
         filled = done_item >= 0
@@ -233,7 +268,8 @@ def topk_allowed(
     allowed: np.ndarray | None = None,
     chunk_size: int = 4096,
 ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
-    """:func:`topk_unseen` among the ``allowed`` rows of a flat ``index`` only (every row when None).
+    """:func:`topk_unseen` among the ``allowed`` rows of a flat ``index`` only (every row when
+    None).
 
     Items are rows of ``index`` either way. The search runs on an index of the allowed rows
     (:func:`tasks.serving.rules.allowed_index`), so a query still gets ``k`` rows whenever ``k``
@@ -254,9 +290,16 @@ def topk_allowed(
 
 
 def topk_lists(
-    index: faiss.Index, queries: np.ndarray, query_ids: np.ndarray, item_ids: np.ndarray, seen: pd.DataFrame, k: int
+    index: faiss.Index,
+    queries: np.ndarray,
+    query_ids: np.ndarray,
+    item_ids: np.ndarray,
+    seen: pd.DataFrame,
+    k: int,
 ) -> dict[int, list[int]]:
-    """Each query id's top-k item ids (best first) from ``index``, excluding the items ``seen`` pairs it with."""
+    """Each query id's top-k item ids (best first) from ``index``, excluding the items ``seen``
+    pairs it with.
+    """
     indptr, rows = seen_csr(seen, query_ids, item_ids)
     out: dict[int, list[int]] = {}
     for q, _, items, _ in topk_unseen(index, queries, indptr, rows, k):
@@ -282,13 +325,17 @@ def write_recommendations(
 ) -> int:
     """Stream the recommendations table to ``path``; return its row count.
 
-    ``stars(query rows, index rows)`` gives the predicted ratings of those pairs; ``allowed`` (a mask over
-    index rows) is what the business rules let through (:mod:`tasks.serving.rules`).
+    ``stars(query rows, index rows)`` gives the predicted ratings of those pairs; ``allowed`` (a
+    mask over index rows) is what the business rules let through (:mod:`tasks.serving.rules`).
     """
-    writer = TableWriter(path, schemas.RECOMMENDATIONS, "recommendations", {"model_version": model_version})
+    writer = TableWriter(
+        path, schemas.RECOMMENDATIONS, "recommendations", {"model_version": model_version}
+    )
     done = 0
     try:
-        for q, rank, items, scores in topk_allowed(index, user_emb, seen_indptr, seen_rows, k, allowed, chunk_size):
+        for q, rank, items, scores in topk_allowed(
+            index, user_emb, seen_indptr, seen_rows, k, allowed, chunk_size
+        ):
             writer.write(
                 pa.table(
                     {
@@ -322,17 +369,20 @@ def write_similar_movies(
     stop: int | None = None,
     allowed: np.ndarray | None = None,
 ) -> int:
-    """Stream the k nearest other movies of movies ``start:stop`` (default: all) to ``path``; return the row count.
+    """Stream the k nearest other movies of movies ``start:stop`` (default: all) to ``path``; return
+    the row count.
 
-    ``queries`` has one row per index row: the vector to search with for that movie. Every movie gets its
-    list; only ``allowed`` movies (a mask over index rows, default all) appear in lists.
+    ``queries`` has one row per index row: the vector to search with for that movie. Every movie
+    gets its list; only ``allowed`` movies (a mask over index rows, default all) appear in lists.
     """
     stop = len(movie_ids) if stop is None else stop
     self_ptr = np.arange(stop - start + 1, dtype=np.int64)  # each movie "has seen" itself
     self_rows = np.arange(start, stop, dtype=np.int64)
     writer = TableWriter(path, schemas.SIMILAR_MOVIES, "similar_movies")
     try:
-        for q, rank, items, scores in topk_allowed(index, queries[start:stop], self_ptr, self_rows, k, allowed, chunk_size):
+        for q, rank, items, scores in topk_allowed(
+            index, queries[start:stop], self_ptr, self_rows, k, allowed, chunk_size
+        ):
             writer.write(
                 pa.table(
                     {

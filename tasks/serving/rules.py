@@ -1,12 +1,14 @@
-"""Business rules on what may be recommended: a deny-list, an allow-list, genres and a range of years.
+"""Business rules on what may be recommended: a deny-list, an allow-list, genres and a range of
+years.
 
 Why here: the nightly job's recommend and similar-movie shards and the query-time library
 (:mod:`towerflow`) must apply the same rules the same way, so the rules, their one JSON shape (the
 ``rules`` of ``latest.json``) and the top-k over the allowed movies live in one module.
 
 The rules never change the model or its vectors: they choose which index rows may appear in a list.
-Top-k over the allowed rows searches a flat index of those rows only (:func:`allowed_index`), so a list
-still has ``k`` rows whenever ``k`` allowed, unseen movies exist, however many the rules took away.
+Top-k over the allowed rows searches a flat index of those rows only (:func:`allowed_index`), so a
+list still has ``k`` rows whenever ``k`` allowed, unseen movies exist, however many the rules took
+away.
 """
 
 from __future__ import annotations
@@ -27,7 +29,9 @@ FORMAT = "towerflow-rules/1"
 
 
 def _ids(values: Iterable[Any] | None, what: str) -> frozenset[int] | None:
-    """Movie ids as a frozenset of ints; a value that is not a whole number is named in the error."""
+    """Movie ids as a frozenset of ints; a value that is not a whole number is named in the
+    error.
+    """
     if values is None:
         return None
     if isinstance(values, str | bytes | int):
@@ -45,7 +49,9 @@ def _ids(values: Iterable[Any] | None, what: str) -> frozenset[int] | None:
 
 
 def _genres(values: Iterable[str] | str | None) -> tuple[str, ...]:
-    """Genre names as the catalog spells them (matched ignoring case); an unknown name is an error."""
+    """Genre names as the catalog spells them (matched ignoring case); an unknown name is an
+    error.
+    """
     if values is None:
         return ()
     if isinstance(values, str):
@@ -68,12 +74,12 @@ def _genres(values: Iterable[str] | str | None) -> tuple[str, ...]:
 class Rules:
     """Which movies may be recommended. The default allows every movie.
 
-    - ``deny``: movie ids never recommended (ids not in the catalog are allowed: a list may name a movie
-      before it arrives);
+    - ``deny``: movie ids never recommended (ids not in the catalog are allowed: a list may name a
+      movie before it arrives);
     - ``only``: if given, nothing but these movie ids;
     - ``genres``: if given, only movies with at least one of these genres;
-    - ``min_year`` / ``max_year``: only movies released in that range, both ends included (a movie without
-      a year is left out once either bound is set).
+    - ``min_year`` / ``max_year``: only movies released in that range, both ends included (a movie
+      without a year is left out once either bound is set).
     """
 
     deny: frozenset[int] = frozenset()
@@ -85,7 +91,9 @@ class Rules:
     def __post_init__(self) -> None:
         lo, hi = self.min_year, self.max_year
         if lo is not None and hi is not None and lo > hi:
-            raise ConfigError(f"year range {lo}..{hi} is empty: the first year must not be after the last")
+            raise ConfigError(
+                f"year range {lo}..{hi} is empty: the first year must not be after the last"
+            )
 
     @classmethod
     def make(
@@ -95,11 +103,15 @@ class Rules:
         genres: Iterable[str] | str | None = None,
         years: tuple[int | None, int | None] | None = None,
     ) -> Rules:
-        """Rules from plain values (any iterable of ids, genre names in any case, ``(first, last)`` years)."""
+        """Rules from plain values (any iterable of ids, genre names in any case, ``(first, last)``
+        years).
+        """
         lo, hi = years if years is not None else (None, None)
         for name, year in (("first", lo), ("last", hi)):
             if year is not None and not isinstance(year, int | np.integer):
-                raise ConfigError(f"years: the {name} year must be a whole number or None, got {year!r}")
+                raise ConfigError(
+                    f"years: the {name} year must be a whole number or None, got {year!r}"
+                )
         return cls(
             deny=_ids(deny, "deny-list") or frozenset(),
             only=_ids(only, "only"),
@@ -115,7 +127,13 @@ class Rules:
 
     def __and__(self, other: Rules) -> Rules:
         """Both sets of rules at once: a movie must pass each."""
-        only = self.only if other.only is None else other.only if self.only is None else self.only & other.only
+        only = (
+            self.only
+            if other.only is None
+            else other.only
+            if self.only is None
+            else self.only & other.only
+        )
         genres = self.genres or other.genres
         if self.genres and other.genres:
             genres = tuple(g for g in self.genres if g in other.genres)
@@ -128,11 +146,14 @@ class Rules:
             only, lo, hi = frozenset(), None, None  # no year passes both: nothing is allowed
         return Rules(self.deny | other.deny, only, genres, lo, hi)
 
-    def allowed(self, catalog: pd.DataFrame, movie_ids: np.ndarray, genre_rows: np.ndarray | None = None) -> np.ndarray:
+    def allowed(
+        self, catalog: pd.DataFrame, movie_ids: np.ndarray, genre_rows: np.ndarray | None = None
+    ) -> np.ndarray:
         """Boolean mask over ``movie_ids`` (index row order): which movies the rules allow.
 
-        ``catalog`` has ``movie_id``, ``genres`` and ``year`` for (at least) those movies; ``genre_rows``, if
-        given, is :func:`~tasks.preparation.features.genre_matrix` of ``catalog`` already in that order.
+        ``catalog`` has ``movie_id``, ``genres`` and ``year`` for (at least) those movies;
+        ``genre_rows``, if given, is :func:`~tasks.preparation.features.genre_matrix` of ``catalog``
+        already in that order.
         """
         movie_ids = np.asarray(movie_ids, dtype=np.int64)
         mask = np.ones(len(movie_ids), dtype=bool)
@@ -169,11 +190,15 @@ class Rules:
 
     @classmethod
     def from_document(cls, doc: Mapping[str, Any] | None) -> Rules:
-        """Rules from :meth:`document`'s shape; ``None`` (a run published before rules existed) allows all."""
+        """Rules from :meth:`document`'s shape; ``None`` (a run published before rules existed)
+        allows all.
+        """
         if doc is None:
             return cls()
         if doc.get("format") != FORMAT:
-            raise ConfigError(f"rules document has format {doc.get('format')!r}, this towerflow reads {FORMAT!r}")
+            raise ConfigError(
+                f"rules document has format {doc.get('format')!r}, this towerflow reads {FORMAT!r}"
+            )
         years = (doc.get("min_year"), doc.get("max_year"))
         return cls.make(doc.get("deny"), doc.get("only"), doc.get("genres"), years)
 
@@ -192,14 +217,18 @@ class Rules:
 
 
 def parse_years(text: str) -> tuple[int | None, int | None]:
-    """``1990-2005``, ``1990-`` or ``-2005`` as (first, last) years; the error names the bad text."""
+    """``1990-2005``, ``1990-`` or ``-2005`` as (first, last) years; the error names the bad
+    text.
+    """
     lo, sep, hi = text.strip().partition("-")
     try:
         if not sep:
             raise ValueError
         return (int(lo) if lo.strip() else None, int(hi) if hi.strip() else None)
     except ValueError:
-        raise ConfigError(f"years {text!r}: write FIRST-LAST, FIRST- or -LAST, e.g. 1990-2005") from None
+        raise ConfigError(
+            f"years {text!r}: write FIRST-LAST, FIRST- or -LAST, e.g. 1990-2005"
+        ) from None
 
 
 def read_deny_list(path: str) -> frozenset[int]:
@@ -226,7 +255,9 @@ def read_deny_list(path: str) -> frozenset[int]:
         try:
             out.add(int(value))
         except ValueError:
-            raise ConfigError(f"deny-list {path}, line {line_no}: {value!r} is not a movie id") from None
+            raise ConfigError(
+                f"deny-list {path}, line {line_no}: {value!r} is not a movie id"
+            ) from None
     return frozenset(out)
 
 
@@ -236,10 +267,13 @@ class Restricted:
 
     index: Any  # faiss.Index over the allowed rows only
     rows: np.ndarray  # rows[i]: the original index row of row i
-    position: np.ndarray  # position[r]: row of original row r in ``index``, or -1 when r is not allowed
+    # position[r]: row of original row r in ``index``, or -1 when r is not allowed
+    position: np.ndarray
 
     def seen(self, indptr: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """A seen CSR over original rows, rewritten over this index's rows (disallowed rows dropped)."""
+        """A seen CSR over original rows, rewritten over this index's rows (disallowed rows
+        dropped).
+        """
         mapped = self.position[rows]
         keep = mapped >= 0
         owner = np.repeat(np.arange(len(indptr) - 1), np.diff(indptr))

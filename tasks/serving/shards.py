@@ -32,11 +32,14 @@ from tasks.serving.popularity import ServingSpace
 from tasks.store import schemas
 from tasks.store.layout import MODEL_FILES
 
-SCORE_BINS = np.linspace(-1.0, 1.0, 81)  # histogram of published scores (inner products of unit vectors)
+# histogram of published scores (inner products of unit vectors)
+SCORE_BINS = np.linspace(-1.0, 1.0, 81)
 
 
 def shard_bounds(n: int, shard_size: int) -> list[tuple[int, int]]:
-    """``[start, stop)`` row ranges of at most ``shard_size`` rows covering ``0..n`` (one empty shard if n == 0)."""
+    """``[start, stop)`` row ranges of at most ``shard_size`` rows covering ``0..n`` (one empty
+    shard if n == 0).
+    """
     if shard_size < 1:
         raise ConfigError(f"shard_size must be >= 1, got {shard_size}")
     count = max(1, math.ceil(n / shard_size))
@@ -65,22 +68,31 @@ def load_served(model_dir: Path, with_users: bool = True) -> Served:
         raise FileNotFoundError(f"FAISS index not found: {index_path}")
     index = faiss.read_index(str(index_path))
     if index.metric_type != faiss.METRIC_INNER_PRODUCT:
-        raise DataError(f"{index_path}: index metric is {index.metric_type}, expected inner product")
+        raise DataError(
+            f"{index_path}: index metric is {index.metric_type}, expected inner product"
+        )
     movie_ids = pq.read_table(model_dir / MODEL_FILES["index_ids"]).column("movie_id").to_numpy()
     emb_ids, movie_emb = read_embeddings(model_dir / MODEL_FILES["movie_embeddings"], "movie")
     if not np.array_equal(movie_ids, emb_ids) or index.ntotal != len(movie_ids):
-        raise DataError(f"{model_dir}: index, id table and movie embeddings disagree on the movie rows")
+        raise DataError(
+            f"{model_dir}: index, id table and movie embeddings disagree on the movie rows"
+        )
     user_ids, user_emb = np.empty(0, np.int64), np.empty((0, movie_emb.shape[1]), np.float32)
     if with_users:
         user_ids, user_emb = read_embeddings(model_dir / MODEL_FILES["user_embeddings"], "user")
     space = ServingSpace.read(model_dir / MODEL_FILES["serving"])
     if space.dim != movie_emb.shape[1] or space.dim != user_emb.shape[1]:
-        raise DataError(f"{model_dir}: serving.json says {space.dim} dimensions, the embeddings have {movie_emb.shape[1]}")
+        raise DataError(
+            f"{model_dir}: serving.json says {space.dim} dimensions, the embeddings have "
+            f"{movie_emb.shape[1]}"
+        )
     return Served(index, movie_ids, movie_emb, user_ids, user_emb, space)
 
 
 def _shard_ratings(ratings_path: Path, user_ids: np.ndarray) -> Any:
-    """The (user_id, movie_id) pairs of the users ``user_ids`` (sorted), read with a range filter."""
+    """The (user_id, movie_id) pairs of the users ``user_ids`` (sorted), read with a range
+    filter.
+    """
     import pandas as pd
 
     path = Path(ratings_path)
@@ -97,8 +109,12 @@ def _score_hist(path: Path) -> list[int]:
     return [int(c) for c in np.histogram(np.clip(scores, -1.0, 1.0), bins=SCORE_BINS)[0]]
 
 
-def allowed_movies(rules: dict[str, Any] | None, movies_path: Path | None, movie_ids: np.ndarray) -> np.ndarray | None:
-    """The mask over index rows that the night's business rules let through; None when there are none."""
+def allowed_movies(
+    rules: dict[str, Any] | None, movies_path: Path | None, movie_ids: np.ndarray
+) -> np.ndarray | None:
+    """The mask over index rows that the night's business rules let through; None when there are
+    none.
+    """
     from tasks.serving.rules import Rules
 
     parsed = Rules.from_document(rules)
@@ -123,10 +139,12 @@ def run_recommend_shard(
     rules: dict[str, Any] | None = None,
     movies_path: Path | None = None,
 ) -> dict[str, Any]:
-    """Top-k unseen movies of users ``start:stop`` (rows of ``user_embeddings``), written to ``out_path``.
+    """Top-k unseen movies of users ``start:stop`` (rows of ``user_embeddings``), written to
+    ``out_path``.
 
     ``rules`` (a :class:`tasks.serving.rules.Rules` document) limit which catalog movies
-    (``movies_path``) may appear. Returns the part's path, rows, users and a histogram of its scores over
+    (``movies_path``) may appear. Returns the part's path, rows, users and a histogram of its scores
+    over
     :data:`SCORE_BINS`.
     """
     from tasks.preparation.scalers import load_scalers
@@ -134,12 +152,18 @@ def run_recommend_shard(
 
     served = load_served(Path(model_dir))
     user_ids = served.user_ids[start:stop]
-    indptr, rows = seen_csr(_shard_ratings(Path(ratings_path), user_ids), user_ids, served.movie_ids)
+    indptr, rows = seen_csr(
+        _shard_ratings(Path(ratings_path), user_ids), user_ids, served.movie_ids
+    )
     scalers = load_scalers(Path(model_dir) / MODEL_FILES["scalers"])
     user_emb = served.user_emb[start:stop]
 
-    def stars(queries: np.ndarray, items: np.ndarray) -> np.ndarray:  # the model's own dot product, in stars
-        return scalers.target_to_rating(served.space.tower_scores(user_emb[queries], served.movie_emb[items]))
+    def stars(
+        queries: np.ndarray, items: np.ndarray
+    ) -> np.ndarray:  # the model's own dot product, in stars
+        return scalers.target_to_rating(
+            served.space.tower_scores(user_emb[queries], served.movie_emb[items])
+        )
 
     allowed = allowed_movies(rules, movies_path, served.movie_ids)
     n = write_recommendations(
@@ -157,7 +181,12 @@ def run_recommend_shard(
         on_chunk,
         allowed,
     )
-    return {"path": str(out_path), "rows": n, "users": len(user_ids), "score_hist": _score_hist(Path(out_path))}
+    return {
+        "path": str(out_path),
+        "rows": n,
+        "users": len(user_ids),
+        "score_hist": _score_hist(Path(out_path)),
+    }
 
 
 def run_similar_shard(
@@ -170,16 +199,20 @@ def run_similar_shard(
     rules: dict[str, Any] | None = None,
     movies_path: Path | None = None,
 ) -> dict[str, Any]:
-    """The k nearest other movies of movies ``start:stop`` (rows of the index), written to ``out_path``.
+    """The k nearest other movies of movies ``start:stop`` (rows of the index), written to
+    ``out_path``.
 
     Only movies the ``rules`` allow appear in the lists; every movie still gets its list.
     """
     from tasks.serving.recommend import write_similar_movies
 
     served = load_served(Path(model_dir), with_users=False)
-    queries = served.space.content_queries(served.movie_emb)  # by the towers' similarity, not popularity
+    # by the towers' similarity, not popularity
+    queries = served.space.content_queries(served.movie_emb)
     allowed = allowed_movies(rules, movies_path, served.movie_ids)
-    n = write_similar_movies(Path(out_path), served.index, served.movie_ids, queries, k, chunk_size, start, stop, allowed)
+    n = write_similar_movies(
+        Path(out_path), served.index, served.movie_ids, queries, k, chunk_size, start, stop, allowed
+    )
     return {"path": str(out_path), "rows": n, "movies": stop - start}
 
 

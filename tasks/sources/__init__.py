@@ -1,1 +1,3 @@
-"""Where ratings come from when a user gives none: the synthetic generator and the MovieLens download."""
+"""Where ratings come from when a user gives none: the synthetic generator and the MovieLens
+download.
+"""

@@ -34,8 +34,9 @@ from tasks.errors import TowerflowError
 
 DEFAULT_BASE_URL = "https://files.grouplens.org/datasets/movielens"
 BASE_URL_ENV = "TOWERFLOW_DOWNLOAD_BASE_URL"
-# MD5s GroupLens publishes for its frozen releases (ml-latest-small has none recorded here: it is checked
-# against its .md5 file alone). A published .md5 that disagrees with these stops the download.
+# MD5s GroupLens publishes for its frozen releases (ml-latest-small has none recorded here: it is
+# checked against its .md5 file alone). A published .md5 that disagrees with these stops the
+# download.
 KNOWN_MD5 = {
     "ml-latest-small": None,
     "ml-25m": "6b51fb2759a8657d3bfcbfc42b592ada",
@@ -70,7 +71,10 @@ class Downloaded:
 
     def run_command(self) -> str:
         """The ``towerflow run`` command for this data set."""
-        return f"towerflow run --ratings {shlex.quote(str(self.ratings))} --movies {shlex.quote(str(self.movies))}"
+        return (
+            f"towerflow run --ratings {shlex.quote(str(self.ratings))} --movies "
+            f"{shlex.quote(str(self.movies))}"
+        )
 
 
 def _open(url: str, timeout: float) -> Any:
@@ -94,7 +98,9 @@ def published_md5(url: str, timeout: float = 30.0) -> str:
 
 
 def expected_md5(name: str, base_url: str, timeout: float = 30.0) -> tuple[str, str]:
-    """(md5, where it came from): the published ``.md5`` file, cross-checked with :data:`KNOWN_MD5`."""
+    """(md5, where it came from): the published ``.md5`` file, cross-checked with
+    :data:`KNOWN_MD5`.
+    """
     known = KNOWN_MD5[name]
     url = f"{base_url}/{name}.zip.md5"
     try:
@@ -104,7 +110,10 @@ def expected_md5(name: str, base_url: str, timeout: float = 30.0) -> tuple[str, 
             raise DownloadError(f"cannot verify {name}.zip: {exc}") from exc
         return known, f"MD5 recorded in towerflow; {url} unavailable"
     if known is not None and published != known:
-        raise DownloadError(f"{url} says {published}, but {name}.zip is known to have MD5 {known}; not downloading a changed file")
+        raise DownloadError(
+            f"{url} says {published}, but {name}.zip is known to have MD5 {known}; not "
+            "downloading a changed file"
+        )
     return published, url
 
 
@@ -116,8 +125,17 @@ def file_md5(path: Path) -> str:
     return digest.hexdigest()
 
 
-def fetch(url: str, dest: Path, expected: str, source: str, progress: IO[str] | None, timeout: float = 60.0) -> None:
-    """Stream ``url`` to a temporary file beside ``dest``; rename it to ``dest`` only if its MD5 is ``expected``."""
+def fetch(
+    url: str,
+    dest: Path,
+    expected: str,
+    source: str,
+    progress: IO[str] | None,
+    timeout: float = 60.0,
+) -> None:
+    """Stream ``url`` to a temporary file beside ``dest``; rename it to ``dest`` only if its MD5 is
+    ``expected``.
+    """
     fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
     tmp = Path(tmp_name)
     digest = hashlib.md5(usedforsecurity=False)
@@ -138,7 +156,10 @@ def fetch(url: str, dest: Path, expected: str, source: str, progress: IO[str] | 
             progress.write("\n")
         got = digest.hexdigest()
         if got != expected:
-            raise DownloadError(f"{url}: MD5 {got} does not match {expected} ({source}); nothing was kept or unpacked")
+            raise DownloadError(
+                f"{url}: MD5 {got} does not match {expected} ({source}); nothing was kept or "
+                "unpacked"
+            )
         tmp.chmod(0o644)  # mkstemp made it private; the data set is not secret
         os.replace(tmp, dest)
     finally:
@@ -166,7 +187,9 @@ def check_members(archive: zipfile.ZipFile, name: str, where: str) -> None:
             or parts[0] != name
         )
         if unsafe:
-            raise DownloadError(f"{where}: refusing to unpack member {member!r}: it would land outside {name}/")
+            raise DownloadError(
+                f"{where}: refusing to unpack member {member!r}: it would land outside {name}/"
+            )
 
 
 def unpack(zip_path: Path, name: str, to: Path, md5: str, source: str) -> Path:
@@ -181,7 +204,9 @@ def unpack(zip_path: Path, name: str, to: Path, md5: str, source: str) -> Path:
             missing = [f for f in ("ratings.csv", "movies.csv") if not (folder / f).is_file()]
             if missing:
                 raise DownloadError(f"{zip_path}: no {' or '.join(missing)} in {name}/")
-            (folder / MARKER).write_text(json.dumps({"md5": md5, "source": source}) + "\n", encoding="utf-8")
+            (folder / MARKER).write_text(
+                json.dumps({"md5": md5, "source": source}) + "\n", encoding="utf-8"
+            )
             trash = None
             if final.exists():
                 trash = to / f".{name}.old-{os.getpid()}"
@@ -197,7 +222,11 @@ def unpack(zip_path: Path, name: str, to: Path, md5: str, source: str) -> Path:
 def _already_unpacked(folder: Path) -> str | None:
     """The verified MD5 recorded in a complete unpacked folder, else None."""
     marker = folder / MARKER
-    if not (marker.is_file() and (folder / "ratings.csv").is_file() and (folder / "movies.csv").is_file()):
+    if not (
+        marker.is_file()
+        and (folder / "ratings.csv").is_file()
+        and (folder / "movies.csv").is_file()
+    ):
         return None
     try:
         md5 = json.loads(marker.read_text(encoding="utf-8")).get("md5")
@@ -206,8 +235,11 @@ def _already_unpacked(folder: Path) -> str | None:
     return md5 if isinstance(md5, str) else None
 
 
-def download(name: str, to: Path, base_url: str | None = None, progress: IO[str] | None = None) -> Downloaded:
-    """Make ``to/name/{ratings,movies}.csv`` from the verified GroupLens zip, fetching only what is missing.
+def download(
+    name: str, to: Path, base_url: str | None = None, progress: IO[str] | None = None
+) -> Downloaded:
+    """Make ``to/name/{ratings,movies}.csv`` from the verified GroupLens zip, fetching only what is
+    missing.
 
     The verified zip is kept as ``to/name.zip``; a zip that fails its checksum or
     holds an unsafe member is deleted and nothing is unpacked.
@@ -217,7 +249,14 @@ def download(name: str, to: Path, base_url: str | None = None, progress: IO[str]
     to = Path(to)
     folder = to / name
     if (recorded := _already_unpacked(folder)) is not None:
-        return Downloaded(name, folder, recorded, f"recorded in {folder / MARKER}", downloaded=False, unpacked=False)
+        return Downloaded(
+            name,
+            folder,
+            recorded,
+            f"recorded in {folder / MARKER}",
+            downloaded=False,
+            unpacked=False,
+        )
     base = (base_url or os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL).rstrip("/")
     url = f"{base}/{name}.zip"
     md5, source = expected_md5(name, base)

@@ -21,15 +21,44 @@ from tasks.errors import ConfigError
 from tasks.preparation.features import GENRES
 from tasks.store.storage import atomic_path
 
-GENRE_WEIGHTS = np.array([1.8, 1.3, 0.6, 0.7, 3.0, 1.2, 0.5, 4.0, 0.8, 0.2, 1.0, 0.2, 0.4, 0.6, 1.6, 0.8, 1.9, 0.4, 0.2])
+GENRE_WEIGHTS = np.array(
+    [1.8, 1.3, 0.6, 0.7, 3.0, 1.2, 0.5, 4.0, 0.8, 0.2, 1.0, 0.2, 0.4, 0.6, 1.6, 0.8, 1.9, 0.4, 0.2]
+)
 USER_BLOCK = 4096
-WORDS_A = ["Silent", "Last", "Broken", "Golden", "Hidden", "Dark", "Little", "Wild", "Lost", "Secret", "Red", "Endless"]
-WORDS_B = ["River", "Night", "Empire", "Garden", "Signal", "Harbor", "Machine", "Summer", "Kingdom", "Road", "Storm", "Mirror"]
+WORDS_A = [
+    "Silent",
+    "Last",
+    "Broken",
+    "Golden",
+    "Hidden",
+    "Dark",
+    "Little",
+    "Wild",
+    "Lost",
+    "Secret",
+    "Red",
+    "Endless",
+]
+WORDS_B = [
+    "River",
+    "Night",
+    "Empire",
+    "Garden",
+    "Signal",
+    "Harbor",
+    "Machine",
+    "Summer",
+    "Kingdom",
+    "Road",
+    "Storm",
+    "Mirror",
+]
 
 
 @dataclass(frozen=True)
 class Law:
-    """What drives the movies a user picks: P(movie) ~ popularity x exp(taste_strength x genre affinity).
+    """What drives the movies a user picks: P(movie) ~ popularity x exp(taste_strength x genre
+    affinity).
 
     Popularity is Zipf-like (rank ** -popularity_exponent, ranks shuffled over the
     catalog) times exp(quality_pull x quality). Ratings follow the same formula
@@ -39,18 +68,25 @@ class Law:
     taste_strength: float = 3.0
     popularity_exponent: float = 0.9
     quality_pull: float = 0.6
-    # Hidden factors: every user and movie gets a random vector of latent_dim numbers that genres do not
-    # show; picks are weighted by exp(latent_strength x their dot product) (unit variance) and ratings
-    # move by latent_rating x it. 0 = none (the draws of the other laws are unchanged).
+    # Hidden factors: every user and movie gets a random vector of latent_dim numbers that genres do
+    # not show; picks are weighted by exp(latent_strength x their dot product) (unit variance) and
+    # ratings move by latent_rating x it. 0 = none (the draws of the other laws are unchanged).
     latent_strength: float = 0.0
     latent_rating: float = 0.0
     latent_dim: int = 8
 
     def __post_init__(self) -> None:
-        lows = {"taste_strength": 0, "popularity_exponent": 0, "latent_strength": 0, "latent_dim": 1}
+        lows = {
+            "taste_strength": 0,
+            "popularity_exponent": 0,
+            "latent_strength": 0,
+            "latent_dim": 1,
+        }
         for name, low in lows.items():
             if getattr(self, name) < low:
-                raise ConfigError(f"law needs {name} >= {low}, got {getattr(self, name)!r} in {self}")
+                raise ConfigError(
+                    f"law needs {name} >= {low}, got {getattr(self, name)!r} in {self}"
+                )
 
 
 LAWS: dict[str, Law] = {
@@ -59,10 +95,16 @@ LAWS: dict[str, Law] = {
     # Picks led by popularity: tastes weak, popular (and good) movies rated by most users, as on
     # catalogs where most-popular is hard to beat.
     "popularity": Law(taste_strength=0.5, popularity_exponent=0.9, quality_pull=1.0),
-    # Picks led by hidden factors: weak genre tastes, moderate popularity, and users who pick (and like)
-    # movies whose random latent vectors match theirs. Content features cannot see these factors; who
-    # watched what together (EASE^R's co-occurrence) can.
-    "latent": Law(taste_strength=0.5, popularity_exponent=0.7, quality_pull=0.6, latent_strength=1.5, latent_rating=0.5),
+    # Picks led by hidden factors: weak genre tastes, moderate popularity, and users who pick (and
+    # like) movies whose random latent vectors match theirs. Content features cannot see these
+    # factors; who watched what together (EASE^R's co-occurrence) can.
+    "latent": Law(
+        taste_strength=0.5,
+        popularity_exponent=0.7,
+        quality_pull=0.6,
+        latent_strength=1.5,
+        latent_rating=0.5,
+    ),
 }
 
 
@@ -101,7 +143,9 @@ def generate(
     ``law`` decides what users pick: a :class:`Law` or the name of one in :data:`LAWS`.
     """
     if n_users < 1 or n_movies < 30:
-        raise ConfigError(f"need n_users >= 1 and n_movies >= 30, got {n_users} users, {n_movies} movies")
+        raise ConfigError(
+            f"need n_users >= 1 and n_movies >= 30, got {n_users} users, {n_movies} movies"
+        )
     law = LAWS[law] if isinstance(law, str) and law in LAWS else law
     if not isinstance(law, Law):
         raise ConfigError(f"unknown law {law!r}; choose one of {sorted(LAWS)}")
@@ -116,7 +160,9 @@ def generate(
     years = np.clip(np.round(2024 - rng.gamma(2.0, 11.0, n_movies)), 1920, 2023).astype(int)
     years[rng.random(n_movies) < 0.01] = 0  # no year in the title
     quality = rng.normal(0.0, 0.45, n_movies)
-    popularity = rng.permutation(np.arange(1, n_movies + 1) ** -law.popularity_exponent) * np.exp(law.quality_pull * quality)
+    popularity = rng.permutation(np.arange(1, n_movies + 1) ** -law.popularity_exponent) * np.exp(
+        law.quality_pull * quality
+    )
     cold = rng.random(n_movies) < cold_movie_fraction
     popularity[cold] = 0.0
     # Users: 1-3 favourite genres, a rating bias, an activity level.
@@ -125,8 +171,12 @@ def generate(
         favs = rng.choice(n_g, size=rng.integers(1, 4), replace=False, p=g_prob)
         taste[u, favs] = rng.uniform(0.8, 1.6, len(favs))
     bias = rng.normal(0.0, 0.35, n_users)
-    counts = np.clip(rng.lognormal(np.log(mean_ratings_per_user) - 0.5, 1.0, n_users), 20, n_movies // 3).astype(int)
-    affinity_all = movie_genres.astype(np.float64) / np.maximum(movie_genres.sum(1, keepdims=True), 1)
+    counts = np.clip(
+        rng.lognormal(np.log(mean_ratings_per_user) - 0.5, 1.0, n_users), 20, n_movies // 3
+    ).astype(int)
+    affinity_all = movie_genres.astype(np.float64) / np.maximum(
+        movie_genres.sum(1, keepdims=True), 1
+    )
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -137,12 +187,15 @@ def generate(
         writer.writerow(["movieId", "title", "genres"])
         for i in range(n_movies):
             names = [GENRES[g] for g in np.flatnonzero(movie_genres[i])]
-            writer.writerow([i + 1, titles[i], "|".join(names) if i % 211 != 3 else "(no genres listed)"])
+            writer.writerow(
+                [i + 1, titles[i], "|".join(names) if i % 211 != 3 else "(no genres listed)"]
+            )
     ratings_csv = out_dir / "ratings.csv"
     start = rng.integers(946_684_800, 1_420_070_400, n_users)  # 2000-01-01 .. 2015-01-01
     n_rows = 0
     sampler: _Sampler | _LatentSampler = _Sampler(movie_genres, popularity, law.taste_strength)
-    if law.latent_strength > 0 or law.latent_rating != 0:  # drawn only here, so the other laws' bytes stay the same
+    # drawn only here, so the other laws' bytes stay the same
+    if law.latent_strength > 0 or law.latent_rating != 0:
         user_f = rng.normal(0.0, 1.0, (n_users, law.latent_dim))
         movie_f = rng.normal(0.0, 1.0 / np.sqrt(law.latent_dim), (n_movies, law.latent_dim))
         sampler = _LatentSampler(affinity_all, popularity, law, user_f, movie_f)
@@ -150,14 +203,17 @@ def generate(
         fh.write("userId,movieId,rating,timestamp\n")
         for lo in range(0, n_users, USER_BLOCK):
             users = range(lo, min(lo + USER_BLOCK, n_users))
-            block = _rate_block(rng, users, sampler, quality, affinity_all, taste, bias, counts, start)
+            block = _rate_block(
+                rng, users, sampler, quality, affinity_all, taste, bias, counts, start
+            )
             block.to_csv(fh, header=False, index=False, float_format="%.1f", lineterminator="\n")
             n_rows += len(block)
     return GeneratedData(ratings_csv, movies_csv, n_rows, n_users, n_movies)
 
 
 class _Sampler:
-    """Draws movies with probability proportional to popularity x exp(taste_strength x genre affinity).
+    """Draws movies with probability proportional to popularity x exp(taste_strength x genre
+    affinity).
 
     Movies are grouped by their genre set (a few hundred groups), so a user's
     weights are computed per group, not per movie: pick a group by its total
@@ -167,7 +223,9 @@ class _Sampler:
     an exact per-movie weighted draw at a cost per rating, not per catalog movie.
     """
 
-    def __init__(self, movie_genres: np.ndarray, popularity: np.ndarray, taste_strength: float = 3.0) -> None:
+    def __init__(
+        self, movie_genres: np.ndarray, popularity: np.ndarray, taste_strength: float = 3.0
+    ) -> None:
         self.taste_strength = taste_strength
         groups, self.group_of = np.unique(movie_genres, axis=0, return_inverse=True)
         self.group_affinity = groups / np.maximum(groups.sum(axis=1, keepdims=True), 1)
@@ -175,8 +233,11 @@ class _Sampler:
         self.order = np.argsort(self.group_of, kind="stable")
         pop = popularity[self.order]
         grp = self.group_of[self.order]
-        within = np.cumsum(pop) - np.repeat(np.cumsum(self.group_pop) - self.group_pop, np.bincount(grp, minlength=len(groups)))
-        self.key = grp + within / np.maximum(self.group_pop[grp], 1e-300)  # increasing: group g spans (g, g + 1]
+        within = np.cumsum(pop) - np.repeat(
+            np.cumsum(self.group_pop) - self.group_pop, np.bincount(grp, minlength=len(groups))
+        )
+        # increasing: group g spans (g, g + 1]
+        self.key = grp + within / np.maximum(self.group_pop[grp], 1e-300)
 
     def draw(self, rng: np.random.Generator, taste: np.ndarray, count: int) -> np.ndarray:
         weight = self.group_pop * np.exp(self.taste_strength * (self.group_affinity @ taste))
@@ -186,7 +247,9 @@ class _Sampler:
         for _ in range(8):
             n = int(1.3 * (count - len(picks))) + 8
             group = np.minimum(np.searchsorted(cdf, rng.random(n), side="right"), len(cdf) - 1)
-            pos = np.minimum(np.searchsorted(self.key, group + rng.random(n), side="left"), len(self.key) - 1)
+            pos = np.minimum(
+                np.searchsorted(self.key, group + rng.random(n), side="left"), len(self.key) - 1
+            )
             picks = np.concatenate([picks, self.order[pos]])
             first = np.sort(np.unique(picks, return_index=True)[1])
             picks = picks[first]
@@ -196,13 +259,22 @@ class _Sampler:
 
 
 class _LatentSampler:
-    """Exact per-movie draws for the latent law: weight = popularity x exp(taste x genre affinity + latent match).
+    """Exact per-movie draws for the latent law: weight = popularity x exp(taste x genre affinity +
+    latent match).
 
-    The latent match differs per movie, so movies cannot be grouped by genre set as :class:`_Sampler`
-    does; the cost is one pass over the catalog per user (Gumbel top-k: sampling without replacement).
+    The latent match differs per movie, so movies cannot be grouped by genre set as
+    :class:`_Sampler` does; the cost is one pass over the catalog per user (Gumbel top-k: sampling
+    without replacement).
     """
 
-    def __init__(self, affinity: np.ndarray, popularity: np.ndarray, law: Law, user_f: np.ndarray, movie_f: np.ndarray) -> None:
+    def __init__(
+        self,
+        affinity: np.ndarray,
+        popularity: np.ndarray,
+        law: Law,
+        user_f: np.ndarray,
+        movie_f: np.ndarray,
+    ) -> None:
         self.affinity, self.law, self.user_f, self.movie_f = affinity, law, user_f, movie_f
         with np.errstate(divide="ignore"):
             self.log_pop = np.log(popularity)  # -inf for cold movies: never drawn
@@ -211,9 +283,15 @@ class _LatentSampler:
         """The hidden-factor match of ``user`` with ``movies`` (about unit variance)."""
         return np.asarray(self.movie_f[movies] @ self.user_f[user])
 
-    def draw_user(self, rng: np.random.Generator, user: int, taste: np.ndarray, count: int) -> np.ndarray:
+    def draw_user(
+        self, rng: np.random.Generator, user: int, taste: np.ndarray, count: int
+    ) -> np.ndarray:
         law = self.law
-        logits = self.log_pop + law.taste_strength * (self.affinity @ taste) + law.latent_strength * (self.movie_f @ self.user_f[user])
+        logits = (
+            self.log_pop
+            + law.taste_strength * (self.affinity @ taste)
+            + law.latent_strength * (self.movie_f @ self.user_f[user])
+        )
         keys = logits + rng.gumbel(size=len(logits))
         count = min(count, int(np.isfinite(self.log_pop).sum()))
         top = np.sort(np.argpartition(-keys, count - 1)[:count])
@@ -231,7 +309,9 @@ def _rate_block(
     counts: np.ndarray,
     start: np.ndarray,
 ) -> pd.DataFrame:
-    """Ratings of a block of users, with half-star ratings and times over each user's active period."""
+    """Ratings of a block of users, with half-star ratings and times over each user's active
+    period.
+    """
     parts = []
     for u in users:
         if isinstance(sampler, _LatentSampler):
@@ -242,8 +322,13 @@ def _rate_block(
             hidden = np.zeros(len(picks))
         aff = affinity_all[picks] @ taste[u]
         raw = 3.5 + bias[u] + quality[picks] + 0.9 * aff + hidden + rng.normal(0, 0.55, len(picks))
-        span = rng.integers(30 * 86_400, 8 * 365 * 86_400)  # active periods overlap, as in MovieLens
+        # active periods overlap, as in MovieLens
+        span = rng.integers(30 * 86_400, 8 * 365 * 86_400)
         times = np.sort(start[u] + rng.integers(0, span, len(picks)))
-        parts.append((np.full(len(picks), u + 1), picks + 1, np.clip(np.round(raw * 2) / 2, 0.5, 5.0), times))
+        parts.append(
+            (np.full(len(picks), u + 1), picks + 1, np.clip(np.round(raw * 2) / 2, 0.5, 5.0), times)
+        )
     cols = [np.concatenate(c) for c in zip(*parts, strict=True)] if parts else [np.zeros(0)] * 4
-    return pd.DataFrame({"userId": cols[0], "movieId": cols[1], "rating": cols[2], "timestamp": cols[3]})
+    return pd.DataFrame(
+        {"userId": cols[0], "movieId": cols[1], "rating": cols[2], "timestamp": cols[3]}
+    )

@@ -1,1 +1,3 @@
-"""Where and how things are kept: table schemas, atomic writes, the data-directory layout, resume, night history."""
+"""Where and how things are kept: table schemas, atomic writes, the data-directory layout, resume,
+night history.
+"""

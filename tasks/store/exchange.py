@@ -1,14 +1,17 @@
-"""Shards on Dask workers that share no disk with the flow: their inputs and parts travel through the store.
+"""Shards on Dask workers that share no disk with the flow: their inputs and parts travel through
+the store.
 
-With ``--data-dir s3://...`` and ``--dask-address``, the flow offers what the scoring shards read (the
-served vectors, the index, the scalers, the ratings and the catalog) under the same keys as their paths
-under the night's scratch (``work/<version>/model/...``, ``store/<input hash>/...``). A worker copies each
-into its own temporary directory once (fetched again only when the store's sha256 differs), scores, and
-writes its part back under the part's key; the flow then copies the parts into its scratch and publishes
-as usual. A worker needs the store's endpoint and credentials in its own environment, not TensorFlow.
+With ``--data-dir s3://...`` and ``--dask-address``, the flow offers what the scoring shards read
+(the served vectors, the index, the scalers, the ratings and the catalog) under the same keys as
+their paths under the night's scratch (``work/<version>/model/...``, ``store/<input hash>/...``). A
+worker copies each into its own temporary directory once (fetched again only when the store's sha256
+differs), scores, and writes its part back under the part's key; the flow then copies the parts into
+its scratch and publishes as usual. A worker needs the store's endpoint and credentials in its own
+environment, not TensorFlow.
 
-Why not Prefect result storage or Dask's own transfer: the parts are files of tens of MB at scale, and
-the store is where they must end up anyway; each object carries its sha256, checked by whoever reads it.
+Why not Prefect result storage or Dask's own transfer: the parts are files of tens of MB at scale,
+and the store is where they must end up anyway; each object carries its sha256, checked by whoever
+reads it.
 """
 
 from __future__ import annotations
@@ -24,7 +27,9 @@ from tasks.store.storage import sha256_file
 
 
 class Exchange:
-    """Files under the flow's scratch ``root``, mirrored under the same keys in the store at ``store_uri``."""
+    """Files under the flow's scratch ``root``, mirrored under the same keys in the store at
+    ``store_uri``.
+    """
 
     def __init__(self, store_uri: str, root: str):
         self.store = ObjectStore(store_uri)
@@ -33,14 +38,20 @@ class Exchange:
         self.cache = Path(tempfile.gettempdir()) / "towerflow-exchange" / tag
 
     def key(self, path: str | Path) -> str:
-        """The key of a scratch path (an error for a path outside the scratch: nothing else travels)."""
+        """The key of a scratch path (an error for a path outside the scratch: nothing else
+        travels).
+        """
         try:
             return str(PurePosixPath(str(path)).relative_to(self.root))
         except ValueError:
-            raise ConfigError(f"{path} is not under the night's scratch {self.root}; it cannot reach a worker") from None
+            raise ConfigError(
+                f"{path} is not under the night's scratch {self.root}; it cannot reach a worker"
+            ) from None
 
     def offer(self, paths: Iterable[Path]) -> int:
-        """Flow side: write each file to the store unless it holds the same bytes; return how many were sent."""
+        """Flow side: write each file to the store unless it holds the same bytes; return how many
+        were sent.
+        """
         sent = 0
         for path in paths:
             if not same_file(self.store, self.key(path), Path(path)):
@@ -49,7 +60,9 @@ class Exchange:
         return sent
 
     def local(self, path: str | Path) -> Path:
-        """Worker side: the worker's copy of a scratch file, fetched when missing or different from the store's."""
+        """Worker side: the worker's copy of a scratch file, fetched when missing or different from
+        the store's.
+        """
         key = self.key(path)
         copy = self.cache / key
         head = self.store.head(key)

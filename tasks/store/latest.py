@@ -1,8 +1,10 @@
-"""``outputs/latest.json`` as one typed, versioned document: built by the publish stage, read by one reader.
+"""``outputs/latest.json`` as one typed, versioned document: built by the publish stage, read by one
+reader.
 
-Why: latest.json is what schedulers, downstream jobs, the library and the next night read first; read as
-a loose dict in several modules, a renamed key failed far from its cause. :class:`Latest` is the one
-definition of its shape (docs/contract.md describes it for users): every write validates it, and
+Why: latest.json is what schedulers, downstream jobs, the library and the next night read first;
+read as a loose dict in several modules, a renamed key failed far from its cause. :class:`Latest` is
+the one definition of its shape (docs/contract.md describes it for users): every write validates it,
+and
 :func:`read_latest` checks the schema version and the shape before anyone reads a field. The nested
 measurement documents (metrics, gate, drift, ingest, config, prior) stay plain JSON objects: their
 shapes belong to the stages that measure them.
@@ -30,7 +32,9 @@ class FileEntry(BaseModel):
 
 
 class TableEntry(BaseModel):
-    """A published table: its partition directory, its part files (runs before sharding name none) and rows."""
+    """A published table: its partition directory, its part files (runs before sharding name none)
+    and rows.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     path: str
@@ -63,9 +67,11 @@ class TrainingDoc(BaseModel):
 
 
 class Latest(BaseModel):
-    """The document ``outputs/latest.json`` holds (schema version :data:`tasks.store.schemas.SCHEMA_VERSION`).
+    """The document ``outputs/latest.json`` holds (schema version
+    :data:`tasks.store.schemas.SCHEMA_VERSION`).
 
-    Keys this towerflow does not know (a later one's additions) are kept as they are, so reading never loses them.
+    Keys this towerflow does not know (a later one's additions) are kept as they are, so reading
+    never loses them.
     """
 
     model_config = ConfigDict(extra="allow", frozen=True)
@@ -81,7 +87,9 @@ class Latest(BaseModel):
     ingest: dict[str, Any]
     training: TrainingDoc
     config: dict[str, Any]
-    rules: dict[str, Any] | None = None  # the night's business rules (tasks/serving/rules.py); older runs had none
+    rules: dict[str, Any] | None = (
+        None  # the night's business rules (tasks/serving/rules.py); older runs had none
+    )
     threads: int
     metrics: dict[str, Any] | None = None
     gate: dict[str, Any]
@@ -94,7 +102,9 @@ class Latest(BaseModel):
     @classmethod
     def _this_version(cls, value: str) -> str:
         if value != schemas.SCHEMA_VERSION:
-            raise ValueError(f"schema version {value}, this towerflow reads {schemas.SCHEMA_VERSION}")
+            raise ValueError(
+                f"schema version {value}, this towerflow reads {schemas.SCHEMA_VERSION}"
+            )
         return value
 
     @field_validator("run_date")
@@ -121,8 +131,13 @@ class Latest(BaseModel):
         try:
             return cls.model_validate(data)
         except ValidationError as exc:
-            problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'document'}: {e['msg']}" for e in exc.errors()[:3])
-            raise DataError(f"{where}: not a latest.json this towerflow reads ({problems})") from None
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc']) or 'document'}: {e['msg']}"
+                for e in exc.errors()[:3]
+            )
+            raise DataError(
+                f"{where}: not a latest.json this towerflow reads ({problems})"
+            ) from None
 
 
 def latest_path(data_dir: Path) -> Path:
@@ -130,10 +145,15 @@ def latest_path(data_dir: Path) -> Path:
 
 
 def read_latest(data_dir: Path) -> Latest:
-    """The validated ``outputs/latest.json`` of ``data_dir``; a clear error if nothing is published yet."""
+    """The validated ``outputs/latest.json`` of ``data_dir``; a clear error if nothing is published
+    yet.
+    """
     path = latest_path(data_dir)
     if not path.exists():
-        raise FileNotFoundError(f"no published run in {data_dir} ({path} does not exist); run `towerflow run --data-dir {data_dir}` first")
+        raise FileNotFoundError(
+            f"no published run in {data_dir} ({path} does not exist); run `towerflow run "
+            f"--data-dir {data_dir}` first"
+        )
     return Latest.parse(read_json(path), str(path))
 
 
@@ -143,9 +163,10 @@ def live_latest(data_dir: Path) -> Latest | None:
 
 
 def comparable_latest(data_dir: Path) -> Latest | None:
-    """The published run a night compares itself with and builds on: None when nothing is published, or
-    when what is published is a latest.json this towerflow does not read (another schema version). The night
-    then publishes over it, as over an empty directory; the library and the commands refuse it instead.
+    """The published run a night compares itself with and builds on: None when nothing is published,
+    or when what is published is a latest.json this towerflow does not read (another schema
+    version). The night then publishes over it, as over an empty directory; the library and the
+    commands refuse it instead.
     """
     try:
         return live_latest(data_dir)

@@ -1,12 +1,16 @@
 """Where everything lives under the data directory.
 
-    DIR/store/<input-hash>/{ratings,movies}.parquet   ingested inputs (incremental nights: all parts combined)
-    DIR/store/ingested.json, DIR/store/parts/<file-hash>/   the ledger and parts of incremental nights
+    DIR/store/<input-hash>/{ratings,movies}.parquet   ingested inputs (incremental nights: all
+                                                      parts combined)
+    DIR/store/ingested.json, DIR/store/parts/<file-hash>/
+                                                      the ledger and parts of incremental nights
     DIR/work/<model_version>/                         a run's staging area
     DIR/models/<model_version>/                       published model artifacts
-    DIR/outputs/<table>/run_date=YYYY-MM-DD/part-<model_version>[-NNNNN].parquet   (one part per shard)
+    DIR/outputs/<table>/run_date=YYYY-MM-DD/part-<model_version>[-NNNNN].parquet
+                                                      (one part per shard)
     DIR/outputs/reports/run_date=YYYY-MM-DD/          the run report and its plots (for people)
-    DIR/outputs/history/night-<finished>-<date>-<outcome>.parquet   one row per night, whatever its outcome
+    DIR/outputs/history/night-<finished>-<date>-<outcome>.parquet
+                                                      one row per night, whatever its outcome
     DIR/outputs/latest.json                           written last, atomically
 
 Only validated values (a date, a hex hash) ever become part of a path.
@@ -35,8 +39,10 @@ MODEL_FILES = {
     "index_ids": "movie_index_ids.parquet",
     "movie_embeddings": "movie_embeddings.parquet",
     "user_embeddings": "user_embeddings.parquet",
-    "serving": "serving.json",  # how the served vectors read back as the towers' (tasks/serving/popularity.py)
-    "movies": "movies.parquet",  # the ingested catalog (titles, genres) the run served, copied at publish
+    # how the served vectors read back as the towers' (tasks/serving/popularity.py)
+    "serving": "serving.json",
+    # the ingested catalog (titles, genres) the run served, copied at publish
+    "movies": "movies.parquet",
 }
 _VERSION_RE = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}-[0-9a-f]{12}$")
 
@@ -50,7 +56,9 @@ def model_version(run_date: dt.date, content_hash: str) -> str:
 
 
 def _checked_version(version: str) -> str:
-    """A model version as :func:`model_version` makes them; anything else (``..``, a slash) is refused."""
+    """A model version as :func:`model_version` makes them; anything else (``..``, a slash) is
+    refused.
+    """
     if not isinstance(version, str) or not _VERSION_RE.match(version):
         raise ConfigError(f"bad model version {version!r}")
     return version
@@ -91,7 +99,9 @@ class Layout:
         return self.outputs / table / f"run_date={run_date.isoformat()}"
 
     def table(self, table: str, run_date: dt.date, version: str, part: int | None = None) -> Path:
-        """A table's part file: ``part-<version>.parquet``, or ``part-<version>-NNNNN.parquet`` for shard ``part``."""
+        """A table's part file: ``part-<version>.parquet``, or ``part-<version>-NNNNN.parquet`` for
+        shard ``part``.
+        """
         if table not in TABLES:
             raise ConfigError(f"unknown table {table!r}; expected one of {TABLES}")
         if part is not None and (not isinstance(part, int) or part < 0):
@@ -116,5 +126,7 @@ def verified(data_dir: Path, entry: FileEntry) -> Path:
     if not path.exists():
         raise FileNotFoundError(f"published model file missing: {path}")
     if sha256_file(path) != entry.sha256:
-        raise DataError(f"{path}: sha256 does not match latest.json; the published model was modified")
+        raise DataError(
+            f"{path}: sha256 does not match latest.json; the published model was modified"
+        )
     return path

@@ -1,9 +1,10 @@
 """The record of every night, published, refused, undecided or failed: ``outputs/history/``.
 
-Why its own table: latest.json only knows the night it points to, and a refused or failed night changes
-nothing there. Each night writes one small part file (``night-<finished>-<run date>-<outcome>.parquet``, atomically,
-schema :data:`tasks.store.schemas.NIGHTS`), never rewriting another night's, so a crash cannot lose history and
-two hosts cannot overwrite each other's row. Read as one table with :func:`read_nights`.
+Why its own table: latest.json only knows the night it points to, and a refused or failed night
+changes nothing there. Each night writes one small part file (``night-<finished>-<run
+date>-<outcome>.parquet``, atomically, schema :data:`tasks.store.schemas.NIGHTS`), never rewriting
+another night's, so a crash cannot lose history and two hosts cannot overwrite each other's row.
+Read as one table with :func:`read_nights`.
 """
 
 from __future__ import annotations
@@ -25,7 +26,9 @@ OUTCOMES = ("published", "refused", "failed")
 
 @dataclass(frozen=True)
 class Night:
-    """One row of the history: what a night did and what it measured (None where it got no further)."""
+    """One row of the history: what a night did and what it measured (None where it got no
+    further).
+    """
 
     run_date: str
     finished_at: str
@@ -51,9 +54,16 @@ class Night:
 
 
 def night_from(
-    run_date: dt.date, outcome: str, seconds: float, latest_like: dict[str, Any], reason: str | None = None, version: str | None = None
+    run_date: dt.date,
+    outcome: str,
+    seconds: float,
+    latest_like: dict[str, Any],
+    reason: str | None = None,
+    version: str | None = None,
 ) -> Night:
-    """A history row from what a night knows, in latest.json's shape (``metrics``, ``gate``, ``drift``, ``popularity_prior``)."""
+    """A history row from what a night knows, in latest.json's shape (``metrics``, ``gate``,
+    ``drift``, ``popularity_prior``).
+    """
     metrics = latest_like.get("metrics") or {}
     model, popular = metrics.get("two-tower") or {}, metrics.get("most-popular") or {}
     gate = latest_like.get("gate") or {}
@@ -86,14 +96,23 @@ def record(layout: Layout, night: Night) -> Path:
     stamp = night.finished_at.replace(":", "").replace("-", "").replace("+0000", "Z")
     path = layout.history_dir / f"night-{stamp}-{night.run_date}-{night.outcome}.parquet"
     row = asdict(night)
-    table = pa.table({f.name: pa.array([row[f.name]], schemas.NIGHTS.field(f.name).type) for f in fields(Night)}, schema=schemas.NIGHTS)
+    table = pa.table(
+        {f.name: pa.array([row[f.name]], schemas.NIGHTS.field(f.name).type) for f in fields(Night)},
+        schema=schemas.NIGHTS,
+    )
     return write_table(path, table, schemas.NIGHTS, "nights")
 
 
 def read_nights(layout: Layout, last: int | None = None) -> pd.DataFrame:
     """Every recorded night, oldest first (the ``last`` ones only, if given)."""
-    parts = sorted(layout.history_dir.glob("night-*.parquet")) if layout.history_dir.exists() else []
+    parts = (
+        sorted(layout.history_dir.glob("night-*.parquet")) if layout.history_dir.exists() else []
+    )
     frames = [read_table(p, schemas.NIGHTS, "nights").to_pandas() for p in parts]
-    table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=[f.name for f in fields(Night)])
+    table = (
+        pd.concat(frames, ignore_index=True)
+        if frames
+        else pd.DataFrame(columns=[f.name for f in fields(Night)])
+    )
     table = table.sort_values("finished_at", kind="stable").reset_index(drop=True)
     return table.tail(last).reset_index(drop=True) if last is not None else table

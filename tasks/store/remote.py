@@ -33,7 +33,9 @@ class StoreError(TowerflowError):
 
 
 class StoreUnavailable(StoreError, OSError):
-    """The store could not be reached or failed on its side (5xx): transient, so the I/O stages retry it."""
+    """The store could not be reached or failed on its side (5xx): transient, so the I/O stages
+    retry it.
+    """
 
 
 class PublishConflict(TowerflowError):
@@ -57,10 +59,14 @@ class StoreURI:
         text = str(uri)
         if not text.startswith(SCHEME):
             scheme = text.split("://", 1)[0]
-            raise ConfigError(f"{text}: {scheme}:// is not supported; use a local path or s3://bucket/prefix")
+            raise ConfigError(
+                f"{text}: {scheme}:// is not supported; use a local path or s3://bucket/prefix"
+            )
         bucket, _, prefix = text[len(SCHEME) :].partition("/")
         if not _BUCKET_RE.match(bucket):
-            raise ConfigError(f"{text}: {bucket!r} is not a valid bucket name (3-63 of a-z, 0-9, '.', '-')")
+            raise ConfigError(
+                f"{text}: {bucket!r} is not a valid bucket name (3-63 of a-z, 0-9, '.', '-')"
+            )
         parts = [p for p in prefix.split("/") if p]
         if any(p in (".", "..") for p in parts):
             raise ConfigError(f"{text}: '.' and '..' are not allowed in an object key")
@@ -93,16 +99,27 @@ def _error_code(exc: Exception) -> tuple[str, int]:
 
 _FIX = {
     "NoSuchBucket": "the bucket does not exist: create it, or fix the URI",
-    "InvalidAccessKeyId": "the store does not know AWS_ACCESS_KEY_ID: fix the credentials in the environment",
-    "SignatureDoesNotMatch": "AWS_SECRET_ACCESS_KEY does not match the key id: fix the credentials in the environment",
-    "AccessDenied": "the credentials in the environment may not use it: fix them or the bucket's policy",
-    "403": "the store refused the credentials in the environment (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY): fix them",
+    "InvalidAccessKeyId": (
+        "the store does not know AWS_ACCESS_KEY_ID: fix the credentials in the environment"
+    ),
+    "SignatureDoesNotMatch": (
+        "AWS_SECRET_ACCESS_KEY does not match the key id: fix the credentials in the environment"
+    ),
+    "AccessDenied": (
+        "the credentials in the environment may not use it: fix them or the bucket's policy"
+    ),
+    "403": (
+        "the store refused the credentials in the environment (AWS_ACCESS_KEY_ID / "
+        "AWS_SECRET_ACCESS_KEY): fix them"
+    ),
     "404": "the bucket does not exist: create it, or fix the URI",
 }
 
 
 class ObjectStore:
-    """Whole-file reads and writes under one ``s3://bucket/prefix``, every object stamped with its sha256."""
+    """Whole-file reads and writes under one ``s3://bucket/prefix``, every object stamped with its
+    sha256.
+    """
 
     def __init__(self, uri: str | StoreURI):
         import boto3
@@ -119,7 +136,9 @@ class ObjectStore:
             s3={"addressing_style": "path"} if endpoint else {},
         )
         self.endpoint = endpoint
-        self._client = boto3.session.Session().client("s3", region_name=region, endpoint_url=endpoint, config=config)
+        self._client = boto3.session.Session().client(
+            "s3", region_name=region, endpoint_url=endpoint, config=config
+        )
         self._client.meta.events.register("before-send.s3.*", self._count_request)
 
     def _count_request(self, request: Any, event_name: str = "", **_: Any) -> None:
@@ -133,17 +152,27 @@ class ObjectStore:
 
         where = f"{self.uri}/{rel}" if rel else str(self.uri)
         if isinstance(exc, NoCredentialsError):
-            return StoreError(f"{where}: no credentials; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or a profile)")
+            return StoreError(
+                f"{where}: no credentials; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
+                "(or a profile)"
+            )
         if isinstance(exc, EndpointConnectionError):
-            return StoreUnavailable(f"{where}: cannot reach the store at {self.endpoint or 'AWS'}; check AWS_ENDPOINT_URL")
+            return StoreUnavailable(
+                f"{where}: cannot reach the store at {self.endpoint or 'AWS'}; check "
+                "AWS_ENDPOINT_URL"
+            )
         code, status = _error_code(exc)
         if status >= 500:
-            return StoreUnavailable(f"{where}: {what} failed: the store answered {status} ({code}); try again later")
+            return StoreUnavailable(
+                f"{where}: {what} failed: the store answered {status} ({code}); try again later"
+            )
         fix = _FIX.get(code) or _FIX.get(str(status)) or str(exc).splitlines()[0]
         return StoreError(f"{where}: {what} failed ({code}): {fix}")
 
     def check(self) -> None:
-        """Fail in one line, before any work, if the bucket is missing or the credentials are refused."""
+        """Fail in one line, before any work, if the bucket is missing or the credentials are
+        refused.
+        """
         try:
             self._client.head_bucket(Bucket=self.uri.bucket)
         except Exception as exc:
@@ -180,24 +209,34 @@ class ObjectStore:
             tmp.write_bytes(got[0])
         return Path(dest)
 
-    def put(self, rel: str, body: bytes, *, if_match: str | None = None, if_none_match: bool = False) -> str:
-        """Write an object (conditionally); return its ETag. A failed condition raises :class:`PublishConflict`."""
+    def put(
+        self, rel: str, body: bytes, *, if_match: str | None = None, if_none_match: bool = False
+    ) -> str:
+        """Write an object (conditionally); return its ETag. A failed condition raises
+        :class:`PublishConflict`.
+        """
         kwargs: dict[str, Any] = {"Metadata": {_SHA_META: hashlib.sha256(body).hexdigest()}}
         if if_match is not None:
             kwargs["IfMatch"] = if_match
         if if_none_match:
             kwargs["IfNoneMatch"] = "*"
         try:
-            out = self._client.put_object(Bucket=self.uri.bucket, Key=self.uri.key(rel), Body=body, **kwargs)
+            out = self._client.put_object(
+                Bucket=self.uri.bucket, Key=self.uri.key(rel), Body=body, **kwargs
+            )
         except Exception as exc:
             code, status = _error_code(exc)
             if status == 412 or code in ("PreconditionFailed", "ConditionalRequestConflict"):
-                raise PublishConflict(f"{self.uri}/{rel} changed since this night started") from None
+                raise PublishConflict(
+                    f"{self.uri}/{rel} changed since this night started"
+                ) from None
             raise self._fail(exc, "writing", rel) from None
         return str(out["ETag"])
 
     def upload(self, path: Path, rel: str, *, if_none_match: bool = False) -> str:
-        """Write a local file as an object (whole, one PUT: conditional writes need it); return its ETag."""
+        """Write a local file as an object (whole, one PUT: conditional writes need it); return its
+        ETag.
+        """
         return self.put(rel, Path(path).read_bytes(), if_none_match=if_none_match)
 
     def keys(self, rel_prefix: str) -> Iterator[str]:
@@ -205,7 +244,9 @@ class ObjectStore:
         prefix = self.uri.key(rel_prefix) + "/"
         strip = len(self.uri.prefix) + 1 if self.uri.prefix else 0
         try:
-            for page in self._client.get_paginator("list_objects_v2").paginate(Bucket=self.uri.bucket, Prefix=prefix):
+            for page in self._client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.uri.bucket, Prefix=prefix
+            ):
                 for obj in page.get("Contents", []):
                     yield str(obj["Key"])[strip:]
         except Exception as exc:
@@ -215,7 +256,9 @@ class ObjectStore:
         for start in range(0, len(rels), 1000):
             batch = [{"Key": self.uri.key(r)} for r in rels[start : start + 1000]]
             try:
-                self._client.delete_objects(Bucket=self.uri.bucket, Delete={"Objects": batch, "Quiet": True})
+                self._client.delete_objects(
+                    Bucket=self.uri.bucket, Delete={"Objects": batch, "Quiet": True}
+                )
             except Exception as exc:
                 raise self._fail(exc, "deleting", rels[start]) from None
 

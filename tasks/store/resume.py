@@ -1,4 +1,5 @@
-"""Crash recovery of a data directory: roll back an interrupted publish, drop killed writes' temporaries.
+"""Crash recovery of a data directory: roll back an interrupted publish, drop killed writes'
+temporaries.
 
 Every write is atomic (a hidden temporary renamed into place), so a killed run
 leaves only three kinds of debris, all cleaned by the next run (under the
@@ -35,23 +36,28 @@ from tasks.store.layout import Layout
 from tasks.store.storage import read_json, sha256_file, write_json
 
 JOURNAL = "publish-journal.json"
-_MANAGED = ("outputs", "models", "work", "rejects", "store", "embedded")  # what towerflow writes under DIR
+# what towerflow writes under DIR
+_MANAGED = ("outputs", "models", "work", "rejects", "store", "embedded")
 _DEBRIS = re.compile(r"^\..+\.(tmp|keras|staged)$|^\..+\.old-[0-9]+$")
 
 
 def staged_name(final: Path) -> Path:
-    """Where a table part waits until the publish shows it: a hidden name beside the partition directory.
+    """Where a table part waits until the publish shows it: a hidden name beside the partition
+    directory.
 
-    Not inside it: a new partition directory appears only with its parts, by the renames just before ``latest.json``.
+    Not inside it: a new partition directory appears only with its parts, by the renames just before
+    ``latest.json``.
     """
     return final.parent.parent / f".{final.parent.name}.{final.name}.staged"
 
 
 def live_latest(layout: Layout) -> Latest | None:
-    """The published ``latest.json``, or None when nothing is, or nothing this towerflow reads, is published.
+    """The published ``latest.json``, or None when nothing is, or nothing this towerflow reads, is
+    published.
 
-    A latest.json of another schema version names files this recovery does not know how to read; it is left
-    alone (the files a journal plans belong to a new version), and the night publishes over it.
+    A latest.json of another schema version names files this recovery does not know how to read; it
+    is left alone (the files a journal plans belong to a new version), and the night publishes over
+    it.
     """
     return latest_doc.comparable_latest(layout.data_dir)
 
@@ -70,7 +76,9 @@ def referenced(layout: Layout, latest: Latest | None) -> set[Path]:
 
 
 def published_intact(layout: Layout, latest: Latest) -> bool:
-    """True when every model file matches its sha256 in ``latest.json`` and every table file exists."""
+    """True when every model file matches its sha256 in ``latest.json`` and every table file
+    exists.
+    """
     for entry in latest.model.values():
         path = layout.data_dir / entry.path
         if not path.is_file() or sha256_file(path) != entry.sha256:
@@ -78,9 +86,16 @@ def published_intact(layout: Layout, latest: Latest) -> bool:
     return all(p.is_file() for p in table_files(layout, latest))
 
 
-def write_journal(work: Path, version: str, run_date: dt.date, parts: dict[str, int | None]) -> None:
-    """Record, before the first move, what a publish is about to put in place (None: one file, else a part count)."""
-    write_json(Path(work) / JOURNAL, {"model_version": version, "run_date": run_date.isoformat(), "tables": parts})
+def write_journal(
+    work: Path, version: str, run_date: dt.date, parts: dict[str, int | None]
+) -> None:
+    """Record, before the first move, what a publish is about to put in place (None: one file, else
+    a part count).
+    """
+    write_json(
+        Path(work) / JOURNAL,
+        {"model_version": version, "run_date": run_date.isoformat(), "tables": parts},
+    )
 
 
 def clear_journal(work: Path) -> None:
@@ -88,11 +103,15 @@ def clear_journal(work: Path) -> None:
 
 
 def planned_paths(layout: Layout, journal: dict[str, Any]) -> tuple[Path, dict[str, list[Path]]]:
-    """(model directory, table part files) a journal's publish creates, rebuilt by :class:`Layout` (never read as paths)."""
+    """(model directory, table part files) a journal's publish creates, rebuilt by :class:`Layout`
+    (never read as paths).
+    """
     version = str(journal["model_version"])
     run_date = dt.date.fromisoformat(str(journal["run_date"]))
     finals = {
-        name: [layout.table(name, run_date, version)] if n is None else [layout.table(name, run_date, version, i) for i in range(int(n))]
+        name: [layout.table(name, run_date, version)]
+        if n is None
+        else [layout.table(name, run_date, version, i) for i in range(int(n))]
         for name, n in journal["tables"].items()
     }
     return layout.model(version), finals
@@ -113,11 +132,14 @@ def _finish_or_roll_back(layout: Layout, journal_path: Path, latest: Latest | No
     model_dir, finals = planned_paths(layout, journal)
     version = journal["model_version"]
     if latest is not None and latest.model_version == version:
-        for parts in finals.values():  # committed: only the removal of older parts of these partitions was left
+        # committed: only the removal of older parts of these partitions was left
+        for parts in finals.values():
             for other in parts[0].parent.glob("part-*.parquet"):
                 if other not in parts:
                     other.unlink(missing_ok=True)
-        note = f"finished the publish of {version} that was interrupted after latest.json was written"
+        note = (
+            f"finished the publish of {version} that was interrupted after latest.json was written"
+        )
     else:
         keep = referenced(layout, latest)
         removed = 0
@@ -129,7 +151,10 @@ def _finish_or_roll_back(layout: Layout, journal_path: Path, latest: Latest | No
                 with contextlib.suppress(OSError):
                     path.parent.rmdir()  # a partition directory this publish created, now empty
         live = latest.model_version if latest else None
-        note = f"rolled back the interrupted publish of {version} ({removed} paths removed; latest.json still points to {live})"
+        note = (
+            f"rolled back the interrupted publish of {version} ({removed} paths removed; "
+            f"latest.json still points to {live})"
+        )
     journal_path.unlink(missing_ok=True)
     return note
 
@@ -155,25 +180,37 @@ def recover(layout: Layout) -> list[str]:
 
 
 def prune_work(layout: Layout, run_date: dt.date, keep: Path) -> None:
-    """After a publish of ``run_date``: drop that date's other staging directories (superseded attempts)."""
+    """After a publish of ``run_date``: drop that date's other staging directories (superseded
+    attempts).
+    """
     for other in (layout.data_dir / "work").glob(f"{run_date.isoformat()}-*"):
         if other.is_dir() and other != Path(keep):
             shutil.rmtree(other, ignore_errors=True)
 
 
 def prepare_work(layout: Layout, work: Path) -> list[str]:
-    """Recover the data directory, then say whether the run resumes from an earlier run's ``work``."""
+    """Recover the data directory, then say whether the run resumes from an earlier run's
+    ``work``.
+    """
     notes = recover(layout)
     if Path(work).is_dir():
-        notes.append(f"resuming the interrupted run from {work}: stages whose stored results and outputs still verify are reused")
+        notes.append(
+            f"resuming the interrupted run from {work}: stages whose stored results and "
+            "outputs still verify are reused"
+        )
     return notes
 
 
 def hint(exc: BaseException, work: Path | None) -> str:
-    """What to do after a stage failed: re-run to resume, unless the input or the model itself is at fault."""
+    """What to do after a stage failed: re-run to resume, unless the input or the model itself is at
+    fault.
+    """
     from tasks.evaluation.quality import QualityGateError
     from tasks.ingestion.rejects import InputError
 
     if work is None or isinstance(exc, InputError | QualityGateError):
         return ""
-    return f" (finished stages are kept in {work}: fix the cause and run the same command again to resume)"
+    return (
+        f" (finished stages are kept in {work}: fix the cause and run the same command again to "
+        "resume)"
+    )

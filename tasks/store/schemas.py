@@ -13,7 +13,8 @@ import pyarrow as pa
 
 from tasks.errors import TowerflowError
 
-SCHEMA_VERSION = "2"  # 2: served embeddings carry the popularity prior (tasks/serving/popularity.py), serving.json
+# 2: served embeddings carry the popularity prior (tasks/serving/popularity.py), serving.json
+SCHEMA_VERSION = "2"
 VERSION_KEY = b"towerflow.schema_version"
 TABLE_KEY = b"towerflow.table"
 
@@ -58,7 +59,13 @@ USER_FEATURES = pa.schema([("user_id", pa.int64()), ("features", pa.list_(pa.flo
 MOVIE_FEATURES = pa.schema([("movie_id", pa.int64()), ("features", pa.list_(pa.float32()))])
 # The user's most recent rated movies (newest first) and their rating minus the user's mean,
 # fed to the user tower's history vectors.
-USER_HISTORY = pa.schema([("user_id", pa.int64()), ("movie_ids", pa.list_(pa.int64())), ("deviations", pa.list_(pa.float32()))])
+USER_HISTORY = pa.schema(
+    [
+        ("user_id", pa.int64()),
+        ("movie_ids", pa.list_(pa.int64())),
+        ("deviations", pa.list_(pa.float32())),
+    ]
+)
 
 # Model artifacts referenced from latest.json.
 MOVIE_INDEX_IDS = pa.schema([("movie_id", pa.int64())])
@@ -97,7 +104,8 @@ METRICS = pa.schema(
         ("value", pa.float64()),
     ]
 )
-# The record of every night (outputs/history/, tasks/store/nights.py): one row per night, whatever its outcome.
+# The record of every night (outputs/history/, tasks/store/nights.py): one row per night, whatever
+# its outcome.
 NIGHTS = pa.schema(
     [
         ("run_date", pa.string()),
@@ -143,18 +151,23 @@ def stamp(schema: pa.Schema, table: str, extra: dict[str, str] | None = None) ->
     return schema.with_metadata(meta)
 
 
-def check_schema(actual: pa.Schema, expected: pa.Schema, where: str, *, versioned: bool = True) -> None:
+def check_schema(
+    actual: pa.Schema, expected: pa.Schema, where: str, *, versioned: bool = True
+) -> None:
     """Raise :class:`SchemaError` naming ``where`` if ``actual`` differs from ``expected``."""
     if actual.names != expected.names:
         raise SchemaError(f"{where}: columns are {actual.names}, expected {expected.names}")
     for field in expected:
         got = actual.field(field.name).type
         if got != field.type:
-            raise SchemaError(f"{where}: column {field.name!r} has type {got}, expected {field.type}")
+            raise SchemaError(
+                f"{where}: column {field.name!r} has type {got}, expected {field.type}"
+            )
     if versioned:
         meta = actual.metadata or {}
         version = meta.get(VERSION_KEY, b"<none>").decode()
         if version != SCHEMA_VERSION:
             raise SchemaError(
-                f"{where}: schema version {version}, this towerflow reads version {SCHEMA_VERSION}; re-run `towerflow run` to rebuild it"
+                f"{where}: schema version {version}, this towerflow reads version "
+                f"{SCHEMA_VERSION}; re-run `towerflow run` to rebuild it"
             )

@@ -45,7 +45,8 @@ def atomic_path(final: Path) -> Iterator[Path]:
         yield tmp
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; published files must be readable like any other
+        # mkstemp makes 0600; published files must be readable like any other
+        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, final)
     finally:
         if tmp.exists():
@@ -53,7 +54,9 @@ def atomic_path(final: Path) -> Iterator[Path]:
 
 
 def json_safe(value: Any) -> Any:
-    """``value`` with every NaN or infinite float replaced by None (JSON has no NaN; strict parsers refuse it)."""
+    """``value`` with every NaN or infinite float replaced by None (JSON has no NaN; strict parsers
+    refuse it).
+    """
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, dict):
@@ -87,7 +90,9 @@ def read_json(path: Path) -> dict[str, Any]:
     return data
 
 
-def write_table(path: Path, table: pa.Table, schema: pa.Schema, name: str, extra: dict[str, str] | None = None) -> Path:
+def write_table(
+    path: Path, table: pa.Table, schema: pa.Schema, name: str, extra: dict[str, str] | None = None
+) -> Path:
     """Check ``table`` against ``schema``, stamp the version, write it atomically."""
     check_schema(table.schema, schema, f"writing {name} to {path}", versioned=False)
     table = table.replace_schema_metadata(stamp(schema, name, extra).metadata)
@@ -99,18 +104,31 @@ def write_table(path: Path, table: pa.Table, schema: pa.Schema, name: str, extra
 class TableWriter:
     """Stream record batches into one Parquet file, published atomically on close."""
 
-    def __init__(self, path: Path, schema: pa.Schema, name: str, extra: dict[str, str] | None = None, **parquet_options: Any):
-        """``parquet_options`` go to :class:`pyarrow.parquet.ParquetWriter` (e.g. ``column_encoding``)."""
+    def __init__(
+        self,
+        path: Path,
+        schema: pa.Schema,
+        name: str,
+        extra: dict[str, str] | None = None,
+        **parquet_options: Any,
+    ):
+        """``parquet_options`` go to :class:`pyarrow.parquet.ParquetWriter` (e.g.
+        ``column_encoding``).
+        """
         self.path = path
         self.name = name
         self.schema = stamp(schema, name, extra)
         self.rows = 0
         self._ctx = atomic_path(path)
         tmp = self._ctx.__enter__()
-        self._writer = pq.ParquetWriter(tmp, self.schema, **{"compression": "zstd", **parquet_options})
+        self._writer = pq.ParquetWriter(
+            tmp, self.schema, **{"compression": "zstd", **parquet_options}
+        )
 
     def write(self, table: pa.Table) -> None:
-        check_schema(table.schema, self.schema, f"writing {self.name} to {self.path}", versioned=False)
+        check_schema(
+            table.schema, self.schema, f"writing {self.name} to {self.path}", versioned=False
+        )
         self._writer.write_table(table.replace_schema_metadata(self.schema.metadata))
         self.rows += table.num_rows
 
@@ -125,7 +143,9 @@ class TableWriter:
             self._ctx.__exit__(RuntimeError, RuntimeError("aborted"), None)
 
 
-def read_table(path: Path, schema: pa.Schema, name: str, columns: list[str] | None = None) -> pa.Table:
+def read_table(
+    path: Path, schema: pa.Schema, name: str, columns: list[str] | None = None
+) -> pa.Table:
     """Read a towerflow Parquet file and verify its schema and version."""
     path = Path(path)
     if not path.exists():

@@ -1,6 +1,7 @@
 """The ingested ratings and movies, read back from the store: schema-checked, as data frames.
 
-Also the content hash of a night's two input files, which names the store directory they are ingested into.
+Also the content hash of a night's two input files, which names the store directory they are
+ingested into.
 """
 
 from __future__ import annotations
