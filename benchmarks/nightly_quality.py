@@ -148,7 +148,12 @@ def run() -> int:
     )
     parser.add_argument("--seeds", type=int, nargs="+", default=[42])
     parser.add_argument("--work", type=Path, default=Path("/tmp/towerflow-bench"))
-    parser.add_argument("--output", type=Path, default=Path("nightly_quality.csv"))
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=None,
+        help="the table as CSV (default: WORK/nightly_quality.csv)",
+    )
     parser.add_argument(
         "--variant",
         action="append",
@@ -234,7 +239,7 @@ def run() -> int:
             }
             rows.append({"data": data.name, "seed": seed, **row})
     table = pd.DataFrame(rows)
-    table.to_csv(args.output, index=False)
+    table.to_csv(args.output or args.work / "nightly_quality.csv", index=False)
     cols = [
         c
         for c in (
