@@ -53,16 +53,42 @@ def tree_rss(root: int) -> int:
 
 
 def machine() -> str:
-    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("model name")), "?")
-    mem = next((ln.split()[1] for ln in Path("/proc/meminfo").read_text().splitlines() if ln.startswith("MemTotal")), "0")
+    cpu = next(
+        (
+            ln.split(":", 1)[1].strip()
+            for ln in Path("/proc/cpuinfo").read_text().splitlines()
+            if ln.startswith("model name")
+        ),
+        "?",
+    )
+    mem = next(
+        (
+            ln.split()[1]
+            for ln in Path("/proc/meminfo").read_text().splitlines()
+            if ln.startswith("MemTotal")
+        ),
+        "0",
+    )
     return f"{cpu}; {len(os.sched_getaffinity(0))} cores; {int(mem) / 2**20:.0f} GB RAM; Python {platform.python_version()}"
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--scale", choices=sorted(SCALES), default="2.5m")
-    parser.add_argument("--law", choices=("taste", "popularity"), default="taste", help="what drives the generated picks")
-    parser.add_argument("--work", type=Path, default=Path("/tmp/towerflow-bench"), help="generated data and run directories")
+    parser.add_argument(
+        "--law",
+        choices=("taste", "popularity"),
+        default="taste",
+        help="what drives the generated picks",
+    )
+    parser.add_argument(
+        "--work",
+        type=Path,
+        default=Path("/tmp/towerflow-bench"),
+        help="generated data and run directories",
+    )
     parser.add_argument("extra", nargs="*", help="extra arguments for towerflow run (after --)")
     args = parser.parse_args()
     name, users, movies, per_user, target_s, target_gb = SCALES[args.scale]
@@ -71,8 +97,13 @@ def main() -> int:
         from tasks.sources.generate import generate
 
         t0 = time.perf_counter()
-        out = generate(data, n_users=users, n_movies=movies, mean_ratings_per_user=per_user, law=args.law)
-        print(f"generated {out.n_ratings:,} ratings in {time.perf_counter() - t0:.0f} s -> {data}", flush=True)
+        out = generate(
+            data, n_users=users, n_movies=movies, mean_ratings_per_user=per_user, law=args.law
+        )
+        print(
+            f"generated {out.n_ratings:,} ratings in {time.perf_counter() - t0:.0f} s -> {data}",
+            flush=True,
+        )
     run_dir = args.work / f"run-{data.name}"
     shutil.rmtree(run_dir, ignore_errors=True)
     towerflow = Path(sys.executable).with_name("towerflow")
@@ -105,7 +136,9 @@ def main() -> int:
         print(f"  {stage:<16} {seconds:8.1f} s")
     ok_t, ok_m = wall <= target_s, peak / 2**30 <= target_gb
     print(f"wall time {wall:.0f} s (target {target_s} s: {'ok' if ok_t else 'MISSED'})")
-    print(f"peak RSS of the process tree {peak / 2**30:.2f} GiB (target {target_gb:g} GiB: {'ok' if ok_m else 'MISSED'})")
+    print(
+        f"peak RSS of the process tree {peak / 2**30:.2f} GiB (target {target_gb:g} GiB: {'ok' if ok_m else 'MISSED'})"
+    )
     return 0 if ok_t and ok_m else 1
 
 

@@ -42,7 +42,9 @@ from tasks.preparation.scalers import fit_scalers  # noqa: E402
 Shape = tuple[int, int, int, bool]  # (rows, inner, columns, transpose_a) of one product
 
 
-def step_products(layer_shapes: list[list[tuple[int, int]]], batch: int, width: int, softmax: bool) -> list[Shape]:
+def step_products(
+    layer_shapes: list[list[tuple[int, int]]], batch: int, width: int, softmax: bool
+) -> list[Shape]:
     """The matrix products of one training step: per tower its Dense layers' (in, out), then the softmax."""
     out: list[Shape] = []
     for tower in layer_shapes:
@@ -70,11 +72,19 @@ def gemm_seconds(products: list[Shape], rounds: int = 7) -> float:
     pairs = []
     for rows, inner, cols, transpose_a in products:
         a = rng.standard_normal((inner, rows) if transpose_a else (rows, inner)).astype(np.float32)
-        pairs.append((tf.constant(a), tf.constant(rng.standard_normal((inner, cols)).astype(np.float32)), transpose_a))
+        pairs.append(
+            (
+                tf.constant(a),
+                tf.constant(rng.standard_normal((inner, cols)).astype(np.float32)),
+                transpose_a,
+            )
+        )
 
     @tf.function
     def run() -> tf.Tensor:
-        return tf.add_n([tf.reduce_sum(tf.matmul(a, b, transpose_a=t)[:1, :1]) for a, b, t in pairs])
+        return tf.add_n(
+            [tf.reduce_sum(tf.matmul(a, b, transpose_a=t)[:1, :1]) for a, b, t in pairs]
+        )
 
     run().numpy()
     best = float("inf")
@@ -94,32 +104,58 @@ def dense_shapes(model: object) -> list[list[tuple[int, int]]]:
 
     from tasks.modeling.model import towers
 
-    return [[tuple(layer.kernel.shape) for layer in tower.layers if isinstance(layer, layers.Dense)] for tower in towers(model)]
+    return [
+        [tuple(layer.kernel.shape) for layer in tower.layers if isinstance(layer, layers.Dense)]
+        for tower in towers(model)
+    ]
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--epochs", type=int, default=6)
-    parser.add_argument("--batch", type=int, default=None, help="training batch size (default: the preset's)")
+    parser.add_argument(
+        "--batch", type=int, default=None, help="training batch size (default: the preset's)"
+    )
     parser.add_argument("--seed", type=int, default=42)
     args = parser.parse_args()
     print(f"threads: {pin_threads(default_threads())}")
     from tasks.modeling.model import build_model
     from tasks.modeling.train import train_model
 
-    config: ModelConfig = preset("default", max_epochs=args.epochs, max_examples=None, batch_size=args.batch)
+    config: ModelConfig = preset(
+        "default", max_epochs=args.epochs, max_examples=None, batch_size=args.batch
+    )
     ratings, movies = load(args.data)
     train = ratings[~per_user_holdout(ratings, 0.2)]
-    feats = compute_features(train, movies, np.sort(train["user_id"].unique()), config.features, config.shrinkage, factors=config.factors)
-    scalers = fit_scalers(feats.user_x, feats.movie_x, train["rating"].to_numpy(), feats.user_names, feats.movie_names)
+    feats = compute_features(
+        train,
+        movies,
+        np.sort(train["user_id"].unique()),
+        config.features,
+        config.shrinkage,
+        factors=config.factors,
+    )
+    scalers = fit_scalers(
+        feats.user_x, feats.movie_x, train["rating"].to_numpy(), feats.user_names, feats.movie_names
+    )
     data = prepared(feats, scalers).train_data(train, config)
-    model = build_model(data.user_x.shape[1], data.movie_x.shape[1], config, n_movies=len(data.movie_x))
+    model = build_model(
+        data.user_x.shape[1], data.movie_x.shape[1], config, n_movies=len(data.movie_x)
+    )
     shapes = dense_shapes(model)
-    products = step_products(shapes, config.batch_size, config.embedding_dim, config.softmax_weight > 0)
+    products = step_products(
+        shapes, config.batch_size, config.embedding_dim, config.softmax_weight > 0
+    )
     per_example = flops(products) / config.batch_size
-    print(f"default preset: towers {shapes}, batch {config.batch_size}, {len(data.users):,} examples per epoch")
-    print(f"FLOPs per example: {per_example / 1e6:.3f} M (towers and softmax, forward and backward, matrix products only)")
+    print(
+        f"default preset: towers {shapes}, batch {config.batch_size}, {len(data.users):,} examples per epoch"
+    )
+    print(
+        f"FLOPs per example: {per_example / 1e6:.3f} M (towers and softmax, forward and backward, matrix products only)"
+    )
 
     square = [(2048, 2048, 2048, False)]
     rate_before = flops(products) / gemm_seconds(products)
@@ -131,12 +167,20 @@ def main() -> int:
     achieved = sum(h["examples"] for h in steady) / sum(h["seconds"] for h in steady)
     first = result.history[0]
     floor = rate / per_example
-    print(f"GEMM rate at the step's shapes: {rate / 1e9:.1f} GFLOP/s (before training {rate_before / 1e9:.1f}, after {rate_after / 1e9:.1f});")
+    print(
+        f"GEMM rate at the step's shapes: {rate / 1e9:.1f} GFLOP/s (before training {rate_before / 1e9:.1f}, after {rate_after / 1e9:.1f});"
+    )
     print(f"  one 2048-square product: {peak / 1e9:.1f} GFLOP/s")
-    print(f"floor at the step's GEMM rate: {floor:,.0f} examples/s (at the square product's: {peak / per_example:,.0f})")
-    print(f"trainer: {achieved:,.0f} examples/s over epochs 2-{len(result.history)}; epoch 1 (traces the step) {first['seconds']:.2f} s")
+    print(
+        f"floor at the step's GEMM rate: {floor:,.0f} examples/s (at the square product's: {peak / per_example:,.0f})"
+    )
+    print(
+        f"trainer: {achieved:,.0f} examples/s over epochs 2-{len(result.history)}; epoch 1 (traces the step) {first['seconds']:.2f} s"
+    )
     ratio = floor / achieved
-    print(f"ratio floor / achieved: {ratio:.2f}x (target <= 2); against the square product's rate {peak / per_example / achieved:.2f}x")
+    print(
+        f"ratio floor / achieved: {ratio:.2f}x (target <= 2); against the square product's rate {peak / per_example / achieved:.2f}x"
+    )
     return 0 if ratio <= 2 else 1
 
 

@@ -39,19 +39,25 @@ from tasks.preparation.features import compute_features, per_user_holdout  # noq
 from tasks.preparation.phases import prepared  # noqa: E402
 from tasks.preparation.scalers import fit_scalers  # noqa: E402
 
-DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "movielens" / "ml-latest-small"
+DEFAULT_DATA = (
+    Path(__file__).resolve().parents[2] / "shared" / "data" / "movielens" / "ml-latest-small"
+)
 
 
 def load(data: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """ratings and movies as the pipeline's tables (read with pandas: a benchmark, not an ingest)."""
-    ratings = pd.read_csv(data / "ratings.csv").rename(columns={"userId": "user_id", "movieId": "movie_id"})
+    ratings = pd.read_csv(data / "ratings.csv").rename(
+        columns={"userId": "user_id", "movieId": "movie_id"}
+    )
     movies = pd.read_csv(data / "movies.csv").rename(columns={"movieId": "movie_id"})
     movies["year"] = movies["title"].str.extract(r"\((\d{4})\)\s*$")[0].astype("Int32")
     return ratings, movies
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--seed", type=int, default=42)
@@ -68,18 +74,40 @@ def main() -> int:
     train, test = ratings[~hold], ratings[hold]
     config = dataclasses.replace(preset("lab"), max_epochs=args.epochs, max_examples=None)
     feats = compute_features(train, movies, np.sort(train["user_id"].unique()), config.features)
-    p = prepared(feats, fit_scalers(feats.user_x, feats.movie_x, train["rating"].to_numpy(), feats.user_names, feats.movie_names))
+    p = prepared(
+        feats,
+        fit_scalers(
+            feats.user_x,
+            feats.movie_x,
+            train["rating"].to_numpy(),
+            feats.user_names,
+            feats.movie_names,
+        ),
+    )
     u, m, y = p.triples(train)
     tu, tm, _ = p.triples(test)
     known = (tu >= 0) & (tm >= 0)
     truth = test["rating"].to_numpy()[known]
-    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("model name")), "?")
-    print(f"machine: {cpu}; {len(os.sched_getaffinity(0))} cores; Python {platform.python_version()}; keras {keras.__version__}")
+    cpu = next(
+        (
+            ln.split(":", 1)[1].strip()
+            for ln in Path("/proc/cpuinfo").read_text().splitlines()
+            if ln.startswith("model name")
+        ),
+        "?",
+    )
+    print(
+        f"machine: {cpu}; {len(os.sched_getaffinity(0))} cores; Python {platform.python_version()}; keras {keras.__version__}"
+    )
     print(f"threads: {pinned}")
-    print(f"data: {args.data}: {len(u):,} training ratings, {int(known.sum()):,} held out; {args.epochs} epochs each")
+    print(
+        f"data: {args.data}: {len(u):,} training ratings, {int(known.sum()):,} held out; {args.epochs} epochs each"
+    )
 
     def rmse(model: keras.Model) -> float:
-        stars = p.scalers.target_to_rating(predict_scores(model, p.user_x, p.movie_x, tu[known], tm[known]))
+        stars = p.scalers.target_to_rating(
+            predict_scores(model, p.user_x, p.movie_x, tu[known], tm[known])
+        )
         return float(np.sqrt(np.mean((stars - truth) ** 2)))
 
     # Course-faithful: per-rating copies of the feature rows, Keras fit at batch 32.
@@ -87,8 +115,13 @@ def main() -> int:
     course = build_model(p.user_x.shape[1], p.movie_x.shape[1], config)
     course.compile(optimizer=keras.optimizers.Adam(learning_rate=config.learning_rate), loss="mse")
     t0 = time.perf_counter()
-    user_rows, movie_rows = p.user_x[u], p.movie_x[m]  # the copies the course makes (timed: part of its cost)
-    course.fit([user_rows, movie_rows], y, batch_size=32, epochs=args.epochs, shuffle=True, verbose=0)
+    user_rows, movie_rows = (
+        p.user_x[u],
+        p.movie_x[m],
+    )  # the copies the course makes (timed: part of its cost)
+    course.fit(
+        [user_rows, movie_rows], y, batch_size=32, epochs=args.epochs, shuffle=True, verbose=0
+    )
     t_course = time.perf_counter() - t0
     rmse_course = rmse(course)
 
@@ -100,19 +133,36 @@ def main() -> int:
 
     n = len(u) * args.epochs
     ratio = (n / t_ours) / (n / t_course)
-    print(f"course-faithful fit (batch 32): {n / t_course:10,.0f} examples/s  ({t_course:6.1f} s)  validation RMSE {rmse_course:.4f}")
-    print(f"towerflow trainer (batch 1024): {n / t_ours:10,.0f} examples/s  ({t_ours:6.1f} s)  validation RMSE {rmse_ours:.4f}")
-    print(f"throughput ratio {ratio:.1f}x (target >= 5x); RMSE {'equal or better' if rmse_ours <= rmse_course + 1e-4 else 'WORSE'}")
+    print(
+        f"course-faithful fit (batch 32): {n / t_course:10,.0f} examples/s  ({t_course:6.1f} s)  validation RMSE {rmse_course:.4f}"
+    )
+    print(
+        f"towerflow trainer (batch 1024): {n / t_ours:10,.0f} examples/s  ({t_ours:6.1f} s)  validation RMSE {rmse_ours:.4f}"
+    )
+    print(
+        f"throughput ratio {ratio:.1f}x (target >= 5x); RMSE {'equal or better' if rmse_ours <= rmse_course + 1e-4 else 'WORSE'}"
+    )
 
     # For reference, not part of the ratio: the default preset's recipe (confidence features, each
     # example's rows recomputed without its rating, towers once per rating, in-batch softmax).
     default = preset("default", max_epochs=args.epochs, max_examples=None)
     dfeats = compute_features(train, movies, feats.user_ids, default.features, default.shrinkage)
-    dp = prepared(dfeats, fit_scalers(dfeats.user_x, dfeats.movie_x, train["rating"].to_numpy(), dfeats.user_names, dfeats.movie_names))
+    dp = prepared(
+        dfeats,
+        fit_scalers(
+            dfeats.user_x,
+            dfeats.movie_x,
+            train["rating"].to_numpy(),
+            dfeats.user_names,
+            dfeats.movie_names,
+        ),
+    )
     t0 = time.perf_counter()
     train_model(dp.train_data(train, default), default, args.seed)
     t_default = time.perf_counter() - t0
-    print(f"default preset (leave-one-out rows, softmax; reference): {n / t_default:10,.0f} examples/s  ({t_default:6.1f} s)")
+    print(
+        f"default preset (leave-one-out rows, softmax; reference): {n / t_default:10,.0f} examples/s  ({t_default:6.1f} s)"
+    )
     return 0 if ratio >= 5 and rmse_ours <= rmse_course + 1e-4 else 1
 
 

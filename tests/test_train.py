@@ -32,7 +32,9 @@ def _checkerboard(rng: np.random.Generator) -> tuple[TrainData, np.ndarray]:
 
 def test_learns_planted_checkerboard(rng: np.random.Generator) -> None:
     data, genre = _checkerboard(rng)
-    config = dataclasses.replace(PLAIN, batch_size=64, max_epochs=15, softmax_weight=0.0, mse_weight=1.0, dropout=0.0)
+    config = dataclasses.replace(
+        PLAIN, batch_size=64, max_epochs=15, softmax_weight=0.0, mse_weight=1.0, dropout=0.0
+    )
     result = train_model(data, config, seed=1)
     users = np.repeat([0, 79], 40)
     movies = np.tile(np.arange(40), 2)
@@ -54,7 +56,11 @@ def test_same_seed_same_weights(rng: np.random.Generator) -> None:
 def test_early_stopping_restores_best_epoch(rng: np.random.Generator) -> None:
     data, _ = _checkerboard(rng)
     config = dataclasses.replace(PLAIN, batch_size=64, max_epochs=30, patience=2)
-    val = (data.users[:100], data.movies[:100], -data.target[:100])  # inverted labels: validation loss rises
+    val = (
+        data.users[:100],
+        data.movies[:100],
+        -data.target[:100],
+    )  # inverted labels: validation loss rises
     result = train_model(data, config, seed=1, validation=val)
     assert result.epochs_run < 30
     losses = [h["val_loss"] for h in result.history]
@@ -67,12 +73,24 @@ def test_history_alone_separates_users(rng: np.random.Generator) -> None:
 
     data, genre = _checkerboard(rng)
     kind = (np.arange(80) >= 40).astype(int)
-    ids = np.where(kind[:, None] == 0, np.arange(1, 6), np.arange(21, 26)).astype(np.int32)  # rows 0-4 or 20-24, + 1
+    ids = np.where(kind[:, None] == 0, np.arange(1, 6), np.arange(21, 26)).astype(
+        np.int32
+    )  # rows 0-4 or 20-24, + 1
     values = np.full(ids.shape, 1.0, dtype=np.float32)
-    flat = dataclasses.replace(data, user_x=np.ones((80, 1), np.float32), user_hist=History(ids, values))
-    config = dataclasses.replace(PLAIN, history_length=5, batch_size=64, max_epochs=25, softmax_weight=0.0, mse_weight=1.0)
+    flat = dataclasses.replace(
+        data, user_x=np.ones((80, 1), np.float32), user_hist=History(ids, values)
+    )
+    config = dataclasses.replace(
+        PLAIN, history_length=5, batch_size=64, max_epochs=25, softmax_weight=0.0, mse_weight=1.0
+    )
     result = train_model(flat, config, seed=3)
-    scores = predict_scores(result.model, flat.user_input(), flat.movie_x, np.repeat([0, 79], 40), np.tile(np.arange(40), 2))
+    scores = predict_scores(
+        result.model,
+        flat.user_input(),
+        flat.movie_x,
+        np.repeat([0, 79], 40),
+        np.tile(np.arange(40), 2),
+    )
     scores = scores.reshape(2, 40)
     assert scores[0, genre == 0].mean() > scores[0, genre == 1].mean() + 0.5
     assert scores[1, genre == 1].mean() > scores[1, genre == 0].mean() + 0.5
@@ -92,7 +110,9 @@ def test_example_budget_shrinks_epochs_not_their_number(rng: np.random.Generator
 
 
 @pytest.mark.parametrize("refit", ["full", "warm", "none"])
-def test_refit_modes_publish_what_they_say(tiny_data: tuple[Path, Path], tmp_path: Path, refit: str) -> None:
+def test_refit_modes_publish_what_they_say(
+    tiny_data: tuple[Path, Path], tmp_path: Path, refit: str
+) -> None:
     """full: trained again on every rating for the validation run's epochs; warm: from the validation weights
     for a fifth of them; none: the validation model itself, with the scalers it was trained with."""
     from tasks.ingestion.ingest import run_ingest
@@ -108,7 +128,17 @@ def test_refit_modes_publish_what_they_say(tiny_data: tuple[Path, Path], tmp_pat
     dirs = Phases(train=feats["train"], full=feats["full"])
     scalers = run_scalers(ratings, dirs, 0.2)
     trained = run_train(ratings, dirs, scalers, tmp_path / "train", config, 1, 0.2)
-    out = run_refit(ratings, dirs, scalers, Path(trained["validation_model"]), tmp_path / "train", config, 1, 3, 0.2)
+    out = run_refit(
+        ratings,
+        dirs,
+        scalers,
+        Path(trained["validation_model"]),
+        tmp_path / "train",
+        config,
+        1,
+        3,
+        0.2,
+    )
     validation = load_model(Path(trained["validation_model"])).get_weights()
     published = load_model(Path(out["model"])).get_weights()
     same = all(np.array_equal(a, b) for a, b in zip(validation, published, strict=True))
@@ -120,7 +150,9 @@ def test_refit_modes_publish_what_they_say(tiny_data: tuple[Path, Path], tmp_pat
         assert sum(h["examples"] for h in out["history"]) == math.ceil(3 * n * 0.2)
 
 
-def test_in_batch_softmax_matches_autodiff_of_the_plain_expression(rng: np.random.Generator) -> None:
+def test_in_batch_softmax_matches_autodiff_of_the_plain_expression(
+    rng: np.random.Generator,
+) -> None:
     """The hand-written gradient equals TensorFlow's autodiff of the textbook masked softmax."""
     import tensorflow as tf
 
@@ -137,7 +169,9 @@ def test_in_batch_softmax_matches_autodiff_of_the_plain_expression(rng: np.rando
         same = tf.equal(movies[:, tf.newaxis], movies[tf.newaxis, :])
         accidental = tf.logical_and(same, tf.logical_not(tf.eye(n, dtype=tf.bool)))
         logits = tf.where(accidental, tf.constant(-1e9, logits.dtype), logits)
-        return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tf.range(n), logits=logits))
+        return tf.reduce_mean(
+            tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tf.range(n), logits=logits)
+        )
 
     results = []
     for loss_of in (plain, lambda u, v: in_batch_softmax(u, v, q, movies, temperature)):

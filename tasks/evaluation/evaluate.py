@@ -26,7 +26,13 @@ from tasks.preparation.history import user_history
 from tasks.preparation.phases import Prepared, prepared
 from tasks.preparation.scalers import fit_scalers
 from tasks.serving.export import build_index, embed_all
-from tasks.serving.popularity import WEIGHTS, ServingSpace, movie_popularity, select_weight, sweep_users
+from tasks.serving.popularity import (
+    WEIGHTS,
+    ServingSpace,
+    movie_popularity,
+    select_weight,
+    sweep_users,
+)
 from tasks.serving.recommend import topk_lists
 
 INNER_HOLDOUT = 0.2  # towerflow evaluate: the share of each training user's ratings that plays the nightly holdout
@@ -44,7 +50,12 @@ class Fitted:
 
 
 def fit(
-    train: pd.DataFrame, movies: pd.DataFrame, config: ModelConfig, seed: int, k: int = 10, inner_holdout: float = INNER_HOLDOUT
+    train: pd.DataFrame,
+    movies: pd.DataFrame,
+    config: ModelConfig,
+    seed: int,
+    k: int = 10,
+    inner_holdout: float = INNER_HOLDOUT,
 ) -> Fitted:
     """What a nightly run does with ``train``: validate on each user's last ``inner_holdout``, then refit on all.
 
@@ -56,13 +67,28 @@ def fit(
     best_epoch, weight = config.max_epochs, 0.0
     if inner_holdout > 0 and (config.patience is not None or config.popularity_prior):
         hold = per_user_holdout(train, inner_holdout)
-        first, scaled = _fit_once(train[~hold], train[hold] if config.patience is not None else None, movies, users, config, seed, None)
+        first, scaled = _fit_once(
+            train[~hold],
+            train[hold] if config.patience is not None else None,
+            movies,
+            users,
+            config,
+            seed,
+            None,
+        )
         best_epoch = first.best_epoch
         relevant = relevant_sets(train[hold])
-        relevant = {int(u): relevant[int(u)] for u in sweep_users(np.array(sorted(relevant), dtype=np.int64), seed)}
+        relevant = {
+            int(u): relevant[int(u)]
+            for u in sweep_users(np.array(sorted(relevant), dtype=np.int64), seed)
+        }
         if config.popularity_prior and relevant:
-            sweep = prior_sweep(Fitted(first.model, scaled, best_epoch, 0.0), train[~hold], relevant, k)
-            weight = select_weight(np.column_stack([s[1]["ndcg"] for s in sweep]), WEIGHTS, seed).weight
+            sweep = prior_sweep(
+                Fitted(first.model, scaled, best_epoch, 0.0), train[~hold], relevant, k
+            )
+            weight = select_weight(
+                np.column_stack([s[1]["ndcg"] for s in sweep]), WEIGHTS, seed
+            ).weight
     result, scaled = _fit_once(train, None, movies, users, config, seed, best_epoch)
     return Fitted(result.model, scaled, best_epoch, time.perf_counter() - started, weight)
 
@@ -80,11 +106,24 @@ def _fit_once(
 
     kind, k = config.features, config.factors
     feats = compute_features(train, movies, users, kind, config.shrinkage, factors=k)
-    hist = user_history(train, feats.user_ids, feats.movie_ids, config.history_length) if config.history_length > 0 else None
-    scalers = fit_scalers(feats.user_x, feats.movie_x, train["rating"].to_numpy(), feats.user_names, feats.movie_names, config.target_scale)
+    hist = (
+        user_history(train, feats.user_ids, feats.movie_ids, config.history_length)
+        if config.history_length > 0
+        else None
+    )
+    scalers = fit_scalers(
+        feats.user_x,
+        feats.movie_x,
+        train["rating"].to_numpy(),
+        feats.user_names,
+        feats.movie_names,
+        config.target_scale,
+    )
     scaled = prepared(feats, scalers, hist)
     validation = scaled.triples(val) if val is not None and len(val) else None
-    return train_model(scaled.train_data(train, config), config, seed, epochs=epochs, validation=validation), scaled
+    return train_model(
+        scaled.train_data(train, config), config, seed, epochs=epochs, validation=validation
+    ), scaled
 
 
 def served_lists(
@@ -108,11 +147,22 @@ def served_lists(
         raise ValueError(f"user {users[rows < 0][0]} has no features in this model")
     movies = space.movies(movie_emb, movie_popularity(train, p.feats.movie_ids))
     queries = space.users(user_emb[rows])
-    return topk_lists(build_index(movies), queries, np.asarray(users), p.feats.movie_ids, train if seen is None else seen, k)
+    return topk_lists(
+        build_index(movies),
+        queries,
+        np.asarray(users),
+        p.feats.movie_ids,
+        train if seen is None else seen,
+        k,
+    )
 
 
 def prior_sweep(
-    fitted: Fitted, train: pd.DataFrame, relevant: dict[int, set[int]], k: int, weights: tuple[float, ...] = WEIGHTS
+    fitted: Fitted,
+    train: pd.DataFrame,
+    relevant: dict[int, set[int]],
+    k: int,
+    weights: tuple[float, ...] = WEIGHTS,
 ) -> list[tuple[dict[int, list[int]], dict[str, np.ndarray]]]:
     """For each prior weight: the relevant users' lists and their per-user metrics (users in sorted order)."""
     p = fitted.prepared
@@ -133,14 +183,26 @@ def model_rmse(fitted: Fitted, test: pd.DataFrame) -> tuple[float, int]:
     u, m, _ = p.triples(test)
     known = (u >= 0) & (m >= 0)
     scores = predict_scores(fitted.model, p.user_input, p.movie_x, u[known], m[known])
-    return rmse(p.scalers.target_to_rating(scores), test["rating"].to_numpy()[known]), int(known.sum())
+    return rmse(p.scalers.target_to_rating(scores), test["rating"].to_numpy()[known]), int(
+        known.sum()
+    )
 
 
-def method_row(name: str, lists: dict[int, list[int]], relevant: dict[int, set[int]], k: int, n_movies: int, seed: int) -> dict[str, Any]:
+def method_row(
+    name: str,
+    lists: dict[int, list[int]],
+    relevant: dict[int, set[int]],
+    k: int,
+    n_movies: int,
+    seed: int,
+) -> dict[str, Any]:
     """One table row: ranking metrics at ``k``, NDCG@k's bootstrap interval, users behind them, coverage."""
     users, values = per_user_metrics(lists, relevant, k)
     ndcg = bootstrap(values["ndcg"], seed)
-    row: dict[str, Any] = {"method": name, **{metric: float(v.mean()) for metric, v in values.items()}}
+    row: dict[str, Any] = {
+        "method": name,
+        **{metric: float(v.mean()) for metric, v in values.items()},
+    }
     row |= {"ndcg_low": ndcg.low, "ndcg_high": ndcg.high, "users": len(users)}
     row["coverage"] = coverage({u: lists.get(u, []) for u in users.tolist()}, n_movies)
     return row
@@ -161,7 +223,9 @@ def compare(
     relevant = relevant_sets(test)
     users = np.array(sorted(relevant), dtype=np.int64)
     movie_ids = movies["movie_id"].to_numpy(dtype=np.int64)
-    lists: dict[str, dict[int, list[int]]] = {"most-popular": popularity_lists(train, users, movie_ids, k)}
+    lists: dict[str, dict[int, list[int]]] = {
+        "most-popular": popularity_lists(train, users, movie_ids, k)
+    }
     if with_als:
         als = als_lists(train, np.sort(train["user_id"].unique()), movie_ids, k, seed)
         if als is None and log:
@@ -174,18 +238,29 @@ def compare(
         settings["ease^r"] = f"lambda {lam:g}"
     for name, fitted in models.items():
         p = fitted.prepared
-        lists[name] = served_lists(fitted, embed_all(fitted.model, p.user_input, p.movie_x), train, users, k, fitted.prior_weight)
+        lists[name] = served_lists(
+            fitted,
+            embed_all(fitted.model, p.user_input, p.movie_x),
+            train,
+            users,
+            k,
+            fitted.prior_weight,
+        )
         settings[name] = f"prior weight {fitted.prior_weight:g}"
     rows = []
     for name, recs in lists.items():
         row = method_row(name, recs, relevant, k, len(movie_ids), seed)
-        row["rmse"], row["rmse_ratings"] = model_rmse(models[name], test) if name in models else (float("nan"), 0)
+        row["rmse"], row["rmse_ratings"] = (
+            model_rmse(models[name], test) if name in models else (float("nan"), 0)
+        )
         row["setting"] = settings.get(name, "")
         rows.append(row)
     return pd.DataFrame(rows)
 
 
-def over_seeds(table: pd.DataFrame, metrics: tuple[str, ...] = ("ndcg", "recall", "rmse")) -> pd.DataFrame:
+def over_seeds(
+    table: pd.DataFrame, metrics: tuple[str, ...] = ("ndcg", "recall", "rmse")
+) -> pd.DataFrame:
     """Mean, min and max of ``metrics`` per method over the rows of several seeds (methods in first-seen order)."""
     missing = [c for c in ("method", *metrics) if c not in table.columns]
     if missing:

@@ -70,25 +70,39 @@ def run_evaluate(
     ratings = load_ratings(Path(ratings_path))
     hold = per_user_holdout(ratings, holdout_fraction)
     if not hold.any():
-        return Skipped(skipped=f"the holdout is empty: no user has two ratings to hold one out of (holdout_fraction {holdout_fraction})")
-    fitted = Fitted(load_model(Path(validation_model)), prepare(Path(feature_dir), Path(scalers_path)), best_epoch=0, seconds=0.0)
+        return Skipped(
+            skipped=f"the holdout is empty: no user has two ratings to hold one out of (holdout_fraction {holdout_fraction})"
+        )
+    fitted = Fitted(
+        load_model(Path(validation_model)),
+        prepare(Path(feature_dir), Path(scalers_path)),
+        best_epoch=0,
+        seconds=0.0,
+    )
     movie_ids = fitted.prepared.feats.movie_ids
     train, test = ratings[~hold], ratings[hold]
     relevant = relevant_sets(test)
     if not relevant:
-        return Skipped(skipped=f"no held-out rating of 4 or more among {len(test):,} held-out ratings: nothing to rank against")
+        return Skipped(
+            skipped=f"no held-out rating of 4 or more among {len(test):,} held-out ratings: nothing to rank against"
+        )
     weights = WEIGHTS if popularity_prior else (0.0,)
     users, model_lists, no_prior, choice = _choose_prior(fitted, train, relevant, k, weights, seed)
-    without_prior = {u: relevant[u] for u in no_prior}  # all users, or those the weight was chosen on
+    without_prior = {
+        u: relevant[u] for u in no_prior
+    }  # all users, or those the weight was chosen on
     relevant = {int(u): relevant[int(u)] for u in users}  # the users every other figure rests on
     popular = popularity_lists(train, users, movie_ids, k)
     rows = [
-        method_row(name, lists, relevant, k, len(movie_ids), seed) for name, lists in ((BASELINE_ROW, popular), (MODEL_ROW, model_lists))
+        method_row(name, lists, relevant, k, len(movie_ids), seed)
+        for name, lists in ((BASELINE_ROW, popular), (MODEL_ROW, model_lists))
     ]
     if popularity_prior:
         rows.append(method_row(NO_PRIOR_ROW, no_prior, without_prior, k, len(movie_ids), seed))
     model_rmse_stars, n_ratings = model_rmse(fitted, test)
-    metrics = {row.pop("method"): {name: float(value) for name, value in row.items()} for row in rows}
+    metrics = {
+        row.pop("method"): {name: float(value) for name, value in row.items()} for row in rows
+    }
     for name in (MODEL_ROW, NO_PRIOR_ROW):
         if name in metrics:
             metrics[name] |= {"rmse": model_rmse_stars, "rmse_ratings": float(n_ratings)}
@@ -112,7 +126,12 @@ Lists = dict[int, list[int]]
 
 
 def _choose_prior(
-    fitted: Fitted, train: pd.DataFrame, relevant: dict[int, set[int]], k: int, weights: tuple[float, ...], seed: int
+    fitted: Fitted,
+    train: pd.DataFrame,
+    relevant: dict[int, set[int]],
+    k: int,
+    weights: tuple[float, ...],
+    seed: int,
 ) -> tuple[np.ndarray, Lists, Lists, Selection]:
     """The prior's weight, the users the figures rest on with the model's lists, and the lists without the prior.
 
@@ -131,19 +150,36 @@ def _choose_prior(
     seen = train[train["user_id"].isin(chooser)] if len(chooser) < len(users) else train
     sweep = [served_lists(fitted, embeddings, train, chooser, k, w, seen=seen) for w in weights]
     asked = {int(u): relevant[int(u)] for u in chooser}
-    choice = select_weight(np.column_stack([per_user_metrics(lists, asked, k)[1]["ndcg"] for lists in sweep]), weights, seed)
+    choice = select_weight(
+        np.column_stack([per_user_metrics(lists, asked, k)[1]["ndcg"] for lists in sweep]),
+        weights,
+        seed,
+    )
     if len(chooser) == len(users):  # every user chose and is judged: cross-fitted
-        picked = [sweep[i] for i in choice.cross_index]  # each user's lists under the weight chosen on the other half
+        picked = [
+            sweep[i] for i in choice.cross_index
+        ]  # each user's lists under the weight chosen on the other half
         return users, {int(u): picked[j][int(u)] for j, u in enumerate(users)}, sweep[0], choice
     judged = np.setdiff1d(users, chooser)
     if len(judged) > JUDGED_USERS:
-        judged = np.sort(np.random.default_rng(seed + 1).choice(judged, JUDGED_USERS, replace=False))
-    return judged, served_lists(fitted, embeddings, train, judged, k, choice.weight), sweep[0], choice
+        judged = np.sort(
+            np.random.default_rng(seed + 1).choice(judged, JUDGED_USERS, replace=False)
+        )
+    return (
+        judged,
+        served_lists(fitted, embeddings, train, judged, k, choice.weight),
+        sweep[0],
+        choice,
+    )
 
 
 def write_metrics(path: Path, metrics: dict[str, dict[str, float]]) -> Path:
     """The published ``metrics`` table: one row per (model or measure, metric, value)."""
-    long = [(method, name, value) for method, values in metrics.items() for name, value in values.items()]
+    long = [
+        (method, name, value)
+        for method, values in metrics.items()
+        for name, value in values.items()
+    ]
     table = pa.table(
         {
             "model": pa.array([x[0] for x in long], pa.string()),
@@ -154,13 +190,29 @@ def write_metrics(path: Path, metrics: dict[str, dict[str, float]]) -> Path:
     return write_table(path, table, schemas.METRICS, "metrics")
 
 
-def gate_verdict(evaluation: Evaluation | Skipped | None, previous: Latest | None, margin: float, k: int) -> Verdict:
+def gate_verdict(
+    evaluation: Evaluation | Skipped | None, previous: Latest | None, margin: float, k: int
+) -> Verdict:
     """The gate's verdict on an evaluate stage's result (None: no holdout, nothing measured)."""
     if evaluation is None:
-        return Verdict("undecided", "undecided: no holdout (holdout_fraction 0), nothing measured; published without a verdict", 0)
+        return Verdict(
+            "undecided",
+            "undecided: no holdout (holdout_fraction 0), nothing measured; published without a verdict",
+            0,
+        )
     if "skipped" in evaluation:
-        return Verdict("undecided", f"undecided: {evaluation['skipped']}; published without a verdict", 0)
+        return Verdict(
+            "undecided", f"undecided: {evaluation['skipped']}; published without a verdict", 0
+        )
     model = evaluation["metrics"][MODEL_ROW]
     own = Interval(model["ndcg"], model["ndcg_low"], model["ndcg_high"])
     baseline = evaluation["metrics"][BASELINE_ROW]["ndcg"]
-    return decide(own, baseline, Interval(**evaluation["vs_baseline"]), int(evaluation["users"]), previous, margin, k)
+    return decide(
+        own,
+        baseline,
+        Interval(**evaluation["vs_baseline"]),
+        int(evaluation["users"]),
+        previous,
+        margin,
+        k,
+    )

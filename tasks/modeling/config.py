@@ -64,9 +64,15 @@ class ModelConfig:
     refit: Refit = "full"
 
     def __post_init__(self) -> None:
-        positive: dict[str, float] = {"embedding_dim": self.embedding_dim, "batch_size": self.batch_size, "max_epochs": self.max_epochs}
+        positive: dict[str, float] = {
+            "embedding_dim": self.embedding_dim,
+            "batch_size": self.batch_size,
+            "max_epochs": self.max_epochs,
+        }
         positive |= {"learning_rate": self.learning_rate, "temperature": self.temperature}
-        if self.features == "confidence":  # a user or movie with no (other) rating falls back on the prior alone
+        if (
+            self.features == "confidence"
+        ):  # a user or movie with no (other) rating falls back on the prior alone
             positive["shrinkage"] = self.shrinkage
         for name, value in positive.items():
             if not value > 0:
@@ -74,13 +80,17 @@ class ModelConfig:
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"model config dropout must be in [0, 1), got {self.dropout!r}")
         if self.refit not in ("full", "warm", "none"):
-            raise ConfigError(f"model config refit must be 'full', 'warm' or 'none', got {self.refit!r}")
+            raise ConfigError(
+                f"model config refit must be 'full', 'warm' or 'none', got {self.refit!r}"
+            )
         if self.factors < 0 or (self.factors > 0 and self.features != "confidence"):
             what = f"{self.factors!r} with the {self.features!r} features"
             need = "must be >= 0, and 0 without confidence features"
             raise ConfigError(f"model config factors {need}; got {what}")
         if any(width < 1 for width in self.hidden) or self.history_length < 0:
-            raise ConfigError(f"model config needs hidden widths >= 1 and history_length >= 0, got {self.hidden}, {self.history_length}")
+            raise ConfigError(
+                f"model config needs hidden widths >= 1 and history_length >= 0, got {self.hidden}, {self.history_length}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -92,7 +102,9 @@ class ModelConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(data) - known
         if unknown:
-            raise ConfigError(f"unknown model config keys {sorted(unknown)}; known: {sorted(known)}")
+            raise ConfigError(
+                f"unknown model config keys {sorted(unknown)}; known: {sorted(known)}"
+            )
         values = dict(data)
         values["hidden"] = tuple(values.get("hidden", (256, 128)))
         return cls(**values)
@@ -110,7 +122,14 @@ PRESETS: dict[str, ModelConfig] = {
     # with --factors 0: ml-latest-small NDCG@10 0.1228 / 0.1263 (seeds 42 / 1; content only 0.1063 /
     # 0.1030, EASE^R 0.1038), RMSE 0.879 / 0.872; latent law 0.2416 (0.1137, EASE^R 0.2359);
     # popularity-led 0.1588 (0.1604, EASE^R 0.1270); train + refit no slower (56-70 s vs 64-74 s).
-    "default": ModelConfig(preset="default", features="confidence", max_epochs=20, patience=None, refit="warm", factors=16),
+    "default": ModelConfig(
+        preset="default",
+        features="confidence",
+        max_epochs=20,
+        patience=None,
+        refit="warm",
+        factors=16,
+    ),
     # The default's recipe tilted toward the rating: a history vector (the user's last 64 movies and
     # how they rated them), more MSE weight, dropout and shrinkage, 10 epochs. Same benchmark:
     # NDCG@10 0.084-0.092, RMSE 0.867-0.874.

@@ -23,10 +23,14 @@ from tasks.preparation.phases import prepare
 from tasks.stage_results import Phases, Refit, Trained
 from tasks.store.tables import load_ratings
 
-WARM_REFIT_SHARE = 0.2  # a warm refit's epochs, as a share of the validation run's (the newest 20% of ratings)
+WARM_REFIT_SHARE = (
+    0.2  # a warm refit's epochs, as a share of the validation run's (the newest 20% of ratings)
+)
 
 
-def _epoch_hook(phase: str, on_epoch: Callable[[str, dict[str, float]], None] | None) -> Callable[[dict[str, float]], None]:
+def _epoch_hook(
+    phase: str, on_epoch: Callable[[str, dict[str, float]], None] | None
+) -> Callable[[dict[str, float]], None]:
     """The per-epoch callback of one training phase; also the crash tests' ``<phase>:epoch-N`` fault point."""
 
     def hook(rec: dict[str, float]) -> None:
@@ -71,7 +75,9 @@ def run_train(
     path = save_model(first.model, Path(out_dir) / "model_validation.keras")
     val_rmse = None
     if val is not None:
-        stars = train.scalers.target_to_rating(predict_scores(first.model, train.user_input, train.movie_x, val[0], val[1]))
+        stars = train.scalers.target_to_rating(
+            predict_scores(first.model, train.user_input, train.movie_x, val[0], val[1])
+        )
         val_rmse = float(np.sqrt(np.mean((stars - ratings["rating"].to_numpy()[hold]) ** 2)))
     result = Trained(
         validation_model=str(path),
@@ -119,19 +125,38 @@ def run_refit(
         return Refit(model=str(final_path), scalers=scaler_paths["train"], refit_epochs=0)
     full = prepare(Path(feature_dirs["full"]), Path(scaler_paths["full"]))
     init = initializer(warm, full.feats.movie_ids, outcome)
-    if config.refit == "warm":  # the validation weights, then a fifth of a full refit's epochs and examples
+    if (
+        config.refit == "warm"
+    ):  # the validation weights, then a fifth of a full refit's epochs and examples
         from tasks.modeling.model import load_model
         from tasks.modeling.train import examples_per_epoch
 
         weights = load_model(Path(validation_model)).get_weights()
-        full_examples = examples_per_epoch(len(ratings), max(1, epochs), config.max_examples) * max(1, epochs)
-        config = dataclasses.replace(config, max_examples=max(1, math.ceil(full_examples * WARM_REFIT_SHARE)))
-        epochs, init = math.ceil(max(1, epochs) * WARM_REFIT_SHARE), lambda model: model.set_weights(weights)
+        full_examples = examples_per_epoch(len(ratings), max(1, epochs), config.max_examples) * max(
+            1, epochs
+        )
+        config = dataclasses.replace(
+            config, max_examples=max(1, math.ceil(full_examples * WARM_REFIT_SHARE))
+        )
+        epochs, init = (
+            math.ceil(max(1, epochs) * WARM_REFIT_SHARE),
+            lambda model: model.set_weights(weights),
+        )
     final = train_model(
-        full.train_data(ratings, config), config, seed, epochs=max(1, epochs), on_epoch=_epoch_hook("refit", on_epoch), init=init
+        full.train_data(ratings, config),
+        config,
+        seed,
+        epochs=max(1, epochs),
+        on_epoch=_epoch_hook("refit", on_epoch),
+        init=init,
     )
     save_model(final.model, final_path)
-    result = Refit(model=str(final_path), scalers=scaler_paths["full"], refit_epochs=final.epochs_run, history=final.history)
+    result = Refit(
+        model=str(final_path),
+        scalers=scaler_paths["full"],
+        refit_epochs=final.epochs_run,
+        history=final.history,
+    )
     if "warm_start" in outcome:
         result["warm_start"] = outcome["warm_start"]
     return result

@@ -68,11 +68,15 @@ class ByteDropout(layers.Layer):  # type: ignore[misc]  # keras ships no types
 
         seed, width = self.seed_generator.next(), inputs.shape[-1]
         if width is not None and width % 4 == 0:  # one word per four units of a row: no flattening
-            words = tf.random.stateless_uniform([tf.shape(inputs)[0], width // 4], seed, minval=None, maxval=None, dtype=tf.uint32)
+            words = tf.random.stateless_uniform(
+                [tf.shape(inputs)[0], width // 4], seed, minval=None, maxval=None, dtype=tf.uint32
+            )
             draws = tf.reshape(tf.bitcast(words, tf.uint8), tf.shape(inputs))
         else:
             n = tf.size(inputs)
-            words = tf.random.stateless_uniform([(n + 3) // 4], seed, minval=None, maxval=None, dtype=tf.uint32)
+            words = tf.random.stateless_uniform(
+                [(n + 3) // 4], seed, minval=None, maxval=None, dtype=tf.uint32
+            )
             draws = tf.reshape(tf.reshape(tf.bitcast(words, tf.uint8), [-1])[:n], tf.shape(inputs))
         keep = tf.cast(draws >= self.threshold, inputs.dtype) * (256.0 / (256 - self.threshold))
         return inputs * keep
@@ -98,10 +102,16 @@ class HistoryMean(layers.Layer):  # type: ignore[misc]  # keras ships no types
     def __init__(self, n_movies: int, dim: int, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if n_movies < 1 or dim < 1:
-            raise ValueError(f"HistoryMean needs n_movies >= 1 and dim >= 1, got {n_movies} and {dim}")
+            raise ValueError(
+                f"HistoryMean needs n_movies >= 1 and dim >= 1, got {n_movies} and {dim}"
+            )
         self.n_movies, self.dim = n_movies, dim
-        self.seen = layers.Embedding(n_movies + 1, dim, embeddings_initializer="zeros", name="seen_vectors")
-        self.liked = layers.Embedding(n_movies + 1, dim, embeddings_initializer="zeros", name="liked_vectors")
+        self.seen = layers.Embedding(
+            n_movies + 1, dim, embeddings_initializer="zeros", name="seen_vectors"
+        )
+        self.liked = layers.Embedding(
+            n_movies + 1, dim, embeddings_initializer="zeros", name="liked_vectors"
+        )
 
     def build(self, input_shape: Any) -> None:
         self.seen.build(input_shape[0])
@@ -138,27 +148,41 @@ def _dense(units: int, name: str, seed: int, activation: str | None = None) -> l
     return layers.Dense(units, activation=activation, kernel_initializer=init, name=name)
 
 
-def _tower(name: str, n_features: int, config: ModelConfig, n_movies: int = 0, seed: int = 0) -> keras.Model:
+def _tower(
+    name: str, n_features: int, config: ModelConfig, n_movies: int = 0, seed: int = 0
+) -> keras.Model:
     features = keras.Input((n_features,), name=f"{name}_features")
     inputs: list[Any] = [features]
     x = features
     if n_movies > 0 and config.history_length > 0:
         ids = keras.Input((config.history_length,), dtype="int32", name=f"{name}_history_ids")
-        values = keras.Input((config.history_length,), dtype="float32", name=f"{name}_history_values")
+        values = keras.Input(
+            (config.history_length,), dtype="float32", name=f"{name}_history_values"
+        )
         inputs += [ids, values]
         history = HistoryMean(n_movies, config.embedding_dim, name=f"{name}_history")([ids, values])
         x = layers.Concatenate(name=f"{name}_with_history")([features, history])
     for i, width in enumerate(config.hidden):
         x = _dense(width, f"{name}_dense_{i}", seed, activation="relu")(x)
         if config.dropout > 0:
-            x = ByteDropout(config.dropout, seed=layer_seed(seed, f"{name}_dropout_{i}"), name=f"{name}_dropout_{i}")(x)
+            x = ByteDropout(
+                config.dropout,
+                seed=layer_seed(seed, f"{name}_dropout_{i}"),
+                name=f"{name}_dropout_{i}",
+            )(x)
     x = _dense(config.embedding_dim, f"{name}_out", seed)(x)
     if config.normalize:  # off only in the ablation: the raw dot product is then unbounded
         x = L2Normalize(name=f"{name}_l2")(x)
     return keras.Model(inputs if len(inputs) > 1 else features, x, name=name)
 
 
-def build_model(n_user_features: int, n_movie_features: int, config: ModelConfig, n_movies: int = 0, seed: int = 0) -> keras.Model:
+def build_model(
+    n_user_features: int,
+    n_movie_features: int,
+    config: ModelConfig,
+    n_movies: int = 0,
+    seed: int = 0,
+) -> keras.Model:
     """Two towers, outputs L2-normalized, prediction = their dot product (in [-1, 1]).
 
     Every random initializer and dropout layer is seeded from ``seed`` and its own name (:func:`layer_seed`),
@@ -172,15 +196,21 @@ def build_model(n_user_features: int, n_movie_features: int, config: ModelConfig
     (:class:`HistoryMean`) beside the user features.
     """
     if n_user_features < 1 or n_movie_features < 1:
-        raise ValueError(f"need at least one feature per tower, got {n_user_features} and {n_movie_features}")
+        raise ValueError(
+            f"need at least one feature per tower, got {n_user_features} and {n_movie_features}"
+        )
     if config.history_length > 0 and n_movies < 1:
-        raise ValueError(f"history_length={config.history_length} needs the catalog size n_movies, got {n_movies}")
+        raise ValueError(
+            f"history_length={config.history_length} needs the catalog size n_movies, got {n_movies}"
+        )
     user_tower = _tower(USER_TOWER, n_user_features, config, n_movies, seed)
     movie_tower = _tower(MOVIE_TOWER, n_movie_features, config, seed=seed)
     u_in: list[Any] = [keras.Input((n_user_features,), name="user_features")]
     if len(user_tower.inputs) > 1:
         u_in.append(keras.Input((config.history_length,), dtype="int32", name="user_history_ids"))
-        u_in.append(keras.Input((config.history_length,), dtype="float32", name="user_history_values"))
+        u_in.append(
+            keras.Input((config.history_length,), dtype="float32", name="user_history_values")
+        )
     m_in = keras.Input((n_movie_features,), name="movie_features")
     user = user_tower(u_in if len(u_in) > 1 else u_in[0])
     score = layers.Dot(axes=1, name="score")([user, movie_tower(m_in)])
@@ -203,14 +233,20 @@ def run_tower(tower: keras.Model, x: TowerInput, batch: int = 65536) -> np.ndarr
     parts_in = [np.asarray(a) for a in (x if isinstance(x, tuple) else (x,))]
     parts_in[0] = parts_in[0].astype(np.float32, copy=False)
     if len(parts_in) != len(tower.inputs):
-        raise ValueError(f"tower {tower.name} takes {len(tower.inputs)} input(s), got {len(parts_in)}")
+        raise ValueError(
+            f"tower {tower.name} takes {len(tower.inputs)} input(s), got {len(parts_in)}"
+        )
     n = len(parts_in[0])
     if n == 0:
         return np.zeros((0, tower.output_shape[-1]), dtype=np.float32)
     out = []
     for s in range(0, n, batch):
         chunk = [a[s : s + batch] for a in parts_in]
-        out.append(np.asarray(tower(chunk if len(chunk) > 1 else chunk[0], training=False), dtype=np.float32))
+        out.append(
+            np.asarray(
+                tower(chunk if len(chunk) > 1 else chunk[0], training=False), dtype=np.float32
+            )
+        )
     return np.concatenate(out)
 
 

@@ -40,7 +40,11 @@ class TrainData:
     loo: LeaveOneOut | None = None  # train on leave-one-out rows (see tasks.preparation.loo)
 
     def user_input(self) -> TowerInput:
-        return self.user_x if self.user_hist is None else (self.user_x, self.user_hist.ids, self.user_hist.values)
+        return (
+            self.user_x
+            if self.user_hist is None
+            else (self.user_x, self.user_hist.ids, self.user_hist.values)
+        )
 
 
 @dataclass
@@ -59,7 +63,9 @@ def log_popularity(movies: np.ndarray, n_movies: int) -> np.ndarray:
     return np.asarray(np.log(counts / counts.sum()), dtype=np.float32)
 
 
-def in_batch_softmax(ue: tf.Tensor, me: tf.Tensor, log_q: tf.Tensor, movies: tf.Tensor, temperature: float) -> tf.Tensor:
+def in_batch_softmax(
+    ue: tf.Tensor, me: tf.Tensor, log_q: tf.Tensor, movies: tf.Tensor, temperature: float
+) -> tf.Tensor:
     """Mean in-batch softmax cross-entropy: each example's movie against the batch's other movies.
 
     Logits are ``ue_i . me_j / temperature - log_q_j`` (logQ correction); columns of the example's own
@@ -75,7 +81,11 @@ def in_batch_softmax(ue: tf.Tensor, me: tf.Tensor, log_q: tf.Tensor, movies: tf.
 def _softmax_loss(us: tf.Tensor, me: tf.Tensor, log_q: tf.Tensor, movies: tf.Tensor) -> Any:
     logits = tf.matmul(us, me, transpose_b=True) - log_q[tf.newaxis, :]
     own = tf.reduce_sum(us * me, axis=1) - log_q  # the positives, the diagonal of the logits
-    masked = tf.where(tf.equal(movies[:, tf.newaxis], movies[tf.newaxis, :]), tf.constant(-1e9, logits.dtype), logits)
+    masked = tf.where(
+        tf.equal(movies[:, tf.newaxis], movies[tf.newaxis, :]),
+        tf.constant(-1e9, logits.dtype),
+        logits,
+    )
     top = tf.maximum(tf.reduce_max(masked, axis=1), own)
     e = tf.exp(masked - top[:, tf.newaxis])
     total = tf.reduce_sum(e, axis=1) + tf.exp(own - top)
@@ -102,22 +112,38 @@ class _Steps:
         self.user_tower, self.movie_tower = towers(model)
         self.U = tf.constant(data.user_x)
         self.M = tf.constant(data.movie_x)
-        self.H = None if data.user_hist is None else tf.constant(data.user_hist.ids.astype(np.int32))
-        self.V = None if data.user_hist is None else tf.constant(data.user_hist.values.astype(np.float32))
+        self.H = (
+            None if data.user_hist is None else tf.constant(data.user_hist.ids.astype(np.int32))
+        )
+        self.V = (
+            None
+            if data.user_hist is None
+            else tf.constant(data.user_hist.values.astype(np.float32))
+        )
         self.log_q = tf.constant(log_popularity(data.movies, len(data.movie_x)))
         self.loo, self.loo_t = data.loo, None if data.loo is None else data.loo.tensors()
         self.config = config
         self.optimizer = keras.optimizers.Adam(learning_rate=config.learning_rate)
         self.variables = self.user_tower.trainable_variables + self.movie_tower.trainable_variables
-        self.optimizer.build(self.variables)  # its slots made here, not in the first step: that would trace it twice
+        self.optimizer.build(
+            self.variables
+        )  # its slots made here, not in the first step: that would trace it twice
         # global gradient norm per step, summarized per epoch by grad_stats (kept in variables so the step's outputs stay (loss, mse))
-        self.grad_sum, self.grad_max, self.grad_steps = (tf.Variable(0.0, trainable=False) for _ in range(3))
+        self.grad_sum, self.grad_max, self.grad_steps = (
+            tf.Variable(0.0, trainable=False) for _ in range(3)
+        )
         # One trace each, for any batch length: a fixed-length trace would be redone for the short last batch.
-        batch = [tf.TensorSpec([None], tf.int32), tf.TensorSpec([None], tf.int32), tf.TensorSpec([None], tf.float32)]
+        batch = [
+            tf.TensorSpec([None], tf.int32),
+            tf.TensorSpec([None], tf.int32),
+            tf.TensorSpec([None], tf.float32),
+        ]
         self.train_step = tf.function(self._train_step, input_signature=batch)
         self.eval_step = tf.function(self._losses, input_signature=batch)
 
-    def _embed(self, u: tf.Tensor, m: tf.Tensor, y: tf.Tensor, training: bool) -> tuple[tf.Tensor, tf.Tensor]:
+    def _embed(
+        self, u: tf.Tensor, m: tf.Tensor, y: tf.Tensor, training: bool
+    ) -> tuple[tf.Tensor, tf.Tensor]:
         """User and movie embeddings of a batch; in training with ``loo``, from leave-one-out rows."""
         if training and self.loo is not None and self.loo_t is not None:
             # every example has its own rows: the towers run once per rating
@@ -142,7 +168,9 @@ class _Steps:
         h = tf.where(tf.equal(h, m[:, tf.newaxis] + 1), tf.zeros_like(h), h)
         return self.user_tower([x, h, tf.gather(self.V, u)], training=training)
 
-    def _losses(self, u: tf.Tensor, m: tf.Tensor, y: tf.Tensor, training: bool = False) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    def _losses(
+        self, u: tf.Tensor, m: tf.Tensor, y: tf.Tensor, training: bool = False
+    ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
         c = self.config
         ue, me = self._embed(u, m, y, training)
         pred = tf.reduce_sum(ue * me, axis=1)
@@ -168,24 +196,39 @@ class _Steps:
     def grad_stats(self) -> dict[str, float]:
         """Mean and max global gradient norm over the steps since the last call (then reset)."""
         steps = max(float(self.grad_steps.numpy()), 1.0)
-        out = {"grad_norm_mean": float(self.grad_sum.numpy()) / steps, "grad_norm_max": float(self.grad_max.numpy())}
+        out = {
+            "grad_norm_mean": float(self.grad_sum.numpy()) / steps,
+            "grad_norm_max": float(self.grad_max.numpy()),
+        }
         for v in (self.grad_sum, self.grad_max, self.grad_steps):
             v.assign(0.0)
         return out
 
 
-MAX_VALIDATION = 200_000  # validation loss per epoch is estimated on at most this many held-out ratings ...
-PLOT_VALIDATION = 20_000  # ... or this many when the epochs are fixed and the loss only feeds the loss plot
+MAX_VALIDATION = (
+    200_000  # validation loss per epoch is estimated on at most this many held-out ratings ...
+)
+PLOT_VALIDATION = (
+    20_000  # ... or this many when the epochs are fixed and the loss only feeds the loss plot
+)
 
 
-def _batches(u: np.ndarray, m: np.ndarray, y: np.ndarray, batch: int) -> list[tuple[tf.Tensor, tf.Tensor, tf.Tensor]]:
+def _batches(
+    u: np.ndarray, m: np.ndarray, y: np.ndarray, batch: int
+) -> list[tuple[tf.Tensor, tf.Tensor, tf.Tensor]]:
     """Batches of (user row, movie row, target) in the given order (callers permute), as tensors.
 
     Plain slices of three constants, not a ``tf.data`` pipeline: the arrays are already in memory,
     and on 2 cores ``tf.data``'s prefetch threads stalled one epoch in two by about a second.
     """
-    ut, mt, yt = tf.constant(u.astype(np.int32)), tf.constant(m.astype(np.int32)), tf.constant(y.astype(np.float32))
-    return [(ut[s : s + batch], mt[s : s + batch], yt[s : s + batch]) for s in range(0, len(u), batch)]
+    ut, mt, yt = (
+        tf.constant(u.astype(np.int32)),
+        tf.constant(m.astype(np.int32)),
+        tf.constant(y.astype(np.float32)),
+    )
+    return [
+        (ut[s : s + batch], mt[s : s + batch], yt[s : s + batch]) for s in range(0, len(u), batch)
+    ]
 
 
 def examples_per_epoch(n_examples: int, epochs: int, budget: int | None) -> int:
@@ -222,12 +265,16 @@ def train_model(
         raise DataError("no training ratings")
     keras.utils.set_random_seed(seed)
     if (data.user_hist is None) != (config.history_length == 0):
-        raise ValueError(f"history_length={config.history_length} but user history {'missing' if data.user_hist is None else 'given'}")
+        raise ValueError(
+            f"history_length={config.history_length} but user history {'missing' if data.user_hist is None else 'given'}"
+        )
     if (data.loo is None) == config.leave_one_out:
         raise ValueError(
             f"leave_one_out={config.leave_one_out} but the data's leave-one-out sums {'missing' if data.loo is None else 'given'}"
         )
-    model = build_model(data.user_x.shape[1], data.movie_x.shape[1], config, n_movies=len(data.movie_x), seed=seed)
+    model = build_model(
+        data.user_x.shape[1], data.movie_x.shape[1], config, n_movies=len(data.movie_x), seed=seed
+    )
     if init is not None:
         init(model)
     steps = _Steps(model, data, config)
@@ -250,13 +297,24 @@ def train_model(
         total = mse_sum = 0.0
         batches = 0
         n = len(data.users)
-        pick = order_rng.permutation(n) if per_epoch == n else order_rng.choice(n, per_epoch, replace=False)
-        for u, m, y in _batches(data.users[pick], data.movies[pick], data.target[pick], config.batch_size):
+        pick = (
+            order_rng.permutation(n)
+            if per_epoch == n
+            else order_rng.choice(n, per_epoch, replace=False)
+        )
+        for u, m, y in _batches(
+            data.users[pick], data.movies[pick], data.target[pick], config.batch_size
+        ):
             loss, mse = steps.train_step(u, m, y)
             total += float(loss)
             mse_sum += float(mse)
             batches += 1
-        record: dict[str, Any] = {"epoch": epoch, "examples": len(pick), "loss": total / batches, "mse": mse_sum / batches}
+        record: dict[str, Any] = {
+            "epoch": epoch,
+            "examples": len(pick),
+            "loss": total / batches,
+            "mse": mse_sum / batches,
+        }
         record["seconds"] = time.perf_counter() - t0
         record.update(steps.grad_stats())
         if val_ds is not None:
@@ -268,7 +326,12 @@ def train_model(
             on_epoch(record)
         if val_ds is not None and config.patience is not None:
             if record["val_loss"] < best_loss - 1e-6:
-                best_loss, best_epoch, best_weights, waited = record["val_loss"], epoch, model.get_weights(), 0
+                best_loss, best_epoch, best_weights, waited = (
+                    record["val_loss"],
+                    epoch,
+                    model.get_weights(),
+                    0,
+                )
             else:
                 waited += 1
                 if waited >= config.patience:
@@ -278,11 +341,18 @@ def train_model(
     else:
         best_epoch = len(history)
     seconds = time.perf_counter() - started
-    return TrainResult(model, len(history), best_epoch, history, seconds, per_epoch * len(history) / seconds)
+    return TrainResult(
+        model, len(history), best_epoch, history, seconds, per_epoch * len(history) / seconds
+    )
 
 
 def predict_scores(
-    model: keras.Model, user_x: TowerInput, movie_x: np.ndarray, users: np.ndarray, movies: np.ndarray, batch: int = 65536
+    model: keras.Model,
+    user_x: TowerInput,
+    movie_x: np.ndarray,
+    users: np.ndarray,
+    movies: np.ndarray,
+    batch: int = 65536,
 ) -> np.ndarray:
     """Dot-product scores for (user row, movie row) pairs, gathered by index in batches."""
     user_tower, movie_tower = towers(model)
@@ -290,5 +360,7 @@ def predict_scores(
     me = run_tower(movie_tower, movie_x, batch)
     out = np.empty(len(users), dtype=np.float32)
     for s in range(0, len(users), batch):
-        out[s : s + batch] = np.einsum("ij,ij->i", ue[users[s : s + batch]], me[movies[s : s + batch]])
+        out[s : s + batch] = np.einsum(
+            "ij,ij->i", ue[users[s : s + batch]], me[movies[s : s + batch]]
+        )
     return out

@@ -28,7 +28,12 @@ import pandas as pd
 import scipy.sparse as sp
 
 from tasks.preparation import factors as collab
-from tasks.preparation.features import GENRES, MOVIE_RATING_COLUMNS, confidence_movie_columns, confidence_user_columns
+from tasks.preparation.features import (
+    GENRES,
+    MOVIE_RATING_COLUMNS,
+    confidence_movie_columns,
+    confidence_user_columns,
+)
 
 if TYPE_CHECKING:
     from tasks.preparation.features import Features
@@ -70,17 +75,25 @@ class LeaveOneOut:
         """The arrays as constants for a training step (keys are the field names)."""
         import tensorflow as tf
 
-        return {k: tf.constant(v) for k, v in vars(self).items() if isinstance(v, np.ndarray) and k != "movie_columns"}
+        return {
+            k: tf.constant(v)
+            for k, v in vars(self).items()
+            if isinstance(v, np.ndarray) and k != "movie_columns"
+        }
 
 
 def _columns(names: list[str], wanted: list[str], what: str) -> np.ndarray:
     missing = [n for n in wanted if n not in names]
     if missing:
-        raise ValueError(f"leave-one-out needs the confidence features; the {what} rows lack columns {missing}")
+        raise ValueError(
+            f"leave-one-out needs the confidence features; the {what} rows lack columns {missing}"
+        )
     return np.array([names.index(n) for n in wanted], dtype=np.int64)
 
 
-def leave_one_out(ratings: pd.DataFrame, feats: Features, scalers: Scalers, shrinkage: float) -> LeaveOneOut:
+def leave_one_out(
+    ratings: pd.DataFrame, feats: Features, scalers: Scalers, shrinkage: float
+) -> LeaveOneOut:
     """Sums and counts of ``ratings``, which must be the ratings ``feats`` were computed from.
 
     Raises ``ValueError`` when ``feats`` is not the confidence feature set or
@@ -93,12 +106,16 @@ def leave_one_out(ratings: pd.DataFrame, feats: Features, scalers: Scalers, shri
     u = pd.Index(feats.user_ids).get_indexer(ratings["user_id"].to_numpy())
     m = pd.Index(feats.movie_ids).get_indexer(ratings["movie_id"].to_numpy())
     if (u < 0).any() or (m < 0).any():
-        raise ValueError(f"{int((u < 0).sum())} ratings of unknown users and {int((m < 0).sum())} of unknown movies")
+        raise ValueError(
+            f"{int((u < 0).sum())} ratings of unknown users and {int((m < 0).sum())} of unknown movies"
+        )
     r = ratings["rating"].to_numpy(dtype=np.float64)
     n_u, n_m = len(feats.user_ids), len(feats.movie_ids)
     user_cnt = np.bincount(u, minlength=n_u).astype(np.float64)
     if not np.allclose(np.log1p(user_cnt), feats.user_x[:, user_cols[0]], atol=1e-4):
-        raise ValueError("these ratings are not the ones the features were computed from (user rating counts differ)")
+        raise ValueError(
+            "these ratings are not the ones the features were computed from (user rating counts differ)"
+        )
     genres = feats.movie_x[:, genre_cols].astype(np.float64)
     genre_sum = np.asarray(sp.csr_matrix((r, (u, m)), shape=(n_u, n_m)) @ genres)
     genre_cnt = np.asarray(sp.csr_matrix((np.ones_like(r), (u, m)), shape=(n_u, n_m)) @ genres)
@@ -138,7 +155,9 @@ def leave_one_out(ratings: pd.DataFrame, feats: Features, scalers: Scalers, shri
     )
 
 
-def example_rows(loo: LeaveOneOut, t: dict[str, Any], movie_rows: Any, u: Any, m: Any, y: Any) -> tuple[Any, Any]:
+def example_rows(
+    loo: LeaveOneOut, t: dict[str, Any], movie_rows: Any, u: Any, m: Any, y: Any
+) -> tuple[Any, Any]:
     """Scaled (user rows, movie rows) of examples (user row ``u``, movie row ``m``, target ``y``), each without its rating.
 
     ``t`` is :meth:`LeaveOneOut.tensors`; ``movie_rows`` are the examples'
@@ -168,10 +187,19 @@ def example_rows(loo: LeaveOneOut, t: dict[str, Any], movie_rows: Any, u: Any, m
         movie_v = ((v - seen * t["inv_s2"]) - t["factor_mean"]) / t["factor_scale"]
         movie_rows = ops.concatenate([movie_rows[:, : -loo.factors], movie_v], axis=-1)
     user = (user - t["user_mean"]) / t["user_scale"]
-    cols = confidence_movie_columns(ops, ops.take(t["movie_cnt"], m) - 1.0, ops.take(t["movie_sum"], m) - r, loo.mu, loo.shrinkage)
+    cols = confidence_movie_columns(
+        ops,
+        ops.take(t["movie_cnt"], m) - 1.0,
+        ops.take(t["movie_sum"], m) - r,
+        loo.mu,
+        loo.shrinkage,
+    )
     # the rating columns replaced in one pass: keep the others, place the new values by a (2, width) matmul
     width = movie_rows.shape[-1]
     place = np.zeros((len(cols), width), dtype=np.float32)
     place[np.arange(len(cols)), loo.movie_columns] = 1.0
-    scaled = ops.stack([(value - t["movie_mean"][i]) / t["movie_scale"][i] for i, value in enumerate(cols)], axis=-1)
+    scaled = ops.stack(
+        [(value - t["movie_mean"][i]) / t["movie_scale"][i] for i, value in enumerate(cols)],
+        axis=-1,
+    )
     return user, movie_rows * (1.0 - place.sum(axis=0)) + ops.matmul(scaled, place)

@@ -39,9 +39,16 @@ SWEEP_USERS = 4000  # above twice this many holdout users, the weight is chosen 
 
 def movie_popularity(ratings: pd.DataFrame, movie_ids: np.ndarray) -> np.ndarray:
     """``p(m)``: log(1 + ratings of m) / log(1 + ratings of the most-rated movie), over ``movie_ids`` order, in [0, 1]."""
-    counts = ratings["movie_id"].value_counts().reindex(np.asarray(movie_ids), fill_value=0).to_numpy(dtype=np.float64)
+    counts = (
+        ratings["movie_id"]
+        .value_counts()
+        .reindex(np.asarray(movie_ids), fill_value=0)
+        .to_numpy(dtype=np.float64)
+    )
     top = counts.max() if len(counts) else 0.0
-    return (np.log1p(counts) / np.log1p(top) if top > 0 else np.zeros(len(counts))).astype(np.float32)
+    return (np.log1p(counts) / np.log1p(top) if top > 0 else np.zeros(len(counts))).astype(
+        np.float32
+    )
 
 
 @dataclass(frozen=True)
@@ -53,7 +60,9 @@ class ServingSpace:
 
     def __post_init__(self) -> None:
         if self.tower_dim < 1 or not self.weight >= 0:
-            raise ValueError(f"serving space needs tower_dim >= 1 and weight >= 0, got {self.tower_dim} and {self.weight!r}")
+            raise ValueError(
+                f"serving space needs tower_dim >= 1 and weight >= 0, got {self.tower_dim} and {self.weight!r}"
+            )
 
     @property
     def dim(self) -> int:
@@ -79,14 +88,18 @@ class ServingSpace:
         if p.shape != (len(m),) or ((p < 0) | (p > 1)).any():
             raise ValueError(f"popularity must be {len(m)} values in [0, 1], got shape {p.shape}")
         extra = np.sqrt(self.weight) * np.column_stack([p, np.sqrt(1.0 - p**2)])
-        return np.ascontiguousarray((np.hstack([m, extra]) / np.sqrt(1.0 + self.weight)).astype(np.float32))
+        return np.ascontiguousarray(
+            (np.hstack([m, extra]) / np.sqrt(1.0 + self.weight)).astype(np.float32)
+        )
 
     def tower_scores(self, user_vecs: np.ndarray, movie_vecs: np.ndarray) -> np.ndarray:
         """The model's own dot products ``u . m`` of row-aligned served user and movie vectors."""
         u = self._check(user_vecs, self.dim, "served user vectors")
         m = self._check(movie_vecs, self.dim, "served movie vectors")
         d = self.tower_dim
-        return np.asarray((1.0 + self.weight) * np.einsum("ij,ij->i", u[:, :d], m[:, :d]), dtype=np.float32)
+        return np.asarray(
+            (1.0 + self.weight) * np.einsum("ij,ij->i", u[:, :d], m[:, :d]), dtype=np.float32
+        )
 
     def content_queries(self, movie_vecs: np.ndarray) -> np.ndarray:
         """Query vectors whose inner product with a served movie vector is ``m . m'``: similar movies by content."""
@@ -105,7 +118,9 @@ class ServingSpace:
         try:
             return cls(tower_dim=int(data["tower_dim"]), weight=float(data["weight"]))
         except (KeyError, TypeError, ValueError) as exc:
-            raise ValueError(f"{path}: not a serving space ({exc}): {json.dumps(data)[:200]}") from exc
+            raise ValueError(
+                f"{path}: not a serving space ({exc}): {json.dumps(data)[:200]}"
+            ) from exc
 
 
 @dataclass(frozen=True)
@@ -125,7 +140,9 @@ def sweep_users(users: np.ndarray, seed: int = 0) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(users, SWEEP_USERS, replace=False))
 
 
-def select_weight(ndcg: np.ndarray, weights: tuple[float, ...] = WEIGHTS, seed: int = 0) -> Selection:
+def select_weight(
+    ndcg: np.ndarray, weights: tuple[float, ...] = WEIGHTS, seed: int = 0
+) -> Selection:
     """Pick the weight with the best mean NDCG over users (rows of ``ndcg``, one column per weight).
 
     The weight to publish is the best over all users. The figure to report is cross-fitted, so that
@@ -142,4 +159,8 @@ def select_weight(ndcg: np.ndarray, weights: tuple[float, ...] = WEIGHTS, seed: 
         other = ~fold if (~fold).any() else fold
         cross[fold] = int(np.argmax(ndcg[other].mean(axis=0)))
     means = ndcg.mean(axis=0)
-    return Selection(float(weights[int(np.argmax(means))]), cross, {float(w): float(v) for w, v in zip(weights, means, strict=True)})
+    return Selection(
+        float(weights[int(np.argmax(means))]),
+        cross,
+        {float(w): float(v) for w, v in zip(weights, means, strict=True)},
+    )
