@@ -5,8 +5,10 @@ Generates (once, kept under --work) a data set with the project's generator, run
 resident memory of the whole process tree every 0.2 s. Prints wall time, peak tree RSS,
 the per-stage timings from ``latest.json`` and the targets.
 
-    .venv/bin/python benchmarks/scale.py --scale 2.5m     # 16,000 users, 20,000 movies (target 2 min, 3 GiB)
-    .venv/bin/python benchmarks/scale.py --scale 25m      # 162,000 users, 62,000 movies (target 5 min, 6 GiB)
+    # 16,000 users, 20,000 movies (target 2 min, 3 GiB)
+    .venv/bin/python benchmarks/scale.py --scale 2.5m
+    # 162,000 users, 62,000 movies (target 5 min, 6 GiB)
+    .venv/bin/python benchmarks/scale.py --scale 25m
 """
 
 from __future__ import annotations
@@ -69,7 +71,10 @@ def machine() -> str:
         ),
         "0",
     )
-    return f"{cpu}; {len(os.sched_getaffinity(0))} cores; {int(mem) / 2**20:.0f} GB RAM; Python {platform.python_version()}"
+    return (
+        f"{cpu}; {len(os.sched_getaffinity(0))} cores; {int(mem) / 2**20:.0f} GB RAM; "
+        f"Python {platform.python_version()}"
+    )
 
 
 def main() -> int:
@@ -137,7 +142,8 @@ def main() -> int:
     ok_t, ok_m = wall <= target_s, peak / 2**30 <= target_gb
     print(f"wall time {wall:.0f} s (target {target_s} s: {'ok' if ok_t else 'MISSED'})")
     print(
-        f"peak RSS of the process tree {peak / 2**30:.2f} GiB (target {target_gb:g} GiB: {'ok' if ok_m else 'MISSED'})"
+        f"peak RSS of the process tree {peak / 2**30:.2f} GiB "
+        f"(target {target_gb:g} GiB: {'ok' if ok_m else 'MISSED'})"
     )
     return 0 if ok_t and ok_m else 1
 

@@ -1,4 +1,5 @@
-"""Training against its FLOP floor: the default preset's examples/s beside what the machine's GEMMs allow.
+"""Training against its FLOP floor: the default preset's examples/s beside what the machine's GEMMs
+allow.
 
 The floor counts only the matrix products one training example costs, from the built model's own
 layer shapes:
@@ -45,7 +46,8 @@ Shape = tuple[int, int, int, bool]  # (rows, inner, columns, transpose_a) of one
 def step_products(
     layer_shapes: list[list[tuple[int, int]]], batch: int, width: int, softmax: bool
 ) -> list[Shape]:
-    """The matrix products of one training step: per tower its Dense layers' (in, out), then the softmax."""
+    """The matrix products of one training step: per tower its Dense layers' (in, out), then the
+    softmax."""
     out: list[Shape] = []
     for tower in layer_shapes:
         for i, (fan_in, fan_out) in enumerate(tower):
@@ -65,7 +67,8 @@ def flops(products: list[Shape]) -> int:
 
 
 def gemm_seconds(products: list[Shape], rounds: int = 7) -> float:
-    """Best wall time of all ``products`` run once, in one traced function (so no Python between them)."""
+    """Best wall time of all ``products`` run once, in one traced function (so no Python between
+    them)."""
     import tensorflow as tf
 
     rng = np.random.default_rng(0)
@@ -151,10 +154,12 @@ def main() -> int:
     )
     per_example = flops(products) / config.batch_size
     print(
-        f"default preset: towers {shapes}, batch {config.batch_size}, {len(data.users):,} examples per epoch"
+        f"default preset: towers {shapes}, batch {config.batch_size}, "
+        f"{len(data.users):,} examples per epoch"
     )
     print(
-        f"FLOPs per example: {per_example / 1e6:.3f} M (towers and softmax, forward and backward, matrix products only)"
+        f"FLOPs per example: {per_example / 1e6:.3f} M "
+        "(towers and softmax, forward and backward, matrix products only)"
     )
 
     square = [(2048, 2048, 2048, False)]
@@ -168,18 +173,22 @@ def main() -> int:
     first = result.history[0]
     floor = rate / per_example
     print(
-        f"GEMM rate at the step's shapes: {rate / 1e9:.1f} GFLOP/s (before training {rate_before / 1e9:.1f}, after {rate_after / 1e9:.1f});"
+        f"GEMM rate at the step's shapes: {rate / 1e9:.1f} GFLOP/s "
+        f"(before training {rate_before / 1e9:.1f}, after {rate_after / 1e9:.1f});"
     )
     print(f"  one 2048-square product: {peak / 1e9:.1f} GFLOP/s")
     print(
-        f"floor at the step's GEMM rate: {floor:,.0f} examples/s (at the square product's: {peak / per_example:,.0f})"
+        f"floor at the step's GEMM rate: {floor:,.0f} examples/s "
+        f"(at the square product's: {peak / per_example:,.0f})"
     )
     print(
-        f"trainer: {achieved:,.0f} examples/s over epochs 2-{len(result.history)}; epoch 1 (traces the step) {first['seconds']:.2f} s"
+        f"trainer: {achieved:,.0f} examples/s over epochs 2-{len(result.history)}; "
+        f"epoch 1 (traces the step) {first['seconds']:.2f} s"
     )
     ratio = floor / achieved
     print(
-        f"ratio floor / achieved: {ratio:.2f}x (target <= 2); against the square product's rate {peak / per_example / achieved:.2f}x"
+        f"ratio floor / achieved: {ratio:.2f}x (target <= 2); "
+        f"against the square product's rate {peak / per_example / achieved:.2f}x"
     )
     return 0 if ratio <= 2 else 1
 

@@ -7,8 +7,8 @@ epochs, and are scored on the held-out side:
 - course-faithful: one numpy row of user features and one of movie features copied per rating
   (as the course builds ``user_train``/``item_train``), ``model.compile(Adam(0.01), "mse")``,
   ``model.fit(batch_size=32)``;
-- towerflow: :func:`tasks.modeling.train.train_model` (tf.data of index triples, feature rows gathered
-  inside the step, batch 1024, Adam 3e-3).
+- towerflow: :func:`tasks.modeling.train.train_model` (tf.data of index triples, feature rows
+  gathered inside the step, batch 1024, Adam 3e-3).
 
 Threads of TensorFlow, BLAS and FAISS are pinned (TOWERFLOW_THREADS, default: the cores).
 Prints examples per second, the ratio (target >= 5x) and the validation RMSE in stars
@@ -45,7 +45,8 @@ DEFAULT_DATA = (
 
 
 def load(data: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """ratings and movies as the pipeline's tables (read with pandas: a benchmark, not an ingest)."""
+    """ratings and movies as the pipeline's tables (read with pandas: a benchmark, not an
+    ingest)."""
     ratings = pd.read_csv(data / "ratings.csv").rename(
         columns={"userId": "user_id", "movieId": "movie_id"}
     )
@@ -97,11 +98,13 @@ def main() -> int:
         "?",
     )
     print(
-        f"machine: {cpu}; {len(os.sched_getaffinity(0))} cores; Python {platform.python_version()}; keras {keras.__version__}"
+        f"machine: {cpu}; {len(os.sched_getaffinity(0))} cores; "
+        f"Python {platform.python_version()}; keras {keras.__version__}"
     )
     print(f"threads: {pinned}")
     print(
-        f"data: {args.data}: {len(u):,} training ratings, {int(known.sum()):,} held out; {args.epochs} epochs each"
+        f"data: {args.data}: {len(u):,} training ratings, {int(known.sum()):,} held out; "
+        f"{args.epochs} epochs each"
     )
 
     def rmse(model: keras.Model) -> float:
@@ -115,10 +118,8 @@ def main() -> int:
     course = build_model(p.user_x.shape[1], p.movie_x.shape[1], config)
     course.compile(optimizer=keras.optimizers.Adam(learning_rate=config.learning_rate), loss="mse")
     t0 = time.perf_counter()
-    user_rows, movie_rows = (
-        p.user_x[u],
-        p.movie_x[m],
-    )  # the copies the course makes (timed: part of its cost)
+    # the copies the course makes (timed: part of its cost)
+    user_rows, movie_rows = p.user_x[u], p.movie_x[m]
     course.fit(
         [user_rows, movie_rows], y, batch_size=32, epochs=args.epochs, shuffle=True, verbose=0
     )
@@ -134,13 +135,16 @@ def main() -> int:
     n = len(u) * args.epochs
     ratio = (n / t_ours) / (n / t_course)
     print(
-        f"course-faithful fit (batch 32): {n / t_course:10,.0f} examples/s  ({t_course:6.1f} s)  validation RMSE {rmse_course:.4f}"
+        f"course-faithful fit (batch 32): {n / t_course:10,.0f} examples/s  ({t_course:6.1f} s)  "
+        f"validation RMSE {rmse_course:.4f}"
     )
     print(
-        f"towerflow trainer (batch 1024): {n / t_ours:10,.0f} examples/s  ({t_ours:6.1f} s)  validation RMSE {rmse_ours:.4f}"
+        f"towerflow trainer (batch 1024): {n / t_ours:10,.0f} examples/s  ({t_ours:6.1f} s)  "
+        f"validation RMSE {rmse_ours:.4f}"
     )
     print(
-        f"throughput ratio {ratio:.1f}x (target >= 5x); RMSE {'equal or better' if rmse_ours <= rmse_course + 1e-4 else 'WORSE'}"
+        f"throughput ratio {ratio:.1f}x (target >= 5x); "
+        f"RMSE {'equal or better' if rmse_ours <= rmse_course + 1e-4 else 'WORSE'}"
     )
 
     # For reference, not part of the ratio: the default preset's recipe (confidence features, each
@@ -161,7 +165,8 @@ def main() -> int:
     train_model(dp.train_data(train, default), default, args.seed)
     t_default = time.perf_counter() - t0
     print(
-        f"default preset (leave-one-out rows, softmax; reference): {n / t_default:10,.0f} examples/s  ({t_default:6.1f} s)"
+        "default preset (leave-one-out rows, softmax; reference): "
+        f"{n / t_default:10,.0f} examples/s  ({t_default:6.1f} s)"
     )
     return 0 if ratio >= 5 and rmse_ours <= rmse_course + 1e-4 else 1
 

@@ -56,11 +56,8 @@ def test_same_seed_same_weights(rng: np.random.Generator) -> None:
 def test_early_stopping_restores_best_epoch(rng: np.random.Generator) -> None:
     data, _ = _checkerboard(rng)
     config = dataclasses.replace(PLAIN, batch_size=64, max_epochs=30, patience=2)
-    val = (
-        data.users[:100],
-        data.movies[:100],
-        -data.target[:100],
-    )  # inverted labels: validation loss rises
+    # inverted labels: validation loss rises
+    val = (data.users[:100], data.movies[:100], -data.target[:100])
     result = train_model(data, config, seed=1, validation=val)
     assert result.epochs_run < 30
     losses = [h["val_loss"] for h in result.history]
@@ -68,14 +65,14 @@ def test_early_stopping_restores_best_epoch(rng: np.random.Generator) -> None:
 
 
 def test_history_alone_separates_users(rng: np.random.Generator) -> None:
-    """Users with identical features differ only by what they rated: the history vectors must learn it."""
+    """Users with identical features differ only by what they rated: the history vectors must learn
+    it."""
     from tasks.preparation.history import History
 
     data, genre = _checkerboard(rng)
     kind = (np.arange(80) >= 40).astype(int)
-    ids = np.where(kind[:, None] == 0, np.arange(1, 6), np.arange(21, 26)).astype(
-        np.int32
-    )  # rows 0-4 or 20-24, + 1
+    # rows 0-4 or 20-24, + 1
+    ids = np.where(kind[:, None] == 0, np.arange(1, 6), np.arange(21, 26)).astype(np.int32)
     values = np.full(ids.shape, 1.0, dtype=np.float32)
     flat = dataclasses.replace(
         data, user_x=np.ones((80, 1), np.float32), user_hist=History(ids, values)
@@ -113,8 +110,9 @@ def test_example_budget_shrinks_epochs_not_their_number(rng: np.random.Generator
 def test_refit_modes_publish_what_they_say(
     tiny_data: tuple[Path, Path], tmp_path: Path, refit: str
 ) -> None:
-    """full: trained again on every rating for the validation run's epochs; warm: from the validation weights
-    for a fifth of them; none: the validation model itself, with the scalers it was trained with."""
+    """full: trained again on every rating for the validation run's epochs; warm: from the
+    validation weights for a fifth of them; none: the validation model itself, with the scalers it
+    was trained with."""
     from tasks.ingestion.ingest import run_ingest
     from tasks.modeling.fitting import run_refit, run_train
     from tasks.modeling.model import load_model

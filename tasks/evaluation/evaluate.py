@@ -1,10 +1,11 @@
 """Offline evaluation: full-catalog ranking with seen movies excluded, against baselines.
 
-One protocol for the nightly evaluate stage and ``towerflow evaluate``: each user's most recent ratings
-are held out (:func:`tasks.preparation.features.per_user_holdout`); features, scalers and the model only ever see the
-rest. The model's lists come from its served vectors, popularity prior included (:mod:`tasks.serving.popularity`),
-as the nightly job publishes them. Baselines are in :mod:`tasks.evaluation.baselines`; every figure carries the number
-of users it rests on and NDCG@k its bootstrap interval (:mod:`tasks.evaluation.gate`).
+One protocol for the nightly evaluate stage and ``towerflow evaluate``: each user's most recent
+ratings are held out (:func:`tasks.preparation.features.per_user_holdout`); features, scalers and
+the model only ever see the rest. The model's lists come from its served vectors, popularity prior
+included (:mod:`tasks.serving.popularity`), as the nightly job publishes them. Baselines are in
+:mod:`tasks.evaluation.baselines`; every figure carries the number of users it rests on and NDCG@k
+its bootstrap interval (:mod:`tasks.evaluation.gate`).
 """
 
 from __future__ import annotations
@@ -35,12 +36,14 @@ from tasks.serving.popularity import (
 )
 from tasks.serving.recommend import topk_lists
 
-INNER_HOLDOUT = 0.2  # towerflow evaluate: the share of each training user's ratings that plays the nightly holdout
+# towerflow evaluate: the share of each training user's ratings that plays the nightly holdout
+INNER_HOLDOUT = 0.2
 
 
 @dataclass
 class Fitted:
-    """A model trained on one side of a split, with the scaled features it scores with and its prior weight."""
+    """A model trained on one side of a split, with the scaled features it scores with and its prior
+    weight."""
 
     model: Any
     prepared: Prepared
@@ -57,7 +60,8 @@ def fit(
     k: int = 10,
     inner_holdout: float = INNER_HOLDOUT,
 ) -> Fitted:
-    """What a nightly run does with ``train``: validate on each user's last ``inner_holdout``, then refit on all.
+    """What a nightly run does with ``train``: validate on each user's last ``inner_holdout``, then
+    refit on all.
 
     The validation model picks the popularity prior's weight (when ``config.popularity_prior``) and,
     with ``config.patience``, the number of epochs; the refit on all of ``train`` uses both.
@@ -135,9 +139,11 @@ def served_lists(
     weight: float,
     seen: pd.DataFrame | None = None,
 ) -> dict[int, list[int]]:
-    """Top-k of ``users`` from the served vectors with prior ``weight`` (popularity counted on ``train``).
+    """Top-k of ``users`` from the served vectors with prior ``weight`` (popularity counted on
+    ``train``).
 
-    ``seen``: the ratings whose movies are excluded (default ``train``; any subset holding ``users``' ratings).
+    ``seen``: the ratings whose movies are excluded (default ``train``; any subset holding
+    ``users``' ratings).
     """
     p = fitted.prepared
     user_emb, movie_emb = embeddings
@@ -164,7 +170,8 @@ def prior_sweep(
     k: int,
     weights: tuple[float, ...] = WEIGHTS,
 ) -> list[tuple[dict[int, list[int]], dict[str, np.ndarray]]]:
-    """For each prior weight: the relevant users' lists and their per-user metrics (users in sorted order)."""
+    """For each prior weight: the relevant users' lists and their per-user metrics (users in sorted
+    order)."""
     p = fitted.prepared
     embeddings = embed_all(fitted.model, p.user_input, p.movie_x)
     users = np.array(sorted(relevant), dtype=np.int64)
@@ -176,7 +183,8 @@ def prior_sweep(
 
 
 def model_rmse(fitted: Fitted, test: pd.DataFrame) -> tuple[float, int]:
-    """RMSE in stars of the model's own dot product on ``test`` (pairs it knows), and how many ratings that is."""
+    """RMSE in stars of the model's own dot product on ``test`` (pairs it knows), and how many
+    ratings that is."""
     from tasks.modeling.train import predict_scores
 
     p = fitted.prepared
@@ -196,7 +204,8 @@ def method_row(
     n_movies: int,
     seed: int,
 ) -> dict[str, Any]:
-    """One table row: ranking metrics at ``k``, NDCG@k's bootstrap interval, users behind them, coverage."""
+    """One table row: ranking metrics at ``k``, NDCG@k's bootstrap interval, users behind them,
+    coverage."""
     users, values = per_user_metrics(lists, relevant, k)
     ndcg = bootstrap(values["ndcg"], seed)
     row: dict[str, Any] = {
@@ -219,7 +228,8 @@ def compare(
     with_ease: bool = True,
     log: Callable[[str], None] | None = None,
 ) -> pd.DataFrame:
-    """One row per method: ranking metrics at ``k`` with users and intervals, coverage, RMSE (stars) where it predicts ratings."""
+    """One row per method: ranking metrics at ``k`` with users and intervals, coverage, RMSE (stars)
+    where it predicts ratings."""
     relevant = relevant_sets(test)
     users = np.array(sorted(relevant), dtype=np.int64)
     movie_ids = movies["movie_id"].to_numpy(dtype=np.int64)
@@ -261,7 +271,8 @@ def compare(
 def over_seeds(
     table: pd.DataFrame, metrics: tuple[str, ...] = ("ndcg", "recall", "rmse")
 ) -> pd.DataFrame:
-    """Mean, min and max of ``metrics`` per method over the rows of several seeds (methods in first-seen order)."""
+    """Mean, min and max of ``metrics`` per method over the rows of several seeds (methods in
+    first-seen order)."""
     missing = [c for c in ("method", *metrics) if c not in table.columns]
     if missing:
         raise ValueError(f"table lacks columns {missing}; it has {list(table.columns)}")

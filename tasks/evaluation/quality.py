@@ -1,11 +1,12 @@
 """The nightly evaluate stage and the quality gate's inputs.
 
 The validation model (trained without each user's most recent ratings) is scored on those held-out
-ratings over the full catalog, seen movies excluded, beside most-popular computed in the same run. The
-stage also chooses the popularity prior's weight (:mod:`tasks.serving.popularity`): the model's row is
-cross-fitted (each user scored with the weight chosen on the other half of the users), so choosing on
-the holdout does not flatter the figure the gate decides on. Every NDCG@k carries its bootstrap interval
-and the number of users behind it; :mod:`tasks.evaluation.gate` turns them into a verdict.
+ratings over the full catalog, seen movies excluded, beside most-popular computed in the same run.
+The stage also chooses the popularity prior's weight (:mod:`tasks.serving.popularity`): the model's
+row is cross-fitted (each user scored with the weight chosen on the other half of the users), so
+choosing on the holdout does not flatter the figure the gate decides on. Every NDCG@k carries its
+bootstrap interval and the number of users behind it; :mod:`tasks.evaluation.gate` turns them into a
+verdict.
 """
 
 from __future__ import annotations
@@ -32,9 +33,9 @@ from tasks.store.latest import Latest
 from tasks.store.storage import write_table
 from tasks.store.tables import load_ratings
 
-# Above this many holdout users the figures rest on a seeded sample of this many: the cost of the stage stays
-# bounded at any scale (157k users took most of a 25M night's evaluate), and 20,000 users still put NDCG@10
-# within about +-0.003 (95%); every figure says how many users it rests on.
+# Above this many holdout users the figures rest on a seeded sample of this many: the cost of the
+# stage stays bounded at any scale (157k users took most of a 25M night's evaluate), and 20,000
+# users still put NDCG@10 within about +-0.003 (95%); every figure says how many users it rests on.
 JUDGED_USERS = 20_000
 MODEL_ROW = "two-tower"
 NO_PRIOR_ROW = "two-tower without popularity prior"
@@ -42,7 +43,8 @@ BASELINE_ROW = "most-popular"
 
 
 class QualityGateError(TowerflowError, RuntimeError):
-    """The new model is not good enough to publish; ``verdict`` is the gate's verdict (latest.json's ``gate`` shape)."""
+    """The new model is not good enough to publish; ``verdict`` is the gate's verdict (latest.json's
+    ``gate`` shape)."""
 
     def __init__(self, message: str, verdict: GateResult | None = None) -> None:
         super().__init__(message)
@@ -59,11 +61,13 @@ def run_evaluate(
     popularity_prior: bool = True,
     seed: int = 0,
 ) -> Evaluation | Skipped:
-    """Holdout metrics of the validation model and most-popular, the prior weight, the paired interval.
+    """Holdout metrics of the validation model and most-popular, the prior weight, the paired
+    interval.
 
-    Returns ``{"metrics": {method: {metric: value}}, "vs_baseline": interval of NDCG@k model - most-popular,
-    "users": users behind the ranking figures, "prior": {"weight", "ndcg_by_weight"}}``, or ``{"skipped": reason}``
-    when the holdout has nothing to measure (the gate is then undecided and the night publishes).
+    Returns ``{"metrics": {method: {metric: value}}, "vs_baseline": interval of NDCG@k model -
+    most-popular, "users": users behind the ranking figures, "prior": {"weight",
+    "ndcg_by_weight"}}``, or ``{"skipped": reason}`` when the holdout has nothing to measure (the
+    gate is then undecided and the night publishes).
     """
     from tasks.modeling.model import load_model
 
@@ -71,7 +75,10 @@ def run_evaluate(
     hold = per_user_holdout(ratings, holdout_fraction)
     if not hold.any():
         return Skipped(
-            skipped=f"the holdout is empty: no user has two ratings to hold one out of (holdout_fraction {holdout_fraction})"
+            skipped=(
+                "the holdout is empty: no user has two ratings to hold one out of "
+                f"(holdout_fraction {holdout_fraction})"
+            )
         )
     fitted = Fitted(
         load_model(Path(validation_model)),
@@ -84,13 +91,15 @@ def run_evaluate(
     relevant = relevant_sets(test)
     if not relevant:
         return Skipped(
-            skipped=f"no held-out rating of 4 or more among {len(test):,} held-out ratings: nothing to rank against"
+            skipped=(
+                f"no held-out rating of 4 or more among {len(test):,} held-out ratings: "
+                "nothing to rank against"
+            )
         )
     weights = WEIGHTS if popularity_prior else (0.0,)
     users, model_lists, no_prior, choice = _choose_prior(fitted, train, relevant, k, weights, seed)
-    without_prior = {
-        u: relevant[u] for u in no_prior
-    }  # all users, or those the weight was chosen on
+    # all users, or those the weight was chosen on
+    without_prior = {u: relevant[u] for u in no_prior}
     relevant = {int(u): relevant[int(u)] for u in users}  # the users every other figure rests on
     popular = popularity_lists(train, users, movie_ids, k)
     rows = [
@@ -133,20 +142,22 @@ def _choose_prior(
     weights: tuple[float, ...],
     seed: int,
 ) -> tuple[np.ndarray, Lists, Lists, Selection]:
-    """The prior's weight, the users the figures rest on with the model's lists, and the lists without the prior.
+    """The prior's weight, the users the figures rest on with the model's lists, and the lists
+    without the prior.
 
     Up to ``2 * SWEEP_USERS`` users, every weight is scored on every user and the model's lists are
-    cross-fitted (:func:`tasks.serving.popularity.select_weight`). Above, the weight is chosen on a seeded
-    sample of ``SWEEP_USERS`` users and the figures rest on the other users (a seeded sample of
-    :data:`JUDGED_USERS` of them when there are more): the cost stays bounded and the gate still judges
-    users the weight was not chosen on. The lists without the prior
-    (a diagnostic row) are the sweep's weight 0, on the users the sweep ran on.
+    cross-fitted (:func:`tasks.serving.popularity.select_weight`). Above, the weight is chosen on a
+    seeded sample of ``SWEEP_USERS`` users and the figures rest on the other users (a seeded sample
+    of :data:`JUDGED_USERS` of them when there are more): the cost stays bounded and the gate still
+    judges users the weight was not chosen on. The lists without the prior (a diagnostic row) are
+    the sweep's weight 0, on the users the sweep ran on.
     """
     p = fitted.prepared
     embeddings = embed_all(fitted.model, p.user_input, p.movie_x)
     users = np.array(sorted(relevant), dtype=np.int64)
     chooser = sweep_users(users, seed) if len(weights) > 1 else users
-    # the seen movies of the sweep's users, found once (not once per weight in all of train); popularity stays global
+    # the seen movies of the sweep's users, found once (not once per weight in all of train);
+    # popularity stays global
     seen = train[train["user_id"].isin(chooser)] if len(chooser) < len(users) else train
     sweep = [served_lists(fitted, embeddings, train, chooser, k, w, seen=seen) for w in weights]
     asked = {int(u): relevant[int(u)] for u in chooser}
@@ -156,9 +167,8 @@ def _choose_prior(
         seed,
     )
     if len(chooser) == len(users):  # every user chose and is judged: cross-fitted
-        picked = [
-            sweep[i] for i in choice.cross_index
-        ]  # each user's lists under the weight chosen on the other half
+        # each user's lists under the weight chosen on the other half
+        picked = [sweep[i] for i in choice.cross_index]
         return users, {int(u): picked[j][int(u)] for j, u in enumerate(users)}, sweep[0], choice
     judged = np.setdiff1d(users, chooser)
     if len(judged) > JUDGED_USERS:
@@ -197,7 +207,8 @@ def gate_verdict(
     if evaluation is None:
         return Verdict(
             "undecided",
-            "undecided: no holdout (holdout_fraction 0), nothing measured; published without a verdict",
+            "undecided: no holdout (holdout_fraction 0), nothing measured; "
+            "published without a verdict",
             0,
         )
     if "skipped" in evaluation:

@@ -47,20 +47,23 @@ class ModelConfig:
     # Train on leave-one-out feature rows (tasks.preparation.loo): confidence features only.
     leave_one_out: bool = True
     # Rank by the model's score plus a popularity prior whose weight the nightly holdout chooses
-    # (tasks.serving.popularity); off, the served score is the towers' dot product alone (the course).
+    # (tasks.serving.popularity); off, the served score is the towers' dot product alone (the
+    # course).
     popularity_prior: bool = True
     # At most this many training examples in all (epochs shrink to random subsets above it):
-    # ml-latest-small (20 epochs x 80k) is under it; 2.5M and 25M ratings train on 2.4M examples, what
-    # keeps a 2.5M night (two trainings at about 35k leave-one-out examples/s on 2 cores) within 4 minutes.
+    # ml-latest-small (20 epochs x 80k) is under it; 2.5M and 25M ratings train on 2.4M examples,
+    # what keeps a 2.5M night (two trainings at about 35k leave-one-out examples/s on 2 cores)
+    # within 4 minutes.
     max_examples: int | None = 2_400_000
     # The two switches of ``benchmarks/ablation.py``: L2-normalize the tower outputs, and
     # train on the rating MinMax-scaled to [-1, 1] ("minmax") or left in stars ("stars").
     normalize: bool = True
     target_scale: TargetScale = "minmax"
-    # What the night publishes: "full" trains the model again on every rating (the validation run's best
-    # number of epochs); "warm" goes on from the validation model's weights on every rating for a fifth of
-    # those epochs; "none" publishes the validation model itself, the one the holdout and the gate judged,
-    # reading features computed on every rating (so the newest ratings still reach every user).
+    # What the night publishes: "full" trains the model again on every rating (the validation run's
+    # best number of epochs); "warm" goes on from the validation model's weights on every rating for
+    # a fifth of those epochs; "none" publishes the validation model itself, the one the holdout and
+    # the gate judged, reading features computed on every rating (so the newest ratings still reach
+    # every user).
     refit: Refit = "full"
 
     def __post_init__(self) -> None:
@@ -70,9 +73,8 @@ class ModelConfig:
             "max_epochs": self.max_epochs,
         }
         positive |= {"learning_rate": self.learning_rate, "temperature": self.temperature}
-        if (
-            self.features == "confidence"
-        ):  # a user or movie with no (other) rating falls back on the prior alone
+        # a user or movie with no (other) rating falls back on the prior alone
+        if self.features == "confidence":
             positive["shrinkage"] = self.shrinkage
         for name, value in positive.items():
             if not value > 0:
@@ -89,7 +91,8 @@ class ModelConfig:
             raise ConfigError(f"model config factors {need}; got {what}")
         if any(width < 1 for width in self.hidden) or self.history_length < 0:
             raise ConfigError(
-                f"model config needs hidden widths >= 1 and history_length >= 0, got {self.hidden}, {self.history_length}"
+                "model config needs hidden widths >= 1 and history_length >= 0, "
+                f"got {self.hidden}, {self.history_length}"
             )
 
     def to_dict(self) -> dict[str, Any]:
@@ -111,17 +114,18 @@ class ModelConfig:
 
 
 PRESETS: dict[str, ModelConfig] = {
-    # Measured on ml-latest-small (per-user temporal protocol, benchmarks/quality.py, seeds 1, 2, 3, 42):
-    # NDCG@10 0.099-0.105 (ALS 0.084-0.086), RMSE 0.879-0.881. Early stopping on the global temporal
-    # holdout stopped after one epoch (NDCG@10 0.077), so the epochs are fixed.
-    # The night publishes a warm refit (a fifth of the epochs and examples, from the validation weights):
-    # benchmarks/nightly_quality.py, 592 users, seeds 42/1/2: NDCG@10 0.1050 (full refit 0.1079, inside every
-    # interval), RMSE 0.883 (0.880), train + refit 73-79 s (131-140 s); popularity-led 600k, 3,930 users:
-    # 0.1604 / RMSE 0.660 (full 0.1599-0.1613 / 0.659-0.663).
-    # 16 collaborative factors (tasks.preparation.factors), benchmarks/nightly_quality.py side by side
-    # with --factors 0: ml-latest-small NDCG@10 0.1228 / 0.1263 (seeds 42 / 1; content only 0.1063 /
-    # 0.1030, EASE^R 0.1038), RMSE 0.879 / 0.872; latent law 0.2416 (0.1137, EASE^R 0.2359);
-    # popularity-led 0.1588 (0.1604, EASE^R 0.1270); train + refit no slower (56-70 s vs 64-74 s).
+    # Measured on ml-latest-small (per-user temporal protocol, benchmarks/quality.py, seeds 1, 2, 3,
+    # 42): NDCG@10 0.099-0.105 (ALS 0.084-0.086), RMSE 0.879-0.881. Early stopping on the global
+    # temporal holdout stopped after one epoch (NDCG@10 0.077), so the epochs are fixed.
+    # The night publishes a warm refit (a fifth of the epochs and examples, from the validation
+    # weights): benchmarks/nightly_quality.py, 592 users, seeds 42/1/2: NDCG@10 0.1050 (full refit
+    # 0.1079, inside every interval), RMSE 0.883 (0.880), train + refit 73-79 s (131-140 s);
+    # popularity-led 600k, 3,930 users: 0.1604 / RMSE 0.660 (full 0.1599-0.1613 / 0.659-0.663).
+    # 16 collaborative factors (tasks.preparation.factors), benchmarks/nightly_quality.py side by
+    # side with --factors 0: ml-latest-small NDCG@10 0.1228 / 0.1263 (seeds 42 / 1; content only
+    # 0.1063 / 0.1030, EASE^R 0.1038), RMSE 0.879 / 0.872; latent law 0.2416 (0.1137, EASE^R
+    # 0.2359); popularity-led 0.1588 (0.1604, EASE^R 0.1270); train + refit no slower (56-70 s vs
+    # 64-74 s).
     "default": ModelConfig(
         preset="default",
         features="confidence",

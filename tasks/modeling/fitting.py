@@ -1,8 +1,9 @@
-"""The train and refit stages: the validation model (early-stopped on the holdout), then the published model
-trained on every rating for the validation run's best number of epochs.
+"""The train and refit stages: the validation model (early-stopped on the holdout), then the
+published model trained on every rating for the validation run's best number of epochs.
 
-Keras and the training loop are imported inside the functions: the modules that only read the prepared
-inputs (evaluation, export, the shard workers) stay free of TensorFlow until they load a model.
+Keras and the training loop are imported inside the functions: the modules that only read the
+prepared inputs (evaluation, export, the shard workers) stay free of TensorFlow until they load a
+model.
 """
 
 from __future__ import annotations
@@ -23,15 +24,15 @@ from tasks.preparation.phases import prepare
 from tasks.stage_results import Phases, Refit, Trained
 from tasks.store.tables import load_ratings
 
-WARM_REFIT_SHARE = (
-    0.2  # a warm refit's epochs, as a share of the validation run's (the newest 20% of ratings)
-)
+# a warm refit's epochs, as a share of the validation run's (the newest 20% of ratings)
+WARM_REFIT_SHARE = 0.2
 
 
 def _epoch_hook(
     phase: str, on_epoch: Callable[[str, dict[str, float]], None] | None
 ) -> Callable[[dict[str, float]], None]:
-    """The per-epoch callback of one training phase; also the crash tests' ``<phase>:epoch-N`` fault point."""
+    """The per-epoch callback of one training phase; also the crash tests' ``<phase>:epoch-N`` fault
+    point."""
 
     def hook(rec: dict[str, float]) -> None:
         if on_epoch is not None:
@@ -70,7 +71,8 @@ def run_train(
     val = train.triples(ratings[hold]) if hold.any() else None
     first = train_model(
         train.train_data(ratings[~hold], config), config, seed, validation=val,
-        on_epoch=_epoch_hook("validate", on_epoch), init=initializer(warm, train.feats.movie_ids, outcome),
+        on_epoch=_epoch_hook("validate", on_epoch),
+        init=initializer(warm, train.feats.movie_ids, outcome),
     )  # fmt: skip
     path = save_model(first.model, Path(out_dir) / "model_validation.keras")
     val_rmse = None
@@ -105,13 +107,14 @@ def run_refit(
     on_epoch: Callable[[str, dict[str, float]], None] | None = None,
     warm: dict[str, str] | None = None,
 ) -> Refit:
-    """Train the published ``model.keras`` on every rating (full-phase features and scalers), from ``warm`` if given.
+    """Train the published ``model.keras`` on every rating (full-phase features and scalers), from
+    ``warm`` if given.
 
     With ``config.refit == "warm"`` training goes on from the validation model's weights for
-    :data:`WARM_REFIT_SHARE` of ``epochs`` and of the examples a full refit would see (the example budget
-    of big data sets bounds the full refit's epochs, so the warm one is bounded by a fifth of that). With
-    ``"none"``, or no holdout (the train phase then already is every rating), the validation model is
-    published as it is, with the train phase's scalers it was trained with.
+    :data:`WARM_REFIT_SHARE` of ``epochs`` and of the examples a full refit would see (the example
+    budget of big data sets bounds the full refit's epochs, so the warm one is bounded by a fifth of
+    that). With ``"none"``, or no holdout (the train phase then already is every rating), the
+    validation model is published as it is, with the train phase's scalers it was trained with.
     """
     from tasks.modeling.model import save_model
     from tasks.modeling.train import train_model
@@ -125,9 +128,8 @@ def run_refit(
         return Refit(model=str(final_path), scalers=scaler_paths["train"], refit_epochs=0)
     full = prepare(Path(feature_dirs["full"]), Path(scaler_paths["full"]))
     init = initializer(warm, full.feats.movie_ids, outcome)
-    if (
-        config.refit == "warm"
-    ):  # the validation weights, then a fifth of a full refit's epochs and examples
+    # the validation weights, then a fifth of a full refit's epochs and examples
+    if config.refit == "warm":
         from tasks.modeling.model import load_model
         from tasks.modeling.train import examples_per_epoch
 

@@ -49,8 +49,8 @@ class ByteDropout(layers.Layer):  # type: ignore[misc]  # keras ships no types
 
     Why not ``keras.layers.Dropout``: it draws a float per unit with Philox, and on 2 CPU cores that
     draw and its gradient cost 3 ms of wall time in a training step of the default towers (1,024 x
-    768 units; about 14 ms in all), these bytes 1.4 ms. The rate is rounded to a multiple of 1/256 (0.2 drops 51/256 =
-    0.199); in inference the layer passes its input through, like Keras's.
+    768 units; about 14 ms in all), these bytes 1.4 ms. The rate is rounded to a multiple of 1/256
+    (0.2 drops 51/256 = 0.199); in inference the layer passes its input through, like Keras's.
     """
 
     def __init__(self, rate: float, seed: int | None = None, **kwargs: Any) -> None:
@@ -133,11 +133,12 @@ class HistoryMean(layers.Layer):  # type: ignore[misc]  # keras ships no types
 
 
 def layer_seed(seed: int, layer: str) -> int:
-    """The seed of one layer's initializer or dropout masks: a function of the run's seed and the layer's name only.
+    """The seed of one layer's initializer or dropout masks: a function of the run's seed and the
+    layer's name only.
 
-    Keras draws an unseeded layer's seed from Python's global ``random`` when the layer is created, so any other
-    thread using ``random`` meanwhile (Prefect's client backs off with jitter) would change the model a seed
-    stands for, and a resumed night would no longer reproduce a clean one.
+    Keras draws an unseeded layer's seed from Python's global ``random`` when the layer is created,
+    so any other thread using ``random`` meanwhile (Prefect's client backs off with jitter) would
+    change the model a seed stands for, and a resumed night would no longer reproduce a clean one.
     """
     digest = hashlib.sha256(f"{seed}:{layer}".encode()).digest()
     return int.from_bytes(digest[:4], "big") % (2**31 - 1)
@@ -185,8 +186,9 @@ def build_model(
 ) -> keras.Model:
     """Two towers, outputs L2-normalized, prediction = their dot product (in [-1, 1]).
 
-    Every random initializer and dropout layer is seeded from ``seed`` and its own name (:func:`layer_seed`),
-    so the same seed builds the same model whatever else the process has done with its random generators.
+    Every random initializer and dropout layer is seeded from ``seed`` and its own name
+    (:func:`layer_seed`), so the same seed builds the same model whatever else the process has done
+    with its random generators.
 
     ``config.normalize=False`` drops the normalization (only the ablation does), so the
     dot product is unbounded.
@@ -201,7 +203,8 @@ def build_model(
         )
     if config.history_length > 0 and n_movies < 1:
         raise ValueError(
-            f"history_length={config.history_length} needs the catalog size n_movies, got {n_movies}"
+            f"history_length={config.history_length} needs the catalog size n_movies, "
+            f"got {n_movies}"
         )
     user_tower = _tower(USER_TOWER, n_user_features, config, n_movies, seed)
     movie_tower = _tower(MOVIE_TOWER, n_movie_features, config, seed=seed)

@@ -68,8 +68,8 @@ def in_batch_softmax(
 ) -> tf.Tensor:
     """Mean in-batch softmax cross-entropy: each example's movie against the batch's other movies.
 
-    Logits are ``ue_i . me_j / temperature - log_q_j`` (logQ correction); columns of the example's own
-    movie other than its own (accidental hits) are left out. The gradient is written by hand
+    Logits are ``ue_i . me_j / temperature - log_q_j`` (logQ correction); columns of the example's
+    own movie other than its own (accidental hits) are left out. The gradient is written by hand
     (``tf.custom_gradient``) from the softmax kept from the forward pass: autodiff of the same
     expression made about a dozen passes over the batch x batch logits, and on 2 cores those passes,
     not the matmuls, were half of a training step (7 of 14 ms at batch 1,024).
@@ -125,14 +125,15 @@ class _Steps:
         self.config = config
         self.optimizer = keras.optimizers.Adam(learning_rate=config.learning_rate)
         self.variables = self.user_tower.trainable_variables + self.movie_tower.trainable_variables
-        self.optimizer.build(
-            self.variables
-        )  # its slots made here, not in the first step: that would trace it twice
-        # global gradient norm per step, summarized per epoch by grad_stats (kept in variables so the step's outputs stay (loss, mse))
+        # its slots made here, not in the first step: that would trace it twice
+        self.optimizer.build(self.variables)
+        # global gradient norm per step, summarized per epoch by grad_stats (kept in variables so
+        # the step's outputs stay (loss, mse))
         self.grad_sum, self.grad_max, self.grad_steps = (
             tf.Variable(0.0, trainable=False) for _ in range(3)
         )
-        # One trace each, for any batch length: a fixed-length trace would be redone for the short last batch.
+        # One trace each, for any batch length: a fixed-length trace would be redone for the short
+        # last batch.
         batch = [
             tf.TensorSpec([None], tf.int32),
             tf.TensorSpec([None], tf.int32),
@@ -144,13 +145,15 @@ class _Steps:
     def _embed(
         self, u: tf.Tensor, m: tf.Tensor, y: tf.Tensor, training: bool
     ) -> tuple[tf.Tensor, tf.Tensor]:
-        """User and movie embeddings of a batch; in training with ``loo``, from leave-one-out rows."""
+        """User and movie embeddings of a batch; in training with ``loo``, from leave-one-out
+        rows."""
         if training and self.loo is not None and self.loo_t is not None:
             # every example has its own rows: the towers run once per rating
             user_x, movie_x = example_rows(self.loo, self.loo_t, tf.gather(self.M, m), u, m, y)
             return self._user(user_x, u, m, training), self.movie_tower(movie_x, training=training)
-        # Each tower runs once per distinct user (movie) of the batch, not once per rating: a batch of
-        # 1024 ratings has far fewer distinct movies, and the gradient is the same sum either way.
+        # Each tower runs once per distinct user (movie) of the batch, not once per rating: a batch
+        # of 1024 ratings has far fewer distinct movies, and the gradient is the same sum either
+        # way.
         if self.H is None:
             users, u_pos = tf.unique(u)
             ue = tf.gather(self.user_tower(tf.gather(self.U, users), training=training), u_pos)
@@ -160,7 +163,8 @@ class _Steps:
         return ue, tf.gather(self.movie_tower(tf.gather(self.M, movies), training=training), m_pos)
 
     def _user(self, x: tf.Tensor, u: tf.Tensor, m: tf.Tensor, training: bool) -> tf.Tensor:
-        """The user tower on rows ``x`` of examples (user ``u``, movie ``m``), with the history input if it has one."""
+        """The user tower on rows ``x`` of examples (user ``u``, movie ``m``), with the history
+        input if it has one."""
         if self.H is None or self.V is None:
             return self.user_tower(x, training=training)
         # the history input depends on the target (left out of the history it is predicted from)
@@ -205,12 +209,10 @@ class _Steps:
         return out
 
 
-MAX_VALIDATION = (
-    200_000  # validation loss per epoch is estimated on at most this many held-out ratings ...
-)
-PLOT_VALIDATION = (
-    20_000  # ... or this many when the epochs are fixed and the loss only feeds the loss plot
-)
+# validation loss per epoch is estimated on at most this many held-out ratings ...
+MAX_VALIDATION = 200_000
+# ... or this many when the epochs are fixed and the loss only feeds the loss plot
+PLOT_VALIDATION = 20_000
 
 
 def _batches(
@@ -265,12 +267,12 @@ def train_model(
         raise DataError("no training ratings")
     keras.utils.set_random_seed(seed)
     if (data.user_hist is None) != (config.history_length == 0):
-        raise ValueError(
-            f"history_length={config.history_length} but user history {'missing' if data.user_hist is None else 'given'}"
-        )
+        given = "missing" if data.user_hist is None else "given"
+        raise ValueError(f"history_length={config.history_length} but user history {given}")
     if (data.loo is None) == config.leave_one_out:
+        given = "missing" if data.loo is None else "given"
         raise ValueError(
-            f"leave_one_out={config.leave_one_out} but the data's leave-one-out sums {'missing' if data.loo is None else 'given'}"
+            f"leave_one_out={config.leave_one_out} but the data's leave-one-out sums {given}"
         )
     model = build_model(
         data.user_x.shape[1], data.movie_x.shape[1], config, n_movies=len(data.movie_x), seed=seed

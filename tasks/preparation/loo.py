@@ -1,4 +1,5 @@
-"""Leave-one-out features: each training example is fed its user's and movie's statistics without its own rating.
+"""Leave-one-out features: each training example is fed its user's and movie's statistics without
+its own rating.
 
 The confidence features (a user's shrunk mean, per-genre means and counts; a
 movie's shrunk mean and count) are computed from the training ratings, so in
@@ -107,14 +108,16 @@ def leave_one_out(
     m = pd.Index(feats.movie_ids).get_indexer(ratings["movie_id"].to_numpy())
     if (u < 0).any() or (m < 0).any():
         raise ValueError(
-            f"{int((u < 0).sum())} ratings of unknown users and {int((m < 0).sum())} of unknown movies"
+            f"{int((u < 0).sum())} ratings of unknown users and "
+            f"{int((m < 0).sum())} of unknown movies"
         )
     r = ratings["rating"].to_numpy(dtype=np.float64)
     n_u, n_m = len(feats.user_ids), len(feats.movie_ids)
     user_cnt = np.bincount(u, minlength=n_u).astype(np.float64)
     if not np.allclose(np.log1p(user_cnt), feats.user_x[:, user_cols[0]], atol=1e-4):
         raise ValueError(
-            "these ratings are not the ones the features were computed from (user rating counts differ)"
+            "these ratings are not the ones the features were computed from "
+            "(user rating counts differ)"
         )
     genres = feats.movie_x[:, genre_cols].astype(np.float64)
     genre_sum = np.asarray(sp.csr_matrix((r, (u, m)), shape=(n_u, n_m)) @ genres)
@@ -158,7 +161,8 @@ def leave_one_out(
 def example_rows(
     loo: LeaveOneOut, t: dict[str, Any], movie_rows: Any, u: Any, m: Any, y: Any
 ) -> tuple[Any, Any]:
-    """Scaled (user rows, movie rows) of examples (user row ``u``, movie row ``m``, target ``y``), each without its rating.
+    """Scaled (user rows, movie rows) of examples (user row ``u``, movie row ``m``, target ``y``),
+    each without its rating.
 
     ``t`` is :meth:`LeaveOneOut.tensors`; ``movie_rows`` are the examples'
     scaled movie rows as computed from every rating (their non-rating columns are kept).
@@ -194,7 +198,8 @@ def example_rows(
         loo.mu,
         loo.shrinkage,
     )
-    # the rating columns replaced in one pass: keep the others, place the new values by a (2, width) matmul
+    # the rating columns replaced in one pass: keep the others, place the new values by a (2, width)
+    # matmul
     width = movie_rows.shape[-1]
     place = np.zeros((len(cols), width), dtype=np.float32)
     place[np.arange(len(cols)), loo.movie_columns] = 1.0

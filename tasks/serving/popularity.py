@@ -1,23 +1,26 @@
-"""A popularity prior in the vectors the index serves, its weight chosen per data set on the nightly holdout.
+"""A popularity prior in the vectors the index serves, its weight chosen per data set on the nightly
+holdout.
 
-Why: the two-tower dot product is trained mostly on the rating (the MSE term), so it ranks by how much a
-user would like a movie, not by how likely they are to watch it next. Where what people rate is driven by
-popularity, most-popular beats that ranking by a wide margin; where it is driven by taste (ml-latest-small)
-a little popularity still helps. So the ranking score adds a prior with a weight ``w``:
+Why: the two-tower dot product is trained mostly on the rating (the MSE term), so it ranks by how
+much a user would like a movie, not by how likely they are to watch it next. Where what people rate
+is driven by popularity, most-popular beats that ranking by a wide margin; where it is driven by
+taste (ml-latest-small) a little popularity still helps. So the ranking score adds a prior with a
+weight ``w``:
 
     score(u, m) = (u . m + w * p(m)) / (1 + w),    p(m) = log(1 + n_m) / log(1 + max n)  in [0, 1]
 
-where ``u``, ``m`` are the towers' unit vectors and ``n_m`` the movie's number of ratings. It is the inner
-product of two unit vectors of dimension d + 2 (:class:`ServingSpace`):
+where ``u``, ``m`` are the towers' unit vectors and ``n_m`` the movie's number of ratings. It is the
+inner product of two unit vectors of dimension d + 2 (:class:`ServingSpace`):
 
     user:   [u, sqrt(w), 0] / sqrt(1 + w)
     movie:  [m, sqrt(w) p, sqrt(w) sqrt(1 - p^2)] / sqrt(1 + w)
 
-so FAISS's exact inner-product index serves it as it is, the score stays in [-1, 1], and the published
-embeddings remain the vectors that produced ``score``. The model's own dot product ``u . m`` (the predicted
-rating, similar movies) is ``1 + w`` times the inner product of the first d components. ``w = 0`` serves
-``u . m`` unchanged. The weight is chosen among :data:`WEIGHTS` by NDCG@k on the nightly holdout
-(:func:`select_weight`), with no flag: popularity-led data picks a large weight, taste-led data a small one.
+so FAISS's exact inner-product index serves it as it is, the score stays in [-1, 1], and the
+published embeddings remain the vectors that produced ``score``. The model's own dot product
+``u . m`` (the predicted rating, similar movies) is ``1 + w`` times the inner product of the first d
+components. ``w = 0`` serves ``u . m`` unchanged. The weight is chosen among :data:`WEIGHTS` by
+NDCG@k on the nightly holdout (:func:`select_weight`), with no flag: popularity-led data picks a
+large weight, taste-led data a small one.
 """
 
 from __future__ import annotations
@@ -34,11 +37,13 @@ from tasks.store.storage import read_json, write_json
 
 WEIGHTS: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0)
 EXTRA_DIMS = 2
-SWEEP_USERS = 4000  # above twice this many holdout users, the weight is chosen on a seeded sample of this many
+# above twice this many holdout users, the weight is chosen on a seeded sample of this many
+SWEEP_USERS = 4000
 
 
 def movie_popularity(ratings: pd.DataFrame, movie_ids: np.ndarray) -> np.ndarray:
-    """``p(m)``: log(1 + ratings of m) / log(1 + ratings of the most-rated movie), over ``movie_ids`` order, in [0, 1]."""
+    """``p(m)``: log(1 + ratings of m) / log(1 + ratings of the most-rated movie), over
+    ``movie_ids`` order, in [0, 1]."""
     counts = (
         ratings["movie_id"]
         .value_counts()
@@ -53,7 +58,8 @@ def movie_popularity(ratings: pd.DataFrame, movie_ids: np.ndarray) -> np.ndarray
 
 @dataclass(frozen=True)
 class ServingSpace:
-    """How tower embeddings (dimension ``tower_dim``) become the served vectors, for a prior weight ``weight``."""
+    """How tower embeddings (dimension ``tower_dim``) become the served vectors, for a prior weight
+    ``weight``."""
 
     tower_dim: int
     weight: float
@@ -61,7 +67,8 @@ class ServingSpace:
     def __post_init__(self) -> None:
         if self.tower_dim < 1 or not self.weight >= 0:
             raise ValueError(
-                f"serving space needs tower_dim >= 1 and weight >= 0, got {self.tower_dim} and {self.weight!r}"
+                "serving space needs tower_dim >= 1 and weight >= 0, "
+                f"got {self.tower_dim} and {self.weight!r}"
             )
 
     @property
@@ -82,7 +89,8 @@ class ServingSpace:
         return np.ascontiguousarray(np.hstack([u, extra]) / np.float32(np.sqrt(1.0 + self.weight)))
 
     def movies(self, movie_emb: np.ndarray, popularity: np.ndarray) -> np.ndarray:
-        """Served movie vectors ``[m, sqrt(w) p, sqrt(w) sqrt(1 - p^2)] / sqrt(1 + w)`` (unit when ``m`` is)."""
+        """Served movie vectors ``[m, sqrt(w) p, sqrt(w) sqrt(1 - p^2)] / sqrt(1 + w)`` (unit when
+        ``m`` is)."""
         m = self._check(movie_emb, self.tower_dim, "tower movie embeddings")
         p = np.asarray(popularity, dtype=np.float64)
         if p.shape != (len(m),) or ((p < 0) | (p > 1)).any():
@@ -102,7 +110,8 @@ class ServingSpace:
         )
 
     def content_queries(self, movie_vecs: np.ndarray) -> np.ndarray:
-        """Query vectors whose inner product with a served movie vector is ``m . m'``: similar movies by content."""
+        """Query vectors whose inner product with a served movie vector is ``m . m'``: similar
+        movies by content."""
         m = self._check(movie_vecs, self.dim, "served movie vectors")
         out = np.zeros_like(m)
         out[:, : self.tower_dim] = m[:, : self.tower_dim] * np.float32(1.0 + self.weight)
@@ -125,7 +134,8 @@ class ServingSpace:
 
 @dataclass(frozen=True)
 class Selection:
-    """The chosen weight, each user's weight index as chosen on the other half of the users, the mean NDCG per weight."""
+    """The chosen weight, each user's weight index as chosen on the other half of the users, the
+    mean NDCG per weight."""
 
     weight: float
     cross_index: np.ndarray
@@ -133,7 +143,8 @@ class Selection:
 
 
 def sweep_users(users: np.ndarray, seed: int = 0) -> np.ndarray:
-    """The users the weight is chosen on: all of them, or a seeded sample of :data:`SWEEP_USERS` above twice that."""
+    """The users the weight is chosen on: all of them, or a seeded sample of :data:`SWEEP_USERS`
+    above twice that."""
     users = np.asarray(users)
     if len(users) <= 2 * SWEEP_USERS:
         return users
@@ -146,9 +157,9 @@ def select_weight(
     """Pick the weight with the best mean NDCG over users (rows of ``ndcg``, one column per weight).
 
     The weight to publish is the best over all users. The figure to report is cross-fitted, so that
-    choosing the weight on the holdout does not flatter it: users are split in two halves at random and
-    each user is scored with the weight that was best on the other half (``cross_index``). Ties go to
-    the smaller weight.
+    choosing the weight on the holdout does not flatter it: users are split in two halves at random
+    and each user is scored with the weight that was best on the other half (``cross_index``). Ties
+    go to the smaller weight.
     """
     ndcg = np.asarray(ndcg, dtype=np.float64)
     if ndcg.ndim != 2 or ndcg.shape[1] != len(weights) or len(ndcg) == 0:
