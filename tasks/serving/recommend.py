@@ -5,8 +5,8 @@ every path: FAISS's search, the exact scan, any chunk or shard size. So a movie'
 never depends on which path or which machine scored it. Identical vectors (movies with identical
 content rows and no ratings) must then score exactly alike, and a blocked matrix product does not
 promise that: with AVX-512 kernels two identical columns came out a rounding apart. So where the
-index holds duplicates (:class:`Twins`), the scan scores each distinct vector once and copies the
-score to its twins, and the candidates FAISS returns are re-scored one dot product at a time
+index holds duplicates (:class:`Twins`), the scan gives each of them the score of its group's
+first row, and the candidates FAISS returns are re-scored one dot product at a time
 (``einsum``'s loop, the same for every column).
 
 Seen movies are excluded by over-fetching: users are sorted by history length
@@ -55,12 +55,16 @@ SCAN_BLOCK_CELLS = 1 << 24
 
 
 class Twins:
-    """The distinct vectors of an index and each row's one among them, when some rows repeat one."""
+    """Rows of an index that repeat another row's vector, and the first row of each such group."""
 
     def __init__(self, vectors: np.ndarray) -> None:
         self.vectors = vectors
-        self.distinct, of_row = np.unique(vectors, axis=0, return_inverse=True)
-        self.of_row = of_row.reshape(-1)
+        _, first, of_row, counts = np.unique(
+            vectors, axis=0, return_index=True, return_inverse=True, return_counts=True
+        )
+        of_row = of_row.reshape(-1)
+        self.rows = np.flatnonzero(counts[of_row] > 1)  # every row of a group of two or more
+        self.lead = first[of_row[self.rows]]  # the group's first row, for each of them
 
     @staticmethod
     def of(vectors: np.ndarray | None) -> Twins | None:
@@ -68,11 +72,13 @@ class Twins:
         if vectors is None or len(vectors) < 2:
             return None
         twins = Twins(vectors)
-        return twins if len(twins.distinct) < len(vectors) else None
+        return twins if len(twins.rows) else None
 
     def scores(self, queries: np.ndarray) -> np.ndarray:
-        """queries x every row, identical rows scoring exactly alike."""
-        return np.asarray(queries @ self.distinct.T)[:, self.of_row]
+        """queries x every row, each twin given its group's first row's score (exactly alike)."""
+        block = np.asarray(queries @ self.vectors.T)
+        block[:, self.rows] = block[:, self.lead]
+        return block
 
     def rescore(self, queries: np.ndarray, items: np.ndarray, scores: np.ndarray) -> np.ndarray:
         """The scores of (query, item) candidates, one dot product each; -1 items keep theirs."""
@@ -109,7 +115,11 @@ def _search_unseen(
             np.arange(len(seen), dtype=np.int64), lengths
         ) * n_items + np.concatenate(seen)
         keys = np.arange(len(seen), dtype=np.int64)[:, None] * n_items + items
-        valid = (items >= 0) & ~np.isin(keys, seen_keys)
+        # membership by binary search in the sorted keys: np.isin hashes both sides (0.9 s against
+        # 0.03 s for a chunk of 4,096 users with 850k seen pairs)
+        seen_keys.sort()
+        at = np.minimum(np.searchsorted(seen_keys, keys), len(seen_keys) - 1)
+        valid = (items >= 0) & (seen_keys[at] != keys)
     else:
         valid = items >= 0
     return valid, np.cumsum(valid, axis=1), items, scores
