@@ -358,9 +358,8 @@ def run_stage(
     """
     if work is None or not isinstance(fn, Task) or not isinstance(fn.cache_policy, ContentCache):
         return fn(*args, **kwargs), False
-    stage: Task[..., Any] = (
-        fn  # the resumable kind: a Task whose result Prefect persists in the run's work directory
-    )
+    # the resumable kind: a Task whose result Prefect persists in the run's work directory
+    stage: Task[..., Any] = fn
     state = cast(
         "State[Any]",
         stage.with_options(result_storage=Path(work) / RESULTS_DIR)(

@@ -246,9 +246,8 @@ def nightly(params: NightlyParams = NightlyParams()) -> dict[str, Any]:  # noqa:
     run_date = params.run_date or dt.date.today()
     # a local directory, or s3:// and its local scratch
     target = Target.of(params.data_dir, params.scratch_dir)
-    known: dict[
-        str, Any
-    ] = {}  # what the night has measured so far, in latest.json's shape (for its history row)
+    # what the night has measured so far, in latest.json's shape (for its history row)
+    known: dict[str, Any] = {}
     try:
         return _night(params, run_date, target, known)
     except Exception as exc:
@@ -297,9 +296,8 @@ def _night(
             "scalers", scalers_task, ratings=ratings, feature_dirs=feature_dirs,
             holdout=params.holdout_fraction, out_dir=str(work / "scalers"),
         )  # fmt: skip
-        warm = (
-            None  # or the published model to start from (--warm-start, tasks/modeling/warmstart.py)
-        )
+        # or the published model to start from (--warm-start, tasks/modeling/warmstart.py)
+        warm = None
         if params.warm_start:
             warm = run(
                 "warm-start", incremental.warm_source_task, data_dir=str(layout.data_dir),

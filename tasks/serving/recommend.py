@@ -47,9 +47,8 @@ def seen_csr(
     return indptr, m[order].astype(np.int64)
 
 
-FAISS_BLAS_QUERIES = (
-    4096  # flat search switches to BLAS at queries x dim >= 128,000 (4,000 queries at d = 32)
-)
+# flat search switches to BLAS at queries x dim >= 128,000 (4,000 queries at d = 32)
+FAISS_BLAS_QUERIES = 4096
 # exact scans score at most this many (query, movie) cells at a time (64 MB)
 SCAN_BLOCK_CELLS = 1 << 24
 

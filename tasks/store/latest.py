@@ -87,9 +87,8 @@ class Latest(BaseModel):
     ingest: dict[str, Any]
     training: TrainingDoc
     config: dict[str, Any]
-    rules: dict[str, Any] | None = (
-        None  # the night's business rules (tasks/serving/rules.py); older runs had none
-    )
+    # the night's business rules (tasks/serving/rules.py); older runs had none
+    rules: dict[str, Any] | None = None
     threads: int
     metrics: dict[str, Any] | None = None
     gate: dict[str, Any]

@@ -116,9 +116,8 @@ def pull(
     try:
         latest: Latest | None = Latest.parse(json.loads(body), f"{store.uri}/{LATEST}")
     except (DataError, ValueError):
-        latest = (
-            None  # another schema version: the night publishes over it, as on a local directory
-        )
+        # another schema version: the night publishes over it, as on a local directory
+        latest = None
     if latest is not None:
         for entry in latest.model.values():
             local = layout.data_dir / entry.path
