@@ -24,8 +24,8 @@ import pandas as pd
 
 from tasks.evaluation.evaluate import Fitted, _fit_once
 from tasks.evaluation.metrics import coverage, ranking_metrics, relevant_sets, rmse
-from tasks.modeling.config import ModelConfig, preset
 from tasks.modeling.model import l2_normalize, run_tower, towers
+from tasks.presets import ModelConfig, preset
 from tasks.serving.export import build_index
 from tasks.serving.recommend import seen_csr, topk_lists
 

@@ -35,10 +35,10 @@ set_thread_env(default_threads())
 import numpy as np  # noqa: E402
 from train_throughput import DEFAULT_DATA, load  # noqa: E402
 
-from tasks.modeling.config import ModelConfig, preset  # noqa: E402
 from tasks.preparation.features import compute_features, per_user_holdout  # noqa: E402
 from tasks.preparation.phases import prepared  # noqa: E402
 from tasks.preparation.scalers import fit_scalers  # noqa: E402
+from tasks.presets import ModelConfig, preset  # noqa: E402
 
 Shape = tuple[int, int, int, bool]  # (rows, inner, columns, transpose_a) of one product
 

@@ -34,10 +34,10 @@ set_thread_env(default_threads())
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from tasks.modeling.config import preset  # noqa: E402
 from tasks.preparation.features import compute_features, per_user_holdout  # noqa: E402
 from tasks.preparation.phases import prepared  # noqa: E402
 from tasks.preparation.scalers import fit_scalers  # noqa: E402
+from tasks.presets import preset  # noqa: E402
 
 DEFAULT_DATA = (
     Path(__file__).resolve().parents[2] / "shared" / "data" / "movielens" / "ml-latest-small"
@@ -68,7 +68,8 @@ def main() -> int:
     import keras
 
     from tasks.modeling.model import build_model
-    from tasks.modeling.train import TrainData, predict_scores, train_model
+    from tasks.modeling.train import predict_scores, train_model
+    from tasks.preparation.training import TrainData
 
     ratings, movies = load(args.data)
     hold = per_user_holdout(ratings, 0.2)

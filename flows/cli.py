@@ -17,7 +17,7 @@ from typing import Any
 
 from flows import failures, params, query_cli, serve
 from tasks.errors import TowerflowError, is_expected
-from tasks.modeling.config import PRESETS
+from tasks.presets import PRESETS
 
 EPHEMERAL_STARTUP_SECONDS = 180
 
@@ -291,8 +291,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     from tasks.evaluation.evaluate import compare, fit, over_seeds
     from tasks.ingestion.ingest import ingest
-    from tasks.modeling.config import preset
     from tasks.preparation.features import per_user_holdout
+    from tasks.presets import preset
     from tasks.runtime import default_threads, pin_threads
     from tasks.store.tables import load_movies, load_ratings
 

@@ -42,7 +42,7 @@ from tasks import faults
 from tasks.errors import TowerflowError
 from tasks.ingestion import rejects
 from tasks.modeling import warmstart
-from tasks.modeling.config import ModelConfig, preset
+from tasks.presets import ModelConfig, preset
 from tasks.runtime import default_threads, pin_threads
 from tasks.serving.rules import Rules
 from tasks.stage_results import (

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, Field, JsonValue, ValidationError, field_validator
 
 from tasks.errors import ConfigError
-from tasks.modeling.config import PRESETS
+from tasks.presets import PRESETS
 
 # the rules module loads pandas: imported where rules are used, keeping `towerflow --help` fast
 if TYPE_CHECKING:
@@ -58,7 +58,7 @@ class NightlyParams(BaseModel):
     preset: str = Field(
         "default",
         description="model preset; 'lab' reproduces the course, 'balanced' trades ranking for RMSE",
-        # a drop-down in the UI; tasks.modeling.config.PRESETS is the one list
+        # a drop-down in the UI; tasks.presets.PRESETS is the one list
         json_schema_extra={"enum": list[JsonValue](sorted(PRESETS))},
     )
     seed: int = Field(42, description="seed of every random choice in training")

@@ -23,9 +23,9 @@ from tasks.errors import ConfigError
 from tasks.evaluation import drift, quality
 from tasks.ingestion import rejects
 from tasks.ingestion.ingest import run_ingest
-from tasks.modeling.config import preset
 from tasks.modeling.fitting import run_refit, run_train
 from tasks.preparation.phases import run_features, run_scalers
+from tasks.presets import preset
 from tasks.serving import publish
 from tasks.sources.generate import generate
 from tasks.stage_results import (

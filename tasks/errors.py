@@ -12,6 +12,10 @@ from __future__ import annotations
 class TowerflowError(Exception):
     """Base of every error towerflow raises on purpose; its message names what to fix."""
 
+    # whether running the same command again can help (the stages finished so far are kept): not
+    # when the input or the model itself is at fault
+    rerun_helps = True
+
 
 class ConfigError(TowerflowError, ValueError):
     """A setting has a value towerflow cannot run with; the message names the setting and the

@@ -16,10 +16,11 @@ from benchmarks.ablation_measures import (
     similar_lists,
     variants,
 )
-from tasks.modeling.config import preset
 from tasks.modeling.model import build_model, run_tower, towers
-from tasks.modeling.train import TrainData, predict_scores, train_model
+from tasks.modeling.train import predict_scores, train_model
 from tasks.preparation.scalers import fit_scalers, load_scalers, save_scalers
+from tasks.preparation.training import TrainData
+from tasks.presets import preset
 from tasks.store.storage import read_json, write_json
 
 

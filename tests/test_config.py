@@ -6,7 +6,7 @@ import datetime as dt
 
 import pytest
 
-from tasks.modeling.config import ModelConfig, preset
+from tasks.presets import ModelConfig, preset
 
 
 def test_lab_preset_is_the_course_recipe() -> None:

@@ -7,12 +7,12 @@ import pandas as pd
 import pytest
 
 from tasks.errors import ConfigError
-from tasks.modeling.config import preset
 from tasks.preparation.factors import factor_names, movie_factors, user_factor_columns
 from tasks.preparation.features import compute_features
 from tasks.preparation.loo import example_rows, leave_one_out
 from tasks.preparation.phases import prepared
 from tasks.preparation.scalers import fit_scalers
+from tasks.presets import preset
 
 K = 2
 MOVIES = pd.DataFrame(

@@ -148,7 +148,7 @@ def test_combine_breaks_timestamp_ties_by_later_file(
 
 
 def _tiny_config() -> Any:
-    from tasks.modeling.config import preset
+    from tasks.presets import preset
 
     return dataclasses.replace(preset("default"), hidden=(8,), embedding_dim=4, history_length=3)
 

@@ -8,12 +8,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tasks.modeling.config import preset
-from tasks.modeling.train import TrainData, train_model
+from tasks.modeling.train import train_model
 from tasks.preparation.features import compute_features
 from tasks.preparation.loo import example_rows, leave_one_out
 from tasks.preparation.phases import Prepared, prepared
 from tasks.preparation.scalers import fit_scalers
+from tasks.preparation.training import TrainData
+from tasks.presets import preset
 
 MOVIES = pd.DataFrame(
     {

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tasks.modeling.config import preset
+from tasks.presets import preset
 
 pytestmark = pytest.mark.train
 

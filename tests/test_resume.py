@@ -290,3 +290,16 @@ def test_a_failed_stage_says_how_to_resume_unless_input_or_gate_is_at_fault(tmp_
     assert resume.hint(InputError("ratings.csv: line 3 ..."), work) == ""
     assert resume.hint(QualityGateError("quality gate: ..."), work) == ""
     assert resume.hint(OSError("before the version is known"), None) == ""
+
+
+def test_the_resume_hint_is_offered_only_where_a_rerun_can_help(tmp_path: Path) -> None:
+    from tasks.errors import DataError
+    from tasks.evaluation.quality import QualityGateError
+    from tasks.ingestion.rejects import InputError
+
+    work = tmp_path / "work" / "v"
+    for helpless in (InputError("ratings.csv line 3, column 2: ..."), QualityGateError("worse")):
+        assert resume.hint(helpless, work) == ""
+    for fixable in (OSError("disk full"), DataError("too few ratings"), RuntimeError("a bug")):
+        assert f"finished stages are kept in {work}" in resume.hint(fixable, work)
+    assert resume.hint(OSError("disk full"), None) == ""

@@ -10,8 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tasks.modeling.config import preset
-from tasks.modeling.train import TrainData, predict_scores, train_model
+from tasks.modeling.train import predict_scores, train_model
+from tasks.preparation.training import TrainData
+from tasks.presets import preset
 
 pytestmark = pytest.mark.train
 PLAIN = preset("default", leave_one_out=False)  # planted feature rows, not the confidence features

@@ -21,11 +21,11 @@ import pandas as pd
 from tasks.evaluation.baselines import als_lists, ease_lists, popularity_lists
 from tasks.evaluation.gate import bootstrap
 from tasks.evaluation.metrics import coverage, per_user_metrics, relevant_sets, rmse
-from tasks.modeling.config import ModelConfig
 from tasks.preparation.features import compute_features, per_user_holdout
 from tasks.preparation.history import user_history
 from tasks.preparation.phases import Prepared, prepared
 from tasks.preparation.scalers import fit_scalers
+from tasks.presets import ModelConfig
 from tasks.serving.export import build_index, embed_all
 from tasks.serving.popularity import (
     WEIGHTS,

@@ -46,6 +46,8 @@ class QualityGateError(TowerflowError, RuntimeError):
     """The new model is not good enough to publish; ``verdict`` is the gate's verdict (latest.json's
     ``gate`` shape)."""
 
+    rerun_helps = False
+
     def __init__(self, message: str, verdict: GateResult | None = None) -> None:
         super().__init__(message)
         self.verdict = verdict

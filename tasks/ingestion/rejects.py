@@ -50,6 +50,8 @@ RAW_LIMIT = 4096  # characters of a rejected line kept in `raw`
 class InputError(TowerflowError, ValueError):
     """An input file is malformed; the message names the file, line and column."""
 
+    rerun_helps = False
+
 
 class RejectThresholdError(InputError):
     """Too large a share of the rows was rejected; ``stats`` holds the ingest counts."""

@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 
 from tasks import faults
-from tasks.modeling.config import ModelConfig
 from tasks.preparation.features import per_user_holdout
 from tasks.preparation.phases import prepare
+from tasks.presets import ModelConfig
 from tasks.stage_results import Phases, Refit, Trained
 from tasks.store.tables import load_ratings
 

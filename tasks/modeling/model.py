@@ -15,11 +15,11 @@ import keras
 import numpy as np
 from keras import layers, ops
 
-from tasks.modeling.config import ModelConfig
+from tasks.preparation.training import TowerInput
+from tasks.presets import ModelConfig
 
 USER_TOWER = "user_tower"
 MOVIE_TOWER = "movie_tower"
-TowerInput = np.ndarray | tuple[np.ndarray, ...]
 
 
 def l2_normalize(x: Any, epsilon: float = 1e-12) -> Any:

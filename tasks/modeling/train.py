@@ -21,30 +21,10 @@ import numpy as np
 import tensorflow as tf
 
 from tasks.errors import DataError
-from tasks.modeling.config import ModelConfig
-from tasks.modeling.model import TowerInput, build_model, run_tower, towers
-from tasks.preparation.history import History
-from tasks.preparation.loo import LeaveOneOut, example_rows
-
-
-@dataclass(frozen=True)
-class TrainData:
-    """Scaled feature matrices and the (user row, movie row, scaled target) triples."""
-
-    user_x: np.ndarray
-    movie_x: np.ndarray
-    users: np.ndarray
-    movies: np.ndarray
-    target: np.ndarray
-    user_hist: History | None = None
-    loo: LeaveOneOut | None = None  # train on leave-one-out rows (see tasks.preparation.loo)
-
-    def user_input(self) -> TowerInput:
-        return (
-            self.user_x
-            if self.user_hist is None
-            else (self.user_x, self.user_hist.ids, self.user_hist.values)
-        )
+from tasks.modeling.model import build_model, run_tower, towers
+from tasks.preparation.loo import example_rows
+from tasks.preparation.training import TowerInput, TrainData
+from tasks.presets import ModelConfig
 
 
 @dataclass

@@ -23,8 +23,8 @@ import pyarrow.compute as pc
 import scipy.sparse as sp
 
 from tasks.errors import ConfigError
-from tasks.modeling.config import FeatureSet
 from tasks.preparation import factors as collab
+from tasks.presets import FeatureSet
 
 GENRES: tuple[str, ...] = (
     "Action", "Adventure", "Animation", "Children", "Comedy", "Crime", "Documentary",

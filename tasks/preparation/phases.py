@@ -10,22 +10,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import numpy as np
 import pandas as pd
 
-from tasks.modeling.config import ModelConfig
 from tasks.preparation.feature_tables import read_features, write_features
 from tasks.preparation.features import Features, compute_features, per_user_holdout
 from tasks.preparation.history import History, read_history, user_history, write_history
 from tasks.preparation.scalers import Scalers, fit_scalers, load_scalers, save_scalers
+from tasks.preparation.training import TowerInput, TrainData
+from tasks.presets import ModelConfig
 from tasks.stage_results import FeatureDirs, Phases
 from tasks.store.tables import load_movies, load_ratings
-
-if TYPE_CHECKING:
-    from tasks.modeling.model import TowerInput
-    from tasks.modeling.train import TrainData
 
 PHASES: tuple[Literal["train"], Literal["full"]] = ("train", "full")
 
@@ -120,7 +117,6 @@ class Prepared:
         """Training triples of ``ratings`` (the ratings these features came from), with what
         ``config`` trains on.
         """
-        from tasks.modeling.train import TrainData
         from tasks.preparation.loo import leave_one_out
 
         loo = (

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, get_args
 import numpy as np
 
 from tasks.errors import DataError
-from tasks.modeling.config import TargetScale
+from tasks.presets import TargetScale
 from tasks.store.storage import read_json, write_json
 
 FORMAT = "towerflow-scalers/1"

@@ -22,7 +22,7 @@ from tasks.store.storage import atomic_path, read_table, write_table
 if TYPE_CHECKING:
     import keras
 
-    from tasks.modeling.model import TowerInput
+    from tasks.preparation.training import TowerInput
 
 NORM_TOLERANCE = 1e-3
 

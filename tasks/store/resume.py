@@ -30,6 +30,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from tasks.errors import TowerflowError
 from tasks.store import latest as latest_doc
 from tasks.store.latest import Latest
 from tasks.store.layout import Layout
@@ -205,10 +206,7 @@ def hint(exc: BaseException, work: Path | None) -> str:
     """What to do after a stage failed: re-run to resume, unless the input or the model itself is at
     fault.
     """
-    from tasks.evaluation.quality import QualityGateError
-    from tasks.ingestion.rejects import InputError
-
-    if work is None or isinstance(exc, InputError | QualityGateError):
+    if work is None or (isinstance(exc, TowerflowError) and not exc.rerun_helps):
         return ""
     return (
         f" (finished stages are kept in {work}: fix the cause and run the same command again to "
