@@ -1,7 +1,7 @@
 """The nightly flow: ingest -> features -> scalers -> train -> evaluate -> gate -> refit -> export
 -> recommend / similar -> drift -> publish -> report.
 
-Each stage is a Prefect task (:mod:`flows.stage_tasks`, :mod:`flows.shards`) wrapping a plain
+Each stage is a Prefect task (:mod:`flows.stage_tasks`, :mod:`flows.shard_tasks`) wrapping a plain
 function from ``tasks/``; tasks pass file paths, never data frames or models. ``latest.json`` is
 written by the publish task, last. Whatever a night's outcome, :mod:`flows.outcome` records it.
 """
@@ -19,7 +19,7 @@ from typing import Any, ParamSpec, TypeVar
 
 from prefect import flow, get_run_logger
 
-from flows import caching, failures, incremental, outcome, report, runners, shards
+from flows import caching, failures, incremental_tasks, outcome, report, runners, shard_tasks
 from flows.lock import data_dir_lock
 from flows.params import NightlyParams
 from flows.stage_tasks import (
@@ -130,10 +130,10 @@ def _ingest(
         return ingested, Inputs(ratings=str(params.ratings), movies=str(params.movies)), input_hash
     movies = str(Path(params.movies or "").resolve())
     # several files or a drop folder: only new files, a task each
-    if incremental.is_incremental(params.ratings):
+    if incremental_tasks.is_incremental(params.ratings):
         ledger = run(
             "ingest",
-            incremental.ingest_all,
+            incremental_tasks.ingest_all,
             ratings=params.ratings,
             movies=movies,
             data_dir=str(layout.data_dir),
@@ -144,7 +144,7 @@ def _ingest(
     if params.ratings is None:
         inputs = run("generate", generate_task, out_dir=str(layout.data_dir / "embedded"))
     else:
-        inputs = Inputs(ratings=incremental.single(params.ratings), movies=movies)
+        inputs = Inputs(ratings=incremental_tasks.single(params.ratings), movies=movies)
     ratings = str(inputs["ratings"])
     input_hash = run(
         "hash-inputs",
@@ -393,7 +393,7 @@ def _warm_source(night: _Night, feature_dirs: Phases) -> dict[str, str] | None:
     """The published model to start from (--warm-start, tasks/modeling/warmstart.py)."""
     return night.run(
         "warm-start",
-        incremental.warm_source_task,
+        incremental_tasks.warm_source_task,
         data_dir=str(night.layout.data_dir),
         feature_dir=feature_dirs["full"],
         config=night.config.to_dict(),
@@ -485,13 +485,13 @@ def _serve(
     p, run, work, store = night.params, night.run, night.work, night.store
     exchange = (store, str(night.layout.data_dir)) if store and runners.on_dask() else None
     recs = run(
-        "recommend", shards.recommend_all, ratings=ingested["ratings"],
+        "recommend", shard_tasks.recommend_all, ratings=ingested["ratings"],
         model_dir=exported["model_dir"], out_dir=str(work / "recommendations"), k=p.k,
         version=version, chunk_size=p.chunk_size, shard_size=p.shard_size, work=str(work),
         rules=night.rules_doc, movies=ingested["movies"], exchange=exchange,
     )  # fmt: skip
     similar = run(
-        "similar", shards.similar_all, model_dir=exported["model_dir"],
+        "similar", shard_tasks.similar_all, model_dir=exported["model_dir"],
         out_dir=str(work / "similar_movies"), k=p.k, chunk_size=p.chunk_size,
         shard_size=p.shard_size, work=str(work), rules=night.rules_doc,
         movies=ingested["movies"], exchange=exchange,

@@ -158,7 +158,7 @@ def test_a_rerun_reuses_finished_shards_and_redoes_a_missing_one(
     """
     from prefect import flow
 
-    from flows.shards import recommend_all, similar_all
+    from flows.shard_tasks import recommend_all, similar_all
     from tasks.stage_results import Recommended, SimilarScored
 
     d, store = model_dir

@@ -78,7 +78,8 @@ def test_every_io_task_has_the_one_retry_policy() -> None:
     """
     from prefect import Task
 
-    from flows import incremental, shards
+    from flows import incremental_tasks as incremental
+    from flows import shard_tasks as shards
     from flows import stage_tasks as nightly
     from flows.runners import IO_RETRY, io_retry
 
