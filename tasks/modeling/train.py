@@ -1,8 +1,9 @@
 """Training loop for the two-tower model.
 
-The input pipeline is a ``tf.data`` stream of (user index, movie index, scaled
-rating) triples; feature rows are gathered by index inside the train step, so
-no per-rating copy of the feature rows is ever materialized. The loss is the
+Each epoch's batches are slices of three constant tensors of (user index, movie
+index, scaled rating) triples (:func:`_batches`); feature rows are gathered by
+index inside the train step, so no per-rating copy of the feature rows is ever
+materialized. The loss is the
 lab's MSE of the dot product against the MinMax(-1, 1) rating, optionally
 plus an in-batch softmax over the same dot product (temperature, accidental
 hits masked, log-popularity correction).
