@@ -7,8 +7,9 @@ layer shapes:
 - each tower's Dense layers (the towers run once per example: leave-one-out rows depend on the
   rating), forward ``2 * in * out`` and backward twice that, less the input gradient of the first
   layer, which nothing needs;
-- the in-batch softmax: the ``batch x batch`` logits (embedding width + 1, the logQ column) forward,
-  and the two products of its gradient.
+- the in-batch softmax: the ``batch x columns`` logits forward, where the columns are a batch's
+  distinct movies (their mean over an epoch of this data's batches), and the two products of its
+  gradient.
 
 The machine's rate is measured in the same run on exactly those products, at the training batch
 size (the step's matmuls replayed in one ``tf.function``, best of several rounds), and, for context,
@@ -43,10 +44,10 @@ Shape = tuple[int, int, int, bool]  # (rows, inner, columns, transpose_a) of one
 
 
 def step_products(
-    layer_shapes: list[list[tuple[int, int]]], batch: int, width: int, softmax: bool
+    layer_shapes: list[list[tuple[int, int]]], batch: int, width: int, columns: int
 ) -> list[Shape]:
     """The matrix products of one training step: per tower its Dense layers' (in, out), then the
-    softmax."""
+    softmax over ``columns`` distinct movies (0: no softmax)."""
     out: list[Shape] = []
     for tower in layer_shapes:
         for i, (fan_in, fan_out) in enumerate(tower):
@@ -54,11 +55,19 @@ def step_products(
             out.append((fan_in, batch, fan_out, True))  # weight gradient: x^T @ dy
             if i > 0:
                 out.append((batch, fan_out, fan_in, False))  # input gradient: dy @ W^T
-    if softmax:
-        out.append((batch, width + 1, batch, False))  # logits
-        out.append((batch, batch, width + 1, False))  # d users = P @ movies
-        out.append((batch, batch, width + 1, True))  # d movies = P^T @ users
+    if columns:
+        out.append((batch, width, columns, False))  # logits
+        out.append((batch, columns, width, False))  # d users = P @ movies
+        out.append((columns, batch, width, True))  # d movies = P^T @ users
     return out
+
+
+def distinct_per_batch(movies: np.ndarray, batch: int, seed: int) -> int:
+    """Mean number of distinct movies in a batch of an epoch of ``movies`` in random order."""
+    order = movies[np.random.default_rng(seed).permutation(len(movies))]
+    full = len(order) // batch * batch
+    counts = [len(np.unique(order[s : s + batch])) for s in range(0, full, batch)]
+    return round(float(np.mean(counts))) if counts else len(np.unique(order))
 
 
 def flops(products: list[Shape]) -> int:
@@ -148,13 +157,14 @@ def main() -> int:
         data.user_x.shape[1], data.movie_x.shape[1], config, n_movies=len(data.movie_x)
     )
     shapes = dense_shapes(model)
+    columns = distinct_per_batch(data.movies, config.batch_size, args.seed)
     products = step_products(
-        shapes, config.batch_size, config.embedding_dim, config.softmax_weight > 0
+        shapes, config.batch_size, config.embedding_dim, columns if config.softmax_weight else 0
     )
     per_example = flops(products) / config.batch_size
     print(
         f"default preset: towers {shapes}, batch {config.batch_size}, "
-        f"{len(data.users):,} examples per epoch"
+        f"{len(data.users):,} examples per epoch, {columns} distinct movies per batch"
     )
     print(
         f"FLOPs per example: {per_example / 1e6:.3f} M "

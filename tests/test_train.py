@@ -149,19 +149,29 @@ def test_refit_modes_publish_what_they_say(
         assert sum(h["examples"] for h in out["history"]) == math.ceil(3 * n * 0.2)
 
 
+@pytest.mark.parametrize("norm", [1.0, 12.0], ids=["shifted", "row-max"])
 def test_in_batch_softmax_matches_autodiff_of_the_plain_expression(
-    rng: np.random.Generator,
+    rng: np.random.Generator, norm: float
 ) -> None:
-    """The hand-written gradient equals TensorFlow's autodiff of the textbook masked softmax."""
+    """The hand-written softmax equals TensorFlow's autodiff of the textbook masked softmax.
+
+    Every example of a movie has that movie's vector and log_q, as without leave-one-out rows; the
+    softmax gives a movie's column gradient to its first example, so the movie gradients are
+    compared summed per movie. ``norm`` 12 makes the bound on the logits too loose for one shift
+    (the per-row path)."""
     import tensorflow as tf
 
     from tasks.modeling.train import in_batch_softmax
 
-    n, d, temperature = 64, 8, 0.1
-    ue = tf.constant(rng.normal(size=(n, d)).astype(np.float32))
-    me = tf.constant(rng.normal(size=(n, d)).astype(np.float32))
-    movies = tf.constant(rng.integers(0, 20, n).astype(np.int32))  # many accidental hits
-    q = tf.constant(rng.normal(size=n).astype(np.float32))
+    n, d, temperature, k = 64, 8, 0.1, 20
+    ue = rng.normal(size=(n, d))
+    ue = tf.constant((norm * ue / np.linalg.norm(ue, axis=1, keepdims=True)).astype(np.float32))
+    ids = rng.integers(0, k, n)  # many accidental hits
+    per_movie = rng.normal(size=(k, d))
+    per_movie /= np.linalg.norm(per_movie, axis=1, keepdims=True)
+    me = tf.constant(per_movie[ids], tf.float32)
+    movies = tf.constant(ids.astype(np.int32))
+    q = tf.constant(rng.normal(size=k).astype(np.float32)[ids])
 
     def plain(u: tf.Tensor, v: tf.Tensor) -> tf.Tensor:
         logits = tf.matmul(u, v, transpose_b=True) / temperature - q[tf.newaxis, :]
@@ -177,7 +187,10 @@ def test_in_batch_softmax_matches_autodiff_of_the_plain_expression(
         with tf.GradientTape() as tape:
             tape.watch([ue, me])
             loss = 3.0 * loss_of(ue, me)
-        results.append([loss.numpy(), *(g.numpy() for g in tape.gradient(loss, [ue, me]))])
+        d_ue, d_me = (g.numpy() for g in tape.gradient(loss, [ue, me]))
+        per_movie_grad = np.zeros((k, d), dtype=np.float64)
+        np.add.at(per_movie_grad, ids, d_me)
+        results.append([loss.numpy(), d_ue, per_movie_grad])
     for ours, theirs in zip(results[1], results[0], strict=True):
         np.testing.assert_allclose(ours, theirs, rtol=2e-4, atol=2e-5)
     assert np.abs(results[0][1]).max() > 1e-3  # the gradient compared is not zero

@@ -15,6 +15,7 @@ import keras
 import numpy as np
 from keras import layers, ops
 
+from tasks.modeling.dropout import ByteDropout
 from tasks.preparation.training import TowerInput
 from tasks.presets import ModelConfig
 
@@ -41,51 +42,6 @@ class L2Normalize(layers.Layer):  # type: ignore[misc]  # keras ships no types
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "epsilon": self.epsilon}
-
-
-@keras.saving.register_keras_serializable(package="towerflow")
-class ByteDropout(layers.Layer):  # type: ignore[misc]  # keras ships no types
-    """Dropout whose keep/drop draw is one random byte per unit: four units per 32-bit random word.
-
-    Why not ``keras.layers.Dropout``: it draws a float per unit with Philox, and on 2 CPU cores that
-    draw and its gradient cost 3 ms of wall time in a training step of the default towers (1,024 x
-    768 units; about 14 ms in all), these bytes 1.4 ms. The rate is rounded to a multiple of 1/256
-    (0.2 drops 51/256 = 0.199); in inference the layer passes its input through, like Keras's.
-    """
-
-    def __init__(self, rate: float, seed: int | None = None, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        if not 0.0 <= rate < 1.0:
-            raise ValueError(f"ByteDropout rate must be in [0, 1), got {rate!r}")
-        self.rate, self.seed = float(rate), seed
-        self.threshold = min(255, round(self.rate * 256))
-        self.seed_generator = keras.random.SeedGenerator(seed)
-
-    def call(self, inputs: Any, training: bool = False) -> Any:
-        if not training or self.threshold == 0:
-            return inputs
-        import tensorflow as tf
-
-        seed, width = self.seed_generator.next(), inputs.shape[-1]
-        if width is not None and width % 4 == 0:  # one word per four units of a row: no flattening
-            words = tf.random.stateless_uniform(
-                [tf.shape(inputs)[0], width // 4], seed, minval=None, maxval=None, dtype=tf.uint32
-            )
-            draws = tf.reshape(tf.bitcast(words, tf.uint8), tf.shape(inputs))
-        else:
-            n = tf.size(inputs)
-            words = tf.random.stateless_uniform(
-                [(n + 3) // 4], seed, minval=None, maxval=None, dtype=tf.uint32
-            )
-            draws = tf.reshape(tf.reshape(tf.bitcast(words, tf.uint8), [-1])[:n], tf.shape(inputs))
-        keep = tf.cast(draws >= self.threshold, inputs.dtype) * (256.0 / (256 - self.threshold))
-        return inputs * keep
-
-    def compute_output_shape(self, input_shape: Any) -> Any:
-        return input_shape
-
-    def get_config(self) -> dict[str, Any]:
-        return {**super().get_config(), "rate": self.rate, "seed": self.seed}
 
 
 @keras.saving.register_keras_serializable(package="towerflow")

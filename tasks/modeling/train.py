@@ -22,6 +22,8 @@ import numpy as np
 import tensorflow as tf
 
 from tasks.errors import DataError
+from tasks.modeling.adam import FusedAdam
+from tasks.modeling.dropout import POOL_BATCHES, MaskPool
 from tasks.modeling.model import build_model, run_tower, towers
 from tasks.preparation.loo import example_rows
 from tasks.preparation.training import TowerInput, TrainData
@@ -49,38 +51,67 @@ def in_batch_softmax(
 ) -> tf.Tensor:
     """Mean in-batch softmax cross-entropy: each example's movie against the batch's other movies.
 
-    Logits are ``ue_i . me_j / temperature - log_q_j`` (logQ correction); columns of the example's
-    own movie other than its own (accidental hits) are left out. The gradient is written by hand
-    (``tf.custom_gradient``) from the softmax kept from the forward pass: autodiff of the same
-    expression made about a dozen passes over the batch x batch logits, and on 2 cores those passes,
-    not the matmuls, were half of a training step (7 of 14 ms at batch 1,024).
+    The logit of example ``i`` for movie ``j`` is ``ue_i . me_j / temperature - log_q_j`` (logQ
+    correction); other examples of the example's own movie (accidental hits) are left out of its
+    denominator. The columns are the batch's distinct movies, each weighted by how often it occurs
+    (its log count added to its logit), which is the sum over every example's column when a movie's
+    rows are alike; a movie's column is the vector of its first example in the batch, and ``log_q``
+    must be the same for every example of a movie.
+
+    Why written by hand (``tf.custom_gradient``): on 2 cores the batch x batch passes, not the
+    matmuls, were half of a training step. Autodiff of the textbook expression made about a dozen;
+    here there are four (the logits with the bias fused in, their exponentials, a row sum, and the
+    two products of the gradient reading them back) over a matrix of distinct movies, with no hit
+    mask (a hit is one column per row, subtracted from its row sum) and no per-row max: the logits
+    are shifted by one bound on them all (Cauchy-Schwarz), unless that would underflow a row.
     """
     return _softmax_loss(ue / temperature, me, log_q, movies)
 
 
+# exp(-80) is far above float32's smallest normal number (1.2e-38): a shift within this of every
+# example's own logit cannot turn its row's sum to zero
+_SAFE_SHIFT = 80.0
+
+
 @tf.custom_gradient  # type: ignore[untyped-decorator]  # tensorflow ships no types
 def _softmax_loss(us: tf.Tensor, me: tf.Tensor, log_q: tf.Tensor, movies: tf.Tensor) -> Any:
-    logits = tf.matmul(us, me, transpose_b=True) - log_q[tf.newaxis, :]
-    own = tf.reduce_sum(us * me, axis=1) - log_q  # the positives, the diagonal of the logits
-    masked = tf.where(
-        tf.equal(movies[:, tf.newaxis], movies[tf.newaxis, :]),
-        tf.constant(-1e9, logits.dtype),
-        logits,
-    )
-    top = tf.maximum(tf.reduce_max(masked, axis=1), own)
-    e = tf.exp(masked - top[:, tf.newaxis])
-    total = tf.reduce_sum(e, axis=1) + tf.exp(own - top)
+    n = tf.shape(us)[0]
+    columns, pos = tf.unique(movies)  # example i's own movie is column pos[i]
+    d = tf.shape(columns)[0]
+    first = tf.math.unsorted_segment_min(tf.range(n), pos, d)
+    counts = tf.math.unsorted_segment_sum(tf.ones_like(log_q), pos, d)
+    mc = tf.gather(me, first)
+    bias = tf.math.log(counts) - tf.gather(log_q, first)
+    own = tf.reduce_sum(us * me, axis=1) - log_q  # each example's logit for its own movie
+    norms = tf.reduce_max(tf.reduce_sum(us * us, 1)) * tf.reduce_max(tf.reduce_sum(mc * mc, 1))
+    bound = tf.sqrt(norms) + tf.reduce_max(bias)  # no logit is above it
+
+    def shifted() -> tuple[tf.Tensor, tf.Tensor]:
+        e = tf.exp(tf.nn.bias_add(tf.matmul(us, mc, transpose_b=True), bias - bound))
+        return e, tf.fill([n], bound)
+
+    def row_max() -> tuple[tf.Tensor, tf.Tensor]:  # a bound too loose for some row's own logit
+        logits = tf.nn.bias_add(tf.matmul(us, mc, transpose_b=True), bias)
+        top = tf.maximum(tf.reduce_max(logits, axis=1), own)
+        return tf.exp(logits - top[:, tf.newaxis]), top
+
+    e, top = tf.cond(tf.reduce_max(bound - own) < _SAFE_SHIFT, shifted, row_max)
+    hit = tf.gather_nd(e, tf.stack([tf.range(n), pos], axis=1))  # the own movie's column
+    e_own = tf.exp(own - top)
+    total = tf.maximum(tf.reduce_sum(e, axis=1) - hit, 0.0) + e_own
     loss = tf.reduce_mean(tf.math.log(total) + top - own)
 
     def grad(upstream: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, None, None]:
-        # d loss / d logits = (softmax - identity) / batch; the identity and the positives' own
-        # probability act on the batch x 32 rows, never on the batch x batch matrix
-        n = tf.cast(tf.shape(us)[0], us.dtype)
-        p = e / total[:, tf.newaxis]
-        diag = (tf.exp(own - top) / total - 1.0)[:, tf.newaxis]
-        scale = upstream / n
-        d_us = (tf.matmul(p, me) + diag * me) * scale
-        d_me = (tf.matmul(p, us, transpose_a=True) + diag * us) * scale
+        # d loss / d logit = (softmax - identity) / batch; the rows' 1 / total scale the batch x 32
+        # operands, and the hit columns and the positives act on them too, never on the matrix
+        scale = upstream / tf.cast(n, us.dtype)
+        w = scale / total
+        diag = (e_own * w - scale)[:, tf.newaxis]
+        hits = (hit * w)[:, tf.newaxis]
+        d_us = tf.matmul(e, mc) * w[:, tf.newaxis] - hits * tf.gather(mc, pos) + diag * me
+        d_mc = tf.matmul(e, us * w[:, tf.newaxis], transpose_a=True)
+        d_mc -= tf.math.unsorted_segment_sum(hits * us, pos, d)
+        d_me = tf.tensor_scatter_nd_add(diag * us, first[:, tf.newaxis], d_mc)
         return d_us, d_me, None, None
 
     return loss, grad
@@ -89,8 +120,11 @@ def _softmax_loss(us: tf.Tensor, me: tf.Tensor, log_q: tf.Tensor, movies: tf.Ten
 class _Steps:
     """Compiled train and evaluation steps for one model and one data set."""
 
-    def __init__(self, model: keras.Model, data: TrainData, config: ModelConfig) -> None:
+    def __init__(self, model: keras.Model, data: TrainData, config: ModelConfig, seed: int) -> None:
         self.user_tower, self.movie_tower = towers(model)
+        # dropout masks drawn once per epoch (tasks.modeling.dropout); attached while training
+        self.masks = MaskPool(model, POOL_BATCHES * config.batch_size, seed)
+        self.masks.attach()
         self.U = tf.constant(data.user_x)
         self.M = tf.constant(data.movie_x)
         self.H = (
@@ -104,10 +138,8 @@ class _Steps:
         self.log_q = tf.constant(log_popularity(data.movies, len(data.movie_x)))
         self.loo, self.loo_t = data.loo, None if data.loo is None else data.loo.tensors()
         self.config = config
-        self.optimizer = keras.optimizers.Adam(learning_rate=config.learning_rate)
         self.variables = self.user_tower.trainable_variables + self.movie_tower.trainable_variables
-        # its slots made here, not in the first step: that would trace it twice
-        self.optimizer.build(self.variables)
+        self.optimizer = FusedAdam(self.variables, config.learning_rate)
         # global gradient norm per step, summarized per epoch by grad_stats (kept in variables so
         # the step's outputs stay (loss, mse))
         self.grad_sum, self.grad_max, self.grad_steps = (
@@ -175,7 +207,7 @@ class _Steps:
         self.grad_sum.assign_add(norm)
         self.grad_max.assign(tf.maximum(self.grad_max, norm))
         self.grad_steps.assign_add(1.0)
-        self.optimizer.apply_gradients(zip(grads, self.variables, strict=True))
+        self.optimizer.apply(grads)
         return loss, mse
 
     def grad_stats(self) -> dict[str, float]:
@@ -260,7 +292,7 @@ def train_model(
     )
     if init is not None:
         init(model)
-    steps = _Steps(model, data, config)
+    steps = _Steps(model, data, config, seed)
     n_epochs = epochs if epochs is not None else config.max_epochs
     per_epoch = examples_per_epoch(len(data.users), n_epochs, config.max_examples)
     order_rng = np.random.default_rng(seed)
@@ -285,6 +317,7 @@ def train_model(
             if per_epoch == n
             else order_rng.choice(n, per_epoch, replace=False)
         )
+        steps.masks.draw(epoch)
         for u, m, y in _batches(
             data.users[pick], data.movies[pick], data.target[pick], config.batch_size
         ):
@@ -319,6 +352,7 @@ def train_model(
                 waited += 1
                 if waited >= config.patience:
                     break
+    steps.masks.detach()
     if best_weights is not None:
         model.set_weights(best_weights)
     else:
