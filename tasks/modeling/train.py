@@ -1,12 +1,11 @@
 """Training loop for the two-tower model.
 
-Each epoch's batches are slices of three constant tensors of (user index, movie
-index, scaled rating) triples (:func:`_batches`); feature rows are gathered by
-index inside the train step, so no per-rating copy of the feature rows is ever
-materialized. The loss is the
-lab's MSE of the dot product against the MinMax(-1, 1) rating, optionally
-plus an in-batch softmax over the same dot product (temperature, accidental
-hits masked, log-popularity correction).
+An epoch is one call of a compiled loop over batches sliced from three constant tensors of (user
+index, movie index, scaled rating) triples (:meth:`_Steps._train_epoch`); feature rows are gathered
+by index inside the train step, so no per-rating copy of the feature rows is ever materialized. The
+loss is the lab's MSE of the dot product against the MinMax(-1, 1) rating, optionally plus an
+in-batch softmax over the same dot product (temperature, accidental hits left out, log-popularity
+correction).
 """
 
 from __future__ import annotations
@@ -152,7 +151,7 @@ class _Steps:
             tf.TensorSpec([None], tf.int32),
             tf.TensorSpec([None], tf.float32),
         ]
-        self.train_step = tf.function(self._train_step, input_signature=batch)
+        self.train_epoch = tf.function(self._train_epoch, input_signature=batch)
         self.eval_step = tf.function(self._losses, input_signature=batch)
 
     def _embed(
@@ -199,6 +198,25 @@ class _Steps:
         loss = c.mse_weight * mse + c.softmax_weight * softmax
         return loss, mse, softmax
 
+    def _train_epoch(
+        self, u: tf.Tensor, m: tf.Tensor, y: tf.Tensor
+    ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        """Train steps over batches of the examples in the given order (callers permute): the
+        sums of the batches' losses and MSEs, and the number of batches.
+
+        One call per epoch, the steps a loop inside the graph: a call from Python costs about
+        0.2 ms here, 3% of a step at batch 1,024.
+        """
+        b = self.config.batch_size
+        batches = (tf.shape(u)[0] + b - 1) // b
+        loss_sum, mse_sum = tf.constant(0.0), tf.constant(0.0)
+        for i in tf.range(batches):
+            s = i * b
+            loss, mse = self._train_step(u[s : s + b], m[s : s + b], y[s : s + b])
+            loss_sum += loss
+            mse_sum += mse
+        return loss_sum, mse_sum, batches
+
     def _train_step(self, u: tf.Tensor, m: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         with tf.GradientTape() as tape:
             loss, mse, _ = self._losses(u, m, y, training=True)
@@ -228,19 +246,25 @@ MAX_VALIDATION = 200_000
 PLOT_VALIDATION = 20_000
 
 
-def _batches(
-    u: np.ndarray, m: np.ndarray, y: np.ndarray, batch: int
-) -> list[tuple[tf.Tensor, tf.Tensor, tf.Tensor]]:
-    """Batches of (user row, movie row, target) in the given order (callers permute), as tensors.
+def _tensors(u: np.ndarray, m: np.ndarray, y: np.ndarray) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """(user row, movie row, target) of examples as the steps' constants.
 
-    Plain slices of three constants, not a ``tf.data`` pipeline: the arrays are already in memory,
-    and on 2 cores ``tf.data``'s prefetch threads stalled one epoch in two by about a second.
+    Plain constants batched by slicing, not a ``tf.data`` pipeline: the arrays are already in
+    memory, and on 2 cores ``tf.data``'s prefetch threads stalled one epoch in two by about a
+    second.
     """
-    ut, mt, yt = (
+    return (
         tf.constant(u.astype(np.int32)),
         tf.constant(m.astype(np.int32)),
         tf.constant(y.astype(np.float32)),
     )
+
+
+def _batches(
+    u: np.ndarray, m: np.ndarray, y: np.ndarray, batch: int
+) -> list[tuple[tf.Tensor, tf.Tensor, tf.Tensor]]:
+    """Batches of (user row, movie row, target) in the given order: slices of :func:`_tensors`."""
+    ut, mt, yt = _tensors(u, m, y)
     return [
         (ut[s : s + batch], mt[s : s + batch], yt[s : s + batch]) for s in range(0, len(u), batch)
     ]
@@ -309,8 +333,6 @@ def train_model(
     started = time.perf_counter()
     for epoch in range(1, n_epochs + 1):
         t0 = time.perf_counter()
-        total = mse_sum = 0.0
-        batches = 0
         n = len(data.users)
         pick = (
             order_rng.permutation(n)
@@ -318,18 +340,14 @@ def train_model(
             else order_rng.choice(n, per_epoch, replace=False)
         )
         steps.masks.draw(epoch)
-        for u, m, y in _batches(
-            data.users[pick], data.movies[pick], data.target[pick], config.batch_size
-        ):
-            loss, mse = steps.train_step(u, m, y)
-            total += float(loss)
-            mse_sum += float(mse)
-            batches += 1
+        loss_sum, mse_sum, batches = steps.train_epoch(
+            *_tensors(data.users[pick], data.movies[pick], data.target[pick])
+        )
         record: dict[str, Any] = {
             "epoch": epoch,
             "examples": len(pick),
-            "loss": total / batches,
-            "mse": mse_sum / batches,
+            "loss": float(loss_sum) / int(batches),
+            "mse": float(mse_sum) / int(batches),
         }
         record["seconds"] = time.perf_counter() - t0
         record.update(steps.grad_stats())
