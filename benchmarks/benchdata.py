@@ -4,7 +4,9 @@ A preset tuned on one data set is a trap, so every quality figure is measured on
 ml-latest-small (taste-led, from ../shared beside the repository) and a popularity-led catalog
 made by the project's generator (``towerflow generate --law popularity``), and one whose tastes
 live in hidden factors (``--law latent``), generated once under the work directory and reused;
-a disjoint half of ml-latest-small's users (odd or even ids) is a second real set.
+a disjoint half of ml-latest-small's users (odd or even ids) is a second real set, and its most
+rated movies with the users who rated many of them (:func:`dense_cut`) a third, shaped like the
+denser, older MovieLens releases (ml-100k: 943 users, 1,682 movies, at least 20 ratings each).
 """
 
 from __future__ import annotations
@@ -49,6 +51,26 @@ def half_users(data: DataSet, half: str, work: Path) -> DataSet:
             out / "ratings.csv", index=False
         )
     return DataSet(f"{data.name} {half} users", out / "ratings.csv", data.movies)
+
+
+def dense_cut(data: DataSet, movies: int, work: Path, min_ratings: int = 20) -> DataSet:
+    """The ``movies`` most rated movies of ``data`` and their ratings by users with at least
+    ``min_ratings`` of them (ratings and catalog both cut), written once under ``work``.
+    """
+    import pandas as pd
+
+    out = work / f"{data.name}-dense-{movies}"
+    if not (out / "ratings.csv").exists():
+        out.mkdir(parents=True, exist_ok=True)
+        raw = pd.read_csv(data.ratings)
+        kept = raw["movieId"].value_counts().index[:movies]
+        raw = raw[raw["movieId"].isin(kept)]
+        counts = raw["userId"].value_counts()
+        raw = raw[raw["userId"].isin(counts.index[counts >= min_ratings])]
+        raw.to_csv(out / "ratings.csv", index=False)
+        catalog = pd.read_csv(data.movies)
+        catalog[catalog["movieId"].isin(kept)].to_csv(out / "movies.csv", index=False)
+    return DataSet(f"{data.name} dense {movies}", out / "ratings.csv", out / "movies.csv")
 
 
 def generated(law: str, size: str, work: Path, seed: int = 7) -> DataSet:

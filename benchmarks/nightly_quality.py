@@ -11,7 +11,8 @@ set and seed: whether the night published and the gate's verdict, and the table.
 
     .venv/bin/python benchmarks/nightly_quality.py [--seeds 42 1 2] [--popularity-size 2.5m|600k]
         [--only movielens|popularity|latent]... [--latent-size 600k|2.5m]
-        [--movielens-half odd|even] [--variant NAME="--option value ..."]...
+        [--movielens-half odd|even] [--movielens-dense MOVIES]
+        [--variant NAME="--option value ..."]...
 
 Each ``--variant`` is a night run with those extra options, side by side with the others on the same
 inputs and seeds (default: one variant, ``default``, with no extra options).
@@ -31,7 +32,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
-from benchdata import SHARED, DataSet, generated, half_users, movielens
+from benchdata import SHARED, DataSet, dense_cut, generated, half_users, movielens
 from scale import tree_rss
 
 from tasks.evaluation.baselines import als_lists, ease_lists, popularity_lists
@@ -146,6 +147,12 @@ def run() -> int:
         choices=("odd", "even"),
         help="only users with an odd (even) id of ml-latest-small",
     )
+    parser.add_argument(
+        "--movielens-dense",
+        type=int,
+        metavar="MOVIES",
+        help="only ml-latest-small's MOVIES most rated movies, by users with >= 20 of them",
+    )
     parser.add_argument("--seeds", type=int, nargs="+", default=[42])
     parser.add_argument("--work", type=Path, default=Path("/tmp/towerflow-bench"))
     parser.add_argument(
@@ -171,9 +178,11 @@ def run() -> int:
     only = set(args.only or ("movielens", "popularity"))
     if "movielens" in only:
         data = movielens(args.movielens)
-        sets.append(
-            half_users(data, args.movielens_half, args.work) if args.movielens_half else data
-        )
+        if args.movielens_half:
+            data = half_users(data, args.movielens_half, args.work)
+        if args.movielens_dense:
+            data = dense_cut(data, args.movielens_dense, args.work)
+        sets.append(data)
     if "popularity" in only:
         sets.append(generated("popularity", args.popularity_size, args.work))
     if "latent" in only:  # tastes in hidden factors that genres do not show (EASE^R's ground)

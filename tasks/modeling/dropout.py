@@ -49,20 +49,7 @@ class ByteDropout(layers.Layer):  # type: ignore[misc]  # keras ships no types
         if self.pool is not None:
             return inputs * self.pool.window(self, tf.shape(inputs)[0], self.seed_generator.next())
 
-        seed, width = self.seed_generator.next(), inputs.shape[-1]
-        if width is not None and width % 4 == 0:  # one word per four units of a row: no flattening
-            words = tf.random.stateless_uniform(
-                [tf.shape(inputs)[0], width // 4], seed, minval=None, maxval=None, dtype=tf.uint32
-            )
-            draws = tf.reshape(tf.bitcast(words, tf.uint8), tf.shape(inputs))
-        else:
-            n = tf.size(inputs)
-            words = tf.random.stateless_uniform(
-                [(n + 3) // 4], seed, minval=None, maxval=None, dtype=tf.uint32
-            )
-            draws = tf.reshape(tf.reshape(tf.bitcast(words, tf.uint8), [-1])[:n], tf.shape(inputs))
-        keep = tf.cast(draws >= self.threshold, inputs.dtype) * (256.0 / (256 - self.threshold))
-        return inputs * keep
+        return inputs * byte_mask(inputs, self.seed_generator.next(), self.threshold)
 
     def compute_output_shape(self, input_shape: Any) -> Any:
         return input_shape
@@ -71,8 +58,98 @@ class ByteDropout(layers.Layer):  # type: ignore[misc]  # keras ships no types
         return {**super().get_config(), "rate": self.rate, "seed": self.seed}
 
 
+def byte_mask(inputs: Any, seed: Any, threshold: int) -> Any:
+    """A dropout mask shaped like ``inputs``: 0 where a random byte is below ``threshold``, else
+    256 / (256 - threshold)."""
+    import tensorflow as tf
+
+    width = inputs.shape[-1]
+    if width is not None and width % 4 == 0:  # one word per four units of a row: no flattening
+        words = tf.random.stateless_uniform(
+            [tf.shape(inputs)[0], width // 4], seed, minval=None, maxval=None, dtype=tf.uint32
+        )
+        draws = tf.reshape(tf.bitcast(words, tf.uint8), tf.shape(inputs))
+    else:
+        n = tf.size(inputs)
+        words = tf.random.stateless_uniform(
+            [(n + 3) // 4], seed, minval=None, maxval=None, dtype=tf.uint32
+        )
+        draws = tf.reshape(tf.reshape(tf.bitcast(words, tf.uint8), [-1])[:n], tf.shape(inputs))
+    return tf.cast(draws >= threshold, inputs.dtype) * (256.0 / (256 - threshold))
+
+
+@keras.saving.register_keras_serializable(package="towerflow")
+class DropoutDense(layers.Dense):  # type: ignore[misc]  # keras ships no types
+    """A ReLU ``Dense`` layer and dropout on its output (rate and masks as :class:`ByteDropout`'s),
+    with the pair's gradient written as one.
+
+    Why: autodiff of ``relu(x W + b) * mask`` multiplies the upstream gradient by the mask, then
+    TensorFlow's ReLU gradient masks it again by the activation: two passes over the batch x
+    units. The kept, positive units are exactly those where the output is positive, so one ReLU
+    gradient against the output does both; the mask's scale (1 / keep) goes onto the small
+    products (the kernel, the kernel's and the bias's gradients). In inference, and with rate 0,
+    it is Keras's ``Dense`` with ReLU; its weights and their names are a ``Dense``'s.
+    """
+
+    def __init__(
+        self, units: int, rate: float = 0.0, dropout_seed: int | None = None, **kwargs: Any
+    ) -> None:
+        kwargs["activation"] = "relu"
+        super().__init__(units, **kwargs)
+        if not 0.0 <= rate < 1.0:
+            raise ValueError(f"DropoutDense rate must be in [0, 1), got {rate!r}")
+        self.rate, self.dropout_seed = float(rate), dropout_seed
+        self.threshold = min(255, round(self.rate * 256))
+        self.seed_generator = keras.random.SeedGenerator(dropout_seed)
+        self.pool: MaskPool | None = None
+
+    def call(self, inputs: Any, training: bool = False) -> Any:
+        if not training or self.threshold == 0:
+            return super().call(inputs)
+        import tensorflow as tf
+
+        seed = self.seed_generator.next()
+        if self.pool is not None:
+            mask = self.pool.window(self, tf.shape(inputs)[0], seed)
+        else:
+            z = tf.zeros([tf.shape(inputs)[0], self.units], inputs.dtype)
+            mask = byte_mask(z, seed, self.threshold)
+        scale = 256.0 / (256 - self.threshold)
+        return _relu_dropout(
+            inputs, tf.convert_to_tensor(self.kernel), tf.convert_to_tensor(self.bias), mask, scale
+        )
+
+    def get_config(self) -> dict[str, Any]:
+        config = {**super().get_config(), "rate": self.rate, "dropout_seed": self.dropout_seed}
+        config.pop("activation", None)
+        return config
+
+
+def _relu_dropout(x: Any, kernel: Any, bias: Any, mask: Any, scale: float) -> Any:
+    """``relu(x kernel + bias) * mask`` (mask values 0 or ``scale``) and its gradient: ``g`` =
+    the upstream gradient where the output is positive, and ``scale`` applied to the products."""
+    import tensorflow as tf
+
+    @tf.custom_gradient  # type: ignore[untyped-decorator]  # tensorflow ships no types
+    def forward(x: Any, kernel: Any, bias: Any) -> Any:
+        y = tf.nn.relu(tf.nn.bias_add(tf.matmul(x, kernel), bias)) * mask
+
+        def grad(dy: Any) -> tuple[Any, Any, Any]:
+            g = tf.raw_ops.ReluGrad(gradients=dy, features=y)
+            return (
+                tf.matmul(g, kernel * scale, transpose_b=True),
+                tf.matmul(x, g, transpose_a=True) * scale,
+                tf.reduce_sum(g, axis=0) * scale,
+            )
+
+        return y, grad
+
+    return forward(x, kernel, bias)
+
+
 class MaskPool:
-    """Training masks of the :class:`ByteDropout` layers of one model: per layer, ``rows`` x
+    """Training masks of the dropout layers of one model (:class:`DropoutDense`, and
+    :class:`ByteDropout` in models built before it): per layer, ``rows`` x
     width values of 0 (dropped) or 1 / keep, redrawn by :meth:`draw`.
 
     Attached to the layers by :meth:`attach` and taken off by :meth:`detach` (it is never saved
@@ -85,12 +162,12 @@ class MaskPool:
         self.layers = [
             layer
             for layer in _all_layers(model)
-            if isinstance(layer, ByteDropout) and layer.threshold > 0
+            if isinstance(layer, ByteDropout | DropoutDense) and layer.threshold > 0
         ]
         self.rows, self.seed = rows, seed
         self.masks = {
             id(layer): tf.Variable(
-                tf.zeros([rows, int(layer.input.shape[-1])]), trainable=False, name=layer.name
+                tf.zeros([rows, _width(layer)]), trainable=False, name=layer.name
             )
             for layer in self.layers
         }
@@ -115,7 +192,7 @@ class MaskPool:
 
         for layer in self.layers:
             mask = self.masks[id(layer)]
-            both = ((layer.seed or 0) ^ self.seed) & 0x7FFFFFFF
+            both = (_seed(layer) ^ self.seed) & 0x7FFFFFFF
             seed = tf.stack([tf.constant(both, tf.int32), epoch])
             draws = tf.random.stateless_uniform(
                 mask.shape, seed, minval=0, maxval=256, dtype=tf.int32
@@ -123,7 +200,7 @@ class MaskPool:
             scale = 256.0 / (256 - layer.threshold)
             mask.assign(tf.where(draws >= layer.threshold, scale, 0.0))
 
-    def window(self, layer: ByteDropout, n: Any, seed: Any) -> Any:
+    def window(self, layer: ByteDropout | DropoutDense, n: Any, seed: Any) -> Any:
         """``layer``'s masks for a batch of ``n`` rows: ``n`` consecutive rows from a random one."""
         import tensorflow as tf
 
@@ -131,6 +208,14 @@ class MaskPool:
             [], seed, minval=0, maxval=self.rows - n + 1, dtype=tf.int32
         )
         return self.masks[id(layer)][start : start + n]
+
+
+def _width(layer: ByteDropout | DropoutDense) -> int:
+    return int(layer.units if isinstance(layer, DropoutDense) else layer.input.shape[-1])
+
+
+def _seed(layer: ByteDropout | DropoutDense) -> int:
+    return int((layer.dropout_seed if isinstance(layer, DropoutDense) else layer.seed) or 0)
 
 
 def _all_layers(model: keras.Model) -> list[Any]:

@@ -15,7 +15,7 @@ import keras
 import numpy as np
 from keras import layers, ops
 
-from tasks.modeling.dropout import ByteDropout
+from tasks.modeling.dropout import ByteDropout, DropoutDense  # noqa: F401  (saved models)
 from tasks.preparation.training import TowerInput
 from tasks.presets import ModelConfig
 
@@ -120,13 +120,15 @@ def _tower(
         history = HistoryMean(n_movies, config.embedding_dim, name=f"{name}_history")([ids, values])
         x = layers.Concatenate(name=f"{name}_with_history")([features, history])
     for i, width in enumerate(config.hidden):
-        x = _dense(width, f"{name}_dense_{i}", seed, activation="relu")(x)
-        if config.dropout > 0:
-            x = ByteDropout(
-                config.dropout,
-                seed=layer_seed(seed, f"{name}_dropout_{i}"),
-                name=f"{name}_dropout_{i}",
-            )(x)
+        layer = f"{name}_dense_{i}"
+        # dropout on the ReLU's output, in the same layer (one gradient for both: DropoutDense)
+        x = DropoutDense(
+            width,
+            rate=config.dropout,
+            dropout_seed=layer_seed(seed, f"{name}_dropout_{i}"),
+            kernel_initializer=keras.initializers.GlorotUniform(seed=layer_seed(seed, layer)),
+            name=layer,
+        )(x)
     x = _dense(config.embedding_dim, f"{name}_out", seed)(x)
     if config.normalize:  # off only in the ablation: the raw dot product is then unbounded
         x = L2Normalize(name=f"{name}_l2")(x)
