@@ -10,6 +10,10 @@ window of consecutive rows at a random offset (a slice that copies nothing). Wit
 example of a layer has a mask row of its own; within an epoch a row serves several examples of
 different steps (about ten at ml-latest-small's 80 steps an epoch), which leaves each example's own
 mask as random as before. On ml-latest-small this took a step from 8.3 to 7.4 ms.
+
+The towers' hidden layers are :class:`DropoutDense`: the ReLU ``Dense`` and its dropout in one
+layer, so that one ReLU gradient does the work of two passes (7.3 to 7.1 ms and 6.9 to 6.5 ms,
+alternating). :class:`ByteDropout` stays for models saved before it, and loads as it was.
 """
 
 from __future__ import annotations
