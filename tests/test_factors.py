@@ -113,3 +113,22 @@ def test_leave_one_out_takes_the_rating_out_of_the_user_and_the_user_out_of_the_
     only = int(np.flatnonzero(RATINGS.movie_id == 50)[0])
     unscaled = movie_rows[only, -K:] * scalers.movie.scale_[-K:] + scalers.movie.mean_[-K:]
     np.testing.assert_allclose(unscaled, 0.0, atol=1e-5)
+
+
+@pytest.mark.parametrize("duplicates", [False, True])
+def test_rating_matrices_are_scipys_own(rng: np.random.Generator, duplicates: bool) -> None:
+    """One sort of the pairs gives, for every value array, the matrix scipy builds from them."""
+    import scipy.sparse as sp
+
+    from tasks.preparation.sparse import rating_matrices
+
+    shape = (30, 40)
+    pairs = rng.choice(shape[0] * shape[1], 300, replace=duplicates)
+    u, m = pairs // shape[1], pairs % shape[1]
+    assert (len(np.unique(pairs)) < len(pairs)) == duplicates
+    values = [rng.normal(size=len(u)), np.ones(len(u))]
+    for ours, v in zip(rating_matrices(u, m, shape, *values), values, strict=True):
+        theirs = sp.csr_matrix((v, (u, m)), shape=shape)
+        np.testing.assert_array_equal(ours.indptr, theirs.indptr)
+        np.testing.assert_array_equal(ours.indices, theirs.indices)
+        np.testing.assert_array_equal(ours.data, theirs.data)

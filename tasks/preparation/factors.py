@@ -25,7 +25,6 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import scipy.sparse as sp
 
 from tasks.errors import ConfigError
@@ -53,12 +52,20 @@ def movie_factors(u: np.ndarray, m: np.ndarray, n_users: int, n_movies: int, k: 
     """
     if k < 1:
         raise ConfigError(f"movie factors need k >= 1, got {k}")
+    return movie_factors_of(sp.csr_matrix((np.ones(len(u)), (u, m)), shape=(n_users, n_movies)), k)
+
+
+def movie_factors_of(matrix: sp.csr_matrix, k: int) -> Pair:
+    """:func:`movie_factors` of the (users x movies) matrix of ratings' pairs (any nonzero value
+    counts as one: a duplicate pair counts once)."""
+    if k < 1:
+        raise ConfigError(f"movie factors need k >= 1, got {k}")
+    n_users, n_movies = matrix.shape
     v = np.zeros((n_movies, k), dtype=np.float64)
     s = np.zeros(k, dtype=np.float64)
-    if len(u) == 0:
+    if matrix.nnz == 0:
         return v.astype(np.float32), s.astype(np.float32)
-    x = sp.csr_matrix((np.ones(len(u)), (u, m)), shape=(n_users, n_movies))
-    x.data[:] = 1.0  # a duplicate pair counts once
+    x = sp.csr_matrix((np.ones(matrix.nnz), matrix.indices, matrix.indptr), shape=matrix.shape)
     rank = min(k, n_users, n_movies)
     from sklearn.utils.extmath import randomized_svd
 
@@ -83,10 +90,9 @@ def user_factor_columns(xp: Any, cnt: Any, seen_sum: Any, rated_sum: Any, mean: 
     return xp.concatenate([seen_sum / norm, liked / norm], axis=-1)
 
 
-def user_sums(ratings: pd.DataFrame, u: np.ndarray, m: np.ndarray, n_u: int, v: np.ndarray) -> Pair:
-    """(sum of V_j, sum of r_j V_j) over each user's rated movies, float64 (n_u, k) each."""
-    r = ratings["rating"].to_numpy(dtype=np.float64)
+def user_sums(seen: sp.csr_matrix, rated: sp.csr_matrix, v: np.ndarray) -> Pair:
+    """(sum of V_j, sum of r_j V_j) over each user's rated movies, float64 (n_u, k) each, from the
+    (users x movies) matrices of ones and of ratings
+    (:func:`tasks.preparation.sparse.rating_matrices`)."""
     vd = v.astype(np.float64)
-    seen = sp.csr_matrix((np.ones(len(u)), (u, m)), shape=(n_u, len(v)))
-    rated = sp.csr_matrix((r, (u, m)), shape=(n_u, len(v)))
     return np.asarray(seen @ vd), np.asarray(rated @ vd)

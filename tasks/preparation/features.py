@@ -24,6 +24,7 @@ import scipy.sparse as sp
 
 from tasks.errors import ConfigError
 from tasks.preparation import factors as collab
+from tasks.preparation.sparse import rating_matrices
 from tasks.presets import FeatureSet
 
 GENRES: tuple[str, ...] = (
@@ -161,8 +162,7 @@ def compute_features(
     u_sum = np.bincount(u, weights=r, minlength=n_u)
     m_cnt = np.bincount(m, minlength=n_m).astype(np.float64)
     m_sum = np.bincount(m, weights=r, minlength=n_m)
-    rated = sp.csr_matrix((r, (u, m)), shape=(n_u, n_m))
-    seen = sp.csr_matrix((np.ones_like(r), (u, m)), shape=(n_u, n_m))
+    rated, seen = rating_matrices(u, m, (n_u, n_m), r, np.ones_like(r))
     g_sum = np.asarray(rated @ genres)
     g_cnt = np.asarray(seen @ genres)
     year, year_missing = _fill_year(movies["year"])
@@ -190,8 +190,8 @@ def compute_features(
                 *[f"is_{g}" for g in GENRES],
             ]
             if factors > 0:
-                v = _factors(u, m, n_u, n_m, factors, movie_factors)
-                seen_sum, rated_sum = collab.user_sums(ratings, u, m, n_u, v)
+                v = _factors(seen, factors, movie_factors)
+                seen_sum, rated_sum = collab.user_sums(seen, rated, v)
                 mean = (u_sum + shrinkage * mu) / (u_cnt + shrinkage)
                 projected = collab.user_factor_columns(np, u_cnt, seen_sum, rated_sum, mean)
                 user_x = np.column_stack([user_x, projected])
@@ -210,9 +210,10 @@ def compute_features(
     )
 
 
-def _factors(u: np.ndarray, m: np.ndarray, n_u: int, n_m: int, k: int, given: Any) -> np.ndarray:
+def _factors(seen: sp.csr_matrix, k: int, given: Any) -> np.ndarray:
+    n_m = seen.shape[1]
     if given is None:
-        return collab.movie_factors(u, m, n_u, n_m, k)[0]
+        return collab.movie_factors_of(seen, k)[0]
     if given.shape != (n_m, k):
         raise ValueError(f"movie factors of shape {given.shape} for {n_m} movies and {k} factors")
     return np.asarray(given, dtype=np.float32)

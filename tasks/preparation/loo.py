@@ -26,7 +26,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
 
 from tasks.preparation import factors as collab
 from tasks.preparation.features import (
@@ -35,6 +34,7 @@ from tasks.preparation.features import (
     confidence_movie_columns,
     confidence_user_columns,
 )
+from tasks.preparation.sparse import rating_matrices
 
 if TYPE_CHECKING:
     from tasks.preparation.features import Features
@@ -120,8 +120,9 @@ def leave_one_out(
             "(user rating counts differ)"
         )
     genres = feats.movie_x[:, genre_cols].astype(np.float64)
-    genre_sum = np.asarray(sp.csr_matrix((r, (u, m)), shape=(n_u, n_m)) @ genres)
-    genre_cnt = np.asarray(sp.csr_matrix((np.ones_like(r), (u, m)), shape=(n_u, n_m)) @ genres)
+    rated_m, seen_m = rating_matrices(u, m, (n_u, n_m), r, np.ones_like(r))
+    genre_sum = np.asarray(rated_m @ genres)
+    genre_cnt = np.asarray(seen_m @ genres)
     target = scalers.rating_to_target(np.array([0.0, 1.0]))
     a = 1.0 / float(target[1] - target[0])
     f32 = np.float32
@@ -131,7 +132,7 @@ def leave_one_out(
         where = factor_cols.tolist()
         raise ValueError(f"factor columns must come last in a movie row, not at {where}")
     v = feats.movie_x[:, factor_cols]
-    seen, rated = collab.user_sums(ratings, u, m, n_u, v)
+    seen, rated = collab.user_sums(seen_m, rated_m, v)
     s2 = np.square(seen).sum(axis=0)  # |X v|^2 = s^2 for each factor (X v = s u)
     return LeaveOneOut(
         user_cnt=user_cnt.astype(f32),
