@@ -38,22 +38,27 @@ class ByteDropout(layers.Layer):  # type: ignore[misc]  # keras ships no types
 
     def __init__(self, rate: float, seed: int | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        if not 0.0 <= rate < 1.0:
-            raise ValueError(f"ByteDropout rate must be in [0, 1), got {rate!r}")
-        self.rate, self.seed = float(rate), seed
-        self.threshold = min(255, round(self.rate * 256))
-        self.seed_generator = keras.random.SeedGenerator(seed)
-        self.pool: MaskPool | None = None
+        self.seed, self.seed_generator = seed, keras.random.SeedGenerator(seed)
+        self.drops = _Drops(rate, seed, "ByteDropout")
+
+    @property
+    def rate(self) -> float:
+        return self.drops.rate
+
+    @property
+    def threshold(self) -> int:
+        return self.drops.threshold
+
+    @property
+    def pool(self) -> MaskPool | None:
+        return self.drops.pool
 
     def call(self, inputs: Any, training: bool = False) -> Any:
         if not training or self.threshold == 0:
             return inputs
         import tensorflow as tf
 
-        if self.pool is not None:
-            return inputs * self.pool.window(self, tf.shape(inputs)[0], self.seed_generator.next())
-
-        return inputs * byte_mask(inputs, self.seed_generator.next(), self.threshold)
+        return inputs * self.drops.mask(self, tf.shape(inputs), inputs.shape[-1], inputs.dtype)
 
     def compute_output_shape(self, input_shape: Any) -> Any:
         return input_shape
@@ -62,24 +67,46 @@ class ByteDropout(layers.Layer):  # type: ignore[misc]  # keras ships no types
         return {**super().get_config(), "rate": self.rate, "seed": self.seed}
 
 
-def byte_mask(inputs: Any, seed: Any, threshold: int) -> Any:
-    """A dropout mask shaped like ``inputs``: 0 where a random byte is below ``threshold``, else
-    256 / (256 - threshold)."""
+class _Drops:
+    """What both dropout layers share: the rate as a byte threshold, the scale of a kept unit, and
+    the :class:`MaskPool` the trainer may attach. (Each layer keeps its own seed generator, so that
+    Keras tracks it.)"""
+
+    def __init__(self, rate: float, seed: int | None, layer: str) -> None:
+        if not 0.0 <= rate < 1.0:
+            raise ValueError(f"{layer} rate must be in [0, 1), got {rate!r}")
+        self.rate, self.seed = float(rate), seed
+        self.threshold = min(255, round(self.rate * 256))
+        self.scale = 256.0 / (256 - self.threshold)
+        self.pool: MaskPool | None = None
+
+    def mask(self, layer: Any, shape: Any, width: int | None, dtype: Any) -> Any:
+        """A training mask of ``shape`` (last axis ``width`` when known): a window of the pool's
+        rows if one is attached, else fresh bytes."""
+        seed = layer.seed_generator.next()
+        if self.pool is not None:
+            return self.pool.window(layer, shape[0], seed)
+        return byte_mask(shape, width, dtype, seed, self.threshold)
+
+
+def byte_mask(shape: Any, width: int | None, dtype: Any, seed: Any, threshold: int) -> Any:
+    """A dropout mask of ``shape``: 0 where a random byte is below ``threshold``, else
+    256 / (256 - threshold). ``width`` is the last axis when known statically."""
     import tensorflow as tf
 
-    width = inputs.shape[-1]
     if width is not None and width % 4 == 0:  # one word per four units of a row: no flattening
+        rows = tf.reduce_prod(shape[:-1])
         words = tf.random.stateless_uniform(
-            [tf.shape(inputs)[0], width // 4], seed, minval=None, maxval=None, dtype=tf.uint32
+            [rows, width // 4], seed, minval=None, maxval=None, dtype=tf.uint32
         )
-        draws = tf.reshape(tf.bitcast(words, tf.uint8), tf.shape(inputs))
+        draws = tf.reshape(tf.bitcast(words, tf.uint8), shape)
     else:
-        n = tf.size(inputs)
+        n = tf.reduce_prod(shape)
         words = tf.random.stateless_uniform(
             [(n + 3) // 4], seed, minval=None, maxval=None, dtype=tf.uint32
         )
-        draws = tf.reshape(tf.reshape(tf.bitcast(words, tf.uint8), [-1])[:n], tf.shape(inputs))
-    return tf.cast(draws >= threshold, inputs.dtype) * (256.0 / (256 - threshold))
+        draws = tf.reshape(tf.reshape(tf.bitcast(words, tf.uint8), [-1])[:n], shape)
+    return tf.cast(draws >= threshold, dtype) * (256.0 / (256 - threshold))
 
 
 @keras.saving.register_keras_serializable(package="towerflow")
@@ -100,27 +127,35 @@ class DropoutDense(layers.Dense):  # type: ignore[misc]  # keras ships no types
     ) -> None:
         kwargs["activation"] = "relu"
         super().__init__(units, **kwargs)
-        if not 0.0 <= rate < 1.0:
-            raise ValueError(f"DropoutDense rate must be in [0, 1), got {rate!r}")
-        self.rate, self.dropout_seed = float(rate), dropout_seed
-        self.threshold = min(255, round(self.rate * 256))
+        self.dropout_seed = dropout_seed
         self.seed_generator = keras.random.SeedGenerator(dropout_seed)
-        self.pool: MaskPool | None = None
+        self.drops = _Drops(rate, dropout_seed, "DropoutDense")
+
+    @property
+    def rate(self) -> float:
+        return self.drops.rate
+
+    @property
+    def threshold(self) -> int:
+        return self.drops.threshold
+
+    @property
+    def pool(self) -> MaskPool | None:
+        return self.drops.pool
 
     def call(self, inputs: Any, training: bool = False) -> Any:
         if not training or self.threshold == 0:
             return super().call(inputs)
         import tensorflow as tf
 
-        seed = self.seed_generator.next()
-        if self.pool is not None:
-            mask = self.pool.window(self, tf.shape(inputs)[0], seed)
-        else:
-            z = tf.zeros([tf.shape(inputs)[0], self.units], inputs.dtype)
-            mask = byte_mask(z, seed, self.threshold)
-        scale = 256.0 / (256 - self.threshold)
+        shape = tf.stack([tf.shape(inputs)[0], self.units])
+        mask = self.drops.mask(self, shape, self.units, inputs.dtype)
         return _relu_dropout(
-            inputs, tf.convert_to_tensor(self.kernel), tf.convert_to_tensor(self.bias), mask, scale
+            inputs,
+            tf.convert_to_tensor(self.kernel),
+            tf.convert_to_tensor(self.bias),
+            mask,
+            self.drops.scale,
         )
 
     def get_config(self) -> dict[str, Any]:
@@ -179,11 +214,11 @@ class MaskPool:
 
     def attach(self) -> None:
         for layer in self.layers:
-            layer.pool = self
+            layer.drops.pool = self
 
     def detach(self) -> None:
         for layer in self.layers:
-            layer.pool = None
+            layer.drops.pool = None
 
     def draw(self, epoch: int) -> None:
         """Draw every layer's masks afresh, from the pool's seed, the layer's own and ``epoch``."""
@@ -196,13 +231,12 @@ class MaskPool:
 
         for layer in self.layers:
             mask = self.masks[id(layer)]
-            both = (_seed(layer) ^ self.seed) & 0x7FFFFFFF
+            both = ((layer.drops.seed or 0) ^ self.seed) & 0x7FFFFFFF
             seed = tf.stack([tf.constant(both, tf.int32), epoch])
             draws = tf.random.stateless_uniform(
                 mask.shape, seed, minval=0, maxval=256, dtype=tf.int32
             )
-            scale = 256.0 / (256 - layer.threshold)
-            mask.assign(tf.where(draws >= layer.threshold, scale, 0.0))
+            mask.assign(tf.where(draws >= layer.threshold, layer.drops.scale, 0.0))
 
     def window(self, layer: ByteDropout | DropoutDense, n: Any, seed: Any) -> Any:
         """``layer``'s masks for a batch of ``n`` rows: ``n`` consecutive rows from a random one."""
@@ -216,10 +250,6 @@ class MaskPool:
 
 def _width(layer: ByteDropout | DropoutDense) -> int:
     return int(layer.units if isinstance(layer, DropoutDense) else layer.input.shape[-1])
-
-
-def _seed(layer: ByteDropout | DropoutDense) -> int:
-    return int((layer.dropout_seed if isinstance(layer, DropoutDense) else layer.seed) or 0)
 
 
 def _all_layers(model: keras.Model) -> list[Any]:

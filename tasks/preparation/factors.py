@@ -50,8 +50,6 @@ def movie_factors(u: np.ndarray, m: np.ndarray, n_users: int, n_movies: int, k: 
     Deterministic: the randomized SVD is seeded, and each factor's sign is fixed (its largest entry
     positive). Factors beyond the matrix's rank, and movies without a rating, are zeros.
     """
-    if k < 1:
-        raise ConfigError(f"movie factors need k >= 1, got {k}")
     return movie_factors_of(sp.csr_matrix((np.ones(len(u)), (u, m)), shape=(n_users, n_movies)), k)
 
 

@@ -20,7 +20,7 @@ def rating_matrices(
     pairs summed), sorting the pairs once."""
     n = len(u)
     position = sp.csr_matrix((np.arange(1, n + 1, dtype=np.float64), (u, m)), shape=shape)
-    if position.nnz != n or n >= 2**53:  # duplicate pairs (their positions were summed)
+    if position.nnz != n:  # duplicate pairs (their positions were summed)
         return [sp.csr_matrix((v, (u, m)), shape=shape) for v in values]
     order = position.data.astype(np.int64) - 1
     return [
