@@ -12,11 +12,13 @@ layer shapes:
   gradient.
 
 The machine's rate is measured in the same run on exactly those products, at the training batch
-size (the step's matmuls replayed in one ``tf.function``, best of several rounds), and, for context,
-on one 2,048-square product. floor = rate / FLOPs per example. The trainer is timed on its steady
-epochs (the first, which traces the step, is reported apart), on the training side of the per-user
-temporal split of ml-latest-small. Prints FLOPs per example, both rates, examples/s and the ratio
-floor / achieved (target <= 2).
+size (the step's matmuls replayed in one ``tf.function``, best of several rounds), before training
+and after every epoch, and, for context, on one 2,048-square product. floor = rate / FLOPs per
+example. The trainer is timed on its steady epochs (the first, which traces the step, is reported
+apart), on the training side of the per-user temporal split of ml-latest-small. Each epoch's ratio
+floor / achieved takes the better of the rates measured just before and just after it (this
+machine's speed drifts between minutes); the figure judged is their median (target <= 2), printed
+beside the whole run against the best rate of the run.
 
     .venv/bin/python benchmarks/train_floor.py [--data DIR] [--epochs 6] [--batch 1024]
 """
@@ -172,32 +174,44 @@ def main() -> int:
     )
 
     square = [(2048, 2048, 2048, False)]
-    rate_before = flops(products) / gemm_seconds(products)
-    result = train_model(data, config, args.seed)
-    rate_after = flops(products) / gemm_seconds(products)
-    rate = max(rate_before, rate_after)
+    # the GEMM rate before training and after every epoch, so that each epoch is judged against the
+    # rate measured on either side of it: this machine's speed drifts between minutes
+    rates = [flops(products) / gemm_seconds(products)]
+
+    def after_epoch(record: dict[str, float]) -> None:
+        rates.append(flops(products) / gemm_seconds(products, rounds=3))
+
+    result = train_model(data, config, args.seed, on_epoch=after_epoch)
     peak = flops(square) / gemm_seconds(square, rounds=3)
     steady = result.history[1:] or result.history
     achieved = sum(h["examples"] for h in steady) / sum(h["seconds"] for h in steady)
+    per_epoch = [
+        max(rates[h["epoch"] - 1], rates[h["epoch"]]) / per_example / (h["examples"] / h["seconds"])
+        for h in steady
+    ]
+    ratio = float(np.median(per_epoch))
+    rate = max(rates)
     first = result.history[0]
-    floor = rate / per_example
     print(
-        f"GEMM rate at the step's shapes: {rate / 1e9:.1f} GFLOP/s "
-        f"(before training {rate_before / 1e9:.1f}, after {rate_after / 1e9:.1f});"
+        f"GEMM rate at the step's shapes: {min(rates) / 1e9:.1f}-{rate / 1e9:.1f} GFLOP/s "
+        f"(before training and after each epoch); one 2048-square product: {peak / 1e9:.1f}"
     )
-    print(f"  one 2048-square product: {peak / 1e9:.1f} GFLOP/s")
     print(
-        f"floor at the step's GEMM rate: {floor:,.0f} examples/s "
+        f"floor at the step's best GEMM rate: {rate / per_example:,.0f} examples/s "
         f"(at the square product's: {peak / per_example:,.0f})"
     )
     print(
         f"trainer: {achieved:,.0f} examples/s over epochs 2-{len(result.history)}; "
         f"epoch 1 (traces the step) {first['seconds']:.2f} s"
     )
-    ratio = floor / achieved
     print(
-        f"ratio floor / achieved: {ratio:.2f}x (target <= 2); "
-        f"against the square product's rate {peak / per_example / achieved:.2f}x"
+        f"ratio floor / achieved, each epoch against the rate measured on either side of it: "
+        f"{' '.join(f'{r:.2f}' for r in per_epoch)}"
+    )
+    print(
+        f"ratio: {ratio:.2f}x, the median (target <= 2); the whole run against its best rate "
+        f"{rate / per_example / achieved:.2f}x, against the square product's "
+        f"{peak / per_example / achieved:.2f}x"
     )
     return 0 if ratio <= 2 else 1
 
