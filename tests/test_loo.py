@@ -95,3 +95,28 @@ def test_train_model_needs_the_sums_when_the_config_asks_for_them() -> None:
         train_model(plain, config, seed=0)
     result = train_model(full.train_data(RATINGS, config), config, seed=0)
     assert np.isfinite(result.history[0]["loss"])
+
+
+@pytest.mark.parametrize("batch", [2, 4])
+def test_rows_computed_a_chunk_of_batches_at_a_time_train_the_same_model(
+    monkeypatch: pytest.MonkeyPatch, batch: int
+) -> None:
+    """The epoch's loop computes leave-one-out rows for ``ROW_CHUNK`` batches at once; a shorter
+    last chunk (batch 2: chunks of 2 and 1 batches) and a shorter last batch (batch 4) train the
+    same weights as rows computed for the whole epoch at once."""
+    from tasks.modeling import train
+
+    full = _prepared(RATINGS)
+    config = dataclasses.replace(
+        preset("default"), hidden=(4,), embedding_dim=2, max_epochs=2, batch_size=batch
+    )
+    data = full.train_data(RATINGS, config)
+    weights = []
+    for chunk in (1, 2, 100):
+        monkeypatch.setattr(train, "ROW_CHUNK", chunk)
+        result = train_model(data, config, seed=0)
+        assert [h["examples"] for h in result.history] == [6, 6]
+        weights.append(result.model.get_weights())
+    for other in weights[1:]:
+        for a, b in zip(weights[0], other, strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
