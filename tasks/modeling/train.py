@@ -162,9 +162,10 @@ class _Steps:
         self.train_epoch = tf.function(self._train_epoch, input_signature=batch)
         self.eval_step = tf.function(self._losses, input_signature=batch)
 
-    def _rows(self, u: tf.Tensor, m: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        """The leave-one-out (user, movie) feature rows of examples."""
-        assert self.loo is not None and self.loo_t is not None
+    def _rows(self, u: tf.Tensor, m: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor] | None:
+        """The leave-one-out (user, movie) feature rows of examples; None without leave-one-out."""
+        if self.loo is None or self.loo_t is None:
+            return None
         return example_rows(self.loo, self.loo_t, tf.gather(self.M, m), u, m, y)
 
     def _embed(
@@ -235,24 +236,17 @@ class _Steps:
         b = self.config.batch_size
         batches = (tf.shape(u)[0] + b - 1) // b
         loss_sum, mse_sum = tf.constant(0.0), tf.constant(0.0)
-        if self.loo is None:
-            for i in tf.range(batches):
-                s = i * b
-                loss, mse = self._train_step(u[s : s + b], m[s : s + b], y[s : s + b])
-                loss_sum += loss
-                mse_sum += mse
-            return loss_sum, mse_sum, batches
         chunk = ROW_CHUNK * b
         for c in tf.range((tf.shape(u)[0] + chunk - 1) // chunk):
             cu, cm, cy = (t[c * chunk : (c + 1) * chunk] for t in (u, m, y))
-            user_x, movie_x = self._rows(cu, cm, cy)
+            rows = self._rows(cu, cm, cy)
             for i in tf.range((tf.shape(cu)[0] + b - 1) // b):
                 s = i * b
                 loss, mse = self._train_step(
                     cu[s : s + b],
                     cm[s : s + b],
                     cy[s : s + b],
-                    (user_x[s : s + b], movie_x[s : s + b]),
+                    None if rows is None else (rows[0][s : s + b], rows[1][s : s + b]),
                 )
                 loss_sum += loss
                 mse_sum += mse
