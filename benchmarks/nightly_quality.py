@@ -12,6 +12,7 @@ set and seed: whether the night published and the gate's verdict, and the table.
     .venv/bin/python benchmarks/nightly_quality.py [--seeds 42 1 2] [--popularity-size 2.5m|600k]
         [--only movielens|popularity|latent]... [--latent-size 600k|2.5m]
         [--movielens-half odd|even] [--movielens-dense MOVIES]
+        [--movielens-before YYYY-MM-DD] [--movielens-no-years]
         [--variant NAME="--option value ..."]...
 
 Each ``--variant`` is a night run with those extra options, side by side with the others on the same
@@ -32,7 +33,16 @@ import numpy as np
 import pandas as pd
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
-from benchdata import SHARED, DataSet, dense_cut, generated, half_users, movielens
+from benchdata import (
+    SHARED,
+    DataSet,
+    dense_cut,
+    earlier_release,
+    generated,
+    half_users,
+    movielens,
+    without_years,
+)
 from scale import tree_rss
 
 from tasks.evaluation.baselines import als_lists, ease_lists, popularity_lists
@@ -153,6 +163,16 @@ def run() -> int:
         metavar="MOVIES",
         help="only ml-latest-small's MOVIES most rated movies, by users with >= 20 of them",
     )
+    parser.add_argument(
+        "--movielens-before",
+        metavar="YYYY-MM-DD",
+        help="only ml-latest-small's ratings before the date: the release it was then",
+    )
+    parser.add_argument(
+        "--movielens-no-years",
+        action="store_true",
+        help="ml-latest-small's titles without their (YYYY), as in older releases",
+    )
     parser.add_argument("--seeds", type=int, nargs="+", default=[42])
     parser.add_argument("--work", type=Path, default=Path("/tmp/towerflow-bench"))
     parser.add_argument(
@@ -182,6 +202,10 @@ def run() -> int:
             data = half_users(data, args.movielens_half, args.work)
         if args.movielens_dense:
             data = dense_cut(data, args.movielens_dense, args.work)
+        if args.movielens_before:
+            data = earlier_release(data, args.movielens_before, args.work)
+        if args.movielens_no_years:
+            data = without_years(data, args.work)
         sets.append(data)
     if "popularity" in only:
         sets.append(generated("popularity", args.popularity_size, args.work))
