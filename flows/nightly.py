@@ -221,6 +221,7 @@ def _published_facts(
         "val_rmse": trained["val_rmse"],
         "best_epoch": trained["best_epoch"],
         "epochs_run": trained["epochs_run"],
+        "loss_choice": _loss_choice(trained),
     }
     return {
         "preset": params.preset,
@@ -228,7 +229,8 @@ def _published_facts(
         "inputs": {"ratings": inputs["ratings"], "movies": inputs["movies"], "sha256": input_hash},
         "ingest": ingested["stats"],
         "training": {**training, "refit_epochs": refit["refit_epochs"], "warm_start": warm_start},
-        "config": night.config.to_dict(),
+        # the settings the published model was trained with: the MSE weight the holdout chose
+        "config": {**night.config.to_dict(), "mse_weight": trained.get("mse_weight")},
         "rules": night.rules.document(),
         "threads": night.threads,
         "metrics": known.get("metrics"),
@@ -238,6 +240,18 @@ def _published_facts(
         "timings": dict(run.timings),
         # finished by an interrupted run of this version, not recomputed
         "reused_stages": list(run.cached),
+    }
+
+
+def _loss_choice(trained: Trained) -> dict[str, Any] | None:
+    """The MSE weights the train stage tried and what each scored (tasks/evaluation/selection.py),
+    or None when it trained one."""
+    if "candidates" not in trained:
+        return None
+    return {
+        "mse_weight": trained.get("mse_weight"),
+        "users": trained.get("chosen_on_users"),
+        "candidates": trained["candidates"],
     }
 
 
@@ -408,7 +422,7 @@ def _train(night: _Night, prep: _Prepared, warm: dict[str, str] | None) -> Train
         "train", train_task, ratings=prep.ratings, feature_dirs=prep.feature_dirs,
         scaler_paths=prep.scalers, out_dir=str(night.work / "train"), preset_name=p.preset,
         max_epochs=epochs, patience=p.patience, seed=p.seed, holdout=p.holdout_fraction,
-        warm=warm, factors=p.factors,
+        warm=warm, factors=p.factors, k=p.k,
     )  # fmt: skip
 
 
@@ -456,6 +470,7 @@ def _refit(night: _Night, prep: _Prepared, trained: Trained, warm: dict[str, str
         scaler_paths=prep.scalers, validation_model=trained["validation_model"],
         out_dir=str(night.work / "train"), preset_name=p.preset, epochs=trained["best_epoch"],
         seed=p.seed, holdout=p.holdout_fraction, warm=warm, refit=p.refit, factors=p.factors,
+        mse_weight=trained.get("mse_weight"),
     )  # fmt: skip
 
 

@@ -21,9 +21,10 @@ from flows import caching, report
 from flows.runners import IO_RETRY
 from tasks.errors import ConfigError
 from tasks.evaluation import drift, quality
+from tasks.evaluation.selection import run_train_choosing
 from tasks.ingestion import rejects
 from tasks.ingestion.ingest import run_ingest
-from tasks.modeling.fitting import run_refit, run_train
+from tasks.modeling.fitting import run_refit
 from tasks.preparation.phases import run_features, run_scalers
 from tasks.presets import preset
 from tasks.serving import publish
@@ -121,12 +122,14 @@ def train_task(
     holdout: float,
     warm: dict[str, str] | None = None,
     factors: int | None = None,
+    k: int = 10,
 ) -> Trained:
     config = preset(preset_name, max_epochs=max_epochs, patience=patience, factors=factors)
-    # epoch logs and the towerflow-train-progress artifact
-    on_epoch = report.EpochProgress("train", config.max_epochs)
+    # epoch logs and the towerflow-train-progress artifact, over every candidate MSE weight
+    candidates = 1 + len(config.mse_weight_alternatives)
+    on_epoch = report.EpochProgress("train", config.max_epochs * candidates)
     return on_epoch.finish(
-        run_train(
+        run_train_choosing(
             Path(ratings),
             feature_dirs,
             scaler_paths,
@@ -134,6 +137,7 @@ def train_task(
             config,
             seed,
             holdout,
+            k,
             on_epoch,
             warm,
         )
@@ -154,8 +158,10 @@ def refit_task(
     warm: dict[str, str] | None = None,
     refit: str | None = None,
     factors: int | None = None,
+    mse_weight: float | None = None,
 ) -> Refit:
-    config = preset(preset_name, refit=refit, factors=factors)
+    # the MSE weight the train stage's holdout chose (tasks/evaluation/selection.py)
+    config = preset(preset_name, refit=refit, factors=factors, mse_weight=mse_weight)
     # epoch logs and the towerflow-refit-progress artifact
     on_epoch = report.EpochProgress("refit", epochs)
     return on_epoch.finish(

@@ -34,6 +34,10 @@ class ModelConfig:
     max_epochs: int = 40
     patience: int | None = 5
     mse_weight: float = 40.0
+    # Other MSE weights the night tries (tasks.evaluation.selection): the validation phase trains
+    # one model per weight, mse_weight's first, and the holdout keeps the one whose top-k scores
+    # best; () = mse_weight alone.
+    mse_weight_alternatives: tuple[float, ...] = ()
     softmax_weight: float = 1.0
     temperature: float = 0.1
     logq_correction: bool = True
@@ -89,6 +93,11 @@ class ModelConfig:
             what = f"{self.factors!r} with the {self.features!r} features"
             need = "must be >= 0, and 0 without confidence features"
             raise ConfigError(f"model config factors {need}; got {what}")
+        if any(not w > 0 for w in self.mse_weight_alternatives):
+            raise ConfigError(
+                f"model config mse_weight_alternatives must all be > 0, got "
+                f"{self.mse_weight_alternatives!r}"
+            )
         if any(width < 1 for width in self.hidden) or self.history_length < 0:
             raise ConfigError(
                 "model config needs hidden widths >= 1 and history_length >= 0, "
@@ -98,6 +107,7 @@ class ModelConfig:
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["hidden"] = list(self.hidden)
+        data["mse_weight_alternatives"] = list(self.mse_weight_alternatives)
         return data
 
     @classmethod
@@ -110,6 +120,7 @@ class ModelConfig:
             )
         values = dict(data)
         values["hidden"] = tuple(values.get("hidden", (256, 128)))
+        values["mse_weight_alternatives"] = tuple(values.get("mse_weight_alternatives", ()))
         return cls(**values)
 
 
@@ -133,6 +144,7 @@ PRESETS: dict[str, ModelConfig] = {
         patience=None,
         refit="warm",
         factors=16,
+        mse_weight_alternatives=(10.0,),
     ),
     # The default's recipe tilted toward the rating: a history vector (the user's last 64 movies and
     # how they rated them), more MSE weight, dropout and shrinkage, 10 epochs. Same benchmark:

@@ -50,6 +50,17 @@ class FeatureDirs(Phases):
     train_ratings: int
 
 
+class LossCandidate(TypedDict):
+    """One MSE weight the night tried (:mod:`tasks.evaluation.selection`) and what its validation
+    model scored on the holdout."""
+
+    mse_weight: float
+    ndcg: float  # mean NDCG@k of its top-k at its best prior weight, on the choice's users
+    prior_weight: float
+    val_rmse: float | None
+    best_epoch: int
+
+
 class Trained(TypedDict):
     """The validation model (trained without the holdout) and how its training went."""
 
@@ -60,6 +71,10 @@ class Trained(TypedDict):
     examples_per_second: float
     val_rmse: float | None
     warm_start: NotRequired[str]
+    # the MSE weight it was trained with, the weights tried and the users the choice rests on
+    mse_weight: NotRequired[float]
+    candidates: NotRequired[list[LossCandidate]]
+    chosen_on_users: NotRequired[int]
 
 
 class Refit(TypedDict):

@@ -54,6 +54,11 @@ def test_latest_json_names_everything(published: dict[str, Any]) -> None:
     )
     assert {"train", "recommend", "ingest"} <= set(latest["timings"])
     assert not (d / "work" / latest["model_version"]).exists()
+    # the train stage tried the default's two MSE weights; the published model has the one kept
+    choice = latest["training"]["loss_choice"]
+    assert [c["mse_weight"] for c in choice["candidates"]] == [40.0, 10.0]
+    assert latest["config"]["mse_weight"] == choice["mse_weight"] in (40.0, 10.0)
+    assert choice["users"] > 0 and all(0 <= c["ndcg"] <= 1 for c in choice["candidates"])
 
 
 def test_recommendations_keep_the_contract(published: dict[str, Any]) -> None:

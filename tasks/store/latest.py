@@ -64,6 +64,8 @@ class TrainingDoc(BaseModel):
     epochs_run: int
     refit_epochs: int
     warm_start: Any = None
+    # the MSE weights the night tried and the one it kept (tasks/evaluation/selection.py)
+    loss_choice: dict[str, Any] | None = None
 
 
 class Latest(BaseModel):

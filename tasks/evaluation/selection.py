@@ -1,0 +1,118 @@
+"""The night's choice of loss balance: one validation model per MSE weight, the holdout keeps one.
+
+Why: the loss weighs the rating (the MSE term) against the ranking (the in-batch softmax), and
+that balance is the setting the data sets disagree on most. Measured with
+``benchmarks/nightly_quality.py`` (seed 42, the published top-10's NDCG@10), MSE weight 40 against
+10: ml-latest-small 0.1311 against 0.1164, the generator's latent law 0.2422 against 0.2696
+(EASE^R 0.1038 and 0.2359). A preset tuned on either would lose the other, so the night trains a
+validation model per weight (``ModelConfig.mse_weight`` first, then its
+``mse_weight_alternatives``) and keeps the one whose top-k, with its best popularity prior
+weight, scores best on the holdout; the first unless another is better with confidence
+(:func:`tasks.evaluation.evaluate.best_candidate`).
+
+The choice rests on at most :data:`tasks.evaluation.evaluate.CHOICE_USERS` of the users the
+prior's weight is chosen on (:func:`tasks.evaluation.evaluate.choice_users`). Above twice
+``SWEEP_USERS`` holdout users the gate judges users the choice never saw; below, the gate's users
+include them, and the alternative is only taken when it is better with confidence.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from tasks.evaluation.evaluate import best_candidate, choice_users, holdout_score
+from tasks.evaluation.metrics import relevant_sets
+from tasks.modeling.fitting import run_train
+from tasks.preparation.features import per_user_holdout
+from tasks.preparation.phases import prepare
+from tasks.presets import ModelConfig
+from tasks.stage_results import LossCandidate, Phases, Trained
+from tasks.store.tables import load_ratings
+
+
+def run_train_choosing(
+    ratings_path: Path,
+    feature_dirs: Phases,
+    scaler_paths: Phases,
+    out_dir: Path,
+    config: ModelConfig,
+    seed: int,
+    holdout_fraction: float,
+    k: int,
+    on_epoch: Callable[[str, dict[str, float]], None] | None = None,
+    warm: dict[str, str] | None = None,
+) -> Trained:
+    """The train stage: :func:`tasks.modeling.fitting.run_train` once per MSE weight, and the
+    holdout's choice as ``model_validation.keras``; the result says which weight (``mse_weight``)
+    and what each scored (``candidates``).
+
+    With no alternative, or nothing held out to choose on, it trains ``config.mse_weight`` alone.
+    """
+    from tasks.modeling.model import load_model
+
+    weights = (config.mse_weight, *config.mse_weight_alternatives)
+    ratings = load_ratings(ratings_path)
+    hold = per_user_holdout(ratings, holdout_fraction)
+    relevant = relevant_sets(ratings[hold]) if hold.any() else {}
+    if len(weights) == 1 or not relevant:
+        only = dataclasses.replace(config, mse_weight_alternatives=())
+        trained = run_train(
+            ratings_path, feature_dirs, scaler_paths, out_dir, only, seed, holdout_fraction,
+            on_epoch, warm,
+        )  # fmt: skip
+        return {**trained, "mse_weight": config.mse_weight}
+    asked = choice_users(relevant, seed)
+    phase = prepare(Path(feature_dirs["train"]), Path(scaler_paths["train"]))
+    train = ratings[~hold]
+    runs: list[Trained] = []
+    scores: list[np.ndarray] = []
+    candidates: list[LossCandidate] = []
+    for i, weight in enumerate(weights):
+        one = dataclasses.replace(config, mse_weight=weight, mse_weight_alternatives=())
+        trained = run_train(
+            ratings_path, feature_dirs, scaler_paths, Path(out_dir) / f"mse-weight-{i}", one,
+            seed, holdout_fraction, _offset(on_epoch, i * config.max_epochs), warm,
+        )  # fmt: skip
+        model = load_model(Path(trained["validation_model"]))
+        ndcg, prior = holdout_score(model, phase, train, asked, k, config.popularity_prior)
+        runs.append(trained)
+        scores.append(ndcg)
+        candidates.append(
+            LossCandidate(
+                mse_weight=weight,
+                ndcg=round(float(np.mean(ndcg)), 6),
+                prior_weight=prior,
+                val_rmse=trained["val_rmse"],
+                best_epoch=trained["best_epoch"],
+            )
+        )
+    best = best_candidate(scores, seed)
+    path = Path(out_dir) / "model_validation.keras"
+    shutil.copyfile(runs[best]["validation_model"], path)
+    return {
+        **runs[best],
+        "validation_model": str(path),
+        "mse_weight": weights[best],
+        "candidates": candidates,
+        "chosen_on_users": len(asked),
+    }
+
+
+def _offset(
+    on_epoch: Callable[[str, dict[str, float]], None] | None, epochs_before: int
+) -> Callable[[str, dict[str, float]], None] | None:
+    """``on_epoch`` counting on from ``epochs_before`` (the stage's progress spans every
+    candidate)."""
+    if on_epoch is None or epochs_before == 0:
+        return on_epoch
+    callback = on_epoch
+
+    def shifted(phase: str, rec: dict[str, float]) -> None:
+        callback(phase, {**rec, "epoch": rec["epoch"] + epochs_before})
+
+    return shifted
