@@ -55,31 +55,28 @@ def run_train_choosing(
     """
     from tasks.modeling.model import load_model
 
+    def train(weight: float, out: Path, epochs_before: int = 0) -> Trained:
+        one = dataclasses.replace(config, mse_weight=weight, mse_weight_alternatives=())
+        hook = _offset(on_epoch, epochs_before)
+        args = (ratings_path, feature_dirs, scaler_paths, out, one, seed, holdout_fraction)
+        return {**run_train(*args, hook, warm), "mse_weight": weight}
+
     weights = (config.mse_weight, *config.mse_weight_alternatives)
     ratings = load_ratings(ratings_path)
     hold = per_user_holdout(ratings, holdout_fraction)
     relevant = relevant_sets(ratings[hold]) if hold.any() else {}
     if len(weights) == 1 or not relevant:
-        only = dataclasses.replace(config, mse_weight_alternatives=())
-        trained = run_train(
-            ratings_path, feature_dirs, scaler_paths, out_dir, only, seed, holdout_fraction,
-            on_epoch, warm,
-        )  # fmt: skip
-        return {**trained, "mse_weight": config.mse_weight}
+        return train(config.mse_weight, Path(out_dir))
     asked = choice_users(relevant, seed)
     phase = prepare(Path(feature_dirs["train"]), Path(scaler_paths["train"]))
-    train = ratings[~hold]
+    seen = ratings[~hold]
     runs: list[Trained] = []
     scores: list[np.ndarray] = []
     candidates: list[LossCandidate] = []
     for i, weight in enumerate(weights):
-        one = dataclasses.replace(config, mse_weight=weight, mse_weight_alternatives=())
-        trained = run_train(
-            ratings_path, feature_dirs, scaler_paths, Path(out_dir) / f"mse-weight-{i}", one,
-            seed, holdout_fraction, _offset(on_epoch, i * config.max_epochs), warm,
-        )  # fmt: skip
+        trained = train(weight, Path(out_dir) / f"mse-weight-{i}", i * config.max_epochs)
         model = load_model(Path(trained["validation_model"]))
-        ndcg, prior = holdout_score(model, phase, train, asked, k, config.popularity_prior)
+        ndcg, prior = holdout_score(model, phase, seen, asked, k, config.popularity_prior)
         runs.append(trained)
         scores.append(ndcg)
         candidates.append(
@@ -97,7 +94,6 @@ def run_train_choosing(
     return {
         **runs[best],
         "validation_model": str(path),
-        "mse_weight": weights[best],
         "candidates": candidates,
         "chosen_on_users": len(asked),
     }
