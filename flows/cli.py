@@ -160,24 +160,14 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _loss_choice(choice: dict[str, Any] | None, k: int) -> list[str]:
-    """The summary's line on the MSE weight the holdout kept; none when one weight was trained."""
-    if not choice:
-        return []
-    tried = " / ".join(f"{c['mse_weight']:g}" for c in choice["candidates"])
-    scores = " / ".join(f"{c['ndcg']:.4f}" for c in choice["candidates"])
-    return [
-        f"  loss      MSE weight {choice['mse_weight']:g} kept of {tried} (NDCG@{k} {scores} on "
-        f"{choice['users']:,} holdout users)"
-    ]
-
-
 def _under(root: str, rel: str) -> str:
     """``rel`` under a data directory or an ``s3://`` URI (``Path`` would fold the URI's ``//``)."""
     return f"{str(root).rstrip('/')}/{rel}"
 
 
 def _summary(s: dict[str, Any]) -> str:
+    from flows import report  # Prefect is loaded by now: the run just ended
+
     t = s["timings"]
     ing = s["ingest"]
     lines = [
@@ -201,7 +191,8 @@ def _summary(s: dict[str, Any]) -> str:
             else "n/a (no holdout)"
         ),
     ]
-    lines += _loss_choice(s["training"].get("loss_choice"), s["k"])
+    choice = report.loss_choice(s["training"].get("loss_choice"), s["k"])
+    lines += [f"  loss      {choice}"] if choice else []
     if "files_new" in ing:
         lines.insert(
             3,

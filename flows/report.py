@@ -110,6 +110,19 @@ class EpochProgress:
         return result
 
 
+def loss_choice(choice: dict[str, Any] | None, k: int) -> str:
+    """latest.json's ``training.loss_choice`` in words: the MSE weight the night kept, what each
+    scored; empty when it trained one."""
+    if not choice:
+        return ""
+    tried = " / ".join(f"{c['mse_weight']:g}" for c in choice["candidates"])
+    scores = " / ".join(f"{c['ndcg']:.4f}" for c in choice["candidates"])
+    return (
+        f"MSE weight {choice['mse_weight']:g} kept of {tried} (NDCG@{k} {scores} on "
+        f"{choice['users']:,} holdout users)"
+    )
+
+
 def _image(path: Path | None, alt: str, embed: bool) -> str:
     """The plot embedded as a data URI (the UI renders those, never file:// links), or linked by
     file name.
@@ -201,6 +214,8 @@ def _report(
         f"{train.get('refit_epochs')} epochs on every "
         "rating; validation RMSE "
         f"{f'{rmse:.3f} stars' if rmse is not None else 'n/a (no holdout)'}.",
+        "",
+        loss_choice(train.get("loss_choice"), int(latest.get("k") or 10)),
         "",
         _image(plots.get("loss"), "training loss per epoch", embed),
         "",
