@@ -100,9 +100,11 @@ def run() -> int:
             model.append(ndcg_within(scores, relevant))
             chance.append(ndcg_within(rng.random(len(rows)), relevant))
         m, c = bootstrap(np.array(model)), bootstrap(np.array(chance))
+        choice = latest.training.loss_choice
+        kept = f"; MSE weight {choice['mse_weight']:g} kept" if choice else ""
         print(
             f"{name}: NDCG@10 within the hidden set {m.mean:.4f} ({m.low:.4f} .. "
-            f"{m.high:.4f}); random {c.mean:.4f}; {len(model):,} users"
+            f"{m.high:.4f}); random {c.mean:.4f}; {len(model):,} users{kept}"
         )
     return 0
 

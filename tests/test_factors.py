@@ -7,7 +7,12 @@ import pandas as pd
 import pytest
 
 from tasks.errors import ConfigError
-from tasks.preparation.factors import factor_names, movie_factors, user_factor_columns
+from tasks.preparation.factors import (
+    content_factors,
+    factor_names,
+    movie_factors,
+    user_factor_columns,
+)
 from tasks.preparation.features import compute_features
 from tasks.preparation.loo import example_rows, leave_one_out
 from tasks.preparation.phases import prepared
@@ -90,6 +95,35 @@ def test_features_carry_the_factors_last_and_fold_in_onto_given_ones() -> None:
         compute_features(RATINGS, MOVIES, USERS, "lab", factors=K)
     with pytest.raises(ConfigError, match="factors must be >= 0"):
         preset("lab", factors=4)
+
+
+def test_an_unrated_movie_gets_the_factors_its_content_predicts(rng: np.random.Generator) -> None:
+    # factors that are a linear function of the content: the ridge recovers them for unrated rows
+    content = rng.normal(size=(200, 4))
+    truth = content @ rng.normal(size=(4, 3)) + 0.5
+    rated = np.arange(200) >= 20
+    v = np.where(rated[:, None], truth, 0.0).astype(np.float32)
+    out = content_factors(content, v, rated, alpha=1e-6)
+    np.testing.assert_array_equal(out[rated], v[rated])
+    np.testing.assert_allclose(out[~rated], truth[~rated], atol=1e-3)
+    assert np.all(v[~rated] == 0.0)  # the input is left as it was
+    for all_or_none in (np.ones(200, bool), np.zeros(200, bool)):
+        assert content_factors(content, v, all_or_none) is v
+    # in the night's features: the unrated catalog movie 60 (Action, 1995) is placed beside the
+    # rated ones from its genres and year, not at zero
+    catalog = pd.concat(
+        [
+            MOVIES,
+            pd.DataFrame(
+                {"movie_id": [60], "title": ["F (1995)"], "genres": ["Action"], "year": [1995]}
+            ).astype({"year": "Int32"}),
+        ],
+        ignore_index=True,
+    )
+    feats = compute_features(RATINGS, catalog, USERS, "confidence", shrinkage=3.0, factors=K)
+    alone = compute_features(RATINGS, MOVIES, USERS, "confidence", shrinkage=3.0, factors=K)
+    np.testing.assert_allclose(feats.movie_x[:5], alone.movie_x, atol=1e-6)
+    assert np.abs(feats.movie_x[5, -K:]).sum() > 1e-3
 
 
 def test_leave_one_out_takes_the_rating_out_of_the_user_and_the_user_out_of_the_movie() -> None:

@@ -191,6 +191,9 @@ def compute_features(
             ]
             if factors > 0:
                 v = _factors(seen, factors, movie_factors)
+                if movie_factors is None:  # an unrated movie's factors, from its content
+                    content = np.column_stack([year, year_missing, genres])
+                    v = collab.content_factors(content, v, m_cnt > 0)
                 seen_sum, rated_sum = collab.user_sums(seen, rated, v)
                 mean = (u_sum + shrinkage * mu) / (u_cnt + shrinkage)
                 projected = collab.user_factor_columns(np, u_cnt, seen_sum, rated_sum, mean)
