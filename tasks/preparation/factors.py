@@ -5,12 +5,12 @@ per-genre tastes), so two movies of the same genres and era look alike to them e
 people watch them; that co-occurrence is what EASE^R and ALS live on. Every night a truncated SVD of
 the binary user x movie matrix of the phase's ratings (PureSVD, Cremonesi et al. 2010: X ~ U S V^T)
 gives each movie ``k`` factors, its row of V. A movie nobody rated gets the factors its content
-predicts (:func:`content_factors`: a ridge regression from its genres and year, fitted every night on
-the rated movies' rows), so the towers place it among the rated movies like it; with zeros instead,
-cold start (issue 19's hidden movies, three draws) scored 0.1337 against 0.1450 with the prediction
-and 0.1440 for the content-only towers. A user's factors are a projection of their ratings onto the
-movie factors, so a new or changed user folds in without retraining, from the published movie
-factors:
+predicts (:func:`content_factors`: a ridge regression from its genres and year, fitted every night
+on the rated movies' rows), so the towers place it among the rated movies like it. With zeros
+instead, cold start (issue 19's hidden movies, three draws) scored 0.1337, against 0.1450 with the
+prediction and 0.1440 for the content-only towers. A user's factors are a projection of their
+ratings onto the movie factors, so a new or changed user folds in without retraining, from the
+published movie factors:
 
 - ``seen``:  sum of V_j over the movies j they rated, / sqrt(n)  (PureSVD's fold-in x V)
 - ``liked``: sum of (r_j - their shrunk mean) V_j, / sqrt(n)     (what they liked more than usual)
