@@ -21,7 +21,9 @@ sides, as it does for the means: the rating is taken out of the user's sums, and
 movie's factors. Since V = X^T U S^-1 and X V = U S, user u's share of movie i's factors is
 U_u / s = (sum of V_j over u's movies) / s^2. Without it a movie with few ratings would carry its
 raters' own direction into training (they would all look like a match); with it a movie with a
-single rating trains on an unrated movie's zeros, which is what cold start asks of the tower.
+single rating trains on zero factors. Training it on its content's prediction instead, as an unrated
+movie is served, scored lower on cold start (0.1397 against 0.1437, the same three draws) and was
+not kept.
 """
 
 from __future__ import annotations
