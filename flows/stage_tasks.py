@@ -126,8 +126,7 @@ def train_task(
 ) -> Trained:
     config = preset(preset_name, max_epochs=max_epochs, patience=patience, factors=factors)
     # epoch logs and the towerflow-train-progress artifact, over every candidate MSE weight
-    candidates = 1 + len(config.mse_weight_alternatives)
-    on_epoch = report.EpochProgress("train", config.max_epochs * candidates)
+    on_epoch = report.EpochProgress("train", sum(config.candidate_epochs()))
     return on_epoch.finish(
         run_train_choosing(
             Path(ratings),

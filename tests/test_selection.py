@@ -43,6 +43,10 @@ def test_the_default_tries_a_ranking_led_weight_and_alternatives_must_be_positiv
     default = preset("default")
     assert default.mse_weight == 40.0 and default.mse_weight_alternatives == (10.0,)
     assert ModelConfig.from_dict(default.to_dict()) == default
+    # the alternative goes on from the first's weights for a quarter of its epochs
+    assert default.candidate_epochs() == [20, 5]
+    assert preset("default", max_epochs=2).candidate_epochs() == [2, 1]
+    assert preset("lab").candidate_epochs() == [30]
     assert preset("lab").mse_weight_alternatives == ()
     with pytest.raises(ConfigError, match="mse_weight_alternatives must all be > 0"):
         preset("default", mse_weight_alternatives=(10.0, 0.0))

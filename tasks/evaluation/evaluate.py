@@ -82,9 +82,14 @@ def fit(
         val = train[hold] if config.patience is not None else None
         # one validation model per MSE weight, the holdout keeps one (tasks/evaluation/selection.py)
         fits = [
-            _fit_once(train[~hold], val, movies, users, replace_weight(config, w), seed, None)
-            for w in (weights if relevant else weights[:1])
+            _fit_once(train[~hold], val, movies, users, replace_weight(config, weights[0]), seed)
         ]
+        # an alternative goes on from the first's weights, as in the night's train stage
+        epochs = dataclasses.replace(config, mse_weight_alternatives=weights[1:]).candidate_epochs()
+        for w, n in zip(weights[1:] if relevant else (), epochs[1:], strict=False):
+            start = fits[0][0].model.get_weights()
+            one = replace_weight(config, w)
+            fits.append(_fit_once(train[~hold], val, movies, users, one, seed, n, start))
         best = 0
         if len(fits) > 1:
             asked = choice_users(relevant, seed)
@@ -123,7 +128,8 @@ def _fit_once(
     users: np.ndarray,
     config: ModelConfig,
     seed: int,
-    epochs: int | None,
+    epochs: int | None = None,
+    start: list[Any] | None = None,
 ) -> tuple[Any, Prepared]:
     from tasks.modeling.train import train_model
 
@@ -144,9 +150,9 @@ def _fit_once(
     )
     scaled = prepared(feats, scalers, hist)
     validation = scaled.triples(val) if val is not None and len(val) else None
-    return train_model(
-        scaled.train_data(train, config), config, seed, epochs=epochs, validation=validation
-    ), scaled
+    init = None if start is None else (lambda model: model.set_weights(start))
+    data = scaled.train_data(train, config)
+    return train_model(data, config, seed, epochs, validation, init=init), scaled
 
 
 def served_lists(

@@ -3,10 +3,11 @@
 Why: the loss weighs the rating (the MSE term) against the ranking (the in-batch softmax), and
 that balance is the setting the data sets disagree on most. Measured with
 ``benchmarks/nightly_quality.py`` (seed 42, the published top-10's NDCG@10), MSE weight 40 against
-10: ml-latest-small 0.1311 against 0.1164, the generator's latent law 0.2422 against 0.2696
+10: ml-latest-small 0.1270 against 0.1164, the generator's latent law 0.2382 against 0.2696
 (EASE^R 0.1038 and 0.2359). A preset tuned on either would lose the other, so the night trains a
-validation model per weight (``ModelConfig.mse_weight`` first, then its
-``mse_weight_alternatives``) and keeps the one whose top-k, with its best popularity prior
+validation model per weight (``ModelConfig.mse_weight`` first, then each of its
+``mse_weight_alternatives``, going on from the first's weights for a quarter of its epochs) and
+keeps the one whose top-k, with its best popularity prior
 weight, scores best on the holdout; the first unless another is better with confidence
 (:func:`tasks.evaluation.evaluate.best_candidate`).
 
@@ -55,18 +56,23 @@ def run_train_choosing(
     """
     from tasks.modeling.model import load_model
 
-    def train(weight: float, out: Path, epochs_before: int = 0) -> Trained:
-        one = dataclasses.replace(config, mse_weight=weight, mse_weight_alternatives=())
-        hook = _offset(on_epoch, epochs_before)
+    epochs = config.candidate_epochs()
+
+    def train(i: int, out: Path, start: Path | None = None) -> Trained:
+        weight = weights[i]
+        one = dataclasses.replace(
+            config, mse_weight=weight, mse_weight_alternatives=(), max_epochs=epochs[i]
+        )
+        hook = _offset(on_epoch, sum(epochs[:i]))
         args = (ratings_path, feature_dirs, scaler_paths, out, one, seed, holdout_fraction)
-        return {**run_train(*args, hook, warm), "mse_weight": weight}
+        return {**run_train(*args, hook, warm, start), "mse_weight": weight}
 
     weights = (config.mse_weight, *config.mse_weight_alternatives)
     ratings = load_ratings(ratings_path)
     hold = per_user_holdout(ratings, holdout_fraction)
     relevant = relevant_sets(ratings[hold]) if hold.any() else {}
     if len(weights) == 1 or not relevant:
-        return train(config.mse_weight, Path(out_dir))
+        return train(0, Path(out_dir))
     asked = choice_users(relevant, seed)
     phase = prepare(Path(feature_dirs["train"]), Path(scaler_paths["train"]))
     seen = ratings[~hold]
@@ -74,7 +80,9 @@ def run_train_choosing(
     scores: list[np.ndarray] = []
     candidates: list[LossCandidate] = []
     for i, weight in enumerate(weights):
-        trained = train(weight, Path(out_dir) / f"mse-weight-{i}", i * config.max_epochs)
+        # an alternative goes on from the first's weights
+        start = None if i == 0 else Path(runs[0]["validation_model"])
+        trained = train(i, Path(out_dir) / f"mse-weight-{i}", start)
         model = load_model(Path(trained["validation_model"]))
         ndcg, prior = holdout_score(model, phase, seen, asked, k, config.popularity_prior)
         runs.append(trained)

@@ -52,12 +52,15 @@ def run_train(
     holdout_fraction: float,
     on_epoch: Callable[[str, dict[str, float]], None] | None = None,
     warm: dict[str, str] | None = None,
+    start_from: Path | None = None,
 ) -> Trained:
     """Train on the train phase, early-stopping on the holdout; save ``model_validation.keras``.
 
     The validation model is what the evaluate stage scores; :func:`run_refit`
     then trains the published model on every rating for ``best_epoch`` epochs.
-    ``warm`` (:func:`tasks.modeling.warmstart.source`) starts from the published model's weights.
+    ``warm`` (:func:`tasks.modeling.warmstart.source`) starts from the published model's weights;
+    ``start_from`` (a saved model of the same shape, :mod:`tasks.evaluation.selection`) from that
+    model's instead.
     """
     from tasks.modeling.model import save_model
     from tasks.modeling.train import predict_scores, train_model
@@ -69,11 +72,14 @@ def run_train(
     hold = per_user_holdout(ratings, holdout_fraction)
     train = prepare(Path(feature_dirs["train"]), Path(scaler_paths["train"]))
     val = train.triples(ratings[hold]) if hold.any() else None
-    first = train_model(
-        train.train_data(ratings[~hold], config), config, seed, validation=val,
-        on_epoch=_epoch_hook("validate", on_epoch),
-        init=initializer(warm, train.feats.movie_ids, outcome),
-    )  # fmt: skip
+    start = (
+        weights_of(start_from)
+        if start_from is not None
+        else initializer(warm, train.feats.movie_ids, outcome)
+    )
+    data = train.train_data(ratings[~hold], config)
+    hook = _epoch_hook("validate", on_epoch)
+    first = train_model(data, config, seed, validation=val, on_epoch=hook, init=start)
     path = save_model(first.model, Path(out_dir) / "model_validation.keras")
     val_rmse = None
     if val is not None:
@@ -92,6 +98,15 @@ def run_train(
     if "warm_start" in outcome:
         result["warm_start"] = outcome["warm_start"]
     return result
+
+
+def weights_of(path: Path) -> Callable[[Any], None]:
+    """An ``init`` hook of :func:`tasks.modeling.train.train_model`: the weights of the model saved
+    at ``path``."""
+    from tasks.modeling.model import load_model
+
+    weights = load_model(Path(path)).get_weights()
+    return lambda model: model.set_weights(weights)
 
 
 def run_refit(
@@ -130,20 +145,15 @@ def run_refit(
     init = initializer(warm, full.feats.movie_ids, outcome)
     # the validation weights, then a fifth of a full refit's epochs and examples
     if config.refit == "warm":
-        from tasks.modeling.model import load_model
         from tasks.modeling.train import examples_per_epoch
 
-        weights = load_model(Path(validation_model)).get_weights()
         full_examples = examples_per_epoch(len(ratings), max(1, epochs), config.max_examples) * max(
             1, epochs
         )
         config = dataclasses.replace(
             config, max_examples=max(1, math.ceil(full_examples * WARM_REFIT_SHARE))
         )
-        epochs, init = (
-            math.ceil(max(1, epochs) * WARM_REFIT_SHARE),
-            lambda model: model.set_weights(weights),
-        )
+        epochs, init = math.ceil(max(1, epochs) * WARM_REFIT_SHARE), weights_of(validation_model)
     final = train_model(
         full.train_data(ratings, config),
         config,
