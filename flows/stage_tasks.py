@@ -126,7 +126,7 @@ def train_task(
 ) -> Trained:
     config = preset(preset_name, max_epochs=max_epochs, patience=patience, factors=factors)
     # epoch logs and the towerflow-train-progress artifact, over every candidate MSE weight
-    on_epoch = report.EpochProgress("train", sum(config.candidate_epochs()))
+    on_epoch = report.EpochProgress("train", sum(c.max_epochs for c in config.candidates()))
     return on_epoch.finish(
         run_train_choosing(
             Path(ratings),

@@ -111,11 +111,22 @@ class ModelConfig:
                 f"got {self.hidden}, {self.history_length}"
             )
 
-    def candidate_epochs(self) -> list[int]:
-        """Epochs of each MSE weight's validation model: ``max_epochs`` for ``mse_weight``,
-        :data:`ALTERNATIVE_SHARE` of them (at least one) for each alternative."""
-        alternative = max(1, math.ceil(self.max_epochs * ALTERNATIVE_SHARE))
-        return [self.max_epochs] + [alternative] * len(self.mse_weight_alternatives)
+    def candidates(self) -> list[ModelConfig]:
+        """The config of each MSE weight's validation model: ``mse_weight``'s as it is, then each
+        alternative's with :data:`ALTERNATIVE_SHARE` of the epochs and of the example budget (it
+        goes on from the first's weights); none with alternatives of its own."""
+        first = dataclasses.replace(self, mse_weight_alternatives=())
+        epochs = max(1, math.ceil(self.max_epochs * ALTERNATIVE_SHARE))
+        budget = None if self.max_examples is None else self.max_examples * ALTERNATIVE_SHARE
+        return [first] + [
+            dataclasses.replace(
+                first,
+                mse_weight=weight,
+                max_epochs=epochs,
+                max_examples=None if budget is None else max(1, math.ceil(budget)),
+            )
+            for weight in self.mse_weight_alternatives
+        ]
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)

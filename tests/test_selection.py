@@ -3,6 +3,8 @@ keeps, and on which users."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -44,9 +46,18 @@ def test_the_default_tries_a_ranking_led_weight_and_alternatives_must_be_positiv
     assert default.mse_weight == 40.0 and default.mse_weight_alternatives == (10.0,)
     assert ModelConfig.from_dict(default.to_dict()) == default
     # the alternative goes on from the first's weights for a quarter of its epochs
-    assert default.candidate_epochs() == [20, 5]
-    assert preset("default", max_epochs=2).candidate_epochs() == [2, 1]
-    assert preset("lab").candidate_epochs() == [30]
+    first, alternative = default.candidates()
+    assert (first.mse_weight, first.max_epochs, first.max_examples) == (40.0, 20, 2_400_000)
+    assert (alternative.mse_weight, alternative.max_epochs, alternative.max_examples) == (
+        10.0,
+        5,
+        600_000,
+    )
+    assert first.mse_weight_alternatives == alternative.mse_weight_alternatives == ()
+    assert preset("default", max_epochs=2).candidates()[1].max_epochs == 1
+    unbounded = dataclasses.replace(default, max_examples=None)
+    assert unbounded.candidates()[1].max_examples is None
+    assert [c.mse_weight for c in preset("lab").candidates()] == [1.0]
     assert preset("lab").mse_weight_alternatives == ()
     with pytest.raises(ConfigError, match="mse_weight_alternatives must all be > 0"):
         preset("default", mse_weight_alternatives=(10.0, 0.0))

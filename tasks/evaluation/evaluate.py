@@ -81,15 +81,12 @@ def fit(
         relevant = relevant_sets(train[hold])
         val = train[hold] if config.patience is not None else None
         # one validation model per MSE weight, the holdout keeps one (tasks/evaluation/selection.py)
-        fits = [
-            _fit_once(train[~hold], val, movies, users, replace_weight(config, weights[0]), seed)
-        ]
+        configs = dataclasses.replace(config, mse_weight_alternatives=weights[1:]).candidates()
+        fits = [_fit_once(train[~hold], val, movies, users, configs[0], seed)]
         # an alternative goes on from the first's weights, as in the night's train stage
-        epochs = dataclasses.replace(config, mse_weight_alternatives=weights[1:]).candidate_epochs()
-        for w, n in zip(weights[1:] if relevant else (), epochs[1:], strict=False):
+        for one in configs[1:] if relevant else []:
             start = fits[0][0].model.get_weights()
-            one = replace_weight(config, w)
-            fits.append(_fit_once(train[~hold], val, movies, users, one, seed, n, start))
+            fits.append(_fit_once(train[~hold], val, movies, users, one, seed, None, start))
         best = 0
         if len(fits) > 1:
             asked = choice_users(relevant, seed)
@@ -100,7 +97,8 @@ def fit(
             best = best_candidate(scores, seed)
         config = replace_weight(config, weights[best])
         first, scaled = fits[best]
-        best_epoch = first.best_epoch
+        # an alternative's epochs count on from the first's
+        best_epoch = first.best_epoch + (fits[0][0].best_epoch if best else 0)
         relevant = {
             int(u): relevant[int(u)]
             for u in sweep_users(np.array(sorted(relevant), dtype=np.int64), seed)

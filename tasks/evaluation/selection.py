@@ -19,7 +19,6 @@ include them, and the alternative is only taken when it is better with confidenc
 
 from __future__ import annotations
 
-import dataclasses
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -56,16 +55,12 @@ def run_train_choosing(
     """
     from tasks.modeling.model import load_model
 
-    epochs = config.candidate_epochs()
+    configs = config.candidates()
 
     def train(i: int, out: Path, start: Path | None = None) -> Trained:
-        weight = weights[i]
-        one = dataclasses.replace(
-            config, mse_weight=weight, mse_weight_alternatives=(), max_epochs=epochs[i]
-        )
-        hook = _offset(on_epoch, sum(epochs[:i]))
-        args = (ratings_path, feature_dirs, scaler_paths, out, one, seed, holdout_fraction)
-        return {**run_train(*args, hook, warm, start), "mse_weight": weight}
+        hook = _offset(on_epoch, sum(c.max_epochs for c in configs[:i]))
+        args = (ratings_path, feature_dirs, scaler_paths, out, configs[i], seed, holdout_fraction)
+        return {**run_train(*args, hook, warm, start), "mse_weight": configs[i].mse_weight}
 
     weights = (config.mse_weight, *config.mse_weight_alternatives)
     ratings = load_ratings(ratings_path)
@@ -99,8 +94,12 @@ def run_train_choosing(
     best = best_candidate(scores, seed)
     path = Path(out_dir) / "model_validation.keras"
     shutil.copyfile(runs[best]["validation_model"], path)
+    # an alternative's epochs count on from the first's (the refit's epochs follow them)
+    epochs_before = runs[0]["best_epoch"] if best else 0
     return {
         **runs[best],
+        "best_epoch": runs[best]["best_epoch"] + epochs_before,
+        "epochs_run": runs[best]["epochs_run"] + (runs[0]["epochs_run"] if best else 0),
         "validation_model": str(path),
         "candidates": candidates,
         "chosen_on_users": len(asked),
