@@ -187,7 +187,7 @@ def test_serve_schedules_and_a_triggered_run_completes_with_artifacts(
             server, "/logs/filter", {"logs": {"flow_run_id": {"any_": [run["id"]]}}, "limit": 200}
         )
         # TF epochs reach the run's logs
-        assert any("validate epoch 2/2" in entry["message"] for entry in logs)
+        assert any("validate epoch 2/" in entry["message"] for entry in logs)
 
         latest = json.loads((data_dir / "outputs" / "latest.json").read_text())
         reports = data_dir / "outputs" / "reports" / f"run_date={latest['run_date']}"

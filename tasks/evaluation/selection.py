@@ -22,17 +22,15 @@ from __future__ import annotations
 import shutil
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from tasks.evaluation.evaluate import best_candidate, choice_users, holdout_score
 from tasks.evaluation.metrics import relevant_sets
-from tasks.modeling.fitting import run_train
-from tasks.preparation.features import per_user_holdout
-from tasks.preparation.phases import prepare
+from tasks.modeling.fitting import run_train, train_validation, validation_inputs, weights_of
 from tasks.presets import ModelConfig
 from tasks.stage_results import LossCandidate, Phases, Trained
-from tasks.store.tables import load_ratings
 
 
 def run_train_choosing(
@@ -54,30 +52,49 @@ def run_train_choosing(
     With no alternative, or nothing held out to choose on, it trains ``config.mse_weight`` alone.
     """
     from tasks.modeling.model import load_model
+    from tasks.modeling.warmstart import initializer
 
     configs = config.candidates()
-
-    def train(i: int, out: Path, start: Path | None = None) -> Trained:
-        hook = _offset(on_epoch, sum(c.max_epochs for c in configs[:i]))
-        args = (ratings_path, feature_dirs, scaler_paths, out, configs[i], seed, holdout_fraction)
-        return {**run_train(*args, hook, warm, start), "mse_weight": configs[i].mse_weight}
-
-    weights = (config.mse_weight, *config.mse_weight_alternatives)
-    ratings = load_ratings(ratings_path)
-    hold = per_user_holdout(ratings, holdout_fraction)
+    if len(configs) == 1:
+        args = (
+            ratings_path,
+            feature_dirs,
+            scaler_paths,
+            out_dir,
+            configs[0],
+            seed,
+            holdout_fraction,
+        )
+        return {**run_train(*args, on_epoch, warm), "mse_weight": config.mse_weight}
+    # the ratings, features and training data once, for every candidate
+    inputs = validation_inputs(
+        ratings_path, feature_dirs, scaler_paths, configs[0], holdout_fraction
+    )
+    ratings, hold = inputs.ratings, inputs.hold
     relevant = relevant_sets(ratings[hold]) if hold.any() else {}
-    if len(weights) == 1 or not relevant:
-        return train(0, Path(out_dir))
+    outcome: dict[str, Any] = {}
+
+    def train(i: int, out: Path, init: Callable[[Any], None] | None) -> Trained:
+        hook = _offset(on_epoch, sum(c.max_epochs for c in configs[:i]))
+        trained = train_validation(inputs, out, configs[i], seed, hook, init)
+        if "warm_start" in outcome:
+            trained["warm_start"] = outcome["warm_start"]
+        return {**trained, "mse_weight": configs[i].mse_weight}
+
+    first_init = initializer(warm, inputs.train.feats.movie_ids, outcome)
+    if not relevant:
+        return train(0, Path(out_dir), first_init)
+    weights = [c.mse_weight for c in configs]
     asked = choice_users(relevant, seed)
-    phase = prepare(Path(feature_dirs["train"]), Path(scaler_paths["train"]))
+    phase = inputs.train
     seen = ratings[~hold]
     runs: list[Trained] = []
     scores: list[np.ndarray] = []
     candidates: list[LossCandidate] = []
     for i, weight in enumerate(weights):
         # an alternative goes on from the first's weights
-        start = None if i == 0 else Path(runs[0]["validation_model"])
-        trained = train(i, Path(out_dir) / f"mse-weight-{i}", start)
+        init = first_init if i == 0 else weights_of(Path(runs[0]["validation_model"]))
+        trained = train(i, Path(out_dir) / f"mse-weight-{i}", init)
         model = load_model(Path(trained["validation_model"]))
         ndcg, prior = holdout_score(model, phase, seen, asked, k, config.popularity_prior)
         runs.append(trained)

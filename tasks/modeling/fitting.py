@@ -12,14 +12,17 @@ import dataclasses
 import math
 import shutil
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from tasks import faults
 from tasks.preparation.features import per_user_holdout
-from tasks.preparation.phases import prepare
+from tasks.preparation.phases import Prepared, prepare
+from tasks.preparation.training import TrainData
 from tasks.presets import ModelConfig
 from tasks.stage_results import Phases, Refit, Trained
 from tasks.store.tables import load_ratings
@@ -42,6 +45,34 @@ def _epoch_hook(
     return hook
 
 
+@dataclass(frozen=True)
+class ValidationInputs:
+    """What every validation model of a night trains and is judged on: the ratings, the holdout
+    mask, the train phase's scaled features, its training data and the held-out triples (built
+    once, however many models train on them)."""
+
+    ratings: pd.DataFrame
+    hold: np.ndarray
+    train: Prepared
+    data: TrainData
+    val: tuple[np.ndarray, np.ndarray, np.ndarray] | None
+
+
+def validation_inputs(
+    ratings_path: Path,
+    feature_dirs: Phases,
+    scaler_paths: Phases,
+    config: ModelConfig,
+    holdout_fraction: float,
+) -> ValidationInputs:
+    """The train phase's inputs (:class:`ValidationInputs`) for models of ``config``'s features."""
+    ratings = load_ratings(ratings_path)
+    hold = per_user_holdout(ratings, holdout_fraction)
+    train = prepare(Path(feature_dirs["train"]), Path(scaler_paths["train"]))
+    val = train.triples(ratings[hold]) if hold.any() else None
+    return ValidationInputs(ratings, hold, train, train.train_data(ratings[~hold], config), val)
+
+
 def run_train(
     ratings_path: Path,
     feature_dirs: Phases,
@@ -52,42 +83,49 @@ def run_train(
     holdout_fraction: float,
     on_epoch: Callable[[str, dict[str, float]], None] | None = None,
     warm: dict[str, str] | None = None,
-    start_from: Path | None = None,
 ) -> Trained:
     """Train on the train phase, early-stopping on the holdout; save ``model_validation.keras``.
 
     The validation model is what the evaluate stage scores; :func:`run_refit`
     then trains the published model on every rating for ``best_epoch`` epochs.
-    ``warm`` (:func:`tasks.modeling.warmstart.source`) starts from the published model's weights;
-    ``start_from`` (a saved model of the same shape, :mod:`tasks.evaluation.selection`) from that
-    model's instead.
+    ``warm`` (:func:`tasks.modeling.warmstart.source`) starts from the published model's weights.
     """
-    from tasks.modeling.model import save_model
-    from tasks.modeling.train import predict_scores, train_model
     from tasks.modeling.warmstart import initializer
 
+    inputs = validation_inputs(ratings_path, feature_dirs, scaler_paths, config, holdout_fraction)
     outcome: dict[str, Any] = {}
+    init = initializer(warm, inputs.train.feats.movie_ids, outcome)
+    result = train_validation(inputs, Path(out_dir), config, seed, on_epoch, init)
+    if "warm_start" in outcome:
+        result["warm_start"] = outcome["warm_start"]
+    return result
 
-    ratings = load_ratings(ratings_path)
-    hold = per_user_holdout(ratings, holdout_fraction)
-    train = prepare(Path(feature_dirs["train"]), Path(scaler_paths["train"]))
-    val = train.triples(ratings[hold]) if hold.any() else None
-    start = (
-        weights_of(start_from)
-        if start_from is not None
-        else initializer(warm, train.feats.movie_ids, outcome)
-    )
-    data = train.train_data(ratings[~hold], config)
+
+def train_validation(
+    inputs: ValidationInputs,
+    out_dir: Path,
+    config: ModelConfig,
+    seed: int,
+    on_epoch: Callable[[str, dict[str, float]], None] | None = None,
+    init: Callable[[Any], None] | None = None,
+) -> Trained:
+    """One validation model on ``inputs`` (``init`` may set its weights first), saved as
+    ``out_dir/model_validation.keras``, with its RMSE in stars on the held-out ratings."""
+    from tasks.modeling.model import save_model
+    from tasks.modeling.train import predict_scores, train_model
+
+    train, val = inputs.train, inputs.val
     hook = _epoch_hook("validate", on_epoch)
-    first = train_model(data, config, seed, validation=val, on_epoch=hook, init=start)
+    first = train_model(inputs.data, config, seed, validation=val, on_epoch=hook, init=init)
     path = save_model(first.model, Path(out_dir) / "model_validation.keras")
     val_rmse = None
     if val is not None:
         stars = train.scalers.target_to_rating(
             predict_scores(first.model, train.user_input, train.movie_x, val[0], val[1])
         )
-        val_rmse = float(np.sqrt(np.mean((stars - ratings["rating"].to_numpy()[hold]) ** 2)))
-    result = Trained(
+        held = inputs.ratings["rating"].to_numpy()[inputs.hold]
+        val_rmse = float(np.sqrt(np.mean((stars - held) ** 2)))
+    return Trained(
         validation_model=str(path),
         best_epoch=first.best_epoch,
         epochs_run=first.epochs_run,
@@ -95,9 +133,6 @@ def run_train(
         examples_per_second=first.examples_per_second,
         val_rmse=val_rmse,
     )
-    if "warm_start" in outcome:
-        result["warm_start"] = outcome["warm_start"]
-    return result
 
 
 def weights_of(path: Path) -> Callable[[Any], None]:
