@@ -28,7 +28,7 @@ import numpy as np
 
 from tasks.evaluation.evaluate import best_candidate, choice_users, holdout_score
 from tasks.evaluation.metrics import relevant_sets
-from tasks.modeling.fitting import run_train, train_validation, validation_inputs, weights_of
+from tasks.modeling.fitting import train_validation, validation_inputs, weights_of
 from tasks.presets import ModelConfig
 from tasks.stage_results import LossCandidate, Phases, Trained
 
@@ -45,9 +45,10 @@ def run_train_choosing(
     on_epoch: Callable[[str, dict[str, float]], None] | None = None,
     warm: dict[str, str] | None = None,
 ) -> Trained:
-    """The train stage: :func:`tasks.modeling.fitting.run_train` once per MSE weight, and the
-    holdout's choice as ``model_validation.keras``; the result says which weight (``mse_weight``)
-    and what each scored (``candidates``).
+    """The train stage: a validation model (:func:`tasks.modeling.fitting.train_validation`)
+    per MSE weight, on one load of the inputs (:func:`tasks.modeling.fitting.validation_inputs`),
+    and the holdout's choice as ``model_validation.keras``; the result says which weight
+    (``mse_weight``) and what each scored (``candidates``).
 
     With no alternative, or nothing held out to choose on, it trains ``config.mse_weight`` alone.
     """
@@ -55,17 +56,6 @@ def run_train_choosing(
     from tasks.modeling.warmstart import initializer
 
     configs = config.candidates()
-    if len(configs) == 1:
-        args = (
-            ratings_path,
-            feature_dirs,
-            scaler_paths,
-            out_dir,
-            configs[0],
-            seed,
-            holdout_fraction,
-        )
-        return {**run_train(*args, on_epoch, warm), "mse_weight": config.mse_weight}
     # the ratings, features and training data once, for every candidate
     inputs = validation_inputs(
         ratings_path, feature_dirs, scaler_paths, configs[0], holdout_fraction
@@ -82,7 +72,7 @@ def run_train_choosing(
         return {**trained, "mse_weight": configs[i].mse_weight}
 
     first_init = initializer(warm, inputs.train.feats.movie_ids, outcome)
-    if not relevant:
+    if len(configs) == 1 or not relevant:
         return train(0, Path(out_dir), first_init)
     weights = [c.mse_weight for c in configs]
     asked = choice_users(relevant, seed)
