@@ -303,7 +303,9 @@ class _Night:
     def of(params: NightlyParams, run_date: dt.date, target: Target) -> _Night:
         threads = params.threads or default_threads()
         pin_threads(threads)
-        overrides = {"max_epochs": params.max_epochs, "patience": params.patience}
+        overrides: dict[str, Any] = {"max_epochs": params.max_epochs, "patience": params.patience}
+        if not params.loss_choice:
+            overrides["mse_weight_alternatives"] = ()
         config = preset(params.preset, **overrides, refit=params.refit, factors=params.factors)
         rules = params.rules()  # which movies may be recommended (tasks/serving/rules.py)
         store = str(target.uri) if target.uri else None
@@ -422,7 +424,7 @@ def _train(night: _Night, prep: _Prepared, warm: dict[str, str] | None) -> Train
         "train", train_task, ratings=prep.ratings, feature_dirs=prep.feature_dirs,
         scaler_paths=prep.scalers, out_dir=str(night.work / "train"), preset_name=p.preset,
         max_epochs=epochs, patience=p.patience, seed=p.seed, holdout=p.holdout_fraction,
-        warm=warm, factors=p.factors, k=p.k,
+        warm=warm, factors=p.factors, k=p.k, loss_choice=p.loss_choice,
     )  # fmt: skip
 
 

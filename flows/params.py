@@ -71,6 +71,13 @@ class NightlyParams(BaseModel):
         ),
     )
     max_epochs: int | None = Field(None, ge=1, description="override the preset's epoch limit")
+    loss_choice: bool = Field(
+        True,
+        description=(
+            "train a validation model per MSE weight of the preset and keep the one the holdout "
+            "scores best (tasks/evaluation/selection.py); off: the preset's first weight alone"
+        ),
+    )
     warm_start: bool = Field(
         False, description="start from the published model's weights (tasks/modeling/warmstart.py)"
     )
@@ -197,6 +204,10 @@ _OPTIONS: dict[str, dict[str, Any]] = {
     "preset": {"choices": sorted(PRESETS)},
     "seed": {},
     "max_epochs": {},
+    "loss_choice": {
+        "flag": "--no-loss-choice",
+        "help": "train one validation model, at the preset's MSE weight: a faster night, no choice",
+    },
     "warm_start": {},
     "warm_epochs": {},
     "patience": {"flag": "--early-stopping", "metavar": "PATIENCE"},

@@ -123,8 +123,16 @@ def train_task(
     warm: dict[str, str] | None = None,
     factors: int | None = None,
     k: int = 10,
+    loss_choice: bool = True,
 ) -> Trained:
-    config = preset(preset_name, max_epochs=max_epochs, patience=patience, factors=factors)
+    alternatives = None if loss_choice else ()  # () trains the preset's first MSE weight alone
+    config = preset(
+        preset_name,
+        max_epochs=max_epochs,
+        patience=patience,
+        factors=factors,
+        mse_weight_alternatives=alternatives,
+    )
     # epoch logs and the towerflow-train-progress artifact, over every candidate MSE weight
     on_epoch = report.EpochProgress("train", sum(c.max_epochs for c in config.candidates()))
     return on_epoch.finish(

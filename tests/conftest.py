@@ -111,6 +111,7 @@ PUBLISHED_ARGS = [
     "--max-epochs",
     "3",
     "--no-gate",
+    "--no-loss-choice",
     "--shard-size",
     "40",
 ]
@@ -120,8 +121,8 @@ PUBLISHED_ARGS = [
 def published(
     tiny_data: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory, prefect_harness: None
 ) -> dict[str, Any]:
-    """One nightly flow run on ``tiny_data`` (k=5, 3 epochs, gate off, shards of 40, a deny-list of
-    the two most rated movies), shared by the flow and query tests.
+    """One nightly flow run on ``tiny_data`` (k=5, 3 epochs, gate off, one validation model,
+    shards of 40, a deny-list of the two most rated movies), shared by the flow and query tests.
 
     Returns the data directory, the parsed latest.json, the input ratings and movies as data frames,
     the options the run was given besides its inputs and data directory (``args``) and the denied

@@ -110,12 +110,14 @@ def test_run_options_come_from_the_flow_parameters() -> None:
         "--max-reject-share",
         "0.5",
     ]
-    got = from_arguments(parser.parse_args([*argv, "--shard-size", "9", "--factors", "0"]))
+    argv += ["--shard-size", "9", "--factors", "0", "--no-loss-choice"]
+    got = from_arguments(parser.parse_args(argv))
     assert got.model_dump() == {
         **NightlyParams().model_dump(), "ratings": ["a.csv", "b.csv"], "movies": "m.csv",
         "data_dir": "d", "run_date": dt.date(2026, 3, 4), "k": 7, "preset": "lab", "seed": 3,
         "max_epochs": 2, "warm_start": True, "warm_epochs": 1, "patience": 4, "threads": 1,
         "gate": False, "gate_margin": 0.02, "max_reject_share": 0.5, "shard_size": 9, "factors": 0,
+        "loss_choice": False,
     }  # fmt: skip
     with pytest.raises(ValueError, match="unknown preset 'fancy'"):
         NightlyParams(preset="fancy")

@@ -54,11 +54,10 @@ def test_latest_json_names_everything(published: dict[str, Any]) -> None:
     )
     assert {"train", "recommend", "ingest"} <= set(latest["timings"])
     assert not (d / "work" / latest["model_version"]).exists()
-    # the train stage tried the default's two MSE weights; the published model has the one kept
-    choice = latest["training"]["loss_choice"]
-    assert [c["mse_weight"] for c in choice["candidates"]] == [40.0, 10.0]
-    assert latest["config"]["mse_weight"] == choice["mse_weight"] in (40.0, 10.0)
-    assert choice["users"] > 0 and all(0 <= c["ndcg"] <= 1 for c in choice["candidates"])
+    # --no-loss-choice: one validation model, at the default's first MSE weight
+    assert latest["training"]["loss_choice"] is None
+    assert latest["config"]["mse_weight"] == 40.0
+    assert latest["config"]["mse_weight_alternatives"] == []
 
 
 def test_recommendations_keep_the_contract(published: dict[str, Any]) -> None:
@@ -277,7 +276,8 @@ def test_tiny_holdout_is_undecided_and_publishes(
     from tasks.sources.generate import generate
 
     data = generate(tmp_path / "data", n_users=20, n_movies=60, mean_ratings_per_user=25, seed=5)
-    assert _run((data.ratings_csv, data.movies_csv), tmp_path / "run", "--max-epochs", "2") == 0
+    inputs = (data.ratings_csv, data.movies_csv)
+    assert _run(inputs, tmp_path / "run", "--max-epochs", "2", "--no-loss-choice") == 0
     gate = json.loads((tmp_path / "run" / "outputs" / "latest.json").read_text())["gate"]
     assert gate["verdict"] == "undecided" and gate["users"] < MIN_USERS and gate["enforced"] is True
     assert f"fewer than {MIN_USERS} to decide on" in gate["reason"]
@@ -298,3 +298,8 @@ def test_default_passes_on_popularity_led_data(
     assert latest["gate"]["verdict"] == "passed", latest["gate"]["reason"]
     assert latest["popularity_prior"]["weight"] > 0
     assert latest["metrics"]["two-tower"]["ndcg"] > latest["metrics"]["most-popular"]["ndcg"]
+    # the train stage tried the default's two MSE weights; the published model has the one kept
+    choice = latest["training"]["loss_choice"]
+    assert [c["mse_weight"] for c in choice["candidates"]] == [40.0, 10.0]
+    assert latest["config"]["mse_weight"] == choice["mse_weight"] in (40.0, 10.0)
+    assert choice["users"] > 0 and all(0 <= c["ndcg"] <= 1 for c in choice["candidates"])
