@@ -20,7 +20,13 @@ import pyarrow as pa
 
 from tasks.errors import TowerflowError
 from tasks.evaluation.baselines import popularity_lists
-from tasks.evaluation.evaluate import Fitted, method_row, model_rmse, served_lists
+from tasks.evaluation.evaluate import (
+    Fitted,
+    ServedQueries,
+    method_row,
+    model_rmse,
+    served_lists,
+)
 from tasks.evaluation.gate import Interval, Verdict, decide, paired_difference
 from tasks.evaluation.metrics import per_user_metrics, relevant_sets
 from tasks.preparation.features import per_user_holdout
@@ -161,7 +167,8 @@ def _choose_prior(
     # the seen movies of the sweep's users, found once (not once per weight in all of train);
     # popularity stays global
     seen = train[train["user_id"].isin(chooser)] if len(chooser) < len(users) else train
-    sweep = [served_lists(fitted, embeddings, train, chooser, k, w, seen=seen) for w in weights]
+    queries = ServedQueries.of(fitted, embeddings, train, chooser, seen=seen)
+    sweep = [queries.lists(k, w) for w in weights]
     asked = {int(u): relevant[int(u)] for u in chooser}
     choice = select_weight(
         np.column_stack([per_user_metrics(lists, asked, k)[1]["ndcg"] for lists in sweep]),
