@@ -447,8 +447,11 @@ def entry() -> None:
     code = main()
     atexit._run_exitfuncs()
     logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except OSError:  # a reader that went away (``towerflow recommend ... | head``)
+            code = code or 1
     os._exit(code)
 
 
