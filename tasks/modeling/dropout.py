@@ -210,7 +210,7 @@ class MaskPool:
             )
             for layer in self.layers
         }
-        self._draw = tf.function(self._draw_all)
+        self._draw = tf.function(self._draw_all, autograph=False)  # no tensor control flow
 
     def attach(self) -> None:
         for layer in self.layers:
