@@ -304,9 +304,8 @@ class _Night:
         threads = params.threads or default_threads()
         pin_threads(threads)
         overrides: dict[str, Any] = {"max_epochs": params.max_epochs, "patience": params.patience}
-        if not params.loss_choice:
-            overrides["mse_weight_alternatives"] = ()
-        config = preset(params.preset, **overrides, refit=params.refit, factors=params.factors)
+        overrides |= {"refit": params.refit, "factors": params.factors}
+        config = preset(params.preset, loss_choice=params.loss_choice, **overrides)
         rules = params.rules()  # which movies may be recommended (tasks/serving/rules.py)
         store = str(target.uri) if target.uri else None
         rules_doc = None if rules.empty else rules.document()

@@ -125,14 +125,8 @@ def train_task(
     k: int = 10,
     loss_choice: bool = True,
 ) -> Trained:
-    alternatives = None if loss_choice else ()  # () trains the preset's first MSE weight alone
-    config = preset(
-        preset_name,
-        max_epochs=max_epochs,
-        patience=patience,
-        factors=factors,
-        mse_weight_alternatives=alternatives,
-    )
+    overrides = {"max_epochs": max_epochs, "patience": patience, "factors": factors}
+    config = preset(preset_name, loss_choice=loss_choice, **overrides)
     # epoch logs and the towerflow-train-progress artifact, over every candidate MSE weight
     on_epoch = report.EpochProgress("train", sum(c.max_epochs for c in config.candidates()))
     return on_epoch.finish(

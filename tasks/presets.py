@@ -203,8 +203,12 @@ PRESETS: dict[str, ModelConfig] = {
 
 
 def preset(name: str, **overrides: Any) -> ModelConfig:
-    """Return preset ``name`` with ``overrides`` (``None`` values are ignored)."""
+    """Return preset ``name`` with ``overrides`` (``None`` values are ignored);
+    ``loss_choice=False`` (``--no-loss-choice``) keeps its first MSE weight alone."""
     if name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+    loss_choice = overrides.pop("loss_choice", True)
     changes = {k: v for k, v in overrides.items() if v is not None}
+    if not loss_choice:
+        changes["mse_weight_alternatives"] = ()
     return dataclasses.replace(PRESETS[name], **changes)

@@ -114,19 +114,20 @@ def test_refit_modes_publish_what_they_say(
     """full: trained again on every rating for the validation run's epochs; warm: from the
     validation weights for a fifth of them; none: the validation model itself, with the scalers it
     was trained with."""
+    from tasks.evaluation.selection import run_train_choosing
     from tasks.ingestion.ingest import run_ingest
-    from tasks.modeling.fitting import run_refit, run_train
+    from tasks.modeling.fitting import run_refit
     from tasks.modeling.model import load_model
     from tasks.preparation.phases import run_features, run_scalers
     from tasks.stage_results import Phases
 
-    config = preset("default", max_epochs=3, refit=refit)
+    config = preset("default", max_epochs=3, refit=refit, loss_choice=False)
     ingested = run_ingest(tiny_data[0], tiny_data[1], tmp_path / "store")
     ratings = Path(ingested["ratings"])
     feats = run_features(ratings, Path(ingested["movies"]), tmp_path / "features", config, 0.2)
     dirs = Phases(train=feats["train"], full=feats["full"])
     scalers = run_scalers(ratings, dirs, 0.2)
-    trained = run_train(ratings, dirs, scalers, tmp_path / "train", config, 1, 0.2)
+    trained = run_train_choosing(ratings, dirs, scalers, tmp_path / "train", config, 1, 0.2, 10)
     out = run_refit(
         ratings,
         dirs,

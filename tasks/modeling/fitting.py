@@ -73,34 +73,6 @@ def validation_inputs(
     return ValidationInputs(ratings, hold, train, train.train_data(ratings[~hold], config), val)
 
 
-def run_train(
-    ratings_path: Path,
-    feature_dirs: Phases,
-    scaler_paths: Phases,
-    out_dir: Path,
-    config: ModelConfig,
-    seed: int,
-    holdout_fraction: float,
-    on_epoch: Callable[[str, dict[str, float]], None] | None = None,
-    warm: dict[str, str] | None = None,
-) -> Trained:
-    """Train on the train phase, early-stopping on the holdout; save ``model_validation.keras``.
-
-    The validation model is what the evaluate stage scores; :func:`run_refit`
-    then trains the published model on every rating for ``best_epoch`` epochs.
-    ``warm`` (:func:`tasks.modeling.warmstart.source`) starts from the published model's weights.
-    """
-    from tasks.modeling.warmstart import initializer
-
-    inputs = validation_inputs(ratings_path, feature_dirs, scaler_paths, config, holdout_fraction)
-    outcome: dict[str, Any] = {}
-    init = initializer(warm, inputs.train.feats.movie_ids, outcome)
-    result = train_validation(inputs, Path(out_dir), config, seed, on_epoch, init)
-    if "warm_start" in outcome:
-        result["warm_start"] = outcome["warm_start"]
-    return result
-
-
 def train_validation(
     inputs: ValidationInputs,
     out_dir: Path,
