@@ -4,8 +4,13 @@ published run per session.
 
 from __future__ import annotations
 
+import contextvars
 import json
 import os
+import shutil
+import socket
+import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -35,17 +40,113 @@ FLOW_FIXTURE_MARKERS = {
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark each test by the fixtures it needs, so that ``-m "not flow"`` can never run a flow.
+    """Mark each test by the fixtures it needs, so that ``-m "not flow"`` can never run a flow; then
+    run the modules that need no Prefect server first.
 
     A test that used ``published`` without the ``flow`` marker ran a whole nightly run under
     ``make test-fast``; derived from ``item.fixturenames`` (the fixtures' closure), a marker
     cannot be forgotten. Runs before ``-m`` deselects (conftest hooks precede pytest's own).
+
+    The server starts in the background once collection is done (:func:`pytest_collection_finish`)
+    and takes about 11 s (its imports and the database's migrations): the modules that run no flow
+    go first, so that they run while it starts. The order is by module (a module's tests stay
+    together and in their order), so module-scoped fixtures are set up once.
     """
     for item in items:
         fixtures = set(getattr(item, "fixturenames", ()))
         markers = {m for f, ms in FLOW_FIXTURE_MARKERS.items() if f in fixtures for m in ms}
         for marker in sorted(markers - {mark.name for mark in item.iter_markers()}):
             item.add_marker(marker)
+    needs_server = {item.nodeid.split("::")[0] for item in items if _needs_server(item)}
+    items.sort(key=lambda item: item.nodeid.split("::")[0] in needs_server)  # stable
+
+
+def _needs_server(item: pytest.Item) -> bool:
+    return SERVER_FIXTURE in getattr(item, "fixturenames", ())
+
+
+SERVER_FIXTURE = "prefect_harness"
+_early: list[EarlyServer] = []  # the session's server, once a selected test needs it
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Start the Prefect test server now if a selected test needs it (after ``-m`` deselected)."""
+    if any(_needs_server(item) for item in session.items):
+        _early.append(EarlyServer())
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Stop the server if no test used it (the ``prefect_harness`` fixture stops it otherwise)."""
+    for server in _early:
+        server.stop()
+
+
+class EarlyServer:
+    """Prefect's test server (``SubprocessASGIServer``, the one ``prefect_test_harness`` starts: a
+    subprocess with its own temporary SQLite database), started from a background thread so that
+    the tests that need no server run while it imports and migrates its database.
+
+    Why not ``prefect_test_harness`` itself: it starts the server and waits for it in one call.
+    The thread runs in a copy of this thread's context, so the server's environment carries the
+    settings below (``temporary_settings`` is a context variable).
+
+    Heartbeats are off, and so are the triggers, the task-run recorder and block registration. The
+    event persister stays on: tests/test_serve.py reads the towerflow.night.* events and a served
+    run's task-run events back from this server. The task-run recorder, which writes those events
+    into task-run rows, costs every flow run about 4 s of SQLite contention here; block types
+    register on first save instead (about 10 s less start-up).
+    """
+
+    def __init__(self) -> None:
+        from prefect.server.api.server import SubprocessASGIServer
+        from prefect.settings import (
+            PREFECT_API_BLOCKS_REGISTER_ON_START,
+            PREFECT_SERVER_DATABASE_CONNECTION_URL,
+            PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_ENABLED,
+            PREFECT_SERVER_SERVICES_TRIGGERS_ENABLED,
+            temporary_settings,
+        )
+
+        self.dir = Path(tempfile.mkdtemp(prefix="towerflow-prefect-server-"))
+        with temporary_settings(
+            {
+                PREFECT_SERVER_DATABASE_CONNECTION_URL: f"sqlite+aiosqlite:///{self.dir}/prefect.db",
+                PREFECT_SERVER_SERVICES_TRIGGERS_ENABLED: False,
+                PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_ENABLED: False,
+                PREFECT_API_BLOCKS_REGISTER_ON_START: False,
+            }
+        ):
+            context = contextvars.copy_context()
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        self.server = SubprocessASGIServer(port=port)
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(
+            target=context.run, args=(self._start,), name="towerflow-prefect-server", daemon=True
+        )
+        self.thread.start()
+
+    def _start(self) -> None:
+        try:
+            self.server.start(timeout=SERVER_STARTUP_SECONDS)
+        except BaseException as exc:  # raised in the fixture that waits for it
+            self.error = exc
+
+    def api_url(self) -> str:
+        """The server's API URL once it answers its health check."""
+        self.thread.join()
+        if self.error is not None:
+            raise RuntimeError("the Prefect test server did not start") from self.error
+        return str(self.server.api_url)
+
+    def stop(self) -> None:
+        self.thread.join(SERVER_STARTUP_SECONDS)
+        self.server.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+SERVER_STARTUP_SECONDS = 60
 
 
 @pytest.fixture
@@ -66,38 +167,36 @@ def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 @pytest.fixture(scope="session")
 def prefect_harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """One Prefect test server for the whole session: heartbeats, triggers, the task-run recorder
-    and block registration off.
-
-    The event persister stays on: tests/test_serve.py reads the towerflow.night.* events and a
-    served run's task-run events back from this server. The task-run recorder, which writes those
-    events into task-run rows, costs every flow run about 4 s of SQLite contention here; block types
-    register on first save instead (about 10 s less start-up).
+    """One Prefect test server for the whole session (:class:`EarlyServer`), this process's API
+    URL pointing at it, heartbeats off and results stored under the session's temporary directory.
     """
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
     from prefect.settings import (
-        PREFECT_API_BLOCKS_REGISTER_ON_START,
+        PREFECT_API_URL,
         PREFECT_FLOWS_HEARTBEAT_FREQUENCY,
         PREFECT_LOCAL_STORAGE_PATH,
-        PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_ENABLED,
-        PREFECT_SERVER_SERVICES_TRIGGERS_ENABLED,
         temporary_settings,
     )
-    from prefect.testing.utilities import prefect_test_harness
 
-    storage = tmp_path_factory.mktemp("prefect-results")
-    with (
-        temporary_settings(
+    if not _early:  # a test selected after collection (pytest's --lf, a plugin's rerun)
+        _early.append(EarlyServer())
+    server = _early[0]
+    try:
+        with temporary_settings(
             {
+                PREFECT_API_URL: server.api_url(),
                 PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None,
-                PREFECT_LOCAL_STORAGE_PATH: storage,
-                PREFECT_SERVER_SERVICES_TRIGGERS_ENABLED: False,
-                PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_ENABLED: False,
-                PREFECT_API_BLOCKS_REGISTER_ON_START: False,
+                PREFECT_LOCAL_STORAGE_PATH: tmp_path_factory.mktemp("prefect-results"),
             }
-        ),
-        prefect_test_harness(server_startup_timeout=60),
-    ):
-        yield
+        ):
+            yield
+            # what prefect_test_harness does before it stops the server: send the logs and events
+            # still queued, so that nothing connects to a stopped server
+            APILogWorker.drain_all()
+            EventsWorker.drain_all()
+    finally:
+        server.stop()
 
 
 PUBLISHED_K = 5  # the k of the ``published`` run (tests/test_flow.py's K)
