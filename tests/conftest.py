@@ -94,7 +94,9 @@ class EarlyServer:
     event persister stays on: tests/test_serve.py reads the towerflow.night.* events and a served
     run's task-run events back from this server. The task-run recorder, which writes those events
     into task-run rows, costs every flow run about 4 s of SQLite contention here; block types
-    register on first save instead (about 10 s less start-up).
+    register on first save instead (about 10 s less start-up). It writes the events it received
+    every half second, not every 5 s (Prefect's default), which the tests that read them back
+    would otherwise wait for.
     """
 
     def __init__(self) -> None:
@@ -102,6 +104,7 @@ class EarlyServer:
         from prefect.settings import (
             PREFECT_API_BLOCKS_REGISTER_ON_START,
             PREFECT_SERVER_DATABASE_CONNECTION_URL,
+            PREFECT_SERVER_SERVICES_EVENT_PERSISTER_FLUSH_INTERVAL,
             PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_ENABLED,
             PREFECT_SERVER_SERVICES_TRIGGERS_ENABLED,
             temporary_settings,
@@ -114,6 +117,7 @@ class EarlyServer:
                 PREFECT_SERVER_SERVICES_TRIGGERS_ENABLED: False,
                 PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_ENABLED: False,
                 PREFECT_API_BLOCKS_REGISTER_ON_START: False,
+                PREFECT_SERVER_SERVICES_EVENT_PERSISTER_FLUSH_INTERVAL: EVENTS_FLUSH_SECONDS,
             }
         ):
             context = contextvars.copy_context()
@@ -147,6 +151,7 @@ class EarlyServer:
 
 
 SERVER_STARTUP_SECONDS = 60
+EVENTS_FLUSH_SECONDS = 0.5
 
 
 @pytest.fixture

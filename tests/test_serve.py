@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -203,10 +204,14 @@ def test_serve_schedules_and_a_triggered_run_completes_with_artifacts(
 
 
 def test_nights_leave_events_history_drift_and_alerts_install(
-    server: str, tiny_data: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    server: str,
+    published: dict[str, Any],
+    tiny_data: tuple[Path, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    """Two nights and a failed one: their events with payloads, the history artifact, the drift;
-    then alerts, twice.
+    """The session's published night, a second night and a failed one in a copy of its data
+    directory: their events with payloads, the history artifact, the drift; then alerts, twice.
 
     The nights run in this process (their events go to the session's server like a subprocess's
     would; tests/test_faults.py runs the command as a subprocess).
@@ -215,25 +220,12 @@ def test_nights_leave_events_history_drift_and_alerts_install(
 
     ratings, movies = tiny_data
     data_dir = tmp_path / "data"
-    run = [
-        "run",
-        "--ratings",
-        str(ratings),
-        "--movies",
-        str(movies),
-        "--data-dir",
-        str(data_dir),
-        "--k",
-        "5",
-        "--max-epochs",
-        "1",
-        "--no-loss-choice",
-    ]
-    # another seed: another model, lists that moved
-    for night, seed in (("2026-02-01", "1"), ("2026-02-02", "2")):
-        assert main([*run, "--run-date", night, "--seed", seed]) == 0, capsys.readouterr().err[
-            -3000:
-        ]
+    shutil.copytree(published["dir"], data_dir)
+    run = ["run", "--ratings", str(ratings), "--movies", str(movies), "--data-dir", str(data_dir)]
+    # the published night's options, another night and another seed: another model, lists that
+    # moved
+    night = [*published["args"], "--run-date", "2026-02-02", "--seed", "2"]
+    assert main([*run, *night]) == 0, capsys.readouterr().err[-3000:]
     latest = json.loads((data_dir / "outputs" / "latest.json").read_text())
     versus = latest["drift"]["versus_published"]
     assert (
@@ -277,7 +269,7 @@ def test_nights_leave_events_history_drift_and_alerts_install(
         names = [e["event"] for e in found]
         return (
             found
-            if names.count("towerflow.night.published") >= 2 and "towerflow.night.failed" in names
+            if "towerflow.night.published" in names and "towerflow.night.failed" in names
             else None
         )
 
@@ -286,17 +278,15 @@ def test_nights_leave_events_history_drift_and_alerts_install(
     for event in found:
         by_name.setdefault(event["event"], []).append(event)
     assert (
-        len(by_name["towerflow.night.published"]) == 2
+        len(by_name["towerflow.night.published"]) == 1
         and len(by_name["towerflow.night.failed"]) == 1
     )
-    published = max(by_name["towerflow.night.published"], key=lambda e: e["payload"]["run_date"])
+    event = by_name["towerflow.night.published"][0]
+    assert event["resource"]["prefect.resource.id"] == f"towerflow.data-dir.{data_dir.resolve()}"
+    assert event["payload"]["run_date"] == "2026-02-02"
+    assert event["payload"]["model_version"] == latest["model_version"]
     assert (
-        published["resource"]["prefect.resource.id"] == f"towerflow.data-dir.{data_dir.resolve()}"
-    )
-    assert published["payload"]["model_version"] == latest["model_version"]
-    assert (
-        published["payload"]["metrics"]["two-tower"]["users"]
-        == latest["metrics"]["two-tower"]["users"]
+        event["payload"]["metrics"]["two-tower"]["users"] == latest["metrics"]["two-tower"]["users"]
     )
     assert "stage ingest failed" in by_name["towerflow.night.failed"][0]["payload"]["reason"]
 
@@ -307,12 +297,13 @@ def test_nights_leave_events_history_drift_and_alerts_install(
     )
     # oldest first
     history = [a for a in reversed(history) if str(data_dir.resolve()) in a["description"]]
-    assert len(history) == 3  # one version per night
+    assert len(history) == 2  # one version per night in this directory
+    # the nights come from the data directory: the copied one's too
     assert (
-        "| 2026-02-01 | published |" in history[1]["data"]
-        and "| 2026-02-02 | published |" in history[1]["data"]
+        "| 2026-01-02 | published |" in history[0]["data"]
+        and "| 2026-02-02 | published |" in history[0]["data"]
     )
-    assert "Last night not published (2026-02-03, failed)" in history[2]["data"]
+    assert "Last night not published (2026-02-03, failed)" in history[1]["data"]
 
     from prefect.blocks.notifications import CustomWebhookNotificationBlock
 
