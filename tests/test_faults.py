@@ -4,9 +4,10 @@ points, then re-run.
 The runs that are killed, and the ones whose whole output matters (a bug, a server that does not
 start, the uninterrupted reference), are subprocesses; the run that is refused and the one that
 resumes to the end run in this process, against the same server (a subprocess costs about 6 s of
-imports). Each subprocess reports to the session's Prefect test server (``PREFECT_API_URL``; its own temporary
-``PREFECT_HOME``), which also exercises the Prefect concurrency limit of the data directory. The
-inputs carry movie titles and a genre shaped like paths, to show they never steer where files go.
+imports). Each subprocess reports to the session's Prefect test server (``PREFECT_API_URL``; its
+own temporary ``PREFECT_HOME``), which also exercises the Prefect concurrency limit of the data
+directory. The inputs carry movie titles and a genre shaped like paths, to show they never steer
+where files go.
 """
 
 from __future__ import annotations
