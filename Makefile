@@ -17,8 +17,9 @@ $(STAMP): pyproject.toml constraints.txt
 run: install
 	$(BIN)/towerflow run
 
+# two workers (pytest-xdist), a module on one worker, the longest modules first (tests/conftest.py)
 test: install
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist loadscope --no-loadscope-reorder
 
 test-fast: install  # unit tests while working: no flow runs, no training, no crash tests (about a minute)
 	$(BIN)/python -m pytest -m "not flow and not train and not faults"

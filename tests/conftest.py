@@ -11,6 +11,7 @@ import shutil
 import socket
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -39,26 +40,42 @@ FLOW_FIXTURE_MARKERS = {
 }
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Mark each test by the fixtures it needs, so that ``-m "not flow"`` can never run a flow; then
-    run the modules that need no Prefect server first.
+    order the modules.
 
     A test that used ``published`` without the ``flow`` marker ran a whole nightly run under
     ``make test-fast``; derived from ``item.fixturenames`` (the fixtures' closure), a marker
     cannot be forgotten. Runs before ``-m`` deselects (conftest hooks precede pytest's own).
 
-    The server starts in the background once collection is done (:func:`pytest_collection_finish`)
-    and takes about 11 s (its imports and the database's migrations): the modules that run no flow
-    go first, so that they run while it starts. The order is by module (a module's tests stay
-    together and in their order), so module-scoped fixtures are set up once.
+    In one process the server starts in the background once collection is done
+    (:func:`pytest_collection_finish`) and takes about 11 s (its imports and the database's
+    migrations): the modules that run no flow go first, so that they run while it starts. Under
+    xdist (``--dist loadscope --no-loadscope-reorder``: a module runs on one worker, the modules
+    handed out in this order) the longest modules go first, so that the two workers end together.
+    The order is by module (a module's tests stay together and in their order), so module-scoped
+    fixtures are set up once.
     """
     for item in items:
         fixtures = set(getattr(item, "fixturenames", ()))
         markers = {m for f, ms in FLOW_FIXTURE_MARKERS.items() if f in fixtures for m in ms}
         for marker in sorted(markers - {mark.name for mark in item.iter_markers()}):
             item.add_marker(marker)
-    needs_server = {item.nodeid.split("::")[0] for item in items if _needs_server(item)}
-    items.sort(key=lambda item: item.nodeid.split("::")[0] in needs_server)  # stable
+    if hasattr(config, "workerinput"):
+        items.sort(key=lambda item: _module_rank(item.nodeid.split("::")[0]))  # stable
+    else:
+        needs_server = {item.nodeid.split("::")[0] for item in items if _needs_server(item)}
+        items.sort(key=lambda item: item.nodeid.split("::")[0] in needs_server)  # stable
+
+
+# The modules that take longest (measured with ``--durations``), longest first: each is about a
+# fifth of the suite's time, mostly in subprocesses (the crash test's runs, the Dask cluster's
+# workers, ``towerflow serve`` and its flow run).
+LONGEST_MODULES = ("tests/test_faults.py", "tests/test_objectstore.py", "tests/test_serve.py")
+
+
+def _module_rank(module: str) -> int:
+    return LONGEST_MODULES.index(module) if module in LONGEST_MODULES else len(LONGEST_MODULES)
 
 
 def _needs_server(item: pytest.Item) -> bool:
@@ -69,16 +86,51 @@ SERVER_FIXTURE = "prefect_harness"
 _early: list[EarlyServer] = []  # the session's server, once a selected test needs it
 
 
+# Under pytest-xdist (``make test``: ``-n 2 --dist loadscope``) the controller starts the one server
+# before the workers start, and they find its URL here.
+SERVER_URL_ENV = "TOWERFLOW_TEST_PREFECT_API_URL"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under xdist, start the session's one Prefect test server in the controller, unless ``-m``
+    leaves out the flows: the workers, each a pytest session, share it (a server per worker would
+    be one more server starting, and two SQLite databases)."""
+    controller = not hasattr(config, "workerinput") and bool(config.getoption("numprocesses", None))
+    if controller and "not flow" not in " ".join(str(config.getoption("markexpr", "")).split()):
+        server = EarlyServer()
+        _early.append(server)
+        os.environ[SERVER_URL_ENV] = server.server.api_url
+
+
 def pytest_collection_finish(session: pytest.Session) -> None:
-    """Start the Prefect test server now if a selected test needs it (after ``-m`` deselected)."""
-    if any(_needs_server(item) for item in session.items):
+    """Start the Prefect test server now if a selected test needs it (after ``-m`` deselected) and
+    no xdist controller started one."""
+    if SERVER_URL_ENV not in os.environ and any(_needs_server(i) for i in session.items):
         _early.append(EarlyServer())
 
 
-def pytest_sessionfinish(session: pytest.Session) -> None:
-    """Stop the server if no test used it (the ``prefect_harness`` fixture stops it otherwise)."""
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Stop the server if no test used it, or if this process is the xdist controller that
+    started it (the ``prefect_harness`` fixture stops a server its own process started)."""
     for server in _early:
         server.stop()
+    _early.clear()
+
+
+def _wait_healthy(url: str, timeout: float) -> str:
+    """``url`` once the server there answers its health check."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if httpx.get(f"{url}/health", timeout=5).status_code == 200:
+                return url
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the Prefect test server at {url} did not answer in {timeout} s")
+        time.sleep(0.1)
 
 
 class EarlyServer:
@@ -184,13 +236,14 @@ def prefect_harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
         temporary_settings,
     )
 
-    if not _early:  # a test selected after collection (pytest's --lf, a plugin's rerun)
+    shared = os.environ.get(SERVER_URL_ENV)  # an xdist worker: the controller's server
+    if shared is None and not _early:  # a test selected after collection (pytest's --lf)
         _early.append(EarlyServer())
-    server = _early[0]
+    url = _wait_healthy(shared, SERVER_STARTUP_SECONDS) if shared else _early[0].api_url()
     try:
         with temporary_settings(
             {
-                PREFECT_API_URL: server.api_url(),
+                PREFECT_API_URL: url,
                 PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None,
                 PREFECT_LOCAL_STORAGE_PATH: tmp_path_factory.mktemp("prefect-results"),
             }
@@ -201,7 +254,8 @@ def prefect_harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
             APILogWorker.drain_all()
             EventsWorker.drain_all()
     finally:
-        server.stop()
+        for server in _early:
+            server.stop()
 
 
 PUBLISHED_K = 5  # the k of the ``published`` run (tests/test_flow.py's K)
