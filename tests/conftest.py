@@ -52,7 +52,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     (:func:`pytest_collection_finish`) and takes about 11 s (its imports and the database's
     migrations): the modules that run no flow go first, so that they run while it starts. Under
     xdist (``--dist loadscope --no-loadscope-reorder``: a module runs on one worker, the modules
-    handed out in this order) the longest modules go first, so that the two workers end together.
+    handed out in this order) the longest modules go first (:data:`LONGEST_MODULES`), so that the two
+    workers end together.
     The order is by module (a module's tests stay together and in their order), so module-scoped
     fixtures are set up once.
     """
@@ -68,10 +69,19 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         items.sort(key=lambda item: item.nodeid.split("::")[0] in needs_server)  # stable
 
 
-# The modules that take longest (measured with ``--durations``), longest first: each is about a
-# fifth of the suite's time, mostly in subprocesses (the crash test's runs, the Dask cluster's
-# workers, ``towerflow serve`` and its flow run).
-LONGEST_MODULES = ("tests/test_faults.py", "tests/test_objectstore.py", "tests/test_serve.py")
+# The modules that take longest (measured with ``--durations``), longest first: the first three
+# each about a fifth of the suite's time, mostly in subprocesses (the crash test's runs, the Dask
+# cluster's workers, ``towerflow serve`` and its flow run), the next four 5-9% each (they train);
+# the short modules come after them and fill in, so the workers end together.
+LONGEST_MODULES = (
+    "tests/test_faults.py",
+    "tests/test_objectstore.py",
+    "tests/test_serve.py",
+    "tests/test_train.py",
+    "tests/test_flow.py",
+    "tests/test_incremental.py",
+    "tests/test_quality.py",
+)
 
 
 def _module_rank(module: str) -> int:
