@@ -52,10 +52,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     (:func:`pytest_collection_finish`) and takes about 11 s (its imports and the database's
     migrations): the modules that run no flow go first, so that they run while it starts. Under
     xdist (``--dist loadscope --no-loadscope-reorder``: a module runs on one worker, the modules
-    handed out in this order) the longest modules go first (:data:`LONGEST_MODULES`), so that the two
-    workers end together.
-    The order is by module (a module's tests stay together and in their order), so module-scoped
-    fixtures are set up once.
+    handed out in this order) the longest modules go first (:data:`LONGEST_MODULES`), so that the
+    two workers end together. The order is by module (a module's tests stay together and in their
+    order), so module-scoped fixtures are set up once.
     """
     for item in items:
         fixtures = set(getattr(item, "fixturenames", ()))
