@@ -353,6 +353,7 @@ def test_killed_runs_keep_published_outputs_and_resume(
     assert published_state(d) == before
     # what the next run finds
     killed = [json.loads((d / ".towerflow.lock").read_text())["flow_run_id"]]
+
     # 2. Killed after the second refit epoch: features and scalers come back from the first run.
     started = time.perf_counter()
     code, log = _run(args, sub_env, logs / "2.log", cwd, fault="refit:epoch-2")
